@@ -1,0 +1,464 @@
+//! Helpers for the tripod-bpf end-to-end tests: finding the binary, running it with a
+//! timeout, driving the C fixtures (built by build.rs) and reading the folded output.
+//!
+//! Everything panics on failure so that the tests read as straight-line assertions.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Fixture executables; their file names are the process names the sampler reports.
+pub const CHAIN_FP: &str = env!("FIXTURE_CHAIN_FP");
+pub const CHAIN_NOFP: &str = env!("FIXTURE_CHAIN_NOFP");
+pub const OTHER_FP: &str = env!("FIXTURE_OTHER_FP");
+pub const SYSCALLS_FP: &str = env!("FIXTURE_SYSCALLS_FP");
+pub const THREADS_FP: &str = env!("FIXTURE_THREADS_FP");
+
+/// The call chain of chain.c, outermost first.
+pub const CHAIN: &[&str] = &["main", "alpha", "beta", "gamma", "spin"];
+
+/// Upper bound for any single tripod-bpf run; a hang fails the test instead of the job.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a fixture gets to print its `ready <pid>` line.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives inside the workspace")
+        .to_path_buf()
+}
+
+/// The sampler under test: `$TRIPOD_BPF`, else the release build, else the debug build.
+pub fn tripod_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TRIPOD_BPF") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "TRIPOD_BPF={} does not exist; run `cargo xtask test`",
+            path.display()
+        );
+        return path;
+    }
+    let target = workspace_root().join("target");
+    ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join("tripod-bpf"))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no tripod-bpf binary under {} and TRIPOD_BPF is not set; run `cargo xtask test`",
+                target.display()
+            )
+        })
+}
+
+/// Whether tests that load BPF programs can run. Outside CI a non-root run skips them
+/// (with a note on stderr); in CI that would silently test nothing, so it fails instead.
+pub fn require_bpf() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("BPF tests must run as root in CI");
+    }
+    eprintln!("skipped: loading BPF programs needs root (run the tests with sudo)");
+    false
+}
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+/// Serialises the tests: with 2 CPUs, busy fixtures of concurrent tests would starve
+/// each other and skew the sample counts. A failed (panicked) test must not block the rest.
+pub fn serial() -> MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sends `sig` to `pid`, ignoring failure (the process may already be gone).
+pub fn send_signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Polls `child` until it exits or `timeout` passes.
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM, a grace period, then SIGKILL; always reaps.
+fn terminate(child: &mut Child) {
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    send_signal(child.id(), libc::SIGTERM);
+    if wait_timeout(child, Duration::from_secs(5)).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A running fixture program, terminated and reaped on drop.
+pub struct Fixture {
+    child: Option<Child>,
+    pid: u32,
+    // Kept open so the fixture never sees a closed stdout.
+    _stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Fixture {
+    /// Starts `path` with `args` and waits for its `ready <pid>` line.
+    pub fn start(path: &str, args: &[&str]) -> Fixture {
+        let mut child = Command::new(path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start fixture {path}: {e}"));
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let result = reader.read_line(&mut line).map(|_| (line, reader));
+            let _ = tx.send(result);
+        });
+        let (line, reader) = match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(Ok(got)) => got,
+            Ok(Err(e)) => {
+                terminate(&mut child);
+                panic!("reading the ready line of {path}: {e}");
+            }
+            Err(_) => {
+                terminate(&mut child);
+                panic!("fixture {path} did not print `ready <pid>` within {READY_TIMEOUT:?}");
+            }
+        };
+        let pid = child.id();
+        if line.trim_end() != format!("ready {pid}") {
+            terminate(&mut child);
+            panic!("fixture {path}: expected `ready {pid}`, got {line:?}");
+        }
+        Fixture {
+            child: Some(child),
+            pid,
+            _stdout: Some(reader),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Reaps the fixture in the background as soon as it exits, as a shell would. Without
+    /// this a finished fixture stays a zombie (its /proc entry remains) until we wait.
+    pub fn reap_in_background(mut self) -> JoinHandle<ExitStatus> {
+        let mut child = self.child.take().expect("fixture still owned");
+        thread::spawn(move || child.wait().expect("waiting for fixture"))
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            terminate(child);
+        }
+    }
+}
+
+/// A `Command` for the sampler with `args`.
+pub fn tripod_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(tripod_bin());
+    cmd.args(args);
+    cmd
+}
+
+/// Runs the sampler to completion (at most [`RUN_TIMEOUT`]) and returns its output.
+pub fn run_tripod(args: &[&str]) -> Output {
+    Tripod::spawn(tripod_command(args)).wait(RUN_TIMEOUT)
+}
+
+/// A sampler run in the background, for tests that signal it or watch its stderr.
+pub struct Tripod {
+    child: Option<Child>,
+    stdout: Receiver<Vec<u8>>,
+    stderr_lines: Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+impl Tripod {
+    /// Spawns `cmd` with stdin closed and stdout/stderr captured.
+    pub fn spawn(mut cmd: Command) -> Tripod {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+
+        // Readers on their own threads: a full pipe must never block the sampler, and a
+        // grandchild holding the pipes open must not block us (see `wait`).
+        let mut out = child.stdout.take().expect("stdout is piped");
+        let (out_tx, stdout) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = out.read_to_end(&mut buf);
+            let _ = out_tx.send(buf);
+        });
+        let mut err = BufReader::new(child.stderr.take().expect("stderr is piped"));
+        let (err_tx, stderr_lines) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = Vec::new();
+            while matches!(err.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                if err_tx
+                    .send(String::from_utf8_lossy(&line).into_owned())
+                    .is_err()
+                {
+                    break;
+                }
+                line.clear();
+            }
+        });
+        Tripod {
+            child: Some(child),
+            stdout,
+            stderr_lines,
+            stderr_seen: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        send_signal(self.pid(), sig);
+    }
+
+    /// Waits for a stderr line starting with `prefix` and returns it.
+    pub fn wait_for_stderr(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stderr_seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
+                Err(e) => {
+                    let why = match e {
+                        RecvTimeoutError::Timeout => "timed out",
+                        RecvTimeoutError::Disconnected => "stderr closed",
+                    };
+                    panic!(
+                        "waiting for a stderr line starting with {prefix:?}: {why}; stderr so far:\n{}",
+                        self.stderr_seen.concat()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for the sampler to exit; kills it and panics after `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> Output {
+        let mut child = self.child.take().expect("running");
+        let status = wait_timeout(&mut child, timeout);
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The pipes close once the sampler and anything it started have exited; give
+        // stragglers a moment instead of blocking forever.
+        let grace = Duration::from_secs(5);
+        let stdout = self.stdout.recv_timeout(grace).unwrap_or_default();
+        let deadline = Instant::now() + grace;
+        while let Ok(line) = self
+            .stderr_lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.stderr_seen.push(line);
+        }
+        let stderr = self.stderr_seen.concat().into_bytes();
+        match status {
+            Some(status) => Output {
+                status,
+                stdout,
+                stderr,
+            },
+            None => panic!(
+                "tripod-bpf did not exit within {timeout:?} (killed); stderr:\n{}",
+                String::from_utf8_lossy(&stderr)
+            ),
+        }
+    }
+}
+
+impl Drop for Tripod {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            terminate(child);
+        }
+    }
+}
+
+pub fn stdout_text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr_text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts a zero exit status, showing stderr otherwise.
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "tripod-bpf failed with {}; stderr:\n{}",
+        out.status,
+        stderr_text(out)
+    );
+}
+
+/// One folded line: frames (the first is the process or thread name) and its count.
+pub type FoldedStack = (Vec<String>, u64);
+
+/// Parses folded output: `comm;frame;...;frame count` per line. The count follows the
+/// last space (frame names may contain spaces).
+pub fn parse_folded(text: &str) -> Vec<FoldedStack> {
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let (frames, count) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("folded line without a count: {line:?}"));
+            let count = count
+                .parse()
+                .unwrap_or_else(|_| panic!("folded line with a bad count: {line:?}"));
+            (frames.split(';').map(str::to_owned).collect(), count)
+        })
+        .collect()
+}
+
+/// A frame name without the kernel marker `_[k]`.
+pub fn frame_name(frame: &str) -> &str {
+    frame.strip_suffix("_[k]").unwrap_or(frame)
+}
+
+/// Whether the frames after the comm contain `chain` contiguously and in order.
+pub fn has_chain(frames: &[String], chain: &[&str]) -> bool {
+    let names: Vec<&str> = frames.iter().skip(1).map(|f| frame_name(f)).collect();
+    names.windows(chain.len()).any(|w| w == chain)
+}
+
+/// The folded lines whose first element starts with `comm_prefix`.
+pub fn stacks_of<'a>(stacks: &'a [FoldedStack], comm_prefix: &str) -> Vec<&'a FoldedStack> {
+    stacks
+        .iter()
+        .filter(|(frames, _)| frames[0].starts_with(comm_prefix))
+        .collect()
+}
+
+/// (samples containing `chain`, all samples) among the lines of `comm_prefix`.
+pub fn chain_share(folded: &str, comm_prefix: &str, chain: &[&str]) -> (u64, u64) {
+    let stacks = parse_folded(folded);
+    stacks_of(&stacks, comm_prefix)
+        .into_iter()
+        .fold((0, 0), |(hit, total), (frames, count)| {
+            let hit = if has_chain(frames, chain) {
+                hit + count
+            } else {
+                hit
+            };
+            (hit, total + count)
+        })
+}
+
+/// Asserts that `comm` has at least `min_samples` samples and that at least `min_share`
+/// of them contain `chain`; prints the share for the log.
+pub fn assert_chain(folded: &str, comm: &str, chain: &[&str], min_samples: u64, min_share: f64) {
+    let (hit, total) = chain_share(folded, comm, chain);
+    let share = if total == 0 {
+        0.0
+    } else {
+        hit as f64 / total as f64
+    };
+    println!(
+        "{comm}: {hit}/{total} samples ({:.1}%) contain {}",
+        share * 100.0,
+        chain.join(";")
+    );
+    assert!(
+        total >= min_samples,
+        "expected >= {min_samples} samples for {comm}, got {total}; output:\n{folded}"
+    );
+    assert!(
+        share >= min_share,
+        "expected >= {:.0}% of {comm} samples to contain {}, got {:.1}%; output:\n{folded}",
+        min_share * 100.0,
+        chain.join(";"),
+        share * 100.0
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FOLDED: &str = "\
+chain_fp;_start;main;alpha;beta;gamma;spin 90
+chain_fp;_start;main;alpha;beta;gamma;spin;asm_sysvec_apic_timer_interrupt_[k] 5
+chain_fp;[libc.so.6];spin 5
+chain_nofp;main;alpha;beta;gamma;spin 1000
+weird name;with space;frame 3
+";
+
+    #[test]
+    fn folded_count_follows_the_last_space() {
+        let stacks = parse_folded(FOLDED);
+        assert_eq!(stacks.len(), 5);
+        assert_eq!(
+            stacks[4],
+            (
+                vec!["weird name".into(), "with space".into(), "frame".into()],
+                3
+            )
+        );
+    }
+
+    #[test]
+    fn chain_share_counts_only_the_prefix_and_strips_kernel_marks() {
+        assert_eq!(chain_share(FOLDED, "chain_fp", CHAIN), (95, 100));
+        assert_eq!(
+            chain_share(
+                FOLDED,
+                "chain_fp",
+                &["spin", "asm_sysvec_apic_timer_interrupt"]
+            ),
+            (5, 100)
+        );
+        // Contiguous: a gap breaks the chain.
+        assert_eq!(chain_share(FOLDED, "chain_fp", &["main", "beta"]), (0, 100));
+        // The comm is not a frame.
+        assert_eq!(
+            chain_share(FOLDED, "chain_fp", &["chain_fp", "_start"]),
+            (0, 100)
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests of the `tripod-bpf` binary against the C fixtures in `fixtures/`.
+//!
+//! One test binary, so that the global lock in `tripod_tests::serial` really keeps the
+//! sampler runs apart. Tests that load BPF programs skip themselves without root.
+
+// Bad command lines and missing privileges: exit status 2 and a single error line.
+mod cli_errors;
+// The output files and formats: the default log file, JSON, interval reports.
+mod output;
+// What gets sampled: call chains, target selection, kernel frames, threads, how runs end.
+mod sampling;

@@ -1,0 +1,272 @@
+//! What the sampler records: complete call chains, only the chosen processes, kernel
+//! frames in the right place, per-thread names, and runs that end cleanly.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tripod_tests::*;
+
+/// Samples `pid` for `seconds` and returns the folded output (written to stdout).
+fn sample_pid(pid: u32, seconds: &str, extra: &[&str]) -> String {
+    let pid = pid.to_string();
+    let mut args = vec!["--pid", &pid, "-d", seconds, "-f", "folded", "-o", "-"];
+    args.extend_from_slice(extra);
+    let out = run_tripod(&args);
+    assert_success(&out);
+    stdout_text(&out)
+}
+
+/// The innermost user frame of a folded line (kernel frames come last and are skipped).
+fn user_leaf(frames: &[String]) -> Option<&str> {
+    frames
+        .iter()
+        .skip(1)
+        .rev()
+        .find(|f| !f.ends_with("_[k]"))
+        .map(String::as_str)
+}
+
+#[test]
+fn fp_chain_is_complete() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let fx = Fixture::start(CHAIN_FP, &[]);
+    let folded = sample_pid(fx.pid(), "3", &[]);
+    // 99 Hz for 3 s on a busy loop is ~290 samples.
+    assert_chain(&folded, "chain_fp", CHAIN, 50, 0.9);
+}
+
+/// Without frame pointers the chain above `spin` may break, but the leaf is still right.
+#[test]
+fn nofp_leaf_is_spin() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let fx = Fixture::start(CHAIN_NOFP, &[]);
+    let folded = sample_pid(fx.pid(), "3", &[]);
+    let stacks = parse_folded(&folded);
+    let mine = stacks_of(&stacks, "chain_nofp");
+    let total: u64 = mine.iter().map(|(_, n)| n).sum();
+    let at_spin: u64 = mine
+        .iter()
+        .filter(|(frames, _)| user_leaf(frames) == Some("spin"))
+        .map(|(_, n)| n)
+        .sum();
+    println!("chain_nofp: {at_spin}/{total} samples end in spin");
+    assert!(
+        total >= 50,
+        "expected >= 50 samples, got {total}; output:\n{folded}"
+    );
+    assert!(
+        at_spin as f64 >= 0.9 * total as f64,
+        "expected >= 90% of samples to end in spin, got {at_spin}/{total}; output:\n{folded}"
+    );
+}
+
+#[test]
+fn pid_leaves_out_other_processes() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let chain = Fixture::start(CHAIN_FP, &[]);
+    let _other = Fixture::start(OTHER_FP, &[]);
+    let folded = sample_pid(chain.pid(), "2", &[]);
+    assert!(
+        !folded.lines().any(|line| line.starts_with("other_fp")),
+        "--pid {} sampled other_fp too:\n{folded}",
+        chain.pid()
+    );
+    assert_chain(&folded, "chain_fp", CHAIN, 1, 0.0);
+}
+
+#[test]
+fn all_includes_every_process_but_itself() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let _chain = Fixture::start(CHAIN_FP, &[]);
+    let _other = Fixture::start(OTHER_FP, &[]);
+    let out = run_tripod(&["--all", "-d", "3", "-f", "folded", "-o", "-"]);
+    assert_success(&out);
+    let folded = stdout_text(&out);
+    let (hit, _) = chain_share(&folded, "chain_fp", CHAIN);
+    assert!(
+        hit > 0,
+        "--all: no chain_fp sample contains the chain:\n{folded}"
+    );
+    let stacks = parse_folded(&folded);
+    assert!(
+        !stacks_of(&stacks, "other_fp").is_empty(),
+        "--all: other_fp missing:\n{folded}"
+    );
+    assert!(
+        stacks_of(&stacks, "tripod-bpf").is_empty(),
+        "--all: the sampler sampled itself:\n{folded}"
+    );
+}
+
+/// `-- COMMAND` samples the command until it exits and passes on its exit status.
+#[test]
+fn command_is_run_and_its_status_returned() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("out.folded");
+    let file_arg = file.to_str().unwrap();
+    let out = run_tripod(&[
+        "-f",
+        "folded",
+        "-o",
+        file_arg,
+        "--",
+        CHAIN_FP,
+        "--seconds",
+        "2",
+        "--status",
+        "7",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "expected the command's status 7; stderr:\n{}",
+        stderr_text(&out)
+    );
+    let folded = std::fs::read_to_string(&file).expect("reading the output file");
+    assert_chain(&folded, "chain_fp", CHAIN, 1, 0.0);
+}
+
+#[test]
+fn kernel_frames_come_last() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let fx = Fixture::start(SYSCALLS_FP, &[]);
+
+    let folded = sample_pid(fx.pid(), "2", &[]);
+    let stacks = parse_folded(&folded);
+    let mine = stacks_of(&stacks, "syscalls_fp");
+    assert!(!mine.is_empty(), "no samples for syscalls_fp:\n{folded}");
+    assert!(
+        mine.iter()
+            .any(|(f, _)| f.iter().any(|x| x.ends_with("_[k]"))),
+        "no kernel frames for a process living in write():\n{folded}"
+    );
+    for (frames, _) in &mine {
+        // Once the kernel part starts, no user frame may follow.
+        let first_kernel = frames.iter().position(|f| f.ends_with("_[k]"));
+        if let Some(k) = first_kernel {
+            assert!(
+                frames[k..].iter().all(|f| f.ends_with("_[k]")),
+                "user frame after a kernel frame: {}",
+                frames.join(";")
+            );
+        }
+    }
+    assert!(
+        mine.iter().any(|(f, _)| f.iter().any(|x| x == "do_write")),
+        "do_write missing:\n{folded}"
+    );
+
+    let folded = sample_pid(fx.pid(), "2", &["--user-only"]);
+    assert!(!parse_folded(&folded).is_empty(), "--user-only: no samples");
+    assert!(
+        !folded.contains("_[k]"),
+        "--user-only has kernel frames:\n{folded}"
+    );
+
+    let folded = sample_pid(fx.pid(), "2", &["--kernel-only"]);
+    let stacks = parse_folded(&folded);
+    assert!(!stacks.is_empty(), "--kernel-only: no samples");
+    for (frames, _) in &stacks {
+        assert!(
+            frames.iter().skip(1).all(|f| f.ends_with("_[k]")),
+            "--kernel-only has a user frame: {}",
+            frames.join(";")
+        );
+    }
+}
+
+#[test]
+fn per_thread_names_threads() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let fx = Fixture::start(THREADS_FP, &[]);
+    let pid = fx.pid();
+    let folded = sample_pid(pid, "3", &["--per-thread"]);
+    let prefix = format!("threads_fp-{pid}/");
+    let busy_threads: BTreeSet<u32> = parse_folded(&folded)
+        .iter()
+        .filter(|(frames, _)| frames.iter().any(|f| f == "thread_spin"))
+        .filter_map(|(frames, _)| frames[0].strip_prefix(&prefix)?.parse().ok())
+        .filter(|&tid| tid != pid)
+        .collect();
+    assert!(
+        busy_threads.len() >= 2,
+        "expected 2 threads `{prefix}<tid>` in thread_spin, got {busy_threads:?}:\n{folded}"
+    );
+}
+
+/// Without a duration the sampler runs until SIGINT/SIGTERM, then writes what it has.
+fn stops_on_signal(sig: libc::c_int) {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let fx = Fixture::start(CHAIN_FP, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("out.folded");
+    let pid = fx.pid().to_string();
+    let mut run = Tripod::spawn(tripod_command(&[
+        "--pid",
+        &pid,
+        "-f",
+        "folded",
+        "-o",
+        file.to_str().unwrap(),
+    ]));
+    run.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(2));
+    run.signal(sig);
+    let out = run.wait(Duration::from_secs(30));
+    assert_success(&out);
+    let folded = std::fs::read_to_string(&file).expect("reading the output file");
+    assert_chain(&folded, "chain_fp", CHAIN, 50, 0.9);
+}
+
+#[test]
+fn sigint_ends_the_run() {
+    stops_on_signal(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_ends_the_run() {
+    stops_on_signal(libc::SIGTERM);
+}
+
+#[test]
+fn target_exit_ends_the_run() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    // Reaped as soon as it exits, as its shell would, so it does not linger as a zombie.
+    let fx = Fixture::start(CHAIN_FP, &["--seconds", "2"]);
+    let pid = fx.pid().to_string();
+    let reaper = fx.reap_in_background();
+    let run = Tripod::spawn(tripod_command(&["--pid", &pid, "-f", "folded", "-o", "-"]));
+    let out = run.wait(Duration::from_secs(10));
+    assert_success(&out);
+    assert!(reaper.join().unwrap().success(), "fixture failed");
+    let (_, total) = chain_share(&stdout_text(&out), "chain_fp", CHAIN);
+    assert!(total > 0, "no samples before the target exited");
+}

@@ -1,0 +1,2 @@
+// This file exists to enable the library target, so `cargo check` and clippy can see the crate.
+#![no_std]

@@ -1,0 +1,350 @@
+//! One recording, start to finish: check, open the output, start the sampler,
+//! then drain -> aggregate -> symbolize -> report until told to stop.
+use std::{
+    ffi::OsString,
+    os::{fd::OwnedFd, unix::process::ExitStatusExt},
+    process::ExitStatus,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use chrono::{DateTime, Local};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    time::{interval, sleep, MissedTickBehavior},
+};
+use tripod_common::MAX_STACK_DEPTH;
+
+use crate::{
+    aggregate::Aggregator,
+    config::{Config, Target},
+    error::UsageError,
+    output::Output,
+    preflight,
+    process::{self, ProcessTable},
+    report::{self, Losses, RunInfo},
+    resolve::Resolver,
+    sampler::{Counters, Sampler, SamplerOptions},
+    stack::{self, Gap, RawSample, StackRead},
+};
+
+/// How often the kernel maps are drained. Short enough that most processes
+/// are still alive to have their mappings read, long enough to be cheap.
+const DRAIN_PERIOD: Duration = Duration::from_millis(500);
+
+/// Records as configured; returns the exit status for the process.
+pub async fn run(config: Config) -> Result<u8> {
+    preflight::check(&config)?;
+    let mut output = Output::open(&config.output, config.format)?;
+
+    let options = SamplerOptions {
+        frequency: config.frequency,
+        targets: match &config.target {
+            Target::All => None,
+            Target::Pids(pids) => Some(pids.clone()),
+            Target::Command(_) => Some(Vec::new()),
+        },
+        include_idle: config.include_idle,
+        stacks: config.stacks,
+        stack_storage_size: config.stack_storage_size,
+        count_map_size: config.count_map_size,
+    };
+    let mut sampler = Sampler::start(&options)
+        .map_err(|e| preflight::explain_refusal(&e).map(anyhow::Error::from).unwrap_or(e))?;
+    if let Some(reason) = sampler.fallback_reason() {
+        eprintln!("[tripod] hardware cycles event not available ({reason}); using the software cpu-clock event");
+    }
+
+    let mut child = match &config.target {
+        Target::Command(command) => Some(GatedChild::spawn(command)?),
+        _ => None,
+    };
+    if let Some(child) = &mut child {
+        sampler.add_target(child.pid)?;
+        child.release()?;
+    }
+
+    let run_info = RunInfo {
+        target: describe_target(&config.target, child.as_ref().map(|c| c.pid)),
+        frequency: config.frequency,
+        event: sampler.event().name().to_string(),
+        per_thread: config.per_thread,
+        stack_storage_size: config.stack_storage_size,
+        count_map_size: config.count_map_size,
+    };
+    let every = config
+        .interval
+        .map(|i| format!(", reporting every {} s", i.as_secs_f64()))
+        .unwrap_or_default();
+    eprintln!(
+        "[tripod] Sampling at {} Hz ({}){every}: {}. Press Ctrl-C to stop.",
+        config.frequency, run_info.event, run_info.target
+    );
+    eprintln!("[tripod] Writing output to: {}", output.name);
+
+    let mut pipeline = Pipeline::new(run_info, sampler.counters()?);
+    let stop = wait_for_stop(&config, &mut sampler, &mut pipeline, &mut output, child.as_mut()).await?;
+
+    pipeline.ingest(sampler.drain()?);
+    let counters = sampler.counters()?;
+    if config.interval.is_none() || pipeline.has_unreported_samples() {
+        pipeline.write_report(&mut output, &counters)?;
+    }
+    let summary = pipeline.summary(&counters);
+    output.summary(&summary)?;
+
+    eprintln!(
+        "[tripod] {}: {} samples, {} distinct stacks, {} processes in {:.1} s; output in {}",
+        stop.describe(),
+        summary.samples,
+        summary.distinct_stacks,
+        summary.processes,
+        (summary.end - summary.start).num_milliseconds() as f64 / 1000.0,
+        output.name
+    );
+    for hint in summary.hints() {
+        eprintln!("[tripod] {hint}");
+    }
+    Ok(match stop {
+        Stop::CommandExited(status) => exit_code(status),
+        _ => 0,
+    })
+}
+
+/// Why recording ended.
+enum Stop {
+    Duration,
+    Signal(&'static str),
+    TargetsExited,
+    CommandExited(ExitStatus),
+}
+
+impl Stop {
+    fn describe(&self) -> String {
+        match self {
+            Stop::Duration => "done".into(),
+            Stop::Signal(name) => format!("stopped by {name}"),
+            Stop::TargetsExited => "every target process has exited".into(),
+            Stop::CommandExited(status) => format!("command exited ({status})"),
+        }
+    }
+}
+
+/// Drains and reports until the duration ends, a signal arrives, or the targets are gone.
+async fn wait_for_stop(
+    config: &Config,
+    sampler: &mut Sampler,
+    pipeline: &mut Pipeline,
+    output: &mut Output,
+    child: Option<&mut GatedChild>,
+) -> Result<Stop> {
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let deadline = sleep(config.duration.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(deadline);
+    let mut drain = interval(DRAIN_PERIOD);
+    drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut next_report = config.interval.map(|i| Instant::now() + i);
+    let pids = match &config.target {
+        Target::Pids(pids) => pids.clone(),
+        _ => Vec::new(),
+    };
+    let child_exit = async {
+        match child {
+            Some(child) => child.child.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(child_exit);
+
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => return Ok(Stop::Signal("SIGINT")),
+            _ = sigterm.recv() => return Ok(Stop::Signal("SIGTERM")),
+            _ = &mut deadline, if config.duration.is_some() => return Ok(Stop::Duration),
+            status = &mut child_exit => {
+                return Ok(Stop::CommandExited(status.context("waiting for the command")?));
+            }
+            _ = drain.tick() => {
+                pipeline.ingest(sampler.drain()?);
+                if let (Some(at), Some(every)) = (next_report, config.interval) {
+                    if Instant::now() >= at {
+                        pipeline.write_report(output, &sampler.counters()?)?;
+                        next_report = Some(at + every);
+                    }
+                }
+                if !pids.is_empty() && !pids.iter().any(|&pid| process::is_alive(pid)) {
+                    return Ok(Stop::TargetsExited);
+                }
+            }
+        }
+    }
+}
+
+/// Samples on their way to reports: aggregated and symbolized as they arrive.
+struct Pipeline {
+    run: RunInfo,
+    aggregator: Aggregator,
+    processes: ProcessTable,
+    resolver: Resolver,
+    run_start: DateTime<Local>,
+    run_counters: Counters,
+    interval_start: DateTime<Local>,
+    interval_counters: Counters,
+    unreported: u64,
+}
+
+impl Pipeline {
+    fn new(run: RunInfo, counters: Counters) -> Self {
+        let now = Local::now();
+        Pipeline {
+            run,
+            aggregator: Aggregator::new(),
+            processes: ProcessTable::new(),
+            resolver: Resolver::new(),
+            run_start: now,
+            run_counters: counters,
+            interval_start: now,
+            interval_counters: counters,
+            unreported: 0,
+        }
+    }
+
+    /// Counts the samples and symbolizes stacks not seen before, now, while
+    /// their processes are most likely still alive.
+    fn ingest(&mut self, samples: Vec<RawSample>) {
+        let started = Instant::now();
+        let mut new_stacks = Vec::new();
+        for sample in samples {
+            let process = self.processes.observe(sample.tgid, &sample.comm);
+            let user = match sample.user {
+                // Kernel threads have no user stack; that is not a failure to show.
+                StackRead::Missing(Gap::Failed(libc::EFAULT)) if process.kernel_thread => StackRead::NotCollected,
+                user => user,
+            };
+            let kernel = match sample.kernel {
+                // Sampled in user mode: there is no kernel stack to read.
+                StackRead::Missing(Gap::Failed(libc::EFAULT)) => StackRead::NotCollected,
+                kernel => kernel,
+            };
+            let raw = stack::combine(&kernel, &user, MAX_STACK_DEPTH);
+            self.unreported += sample.count;
+            let (id, new) = self.aggregator.add(sample.tgid, sample.tid, &sample.comm, raw, sample.count);
+            if new {
+                new_stacks.push(id);
+            }
+        }
+        if !new_stacks.is_empty() {
+            self.resolver.resolve(&mut self.aggregator.stacks, &new_stacks, &mut self.processes);
+            log::debug!("symbolized {} new stacks in {:?}", new_stacks.len(), started.elapsed());
+        }
+    }
+
+    fn has_unreported_samples(&self) -> bool {
+        self.unreported > 0
+    }
+
+    fn write_report(&mut self, output: &mut Output, counters: &Counters) -> Result<()> {
+        let now = Local::now();
+        let counts = self.aggregator.take_interval();
+        let losses = Losses::from_counters(&counters.since(&self.interval_counters));
+        let report = report::build_report(
+            &self.run,
+            &self.aggregator,
+            &self.processes,
+            &counts,
+            (self.interval_start, now),
+            losses,
+        );
+        output.report(&report).context("writing the report")?;
+        self.interval_start = now;
+        self.interval_counters = *counters;
+        self.unreported = 0;
+        Ok(())
+    }
+
+    fn summary(&self, counters: &Counters) -> report::Summary {
+        let losses = Losses::from_counters(&counters.since(&self.run_counters));
+        report::build_summary(&self.run, &self.aggregator, (self.run_start, Local::now()), losses)
+    }
+}
+
+/// A command started stopped at a gate, so it is a sampling target before it
+/// runs its first instruction.
+struct GatedChild {
+    child: tokio::process::Child,
+    pid: u32,
+    gate: Option<OwnedFd>,
+}
+
+impl GatedChild {
+    fn spawn(command: &[OsString]) -> Result<GatedChild> {
+        let (program, args) = command.split_first().context("empty command")?;
+        let (gate_read, gate_write) = pipe()?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args).kill_on_drop(true);
+        let (read_fd, write_fd) = (raw(&gate_read), raw(&gate_write));
+        // SAFETY: only async-signal-safe calls (close, read) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::close(write_fd);
+                let mut byte = 0u8;
+                // Blocks until the parent releases the gate (or dies, closing it).
+                libc::read(read_fd, (&mut byte as *mut u8).cast(), 1);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            UsageError(format!("cannot run {}: {e}; check the command and its path", program.to_string_lossy()))
+        })?;
+        drop(gate_read);
+        let pid = child.id().context("the command exited before it started")?;
+        Ok(GatedChild { child, pid, gate: Some(gate_write) })
+    }
+
+    /// Lets the command exec.
+    fn release(&mut self) -> Result<()> {
+        // Closing the write end makes the child's read return.
+        self.gate.take();
+        Ok(())
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we then own; CLOEXEC keeps them out of the exec'd program.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("creating a pipe");
+    }
+    // SAFETY: both descriptors were just created and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn raw(fd: &OwnedFd) -> i32 {
+    use std::os::fd::AsRawFd;
+    fd.as_raw_fd()
+}
+
+fn describe_target(target: &Target, child: Option<u32>) -> String {
+    match target {
+        Target::All => "all processes".into(),
+        Target::Pids(pids) if pids.len() == 1 => format!("pid {}", pids[0]),
+        Target::Pids(pids) => {
+            format!("pids {}", pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", "))
+        }
+        Target::Command(command) => {
+            let words: Vec<_> = command.iter().map(|w| w.to_string_lossy()).collect();
+            format!("command `{}` (pid {})", words.join(" "), child.unwrap_or(0))
+        }
+    }
+}
+
+/// The shell's convention: the exit code, or 128 + the signal that killed it.
+fn exit_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => 128u8.saturating_add(signal as u8),
+        _ => 1,
+    }
+}

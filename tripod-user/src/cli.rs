@@ -1,0 +1,286 @@
+//! Command-line parsing: the only module that sees clap. It turns arguments
+//! into a plain [`Config`] and rejects combinations clap cannot express.
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use tripod_common::{DEFAULT_COUNT_MAP_SIZE, DEFAULT_STACK_STORAGE_SIZE};
+
+use crate::{
+    config::{Config, OutputDest, OutputFormat, StackSelection, Target, DEFAULT_FREQUENCY},
+    error::UsageError,
+};
+
+const EXAMPLES: &str = "\
+Examples:
+  sudo tripod-bpf --all -d 10                      whole machine for 10 s, log in $TMPDIR
+  sudo tripod-bpf -p 4242 -i 5                     one process, a report every 5 s
+  sudo tripod-bpf -p 4242 -f folded -o out.folded  then: flamegraph.pl out.folded > out.svg
+  sudo tripod-bpf -f json -o run.json -- ./myprog  start ./myprog and sample it until it exits";
+
+/// Sample kernel and user stacks with eBPF and write Tripod-style tracebacks,
+/// folded stacks or JSON.
+#[derive(Debug, Parser)]
+#[command(name = "tripod-bpf", version, after_help = EXAMPLES)]
+struct Cli {
+    /// Sample these processes (all their threads); comma-separated or repeated.
+    #[arg(short, long, value_name = "PID", value_delimiter = ',')]
+    pid: Vec<u32>,
+
+    /// Sample every process on the machine (except tripod-bpf itself).
+    #[arg(short, long)]
+    all: bool,
+
+    /// Samples per second on each CPU.
+    #[arg(short = 'F', long, value_name = "HZ", env = "TRIPOD_FREQUENCY", default_value_t = DEFAULT_FREQUENCY)]
+    frequency: u64,
+
+    /// Stop after SECS seconds [default: until Ctrl-C, SIGTERM, or every target has exited].
+    #[arg(short, long, value_name = "SECS")]
+    duration: Option<f64>,
+
+    /// Append a report of what was sampled every SECS seconds [default: one report at the end].
+    #[arg(short, long, value_name = "SECS", env = "TRIPOD_INTERVAL")]
+    interval: Option<f64>,
+
+    /// Write to PATH (`-` for stdout) [default: a new tripod_XXXXXX.log in $TMPDIR].
+    #[arg(short, long, value_name = "PATH", env = "TRIPOD_OUTPUT")]
+    output: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = FormatArg::Log)]
+    format: FormatArg,
+
+    /// Keep each thread's stacks apart instead of merging them per process.
+    #[arg(long)]
+    per_thread: bool,
+
+    /// Collect only user-space stacks.
+    #[arg(long, conflicts_with = "kernel_only")]
+    user_only: bool,
+
+    /// Collect only kernel stacks.
+    #[arg(long)]
+    kernel_only: bool,
+
+    /// Also sample the idle task (pid 0) when sampling everything.
+    #[arg(long)]
+    include_idle: bool,
+
+    /// Distinct stacks the kernel can hold between two drains (each of two maps; 127 frames
+    /// of 8 bytes per entry). Raise it when the summary reports stacks that were not stored.
+    #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_STACK_STORAGE_SIZE)]
+    stack_storage_size: u32,
+
+    /// Distinct (thread, stack) pairs the kernel can count between two drains (each of two
+    /// maps). Raise it when the summary reports samples lost to a full count map.
+    #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_COUNT_MAP_SIZE)]
+    count_map_size: u32,
+
+    /// Start COMMAND, sample it until it exits, and exit with its status.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FormatArg {
+    Log,
+    Folded,
+    Json,
+}
+
+/// Parses a full argument list (including the program name).
+///
+/// `Err(Ok(clap_error))` is for clap to print (help, version, syntax errors);
+/// `Err(Err(usage))` is a combination clap accepted but tripod-bpf does not.
+pub fn parse_args<I, T>(args: I) -> Result<Config, Result<clap::Error, UsageError>>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args).map_err(Ok)?;
+    cli.into_config().map_err(Err)
+}
+
+impl Cli {
+    fn into_config(self) -> Result<Config, UsageError> {
+        let target = match (self.pid.is_empty(), self.all, self.command.is_empty()) {
+            (false, false, true) => Target::Pids(self.pid),
+            (true, true, true) => Target::All,
+            (true, false, false) => Target::Command(self.command),
+            (true, false, true) => {
+                return Err(UsageError::new(
+                    "no target given; pass --pid PID, --all, or -- COMMAND [ARGS...]",
+                ))
+            }
+            _ => {
+                return Err(UsageError::new(
+                    "choose one target: --pid, --all and -- COMMAND cannot be combined",
+                ))
+            }
+        };
+        if self.frequency == 0 {
+            return Err(UsageError::new("frequency must be at least 1 Hz; pass -F 99 for example"));
+        }
+        let seconds = |value: Option<f64>, flag: &str| match value {
+            None => Ok(None),
+            Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+            Some(s) => Err(UsageError::new(format!(
+                "{flag} must be a positive number of seconds, got {s}"
+            ))),
+        };
+        let duration = seconds(self.duration, "--duration")?;
+        let interval = seconds(self.interval, "--interval")?;
+        for (value, flag) in [
+            (self.stack_storage_size, "--stack-storage-size"),
+            (self.count_map_size, "--count-map-size"),
+        ] {
+            if value == 0 {
+                return Err(UsageError::new(format!("{flag} must be at least 1")));
+            }
+        }
+        let output = match self.output {
+            None => OutputDest::TempFile,
+            Some(path) if path.as_os_str() == "-" => OutputDest::Stdout,
+            Some(path) => OutputDest::File(path),
+        };
+        let stacks = match (self.user_only, self.kernel_only) {
+            (true, _) => StackSelection::UserOnly,
+            (_, true) => StackSelection::KernelOnly,
+            _ => StackSelection::Both,
+        };
+        Ok(Config {
+            target,
+            frequency: self.frequency,
+            duration,
+            interval,
+            output,
+            format: match self.format {
+                FormatArg::Log => OutputFormat::Log,
+                FormatArg::Folded => OutputFormat::Folded,
+                FormatArg::Json => OutputFormat::Json,
+            },
+            per_thread: self.per_thread,
+            stacks,
+            include_idle: self.include_idle,
+            stack_storage_size: self.stack_storage_size,
+            count_map_size: self.count_map_size,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(line: &str) -> Result<Config, Result<clap::Error, UsageError>> {
+        parse_args(line.split_whitespace())
+    }
+
+    fn config(line: &str) -> Config {
+        parse(line).unwrap_or_else(|e| panic!("{line}: {e:?}"))
+    }
+
+    fn usage_error(line: &str) -> String {
+        match parse(line) {
+            Err(Err(UsageError(message))) => message,
+            other => panic!("{line}: expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config("tripod-bpf --all");
+        assert_eq!(c, Config::new(Target::All));
+        assert_eq!(c.frequency, 99);
+    }
+
+    #[test]
+    fn pids_from_commas_and_repeats() {
+        let c = config("tripod-bpf -p 1,2 --pid 3");
+        assert_eq!(c.target, Target::Pids(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn short_and_long_forms_agree() {
+        let short = config("tripod-bpf -p 7 -F 999 -d 2.5 -i 1 -o out.txt -f folded");
+        let long = config(
+            "tripod-bpf --pid 7 --frequency 999 --duration 2.5 --interval 1 --output out.txt --format folded",
+        );
+        assert_eq!(short, long);
+        assert_eq!(short.frequency, 999);
+        assert_eq!(short.duration, Some(Duration::from_millis(2500)));
+        assert_eq!(short.interval, Some(Duration::from_secs(1)));
+        assert_eq!(short.output, OutputDest::File("out.txt".into()));
+        assert_eq!(short.format, OutputFormat::Folded);
+    }
+
+    #[test]
+    fn command_after_double_dash() {
+        let c = config("tripod-bpf -f json -- ./prog --flag x");
+        assert_eq!(
+            c.target,
+            Target::Command(vec!["./prog".into(), "--flag".into(), "x".into()])
+        );
+    }
+
+    #[test]
+    fn dash_means_stdout() {
+        assert_eq!(config("tripod-bpf -a -o -").output, OutputDest::Stdout);
+    }
+
+    #[test]
+    fn stack_selection() {
+        assert_eq!(config("tripod-bpf -a --user-only").stacks, StackSelection::UserOnly);
+        assert_eq!(config("tripod-bpf -a --kernel-only").stacks, StackSelection::KernelOnly);
+        let e = parse("tripod-bpf -a --user-only --kernel-only").unwrap_err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn target_errors() {
+        assert!(usage_error("tripod-bpf").contains("--pid PID, --all"));
+        assert!(usage_error("tripod-bpf -p 1 --all").contains("cannot be combined"));
+        assert!(usage_error("tripod-bpf --all -- ls").contains("cannot be combined"));
+    }
+
+    #[test]
+    fn value_errors() {
+        assert!(usage_error("tripod-bpf -a -F 0").contains("frequency"));
+        assert!(usage_error("tripod-bpf -a -d 0").contains("--duration"));
+        assert!(usage_error("tripod-bpf -a -i -1").contains("--interval"));
+        assert!(usage_error("tripod-bpf -a --stack-storage-size 0").contains("--stack-storage-size"));
+        let e = parse("tripod-bpf -a -f bogus").unwrap_err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::InvalidValue);
+        let e = parse("tripod-bpf -p abc").unwrap_err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn help_and_version_are_not_errors_of_ours() {
+        assert_eq!(parse("tripod-bpf --help").unwrap_err().unwrap().kind(), ErrorKind::DisplayHelp);
+        assert_eq!(
+            parse("tripod-bpf --version").unwrap_err().unwrap().kind(),
+            ErrorKind::DisplayVersion
+        );
+    }
+
+    #[test]
+    fn environment_sets_defaults_and_flags_win() {
+        // One test touches the environment, so no other test races with it.
+        std::env::set_var("TRIPOD_FREQUENCY", "49");
+        std::env::set_var("TRIPOD_INTERVAL", "3");
+        std::env::set_var("TRIPOD_OUTPUT", "/tmp/from-env.log");
+        let from_env = config("tripod-bpf -a");
+        let flags_win = config("tripod-bpf -a -F 7 -i 2 -o -");
+        std::env::remove_var("TRIPOD_FREQUENCY");
+        std::env::remove_var("TRIPOD_INTERVAL");
+        std::env::remove_var("TRIPOD_OUTPUT");
+        assert_eq!(from_env.frequency, 49);
+        assert_eq!(from_env.interval, Some(Duration::from_secs(3)));
+        assert_eq!(from_env.output, OutputDest::File("/tmp/from-env.log".into()));
+        assert_eq!(flags_win.frequency, 7);
+        assert_eq!(flags_win.interval, Some(Duration::from_secs(2)));
+        assert_eq!(flags_win.output, OutputDest::Stdout);
+    }
+}

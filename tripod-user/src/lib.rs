@@ -1,0 +1,21 @@
+//! tripod-bpf: an eBPF stack sampler that writes Tripod-style tracebacks,
+//! folded stacks and JSON.
+//!
+//! The pipeline, one module each: [`cli`] (arguments) -> [`config`] ->
+//! [`preflight`] (checks) -> [`sampler`] (eBPF, the only aya user) ->
+//! [`stack`] (typed raw frames) -> [`aggregate`] (counts, addresses only) ->
+//! [`process`] + [`symbolize`] (the only blazesym user) via [`resolve`] ->
+//! [`report`] -> [`output`] (the only writers). [`app`] runs it.
+pub mod aggregate;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod output;
+pub mod preflight;
+pub mod process;
+pub mod report;
+pub mod resolve;
+pub mod sampler;
+pub mod stack;
+pub mod symbolize;

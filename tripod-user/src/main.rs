@@ -1,0 +1,37 @@
+use std::{io, process::ExitCode};
+
+use tripod_user::{app, cli, error::UsageError};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let config = match cli::parse_args(std::env::args_os()) {
+        Ok(config) => config,
+        Err(Ok(clap_error)) => clap_error.exit(),
+        Err(Err(usage)) => return usage_failure(&usage),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let result = runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(app::run(config)));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => match error.downcast_ref::<UsageError>() {
+            Some(usage) => usage_failure(usage),
+            // `tripod-bpf ... | head` closing the pipe early is not a failure.
+            None if is_broken_pipe(&error) => ExitCode::SUCCESS,
+            None => {
+                eprintln!("tripod-bpf: error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn usage_failure(usage: &UsageError) -> ExitCode {
+    eprintln!("tripod-bpf: error: {usage}");
+    ExitCode::from(2)
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
+}

@@ -1,0 +1,312 @@
+//! What we know about sampled processes, read from `/proc` while they are alive.
+//!
+//! The executable mappings of each process are snapshotted when it is first
+//! seen (and again when an address falls outside them), and each mapped file
+//! is remembered by a path that still opens after the process has exited, so
+//! stacks of short-lived processes can be symbolized at the end of an interval.
+//! Files are shared between processes by (device, inode): libc is one module.
+use std::{
+    collections::HashMap,
+    fs::{self, File},
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::PathBuf,
+    sync::Arc,
+};
+
+/// An executable file mapped by one or more processes.
+#[derive(Debug)]
+pub struct Module {
+    /// Unique for the run; symbol caches are keyed by it.
+    pub id: usize,
+    /// The path as the process saw it (`/proc/PID/maps`), for display.
+    pub path: String,
+    /// A path we can open now and later: the same path when it names the same
+    /// file in our mount namespace, else `/proc/self/fd/N` of a descriptor we keep
+    /// (deleted binaries, other mount namespaces).
+    pub open_path: PathBuf,
+    _keep_open: Option<File>,
+}
+
+#[derive(Clone, Debug)]
+enum MappingKind {
+    File(Arc<Module>),
+    /// `[vdso]`, `[heap]`, anonymous memory (JIT code) and the like.
+    Special(String),
+}
+
+#[derive(Clone, Debug)]
+struct Mapping {
+    start: u64,
+    end: u64,
+    file_offset: u64,
+    kind: MappingKind,
+}
+
+/// Where an address of a process lies.
+#[derive(Clone, Debug)]
+pub enum Location {
+    /// Inside a mapped file, at this file offset.
+    File { module: Arc<Module>, file_offset: u64 },
+    /// In a mapping without a file, such as `[vdso]` or anonymous memory.
+    Special(String),
+    /// Not in any executable mapping we saw.
+    Unmapped,
+    /// The process was gone before its mappings could be read.
+    ProcessExited,
+}
+
+/// A sampled process.
+#[derive(Debug)]
+pub struct Process {
+    pub pid: u32,
+    /// The process name (its main thread's comm).
+    pub comm: String,
+    /// The executable's path, when readable.
+    pub exe: Option<String>,
+    /// Kernel threads have no user stack; a failed user stack is expected there.
+    pub kernel_thread: bool,
+    /// `None` until the mappings were read; stays `None` if the process exited first.
+    mappings: Option<Vec<Mapping>>,
+}
+
+/// Every process seen during the run, and the modules they map.
+#[derive(Debug, Default)]
+pub struct ProcessTable {
+    processes: HashMap<u32, Process>,
+    modules: HashMap<(u64, u64), Arc<Module>>,
+}
+
+impl ProcessTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process `pid`, read from `/proc` the first time it is asked for.
+    /// `thread_comm` names it if `/proc` no longer has it.
+    pub fn observe(&mut self, pid: u32, thread_comm: &str) -> &Process {
+        if !self.processes.contains_key(&pid) {
+            let process = self.read_process(pid, thread_comm);
+            self.processes.insert(pid, process);
+        }
+        &self.processes[&pid]
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Process> {
+        self.processes.get(&pid)
+    }
+
+    /// Where `address` lies in process `pid`, re-reading its mappings once if
+    /// the address is outside the snapshot (a library loaded since).
+    pub fn locate(&mut self, pid: u32, address: u64) -> Location {
+        let found = match self.processes.get(&pid).and_then(|p| p.mappings.as_ref()) {
+            Some(mappings) => find(mappings, address),
+            None => None,
+        };
+        if let Some(location) = found {
+            return location;
+        }
+        let fresh = read_mappings(pid, &mut self.modules);
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return Location::ProcessExited;
+        };
+        if let Some(mappings) = fresh {
+            process.mappings = Some(mappings);
+        }
+        match &process.mappings {
+            None => Location::ProcessExited,
+            Some(mappings) => find(mappings, address).unwrap_or(Location::Unmapped),
+        }
+    }
+
+    fn read_process(&mut self, pid: u32, thread_comm: &str) -> Process {
+        let proc_dir = format!("/proc/{pid}");
+        let comm = fs::read_to_string(format!("{proc_dir}/comm"))
+            .map(|c| c.trim_end().to_string())
+            .unwrap_or_else(|_| thread_comm.to_string());
+        let exe = fs::read_link(format!("{proc_dir}/exe"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        // The idle task (pid 0) has no /proc entry and no user space.
+        let kernel_thread = pid == 0 || stat_flags(pid).is_some_and(|flags| flags & PF_KTHREAD != 0);
+        let mappings = if kernel_thread { Some(Vec::new()) } else { read_mappings(pid, &mut self.modules) };
+        Process { pid, comm, exe, kernel_thread, mappings }
+    }
+}
+
+/// `PF_KTHREAD` from include/linux/sched.h.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The `flags` field of `/proc/PID/stat`.
+fn stat_flags(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The comm field may contain spaces and parentheses; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After the comm: state, ppid, pgrp, session, tty_nr, tpgid, flags.
+    rest.split_whitespace().nth(6)?.parse().ok()
+}
+
+/// True while `pid` exists and is not a zombie (a zombie's memory is already gone).
+pub fn is_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}
+
+fn find(mappings: &[Mapping], address: u64) -> Option<Location> {
+    let index = mappings.partition_point(|m| m.end <= address);
+    let mapping = mappings.get(index).filter(|m| m.start <= address)?;
+    Some(match &mapping.kind {
+        MappingKind::File(module) => Location::File {
+            module: module.clone(),
+            file_offset: address - mapping.start + mapping.file_offset,
+        },
+        MappingKind::Special(name) => Location::Special(name.clone()),
+    })
+}
+
+/// The executable mappings of `pid`, sorted by address; `None` if it is gone.
+fn read_mappings(pid: u32, modules: &mut HashMap<(u64, u64), Arc<Module>>) -> Option<Vec<Mapping>> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let mut mappings = Vec::new();
+    for line in maps.lines() {
+        let Some(entry) = MapsLine::parse(line) else { continue };
+        if !entry.executable {
+            continue;
+        }
+        let kind = match entry.path {
+            Some(path) if entry.inode != 0 => {
+                let key = (entry.device, entry.inode);
+                let module = match modules.get(&key) {
+                    Some(module) => module.clone(),
+                    None => {
+                        let module = Arc::new(open_module(modules.len(), pid, &entry, path));
+                        modules.insert(key, module.clone());
+                        module
+                    }
+                };
+                MappingKind::File(module)
+            }
+            Some(name) => MappingKind::Special(name.to_string()),
+            None => MappingKind::Special("[anon]".to_string()),
+        };
+        mappings.push(Mapping { start: entry.start, end: entry.end, file_offset: entry.offset, kind });
+    }
+    mappings.sort_by_key(|m| m.start);
+    Some(mappings)
+}
+
+/// Finds a path for the mapped file that will keep working after `pid` exits.
+fn open_module(id: usize, pid: u32, entry: &MapsLine<'_>, path: &str) -> Module {
+    let display = path.strip_suffix(" (deleted)").unwrap_or(path).to_string();
+    let same_file = fs::metadata(path).is_ok_and(|meta| {
+        meta.ino() == entry.inode && device_number(meta.dev()) == entry.device
+    });
+    if same_file {
+        return Module { id, path: display, open_path: PathBuf::from(path), _keep_open: None };
+    }
+    // Deleted, replaced, or in another mount namespace: open the mapping itself.
+    let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end);
+    let root_path = format!("/proc/{pid}/root{display}");
+    for candidate in [map_file, root_path] {
+        if let Ok(file) = File::open(&candidate) {
+            let open_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            return Module { id, path: display, open_path, _keep_open: Some(file) };
+        }
+    }
+    Module { id, path: display.clone(), open_path: PathBuf::from(display), _keep_open: None }
+}
+
+/// `st_dev` in the `major:minor` packing `/proc/PID/maps` prints, as one number.
+fn device_number(dev: u64) -> u64 {
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    (u64::from(major) << 32) | u64::from(minor)
+}
+
+/// One line of `/proc/PID/maps`:
+/// `start-end perms offset major:minor inode [path]`.
+#[derive(Debug, PartialEq, Eq)]
+struct MapsLine<'a> {
+    start: u64,
+    end: u64,
+    executable: bool,
+    offset: u64,
+    /// `major << 32 | minor`, comparable with [`device_number`].
+    device: u64,
+    inode: u64,
+    path: Option<&'a str>,
+}
+
+impl<'a> MapsLine<'a> {
+    fn parse(line: &'a str) -> Option<Self> {
+        let mut fields = line.splitn(6, ' ');
+        let (start, end) = fields.next()?.split_once('-')?;
+        let perms = fields.next()?;
+        let offset = fields.next()?;
+        let (major, minor) = fields.next()?.split_once(':')?;
+        let inode = fields.next()?;
+        let path = fields.next().map(str::trim_start).filter(|p| !p.is_empty());
+        let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+        Some(MapsLine {
+            start: hex(start)?,
+            end: hex(end)?,
+            executable: perms.as_bytes().get(2) == Some(&b'x'),
+            offset: hex(offset)?,
+            device: (hex(major)? << 32) | hex(minor)?,
+            inode: inode.parse().ok()?,
+            path,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_lines() {
+        let line = "7f1c2a428000-7f1c2a5a5000 r-xp 00028000 fd:01 1836 /usr/lib/x86_64-linux-gnu/libc.so.6";
+        let entry = MapsLine::parse(line).unwrap();
+        assert_eq!(entry.start, 0x7f1c2a428000);
+        assert_eq!(entry.end, 0x7f1c2a5a5000);
+        assert!(entry.executable);
+        assert_eq!(entry.offset, 0x28000);
+        assert_eq!(entry.device, (0xfd << 32) | 1);
+        assert_eq!(entry.inode, 1836);
+        assert_eq!(entry.path, Some("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+
+        let vdso = MapsLine::parse("7ffd1b3e4000-7ffd1b3e6000 r-xp 00000000 00:00 0                          [vdso]").unwrap();
+        assert_eq!(vdso.path, Some("[vdso]"));
+        let anon = MapsLine::parse("7ffd1b3e4000-7ffd1b3e6000 rw-p 00000000 00:00 0 ").unwrap();
+        assert!(!anon.executable);
+        assert_eq!(anon.path, None);
+    }
+
+    #[test]
+    fn locates_addresses_in_our_own_process() {
+        let mut table = ProcessTable::new();
+        let pid = std::process::id();
+        let process = table.observe(pid, "x");
+        assert!(!process.kernel_thread);
+        let here = locates_addresses_in_our_own_process as usize as u64;
+        match table.locate(pid, here) {
+            Location::File { module, file_offset } => {
+                assert!(file_offset > 0);
+                let exe = std::env::current_exe().unwrap();
+                assert_eq!(fs::metadata(&module.open_path).unwrap().ino(), fs::metadata(exe).unwrap().ino());
+            }
+            other => panic!("expected our executable, got {other:?}"),
+        }
+        assert!(matches!(table.locate(pid, 8), Location::Unmapped));
+        assert!(is_alive(pid));
+    }
+
+    #[test]
+    fn kernel_threads_are_recognised() {
+        // kthreadd is pid 2 on every Linux system.
+        if fs::metadata("/proc/2").is_ok() {
+            assert!(ProcessTable::new().observe(2, "kthreadd").kernel_thread);
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! What the output formats render: symbolized stacks with counts, for one
+//! interval, and the summary of a whole run. Built from the aggregator; holds
+//! no addresses that still need work.
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use chrono::{DateTime, Local};
+use tripod_common::Counter;
+
+use crate::{
+    aggregate::{Aggregator, ThreadStack},
+    process::ProcessTable,
+    sampler::Counters,
+};
+
+/// What a frame is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    /// Code at an address.
+    Code,
+    /// The stack was cut off here; outer frames are missing.
+    Truncated,
+    /// This part of the stack could not be collected; `unknown` says why.
+    Missing,
+}
+
+/// One line of a traceback.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Frame {
+    pub kind: FrameKind,
+    /// The address as sampled (not adjusted for return addresses).
+    pub address: Option<u64>,
+    pub kernel: bool,
+    /// The file (or `[vdso]`-style name) the address is in.
+    pub module: Option<String>,
+    /// Offset of the address in `module`'s file.
+    pub offset: Option<u64>,
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// True for a function inlined into the frame before it.
+    pub inlined: bool,
+    /// Why `function` is missing, or what is missing for a marker frame.
+    pub unknown: Option<String>,
+}
+
+impl Frame {
+    /// A marker frame for a stack part that could not be collected.
+    pub fn missing(kernel: bool, why: String) -> Frame {
+        Frame { kind: FrameKind::Missing, unknown: Some(why), ..Frame::code(kernel, None) }
+    }
+
+    pub fn truncated(kernel: bool) -> Frame {
+        Frame { kind: FrameKind::Truncated, ..Frame::code(kernel, None) }
+    }
+
+    /// A code frame with nothing known but its address.
+    pub fn code(kernel: bool, address: Option<u64>) -> Frame {
+        Frame {
+            kind: FrameKind::Code,
+            address,
+            kernel,
+            module: None,
+            offset: None,
+            function: None,
+            file: None,
+            line: None,
+            inlined: false,
+            unknown: None,
+        }
+    }
+
+    /// The file name of the module, without its directory.
+    pub fn module_name(&self) -> Option<&str> {
+        self.module.as_deref().map(|m| m.rsplit('/').next().unwrap_or(m))
+    }
+
+    /// A short name for flame graphs and summaries: the function, else
+    /// `[module]`, else `[unknown]`.
+    pub fn short_name(&self) -> String {
+        match (self.kind, &self.function, self.module_name()) {
+            (FrameKind::Truncated, ..) => "[truncated]".into(),
+            (FrameKind::Missing, ..) => "[missing]".into(),
+            (_, Some(function), _) => function.clone(),
+            (_, None, Some(module)) => format!("[{module}]"),
+            (_, None, None) => "[unknown]".into(),
+        }
+    }
+}
+
+/// Samples that were not recorded whole, from the kernel's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Losses {
+    /// Samples dropped entirely: the count map was full.
+    pub count_map_full: u64,
+    pub user: StackErrors,
+    pub kernel: StackErrors,
+}
+
+/// Stacks that `bpf_get_stackid` could not store, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackErrors {
+    /// EFAULT: nothing readable (normal for the user stack of kernel threads).
+    pub unreadable: u64,
+    /// EEXIST: another stack already had the same hash bucket.
+    pub collisions: u64,
+    /// ENOMEM: the stack map was full.
+    pub map_full: u64,
+    pub other: u64,
+}
+
+impl StackErrors {
+    /// Stacks lost for lack of room, which a bigger `--stack-storage-size` fixes.
+    pub fn storage(&self) -> u64 {
+        self.collisions + self.map_full
+    }
+}
+
+impl Losses {
+    pub fn from_counters(c: &Counters) -> Losses {
+        Losses {
+            count_map_full: c.get(Counter::CountMapFull),
+            user: StackErrors {
+                unreadable: c.get(Counter::UserStackFault),
+                collisions: c.get(Counter::UserStackCollision),
+                map_full: c.get(Counter::UserStackMapFull),
+                other: c.get(Counter::UserStackOther),
+            },
+            kernel: StackErrors {
+                unreadable: c.get(Counter::KernelStackFault),
+                collisions: c.get(Counter::KernelStackCollision),
+                map_full: c.get(Counter::KernelStackMapFull),
+                other: c.get(Counter::KernelStackOther),
+            },
+        }
+    }
+}
+
+/// Facts about the run every report repeats.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunInfo {
+    /// What was sampled, for people: `pid 4242`, `all processes`, `command ./x`.
+    pub target: String,
+    pub frequency: u64,
+    /// The perf event: `cpu-clock` or `cycles`.
+    pub event: String,
+    pub per_thread: bool,
+    pub stack_storage_size: u32,
+    pub count_map_size: u32,
+}
+
+/// One distinct stack of a report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackReport {
+    pub pid: u32,
+    /// The process name.
+    pub comm: String,
+    /// With `--per-thread`: the thread and its name.
+    pub thread: Option<(u32, String)>,
+    /// Threads whose samples were merged into this stack.
+    pub tids: Vec<u32>,
+    pub count: u64,
+    /// Outermost first; kernel frames last.
+    pub frames: Arc<[Arc<Frame>]>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadReport {
+    pub tid: u32,
+    pub comm: String,
+    pub samples: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub samples: u64,
+    pub threads: Vec<ThreadReport>,
+}
+
+/// What was sampled in one interval (the whole run when there are no intervals).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub run: RunInfo,
+    pub start: DateTime<Local>,
+    pub end: DateTime<Local>,
+    /// Samples recorded (the sum of the stack counts).
+    pub samples: u64,
+    pub losses: Losses,
+    /// Most frequent first.
+    pub stacks: Vec<StackReport>,
+    /// Most sampled first.
+    pub processes: Vec<ProcessReport>,
+}
+
+/// A stack seen in more than one thread or process over the run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Duplicate {
+    pub count: u64,
+    pub threads: usize,
+    pub processes: usize,
+    /// Function names, outermost first.
+    pub functions: Vec<String>,
+}
+
+/// The whole run, written after the last report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    pub run: RunInfo,
+    pub start: DateTime<Local>,
+    pub end: DateTime<Local>,
+    pub samples: u64,
+    pub distinct_stacks: usize,
+    pub processes: usize,
+    pub threads: usize,
+    pub losses: Losses,
+    /// Most samples first.
+    pub duplicates: Vec<Duplicate>,
+}
+
+impl Summary {
+    /// What to change when something was lost, one sentence each.
+    pub fn hints(&self) -> Vec<String> {
+        let mut hints = Vec::new();
+        let losses = &self.losses;
+        if losses.count_map_full > 0 {
+            hints.push(format!(
+                "{} samples were lost because the count map was full; consider --count-map-size {}",
+                losses.count_map_full,
+                self.run.count_map_size.saturating_mul(2)
+            ));
+        }
+        let storage = losses.user.storage() + losses.kernel.storage();
+        if storage > 0 {
+            hints.push(format!(
+                "{storage} stack traces could not be stored (hash collision or full stack map); \
+                 consider --stack-storage-size {}",
+                self.run.stack_storage_size.saturating_mul(2)
+            ));
+        }
+        hints
+    }
+}
+
+/// Most duplicates listed in a summary.
+const MAX_DUPLICATES: usize = 20;
+
+/// Builds the report of one interval from its counts.
+pub fn build_report(
+    run: &RunInfo,
+    aggregator: &Aggregator,
+    processes: &ProcessTable,
+    counts: &HashMap<ThreadStack, u64>,
+    (start, end): (DateTime<Local>, DateTime<Local>),
+    losses: Losses,
+) -> Report {
+    // Merge threads unless asked to keep them apart.
+    let mut merged: HashMap<(u32, u32, u32), (u64, BTreeSet<u32>)> = HashMap::new();
+    let mut by_process: HashMap<u32, HashMap<u32, u64>> = HashMap::new();
+    for (key, &count) in counts {
+        let tid_key = if run.per_thread { key.tid } else { 0 };
+        let slot = merged.entry((key.tgid, tid_key, key.stack)).or_default();
+        slot.0 += count;
+        slot.1.insert(key.tid);
+        *by_process.entry(key.tgid).or_default().entry(key.tid).or_default() += count;
+    }
+    let process_name = |pid: u32| {
+        processes.get(pid).map(|p| p.comm.clone()).unwrap_or_else(|| format!("pid {pid}"))
+    };
+    let thread_name = |tid: u32| aggregator.thread_name(tid).unwrap_or("?").to_string();
+
+    let mut keys: Vec<_> = merged.into_iter().collect();
+    keys.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
+    let stacks = keys
+        .into_iter()
+        .map(|((pid, tid, stack), (count, tids))| StackReport {
+            pid,
+            comm: process_name(pid),
+            thread: run.per_thread.then(|| (tid, thread_name(tid))),
+            tids: tids.into_iter().collect(),
+            count,
+            frames: aggregator.stacks.get(stack).frames.clone().unwrap_or_else(|| Arc::from(Vec::new())),
+        })
+        .collect::<Vec<_>>();
+
+    let mut process_reports: Vec<ProcessReport> = by_process
+        .into_iter()
+        .map(|(pid, threads)| {
+            let mut threads: Vec<ThreadReport> = threads
+                .into_iter()
+                .map(|(tid, samples)| ThreadReport { tid, comm: thread_name(tid), samples })
+                .collect();
+            threads.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.tid.cmp(&b.tid)));
+            ProcessReport {
+                pid,
+                comm: process_name(pid),
+                exe: processes.get(pid).and_then(|p| p.exe.clone()),
+                samples: threads.iter().map(|t| t.samples).sum(),
+                threads,
+            }
+        })
+        .collect();
+    process_reports.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
+
+    Report {
+        run: run.clone(),
+        start,
+        end,
+        samples: counts.values().sum(),
+        losses,
+        stacks,
+        processes: process_reports,
+    }
+}
+
+/// Builds the summary of the whole run.
+pub fn build_summary(
+    run: &RunInfo,
+    aggregator: &Aggregator,
+    (start, end): (DateTime<Local>, DateTime<Local>),
+    losses: Losses,
+) -> Summary {
+    let counts = aggregator.run();
+    let mut by_functions: HashMap<Vec<String>, (u64, BTreeSet<(u32, u32)>)> = HashMap::new();
+    for (key, &count) in counts {
+        let Some(frames) = &aggregator.stacks.get(key.stack).frames else { continue };
+        let functions = frames.iter().map(|f| f.short_name()).collect();
+        let slot = by_functions.entry(functions).or_default();
+        slot.0 += count;
+        slot.1.insert((key.tgid, key.tid));
+    }
+    let mut duplicates: Vec<Duplicate> = by_functions
+        .into_iter()
+        .filter(|(_, (_, threads))| threads.len() > 1)
+        .map(|(functions, (count, threads))| Duplicate {
+            count,
+            threads: threads.len(),
+            processes: threads.iter().map(|(pid, _)| pid).collect::<BTreeSet<_>>().len(),
+            functions,
+        })
+        .collect();
+    duplicates.sort_by(|a, b| b.count.cmp(&a.count).then(a.functions.cmp(&b.functions)));
+    duplicates.truncate(MAX_DUPLICATES);
+
+    Summary {
+        run: run.clone(),
+        start,
+        end,
+        samples: counts.values().sum(),
+        distinct_stacks: aggregator.stacks.len(),
+        processes: counts.keys().map(|k| k.tgid).collect::<BTreeSet<_>>().len(),
+        threads: counts.keys().map(|k| (k.tgid, k.tid)).collect::<BTreeSet<_>>().len(),
+        losses,
+        duplicates,
+    }
+}

@@ -1,0 +1,149 @@
+//! Raw frames to displayable frames: where each address lies (from the
+//! process table) and what it is (from the symbolizer), expanded into one
+//! frame per function when calls were inlined.
+use std::{collections::HashMap, sync::Arc};
+
+use crate::{
+    aggregate::{StackId, StackTable},
+    process::{Location, ProcessTable},
+    report::Frame,
+    stack::{Gap, RawFrame, Space},
+    symbolize::{Resolved, Symbolizer},
+};
+
+/// Resolves stacks, each distinct (process, address) once per run.
+#[derive(Default)]
+pub struct Resolver {
+    symbolizer: Symbolizer,
+    /// Frames for (process, raw frame); kernel frames use process 0.
+    cache: HashMap<(u32, RawFrame), Arc<[Arc<Frame>]>>,
+}
+
+impl Resolver {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Symbolizes the given new stacks in one batch and stores their frames
+    /// in the table. Call it while the processes are likely alive, so their
+    /// mappings can still be read.
+    pub fn resolve(&mut self, stacks: &mut StackTable, ids: &[StackId], processes: &mut ProcessTable) {
+        // 1. Locate every address not seen before.
+        let mut pending: HashMap<(u32, RawFrame), Option<Location>> = HashMap::new();
+        for &id in ids {
+            let entry = stacks.get(id);
+            for raw in entry.raw.iter() {
+                let key = cache_key(entry.tgid, raw);
+                if self.cache.contains_key(&key) || pending.contains_key(&key) {
+                    continue;
+                }
+                let location = match (raw.space(), raw.lookup_address()) {
+                    (Space::User, Some(address)) => Some(processes.locate(entry.tgid, address)),
+                    _ => None,
+                };
+                pending.insert(key, location);
+            }
+        }
+
+        // 2. Symbolize in batches: one per module, one for the kernel.
+        let mut by_module: HashMap<usize, (Arc<crate::process::Module>, Vec<u64>)> = HashMap::new();
+        let mut kernel = Vec::new();
+        for ((_, raw), location) in &pending {
+            match location {
+                Some(Location::File { module, file_offset }) => {
+                    by_module.entry(module.id).or_insert_with(|| (module.clone(), Vec::new())).1.push(*file_offset);
+                }
+                None if raw.space() == Space::Kernel => kernel.extend(raw.lookup_address()),
+                _ => {}
+            }
+        }
+        for (module, offsets) in by_module.values() {
+            self.symbolizer.resolve_user(module, offsets);
+        }
+        self.symbolizer.resolve_kernel(&kernel);
+
+        // 3. Build and cache the frames of each address.
+        for (key, location) in pending {
+            let frames = self.frames(&key.1, location);
+            self.cache.insert(key, frames);
+        }
+
+        // 4. Assemble each stack, outermost first: user frames, then kernel frames.
+        for &id in ids {
+            let entry = stacks.get(id);
+            let mut frames = Vec::new();
+            for space in [Space::User, Space::Kernel] {
+                for raw in entry.raw.iter().rev().filter(|r| r.space() == space) {
+                    frames.extend(self.cache[&cache_key(entry.tgid, raw)].iter().cloned());
+                }
+            }
+            stacks.set_frames(id, frames.into());
+        }
+    }
+
+    fn frames(&self, raw: &RawFrame, location: Option<Location>) -> Arc<[Arc<Frame>]> {
+        let kernel = raw.space() == Space::Kernel;
+        let frame = match *raw {
+            RawFrame::Gap(_, Gap::Truncated) => return one(Frame::truncated(kernel)),
+            RawFrame::Gap(_, gap) => return one(Frame::missing(kernel, gap.describe())),
+            RawFrame::InstructionPointer(_, address) | RawFrame::ReturnAddress(_, address) => {
+                Frame::code(kernel, Some(address))
+            }
+        };
+        let lookup = raw.lookup_address().unwrap_or_default();
+        let resolved = match location {
+            None => self.symbolizer.kernel(lookup),
+            Some(Location::File { module, file_offset }) => {
+                let frame = Frame {
+                    module: Some(module.path.clone()),
+                    offset: Some(file_offset),
+                    ..frame.clone()
+                };
+                return expand(frame, self.symbolizer.user(&module, file_offset));
+            }
+            Some(Location::Special(name)) => {
+                let reason = "no file behind the mapping".to_string();
+                return one(Frame { module: Some(name), unknown: Some(reason), ..frame });
+            }
+            Some(Location::Unmapped) => {
+                return one(Frame { unknown: Some("not in any executable mapping".into()), ..frame })
+            }
+            Some(Location::ProcessExited) => {
+                return one(Frame { unknown: Some("process exited".into()), ..frame })
+            }
+        };
+        expand(Frame { module: kernel.then(|| "[kernel]".to_string()), ..frame }, resolved)
+    }
+}
+
+/// Kernel addresses mean the same in every process.
+fn cache_key(tgid: u32, raw: &RawFrame) -> (u32, RawFrame) {
+    match raw.space() {
+        Space::Kernel => (0, *raw),
+        Space::User => (tgid, *raw),
+    }
+}
+
+fn one(frame: Frame) -> Arc<[Arc<Frame>]> {
+    Arc::from(vec![Arc::new(frame)])
+}
+
+/// One frame per function at the address: the real one, then inlined calls.
+fn expand(base: Frame, resolved: Option<Arc<Resolved>>) -> Arc<[Arc<Frame>]> {
+    match resolved.as_deref() {
+        Some(Resolved::Symbols(symbols)) => symbols
+            .iter()
+            .map(|s| {
+                Arc::new(Frame {
+                    function: Some(s.function.clone()),
+                    file: s.file.clone(),
+                    line: s.line,
+                    inlined: s.inlined,
+                    ..base.clone()
+                })
+            })
+            .collect(),
+        Some(Resolved::Unknown(reason)) => one(Frame { unknown: Some(reason.clone()), ..base }),
+        None => one(Frame { unknown: Some("not symbolized".into()), ..base }),
+    }
+}

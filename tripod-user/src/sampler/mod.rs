@@ -1,0 +1,204 @@
+//! The live sampler: loads the eBPF program, attaches it to a perf event on
+//! every CPU, and drains what it counted. The only module that touches aya.
+mod drain;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, StackTraceMap},
+    programs::{
+        perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        PerfEvent,
+    },
+    util::online_cpus,
+    Ebpf, EbpfLoader,
+};
+use tripod_common::{names, Counter, SampleKey, SamplerConfig};
+
+use crate::config::StackSelection;
+
+/// What the sampler should watch and how much room its maps have.
+#[derive(Clone, Debug)]
+pub struct SamplerOptions {
+    /// Samples per second on each CPU.
+    pub frequency: u64,
+    /// `None`: every process; `Some`: these tgids (more can be added later).
+    pub targets: Option<Vec<u32>>,
+    pub include_idle: bool,
+    pub stacks: StackSelection,
+    pub stack_storage_size: u32,
+    pub count_map_size: u32,
+}
+
+/// The perf event that drives sampling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SamplingEvent {
+    /// Hardware CPU cycles: no samples while a CPU idles.
+    Cycles,
+    /// The software cpu-clock timer, which works without a PMU (VMs).
+    CpuClock,
+}
+
+impl SamplingEvent {
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplingEvent::Cycles => "cycles",
+            SamplingEvent::CpuClock => "cpu-clock",
+        }
+    }
+}
+
+/// Per-run totals of the kernel-side counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; Counter::LEN as usize]);
+
+impl Counters {
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut delta = *self;
+        for (d, e) in delta.0.iter_mut().zip(earlier.0) {
+            *d = d.saturating_sub(e);
+        }
+        delta
+    }
+}
+
+pub struct Sampler {
+    /// Owns the program and its perf-event links; dropping it detaches everything.
+    _ebpf: Ebpf,
+    event: SamplingEvent,
+    /// Set when hardware cycles were wanted but not available.
+    fallback_reason: Option<String>,
+    targets: HashMap<MapData, u32, u8>,
+    control: Array<MapData, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    counts: [HashMap<MapData, SampleKey, u64>; 2],
+    stacks: [StackTraceMap<MapData>; 2],
+    generation: u32,
+}
+
+impl Sampler {
+    /// Loads the program, fills in the targets, and starts sampling on every CPU.
+    pub fn start(options: &SamplerOptions) -> Result<Sampler> {
+        raise_memlock_limit();
+        let config = SamplerConfig {
+            all_processes: options.targets.is_none().into(),
+            include_idle: options.include_idle.into(),
+            self_tgid: std::process::id(),
+            collect_user: options.stacks.user().into(),
+            collect_kernel: options.stacks.kernel().into(),
+        };
+        let mut loader = EbpfLoader::new();
+        loader.override_global(names::CONFIG, &config, true);
+        for generation in 0..2 {
+            loader.map_max_entries(names::STACKS[generation], options.stack_storage_size);
+            loader.map_max_entries(names::COUNTS[generation], options.count_map_size);
+        }
+        // The object is embedded so the binary runs on its own, from any directory.
+        let mut ebpf = loader
+            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tripod")))
+            .context("loading the eBPF program into the kernel")?;
+
+        let mut targets: HashMap<MapData, u32, u8> = take_map(&mut ebpf, names::TARGETS)?;
+        for &pid in options.targets.iter().flatten() {
+            targets.insert(pid, 1, 0).with_context(|| format!("adding pid {pid} to the targets"))?;
+        }
+        let control = take_map(&mut ebpf, names::CONTROL)?;
+        let counters = take_map(&mut ebpf, names::COUNTERS)?;
+        let counts = [take_map(&mut ebpf, names::COUNTS[0])?, take_map(&mut ebpf, names::COUNTS[1])?];
+        let stacks = [take_map(&mut ebpf, names::STACKS[0])?, take_map(&mut ebpf, names::STACKS[1])?];
+
+        let program: &mut PerfEvent = ebpf
+            .program_mut(names::SAMPLE_PROGRAM)
+            .context("the eBPF object has no sampling program")?
+            .try_into()?;
+        program.load().context("loading the sampling program (the verifier refused it)")?;
+        let (event, fallback_reason) = attach_all_cpus(program, options.frequency)?;
+
+        Ok(Sampler {
+            _ebpf: ebpf,
+            event,
+            fallback_reason,
+            targets,
+            control,
+            counters,
+            counts,
+            stacks,
+            generation: 0,
+        })
+    }
+
+    pub fn event(&self) -> SamplingEvent {
+        self.event
+    }
+
+    /// Why hardware cycles are not used, when they were not available.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
+    /// Starts sampling one more process (a command we launched).
+    pub fn add_target(&mut self, pid: u32) -> Result<()> {
+        self.targets.insert(pid, 1, 0).with_context(|| format!("adding pid {pid} to the targets"))
+    }
+
+    /// The kernel-side counters, summed over CPUs, since the start of the run.
+    pub fn counters(&self) -> Result<Counters> {
+        let mut totals = Counters::default();
+        for counter in Counter::ALL {
+            let per_cpu = self.counters.get(&(counter as u32), 0).context("reading counters")?;
+            totals.0[counter as usize] = per_cpu.iter().sum();
+        }
+        Ok(totals)
+    }
+}
+
+/// Attaches `program` on every online CPU: hardware cycles when the machine
+/// has a PMU, else the software cpu-clock, saying why.
+fn attach_all_cpus(program: &mut PerfEvent, frequency: u64) -> Result<(SamplingEvent, Option<String>)> {
+    let cpus = online_cpus().map_err(|(path, error)| anyhow::anyhow!("reading {path}: {error}"))?;
+    let policy = SamplePolicy::Frequency(frequency);
+    let attach = |program: &mut PerfEvent, event: SamplingEvent, cpu: u32| {
+        let config = match event {
+            SamplingEvent::Cycles => PerfEventConfig::Hardware(HardwareEvent::CpuCycles),
+            SamplingEvent::CpuClock => PerfEventConfig::Software(SoftwareEvent::CpuClock),
+        };
+        program.attach(config, PerfEventScope::AllProcessesOneCpu { cpu }, policy, false)
+    };
+    let first = *cpus.first().context("no online CPUs")?;
+    let (event, fallback) = match attach(program, SamplingEvent::Cycles, first) {
+        Ok(_) => (SamplingEvent::Cycles, None),
+        Err(error) => {
+            let reason = format!("{:#}", anyhow::Error::from(error));
+            attach(program, SamplingEvent::CpuClock, first)
+                .with_context(|| format!("opening the cpu-clock perf event on CPU {first}"))?;
+            (SamplingEvent::CpuClock, Some(reason))
+        }
+    };
+    for &cpu in &cpus[1..] {
+        attach(program, event, cpu)
+            .with_context(|| format!("opening the {} perf event on CPU {cpu}", event.name()))?;
+    }
+    Ok((event, fallback))
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).with_context(|| format!("the eBPF object has no map {name}"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
+/// See <https://lwn.net/Articles/837122/>.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit with a valid pointer to a local.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
