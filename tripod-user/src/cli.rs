@@ -20,7 +20,7 @@ Examples:
 /// Sample kernel and user stacks with eBPF and write Tripod-style tracebacks,
 /// folded stacks or JSON.
 #[derive(Debug, Parser)]
-#[command(name = "tripod-bpf", version, after_help = EXAMPLES)]
+#[command(name = "tripod-bpf", version, after_help = EXAMPLES, allow_negative_numbers = true)]
 struct Cli {
     /// Sample these processes (all their threads); comma-separated or repeated.
     #[arg(short, long, value_name = "PID", value_delimiter = ',')]
@@ -173,7 +173,12 @@ mod tests {
     use super::*;
     use clap::error::ErrorKind;
 
+    /// Tests that parse hold this, so the one test that sets TRIPOD_* variables
+    /// cannot change what the others see.
+    static ENVIRONMENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn parse(line: &str) -> Result<Config, Result<clap::Error, UsageError>> {
+        let _guard = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
         parse_args(line.split_whitespace())
     }
 
@@ -267,7 +272,8 @@ mod tests {
 
     #[test]
     fn environment_sets_defaults_and_flags_win() {
-        // One test touches the environment, so no other test races with it.
+        let guard = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+        let config = |line: &str| parse_args(line.split_whitespace()).unwrap();
         std::env::set_var("TRIPOD_FREQUENCY", "49");
         std::env::set_var("TRIPOD_INTERVAL", "3");
         std::env::set_var("TRIPOD_OUTPUT", "/tmp/from-env.log");
@@ -276,6 +282,7 @@ mod tests {
         std::env::remove_var("TRIPOD_FREQUENCY");
         std::env::remove_var("TRIPOD_INTERVAL");
         std::env::remove_var("TRIPOD_OUTPUT");
+        drop(guard);
         assert_eq!(from_env.frequency, 49);
         assert_eq!(from_env.interval, Some(Duration::from_secs(3)));
         assert_eq!(from_env.output, OutputDest::File("/tmp/from-env.log".into()));

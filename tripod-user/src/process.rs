@@ -289,7 +289,7 @@ mod tests {
         let pid = std::process::id();
         let process = table.observe(pid, "x");
         assert!(!process.kernel_thread);
-        let here = locates_addresses_in_our_own_process as usize as u64;
+        let here = locates_addresses_in_our_own_process as fn() as usize as u64;
         match table.locate(pid, here) {
             Location::File { module, file_offset } => {
                 assert!(file_offset > 0);

@@ -1,0 +1,214 @@
+//! Every format rendered from the same hand-built report, against golden text.
+use std::sync::Arc;
+
+use chrono::{Local, TimeZone};
+
+use super::{Document, Folded, Json, Log, Render};
+use crate::report::{
+    Duplicate, Frame, Losses, ProcessReport, Report, RunInfo, StackErrors, StackReport, Summary,
+    ThreadReport,
+};
+
+fn user(function: &str, file: Option<(&str, u32)>, module: &str) -> Arc<Frame> {
+    Arc::new(Frame {
+        module: Some(module.to_string()),
+        offset: Some(0x1130),
+        function: Some(function.to_string()),
+        file: file.map(|(f, _)| f.to_string()),
+        line: file.map(|(_, l)| l),
+        ..Frame::code(false, Some(0x5555_5555_5130))
+    })
+}
+
+fn kernel(function: &str) -> Arc<Frame> {
+    Arc::new(Frame {
+        module: Some("[kernel]".into()),
+        function: Some(function.to_string()),
+        ..Frame::code(true, Some(0xffff_ffff_8100_0000))
+    })
+}
+
+fn run_info(per_thread: bool) -> RunInfo {
+    RunInfo {
+        target: "pid 4242".into(),
+        frequency: 99,
+        event: "cpu-clock".into(),
+        per_thread,
+        stack_storage_size: 16384,
+        count_map_size: 65536,
+    }
+}
+
+fn report(per_thread: bool) -> Report {
+    let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+    let read_path: Arc<[Arc<Frame>]> = Arc::from(vec![
+        user("__libc_start_call_main", None, libc),
+        user("main", Some(("/src/app/main.c", 41)), "/src/app/worker"),
+        user("read_request", Some(("/src/app/net.c", 120)), "/src/app/worker"),
+        Arc::new(Frame { inlined: true, ..(*user("parse", Some(("/src/app/net.c", 77)), "/src/app/worker")).clone() }),
+        kernel("ksys_read"),
+        kernel("tcp_recvmsg"),
+    ]);
+    let unknown: Arc<[Arc<Frame>]> = Arc::from(vec![
+        Arc::new(Frame {
+            module: Some(libc.to_string()),
+            offset: Some(0x2a1b0),
+            unknown: Some("no symbols (stripped)".into()),
+            ..Frame::code(false, Some(0x7f00_0002_a1b0))
+        }),
+        Arc::new(Frame::truncated(false)),
+    ]);
+    Report {
+        run: run_info(per_thread),
+        start: Local.with_ymd_and_hms(2026, 11, 21, 10, 0, 5).unwrap(),
+        end: Local.with_ymd_and_hms(2026, 11, 21, 10, 0, 10).unwrap(),
+        samples: 1000,
+        losses: Losses { count_map_full: 2, user: StackErrors { collisions: 1, ..Default::default() }, ..Default::default() },
+        stacks: vec![
+            StackReport {
+                pid: 4242,
+                comm: "worker".into(),
+                thread: per_thread.then(|| (4243, "worker-1".to_string())),
+                tids: vec![4243],
+                count: 873,
+                frames: read_path,
+            },
+            StackReport {
+                pid: 4242,
+                comm: "worker".into(),
+                thread: per_thread.then(|| (4244, "worker-2".to_string())),
+                tids: vec![4244, 4245],
+                count: 127,
+                frames: unknown,
+            },
+        ],
+        processes: vec![ProcessReport {
+            pid: 4242,
+            comm: "worker".into(),
+            exe: Some("/src/app/worker".into()),
+            samples: 1000,
+            threads: vec![
+                ThreadReport { tid: 4243, comm: "worker-1".into(), samples: 873 },
+                ThreadReport { tid: 4244, comm: "worker-2".into(), samples: 127 },
+            ],
+        }],
+    }
+}
+
+fn summary() -> Summary {
+    Summary {
+        run: run_info(false),
+        start: Local.with_ymd_and_hms(2026, 11, 21, 10, 0, 0).unwrap(),
+        end: Local.with_ymd_and_hms(2026, 11, 21, 10, 0, 10).unwrap(),
+        samples: 1000,
+        distinct_stacks: 2,
+        processes: 1,
+        threads: 3,
+        losses: Losses { count_map_full: 2, user: StackErrors { collisions: 1, ..Default::default() }, ..Default::default() },
+        duplicates: vec![Duplicate { count: 127, threads: 2, processes: 1, functions: vec!["main".into(), "spin".into()] }],
+    }
+}
+
+fn render(mut renderer: impl Render, report: &Report, summary: Option<&Summary>) -> String {
+    let mut out = Vec::new();
+    renderer.report(report, &mut out).unwrap();
+    if let Some(summary) = summary {
+        renderer.summary(summary, &mut out).unwrap();
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn log_is_a_tripod_style_traceback() {
+    let expected = r#"[tripod] ===== 2026-11-21 10:00:05..10:00:10  pid 4242  1000 samples, 2 lost, 2 distinct stacks =====
+
+[tripod] 2026-11-21 10:00:05..10:00:10  pid 4242 (worker)  tid 4243  873 samples (87.3%)
+Traceback (most recent call last):
+  File "/usr/lib/x86_64-linux-gnu/libc.so.6", in __libc_start_call_main
+  File "/src/app/main.c", line 41, in main
+  File "/src/app/net.c", line 120, in read_request
+  File "/src/app/net.c", line 77, in parse [inlined]
+  [kernel] ksys_read
+  [kernel] tcp_recvmsg
+
+[tripod] 2026-11-21 10:00:05..10:00:10  pid 4242 (worker)  2 threads  127 samples (12.7%)
+Traceback (most recent call last):
+  File "/usr/lib/x86_64-linux-gnu/libc.so.6", offset 0x2a1b0, in [unknown: no symbols (stripped)]
+  [truncated]
+
+[tripod] ===== summary 2026-11-21 10:00:00..10:00:10  (10.0 s) =====
+[tripod] 1000 samples, 2 distinct stacks, 1 processes, 3 threads; pid 4242 at 99 Hz (cpu-clock)
+[tripod] lost: 2 samples (count map full); stacks not stored: 1 user, 0 kernel; unreadable user stacks: 0
+[tripod] 2 samples were lost because the count map was full; consider --count-map-size 131072
+[tripod] 1 stack traces could not be stored (hash collision or full stack map); consider --stack-storage-size 32768
+
+Duplicated stacks (the same frames in more than one thread):
+  127 samples in 2 threads of 1 processes: main, spin
+"#;
+    assert_eq!(render(Log, &report(false), Some(&summary())), expected);
+}
+
+#[test]
+fn log_names_threads_when_per_thread() {
+    let text = render(Log, &report(true), None);
+    assert!(text.contains("pid 4242 (worker)  tid 4243 (worker-1)  873 samples (87.3%)"), "{text}");
+}
+
+#[test]
+fn folded_puts_kernel_frames_last_and_sorts() {
+    let expected = "\
+worker;[libc.so.6];[truncated] 127
+worker;__libc_start_call_main;main;read_request;parse;ksys_read_[k];tcp_recvmsg_[k] 873
+";
+    assert_eq!(render(Folded, &report(false), Some(&summary())), expected);
+}
+
+#[test]
+fn folded_per_thread_names_pid_and_tid() {
+    let text = render(Folded, &report(true), None);
+    assert!(text.starts_with("worker-4242/4243;__libc_start_call_main;"), "{text}");
+    assert!(text.contains("\nworker-4242/4244;[libc.so.6];[truncated] 127\n"), "{text}");
+}
+
+#[test]
+fn folded_names_cannot_break_the_format() {
+    let mut r = report(false);
+    let odd = Arc::new(Frame { function: Some("a;b\nc".into()), ..Frame::code(false, Some(1)) });
+    r.stacks[0].frames = Arc::from(vec![odd]);
+    assert!(render(Folded, &r, None).contains("worker;a:b c 873\n"));
+}
+
+#[test]
+fn json_is_one_document_per_report_and_round_trips() {
+    let report = report(false);
+    let text = render(Json, &report, Some(&summary()));
+    assert_eq!(text.lines().count(), 1, "one line per report");
+    let parsed: Document = serde_json::from_str(&text).unwrap();
+    assert_eq!(parsed, Document::from_report(&report));
+
+    assert_eq!(parsed.version, 1);
+    assert_eq!(parsed.samples, 1000);
+    assert_eq!(parsed.lost.count_map_full, 2);
+    assert_eq!(parsed.stacks[0].count, 873);
+    let names: Vec<_> = parsed.stacks[0]
+        .frames
+        .iter()
+        .map(|&i| parsed.frames[i].function.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["__libc_start_call_main", "main", "read_request", "parse", "ksys_read", "tcp_recvmsg"]);
+    let main = &parsed.frames[parsed.stacks[0].frames[1]];
+    assert_eq!((main.file.as_deref(), main.line), (Some("/src/app/main.c"), Some(41)));
+    assert_eq!(main.address.as_deref(), Some("0x555555555130"));
+    assert!(parsed.frames[parsed.stacks[0].frames[4]].kernel);
+    assert!(parsed.frames[parsed.stacks[0].frames[3]].inlined);
+    assert_eq!(parsed.frames[parsed.stacks[1].frames[1]].kind, "truncated");
+}
+
+#[test]
+fn json_shares_identical_frames() {
+    let mut r = report(false);
+    r.stacks[1].frames = r.stacks[0].frames.clone();
+    let doc = Document::from_report(&r);
+    assert_eq!(doc.frames.len(), 6);
+    assert_eq!(doc.stacks[0].frames, doc.stacks[1].frames);
+}
