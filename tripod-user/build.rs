@@ -12,6 +12,7 @@ fn main() -> anyhow::Result<()> {
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../tripod-ebpf"),
         ..Default::default()
     };
-    aya_build::build_ebpf([ebpf], Toolchain::Custom(&toolchain))
-        .context("building the eBPF program (run `cargo xtask setup` to install bpf-linker and rust-src)")
+    aya_build::build_ebpf([ebpf], Toolchain::Custom(&toolchain)).context(
+        "building the eBPF program (run `cargo xtask setup` to install bpf-linker and rust-src)",
+    )
 }

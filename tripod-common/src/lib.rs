@@ -202,9 +202,21 @@ mod tests {
 
     #[test]
     fn stack_errors_map_to_counters() {
-        assert_eq!(Counter::for_stack_error(false, -14), Counter::UserStackFault);
-        assert_eq!(Counter::for_stack_error(true, -17), Counter::KernelStackCollision);
-        assert_eq!(Counter::for_stack_error(true, -12), Counter::KernelStackMapFull);
-        assert_eq!(Counter::for_stack_error(false, -22), Counter::UserStackOther);
+        assert_eq!(
+            Counter::for_stack_error(false, -14),
+            Counter::UserStackFault
+        );
+        assert_eq!(
+            Counter::for_stack_error(true, -17),
+            Counter::KernelStackCollision
+        );
+        assert_eq!(
+            Counter::for_stack_error(true, -12),
+            Counter::KernelStackMapFull
+        );
+        assert_eq!(
+            Counter::for_stack_error(false, -22),
+            Counter::UserStackOther
+        );
     }
 }

@@ -33,7 +33,11 @@ impl StackTable {
         }
         let id = self.entries.len() as StackId;
         self.ids.insert((tgid, raw.clone()), id);
-        self.entries.push(StackEntry { tgid, raw, frames: None });
+        self.entries.push(StackEntry {
+            tgid,
+            raw,
+            frames: None,
+        });
         (id, true)
     }
 
@@ -79,7 +83,14 @@ impl Aggregator {
 
     /// Counts `count` samples of `raw` on thread `tid`; returns the stack id
     /// and whether the stack is new (and so needs symbolizing).
-    pub fn add(&mut self, tgid: u32, tid: u32, thread_name: &str, raw: Vec<RawFrame>, count: u64) -> (StackId, bool) {
+    pub fn add(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+        thread_name: &str,
+        raw: Vec<RawFrame>,
+        count: u64,
+    ) -> (StackId, bool) {
         let (stack, new) = self.stacks.intern(tgid, raw);
         let key = ThreadStack { tgid, tid, stack };
         *self.interval.entry(key).or_default() += count;
@@ -111,7 +122,10 @@ mod tests {
     use crate::stack::Space;
 
     fn stack(addresses: &[u64]) -> Vec<RawFrame> {
-        addresses.iter().map(|&a| RawFrame::ReturnAddress(Space::User, a)).collect()
+        addresses
+            .iter()
+            .map(|&a| RawFrame::ReturnAddress(Space::User, a))
+            .collect()
     }
 
     #[test]
@@ -126,12 +140,33 @@ mod tests {
         assert_eq!(agg.stacks.len(), 2);
 
         let interval = agg.take_interval();
-        assert_eq!(interval[&ThreadStack { tgid: 10, tid: 11, stack: a }], 5);
-        assert_eq!(interval[&ThreadStack { tgid: 10, tid: 12, stack: a }], 2);
+        assert_eq!(
+            interval[&ThreadStack {
+                tgid: 10,
+                tid: 11,
+                stack: a
+            }],
+            5
+        );
+        assert_eq!(
+            interval[&ThreadStack {
+                tgid: 10,
+                tid: 12,
+                stack: a
+            }],
+            2
+        );
         assert!(agg.take_interval().is_empty());
 
         agg.add(10, 11, "worker", stack(&[1, 2, 3]), 1);
-        assert_eq!(agg.run()[&ThreadStack { tgid: 10, tid: 11, stack: a }], 6);
+        assert_eq!(
+            agg.run()[&ThreadStack {
+                tgid: 10,
+                tid: 11,
+                stack: a
+            }],
+            6
+        );
         assert_eq!(agg.thread_name(12), Some("worker"));
     }
 }

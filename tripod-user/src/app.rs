@@ -18,7 +18,6 @@ use tripod_common::MAX_STACK_DEPTH;
 use crate::{
     aggregate::Aggregator,
     config::{Config, Target},
-    error::UsageError,
     output::Output,
     preflight,
     process::{self, ProcessTable},
@@ -49,10 +48,16 @@ pub async fn run(config: Config) -> Result<u8> {
         stack_storage_size: config.stack_storage_size,
         count_map_size: config.count_map_size,
     };
-    let mut sampler = Sampler::start(&options)
-        .map_err(|e| preflight::explain_refusal(&e).map(anyhow::Error::from).unwrap_or(e))?;
+    let mut sampler = Sampler::start(&options).map_err(|e| {
+        preflight::explain_refusal(&e)
+            .map(anyhow::Error::from)
+            .unwrap_or(e)
+    })?;
     if let Some(reason) = sampler.fallback_reason() {
-        eprintln!("[tripod] hardware cycles event not available ({reason}); using the software cpu-clock event");
+        log::debug!("hardware cycles event: {reason}");
+        eprintln!(
+            "[tripod] No hardware cycles event here (no PMU); using the software cpu-clock event"
+        );
     }
 
     let mut child = match &config.target {
@@ -61,7 +66,7 @@ pub async fn run(config: Config) -> Result<u8> {
     };
     if let Some(child) = &mut child {
         sampler.add_target(child.pid)?;
-        child.release()?;
+        child.release();
     }
 
     let run_info = RunInfo {
@@ -83,7 +88,14 @@ pub async fn run(config: Config) -> Result<u8> {
     eprintln!("[tripod] Writing output to: {}", output.name);
 
     let mut pipeline = Pipeline::new(run_info, sampler.counters()?);
-    let stop = wait_for_stop(&config, &mut sampler, &mut pipeline, &mut output, child.as_mut()).await?;
+    let stop = wait_for_stop(
+        &config,
+        &mut sampler,
+        &mut pipeline,
+        &mut output,
+        child.as_mut(),
+    )
+    .await?;
 
     pipeline.ingest(sampler.drain()?);
     let counters = sampler.counters()?;
@@ -219,7 +231,9 @@ impl Pipeline {
             let process = self.processes.observe(sample.tgid, &sample.comm);
             let user = match sample.user {
                 // Kernel threads have no user stack; that is not a failure to show.
-                StackRead::Missing(Gap::Failed(libc::EFAULT)) if process.kernel_thread => StackRead::NotCollected,
+                StackRead::Missing(Gap::Failed(libc::EFAULT)) if process.kernel_thread => {
+                    StackRead::NotCollected
+                }
                 user => user,
             };
             let kernel = match sample.kernel {
@@ -229,14 +243,24 @@ impl Pipeline {
             };
             let raw = stack::combine(&kernel, &user, MAX_STACK_DEPTH);
             self.unreported += sample.count;
-            let (id, new) = self.aggregator.add(sample.tgid, sample.tid, &sample.comm, raw, sample.count);
+            let (id, new) =
+                self.aggregator
+                    .add(sample.tgid, sample.tid, &sample.comm, raw, sample.count);
             if new {
                 new_stacks.push(id);
             }
         }
         if !new_stacks.is_empty() {
-            self.resolver.resolve(&mut self.aggregator.stacks, &new_stacks, &mut self.processes);
-            log::debug!("symbolized {} new stacks in {:?}", new_stacks.len(), started.elapsed());
+            self.resolver.resolve(
+                &mut self.aggregator.stacks,
+                &new_stacks,
+                &mut self.processes,
+            );
+            log::debug!(
+                "symbolized {} new stacks in {:?}",
+                new_stacks.len(),
+                started.elapsed()
+            );
         }
     }
 
@@ -265,48 +289,69 @@ impl Pipeline {
 
     fn summary(&self, counters: &Counters) -> report::Summary {
         let losses = Losses::from_counters(&counters.since(&self.run_counters));
-        report::build_summary(&self.run, &self.aggregator, (self.run_start, Local::now()), losses)
+        report::build_summary(
+            &self.run,
+            &self.aggregator,
+            (self.run_start, Local::now()),
+            losses,
+        )
     }
 }
 
-/// A command started stopped at a gate, so it is a sampling target before it
-/// runs its first instruction.
+/// A command held at a gate until it is a sampling target, so its first
+/// instruction is already sampled.
+///
+/// The child starts as `/bin/sh`, which waits for the gate pipe to close and
+/// then `exec`s the command: same pid, and `spawn()` can return (it waits for
+/// the first exec, so the gate cannot be in `pre_exec` itself).
 struct GatedChild {
     child: tokio::process::Child,
     pid: u32,
     gate: Option<OwnedFd>,
 }
 
+/// The descriptor the gate script reads; dash only takes single-digit ones.
+const GATE_FD: i32 = 3;
+
 impl GatedChild {
     fn spawn(command: &[OsString]) -> Result<GatedChild> {
         let (program, args) = command.split_first().context("empty command")?;
+        let program = preflight::find_program(program)?;
         let (gate_read, gate_write) = pipe()?;
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args).kill_on_drop(true);
-        let (read_fd, write_fd) = (raw(&gate_read), raw(&gate_write));
-        // SAFETY: only async-signal-safe calls (close, read) between fork and exec.
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!("read _ <&{GATE_FD}; exec \"$@\" {GATE_FD}<&-"))
+            .arg("tripod-bpf-gate")
+            .arg(&program)
+            .args(args)
+            .kill_on_drop(true);
+        let read_fd = raw(&gate_read);
+        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                libc::close(write_fd);
-                let mut byte = 0u8;
-                // Blocks until the parent releases the gate (or dies, closing it).
-                libc::read(read_fd, (&mut byte as *mut u8).cast(), 1);
+                if read_fd == GATE_FD {
+                    libc::fcntl(GATE_FD, libc::F_SETFD, 0);
+                } else if libc::dup2(read_fd, GATE_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| {
-            UsageError(format!("cannot run {}: {e}; check the command and its path", program.to_string_lossy()))
-        })?;
+        let child = cmd
+            .spawn()
+            .context("starting /bin/sh to launch the command")?;
         drop(gate_read);
         let pid = child.id().context("the command exited before it started")?;
-        Ok(GatedChild { child, pid, gate: Some(gate_write) })
+        Ok(GatedChild {
+            child,
+            pid,
+            gate: Some(gate_write),
+        })
     }
 
-    /// Lets the command exec.
-    fn release(&mut self) -> Result<()> {
-        // Closing the write end makes the child's read return.
+    /// Lets the command run: closing the write end ends the gate's `read`.
+    fn release(&mut self) {
         self.gate.take();
-        Ok(())
     }
 }
 
@@ -331,7 +376,13 @@ fn describe_target(target: &Target, child: Option<u32>) -> String {
         Target::All => "all processes".into(),
         Target::Pids(pids) if pids.len() == 1 => format!("pid {}", pids[0]),
         Target::Pids(pids) => {
-            format!("pids {}", pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", "))
+            format!(
+                "pids {}",
+                pids.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         }
         Target::Command(command) => {
             let words: Vec<_> = command.iter().map(|w| w.to_string_lossy()).collect();

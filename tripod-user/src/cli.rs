@@ -119,7 +119,9 @@ impl Cli {
             }
         };
         if self.frequency == 0 {
-            return Err(UsageError::new("frequency must be at least 1 Hz; pass -F 99 for example"));
+            return Err(UsageError::new(
+                "frequency must be at least 1 Hz; pass -F 99 for example",
+            ));
         }
         let seconds = |value: Option<f64>, flag: &str| match value {
             None => Ok(None),
@@ -236,9 +238,17 @@ mod tests {
 
     #[test]
     fn stack_selection() {
-        assert_eq!(config("tripod-bpf -a --user-only").stacks, StackSelection::UserOnly);
-        assert_eq!(config("tripod-bpf -a --kernel-only").stacks, StackSelection::KernelOnly);
-        let e = parse("tripod-bpf -a --user-only --kernel-only").unwrap_err().unwrap();
+        assert_eq!(
+            config("tripod-bpf -a --user-only").stacks,
+            StackSelection::UserOnly
+        );
+        assert_eq!(
+            config("tripod-bpf -a --kernel-only").stacks,
+            StackSelection::KernelOnly
+        );
+        let e = parse("tripod-bpf -a --user-only --kernel-only")
+            .unwrap_err()
+            .unwrap();
         assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
     }
 
@@ -254,7 +264,9 @@ mod tests {
         assert!(usage_error("tripod-bpf -a -F 0").contains("frequency"));
         assert!(usage_error("tripod-bpf -a -d 0").contains("--duration"));
         assert!(usage_error("tripod-bpf -a -i -1").contains("--interval"));
-        assert!(usage_error("tripod-bpf -a --stack-storage-size 0").contains("--stack-storage-size"));
+        assert!(
+            usage_error("tripod-bpf -a --stack-storage-size 0").contains("--stack-storage-size")
+        );
         let e = parse("tripod-bpf -a -f bogus").unwrap_err().unwrap();
         assert_eq!(e.kind(), ErrorKind::InvalidValue);
         let e = parse("tripod-bpf -p abc").unwrap_err().unwrap();
@@ -263,7 +275,10 @@ mod tests {
 
     #[test]
     fn help_and_version_are_not_errors_of_ours() {
-        assert_eq!(parse("tripod-bpf --help").unwrap_err().unwrap().kind(), ErrorKind::DisplayHelp);
+        assert_eq!(
+            parse("tripod-bpf --help").unwrap_err().unwrap().kind(),
+            ErrorKind::DisplayHelp
+        );
         assert_eq!(
             parse("tripod-bpf --version").unwrap_err().unwrap().kind(),
             ErrorKind::DisplayVersion
@@ -285,7 +300,10 @@ mod tests {
         drop(guard);
         assert_eq!(from_env.frequency, 49);
         assert_eq!(from_env.interval, Some(Duration::from_secs(3)));
-        assert_eq!(from_env.output, OutputDest::File("/tmp/from-env.log".into()));
+        assert_eq!(
+            from_env.output,
+            OutputDest::File("/tmp/from-env.log".into())
+        );
         assert_eq!(flags_win.frequency, 7);
         assert_eq!(flags_win.interval, Some(Duration::from_secs(2)));
         assert_eq!(flags_win.output, OutputDest::Stdout);

@@ -9,8 +9,12 @@ fn main() -> ExitCode {
         Err(Ok(clap_error)) => clap_error.exit(),
         Err(Err(usage)) => return usage_failure(&usage),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-    let result = runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(app::run(config)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let result = runtime
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(app::run(config)));
     match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => match error.downcast_ref::<UsageError>() {
@@ -31,7 +35,9 @@ fn usage_failure(usage: &UsageError) -> ExitCode {
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .any(|cause| cause.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
 }

@@ -14,12 +14,38 @@ use crate::{
 pub fn check(config: &Config) -> Result<()> {
     check_privileges()?;
     check_frequency(config.frequency)?;
-    if let Target::Pids(pids) = &config.target {
-        for &pid in pids {
-            check_pid(pid)?;
-        }
+    match &config.target {
+        Target::Pids(pids) => pids.iter().try_for_each(|&pid| check_pid(pid)),
+        Target::Command(command) => find_program(&command[0]).map(drop),
+        Target::All => Ok(()),
     }
-    Ok(())
+}
+
+/// The path of `program`, looked up in PATH like the shell does, so a typo is
+/// a clear error here rather than a shell message later.
+pub fn find_program(program: &std::ffi::OsStr) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_executable = |path: &std::path::Path| {
+        path.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let path = std::path::Path::new(program);
+    let found = if path.components().count() > 1 {
+        is_executable(path).then(|| path.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(path))
+                .find(|p| is_executable(p))
+        })
+    };
+    found.ok_or_else(|| {
+        UsageError(format!(
+            "cannot run {}: no such executable file; check the command and your PATH",
+            path.display()
+        ))
+        .into()
+    })
 }
 
 fn check_privileges() -> Result<()> {
@@ -46,7 +72,10 @@ fn check_privileges() -> Result<()> {
 
 fn check_frequency(frequency: u64) -> Result<()> {
     let path = "/proc/sys/kernel/perf_event_max_sample_rate";
-    let Some(max) = fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<u64>().ok()) else {
+    let Some(max) = fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    else {
         return Ok(());
     };
     if frequency > max {
@@ -62,7 +91,9 @@ fn check_pid(pid: u32) -> Result<()> {
     let status = match fs::read_to_string(format!("/proc/{pid}/status")) {
         Ok(status) => status,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            usage_error!("no process with pid {pid}; check the pid with `ps -p {pid}`, or use --all")
+            usage_error!(
+                "no process with pid {pid}; check the pid with `ps -p {pid}`, or use --all"
+            )
         }
         Err(e) => usage_error!("cannot read /proc/{pid}/status: {e}; check the pid, or use --all"),
     };
@@ -82,9 +113,9 @@ fn check_pid(pid: u32) -> Result<()> {
 /// a permission problem; `None` for other failures.
 pub fn explain_refusal(error: &anyhow::Error) -> Option<UsageError> {
     let denied = error.chain().any(|cause| {
-        cause.downcast_ref::<io::Error>().is_some_and(|e| {
-            matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
-        })
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)))
     });
     if !denied {
         return None;
@@ -95,13 +126,16 @@ pub fn explain_refusal(error: &anyhow::Error) -> Option<UsageError> {
          boot with lockdown=integrity or lockdown=none"
             .to_string()
     } else if lockdown.contains("[integrity]") {
-        "kernel lockdown is in integrity mode; check the kernel log (dmesg) for what it refused".to_string()
+        "kernel lockdown is in integrity mode; check the kernel log (dmesg) for what it refused"
+            .to_string()
     } else {
         "check kernel.perf_event_paranoid, LSM policy (SELinux/AppArmor) or a seccomp profile, \
          and run as root"
             .to_string()
     };
-    Some(UsageError(format!("the kernel refused to load or attach the eBPF program ({error:#}); {setting}")))
+    Some(UsageError(format!(
+        "the kernel refused to load or attach the eBPF program ({error:#}); {setting}"
+    )))
 }
 
 #[cfg(test)]
@@ -111,7 +145,10 @@ mod tests {
     #[test]
     fn pids_are_checked() {
         assert!(check_pid(std::process::id()).is_ok());
-        let e = check_pid(999_999_999).unwrap_err().downcast::<UsageError>().unwrap();
+        let e = check_pid(999_999_999)
+            .unwrap_err()
+            .downcast::<UsageError>()
+            .unwrap();
         assert!(e.0.contains("no process with pid 999999999"), "{e}");
     }
 
@@ -120,17 +157,37 @@ mod tests {
         let thread = std::thread::spawn(|| {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() } as u32;
-            check_pid(tid).unwrap_err().downcast::<UsageError>().unwrap()
+            check_pid(tid)
+                .unwrap_err()
+                .downcast::<UsageError>()
+                .unwrap()
         });
         let e = thread.join().unwrap();
-        assert!(e.0.contains(&format!("pass --pid {}", std::process::id())), "{e}");
+        assert!(
+            e.0.contains(&format!("pass --pid {}", std::process::id())),
+            "{e}"
+        );
     }
 
     #[test]
     fn frequency_is_checked_against_the_kernel_limit() {
         assert!(check_frequency(99).is_ok());
-        let e = check_frequency(u64::MAX).unwrap_err().downcast::<UsageError>().unwrap();
+        let e = check_frequency(u64::MAX)
+            .unwrap_err()
+            .downcast::<UsageError>()
+            .unwrap();
         assert!(e.0.contains("perf_event_max_sample_rate"), "{e}");
+    }
+
+    #[test]
+    fn commands_are_found_in_path_or_by_path() {
+        assert!(find_program("sh".as_ref()).unwrap().is_absolute());
+        assert!(find_program("/bin/sh".as_ref()).is_ok());
+        let e = find_program("no-such-command-xyz".as_ref())
+            .unwrap_err()
+            .downcast::<UsageError>()
+            .unwrap();
+        assert!(e.0.contains("cannot run no-such-command-xyz"), "{e}");
     }
 
     #[test]

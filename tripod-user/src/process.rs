@@ -46,7 +46,10 @@ struct Mapping {
 #[derive(Clone, Debug)]
 pub enum Location {
     /// Inside a mapped file, at this file offset.
-    File { module: Arc<Module>, file_offset: u64 },
+    File {
+        module: Arc<Module>,
+        file_offset: u64,
+    },
     /// In a mapping without a file, such as `[vdso]` or anonymous memory.
     Special(String),
     /// Not in any executable mapping we saw.
@@ -127,9 +130,20 @@ impl ProcessTable {
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
         // The idle task (pid 0) has no /proc entry and no user space.
-        let kernel_thread = pid == 0 || stat_flags(pid).is_some_and(|flags| flags & PF_KTHREAD != 0);
-        let mappings = if kernel_thread { Some(Vec::new()) } else { read_mappings(pid, &mut self.modules) };
-        Process { pid, comm, exe, kernel_thread, mappings }
+        let kernel_thread =
+            pid == 0 || stat_flags(pid).is_some_and(|flags| flags & PF_KTHREAD != 0);
+        let mappings = if kernel_thread {
+            Some(Vec::new())
+        } else {
+            read_mappings(pid, &mut self.modules)
+        };
+        Process {
+            pid,
+            comm,
+            exe,
+            kernel_thread,
+            mappings,
+        }
     }
 }
 
@@ -150,7 +164,9 @@ pub fn is_alive(pid: u32) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
     !matches!(state, Some("Z") | Some("X") | None)
 }
 
@@ -171,7 +187,9 @@ fn read_mappings(pid: u32, modules: &mut HashMap<(u64, u64), Arc<Module>>) -> Op
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     let mut mappings = Vec::new();
     for line in maps.lines() {
-        let Some(entry) = MapsLine::parse(line) else { continue };
+        let Some(entry) = MapsLine::parse(line) else {
+            continue;
+        };
         if !entry.executable {
             continue;
         }
@@ -191,7 +209,12 @@ fn read_mappings(pid: u32, modules: &mut HashMap<(u64, u64), Arc<Module>>) -> Op
             Some(name) => MappingKind::Special(name.to_string()),
             None => MappingKind::Special("[anon]".to_string()),
         };
-        mappings.push(Mapping { start: entry.start, end: entry.end, file_offset: entry.offset, kind });
+        mappings.push(Mapping {
+            start: entry.start,
+            end: entry.end,
+            file_offset: entry.offset,
+            kind,
+        });
     }
     mappings.sort_by_key(|m| m.start);
     Some(mappings)
@@ -200,11 +223,15 @@ fn read_mappings(pid: u32, modules: &mut HashMap<(u64, u64), Arc<Module>>) -> Op
 /// Finds a path for the mapped file that will keep working after `pid` exits.
 fn open_module(id: usize, pid: u32, entry: &MapsLine<'_>, path: &str) -> Module {
     let display = path.strip_suffix(" (deleted)").unwrap_or(path).to_string();
-    let same_file = fs::metadata(path).is_ok_and(|meta| {
-        meta.ino() == entry.inode && device_number(meta.dev()) == entry.device
-    });
+    let same_file = fs::metadata(path)
+        .is_ok_and(|meta| meta.ino() == entry.inode && device_number(meta.dev()) == entry.device);
     if same_file {
-        return Module { id, path: display, open_path: PathBuf::from(path), _keep_open: None };
+        return Module {
+            id,
+            path: display,
+            open_path: PathBuf::from(path),
+            _keep_open: None,
+        };
     }
     // Deleted, replaced, or in another mount namespace: open the mapping itself.
     let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end);
@@ -212,10 +239,20 @@ fn open_module(id: usize, pid: u32, entry: &MapsLine<'_>, path: &str) -> Module 
     for candidate in [map_file, root_path] {
         if let Ok(file) = File::open(&candidate) {
             let open_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-            return Module { id, path: display, open_path, _keep_open: Some(file) };
+            return Module {
+                id,
+                path: display,
+                open_path,
+                _keep_open: Some(file),
+            };
         }
     }
-    Module { id, path: display.clone(), open_path: PathBuf::from(display), _keep_open: None }
+    Module {
+        id,
+        path: display.clone(),
+        open_path: PathBuf::from(display),
+        _keep_open: None,
+    }
 }
 
 /// `st_dev` in the `major:minor` packing `/proc/PID/maps` prints, as one number.
@@ -276,7 +313,10 @@ mod tests {
         assert_eq!(entry.inode, 1836);
         assert_eq!(entry.path, Some("/usr/lib/x86_64-linux-gnu/libc.so.6"));
 
-        let vdso = MapsLine::parse("7ffd1b3e4000-7ffd1b3e6000 r-xp 00000000 00:00 0                          [vdso]").unwrap();
+        let vdso = MapsLine::parse(
+            "7ffd1b3e4000-7ffd1b3e6000 r-xp 00000000 00:00 0                          [vdso]",
+        )
+        .unwrap();
         assert_eq!(vdso.path, Some("[vdso]"));
         let anon = MapsLine::parse("7ffd1b3e4000-7ffd1b3e6000 rw-p 00000000 00:00 0 ").unwrap();
         assert!(!anon.executable);
@@ -291,10 +331,16 @@ mod tests {
         assert!(!process.kernel_thread);
         let here = locates_addresses_in_our_own_process as fn() as usize as u64;
         match table.locate(pid, here) {
-            Location::File { module, file_offset } => {
+            Location::File {
+                module,
+                file_offset,
+            } => {
                 assert!(file_offset > 0);
                 let exe = std::env::current_exe().unwrap();
-                assert_eq!(fs::metadata(&module.open_path).unwrap().ino(), fs::metadata(exe).unwrap().ino());
+                assert_eq!(
+                    fs::metadata(&module.open_path).unwrap().ino(),
+                    fs::metadata(exe).unwrap().ino()
+                );
             }
             other => panic!("expected our executable, got {other:?}"),
         }

@@ -49,11 +49,18 @@ pub struct Frame {
 impl Frame {
     /// A marker frame for a stack part that could not be collected.
     pub fn missing(kernel: bool, why: String) -> Frame {
-        Frame { kind: FrameKind::Missing, unknown: Some(why), ..Frame::code(kernel, None) }
+        Frame {
+            kind: FrameKind::Missing,
+            unknown: Some(why),
+            ..Frame::code(kernel, None)
+        }
     }
 
     pub fn truncated(kernel: bool) -> Frame {
-        Frame { kind: FrameKind::Truncated, ..Frame::code(kernel, None) }
+        Frame {
+            kind: FrameKind::Truncated,
+            ..Frame::code(kernel, None)
+        }
     }
 
     /// A code frame with nothing known but its address.
@@ -74,7 +81,9 @@ impl Frame {
 
     /// The file name of the module, without its directory.
     pub fn module_name(&self) -> Option<&str> {
-        self.module.as_deref().map(|m| m.rsplit('/').next().unwrap_or(m))
+        self.module
+            .as_deref()
+            .map(|m| m.rsplit('/').next().unwrap_or(m))
     }
 
     /// A short name for flame graphs and summaries: the function, else
@@ -266,10 +275,17 @@ pub fn build_report(
         let slot = merged.entry((key.tgid, tid_key, key.stack)).or_default();
         slot.0 += count;
         slot.1.insert(key.tid);
-        *by_process.entry(key.tgid).or_default().entry(key.tid).or_default() += count;
+        *by_process
+            .entry(key.tgid)
+            .or_default()
+            .entry(key.tid)
+            .or_default() += count;
     }
     let process_name = |pid: u32| {
-        processes.get(pid).map(|p| p.comm.clone()).unwrap_or_else(|| format!("pid {pid}"))
+        processes
+            .get(pid)
+            .map(|p| p.comm.clone())
+            .unwrap_or_else(|| format!("pid {pid}"))
     };
     let thread_name = |tid: u32| aggregator.thread_name(tid).unwrap_or("?").to_string();
 
@@ -283,7 +299,12 @@ pub fn build_report(
             thread: run.per_thread.then(|| (tid, thread_name(tid))),
             tids: tids.into_iter().collect(),
             count,
-            frames: aggregator.stacks.get(stack).frames.clone().unwrap_or_else(|| Arc::from(Vec::new())),
+            frames: aggregator
+                .stacks
+                .get(stack)
+                .frames
+                .clone()
+                .unwrap_or_else(|| Arc::from(Vec::new())),
         })
         .collect::<Vec<_>>();
 
@@ -292,7 +313,11 @@ pub fn build_report(
         .map(|(pid, threads)| {
             let mut threads: Vec<ThreadReport> = threads
                 .into_iter()
-                .map(|(tid, samples)| ThreadReport { tid, comm: thread_name(tid), samples })
+                .map(|(tid, samples)| ThreadReport {
+                    tid,
+                    comm: thread_name(tid),
+                    samples,
+                })
                 .collect();
             threads.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.tid.cmp(&b.tid)));
             ProcessReport {
@@ -327,7 +352,9 @@ pub fn build_summary(
     let counts = aggregator.run();
     let mut by_functions: HashMap<Vec<String>, (u64, BTreeSet<(u32, u32)>)> = HashMap::new();
     for (key, &count) in counts {
-        let Some(frames) = &aggregator.stacks.get(key.stack).frames else { continue };
+        let Some(frames) = &aggregator.stacks.get(key.stack).frames else {
+            continue;
+        };
         let functions = frames.iter().map(|f| f.short_name()).collect();
         let slot = by_functions.entry(functions).or_default();
         slot.0 += count;
@@ -339,7 +366,11 @@ pub fn build_summary(
         .map(|(functions, (count, threads))| Duplicate {
             count,
             threads: threads.len(),
-            processes: threads.iter().map(|(pid, _)| pid).collect::<BTreeSet<_>>().len(),
+            processes: threads
+                .iter()
+                .map(|(pid, _)| pid)
+                .collect::<BTreeSet<_>>()
+                .len(),
             functions,
         })
         .collect();
@@ -353,7 +384,11 @@ pub fn build_summary(
         samples: counts.values().sum(),
         distinct_stacks: aggregator.stacks.len(),
         processes: counts.keys().map(|k| k.tgid).collect::<BTreeSet<_>>().len(),
-        threads: counts.keys().map(|k| (k.tgid, k.tid)).collect::<BTreeSet<_>>().len(),
+        threads: counts
+            .keys()
+            .map(|k| (k.tgid, k.tid))
+            .collect::<BTreeSet<_>>()
+            .len(),
         losses,
         duplicates,
     }

@@ -27,7 +27,12 @@ impl Resolver {
     /// Symbolizes the given new stacks in one batch and stores their frames
     /// in the table. Call it while the processes are likely alive, so their
     /// mappings can still be read.
-    pub fn resolve(&mut self, stacks: &mut StackTable, ids: &[StackId], processes: &mut ProcessTable) {
+    pub fn resolve(
+        &mut self,
+        stacks: &mut StackTable,
+        ids: &[StackId],
+        processes: &mut ProcessTable,
+    ) {
         // 1. Locate every address not seen before.
         let mut pending: HashMap<(u32, RawFrame), Option<Location>> = HashMap::new();
         for &id in ids {
@@ -50,8 +55,15 @@ impl Resolver {
         let mut kernel = Vec::new();
         for ((_, raw), location) in &pending {
             match location {
-                Some(Location::File { module, file_offset }) => {
-                    by_module.entry(module.id).or_insert_with(|| (module.clone(), Vec::new())).1.push(*file_offset);
+                Some(Location::File {
+                    module,
+                    file_offset,
+                }) => {
+                    by_module
+                        .entry(module.id)
+                        .or_insert_with(|| (module.clone(), Vec::new()))
+                        .1
+                        .push(*file_offset);
                 }
                 None if raw.space() == Space::Kernel => kernel.extend(raw.lookup_address()),
                 _ => {}
@@ -93,7 +105,10 @@ impl Resolver {
         let lookup = raw.lookup_address().unwrap_or_default();
         let resolved = match location {
             None => self.symbolizer.kernel(lookup),
-            Some(Location::File { module, file_offset }) => {
+            Some(Location::File {
+                module,
+                file_offset,
+            }) => {
                 let frame = Frame {
                     module: Some(module.path.clone()),
                     offset: Some(file_offset),
@@ -103,16 +118,32 @@ impl Resolver {
             }
             Some(Location::Special(name)) => {
                 let reason = "no file behind the mapping".to_string();
-                return one(Frame { module: Some(name), unknown: Some(reason), ..frame });
+                return one(Frame {
+                    module: Some(name),
+                    unknown: Some(reason),
+                    ..frame
+                });
             }
             Some(Location::Unmapped) => {
-                return one(Frame { unknown: Some("not in any executable mapping".into()), ..frame })
+                return one(Frame {
+                    unknown: Some("not in any executable mapping".into()),
+                    ..frame
+                })
             }
             Some(Location::ProcessExited) => {
-                return one(Frame { unknown: Some("process exited".into()), ..frame })
+                return one(Frame {
+                    unknown: Some("process exited".into()),
+                    ..frame
+                })
             }
         };
-        expand(Frame { module: kernel.then(|| "[kernel]".to_string()), ..frame }, resolved)
+        expand(
+            Frame {
+                module: kernel.then(|| "[kernel]".to_string()),
+                ..frame
+            },
+            resolved,
+        )
     }
 }
 
@@ -143,7 +174,13 @@ fn expand(base: Frame, resolved: Option<Arc<Resolved>>) -> Arc<[Arc<Frame>]> {
                 })
             })
             .collect(),
-        Some(Resolved::Unknown(reason)) => one(Frame { unknown: Some(reason.clone()), ..base }),
-        None => one(Frame { unknown: Some("not symbolized".into()), ..base }),
+        Some(Resolved::Unknown(reason)) => one(Frame {
+            unknown: Some(reason.clone()),
+            ..base
+        }),
+        None => one(Frame {
+            unknown: Some("not symbolized".into()),
+            ..base
+        }),
     }
 }

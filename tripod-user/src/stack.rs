@@ -158,6 +158,9 @@ mod tests {
         );
         assert_eq!(frames[0], RawFrame::Gap(Space::Kernel, Gap::Failed(17)));
         assert_eq!(frames[4], RawFrame::Gap(Space::User, Gap::Truncated));
-        assert_eq!(combine(&StackRead::NotCollected, &StackRead::NotCollected, 3), vec![]);
+        assert_eq!(
+            combine(&StackRead::NotCollected, &StackRead::NotCollected, 3),
+            vec![]
+        );
     }
 }

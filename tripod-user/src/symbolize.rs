@@ -53,13 +53,24 @@ impl Symbolizer {
     pub fn new() -> Self {
         // Inlined functions and source lines cost DWARF parsing once per module,
         // which is what makes the tracebacks readable.
-        let blazesym = Blazesym::builder().enable_inlined_fns(true).enable_code_info(true).build();
-        Symbolizer { blazesym, user: HashMap::new(), kernel: HashMap::new() }
+        let blazesym = Blazesym::builder()
+            .enable_inlined_fns(true)
+            .enable_code_info(true)
+            .build();
+        Symbolizer {
+            blazesym,
+            user: HashMap::new(),
+            kernel: HashMap::new(),
+        }
     }
 
     /// Resolves the file offsets of `module` not seen before.
     pub fn resolve_user(&mut self, module: &Module, offsets: &[u64]) {
-        let mut new: Vec<u64> = offsets.iter().copied().filter(|o| !self.user.contains_key(&(module.id, *o))).collect();
+        let mut new: Vec<u64> = offsets
+            .iter()
+            .copied()
+            .filter(|o| !self.user.contains_key(&(module.id, *o)))
+            .collect();
         new.sort_unstable();
         new.dedup();
         if new.is_empty() {
@@ -74,7 +85,11 @@ impl Symbolizer {
 
     /// Resolves the kernel addresses not seen before.
     pub fn resolve_kernel(&mut self, addresses: &[u64]) {
-        let mut new: Vec<u64> = addresses.iter().copied().filter(|a| !self.kernel.contains_key(a)).collect();
+        let mut new: Vec<u64> = addresses
+            .iter()
+            .copied()
+            .filter(|a| !self.kernel.contains_key(a))
+            .collect();
         new.sort_unstable();
         new.dedup();
         if new.is_empty() {
@@ -121,14 +136,27 @@ fn convert(symbolized: Symbolized<'_>) -> Resolved {
 
 fn symbols(sym: Sym<'_>) -> Vec<Symbol> {
     let location = |info: Option<&blazesym::symbolize::CodeInfo<'_>>| match info {
-        Some(info) => (Some(info.to_path().to_string_lossy().into_owned()), info.line),
+        Some(info) => (
+            Some(info.to_path().to_string_lossy().into_owned()),
+            info.line,
+        ),
         None => (None, None),
     };
     let (file, line) = location(sym.code_info.as_deref());
-    let mut out = vec![Symbol { function: sym.name.into_owned(), file, line, inlined: false }];
+    let mut out = vec![Symbol {
+        function: sym.name.into_owned(),
+        file,
+        line,
+        inlined: false,
+    }];
     for inlined in sym.inlined.iter() {
         let (file, line) = location(inlined.code_info.as_ref());
-        out.push(Symbol { function: inlined.name.to_string(), file, line, inlined: true });
+        out.push(Symbol {
+            function: inlined.name.to_string(),
+            file,
+            line,
+            inlined: true,
+        });
     }
     out
 }
@@ -163,7 +191,11 @@ mod tests {
         let pid = std::process::id();
         table.observe(pid, "test");
         let address = tripod_symbolize_test_marker as extern "C" fn() -> u64 as usize as u64;
-        let Location::File { module, file_offset } = table.locate(pid, address) else {
+        let Location::File {
+            module,
+            file_offset,
+        } = table.locate(pid, address)
+        else {
             panic!("our own code is not in a file mapping");
         };
         let mut symbolizer = Symbolizer::new();
@@ -184,6 +216,9 @@ mod tests {
     fn unknown_addresses_are_data_not_errors() {
         let mut symbolizer = Symbolizer::new();
         symbolizer.resolve_kernel(&[1]);
-        assert!(matches!(&*symbolizer.kernel(1).unwrap(), Resolved::Unknown(_)));
+        assert!(matches!(
+            &*symbolizer.kernel(1).unwrap(),
+            Resolved::Unknown(_)
+        ));
     }
 }

@@ -168,7 +168,11 @@ impl Document {
                     threads: p
                         .threads
                         .iter()
-                        .map(|t| JsonThread { tid: t.tid, comm: t.comm.clone(), samples: t.samples })
+                        .map(|t| JsonThread {
+                            tid: t.tid,
+                            comm: t.comm.clone(),
+                            samples: t.samples,
+                        })
                         .collect(),
                 })
                 .collect(),

@@ -51,7 +51,10 @@ impl Render for Log {
             writeln!(out, "[tripod] {hint}")?;
         }
         if !summary.duplicates.is_empty() {
-            writeln!(out, "\nDuplicated stacks (the same frames in more than one thread):")?;
+            writeln!(
+                out,
+                "\nDuplicated stacks (the same frames in more than one thread):"
+            )?;
             for d in &summary.duplicates {
                 writeln!(
                     out,
@@ -78,8 +81,17 @@ pub fn describe_losses(losses: &Losses) -> String {
     )
 }
 
-fn write_stack(out: &mut dyn Write, range: &str, stack: &StackReport, total: u64) -> io::Result<()> {
-    let share = if total == 0 { 0.0 } else { stack.count as f64 * 100.0 / total as f64 };
+fn write_stack(
+    out: &mut dyn Write,
+    range: &str,
+    stack: &StackReport,
+    total: u64,
+) -> io::Result<()> {
+    let share = if total == 0 {
+        0.0
+    } else {
+        stack.count as f64 * 100.0 / total as f64
+    };
     let thread = match (&stack.thread, stack.tids.as_slice()) {
         (Some((tid, name)), _) => format!("tid {tid} ({name})"),
         (None, [tid]) => format!("tid {tid}"),
@@ -100,7 +112,12 @@ fn write_stack(out: &mut dyn Write, range: &str, stack: &StackReport, total: u64
 /// One frame as a traceback line.
 pub fn frame_line(frame: &Frame) -> String {
     let inlined = if frame.inlined { " [inlined]" } else { "" };
-    let unknown = || format!("[unknown: {}]", frame.unknown.as_deref().unwrap_or("no symbol"));
+    let unknown = || {
+        format!(
+            "[unknown: {}]",
+            frame.unknown.as_deref().unwrap_or("no symbol")
+        )
+    };
     match frame.kind {
         FrameKind::Truncated => return "[truncated]".to_string(),
         FrameKind::Missing => {
@@ -119,7 +136,9 @@ pub fn frame_line(frame: &Frame) -> String {
     let location = frame.file.as_deref().or(frame.module.as_deref());
     match (location, &frame.function) {
         (Some(location), Some(function)) => match (frame.file.is_some(), frame.line) {
-            (true, Some(line)) => format!("File \"{location}\", line {line}, in {function}{inlined}"),
+            (true, Some(line)) => {
+                format!("File \"{location}\", line {line}, in {function}{inlined}")
+            }
             _ => format!("File \"{location}\", in {function}{inlined}"),
         },
         (Some(module), None) => match frame.offset {
@@ -132,6 +151,14 @@ pub fn frame_line(frame: &Frame) -> String {
 }
 
 fn time_range(start: &DateTime<Local>, end: &DateTime<Local>) -> String {
-    let end_format = if start.date_naive() == end.date_naive() { "%H:%M:%S" } else { "%Y-%m-%d %H:%M:%S" };
-    format!("{}..{}", start.format("%Y-%m-%d %H:%M:%S"), end.format(end_format))
+    let end_format = if start.date_naive() == end.date_naive() {
+        "%H:%M:%S"
+    } else {
+        "%Y-%m-%d %H:%M:%S"
+    };
+    format!(
+        "{}..{}",
+        start.format("%Y-%m-%d %H:%M:%S"),
+        end.format(end_format)
+    )
 }

@@ -73,7 +73,11 @@ impl Output {
                 (Box::new(BufWriter::new(file)), path.display().to_string())
             }
         };
-        Ok(Output { renderer: renderer(format), writer, name })
+        Ok(Output {
+            renderer: renderer(format),
+            writer,
+            name,
+        })
     }
 
     pub fn report(&mut self, report: &Report) -> io::Result<()> {

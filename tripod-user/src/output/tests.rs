@@ -44,8 +44,15 @@ fn report(per_thread: bool) -> Report {
     let read_path: Arc<[Arc<Frame>]> = Arc::from(vec![
         user("__libc_start_call_main", None, libc),
         user("main", Some(("/src/app/main.c", 41)), "/src/app/worker"),
-        user("read_request", Some(("/src/app/net.c", 120)), "/src/app/worker"),
-        Arc::new(Frame { inlined: true, ..(*user("parse", Some(("/src/app/net.c", 77)), "/src/app/worker")).clone() }),
+        user(
+            "read_request",
+            Some(("/src/app/net.c", 120)),
+            "/src/app/worker",
+        ),
+        Arc::new(Frame {
+            inlined: true,
+            ..(*user("parse", Some(("/src/app/net.c", 77)), "/src/app/worker")).clone()
+        }),
         kernel("ksys_read"),
         kernel("tcp_recvmsg"),
     ]);
@@ -63,7 +70,14 @@ fn report(per_thread: bool) -> Report {
         start: Local.with_ymd_and_hms(2026, 11, 21, 10, 0, 5).unwrap(),
         end: Local.with_ymd_and_hms(2026, 11, 21, 10, 0, 10).unwrap(),
         samples: 1000,
-        losses: Losses { count_map_full: 2, user: StackErrors { collisions: 1, ..Default::default() }, ..Default::default() },
+        losses: Losses {
+            count_map_full: 2,
+            user: StackErrors {
+                collisions: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
         stacks: vec![
             StackReport {
                 pid: 4242,
@@ -88,8 +102,16 @@ fn report(per_thread: bool) -> Report {
             exe: Some("/src/app/worker".into()),
             samples: 1000,
             threads: vec![
-                ThreadReport { tid: 4243, comm: "worker-1".into(), samples: 873 },
-                ThreadReport { tid: 4244, comm: "worker-2".into(), samples: 127 },
+                ThreadReport {
+                    tid: 4243,
+                    comm: "worker-1".into(),
+                    samples: 873,
+                },
+                ThreadReport {
+                    tid: 4244,
+                    comm: "worker-2".into(),
+                    samples: 127,
+                },
             ],
         }],
     }
@@ -104,8 +126,20 @@ fn summary() -> Summary {
         distinct_stacks: 2,
         processes: 1,
         threads: 3,
-        losses: Losses { count_map_full: 2, user: StackErrors { collisions: 1, ..Default::default() }, ..Default::default() },
-        duplicates: vec![Duplicate { count: 127, threads: 2, processes: 1, functions: vec!["main".into(), "spin".into()] }],
+        losses: Losses {
+            count_map_full: 2,
+            user: StackErrors {
+                collisions: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        duplicates: vec![Duplicate {
+            count: 127,
+            threads: 2,
+            processes: 1,
+            functions: vec!["main".into(), "spin".into()],
+        }],
     }
 }
 
@@ -151,7 +185,10 @@ Duplicated stacks (the same frames in more than one thread):
 #[test]
 fn log_names_threads_when_per_thread() {
     let text = render(Log, &report(true), None);
-    assert!(text.contains("pid 4242 (worker)  tid 4243 (worker-1)  873 samples (87.3%)"), "{text}");
+    assert!(
+        text.contains("pid 4242 (worker)  tid 4243 (worker-1)  873 samples (87.3%)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -166,14 +203,23 @@ worker;__libc_start_call_main;main;read_request;parse;ksys_read_[k];tcp_recvmsg_
 #[test]
 fn folded_per_thread_names_pid_and_tid() {
     let text = render(Folded, &report(true), None);
-    assert!(text.starts_with("worker-4242/4243;__libc_start_call_main;"), "{text}");
-    assert!(text.contains("\nworker-4242/4244;[libc.so.6];[truncated] 127\n"), "{text}");
+    assert!(
+        text.starts_with("worker-4242/4243;__libc_start_call_main;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nworker-4242/4244;[libc.so.6];[truncated] 127\n"),
+        "{text}"
+    );
 }
 
 #[test]
 fn folded_names_cannot_break_the_format() {
     let mut r = report(false);
-    let odd = Arc::new(Frame { function: Some("a;b\nc".into()), ..Frame::code(false, Some(1)) });
+    let odd = Arc::new(Frame {
+        function: Some("a;b\nc".into()),
+        ..Frame::code(false, Some(1))
+    });
     r.stacks[0].frames = Arc::from(vec![odd]);
     assert!(render(Folded, &r, None).contains("worker;a:b c 873\n"));
 }
@@ -195,9 +241,22 @@ fn json_is_one_document_per_report_and_round_trips() {
         .iter()
         .map(|&i| parsed.frames[i].function.clone().unwrap())
         .collect();
-    assert_eq!(names, ["__libc_start_call_main", "main", "read_request", "parse", "ksys_read", "tcp_recvmsg"]);
+    assert_eq!(
+        names,
+        [
+            "__libc_start_call_main",
+            "main",
+            "read_request",
+            "parse",
+            "ksys_read",
+            "tcp_recvmsg"
+        ]
+    );
     let main = &parsed.frames[parsed.stacks[0].frames[1]];
-    assert_eq!((main.file.as_deref(), main.line), (Some("/src/app/main.c"), Some(41)));
+    assert_eq!(
+        (main.file.as_deref(), main.line),
+        (Some("/src/app/main.c"), Some(41))
+    );
     assert_eq!(main.address.as_deref(), Some("0x555555555130"));
     assert!(parsed.frames[parsed.stacks[0].frames[4]].kernel);
     assert!(parsed.frames[parsed.stacks[0].frames[3]].inlined);

@@ -27,7 +27,10 @@ impl Sampler {
         std::thread::sleep(IN_FLIGHT_GRACE);
 
         let counts = &mut self.counts[idle];
-        let entries: Vec<_> = counts.iter().collect::<Result<_, MapError>>().context("reading counts")?;
+        let entries: Vec<_> = counts
+            .iter()
+            .collect::<Result<_, MapError>>()
+            .context("reading counts")?;
         for (key, _) in &entries {
             // A key missing here was removed already; nothing else removes keys.
             let _ = counts.remove(key);
@@ -44,7 +47,9 @@ impl Sampler {
             }
             read.entry(id)
                 .or_insert_with(|| match stacks.get(&(id as u32), 0) {
-                    Ok(trace) => StackRead::Addresses(trace.frames().iter().map(|f| f.ip).collect()),
+                    Ok(trace) => {
+                        StackRead::Addresses(trace.frames().iter().map(|f| f.ip).collect())
+                    }
                     Err(_) => StackRead::Missing(Gap::Vanished),
                 })
                 .clone()

@@ -99,23 +99,36 @@ impl Sampler {
         }
         // The object is embedded so the binary runs on its own, from any directory.
         let mut ebpf = loader
-            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tripod")))
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/tripod"
+            )))
             .context("loading the eBPF program into the kernel")?;
 
         let mut targets: HashMap<MapData, u32, u8> = take_map(&mut ebpf, names::TARGETS)?;
         for &pid in options.targets.iter().flatten() {
-            targets.insert(pid, 1, 0).with_context(|| format!("adding pid {pid} to the targets"))?;
+            targets
+                .insert(pid, 1, 0)
+                .with_context(|| format!("adding pid {pid} to the targets"))?;
         }
         let control = take_map(&mut ebpf, names::CONTROL)?;
         let counters = take_map(&mut ebpf, names::COUNTERS)?;
-        let counts = [take_map(&mut ebpf, names::COUNTS[0])?, take_map(&mut ebpf, names::COUNTS[1])?];
-        let stacks = [take_map(&mut ebpf, names::STACKS[0])?, take_map(&mut ebpf, names::STACKS[1])?];
+        let counts = [
+            take_map(&mut ebpf, names::COUNTS[0])?,
+            take_map(&mut ebpf, names::COUNTS[1])?,
+        ];
+        let stacks = [
+            take_map(&mut ebpf, names::STACKS[0])?,
+            take_map(&mut ebpf, names::STACKS[1])?,
+        ];
 
         let program: &mut PerfEvent = ebpf
             .program_mut(names::SAMPLE_PROGRAM)
             .context("the eBPF object has no sampling program")?
             .try_into()?;
-        program.load().context("loading the sampling program (the verifier refused it)")?;
+        program
+            .load()
+            .context("loading the sampling program (the verifier refused it)")?;
         let (event, fallback_reason) = attach_all_cpus(program, options.frequency)?;
 
         Ok(Sampler {
@@ -142,14 +155,19 @@ impl Sampler {
 
     /// Starts sampling one more process (a command we launched).
     pub fn add_target(&mut self, pid: u32) -> Result<()> {
-        self.targets.insert(pid, 1, 0).with_context(|| format!("adding pid {pid} to the targets"))
+        self.targets
+            .insert(pid, 1, 0)
+            .with_context(|| format!("adding pid {pid} to the targets"))
     }
 
     /// The kernel-side counters, summed over CPUs, since the start of the run.
     pub fn counters(&self) -> Result<Counters> {
         let mut totals = Counters::default();
         for counter in Counter::ALL {
-            let per_cpu = self.counters.get(&(counter as u32), 0).context("reading counters")?;
+            let per_cpu = self
+                .counters
+                .get(&(counter as u32), 0)
+                .context("reading counters")?;
             totals.0[counter as usize] = per_cpu.iter().sum();
         }
         Ok(totals)
@@ -158,7 +176,10 @@ impl Sampler {
 
 /// Attaches `program` on every online CPU: hardware cycles when the machine
 /// has a PMU, else the software cpu-clock, saying why.
-fn attach_all_cpus(program: &mut PerfEvent, frequency: u64) -> Result<(SamplingEvent, Option<String>)> {
+fn attach_all_cpus(
+    program: &mut PerfEvent,
+    frequency: u64,
+) -> Result<(SamplingEvent, Option<String>)> {
     let cpus = online_cpus().map_err(|(path, error)| anyhow::anyhow!("reading {path}: {error}"))?;
     let policy = SamplePolicy::Frequency(frequency);
     let attach = |program: &mut PerfEvent, event: SamplingEvent, cpu: u32| {
@@ -166,7 +187,12 @@ fn attach_all_cpus(program: &mut PerfEvent, frequency: u64) -> Result<(SamplingE
             SamplingEvent::Cycles => PerfEventConfig::Hardware(HardwareEvent::CpuCycles),
             SamplingEvent::CpuClock => PerfEventConfig::Software(SoftwareEvent::CpuClock),
         };
-        program.attach(config, PerfEventScope::AllProcessesOneCpu { cpu }, policy, false)
+        program.attach(
+            config,
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            policy,
+            false,
+        )
     };
     let first = *cpus.first().context("no online CPUs")?;
     let (event, fallback) = match attach(program, SamplingEvent::Cycles, first) {
@@ -189,16 +215,24 @@ fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).with_context(|| format!("the eBPF object has no map {name}"))?;
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("the eBPF object has no map {name}"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
 /// See <https://lwn.net/Articles/837122/>.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit with a valid pointer to a local.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
