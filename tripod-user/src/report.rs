@@ -350,7 +350,9 @@ pub fn build_summary(
     losses: Losses,
 ) -> Summary {
     let counts = aggregator.run();
-    let mut by_functions: HashMap<Vec<String>, (u64, BTreeSet<(u32, u32)>)> = HashMap::new();
+    // Function names -> (samples, the (pid, tid) pairs that had them).
+    type Seen = (u64, BTreeSet<(u32, u32)>);
+    let mut by_functions: HashMap<Vec<String>, Seen> = HashMap::new();
     for (key, &count) in counts {
         let Some(frames) = &aggregator.stacks.get(key.stack).frames else {
             continue;
