@@ -164,3 +164,49 @@ fn interval_reports() {
         "expected >= 3 interval headers, got {headers}:\n{log}"
     );
 }
+
+/// inferno, the maintained Rust port of flamegraph.pl, draws our folded output as it is.
+#[test]
+fn folded_output_makes_a_flame_graph() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let fx = Fixture::start(SYSCALLS_FP, &[]);
+    let pid = fx.pid().to_string();
+    let out = run_tripod(&["--pid", &pid, "-d", "2", "-f", "folded", "-o", "-"]);
+    assert_success(&out);
+    let folded = stdout_text(&out);
+    let mut svg = Vec::new();
+    let mut options = inferno::flamegraph::Options::default();
+    inferno::flamegraph::from_lines(&mut options, folded.lines(), &mut svg)
+        .unwrap_or_else(|e| panic!("inferno rejected the folded output: {e}\n{folded}"));
+    let svg = String::from_utf8(svg).unwrap();
+    for name in ["syscall_loop", "do_write"] {
+        assert!(
+            svg.contains(name),
+            "the flame graph has no {name}:\n{folded}"
+        );
+    }
+}
+
+/// `tripod-bpf ... -o - | head` must end quietly when the reader goes away.
+#[test]
+fn broken_pipe_exits_quietly() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let fx = Fixture::start(CHAIN_FP, &[]);
+    let pid = fx.pid().to_string();
+    let mut child = tripod_command(&["--pid", &pid, "-d", "1", "-f", "folded", "-o", "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tripod-bpf");
+    drop(child.stdout.take()); // the reader is gone before anything is written
+    let out = child.wait_with_output().expect("wait for tripod-bpf");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
+    assert!(!stderr.contains("error"), "stderr:\n{stderr}");
+}

@@ -270,3 +270,33 @@ fn target_exit_ends_the_run() {
     let (_, total) = chain_share(&stdout_text(&out), "chain_fp", CHAIN);
     assert!(total > 0, "no samples before the target exited");
 }
+
+/// A command that exits before the first drain (every 500 ms) is still
+/// symbolized: its mappings are read right after it execs.
+#[test]
+fn short_lived_command_is_symbolized() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let out = run_tripod(&[
+        "-F",
+        "999",
+        "-f",
+        "folded",
+        "-o",
+        "-",
+        "--",
+        CHAIN_FP,
+        "--seconds",
+        "0.3",
+    ]);
+    assert_success(&out);
+    let folded = stdout_text(&out);
+    assert!(
+        !folded.contains("process exited"),
+        "frames were not symbolized:\n{folded}"
+    );
+    // 999 Hz for 0.3 s is ~300 samples.
+    assert_chain(&folded, "chain_fp", CHAIN, 50, 0.9);
+}

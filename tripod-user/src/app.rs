@@ -68,6 +68,18 @@ pub async fn run(config: Config) -> Result<u8> {
         sampler.add_target(child.pid)?;
         child.release();
     }
+    let mut processes = ProcessTable::new();
+    // Read the targets' mappings now, while they surely exist: a target that
+    // exits before the first drain is still symbolized.
+    if let Some(child) = &child {
+        child.wait_for_exec();
+        processes.observe(child.pid, "");
+    }
+    if let Target::Pids(pids) = &config.target {
+        for &pid in pids {
+            processes.observe(pid, "");
+        }
+    }
 
     let run_info = RunInfo {
         target: describe_target(&config.target, child.as_ref().map(|c| c.pid)),
@@ -87,7 +99,7 @@ pub async fn run(config: Config) -> Result<u8> {
     );
     eprintln!("[tripod] Writing output to: {}", output.name);
 
-    let mut pipeline = Pipeline::new(run_info, sampler.counters()?);
+    let mut pipeline = Pipeline::new(run_info, processes, sampler.counters()?);
     let stop = wait_for_stop(
         &config,
         &mut sampler,
@@ -207,12 +219,12 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(run: RunInfo, counters: Counters) -> Self {
+    fn new(run: RunInfo, processes: ProcessTable, counters: Counters) -> Self {
         let now = Local::now();
         Pipeline {
             run,
             aggregator: Aggregator::new(),
-            processes: ProcessTable::new(),
+            processes,
             resolver: Resolver::new(),
             run_start: now,
             run_counters: counters,
@@ -352,6 +364,19 @@ impl GatedChild {
     /// Lets the command run: closing the write end ends the gate's `read`.
     fn release(&mut self) {
         self.gate.take();
+    }
+
+    /// Waits (briefly) until the gate shell has exec'd the command, so its
+    /// mappings are the command's. The command line changes at exec.
+    fn wait_for_exec(&self) {
+        let gate_cmdline = process::cmdline(self.pid);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline
+            && process::cmdline(self.pid) == gate_cmdline
+            && gate_cmdline.is_some()
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 

@@ -170,6 +170,11 @@ pub fn is_alive(pid: u32) -> bool {
     !matches!(state, Some("Z") | Some("X") | None)
 }
 
+/// The raw command line of `pid`; `None` once it is gone.
+pub fn cmdline(pid: u32) -> Option<Vec<u8>> {
+    fs::read(format!("/proc/{pid}/cmdline")).ok()
+}
+
 fn find(mappings: &[Mapping], address: u64) -> Option<Location> {
     let index = mappings.partition_point(|m| m.end <= address);
     let mapping = mappings.get(index).filter(|m| m.start <= address)?;

@@ -56,15 +56,10 @@ impl Output {
             }
             OutputDest::TempFile => {
                 let dir = std::env::temp_dir();
-                let suffix = match format {
-                    OutputFormat::Log => ".log",
-                    OutputFormat::Folded => ".folded",
-                    OutputFormat::Json => ".json",
-                };
                 // O_CREAT|O_EXCL with mode 0600: never an existing file, never through a symlink.
                 let (file, path) = tempfile::Builder::new()
                     .prefix("tripod_")
-                    .suffix(suffix)
+                    .suffix(".log")
                     .rand_bytes(6)
                     .tempfile_in(&dir)
                     .map_err(|e| cannot_create(&dir.join("tripod_XXXXXX"), &e))?
