@@ -22,6 +22,10 @@ pub mod names {
     pub const CONTROL: &str = "CONTROL";
     /// The global holding the [`crate::SamplerConfig`] set at load time.
     pub const CONFIG: &str = "CONFIG";
+    /// Ring buffer of [`crate::StackCopy`] records (`--unwind dwarf`).
+    pub const STACK_COPIES: &str = "STACK_COPIES";
+    /// Per-CPU scratch space where a [`crate::StackCopy`] is assembled.
+    pub const SCRATCH: &str = "SCRATCH";
 }
 
 /// Length of a task's `comm`, including the terminating NUL.
@@ -45,6 +49,15 @@ pub const MAX_TARGETS: u32 = 4096;
 /// that `bpf_get_stackid` returned, which is always small.
 pub const STACK_NOT_COLLECTED: i32 = i32::MIN;
 
+/// Most bytes of user stack one sample can carry (`--stack-copy-bytes` is capped here).
+pub const MAX_STACK_COPY: usize = 32 * 1024;
+
+/// Default bytes of user stack copied per sample.
+pub const DEFAULT_STACK_COPY: u32 = 16 * 1024;
+
+/// Default size of the ring buffer that carries stack copies, in bytes.
+pub const DEFAULT_RING_BUFFER_SIZE: u32 = 8 * 1024 * 1024;
+
 /// Which processes the eBPF program samples. Set once at load time.
 ///
 /// Flags are `u32` instead of `bool` so this type has no implicit padding and
@@ -62,6 +75,11 @@ pub struct SamplerConfig {
     pub collect_user: u32,
     /// Non-zero: collect the kernel stack.
     pub collect_kernel: u32,
+    /// Non-zero: copy user registers and stack into the ring buffer for
+    /// unwinding in userspace, instead of walking frame pointers in the kernel.
+    pub copy_user_stack: u32,
+    /// Bytes of user stack to copy, at most [`MAX_STACK_COPY`].
+    pub stack_copy_bytes: u32,
 }
 
 impl SamplerConfig {
@@ -72,6 +90,8 @@ impl SamplerConfig {
         self_tgid: 0,
         collect_user: 1,
         collect_kernel: 1,
+        copy_user_stack: 0,
+        stack_copy_bytes: DEFAULT_STACK_COPY,
     };
 }
 
@@ -106,6 +126,51 @@ pub struct SampleKey {
     pub _reserved: [u32; 2],
 }
 
+/// The fixed part of a [`StackCopy`] record.
+///
+/// 4 × u32, 3 × u64, comm, 2 × u32: 64 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackCopyHeader {
+    /// Process id (the kernel's tgid).
+    pub tgid: u32,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    /// Number of valid entries in [`StackCopy::kernel`], innermost first.
+    pub kernel_frames: u32,
+    /// Bytes of [`StackCopy::stack`] that hold user stack, from `sp` upwards.
+    pub stack_len: u32,
+    /// User registers to start unwinding from: where the thread was in user
+    /// space (the registers saved at kernel entry when sampled in the kernel).
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// The thread's name, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+    /// Negative errno when the kernel stack could not be read, else 0.
+    pub kernel_error: i32,
+    /// Non-zero when the user registers could not be read (no user stack).
+    pub no_user: u32,
+}
+
+/// One sample for userspace unwinding, as written to the `STACK_COPIES` ring
+/// buffer. Only `size_of::<StackCopyHeader>() + size_of kernel + stack_len`
+/// bytes are sent: the record is cut after the valid part of `stack`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackCopy {
+    pub header: StackCopyHeader,
+    /// Kernel return addresses from `bpf_get_stack`, innermost first.
+    pub kernel: [u64; MAX_STACK_DEPTH],
+    /// The top of the user stack: the bytes at `sp`, `sp + 1`, ...
+    pub stack: [u8; MAX_STACK_COPY],
+}
+
+impl StackCopy {
+    /// Bytes before `stack` in a record.
+    pub const STACK_OFFSET: usize = core::mem::size_of::<StackCopyHeader>() + 8 * MAX_STACK_DEPTH;
+}
+
 /// Per-CPU counters, indices into the `COUNTERS` map.
 ///
 /// Stack errors are split by errno the way `bpf_get_stackid` reports them:
@@ -135,11 +200,15 @@ pub enum Counter {
     KernelStackMapFull,
     /// Kernel stack: any other error.
     KernelStackOther,
+    /// Stack copies dropped because the ring buffer was full.
+    RingBufferFull,
+    /// Stack copies without user stack: the user registers were unreadable.
+    UserRegsMissing,
 }
 
 impl Counter {
     /// Number of counters, the size of the `COUNTERS` map.
-    pub const LEN: u32 = 10;
+    pub const LEN: u32 = 12;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::LEN as usize] = [
@@ -153,6 +222,8 @@ impl Counter {
         Counter::KernelStackCollision,
         Counter::KernelStackMapFull,
         Counter::KernelStackOther,
+        Counter::RingBufferFull,
+        Counter::UserRegsMissing,
     ];
 
     /// The counter for a failed `bpf_get_stackid` with this (negative) errno.
@@ -180,6 +251,8 @@ mod pod {
     unsafe impl aya::Pod for super::SampleKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SamplerConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StackCopyHeader {}
 }
 
 #[cfg(test)]
@@ -190,7 +263,10 @@ mod tests {
     #[test]
     fn wire_types_have_no_padding() {
         assert_eq!(core::mem::size_of::<SampleKey>(), 4 * 4 + COMM_LEN + 8);
-        assert_eq!(core::mem::size_of::<SamplerConfig>(), 5 * 4);
+        assert_eq!(core::mem::size_of::<SamplerConfig>(), 7 * 4);
+        assert_eq!(core::mem::size_of::<StackCopyHeader>(), 64);
+        assert_eq!(StackCopy::STACK_OFFSET, 64 + 8 * MAX_STACK_DEPTH);
+        assert_eq!(core::mem::size_of::<StackCopy>(), StackCopy::STACK_OFFSET + MAX_STACK_COPY);
     }
 
     #[test]
