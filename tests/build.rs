@@ -22,7 +22,12 @@ const FIXTURES: &[(&str, &str, &[&str], &[&str])] = &[
     ("other_fp", "other.c", FP, &[]),
     ("syscalls_fp", "syscalls.c", FP, &[]),
     ("threads_fp", "threads.c", FP, &["-pthread"]),
+    ("threads_nofp", "threads.c", NOFP, &["-pthread"]),
 ];
+
+/// (output name, input fixture): copies with every symbol and all debug info
+/// removed. Only `.eh_frame` is left to unwind with, as in most shipped binaries.
+const STRIPPED: &[(&str, &str)] = &[("chain_strip", "chain_nofp")];
 
 fn main() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
@@ -52,6 +57,23 @@ fn main() {
             "compiling {} failed: {status}",
             src.display()
         );
+        println!(
+            "cargo:rustc-env=FIXTURE_{}={}",
+            name.to_uppercase(),
+            out.display()
+        );
+    }
+
+    for (name, input) in STRIPPED {
+        let out = out_dir.join(name);
+        let status = Command::new("strip")
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&out)
+            .arg(out_dir.join(input))
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run strip: {e}"));
+        assert!(status.success(), "stripping {input} failed: {status}");
         println!(
             "cargo:rustc-env=FIXTURE_{}={}",
             name.to_uppercase(),

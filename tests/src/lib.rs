@@ -17,6 +17,9 @@ pub const CHAIN_NOFP: &str = env!("FIXTURE_CHAIN_NOFP");
 pub const OTHER_FP: &str = env!("FIXTURE_OTHER_FP");
 pub const SYSCALLS_FP: &str = env!("FIXTURE_SYSCALLS_FP");
 pub const THREADS_FP: &str = env!("FIXTURE_THREADS_FP");
+pub const THREADS_NOFP: &str = env!("FIXTURE_THREADS_NOFP");
+/// `chain_nofp` with every symbol and all debug info stripped; `.eh_frame` stays.
+pub const CHAIN_STRIP: &str = env!("FIXTURE_CHAIN_STRIP");
 
 /// The call chain of chain.c, outermost first.
 pub const CHAIN: &[&str] = &["main", "alpha", "beta", "gamma", "spin"];

@@ -9,3 +9,5 @@ mod cli_errors;
 mod output;
 // What gets sampled: call chains, target selection, kernel frames, threads, how runs end.
 mod sampling;
+// Complete user stacks without frame pointers: copied stacks unwound with .eh_frame.
+mod unwinding;

@@ -33,7 +33,7 @@ fn fp_chain_is_complete() {
         return;
     }
     let fx = Fixture::start(CHAIN_FP, &[]);
-    let folded = sample_pid(fx.pid(), "3", &[]);
+    let folded = sample_pid(fx.pid(), "3", &["--unwind", "fp"]);
     // 99 Hz for 3 s on a busy loop is ~290 samples.
     assert_chain(&folded, "chain_fp", CHAIN, 50, 0.9);
 }
@@ -46,7 +46,7 @@ fn nofp_leaf_is_spin() {
         return;
     }
     let fx = Fixture::start(CHAIN_NOFP, &[]);
-    let folded = sample_pid(fx.pid(), "3", &[]);
+    let folded = sample_pid(fx.pid(), "3", &["--unwind", "fp"]);
     let stacks = parse_folded(&folded);
     let mine = stacks_of(&stacks, "chain_nofp");
     let total: u64 = mine.iter().map(|(_, n)| n).sum();

@@ -162,9 +162,14 @@ pub struct StackCopy {
     pub header: StackCopyHeader,
     /// Kernel return addresses from `bpf_get_stack`, innermost first.
     pub kernel: [u64; MAX_STACK_DEPTH],
-    /// The top of the user stack: the bytes at `sp`, `sp + 1`, ...
-    pub stack: [u8; MAX_STACK_COPY],
+    /// The top of the user stack: the bytes at `sp`, `sp + 1`, ... At most
+    /// [`MAX_STACK_COPY`] are used; the extra page lets the verifier prove
+    /// that a page-sized read at any offset below the maximum stays inside.
+    pub stack: [u8; MAX_STACK_COPY + STACK_COPY_SLACK],
 }
+
+/// Slack after [`StackCopy::stack`]: one page.
+pub const STACK_COPY_SLACK: usize = 4096;
 
 impl StackCopy {
     /// Bytes before `stack` in a record.
@@ -266,7 +271,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<SamplerConfig>(), 7 * 4);
         assert_eq!(core::mem::size_of::<StackCopyHeader>(), 64);
         assert_eq!(StackCopy::STACK_OFFSET, 64 + 8 * MAX_STACK_DEPTH);
-        assert_eq!(core::mem::size_of::<StackCopy>(), StackCopy::STACK_OFFSET + MAX_STACK_COPY);
+        assert_eq!(
+            core::mem::size_of::<StackCopy>(),
+            StackCopy::STACK_OFFSET + MAX_STACK_COPY + STACK_COPY_SLACK
+        );
     }
 
     #[test]

@@ -3,10 +3,15 @@
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
-use tripod_common::{DEFAULT_COUNT_MAP_SIZE, DEFAULT_STACK_STORAGE_SIZE};
+use tripod_common::{
+    DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_COPY,
+    DEFAULT_STACK_STORAGE_SIZE, MAX_STACK_COPY,
+};
 
 use crate::{
-    config::{Config, OutputDest, OutputFormat, StackSelection, Target, DEFAULT_FREQUENCY},
+    config::{
+        Config, OutputDest, OutputFormat, StackSelection, Target, UnwindMode, DEFAULT_FREQUENCY,
+    },
     error::UsageError,
 };
 
@@ -76,9 +81,32 @@ struct Cli {
     #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_COUNT_MAP_SIZE)]
     count_map_size: u32,
 
+    /// How to unwind user stacks: `dwarf` copies the top of each user stack and unwinds it
+    /// with .eh_frame (complete stacks without frame pointers); `fp` walks frame pointers
+    /// in the kernel (cheaper, broken for code built without them); `auto` is dwarf.
+    #[arg(long, value_enum, default_value_t = UnwindArg::Auto)]
+    unwind: UnwindArg,
+
+    /// Bytes of user stack copied per sample for dwarf unwinding (at most 32768). Deeper
+    /// stacks end in [truncated].
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_STACK_COPY)]
+    stack_copy_bytes: u32,
+
+    /// Size of the ring buffer that carries stack copies, in bytes (rounded up to a power of
+    /// two). Raise it when the summary reports samples dropped because it was full.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BUFFER_SIZE)]
+    ring_buffer_size: u32,
+
     /// Start COMMAND, sample it until it exits, and exit with its status.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum UnwindArg {
+    Dwarf,
+    Fp,
+    Auto,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -140,6 +168,23 @@ impl Cli {
                 return Err(UsageError::new(format!("{flag} must be at least 1")));
             }
         }
+        if self.stack_copy_bytes == 0 || self.stack_copy_bytes as usize > MAX_STACK_COPY {
+            return Err(UsageError::new(format!(
+                "--stack-copy-bytes must be between 1 and {MAX_STACK_COPY}, got {}",
+                self.stack_copy_bytes
+            )));
+        }
+        // The kernel wants a power of two of at least one page.
+        let ring_buffer_size = self
+            .ring_buffer_size
+            .max(4096)
+            .checked_next_power_of_two()
+            .ok_or_else(|| {
+                UsageError::new(format!(
+                    "--ring-buffer-size {} is too large",
+                    self.ring_buffer_size
+                ))
+            })?;
         let output = match self.output {
             None => OutputDest::TempFile,
             Some(path) if path.as_os_str() == "-" => OutputDest::Stdout,
@@ -166,6 +211,13 @@ impl Cli {
             include_idle: self.include_idle,
             stack_storage_size: self.stack_storage_size,
             count_map_size: self.count_map_size,
+            unwind: match self.unwind {
+                UnwindArg::Dwarf => UnwindMode::Dwarf,
+                UnwindArg::Fp => UnwindMode::FramePointers,
+                UnwindArg::Auto => UnwindMode::Auto,
+            },
+            stack_copy_bytes: self.stack_copy_bytes,
+            ring_buffer_size,
         })
     }
 }
@@ -250,6 +302,34 @@ mod tests {
             .unwrap_err()
             .unwrap();
         assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn unwinding_options() {
+        assert_eq!(config("tripod-bpf -a").unwind, UnwindMode::Auto);
+        assert_eq!(
+            config("tripod-bpf -a --unwind fp").unwind,
+            UnwindMode::FramePointers
+        );
+        assert_eq!(
+            config("tripod-bpf -a --unwind dwarf").unwind,
+            UnwindMode::Dwarf
+        );
+        assert_eq!(
+            config("tripod-bpf -a --stack-copy-bytes 8192").stack_copy_bytes,
+            8192
+        );
+        assert!(
+            usage_error("tripod-bpf -a --stack-copy-bytes 40000").contains("--stack-copy-bytes")
+        );
+        assert_eq!(
+            config("tripod-bpf -a --ring-buffer-size 5000").ring_buffer_size,
+            8192
+        );
+        assert_eq!(
+            config("tripod-bpf -a --ring-buffer-size 1").ring_buffer_size,
+            4096
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The validated run configuration. Plain data: nothing here knows about clap.
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use tripod_common::{DEFAULT_COUNT_MAP_SIZE, DEFAULT_STACK_STORAGE_SIZE};
+use tripod_common::{
+    DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_COPY,
+    DEFAULT_STACK_STORAGE_SIZE,
+};
 
 /// What to sample.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +54,33 @@ impl StackSelection {
     }
 }
 
+/// How user stacks are unwound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnwindMode {
+    /// The kernel walks frame pointers: cheapest, broken for code built without them.
+    FramePointers,
+    /// The top of the user stack is copied and unwound in userspace with
+    /// `.eh_frame`/`.debug_frame`: complete stacks without frame pointers.
+    Dwarf,
+    /// The default: currently `Dwarf` for every process (see README.md).
+    Auto,
+}
+
+impl UnwindMode {
+    /// Whether samples carry a copy of the user stack.
+    pub fn copies_stacks(self) -> bool {
+        self != UnwindMode::FramePointers
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UnwindMode::FramePointers => "fp",
+            UnwindMode::Dwarf => "dwarf",
+            UnwindMode::Auto => "auto",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub target: Target,
@@ -71,6 +101,11 @@ pub struct Config {
     pub stack_storage_size: u32,
     /// Entries in each count map.
     pub count_map_size: u32,
+    pub unwind: UnwindMode,
+    /// Bytes of user stack copied per sample (dwarf unwinding).
+    pub stack_copy_bytes: u32,
+    /// Bytes of the ring buffer that carries stack copies (a power of two).
+    pub ring_buffer_size: u32,
 }
 
 impl Config {
@@ -88,6 +123,9 @@ impl Config {
             include_idle: false,
             stack_storage_size: DEFAULT_STACK_STORAGE_SIZE,
             count_map_size: DEFAULT_COUNT_MAP_SIZE,
+            unwind: UnwindMode::Auto,
+            stack_copy_bytes: DEFAULT_STACK_COPY,
+            ring_buffer_size: DEFAULT_RING_BUFFER_SIZE,
         }
     }
 }

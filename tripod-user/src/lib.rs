@@ -3,9 +3,10 @@
 //!
 //! The pipeline, one module each: [`cli`] (arguments) -> [`config`] ->
 //! [`preflight`] (checks) -> [`sampler`] (eBPF, the only aya user) ->
-//! [`stack`] (typed raw frames) -> [`aggregate`] (counts, addresses only) ->
-//! [`process`] + [`symbolize`] (the only blazesym user) via [`resolve`] ->
-//! [`report`] -> [`output`] (the only writers). [`app`] runs it.
+//! [`unwind`] (copied user stacks to addresses with DWARF CFI, the only
+//! framehop user) -> [`stack`] (typed raw frames) -> [`aggregate`] (counts,
+//! addresses only) -> [`process`] + [`symbolize`] (the only blazesym user)
+//! via [`resolve`] -> [`report`] -> [`output`] (the only writers). [`app`] runs it.
 pub mod aggregate;
 pub mod app;
 pub mod cli;
@@ -19,3 +20,4 @@ pub mod resolve;
 pub mod sampler;
 pub mod stack;
 pub mod symbolize;
+pub mod unwind;

@@ -70,6 +70,21 @@ pub struct Process {
     pub kernel_thread: bool,
     /// `None` until the mappings were read; stays `None` if the process exited first.
     mappings: Option<Vec<Mapping>>,
+    /// Bumped each time a re-read finds mappings that differ from the last ones.
+    mappings_generation: u64,
+}
+
+/// One executable mapping of a process, as [`ProcessTable::mappings`] returns it.
+#[derive(Clone, Debug)]
+pub struct MappingView {
+    pub start: u64,
+    pub end: u64,
+    /// The offset in the file of the byte mapped at `start`.
+    pub file_offset: u64,
+    /// The mapped file; `None` for `[vdso]`, anonymous memory and the like.
+    pub module: Option<Arc<Module>>,
+    /// The name of a mapping without a file, such as `[vdso]` or `[anon]`.
+    pub special: Option<String>,
 }
 
 /// Every process seen during the run, and the modules they map.
@@ -113,12 +128,55 @@ impl ProcessTable {
             return Location::ProcessExited;
         };
         if let Some(mappings) = fresh {
-            process.mappings = Some(mappings);
+            process.set_mappings(mappings);
         }
         match &process.mappings {
             None => Location::ProcessExited,
             Some(mappings) => find(mappings, address).unwrap_or(Location::Unmapped),
         }
+    }
+
+    /// The generation of `pid`'s mapping snapshot: it changes whenever a
+    /// re-read (see [`Self::locate`]) finds different mappings, so callers that
+    /// derive state from [`Self::mappings`] know when to rebuild it. Reads the
+    /// process if it was not seen before; `None` when it is unknown and gone,
+    /// or exited before its mappings could be read. No I/O for a known process.
+    pub fn mappings_generation(&mut self, pid: u32) -> Option<u64> {
+        if !self.processes.contains_key(&pid) {
+            // Do not record a process that is already gone under an empty name.
+            if fs::metadata(format!("/proc/{pid}")).is_err() {
+                return None;
+            }
+            self.observe(pid, "");
+        }
+        let process = self.processes.get(&pid)?;
+        process.mappings.as_ref()?;
+        Some(process.mappings_generation)
+    }
+
+    /// The executable mappings of `pid`, sorted by address, with their
+    /// generation (see [`Self::mappings_generation`]). Reads the process if it
+    /// was not seen before.
+    pub fn mappings(&mut self, pid: u32) -> Option<(u64, Vec<MappingView>)> {
+        let generation = self.mappings_generation(pid)?;
+        let mappings = self.processes.get(&pid)?.mappings.as_ref()?;
+        let views = mappings
+            .iter()
+            .map(|m| MappingView {
+                start: m.start,
+                end: m.end,
+                file_offset: m.file_offset,
+                module: match &m.kind {
+                    MappingKind::File(module) => Some(module.clone()),
+                    MappingKind::Special(_) => None,
+                },
+                special: match &m.kind {
+                    MappingKind::File(_) => None,
+                    MappingKind::Special(name) => Some(name.clone()),
+                },
+            })
+            .collect();
+        Some((generation, views))
     }
 
     fn read_process(&mut self, pid: u32, thread_comm: &str) -> Process {
@@ -143,7 +201,33 @@ impl ProcessTable {
             exe,
             kernel_thread,
             mappings,
+            mappings_generation: 0,
         }
+    }
+}
+
+impl Process {
+    /// Replaces the mapping snapshot, bumping its generation if it changed.
+    fn set_mappings(&mut self, mappings: Vec<Mapping>) {
+        let same = self.mappings.as_ref().is_some_and(|old| {
+            old.len() == mappings.len() && old.iter().zip(&mappings).all(|(a, b)| a.same_as(b))
+        });
+        if !same {
+            self.mappings_generation += 1;
+        }
+        self.mappings = Some(mappings);
+    }
+}
+
+impl Mapping {
+    fn same_as(&self, other: &Mapping) -> bool {
+        let kind = match (&self.kind, &other.kind) {
+            (MappingKind::File(a), MappingKind::File(b)) => a.id == b.id,
+            (MappingKind::Special(a), MappingKind::Special(b)) => a == b,
+            _ => false,
+        };
+        kind && (self.start, self.end, self.file_offset)
+            == (other.start, other.end, other.file_offset)
     }
 }
 

@@ -104,6 +104,8 @@ impl Frame {
 pub struct Losses {
     /// Samples dropped entirely: the count map was full.
     pub count_map_full: u64,
+    /// Samples dropped entirely: the ring buffer of stack copies was full.
+    pub ring_buffer_full: u64,
     pub user: StackErrors,
     pub kernel: StackErrors,
 }
@@ -128,9 +130,15 @@ impl StackErrors {
 }
 
 impl Losses {
+    /// Samples that did not make it into any stack.
+    pub fn dropped(&self) -> u64 {
+        self.count_map_full + self.ring_buffer_full
+    }
+
     pub fn from_counters(c: &Counters) -> Losses {
         Losses {
             count_map_full: c.get(Counter::CountMapFull),
+            ring_buffer_full: c.get(Counter::RingBufferFull),
             user: StackErrors {
                 unreadable: c.get(Counter::UserStackFault),
                 collisions: c.get(Counter::UserStackCollision),
@@ -158,6 +166,9 @@ pub struct RunInfo {
     pub per_thread: bool,
     pub stack_storage_size: u32,
     pub count_map_size: u32,
+    /// How user stacks were unwound: `fp`, `dwarf` or `auto`.
+    pub unwind: String,
+    pub ring_buffer_size: u32,
 }
 
 /// One distinct stack of a report.
@@ -216,6 +227,39 @@ pub struct Duplicate {
     pub functions: Vec<String>,
 }
 
+/// How complete one process's user stacks were.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completeness {
+    pub pid: u32,
+    pub comm: String,
+    /// Samples with user frames.
+    pub samples: u64,
+    /// Samples whose outermost frame is a thread root (`_start`, `clone`,
+    /// `clone3`, `start_thread`): the unwinder reached the bottom.
+    pub complete: u64,
+    /// Samples whose unwinding stopped early (a `[truncated]` frame).
+    pub truncated: u64,
+}
+
+impl Completeness {
+    pub fn percent_complete(&self) -> f64 {
+        if self.samples == 0 {
+            0.0
+        } else {
+            self.complete as f64 * 100.0 / self.samples as f64
+        }
+    }
+}
+
+/// True for the functions where a thread's stack begins.
+pub fn is_thread_root(function: &str) -> bool {
+    let name = function.trim_start_matches("__GI_").trim_start_matches('_');
+    matches!(name, "start" | "clone" | "clone3" | "start_thread")
+}
+
+/// Most processes listed with their stack completeness.
+const MAX_COMPLETENESS: usize = 20;
+
 /// The whole run, written after the last report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Summary {
@@ -229,6 +273,8 @@ pub struct Summary {
     pub losses: Losses,
     /// Most samples first.
     pub duplicates: Vec<Duplicate>,
+    /// Per process, most samples first.
+    pub completeness: Vec<Completeness>,
 }
 
 impl Summary {
@@ -241,6 +287,14 @@ impl Summary {
                 "{} samples were lost because the count map was full; consider --count-map-size {}",
                 losses.count_map_full,
                 self.run.count_map_size.saturating_mul(2)
+            ));
+        }
+        if losses.ring_buffer_full > 0 {
+            hints.push(format!(
+                "{} samples were dropped because the stack-copy ring buffer was full; \
+                 consider --ring-buffer-size {}",
+                losses.ring_buffer_full,
+                self.run.ring_buffer_size.saturating_mul(2)
             ));
         }
         let storage = losses.user.storage() + losses.kernel.storage();
@@ -346,6 +400,7 @@ pub fn build_report(
 pub fn build_summary(
     run: &RunInfo,
     aggregator: &Aggregator,
+    processes: &ProcessTable,
     (start, end): (DateTime<Local>, DateTime<Local>),
     losses: Losses,
 ) -> Summary {
@@ -379,6 +434,36 @@ pub fn build_summary(
     duplicates.sort_by(|a, b| b.count.cmp(&a.count).then(a.functions.cmp(&b.functions)));
     duplicates.truncate(MAX_DUPLICATES);
 
+    let mut by_process: HashMap<u32, Completeness> = HashMap::new();
+    for (key, &count) in counts {
+        let Some(frames) = &aggregator.stacks.get(key.stack).frames else {
+            continue;
+        };
+        let mut user = frames.iter().filter(|f| !f.kernel).peekable();
+        let Some(outermost) = user.peek().cloned() else {
+            continue;
+        };
+        let entry = by_process.entry(key.tgid).or_insert_with(|| Completeness {
+            pid: key.tgid,
+            comm: processes
+                .get(key.tgid)
+                .map(|p| p.comm.clone())
+                .unwrap_or_default(),
+            samples: 0,
+            complete: 0,
+            truncated: 0,
+        });
+        entry.samples += count;
+        if user.any(|f| f.kind == FrameKind::Truncated) {
+            entry.truncated += count;
+        } else if outermost.function.as_deref().is_some_and(is_thread_root) {
+            entry.complete += count;
+        }
+    }
+    let mut completeness: Vec<Completeness> = by_process.into_values().collect();
+    completeness.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
+    completeness.truncate(MAX_COMPLETENESS);
+
     Summary {
         run: run.clone(),
         start,
@@ -393,5 +478,6 @@ pub fn build_summary(
             .len(),
         losses,
         duplicates,
+        completeness,
     }
 }

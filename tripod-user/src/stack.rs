@@ -85,6 +85,8 @@ pub enum StackRead {
     NotCollected,
     /// Could not be collected.
     Missing(Gap),
+    /// Already unwound in userspace: typed frames, innermost first.
+    Unwound(Vec<RawFrame>),
 }
 
 /// Turns the halves of a sample into frames, innermost first: kernel frames,
@@ -95,6 +97,7 @@ pub fn combine(kernel: &StackRead, user: &StackRead, max_depth: usize) -> Vec<Ra
         match read {
             StackRead::NotCollected => {}
             StackRead::Missing(gap) => frames.push(RawFrame::Gap(space, *gap)),
+            StackRead::Unwound(unwound) => frames.extend_from_slice(unwound),
             StackRead::Addresses(addresses) => {
                 for (i, &address) in addresses.iter().enumerate() {
                     frames.push(if i == 0 {

@@ -59,6 +59,8 @@ pub struct Document {
 pub struct JsonLosses {
     /// Samples dropped because the count map was full.
     pub count_map_full: u64,
+    /// Samples dropped because the ring buffer of stack copies was full.
+    pub ring_buffer_full: u64,
     pub user_stacks: JsonStackErrors,
     pub kernel_stacks: JsonStackErrors,
 }
@@ -192,6 +194,7 @@ impl From<&Losses> for JsonLosses {
         };
         JsonLosses {
             count_map_full: losses.count_map_full,
+            ring_buffer_full: losses.ring_buffer_full,
             user_stacks: errors(&losses.user),
             kernel_stacks: errors(&losses.kernel),
         }

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use chrono::{DateTime, Local};
 
 use super::Render;
-use crate::report::{Frame, FrameKind, Losses, Report, StackReport, Summary};
+use crate::report::{Completeness, Frame, FrameKind, Losses, Report, StackReport, Summary};
 
 pub struct Log;
 
@@ -17,7 +17,7 @@ impl Render for Log {
             "[tripod] ===== {range}  {}  {} samples, {} lost, {} distinct stacks =====",
             report.run.target,
             report.samples,
-            report.losses.count_map_full,
+            report.losses.dropped(),
             report.stacks.len()
         )?;
         for stack in &report.stacks {
@@ -47,6 +47,9 @@ impl Render for Log {
             run.event
         )?;
         writeln!(out, "[tripod] {}", describe_losses(&summary.losses))?;
+        for c in &summary.completeness {
+            writeln!(out, "[tripod] {}", describe_completeness(c))?;
+        }
         for hint in summary.hints() {
             writeln!(out, "[tripod] {hint}")?;
         }
@@ -70,11 +73,25 @@ impl Render for Log {
     }
 }
 
+/// One line on how complete a process's user stacks were.
+pub fn describe_completeness(c: &Completeness) -> String {
+    format!(
+        "pid {} ({}): {:.1}% of {} samples reached the thread root, {} truncated",
+        c.pid,
+        c.comm,
+        c.percent_complete(),
+        c.samples,
+        c.truncated
+    )
+}
+
 /// One line on what was lost, for the summary and for stderr.
 pub fn describe_losses(losses: &Losses) -> String {
     format!(
-        "lost: {} samples (count map full); stacks not stored: {} user, {} kernel; unreadable user stacks: {}",
+        "lost: {} samples (count map full), {} samples (ring buffer full); stacks not stored: {} user, {} kernel; \
+         unreadable user stacks: {}",
         losses.count_map_full,
+        losses.ring_buffer_full,
         losses.user.storage() + losses.user.other,
         losses.kernel.storage() + losses.kernel.other,
         losses.user.unreadable,

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Result;
 
-pub use self::{folded::Folded, json::Document, json::Json, log::Log};
+pub use self::{folded::Folded, json::Document, json::Json, log::describe_completeness, log::Log};
 use crate::{
     config::{OutputDest, OutputFormat},
     error::UsageError,

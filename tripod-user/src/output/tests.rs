@@ -5,8 +5,8 @@ use chrono::{Local, TimeZone};
 
 use super::{Document, Folded, Json, Log, Render};
 use crate::report::{
-    Duplicate, Frame, Losses, ProcessReport, Report, RunInfo, StackErrors, StackReport, Summary,
-    ThreadReport,
+    Completeness, Duplicate, Frame, Losses, ProcessReport, Report, RunInfo, StackErrors,
+    StackReport, Summary, ThreadReport,
 };
 
 fn user(function: &str, file: Option<(&str, u32)>, module: &str) -> Arc<Frame> {
@@ -36,6 +36,8 @@ fn run_info(per_thread: bool) -> RunInfo {
         per_thread,
         stack_storage_size: 16384,
         count_map_size: 65536,
+        unwind: "dwarf".into(),
+        ring_buffer_size: 8 << 20,
     }
 }
 
@@ -172,7 +174,8 @@ Traceback (most recent call last):
 
 [tripod] ===== summary 2026-11-21 10:00:00..10:00:10  (10.0 s) =====
 [tripod] 1000 samples, 2 distinct stacks, 1 processes, 3 threads; pid 4242 at 99 Hz (cpu-clock)
-[tripod] lost: 2 samples (count map full); stacks not stored: 1 user, 0 kernel; unreadable user stacks: 0
+[tripod] lost: 2 samples (count map full), 0 samples (ring buffer full); stacks not stored: 1 user, 0 kernel; unreadable user stacks: 0
+[tripod] pid 4242 (worker): 87.3% of 1000 samples reached the thread root, 127 truncated
 [tripod] 2 samples were lost because the count map was full; consider --count-map-size 131072
 [tripod] 1 stack traces could not be stored (hash collision or full stack map); consider --stack-storage-size 32768
 

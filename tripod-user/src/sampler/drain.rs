@@ -3,7 +3,9 @@ use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::MapError;
-use tripod_common::{CONTROL_GENERATION, STACK_NOT_COLLECTED};
+use tripod_common::{
+    StackCopy, StackCopyHeader, CONTROL_GENERATION, MAX_STACK_DEPTH, STACK_NOT_COLLECTED,
+};
 
 use super::Sampler;
 use crate::stack::{Gap, RawSample, StackRead};
@@ -72,6 +74,62 @@ impl Sampler {
         }
         Ok(samples)
     }
+}
+
+/// One sample sent for unwinding in userspace, borrowed from the ring buffer.
+pub struct CopiedSample<'a> {
+    pub tgid: u32,
+    pub tid: u32,
+    /// The thread's name at sample time.
+    pub comm: String,
+    /// User registers (ip, sp, bp); `None` for threads without user space.
+    pub user_regs: Option<(u64, u64, u64)>,
+    /// The top of the user stack, from `sp` upwards.
+    pub stack: &'a [u8],
+    pub kernel: StackRead,
+}
+
+impl Sampler {
+    /// Hands every stack copy waiting in the ring buffer to `handle`, oldest
+    /// first. Cheap when there is none: no system call is made.
+    pub fn drain_copies(&mut self, mut handle: impl FnMut(CopiedSample<'_>)) {
+        while let Some(record) = self.copies.next() {
+            if let Some(sample) = parse_copy(&record) {
+                handle(sample);
+            }
+        }
+    }
+}
+
+/// Reads a ring-buffer record laid out as [`StackCopy`], cut after its stack bytes.
+fn parse_copy(record: &[u8]) -> Option<CopiedSample<'_>> {
+    let header_size = std::mem::size_of::<StackCopyHeader>();
+    if record.len() < StackCopy::STACK_OFFSET {
+        return None;
+    }
+    // SAFETY: the record holds at least a header; StackCopyHeader is plain data.
+    let header: StackCopyHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    let kernel = if header.kernel_error < 0 {
+        StackRead::Missing(Gap::Failed(-header.kernel_error))
+    } else {
+        let frames = (header.kernel_frames as usize).min(MAX_STACK_DEPTH);
+        let bytes = &record[header_size..header_size + 8 * frames];
+        StackRead::Addresses(
+            bytes
+                .chunks_exact(8)
+                .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
+                .collect(),
+        )
+    };
+    let stack_end = (StackCopy::STACK_OFFSET + header.stack_len as usize).min(record.len());
+    Some(CopiedSample {
+        tgid: header.tgid,
+        tid: header.tid,
+        comm: comm_string(&header.comm),
+        user_regs: (header.no_user == 0).then_some((header.ip, header.sp, header.bp)),
+        stack: &record[StackCopy::STACK_OFFSET..stack_end],
+        kernel,
+    })
 }
 
 fn comm_string(comm: &[u8]) -> String {

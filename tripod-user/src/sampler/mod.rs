@@ -2,9 +2,11 @@
 //! every CPU, and drains what it counted. The only module that touches aya.
 mod drain;
 
+pub use drain::CopiedSample;
+
 use anyhow::{Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         PerfEvent,
@@ -27,6 +29,13 @@ pub struct SamplerOptions {
     pub stacks: StackSelection,
     pub stack_storage_size: u32,
     pub count_map_size: u32,
+    /// Copy user registers and stack for unwinding in userspace instead of
+    /// walking frame pointers in the kernel.
+    pub copy_user_stack: bool,
+    /// Bytes of user stack copied per sample.
+    pub stack_copy_bytes: u32,
+    /// Size of the ring buffer carrying the copies (a power of two, in bytes).
+    pub ring_buffer_size: u32,
 }
 
 /// The perf event that drives sampling.
@@ -77,6 +86,7 @@ pub struct Sampler {
     counters: PerCpuArray<MapData, u64>,
     counts: [HashMap<MapData, SampleKey, u64>; 2],
     stacks: [StackTraceMap<MapData>; 2],
+    copies: RingBuf<MapData>,
     generation: u32,
 }
 
@@ -90,6 +100,8 @@ impl Sampler {
             self_tgid: std::process::id(),
             collect_user: options.stacks.user().into(),
             collect_kernel: options.stacks.kernel().into(),
+            copy_user_stack: options.copy_user_stack.into(),
+            stack_copy_bytes: options.stack_copy_bytes,
         };
         let mut loader = EbpfLoader::new();
         loader.override_global(names::CONFIG, &config, true);
@@ -97,6 +109,12 @@ impl Sampler {
             loader.map_max_entries(names::STACKS[generation], options.stack_storage_size);
             loader.map_max_entries(names::COUNTS[generation], options.count_map_size);
         }
+        // For a ring buffer, max_entries is its size in bytes.
+        loader.map_max_entries(names::STACK_COPIES, options.ring_buffer_size);
+        // One scratch slot per possible CPU (CPU ids index it).
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, error)| anyhow::anyhow!("reading {path}: {error}"))?;
+        loader.map_max_entries(names::SCRATCH, cpus as u32);
         // The object is embedded so the binary runs on its own, from any directory.
         let mut ebpf = loader
             .load(aya::include_bytes_aligned!(concat!(
@@ -121,6 +139,7 @@ impl Sampler {
             take_map(&mut ebpf, names::STACKS[0])?,
             take_map(&mut ebpf, names::STACKS[1])?,
         ];
+        let copies = take_map(&mut ebpf, names::STACK_COPIES)?;
 
         let program: &mut PerfEvent = ebpf
             .program_mut(names::SAMPLE_PROGRAM)
@@ -140,6 +159,7 @@ impl Sampler {
             counters,
             counts,
             stacks,
+            copies,
             generation: 0,
         })
     }

@@ -1,0 +1,344 @@
+//! User stacks from DWARF call frame information, for code built without
+//! frame pointers.
+//!
+//! For each sample the kernel sends the user registers (ip, sp, bp) and a
+//! copy of the top of the user stack (the bytes at sp, sp+1, ...). This
+//! module walks that copy with [framehop], using the `.eh_frame` /
+//! `.eh_frame_hdr` (or `.debug_frame`) sections of the files the process maps.
+//!
+//! **Contract.** The unwinder only produces addresses. It does no
+//! symbolization: the frames it returns go through the same path as
+//! frame-pointer stacks ([`crate::resolve`]). Return addresses are stored raw,
+//! as framehop reports them (just past the call); [`RawFrame::lookup_address`]
+//! subtracts one at symbolization, so a call that is the last instruction of
+//! a function still names that function. Subtracting here as well would make
+//! every caller's line off by one instruction.
+//!
+//! **State.** One framehop unwinder per process (framehop models one address
+//! space), rebuilt from [`ProcessTable::mappings`] only when the process's
+//! mapping generation changes. Each file's unwind sections are read once per
+//! run and shared, by [`Module::id`](crate::process::Module), between all the
+//! processes that map it. One framehop rule cache serves every process. An
+//! unwind itself does no file I/O and allocates only its output.
+//!
+//! **Truncation.** A stack that framehop walks to its root (for example
+//! `_start` or `clone3`, whose unwind info marks the end) ends with its
+//! outermost return address. Otherwise the last frame is
+//! [`Gap::Truncated`]: framehop failed (typically a read past the copied
+//! bytes), a return address fell outside every executable mapping of the
+//! process (it is then dropped: it was read from garbage), or the stack was
+//! deeper than [`MAX_UNWIND_DEPTH`]. A file that cannot be
+//! parsed simply has no unwind data: framehop falls back to frame pointers
+//! there, and the walk usually stops soon after.
+//!
+//! A library loaded after the snapshot shows up as an address outside every
+//! mapping; the mappings are then re-read (at most once per
+//! [`REFRESH_INTERVAL`] per process) and the stack unwound again.
+mod elf;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::HashMap,
+    ops::Range,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use framehop::{
+    x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
+    FrameAddress, Unwinder as _,
+};
+
+use crate::{
+    process::{MappingView, ProcessTable},
+    stack::{Gap, RawFrame, Space},
+};
+use elf::{Bytes, UnwindFile};
+
+/// Frames past this depth are cut off and the stack marked truncated.
+pub const MAX_UNWIND_DEPTH: usize = 512;
+
+/// How often, at most, an address outside the known mappings makes us
+/// re-read a process's mappings.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// User registers at the sample, where unwinding starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
+/// Unwinds copied user stacks; holds the caches of one run.
+pub struct Unwinder {
+    /// Framehop's rule cache, shared by all processes.
+    cache: CacheX86_64,
+    /// Unwind data by [`Module::id`](crate::process::Module); `None` for files
+    /// that could not be read or have no unwind sections.
+    files: HashMap<usize, Option<Arc<UnwindFile>>>,
+    /// The vDSO's unwind data, read from our own process on first use.
+    vdso: Option<Option<Arc<UnwindFile>>>,
+    processes: HashMap<u32, ProcessUnwinder>,
+}
+
+/// The unwinding state of one process.
+struct ProcessUnwinder {
+    /// The [`ProcessTable::mappings_generation`] this was built from;
+    /// `None` while the mappings are unknown.
+    generation: Option<u64>,
+    unwinder: UnwinderX86_64<Bytes>,
+    /// Every executable mapping (with or without a file), sorted by address.
+    code: Vec<Range<u64>>,
+    /// When an address outside `code` last made us re-read the mappings.
+    last_refresh: Option<Instant>,
+    /// How many framehop modules `unwinder` has, and how many times this
+    /// state was built (for tests).
+    modules: usize,
+    builds: u32,
+}
+
+/// How a walk ended.
+enum Walk {
+    /// Framehop found the root, or gave up; the frames say which.
+    Done,
+    /// This address (a lookup address: a return address minus one) is in no
+    /// executable mapping we know of.
+    Outside(u64),
+}
+
+impl Default for Unwinder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Unwinder {
+    pub fn new() -> Self {
+        Unwinder {
+            cache: CacheX86_64::new(),
+            files: HashMap::new(),
+            vdso: None,
+            processes: HashMap::new(),
+        }
+    }
+
+    /// Unwinds one copied stack of process `pid`. `stack` holds the bytes at
+    /// `regs.sp`, `regs.sp + 1`, ... Returns frames innermost first: the
+    /// instruction pointer, then one return address per caller, then
+    /// [`Gap::Truncated`] if the walk stopped before the root of the stack.
+    /// Never fails: garbage in gives a short, truncated stack.
+    pub fn unwind(
+        &mut self,
+        pid: u32,
+        regs: UserRegs,
+        stack: &[u8],
+        processes: &mut ProcessTable,
+    ) -> Vec<RawFrame> {
+        // Room for most stacks without growing.
+        let mut frames = Vec::with_capacity(32);
+        if stack.is_empty() {
+            // Nothing to walk: even the first return address is missing.
+            frames.push(RawFrame::InstructionPointer(Space::User, regs.ip));
+            frames.push(RawFrame::Gap(Space::User, Gap::Truncated));
+            return frames;
+        }
+        self.sync(pid, processes);
+        let state = &self.processes[&pid];
+        let Walk::Outside(address) = walk(state, &mut self.cache, regs, stack, &mut frames) else {
+            return frames;
+        };
+        // Perhaps a library loaded after the snapshot: re-read and try again.
+        let state = self.processes.get_mut(&pid).expect("synced above");
+        let now = Instant::now();
+        if state
+            .last_refresh
+            .is_some_and(|last| now.duration_since(last) < REFRESH_INTERVAL)
+        {
+            return frames;
+        }
+        state.last_refresh = Some(now);
+        let before = state.generation;
+        processes.locate(pid, address);
+        self.sync(pid, processes);
+        let state = &self.processes[&pid];
+        if state.generation != before {
+            frames.clear();
+            walk(state, &mut self.cache, regs, stack, &mut frames);
+        }
+        frames
+    }
+
+    /// Drops per-process state (the process exited); the per-file data stays
+    /// cached. State of processes never forgotten lives until the unwinder is dropped.
+    pub fn forget(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+    }
+
+    /// Makes the state of `pid` match the process table's mappings,
+    /// rebuilding it when they changed.
+    fn sync(&mut self, pid: u32, processes: &mut ProcessTable) {
+        let generation = processes.mappings_generation(pid);
+        let state = self
+            .processes
+            .entry(pid)
+            .or_insert_with(|| ProcessUnwinder {
+                generation: None,
+                unwinder: UnwinderX86_64::new(),
+                code: Vec::new(),
+                last_refresh: None,
+                modules: 0,
+                builds: 0,
+            });
+        if generation.is_none() || generation == state.generation {
+            // Unknown mappings keep whatever we had (nothing, or the last snapshot).
+            return;
+        }
+        let Some((generation, views)) = processes.mappings(pid) else {
+            return;
+        };
+        let vdso = self
+            .vdso
+            .get_or_insert_with(|| UnwindFile::vdso().map(Arc::new));
+        let (unwinder, modules, code) = build(&mut self.files, vdso.as_ref(), &views);
+        state.generation = Some(generation);
+        state.unwinder = unwinder;
+        state.modules = modules;
+        state.code = code;
+        state.builds += 1;
+    }
+}
+
+/// A framehop unwinder for one process's mappings, its number of modules,
+/// and the process's executable ranges.
+fn build(
+    files: &mut HashMap<usize, Option<Arc<UnwindFile>>>,
+    vdso: Option<&Arc<UnwindFile>>,
+    views: &[MappingView],
+) -> (UnwinderX86_64<Bytes>, usize, Vec<Range<u64>>) {
+    // One framehop module per file and load bias, spanning all its executable mappings.
+    struct Placed<'a> {
+        name: &'a str,
+        /// The file's [`Module::id`](crate::process::Module); `None` for the vDSO.
+        id: Option<usize>,
+        bias: u64,
+        avma: Range<u64>,
+        file: Arc<UnwindFile>,
+    }
+    let mut placed: Vec<Placed<'_>> = Vec::new();
+    let mut code = Vec::with_capacity(views.len());
+    for view in views {
+        code.push(view.start..view.end);
+        let (name, id, file) = match (&view.module, view.special.as_deref()) {
+            (Some(module), _) => {
+                let file = files.entry(module.id).or_insert_with(|| {
+                    let file = UnwindFile::read(&module.open_path);
+                    if file.is_none() {
+                        log::debug!("no unwind data in {}: frame pointers only", module.path);
+                    }
+                    file.map(Arc::new)
+                });
+                (module.path.as_str(), Some(module.id), file.as_ref())
+            }
+            (None, Some(name @ "[vdso]")) => (name, None, vdso),
+            (None, _) => continue,
+        };
+        let Some(file) = file else {
+            continue;
+        };
+        let Some(bias) = file.bias(view.start, view.file_offset) else {
+            continue;
+        };
+        match placed.iter_mut().find(|p| p.id == id && p.bias == bias) {
+            Some(p) => p.avma = p.avma.start.min(view.start)..p.avma.end.max(view.end),
+            None => placed.push(Placed {
+                name,
+                id,
+                bias,
+                avma: view.start..view.end,
+                file: file.clone(),
+            }),
+        }
+    }
+    let mut unwinder = UnwinderX86_64::new();
+    let modules = placed.len();
+    for p in placed {
+        let base_avma = p.bias.wrapping_add(p.file.base_svma);
+        unwinder.add_module(framehop::Module::new(
+            p.name.to_string(),
+            p.avma,
+            base_avma,
+            p.file.section_info(),
+        ));
+    }
+    code.sort_by_key(|r| r.start);
+    (unwinder, modules, code)
+}
+
+/// Walks `stack` from `regs`, appending frames innermost first.
+fn walk(
+    state: &ProcessUnwinder,
+    cache: &mut CacheX86_64,
+    regs: UserRegs,
+    stack: &[u8],
+    frames: &mut Vec<RawFrame>,
+) -> Walk {
+    let mut read_stack = |address: u64| -> Result<u64, ()> {
+        let start = usize::try_from(address.checked_sub(regs.sp).ok_or(())?).map_err(|_| ())?;
+        let bytes = stack
+            .get(start..start.checked_add(8).ok_or(())?)
+            .ok_or(())?;
+        Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
+    };
+    let mut iter = state.unwinder.iter_frames(
+        regs.ip,
+        UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp),
+        cache,
+        &mut read_stack,
+    );
+    let truncated = RawFrame::Gap(Space::User, Gap::Truncated);
+    loop {
+        let next = iter.next();
+        if frames.len() == MAX_UNWIND_DEPTH {
+            // Complete only if the root is right there.
+            if !matches!(next, Ok(None)) {
+                frames.push(truncated);
+            }
+            return Walk::Done;
+        }
+        let frame = match next {
+            Ok(Some(FrameAddress::InstructionPointer(ip))) => {
+                RawFrame::InstructionPointer(Space::User, ip)
+            }
+            Ok(Some(FrameAddress::ReturnAddress(ra))) => {
+                RawFrame::ReturnAddress(Space::User, ra.get())
+            }
+            Ok(None) => return Walk::Done,
+            Err(_) => {
+                frames.push(truncated);
+                return Walk::Done;
+            }
+        };
+        // The call instruction, not the one after it, must be in a mapping.
+        let address = frame.lookup_address().unwrap_or_default();
+        if state.generation.is_some() && !state.covers(address) {
+            // The sampled ip is kept whatever it is; a return address outside
+            // every mapping is garbage read from the stack, and is dropped.
+            if frames.is_empty() {
+                frames.push(frame);
+            }
+            frames.push(truncated);
+            return Walk::Outside(address);
+        }
+        frames.push(frame);
+    }
+}
+
+impl ProcessUnwinder {
+    /// True if `address` is in an executable mapping of the snapshot.
+    fn covers(&self, address: u64) -> bool {
+        let index = self.code.partition_point(|r| r.end <= address);
+        self.code.get(index).is_some_and(|r| r.start <= address)
+    }
+}
