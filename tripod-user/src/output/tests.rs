@@ -142,6 +142,13 @@ fn summary() -> Summary {
             processes: 1,
             functions: vec!["main".into(), "spin".into()],
         }],
+        completeness: vec![Completeness {
+            pid: 4242,
+            comm: "worker".into(),
+            samples: 1000,
+            complete: 873,
+            truncated: 127,
+        }],
     }
 }
 
