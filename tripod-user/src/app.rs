@@ -1,6 +1,7 @@
 //! One recording, start to finish: check, open the output, start the sampler,
 //! then drain -> aggregate -> symbolize -> report until told to stop.
 use std::{
+    collections::HashMap,
     ffi::OsString,
     os::{fd::OwnedFd, unix::process::ExitStatusExt},
     process::ExitStatus,
@@ -36,6 +37,11 @@ const DRAIN_PERIOD: Duration = Duration::from_millis(500);
 /// with 16 KiB copies that is 1.6 MB a poll, well inside the default 8 MiB;
 /// an empty poll costs no system call.
 const COPY_POLL_PERIOD: Duration = Duration::from_millis(50);
+
+/// A process unwound in dwarf mode but not sampled for this long is checked,
+/// and its unwinder state dropped if it has exited, so long runs with many
+/// short-lived processes stay bounded.
+const FORGET_AFTER: Duration = Duration::from_secs(10);
 
 /// Records as configured; returns the exit status for the process.
 pub async fn run(config: Config) -> Result<u8> {
@@ -242,6 +248,9 @@ struct Pipeline {
     collect_user: bool,
     /// New stacks waiting to be symbolized at the next drain.
     unresolved: Vec<StackId>,
+    /// When each process was last unwound, to drop the state of exited ones.
+    last_unwound: HashMap<u32, Instant>,
+    last_forget_check: Instant,
     run_start: DateTime<Local>,
     run_counters: Counters,
     interval_start: DateTime<Local>,
@@ -260,6 +269,8 @@ impl Pipeline {
             unwinder: Unwinder::new(),
             collect_user,
             unresolved: Vec::new(),
+            last_unwound: HashMap::new(),
+            last_forget_check: Instant::now(),
             run_start: now,
             run_counters: counters,
             interval_start: now,
@@ -282,12 +293,14 @@ impl Pipeline {
             );
         }
         self.resolve_new_stacks();
+        self.forget_exited();
     }
 
     /// Unwinds one copied user stack and counts the sample.
     fn ingest_copy(&mut self, copy: CopiedSample<'_>) {
         let user = match copy.user_regs {
             Some((ip, sp, bp)) => {
+                self.last_unwound.insert(copy.tgid, Instant::now());
                 let regs = UserRegs { ip, sp, bp };
                 StackRead::Unwound(self.unwinder.unwind(
                     copy.tgid,
@@ -330,6 +343,22 @@ impl Pipeline {
         if new {
             self.unresolved.push(id);
         }
+    }
+
+    /// Drops the unwinder state of processes that went quiet and have exited.
+    fn forget_exited(&mut self) {
+        if self.last_forget_check.elapsed() < FORGET_AFTER {
+            return;
+        }
+        self.last_forget_check = Instant::now();
+        let unwinder = &mut self.unwinder;
+        self.last_unwound.retain(|&pid, last| {
+            let keep = last.elapsed() < FORGET_AFTER || process::is_alive(pid);
+            if !keep {
+                unwinder.forget(pid);
+            }
+            keep
+        });
     }
 
     fn resolve_new_stacks(&mut self) {
