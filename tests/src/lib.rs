@@ -191,6 +191,16 @@ pub fn tripod_command(args: &[&str]) -> Command {
     cmd
 }
 
+/// Samples `pid` for `seconds` and returns the folded output (written to stdout).
+pub fn sample_folded(pid: u32, seconds: &str, extra: &[&str]) -> String {
+    let pid = pid.to_string();
+    let mut args = vec!["--pid", &pid, "-d", seconds, "-f", "folded", "-o", "-"];
+    args.extend_from_slice(extra);
+    let out = run_tripod(&args);
+    assert_success(&out);
+    stdout_text(&out)
+}
+
 /// Runs the sampler to completion (at most [`RUN_TIMEOUT`]) and returns its output.
 pub fn run_tripod(args: &[&str]) -> Output {
     Tripod::spawn(tripod_command(args)).wait(RUN_TIMEOUT)

@@ -6,16 +6,6 @@ use std::time::Duration;
 
 use tripod_tests::*;
 
-/// Samples `pid` for `seconds` and returns the folded output (written to stdout).
-fn sample_pid(pid: u32, seconds: &str, extra: &[&str]) -> String {
-    let pid = pid.to_string();
-    let mut args = vec!["--pid", &pid, "-d", seconds, "-f", "folded", "-o", "-"];
-    args.extend_from_slice(extra);
-    let out = run_tripod(&args);
-    assert_success(&out);
-    stdout_text(&out)
-}
-
 /// The innermost user frame of a folded line (kernel frames come last and are skipped).
 fn user_leaf(frames: &[String]) -> Option<&str> {
     frames
@@ -33,7 +23,7 @@ fn fp_chain_is_complete() {
         return;
     }
     let fx = Fixture::start(CHAIN_FP, &[]);
-    let folded = sample_pid(fx.pid(), "3", &["--unwind", "fp"]);
+    let folded = sample_folded(fx.pid(), "3", &["--unwind", "fp"]);
     // 99 Hz for 3 s on a busy loop is ~290 samples.
     assert_chain(&folded, "chain_fp", CHAIN, 50, 0.9);
 }
@@ -46,7 +36,7 @@ fn nofp_leaf_is_spin() {
         return;
     }
     let fx = Fixture::start(CHAIN_NOFP, &[]);
-    let folded = sample_pid(fx.pid(), "3", &["--unwind", "fp"]);
+    let folded = sample_folded(fx.pid(), "3", &["--unwind", "fp"]);
     let stacks = parse_folded(&folded);
     let mine = stacks_of(&stacks, "chain_nofp");
     let total: u64 = mine.iter().map(|(_, n)| n).sum();
@@ -74,7 +64,7 @@ fn pid_leaves_out_other_processes() {
     }
     let chain = Fixture::start(CHAIN_FP, &[]);
     let _other = Fixture::start(OTHER_FP, &[]);
-    let folded = sample_pid(chain.pid(), "2", &[]);
+    let folded = sample_folded(chain.pid(), "2", &[]);
     assert!(
         !folded.lines().any(|line| line.starts_with("other_fp")),
         "--pid {} sampled other_fp too:\n{folded}",
@@ -150,7 +140,7 @@ fn kernel_frames_come_last() {
     }
     let fx = Fixture::start(SYSCALLS_FP, &[]);
 
-    let folded = sample_pid(fx.pid(), "2", &[]);
+    let folded = sample_folded(fx.pid(), "2", &[]);
     let stacks = parse_folded(&folded);
     let mine = stacks_of(&stacks, "syscalls_fp");
     assert!(!mine.is_empty(), "no samples for syscalls_fp:\n{folded}");
@@ -175,14 +165,14 @@ fn kernel_frames_come_last() {
         "do_write missing:\n{folded}"
     );
 
-    let folded = sample_pid(fx.pid(), "2", &["--user-only"]);
+    let folded = sample_folded(fx.pid(), "2", &["--user-only"]);
     assert!(!parse_folded(&folded).is_empty(), "--user-only: no samples");
     assert!(
         !folded.contains("_[k]"),
         "--user-only has kernel frames:\n{folded}"
     );
 
-    let folded = sample_pid(fx.pid(), "2", &["--kernel-only"]);
+    let folded = sample_folded(fx.pid(), "2", &["--kernel-only"]);
     let stacks = parse_folded(&folded);
     assert!(!stacks.is_empty(), "--kernel-only: no samples");
     for (frames, _) in &stacks {
@@ -202,7 +192,7 @@ fn per_thread_names_threads() {
     }
     let fx = Fixture::start(THREADS_FP, &[]);
     let pid = fx.pid();
-    let folded = sample_pid(pid, "3", &["--per-thread"]);
+    let folded = sample_folded(pid, "3", &["--per-thread"]);
     let prefix = format!("threads_fp-{pid}/");
     let busy_threads: BTreeSet<u32> = parse_folded(&folded)
         .iter()

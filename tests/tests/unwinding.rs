@@ -10,14 +10,7 @@ use tripod_tests::*;
 
 /// Samples `pid` for `seconds` with dwarf unwinding; returns the folded output.
 fn sample_dwarf(pid: u32, seconds: &str, extra: &[&str]) -> String {
-    let pid = pid.to_string();
-    let mut args = vec![
-        "--pid", &pid, "-d", seconds, "--unwind", "dwarf", "-f", "folded", "-o", "-",
-    ];
-    args.extend_from_slice(extra);
-    let out = run_tripod(&args);
-    assert_success(&out);
-    stdout_text(&out)
+    sample_folded(pid, seconds, &[&["--unwind", "dwarf"], extra].concat())
 }
 
 /// The user frames of a folded stack (kernel frames dropped), outermost first.
