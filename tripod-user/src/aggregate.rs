@@ -20,19 +20,22 @@ pub struct StackEntry {
 /// their process, so the process is part of the identity.
 #[derive(Default)]
 pub struct StackTable {
-    ids: HashMap<(u32, Arc<[RawFrame]>), StackId>,
+    /// Per process, so a lookup can borrow the frames: known stacks (every
+    /// sample but the first) cost no allocation.
+    ids: HashMap<u32, HashMap<Arc<[RawFrame]>, StackId>>,
     entries: Vec<StackEntry>,
 }
 
 impl StackTable {
     /// The id of this stack, and whether it is new.
-    pub fn intern(&mut self, tgid: u32, raw: Vec<RawFrame>) -> (StackId, bool) {
-        let raw: Arc<[RawFrame]> = raw.into();
-        if let Some(&id) = self.ids.get(&(tgid, raw.clone())) {
+    pub fn intern(&mut self, tgid: u32, raw: &[RawFrame]) -> (StackId, bool) {
+        let ids = self.ids.entry(tgid).or_default();
+        if let Some(&id) = ids.get(raw) {
             return (id, false);
         }
+        let raw: Arc<[RawFrame]> = raw.into();
         let id = self.entries.len() as StackId;
-        self.ids.insert((tgid, raw.clone()), id);
+        ids.insert(raw.clone(), id);
         self.entries.push(StackEntry {
             tgid,
             raw,
@@ -88,7 +91,7 @@ impl Aggregator {
         tgid: u32,
         tid: u32,
         thread_name: &str,
-        raw: Vec<RawFrame>,
+        raw: &[RawFrame],
         count: u64,
     ) -> (StackId, bool) {
         let (stack, new) = self.stacks.intern(tgid, raw);
@@ -131,9 +134,9 @@ mod tests {
     #[test]
     fn identical_stacks_merge_and_processes_stay_apart() {
         let mut agg = Aggregator::new();
-        let (a, new_a) = agg.add(10, 11, "worker", stack(&[1, 2, 3]), 5);
-        let (b, new_b) = agg.add(10, 12, "worker", stack(&[1, 2, 3]), 2);
-        let (c, new_c) = agg.add(20, 20, "other", stack(&[1, 2, 3]), 1);
+        let (a, new_a) = agg.add(10, 11, "worker", &stack(&[1, 2, 3]), 5);
+        let (b, new_b) = agg.add(10, 12, "worker", &stack(&[1, 2, 3]), 2);
+        let (c, new_c) = agg.add(20, 20, "other", &stack(&[1, 2, 3]), 1);
         assert!(new_a && !new_b && new_c);
         assert_eq!(a, b);
         assert_ne!(a, c);
@@ -158,7 +161,7 @@ mod tests {
         );
         assert!(agg.take_interval().is_empty());
 
-        agg.add(10, 11, "worker", stack(&[1, 2, 3]), 1);
+        agg.add(10, 11, "worker", &stack(&[1, 2, 3]), 1);
         assert_eq!(
             agg.run()[&ThreadStack {
                 tgid: 10,

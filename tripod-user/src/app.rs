@@ -339,7 +339,7 @@ impl Pipeline {
         };
         let raw = stack::combine(&kernel, &user, MAX_STACK_DEPTH);
         self.unreported += count;
-        let (id, new) = self.aggregator.add(tgid, tid, comm, raw, count);
+        let (id, new) = self.aggregator.add(tgid, tid, comm, &raw, count);
         if new {
             self.unresolved.push(id);
         }
