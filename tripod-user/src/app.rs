@@ -141,11 +141,12 @@ pub async fn run(config: Config) -> Result<u8> {
     output.summary(&summary)?;
 
     eprintln!(
-        "[tripod] {}: {} samples, {} distinct stacks, {} processes in {:.1} s; output in {}",
+        "[tripod] {}: {} samples, {} distinct stacks, {} {} in {:.1} s; output in {}",
         stop.describe(),
         summary.samples,
         summary.distinct_stacks,
         summary.processes,
+        if summary.processes == 1 { "process" } else { "processes" },
         (summary.end - summary.start).num_milliseconds() as f64 / 1000.0,
         output.name
     );
@@ -246,8 +247,8 @@ struct Pipeline {
     unwinder: Unwinder,
     /// Collect user stacks at all (not `--kernel-only`).
     collect_user: bool,
-    /// New stacks waiting to be symbolized at the next drain.
-    unresolved: Vec<StackId>,
+    /// New stacks whose addresses are located at the next drain.
+    unlocated: Vec<StackId>,
     /// When each process was last unwound, to drop the state of exited ones.
     last_unwound: HashMap<u32, Instant>,
     last_forget_check: Instant,
@@ -268,7 +269,7 @@ impl Pipeline {
             resolver: Resolver::new(),
             unwinder: Unwinder::new(),
             collect_user,
-            unresolved: Vec::new(),
+            unlocated: Vec::new(),
             last_unwound: HashMap::new(),
             last_forget_check: Instant::now(),
             run_start: now,
@@ -279,8 +280,9 @@ impl Pipeline {
         }
     }
 
-    /// Counts the samples the kernel counted, then symbolizes every stack not
-    /// seen before, now, while their processes are most likely still alive.
+    /// Counts the samples the kernel counted, then locates the addresses of
+    /// every stack not seen before, now, while their processes are most likely
+    /// still alive. Symbols wait for the next report.
     fn ingest(&mut self, samples: Vec<RawSample>) {
         for sample in samples {
             self.count(
@@ -292,7 +294,7 @@ impl Pipeline {
                 sample.count,
             );
         }
-        self.resolve_new_stacks();
+        self.locate_new_stacks();
         self.forget_exited();
     }
 
@@ -341,7 +343,7 @@ impl Pipeline {
         self.unreported += count;
         let (id, new) = self.aggregator.add(tgid, tid, comm, &raw, count);
         if new {
-            self.unresolved.push(id);
+            self.unlocated.push(id);
         }
     }
 
@@ -361,22 +363,24 @@ impl Pipeline {
         });
     }
 
-    fn resolve_new_stacks(&mut self) {
-        if self.unresolved.is_empty() {
+    fn locate_new_stacks(&mut self) {
+        if self.unlocated.is_empty() {
+            return;
+        }
+        self.resolver
+            .locate(&self.aggregator.stacks, &self.unlocated, &mut self.processes);
+        self.unlocated.clear();
+    }
+
+    /// Names every frame a report may show.
+    fn symbolize(&mut self) {
+        self.locate_new_stacks();
+        if !self.resolver.has_waiting() {
             return;
         }
         let started = Instant::now();
-        self.resolver.resolve(
-            &mut self.aggregator.stacks,
-            &self.unresolved,
-            &mut self.processes,
-        );
-        log::debug!(
-            "symbolized {} new stacks in {:?}",
-            self.unresolved.len(),
-            started.elapsed()
-        );
-        self.unresolved.clear();
+        self.resolver.symbolize(&mut self.aggregator.stacks);
+        log::debug!("symbolized new stacks in {:?}", started.elapsed());
     }
 
     fn has_unreported_samples(&self) -> bool {
@@ -384,7 +388,7 @@ impl Pipeline {
     }
 
     fn write_report(&mut self, output: &mut Output, counters: &Counters) -> Result<()> {
-        self.resolve_new_stacks();
+        self.symbolize();
         let now = Local::now();
         let counts = self.aggregator.take_interval();
         let losses = Losses::from_counters(&counters.since(&self.interval_counters));
@@ -404,7 +408,7 @@ impl Pipeline {
     }
 
     fn summary(&mut self, counters: &Counters) -> report::Summary {
-        self.resolve_new_stacks();
+        self.symbolize();
         let losses = Losses::from_counters(&counters.since(&self.run_counters));
         report::build_summary(
             &self.run,

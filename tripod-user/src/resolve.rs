@@ -1,6 +1,13 @@
 //! Raw frames to displayable frames: where each address lies (from the
 //! process table) and what it is (from the symbolizer), expanded into one
 //! frame per function when calls were inlined.
+//!
+//! Two steps at two times. Locating needs the process's mappings, so it runs
+//! as stacks arrive, while the process is most likely alive; it is a lookup in
+//! a sorted table. Symbolizing needs only the file (kept open by the module),
+//! so it waits until a report needs names: each unique address is symbolized
+//! once, and a run with one report at the end pays nothing for symbols while
+//! it samples (the first debug info of a library alone can take 50 ms).
 use std::{collections::HashMap, sync::Arc};
 
 use crate::{
@@ -17,6 +24,10 @@ pub struct Resolver {
     symbolizer: Symbolizer,
     /// Frames for (process, raw frame); kernel frames use process 0.
     cache: HashMap<(u32, RawFrame), Arc<[Arc<Frame>]>>,
+    /// Addresses located but not yet symbolized (None: a kernel address or a gap).
+    located: HashMap<(u32, RawFrame), Option<Location>>,
+    /// Stacks whose frames are not assembled yet.
+    waiting: Vec<StackId>,
 }
 
 impl Resolver {
@@ -24,32 +35,35 @@ impl Resolver {
         Self::default()
     }
 
-    /// Symbolizes the given new stacks in one batch and stores their frames
-    /// in the table. Call it while the processes are likely alive, so their
-    /// mappings can still be read.
-    pub fn resolve(
-        &mut self,
-        stacks: &mut StackTable,
-        ids: &[StackId],
-        processes: &mut ProcessTable,
-    ) {
-        // 1. Locate every address not seen before.
-        let mut pending: HashMap<(u32, RawFrame), Option<Location>> = HashMap::new();
+    /// Locates every address of the given new stacks in its process's
+    /// mappings. Call it while the processes are likely alive.
+    pub fn locate(&mut self, stacks: &StackTable, ids: &[StackId], processes: &mut ProcessTable) {
         for &id in ids {
             let entry = stacks.get(id);
             for raw in entry.raw.iter() {
                 let key = cache_key(entry.tgid, raw);
-                if self.cache.contains_key(&key) || pending.contains_key(&key) {
+                if self.cache.contains_key(&key) || self.located.contains_key(&key) {
                     continue;
                 }
                 let location = match (raw.space(), raw.lookup_address()) {
                     (Space::User, Some(address)) => Some(processes.locate(entry.tgid, address)),
                     _ => None,
                 };
-                pending.insert(key, location);
+                self.located.insert(key, location);
             }
         }
+        self.waiting.extend_from_slice(ids);
+    }
 
+    /// Whether stacks are waiting for [`Resolver::symbolize`].
+    pub fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// Symbolizes every located address in one batch per module (and one for
+    /// the kernel), then stores the frames of every waiting stack in the table.
+    pub fn symbolize(&mut self, stacks: &mut StackTable) {
+        let pending = std::mem::take(&mut self.located);
         // 2. Symbolize in batches: one per module, one for the kernel.
         let mut by_module: HashMap<usize, (Arc<crate::process::Module>, Vec<u64>)> = HashMap::new();
         let mut kernel = Vec::new();
@@ -81,7 +95,7 @@ impl Resolver {
         }
 
         // 4. Assemble each stack, outermost first: user frames, then kernel frames.
-        for &id in ids {
+        for id in std::mem::take(&mut self.waiting) {
             let entry = stacks.get(id);
             let mut frames = Vec::new();
             for space in [Space::User, Space::Kernel] {

@@ -1,12 +1,13 @@
 //! `cargo xtask <command>` (an alias in .cargo/config.toml): the whole user-facing workflow.
 
+mod bench;
 mod build;
 mod cmd;
 mod run;
 mod setup;
 mod test;
 
-use std::{ffi::OsString, process::ExitCode};
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 
@@ -39,6 +40,54 @@ enum Xtask {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Measure tripod-bpf side by side with perf and bpftrace; write BENCHMARKS.md (as root)
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Rounds of each overhead configuration (the tables show medians)
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Rounds of the stack quality, accuracy and latency runs
+    #[arg(long, default_value_t = 3)]
+    short_runs: usize,
+    /// Seconds of work per fixture thread in the overhead runs
+    #[arg(long, default_value_t = 3.0)]
+    work_seconds: f64,
+    /// Seconds of the process-churn run (memory over time)
+    #[arg(long, default_value_t = 120.0)]
+    churn_seconds: f64,
+    /// Run only these measurements (comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<bench::Measurement>,
+    /// Fewer and shorter runs, to try the bench out (not for publishing)
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the results, relative to the workspace root
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    output: PathBuf,
+}
+
+impl BenchArgs {
+    fn options(self) -> bench::Options {
+        let command = std::iter::once("cargo xtask".to_owned())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let quick = self.quick;
+        bench::Options {
+            runs: if quick { 1 } else { self.runs.max(1) },
+            short_runs: if quick { 1 } else { self.short_runs.max(1) },
+            work_seconds: if quick { 1.0 } else { self.work_seconds },
+            sample_seconds: if quick { 1.0 } else { 3.0 },
+            latency_seconds: if quick { 3.0 } else { 10.0 },
+            churn_seconds: if quick { 12.0 } else { self.churn_seconds.max(10.0) },
+            only: self.only,
+            output: self.output,
+            command,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -49,6 +98,7 @@ fn main() -> ExitCode {
         Xtask::Build { debug } => build::main(debug).map(|()| ExitCode::SUCCESS),
         Xtask::Run { debug, args } => run::main(debug, args),
         Xtask::Test { args } => test::main(args).map(|()| ExitCode::SUCCESS),
+        Xtask::Bench(args) => bench::main(args.options()).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("xtask: error: {e:#}");

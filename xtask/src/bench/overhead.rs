@@ -1,0 +1,160 @@
+//! Measurements 1 and 2, from the same runs: a fixed amount of CPU-bound work on both CPUs
+//! (`work_fp --threads 2`), first with no sampler, then under each sampler recording the
+//! whole machine at 99 and 999 Hz. The fixture's wall and CPU time give the target
+//! slowdown; the sampler's own CPU time and memory give its cost.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+
+use super::{
+    fixtures::comm,
+    proc::Fixture,
+    samplers::{Format, Sampler, Scope},
+    say, Bench, Options,
+};
+
+pub const FREQUENCIES: [u32; 2] = [99, 999];
+/// One busy thread per CPU on the 2-CPU machines this runs on.
+pub const THREADS: usize = 2;
+
+/// A configuration: no sampler (the baseline) or a sampler at a frequency.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Config {
+    pub sampler: Option<Sampler>,
+    pub hz: u32,
+}
+
+/// One run of the fixture.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Run {
+    /// Fixture wall time, from spawn to exit.
+    pub wall: f64,
+    /// Fixture CPU time, all threads.
+    pub cpu: f64,
+    /// Sampler CPU seconds per second while the fixture ran.
+    pub sampler_cpu_rate: f64,
+    /// Sampler CPU over its whole life (start-up and shutdown included), per second of it.
+    pub sampler_life_cpu_rate: f64,
+    /// CPU to turn the recording into folded stacks (perf script + collapse), per second
+    /// of recording.
+    pub post_cpu_rate: f64,
+    pub max_rss_kib: u64,
+    pub post_max_rss_kib: u64,
+    /// The fixture's samples in the output.
+    pub samples: u64,
+}
+
+pub struct Overhead {
+    /// Loop iterations each fixture thread runs (calibrated to `work_seconds`).
+    pub iterations: u64,
+    pub runs: Vec<(Config, Vec<Run>)>,
+}
+
+impl Overhead {
+    pub fn runs_of(&self, config: Config) -> &[Run] {
+        self.runs
+            .iter()
+            .find(|(c, _)| *c == config)
+            .map_or(&[], |(_, runs)| runs)
+    }
+}
+
+pub fn measure(bench: &mut Bench, options: &Options) -> Result<Overhead> {
+    let iterations = calibrate(bench, options.work_seconds)?;
+    let mut configs = vec![Config { sampler: None, hz: 0 }];
+    for sampler in bench.tools.samplers() {
+        for hz in FREQUENCIES {
+            configs.push(Config { sampler: Some(sampler), hz });
+        }
+    }
+    let mut runs: Vec<(Config, Vec<Run>)> = configs.iter().map(|c| (*c, Vec::new())).collect();
+    for round in 0..options.runs {
+        // A different starting point each round, so no configuration always runs first.
+        let mut order: Vec<usize> = (0..configs.len()).collect();
+        order.rotate_left(round * configs.len() / options.runs.max(1));
+        for index in order {
+            let config = configs[index];
+            let label = describe(config);
+            match run_once(bench, config, iterations) {
+                Ok(run) => {
+                    say(&format!(
+                        "overhead {}/{}: {label}: wall {:.3} s, cpu {:.3} s, sampler {:.4} cpu/s, {} samples",
+                        round + 1,
+                        options.runs,
+                        run.wall,
+                        run.cpu,
+                        run.sampler_cpu_rate + run.post_cpu_rate,
+                        run.samples
+                    ));
+                    runs[index].1.push(run);
+                }
+                Err(e) => bench.failed(&format!("overhead: {label}"), e),
+            }
+        }
+    }
+    Ok(Overhead { iterations, runs })
+}
+
+fn describe(config: Config) -> String {
+    match config.sampler {
+        None => "no sampler".into(),
+        Some(sampler) => format!("{sampler} at {} Hz", config.hz),
+    }
+}
+
+/// Iterations per thread for about `seconds` of work, from one timed single-thread run.
+fn calibrate(bench: &Bench, seconds: f64) -> Result<u64> {
+    const PROBE: u64 = 400_000_000;
+    let mut fixture = Fixture::start(
+        &bench.fixtures.work_fp,
+        &["--iterations", &PROBE.to_string(), "--threads", "1"],
+    )?;
+    let exit = fixture.wait(Duration::from_secs(120))?;
+    let per_second = PROBE as f64 / exit.cpu.as_secs_f64().max(1e-3);
+    let iterations = (per_second * seconds) as u64;
+    say(&format!(
+        "calibrated: {iterations} iterations per thread for {seconds} s of work ({:.0} M/s)",
+        per_second / 1e6
+    ));
+    Ok(iterations)
+}
+
+fn run_once(bench: &Bench, config: Config, iterations: u64) -> Result<Run> {
+    let dir = bench.run_dir()?;
+    let running = match config.sampler {
+        Some(sampler) => Some(sampler.start(&bench.tools, Scope::All, config.hz, Format::Folded, &dir)?),
+        None => None,
+    };
+    let cpu_before = running.as_ref().map_or(0, |r| r.cpu_ns());
+    let started = Instant::now();
+    let mut fixture = Fixture::start(
+        &bench.fixtures.work_fp,
+        &["--iterations", &iterations.to_string(), "--threads", &THREADS.to_string()],
+    )?;
+    let exit = fixture.wait(Duration::from_secs(600))?;
+    let wall = (exit.at - started).as_secs_f64();
+    let mut run = Run {
+        wall,
+        cpu: exit.cpu.as_secs_f64(),
+        ..Run::default()
+    };
+    let Some(running) = running else {
+        return Ok(run);
+    };
+    run.sampler_cpu_rate = (running.cpu_ns() - cpu_before) as f64 / 1e9 / wall;
+    let stopped = running.stop()?;
+    let (folded, post) = stopped.folded(&bench.tools)?;
+    let lifetime = stopped.lifetime.as_secs_f64();
+    run.sampler_life_cpu_rate = stopped.exit.cpu.as_secs_f64() / lifetime;
+    run.post_cpu_rate = post.cpu.as_secs_f64() / lifetime;
+    run.max_rss_kib = stopped.exit.max_rss_kib;
+    run.post_max_rss_kib = post.max_rss_kib;
+    run.samples = folded.of_comm(comm(&bench.fixtures.work_fp)).map(|(_, n)| n).sum();
+    ensure!(
+        run.samples > 0,
+        "{} recorded no samples of the fixture",
+        stopped.sampler
+    );
+    Ok(run)
+}

@@ -1,0 +1,213 @@
+//! Measuring processes from outside: CPU time and memory from /proc and wait4, exit times,
+//! and fixtures run in their own process group so one signal stops all their processes.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Child, ChildStdout, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// What wait4 reports about a process that exited.
+#[derive(Clone, Copy, Debug)]
+pub struct Exit {
+    /// Shell-style: the exit code, or 128 + signal.
+    pub code: i32,
+    /// User + system CPU time over the process's whole life (its waited-for children too).
+    pub cpu: Duration,
+    /// Peak resident set size.
+    pub max_rss_kib: u64,
+    /// When we saw it gone (polled every millisecond).
+    pub at: Instant,
+}
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+}
+
+/// Waits up to `timeout` for `pid` (a child of ours) to exit and reaps it. `None` on timeout.
+pub fn wait_exit(pid: u32, timeout: Duration) -> Result<Option<Exit>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: pid is our child; status and usage are valid for writes.
+        let got = unsafe { libc::wait4(pid as i32, &mut status, libc::WNOHANG, &mut usage) };
+        if got < 0 {
+            return Err(std::io::Error::last_os_error()).context(format!("wait4({pid})"));
+        }
+        if got > 0 {
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+            return Ok(Some(Exit {
+                code,
+                cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
+                max_rss_kib: usage.ru_maxrss as u64,
+                at: Instant::now(),
+            }));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions; a stale pid only yields ESRCH.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// CPU time used so far by all live threads of `pid`, in nanoseconds (from schedstat, which
+/// unlike /proc/PID/stat is not rounded to clock ticks).
+pub fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// CPU time (user + system) used so far by the calling thread.
+pub fn thread_cpu() -> Duration {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: usage is valid for writes; RUSAGE_THREAD needs nothing else.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    timeval(usage.ru_utime) + timeval(usage.ru_stime)
+}
+
+fn timeval(t: libc::timeval) -> Duration {
+    Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000)
+}
+
+/// A `kB` field of /proc/PID/status, such as `VmRSS` or `VmHWM`.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_field_kib(&status, field)
+}
+
+fn status_field_kib(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Whether `path` contains `needle` (for readiness lines written to a log file).
+pub fn file_contains(path: &Path, needle: &str) -> bool {
+    fs::read_to_string(path).is_ok_and(|text| text.contains(needle))
+}
+
+/// A fixture program: its own process group, stdout piped for the `ready` line.
+pub struct Fixture {
+    child: Child,
+    exit: Option<Exit>,
+}
+
+impl Fixture {
+    /// Starts `program args` and waits for its `ready PID` line.
+    pub fn start(program: &Path, args: &[&str]) -> Result<Fixture> {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut fixture = Fixture { child, exit: None };
+        fixture.wait_ready(stdout)?;
+        Ok(fixture)
+    }
+
+    fn wait_ready(&mut self, stdout: ChildStdout) -> Result<()> {
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("reading the fixture's ready line")?;
+        if !line.starts_with("ready ") {
+            bail!("fixture {} did not start (said {line:?})", self.pid());
+        }
+        Ok(())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the fixture to finish its work (at most `timeout`).
+    pub fn wait(&mut self, timeout: Duration) -> Result<Exit> {
+        let exit = wait_exit(self.pid(), timeout)?
+            .with_context(|| format!("fixture {} still running after {timeout:?}", self.pid()))?;
+        self.exit = Some(exit);
+        if !exit.success() {
+            bail!("fixture {} failed (exit code {})", self.pid(), exit.code);
+        }
+        Ok(exit)
+    }
+
+    /// Stops the fixture and every process it started.
+    pub fn stop(mut self) -> Result<()> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<()> {
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        // SAFETY: signalling our own process group (negative pid); no memory is involved.
+        unsafe { libc::kill(-(self.pid() as i32), libc::SIGTERM) };
+        let exit = match wait_exit(self.pid(), Duration::from_secs(10))? {
+            Some(exit) => exit,
+            None => {
+                // SAFETY: as above.
+                unsafe { libc::kill(-(self.pid() as i32), libc::SIGKILL) };
+                wait_exit(self.pid(), Duration::from_secs(10))?.context("fixture survived SIGKILL")?
+            }
+        };
+        self.exit = Some(exit);
+        Ok(())
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.terminate();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kib_fields_of_proc_status() {
+        let status = "Name:\ttripod-bpf\nVmHWM:\t   41236 kB\nVmRSS:\t   40112 kB\n";
+        assert_eq!(status_field_kib(status, "VmRSS"), Some(40112));
+        assert_eq!(status_field_kib(status, "VmHWM"), Some(41236));
+        assert_eq!(status_field_kib(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn measures_a_child_that_exits() {
+        let child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        let exit = wait_exit(child.id(), Duration::from_secs(10)).unwrap().unwrap();
+        assert_eq!(exit.code, 3);
+        assert!(exit.max_rss_kib > 0);
+    }
+}

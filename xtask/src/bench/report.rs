@@ -1,0 +1,420 @@
+//! BENCHMARKS.md: the results of one run as markdown tables, with what was measured and how.
+
+use std::{fmt::Write as _, time::Duration};
+
+use super::{
+    churn, latency,
+    overhead::{self, Config, Overhead},
+    quality::{self, Quality},
+    samplers::{Format, Sampler, Tools, Unwind},
+    stats::{fmt, median, mib, range, ratio, slowdown},
+    Machine, Options,
+};
+
+pub struct Results {
+    pub command: String,
+    pub machine: Machine,
+    pub tripod_version: String,
+    /// Version, or why the peer was skipped.
+    pub perf: Result<String, String>,
+    pub bpftrace: Result<String, String>,
+    pub runs: usize,
+    pub short_runs: usize,
+    pub work_seconds: f64,
+    pub sample_seconds: f64,
+    pub latency_seconds: f64,
+    pub churn_seconds: f64,
+    pub overhead: Option<Overhead>,
+    pub quality: Option<Vec<(Sampler, Quality)>>,
+    pub latency: Option<Vec<(latency::Config, Vec<latency::Run>)>>,
+    pub churn: Option<Vec<(Sampler, churn::Run)>>,
+    pub failures: Vec<String>,
+    pub duration: Duration,
+}
+
+impl Results {
+    pub fn new(options: &Options, machine: Machine, tools: &Tools) -> Results {
+        let version = |found: &Result<(std::path::PathBuf, String), String>| {
+            found.as_ref().map(|(_, v)| v.clone()).map_err(Clone::clone)
+        };
+        Results {
+            command: options.command.clone(),
+            machine,
+            tripod_version: tools.tripod_version.clone(),
+            perf: version(&tools.perf),
+            bpftrace: version(&tools.bpftrace),
+            runs: options.runs,
+            short_runs: options.short_runs,
+            work_seconds: options.work_seconds,
+            sample_seconds: options.sample_seconds,
+            latency_seconds: options.latency_seconds,
+            churn_seconds: options.churn_seconds,
+            overhead: None,
+            quality: None,
+            latency: None,
+            churn: None,
+            failures: Vec::new(),
+            duration: Duration::ZERO,
+        }
+    }
+}
+
+/// The sampler the "complete stacks" targets are about, and the default one.
+const DWARF: Sampler = Sampler::Tripod(Unwind::Dwarf);
+const DEFAULT: Sampler = Sampler::Tripod(Unwind::Auto);
+
+pub fn render(r: &Results) -> String {
+    let mut out = String::new();
+    header(&mut out, r);
+    standing(&mut out, r);
+    if let Some(overhead) = &r.overhead {
+        overhead_tables(&mut out, r, overhead);
+    }
+    if let Some(quality) = &r.quality {
+        quality_tables(&mut out, r, quality);
+    }
+    if let Some(latency) = &r.latency {
+        latency_table(&mut out, r, latency);
+    }
+    if let Some(churn) = &r.churn {
+        churn_table(&mut out, r, churn);
+    }
+    method(&mut out);
+    if !r.failures.is_empty() {
+        out.push_str("\n## Failed runs\n\n");
+        for failure in &r.failures {
+            let _ = writeln!(out, "- {failure}");
+        }
+    }
+    out
+}
+
+fn header(out: &mut String, r: &Results) {
+    let m = &r.machine;
+    let _ = writeln!(out, "# tripod-bpf benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Written by `{}` on {}, at commit {}; the run took {:.0} minutes. \
+         Re-run it to refresh this file; edit the generator (xtask/src/bench/report.rs), not the file.\n",
+        r.command,
+        m.date,
+        m.commit,
+        r.duration.as_secs_f64() / 60.0
+    );
+    let _ = writeln!(out, "**Machine.** {} CPUs ({}), {:.0} GiB of memory, Linux {}.", m.cpus, m.cpu_model, m.memory_gib, m.kernel);
+    if m.hardware_pmu {
+        let _ = writeln!(out, "A hardware PMU is present.\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "No hardware PMU (a VM): the `cycles` event cannot be opened, so every sampler \
+             here uses the software `cpu-clock` timer (tripod-bpf and perf fall back to it \
+             themselves; bpftrace's `profile` probe always uses it).\n"
+        );
+    }
+    let _ = writeln!(out, "**Samplers.**");
+    let _ = writeln!(out, "- {} (this repository; `--unwind fp`, `dwarf` and `auto`, the default)", r.tripod_version);
+    for (name, found) in [("perf", &r.perf), ("bpftrace", &r.bpftrace)] {
+        match found {
+            Ok(version) => {
+                let _ = writeln!(out, "- {version}");
+            }
+            Err(why) => {
+                let _ = writeln!(out, "- {name}: **skipped**, {why}");
+            }
+        }
+    }
+    out.push('\n');
+}
+
+fn overhead_ratio(overhead: &Overhead, sampler: Sampler, hz: u32) -> Option<f64> {
+    let wall = |config| median(&overhead.runs_of(config).iter().map(|r| r.wall).collect::<Vec<_>>());
+    ratio(wall(Config { sampler: Some(sampler), hz }), wall(Config { sampler: None, hz: 0 }))
+}
+
+fn sampler_cpu(overhead: &Overhead, sampler: Sampler, hz: u32) -> Option<f64> {
+    let runs = overhead.runs_of(Config { sampler: Some(sampler), hz });
+    median(&runs.iter().map(|r| r.sampler_cpu_rate + r.post_cpu_rate).collect::<Vec<_>>())
+}
+
+fn status(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "**not met**",
+        None => "not measured",
+    }
+}
+
+fn standing(out: &mut String, r: &Results) {
+    out.push_str("## Where we stand against the targets\n\n");
+    out.push_str("| target | measured | status |\n|---|---|---|\n");
+    let mut row = |target: &str, measured: String, met: Option<bool>| {
+        let _ = writeln!(out, "| {target} | {measured} | {} |", status(met));
+    };
+    let o = r.overhead.as_ref();
+    let at = |sampler, hz| o.and_then(|o| overhead_ratio(o, sampler, hz));
+    let d99 = at(DWARF, 99);
+    row(
+        "target slowdown ≤ 1% at 99 Hz with complete (dwarf) stacks",
+        format!("{} (`--unwind dwarf`, wall time)", slowdown(d99)),
+        d99.map(|x| x <= 1.01),
+    );
+    let (d999, perf999) = (at(DWARF, 999), at(Sampler::PerfDwarf, 999));
+    row(
+        "target slowdown ≤ 2% at 999 Hz with dwarf stacks, below `perf --call-graph dwarf`",
+        format!("{} (perf dwarf: {})", slowdown(d999), slowdown(perf999)),
+        d999.map(|x| x <= 1.02 && perf999.is_none_or(|p| x < p)),
+    );
+    let cpu99 = o.and_then(|o| sampler_cpu(o, DEFAULT, 99));
+    row(
+        "sampler CPU ≤ 1% of one core at 99 Hz",
+        format!("{} of a core (default `auto`)", percent(cpu99)),
+        cpu99.map(|c| c <= 0.01),
+    );
+    let churn = r
+        .churn
+        .as_ref()
+        .and_then(|c| c.iter().find(|(s, _)| *s == DEFAULT).map(|(_, run)| *run));
+    row(
+        "bounded RSS (< 100 MiB) on the churn run",
+        churn.map_or("–".into(), |c| {
+            format!("peak {}; {} after 10 s, {} after {:.0} s", mib(Some(c.max_rss_kib)), mib(c.rss_early_kib), mib(c.rss_end_kib), c.seconds)
+        }),
+        churn.map(|c| c.max_rss_kib < 100 * 1024),
+    );
+    let split = r
+        .quality
+        .as_ref()
+        .and_then(|q| q.iter().find(|(s, _)| *s == DEFAULT).and_then(|(_, q)| q.split.percent()));
+    row(
+        "accuracy within 3 points of the true 75% split",
+        split.map_or("–".into(), |s| format!("{s:.1}% ({:+.1} points)", s - 75.0)),
+        split.map(|s| (s - 75.0).abs() <= 3.0),
+    );
+    let latency = r.latency.as_ref().and_then(|l| {
+        l.iter()
+            .find(|(c, _)| c.sampler == DEFAULT && c.format == Format::Log)
+            .map(|(_, runs)| runs)
+    });
+    let stop = latency.and_then(|runs| median(&runs.iter().map(|r| r.stop).collect::<Vec<_>>()));
+    let distinct = latency.and_then(|runs| median(&runs.iter().map(|r| r.distinct as f64).collect::<Vec<_>>()));
+    row(
+        "end-of-run latency < 1 s for 10,000 distinct stacks",
+        format!("{} s for {} stacks (default log output)", fmt(stop, 3), fmt(distinct, 0)),
+        stop.zip(distinct).map(|(s, d)| s < 1.0 && d >= 10_000.0),
+    );
+    out.push('\n');
+}
+
+fn percent(rate: Option<f64>) -> String {
+    rate.map_or("–".into(), |r| format!("{:.2}%", r * 100.0))
+}
+
+fn configs(overhead: &Overhead) -> impl Iterator<Item = (Sampler, u32)> + '_ {
+    overhead.runs.iter().filter_map(|(c, _)| Some((c.sampler?, c.hz)))
+}
+
+fn overhead_tables(out: &mut String, r: &Results, overhead: &Overhead) {
+    let baseline = overhead.runs_of(Config { sampler: None, hz: 0 });
+    let walls = |runs: &[overhead::Run]| runs.iter().map(|r| r.wall).collect::<Vec<_>>();
+    let cpus = |runs: &[overhead::Run]| runs.iter().map(|r| r.cpu).collect::<Vec<_>>();
+    let (base_wall, base_cpu) = (median(&walls(baseline)), median(&cpus(baseline)));
+    let noise = range(&walls(baseline)).zip(base_wall).map(|((lo, hi), m)| (hi - lo) / m * 100.0);
+
+    out.push_str("## 1. Target overhead\n\n");
+    let _ = writeln!(
+        out,
+        "`work_fp --threads {} --iterations {}`: both CPUs busy with a fixed amount of work \
+         (about {:.0} s per thread), first alone, then under each sampler recording the whole \
+         machine. Medians of {} alternating rounds; slowdown is the median with the sampler \
+         over the median without. Without a sampler the fixture took {} s of wall time and {} s \
+         of CPU; those runs spread over {}% of their median, which is the noise floor here.\n",
+        overhead::THREADS,
+        overhead.iterations,
+        r.work_seconds,
+        r.runs,
+        fmt(base_wall, 3),
+        fmt(base_cpu, 3),
+        fmt(noise, 1)
+    );
+    out.push_str("| sampler | Hz | wall (s) | slowdown (wall) | slowdown (CPU) | fastest–slowest run | fixture samples |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    let _ = writeln!(out, "| no sampler | – | {} | – | – | {} | – |", fmt(base_wall, 3), span(&walls(baseline), base_wall));
+    for (sampler, hz) in configs(overhead) {
+        let runs = overhead.runs_of(Config { sampler: Some(sampler), hz });
+        let wall = median(&walls(runs));
+        let samples = median(&runs.iter().map(|r| r.samples as f64).collect::<Vec<_>>());
+        let _ = writeln!(
+            out,
+            "| {sampler} | {hz} | {} | {} | {} | {} | {} |",
+            fmt(wall, 3),
+            slowdown(ratio(wall, base_wall)),
+            slowdown(ratio(median(&cpus(runs)), base_cpu)),
+            span(&walls(runs), base_wall),
+            fmt(samples, 0)
+        );
+    }
+
+    out.push_str("\n## 2. Sampler cost\n\n");
+    out.push_str(
+        "The same runs, seen from the sampler: its CPU time while the fixture ran (all its \
+         threads, from schedstat), per second of wall time, and its peak resident memory. \
+         perf's output is a data file, not stacks, so its row adds what `perf script` and \
+         collapsing (inferno's collapse-perf, as stackcollapse-perf.pl) cost per second \
+         recorded, and their peak memory. \"Over its life\" includes start-up and shutdown \
+         (bpftrace compiles its program with LLVM at start).\n\n",
+    );
+    out.push_str("| sampler | Hz | CPU while busy | + getting folded stacks | total, % of a core | over its life | peak RSS | folding peak RSS |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (sampler, hz) in configs(overhead) {
+        let runs = overhead.runs_of(Config { sampler: Some(sampler), hz });
+        let col = |f: fn(&overhead::Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        let busy = col(|r| r.sampler_cpu_rate);
+        let post = col(|r| r.post_cpu_rate);
+        let rss = col(|r| r.max_rss_kib as f64).map(|k| k as u64);
+        let post_rss = col(|r| r.post_max_rss_kib as f64).map(|k| k as u64).filter(|k| *k > 0);
+        let _ = writeln!(
+            out,
+            "| {sampler} | {hz} | {} | {} | {} | {} | {} | {} |",
+            fmt(busy, 4),
+            if sampler.is_tripod() || sampler == Sampler::Bpftrace { "–".into() } else { fmt(post, 4) },
+            percent(busy.zip(post).map(|(b, p)| b + p)),
+            fmt(col(|r| r.sampler_life_cpu_rate), 4),
+            mib(rss),
+            mib(post_rss)
+        );
+    }
+    out.push('\n');
+}
+
+/// The fastest and slowest run as slowdowns against `base`.
+fn span(values: &[f64], base: Option<f64>) -> String {
+    match (range(values), base) {
+        (Some((lo, hi)), Some(_)) => format!("{} … {}", slowdown(ratio(Some(lo), base)), slowdown(ratio(Some(hi), base))),
+        _ => "–".into(),
+    }
+}
+
+fn share(s: &super::stacks::Share) -> String {
+    s.percent().map_or("–".into(), |p| format!("{p:.1}% ({} of {})", s.hits, s.of))
+}
+
+fn quality_tables(out: &mut String, r: &Results, quality: &[(Sampler, Quality)]) {
+    out.push_str("## 3. Stack quality\n\n");
+    let _ = writeln!(
+        out,
+        "Each sampler records one `work` process (`--threads 1`) at {} Hz for {} s, {} round(s) \
+         pooled. A sample counts as complete when its stack holds main;alpha;beta;gamma;spin \
+         in order with nothing missing in between. `work_fp` is built with `-O1 \
+         -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer`, `work_nofp` with `-O2 \
+         -fomit-frame-pointer` (like distribution binaries).\n",
+        quality::HZ,
+        r.sample_seconds,
+        r.short_runs
+    );
+    out.push_str("| sampler | frame pointers | no frame pointers |\n|---|---:|---:|\n");
+    for (sampler, q) in quality {
+        let _ = writeln!(out, "| {sampler} | {} | {} |", share(&q.fp), share(&q.nofp));
+    }
+    out.push_str("\n## 4. Accuracy\n\n");
+    let _ = writeln!(
+        out,
+        "`split` runs the same loop for 3 units in `heavy`, then 1 unit in `light`, over and \
+         over, so 75% of its samples in either belong to `heavy`. Recorded like the stack \
+         quality runs; the last column shows each round.\n"
+    );
+    out.push_str("| sampler | in `heavy` | off by | rounds |\n|---|---:|---:|---|\n");
+    for (sampler, q) in quality {
+        let off = q.split.percent().map(|p| p - 75.0);
+        let rounds: Vec<String> = q.split_rounds.iter().map(|p| format!("{p:.1}%")).collect();
+        let _ = writeln!(
+            out,
+            "| {sampler} | {} | {} points | {} |",
+            share(&q.split),
+            off.map_or("–".into(), |o| format!("{o:+.1}")),
+            rounds.join(", ")
+        );
+    }
+    out.push('\n');
+}
+
+fn latency_table(out: &mut String, r: &Results, latency: &[(latency::Config, Vec<latency::Run>)]) {
+    out.push_str("## 5. End-of-run latency\n\n");
+    let _ = writeln!(
+        out,
+        "{} `paths` processes walk 2^14 distinct call paths while each sampler records the \
+         whole machine at {} Hz for {} s; then SIGINT. \"Stop\" is the time from SIGINT until \
+         the sampler has exited, its output complete. perf's output then still needs `perf \
+         script` and collapsing before it shows a stack; that is the next column. Medians of \
+         {} round(s). Distinct stacks are counted in each sampler's folded output for the \
+         fixture's processes (for the log format: tripod-bpf's own count, all processes).\n",
+        latency::PROCESSES,
+        latency::HZ,
+        r.latency_seconds,
+        r.short_runs
+    );
+    out.push_str("| sampler | distinct stacks | stop | + perf script & collapse | until stacks are readable |\n|---|---:|---:|---:|---:|\n");
+    for (config, runs) in latency {
+        let col = |f: fn(&latency::Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        let (stop, post) = (col(|r| r.stop), col(|r| r.post));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} s | {} | {} s |",
+            latency::describe(*config),
+            fmt(col(|r| r.distinct as f64), 0),
+            fmt(stop, 3),
+            if config.sampler.is_tripod() || config.sampler == Sampler::Bpftrace { "–".into() } else { format!("{} s", fmt(post, 2)) },
+            fmt(stop.zip(post).map(|(s, p)| s + p), 2)
+        );
+    }
+    out.push('\n');
+}
+
+fn churn_table(out: &mut String, r: &Results, churn: &[(Sampler, churn::Run)]) {
+    out.push_str("## 6. Memory over time\n\n");
+    let _ = writeln!(
+        out,
+        "`churn` starts short-lived processes back to back on both CPUs (each a fresh exec \
+         with its own mappings, running about a millisecond of work) while the sampler records \
+         the whole machine at {} Hz for {} s. Resident memory is read from /proc after 10 s \
+         and at the end; peak is the high-water mark at exit. {}.\n",
+        churn::HZ,
+        r.churn_seconds,
+        churn::SKIPPED_PERF_DWARF
+    );
+    out.push_str("| sampler | RSS after 10 s | RSS at the end | peak RSS | processes started | output written |\n|---|---:|---:|---:|---:|---:|\n");
+    for (sampler, run) in churn {
+        let _ = writeln!(
+            out,
+            "| {sampler} | {} | {} | {} | {} | {:.1} MB |",
+            mib(run.rss_early_kib),
+            mib(run.rss_end_kib),
+            mib(Some(run.max_rss_kib)),
+            run.processes,
+            run.output_bytes as f64 / 1e6
+        );
+    }
+    out.push('\n');
+}
+
+fn method(out: &mut String) {
+    out.push_str(
+        "## How the runs are made\n\n\
+         - Fixtures are C programs in `tests/fixtures/` (`work.c`, `split.c`, `paths.c`, \
+           `churn.c`), compiled by the bench into `target/bench/fixtures`.\n\
+         - Each sampler starts before the fixture and gets 1 s after it reports it is \
+           sampling (tripod-bpf's `Sampling at` line, bpftrace's `Attaching`; perf says \
+           nothing, so 1 s after its start) before the measured work begins. It is stopped \
+           with SIGINT, as Ctrl-C would.\n\
+         - Every round visits every configuration once, starting at a different one each \
+           round, so drift on this noisy 2-CPU machine hits all of them alike.\n\
+         - Peers use their defaults except where noted: perf's dwarf mode copies 8 KiB of \
+           stack per sample; bpftrace runs `profile:hz:N { @[comm, kstack, ustack] = count(); }` \
+           with `BPFTRACE_MAP_KEYS_MAX=65536` (its default of 4096 drops stacks in the \
+           many-stacks run) and its frames' `+offset` removed.\n\
+         - tripod-bpf writes folded stacks (`-f folded`) except in the first latency row, \
+           which uses the default Tripod-style log.\n\
+         - The bench fails (non-zero exit) when a sampler crashes, hangs, or records no \
+           samples of the fixture; the runs that worked are still written here.\n",
+    );
+}

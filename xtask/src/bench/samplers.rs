@@ -1,0 +1,471 @@
+//! The samplers under test: how to start each one on the whole machine or one process, when
+//! it is ready, how to stop it, and how to turn what it wrote into folded stacks (paying,
+//! for perf, the `perf script` and collapsing a user needs to get them).
+
+use std::{
+    fmt, fs,
+    io::BufReader,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use inferno::collapse::{perf as perf_collapse, Collapse as _};
+
+use super::{
+    proc::{self, Exit},
+    stacks::Folded,
+};
+use crate::cmd::{find_in_path, probe};
+
+/// How long a sampler gets after it said it is ready (or after its start, for perf, which
+/// says nothing), so that every sampler is attached before the measured work starts.
+const SETTLE: Duration = Duration::from_millis(1000);
+/// How long a sampler gets to start, and to finish after SIGINT.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sampler {
+    Tripod(Unwind),
+    PerfFp,
+    PerfDwarf,
+    Bpftrace,
+}
+
+/// tripod-bpf's `--unwind` modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unwind {
+    Fp,
+    Dwarf,
+    Auto,
+}
+
+impl Unwind {
+    fn arg(self) -> &'static str {
+        match self {
+            Unwind::Fp => "fp",
+            Unwind::Dwarf => "dwarf",
+            Unwind::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Sampler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Sampler::Tripod(unwind) => write!(f, "tripod-bpf --unwind {}", unwind.arg()),
+            Sampler::PerfFp => f.write_str("perf record -g"),
+            Sampler::PerfDwarf => f.write_str("perf record --call-graph dwarf"),
+            Sampler::Bpftrace => f.write_str("bpftrace profile:hz"),
+        }
+    }
+}
+
+/// What a sampler records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Pid(u32),
+}
+
+/// tripod-bpf's output format for a run (peers always produce their one native form).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Log,
+    Folded,
+}
+
+/// The programs found on this machine, and why a peer is missing.
+pub struct Tools {
+    pub tripod: PathBuf,
+    pub tripod_version: String,
+    pub perf: Result<(PathBuf, String), String>,
+    pub bpftrace: Result<(PathBuf, String), String>,
+}
+
+impl Tools {
+    pub fn find(tripod: PathBuf) -> Tools {
+        let tripod_version = probe(Command::new(&tripod).arg("--version"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        Tools {
+            tripod,
+            tripod_version,
+            perf: find_perf(),
+            bpftrace: find_bpftrace(),
+        }
+    }
+
+    /// Every sampler that can run here, tripod-bpf's modes first.
+    pub fn samplers(&self) -> Vec<Sampler> {
+        let mut samplers = vec![
+            Sampler::Tripod(Unwind::Fp),
+            Sampler::Tripod(Unwind::Dwarf),
+            Sampler::Tripod(Unwind::Auto),
+        ];
+        if self.perf.is_ok() {
+            samplers.extend([Sampler::PerfFp, Sampler::PerfDwarf]);
+        }
+        if self.bpftrace.is_ok() {
+            samplers.push(Sampler::Bpftrace);
+        }
+        samplers
+    }
+
+    fn perf(&self) -> &Path {
+        &self.perf.as_ref().expect("perf samplers only run when perf works").0
+    }
+
+    fn bpftrace(&self) -> &Path {
+        &self.bpftrace.as_ref().expect("bpftrace only runs when found").0
+    }
+}
+
+fn find_perf() -> Result<(PathBuf, String), String> {
+    let path = find_in_path("perf").ok_or("perf is not installed (apt-get install linux-perf)")?;
+    let version = probe(Command::new(&path).arg("--version"))
+        .ok_or("`perf --version` failed (no perf for this kernel?)")?;
+    // Debian's perf wrapper can exist without a perf that works on this kernel: try it.
+    let data = std::env::temp_dir().join(format!("tripod-bench-probe-{}.data", std::process::id()));
+    let works = probe(
+        Command::new(&path)
+            .args(["record", "-q", "-e", "cpu-clock", "-o"])
+            .arg(&data)
+            .args(["--", "true"])
+            .stderr(Stdio::null()),
+    )
+    .is_some();
+    let _ = fs::remove_file(&data);
+    if !works {
+        return Err("`perf record -e cpu-clock -- true` failed".into());
+    }
+    Ok((path, version.trim().to_owned()))
+}
+
+fn find_bpftrace() -> Result<(PathBuf, String), String> {
+    let path = find_in_path("bpftrace").ok_or("bpftrace is not installed (apt-get install bpftrace)")?;
+    let version =
+        probe(Command::new(&path).arg("--version")).ok_or("`bpftrace --version` failed")?;
+    Ok((path, version.trim().to_owned()))
+}
+
+impl Sampler {
+    pub fn is_tripod(self) -> bool {
+        matches!(self, Sampler::Tripod(_))
+    }
+
+    /// Starts the sampler writing into `dir` and waits until it samples.
+    pub fn start(
+        self,
+        tools: &Tools,
+        scope: Scope,
+        hz: u32,
+        format: Format,
+        dir: &Path,
+    ) -> Result<Running> {
+        let log = dir.join("sampler.log");
+        let output = dir.join(match self {
+            Sampler::Tripod(_) if format == Format::Log => "tripod.log",
+            Sampler::Tripod(_) => "tripod.folded",
+            Sampler::PerfFp | Sampler::PerfDwarf => "perf.data",
+            Sampler::Bpftrace => "bpftrace.out",
+        });
+        let hz_arg = hz.to_string();
+        let mut cmd = match self {
+            Sampler::Tripod(unwind) => {
+                let mut cmd = Command::new(&tools.tripod);
+                match scope {
+                    Scope::All => cmd.arg("--all"),
+                    Scope::Pid(pid) => cmd.args(["--pid", &pid.to_string()]),
+                };
+                let format = if format == Format::Log { "log" } else { "folded" };
+                cmd.args(["-F", &hz_arg, "--unwind", unwind.arg(), "-f", format, "-o"])
+                    .arg(&output);
+                cmd
+            }
+            Sampler::PerfFp | Sampler::PerfDwarf => {
+                let mut cmd = Command::new(tools.perf());
+                cmd.args(["record", "-F", &hz_arg, "-o"]).arg(&output);
+                if self == Sampler::PerfFp {
+                    cmd.arg("-g");
+                } else {
+                    cmd.args(["--call-graph", "dwarf"]);
+                }
+                match scope {
+                    Scope::All => cmd.arg("-a"),
+                    Scope::Pid(pid) => cmd.args(["-p", &pid.to_string()]),
+                };
+                cmd
+            }
+            Sampler::Bpftrace => {
+                let filter = match scope {
+                    Scope::All => String::new(),
+                    Scope::Pid(pid) => format!("/pid == {pid}/ "),
+                };
+                let program =
+                    format!("profile:hz:{hz} {filter}{{ @[comm, kstack, ustack] = count(); }}");
+                let mut cmd = Command::new(tools.bpftrace());
+                // The default of 4096 map entries drops stacks in the many-stacks run.
+                cmd.env("BPFTRACE_MAP_KEYS_MAX", "65536").args(["-e", &program]);
+                cmd
+            }
+        };
+        let log_file = fs::File::create(&log)?;
+        cmd.stdin(Stdio::null()).stderr(log_file.try_clone()?);
+        // bpftrace prints its maps on stdout; the others write their output file themselves.
+        if self == Sampler::Bpftrace {
+            cmd.stdout(fs::File::create(&output)?);
+        } else {
+            cmd.stdout(log_file);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {self}: {cmd:?}"))?;
+        let mut running = Running {
+            sampler: self,
+            child,
+            started: Instant::now(),
+            log,
+            output,
+            format,
+        };
+        running.wait_ready()?;
+        Ok(running)
+    }
+}
+
+/// A sampler that is recording.
+pub struct Running {
+    pub sampler: Sampler,
+    child: Child,
+    started: Instant,
+    /// Its stderr (and stdout, except for bpftrace).
+    log: PathBuf,
+    output: PathBuf,
+    format: Format,
+}
+
+impl Running {
+    fn wait_ready(&mut self) -> Result<()> {
+        let (file, needle) = match self.sampler {
+            Sampler::Tripod(_) => (&self.log, Some("[tripod] Sampling at")),
+            Sampler::Bpftrace => (&self.output, Some("Attaching")),
+            Sampler::PerfFp | Sampler::PerfDwarf => (&self.log, None),
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while let Some(needle) = needle {
+            if proc::file_contains(file, needle) {
+                break;
+            }
+            if let Some(exit) = proc::wait_exit(self.pid(), Duration::ZERO)? {
+                bail!(
+                    "{} exited while starting (exit code {}): {}",
+                    self.sampler,
+                    exit.code,
+                    log_tail(&self.log)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not start within {START_TIMEOUT:?}", self.sampler);
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        thread::sleep(SETTLE);
+        if let Some(exit) = proc::wait_exit(self.pid(), Duration::ZERO)? {
+            bail!(
+                "{} exited while starting (exit code {}): {}",
+                self.sampler,
+                exit.code,
+                log_tail(&self.log)
+            );
+        }
+        Ok(())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time used so far by the sampler's threads, in nanoseconds.
+    pub fn cpu_ns(&self) -> u64 {
+        proc::cpu_ns(self.pid())
+    }
+
+    /// Current resident set size.
+    pub fn rss_kib(&self) -> Option<u64> {
+        proc::status_kib(self.pid(), "VmRSS")
+    }
+
+    /// Sends SIGINT (what Ctrl-C does) and waits for the sampler to finish writing.
+    pub fn stop(self) -> Result<Stopped> {
+        let pid = self.pid();
+        let asked = Instant::now();
+        proc::signal(pid, libc::SIGINT);
+        let Some(exit) = proc::wait_exit(pid, STOP_TIMEOUT)? else {
+            proc::signal(pid, libc::SIGKILL);
+            let _ = proc::wait_exit(pid, Duration::from_secs(10));
+            bail!("{} did not exit within {STOP_TIMEOUT:?} of SIGINT", self.sampler);
+        };
+        // perf exits with 130 after SIGINT by design (it re-raises); anything else is a crash.
+        let expected = exit.success() || (exit.code == 130 && !self.sampler.is_tripod());
+        if !expected {
+            bail!(
+                "{} failed (exit code {}): {}",
+                self.sampler,
+                exit.code,
+                log_tail(&self.log)
+            );
+        }
+        Ok(Stopped {
+            sampler: self.sampler,
+            exit,
+            stop_latency: exit.at - asked,
+            lifetime: exit.at - self.started,
+            log: self.log.clone(),
+            output: self.output.clone(),
+            format: self.format,
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Only reached on an error path: a sampler must not outlive the measurement.
+        if self.child.try_wait().is_ok_and(|s| s.is_none()) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A sampler that has exited.
+pub struct Stopped {
+    pub sampler: Sampler,
+    pub exit: Exit,
+    /// From SIGINT to the process being gone (its output is then complete).
+    pub stop_latency: Duration,
+    /// From start to exit.
+    pub lifetime: Duration,
+    log: PathBuf,
+    output: PathBuf,
+    format: Format,
+}
+
+/// The cost of turning a sampler's data into folded stacks after it exited.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PostCost {
+    pub cpu: Duration,
+    pub wall: Duration,
+    pub max_rss_kib: u64,
+}
+
+impl Stopped {
+    /// Samples tripod-bpf counted, from its closing `[tripod] <why it stopped>: N samples,
+    /// M distinct stacks, …` line.
+    pub fn tripod_samples(&self) -> Option<u64> {
+        self.tripod_done_number(0)
+    }
+
+    /// Distinct stacks tripod-bpf counted (per process, kernel and user parts together).
+    pub fn tripod_distinct_stacks(&self) -> Option<u64> {
+        self.tripod_done_number(1)
+    }
+
+    /// The `index`th comma-separated number of tripod-bpf's closing line.
+    fn tripod_done_number(&self, index: usize) -> Option<u64> {
+        let log = fs::read_to_string(&self.log).ok()?;
+        let done = log
+            .lines()
+            .filter(|line| line.starts_with("[tripod] ") && line.contains(" distinct stacks, "))
+            .find_map(|line| line.split_once(": ").map(|(_, rest)| rest))?;
+        done.split(", ")
+            .nth(index)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// The output as folded stacks, and what producing them cost beyond the sampler itself.
+    pub fn folded(&self, tools: &Tools) -> Result<(Folded, PostCost)> {
+        let folded = match self.sampler {
+            Sampler::Tripod(_) => {
+                if self.format != Format::Folded {
+                    bail!("tripod-bpf wrote a log here, not folded stacks");
+                }
+                (Folded::parse(&read(&self.output)?), PostCost::default())
+            }
+            Sampler::Bpftrace => (Folded::from_bpftrace(&read(&self.output)?), PostCost::default()),
+            Sampler::PerfFp | Sampler::PerfDwarf => self.perf_folded(tools)?,
+        };
+        if folded.0.samples() == 0 {
+            bail!("{} produced no samples: {}", self.sampler, log_tail(&self.log));
+        }
+        Ok(folded)
+    }
+
+    /// `perf script` into a file, then inferno's collapse-perf (what stackcollapse-perf.pl does).
+    fn perf_folded(&self, tools: &Tools) -> Result<(Folded, PostCost)> {
+        let script = self.output.with_extension("script");
+        let started = Instant::now();
+        let child = Command::new(tools.perf())
+            .args(["script", "-i"])
+            .arg(&self.output)
+            // The fields collapsing needs, without the period: with it, inferno (like
+            // stackcollapse-perf.pl) weighs each sample by its nanoseconds, not as one.
+            .args(["-F", "comm,pid,tid,time,event,ip,sym,dso"])
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&script)?)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start perf script")?;
+        let exit = proc::wait_exit(child.id(), STOP_TIMEOUT)?.context("perf script hung")?;
+        if !exit.success() {
+            bail!("perf script failed (exit code {})", exit.code);
+        }
+
+        let collapse_cpu = proc::thread_cpu();
+        let mut options = perf_collapse::Options::default();
+        options.annotate_kernel = true;
+        // One thread, so this thread's CPU time is the whole cost.
+        options.nthreads = 1;
+        let mut folded_text = Vec::new();
+        perf_collapse::Folder::from(options)
+            .collapse(BufReader::new(fs::File::open(&script)?), &mut folded_text)
+            .context("collapsing perf script output")?;
+        let cost = PostCost {
+            cpu: exit.cpu + (proc::thread_cpu() - collapse_cpu),
+            wall: started.elapsed(),
+            max_rss_kib: exit.max_rss_kib,
+        };
+        let _ = fs::remove_file(&script);
+        Ok((Folded::parse(&String::from_utf8_lossy(&folded_text)), cost))
+    }
+
+    /// Size of what the sampler wrote.
+    pub fn output_bytes(&self) -> u64 {
+        fs::metadata(&self.output).map_or(0, |m| m.len())
+    }
+}
+
+fn read(path: &Path) -> Result<String> {
+    fs::read(path)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// The last lines a sampler printed, for error messages.
+fn log_tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    if tail.is_empty() {
+        "(it printed nothing)".into()
+    } else {
+        tail
+    }
+}

@@ -1,0 +1,190 @@
+//! Every sampler's output as folded stacks (`comm;outer;…;inner count`), and the stack
+//! measures computed from them: how often a known chain is complete, and how samples split.
+
+use std::collections::HashMap;
+
+/// Folded stacks, merged: identical lines add up.
+#[derive(Debug, Default)]
+pub struct Folded {
+    /// Frames (the comm first, innermost frame last) and their sample count.
+    pub stacks: HashMap<Vec<String>, u64>,
+}
+
+impl Folded {
+    /// Parses `a;b;c N` lines; anything without a trailing count is ignored.
+    pub fn parse(text: &str) -> Folded {
+        let mut folded = Folded::default();
+        for line in text.lines() {
+            let Some((frames, count)) = line.trim_end().rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            folded.add(frames.split(';').map(str::to_owned).collect(), count);
+        }
+        folded
+    }
+
+    /// Converts bpftrace's printout of `@[comm, kstack, ustack] = count()` to folded form.
+    ///
+    /// Each entry reads `@[comm, ` + kernel frames + `, ` + user frames + `]: N`, frames one
+    /// per line, innermost first, each as `symbol+offset`.
+    pub fn from_bpftrace(text: &str) -> Folded {
+        let mut folded = Folded::default();
+        let mut entry: Option<(String, Vec<Vec<String>>)> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("@[") {
+                // `comm, , ` (empty kernel stack) or `comm, `: the comm, then stack parts.
+                let mut parts = rest.split(", ");
+                let comm = parts.next().unwrap_or_default().to_owned();
+                let mut stacks = vec![Vec::new()];
+                stacks.extend(parts.skip(1).filter(|p| p.is_empty()).map(|_| Vec::new()));
+                entry = Some((comm, stacks));
+                continue;
+            }
+            let Some((_, stacks)) = entry.as_mut() else {
+                continue;
+            };
+            let mut trimmed = line.trim();
+            // `,` starts the next stack; `, ]: N` is an empty last stack and the count.
+            if let Some(rest) = trimmed.strip_prefix(',') {
+                stacks.push(Vec::new());
+                trimmed = rest.trim();
+            }
+            if let Some(count) = trimmed.strip_prefix("]: ") {
+                let (comm, stacks) = entry.take().expect("inside an entry");
+                let count = count.parse().unwrap_or(0);
+                let mut frames = vec![comm];
+                // Kernel stack first in the key, but it is the innermost part of the stack.
+                let (kernel, user) = match stacks.as_slice() {
+                    [kernel, user, ..] => (kernel.clone(), user.clone()),
+                    [only] => (Vec::new(), only.clone()),
+                    [] => (Vec::new(), Vec::new()),
+                };
+                frames.extend(user.into_iter().rev());
+                frames.extend(kernel.into_iter().rev().map(|f| format!("{f}_[k]")));
+                folded.add(frames, count);
+            } else if !trimmed.is_empty() {
+                let frame = trimmed.rsplit_once('+').map_or(trimmed, |(name, _)| name);
+                stacks.last_mut().expect("one stack").push(frame.to_owned());
+            }
+        }
+        folded
+    }
+
+    fn add(&mut self, frames: Vec<String>, count: u64) {
+        *self.stacks.entry(frames).or_default() += count;
+    }
+
+    /// The stacks of processes whose comm is `comm`.
+    pub fn of_comm<'a>(&'a self, comm: &'a str) -> impl Iterator<Item = (&'a [String], u64)> {
+        self.stacks
+            .iter()
+            .filter(move |(frames, _)| frames.first().is_some_and(|c| c == comm))
+            .map(|(frames, count)| (&frames[1..], *count))
+    }
+
+    pub fn samples(&self) -> u64 {
+        self.stacks.values().sum()
+    }
+
+    /// Samples of `comm`, and how many of them contain `chain` contiguously, in order.
+    pub fn chain_share(&self, comm: &str, chain: &[&str]) -> Share {
+        let mut share = Share::default();
+        for (frames, count) in self.of_comm(comm) {
+            share.of += count;
+            let names: Vec<&str> = frames.iter().map(|f| frame_name(f)).collect();
+            if names.windows(chain.len()).any(|w| w == chain) {
+                share.hits += count;
+            }
+        }
+        share
+    }
+
+    /// Samples of `comm` in `first`, out of those in `first` or `second`.
+    pub fn split(&self, comm: &str, first: &str, second: &str) -> Share {
+        let mut share = Share::default();
+        for (frames, count) in self.of_comm(comm) {
+            let has = |name: &str| frames.iter().any(|f| frame_name(f) == name);
+            if has(first) {
+                share.hits += count;
+                share.of += count;
+            } else if has(second) {
+                share.of += count;
+            }
+        }
+        share
+    }
+
+    /// Distinct stacks of `comm` (user and kernel parts together).
+    pub fn distinct(&self, comm: &str) -> usize {
+        self.of_comm(comm).count()
+    }
+}
+
+/// A frame's function name: without the `_[k]` kernel mark some folded producers add.
+fn frame_name(frame: &str) -> &str {
+    frame.strip_suffix("_[k]").unwrap_or(frame)
+}
+
+/// `hits` out of `of` samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Share {
+    pub hits: u64,
+    pub of: u64,
+}
+
+impl Share {
+    pub fn percent(&self) -> Option<f64> {
+        (self.of > 0).then(|| 100.0 * self.hits as f64 / self.of as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BPFTRACE: &str = "Attaching 1 probe...\n\n\n\
+@[work_fp, \n    asm_sysvec_apic_timer_interrupt+26\n, \n    spin+31\n    gamma+27\n    main+407\n]: 2\n\
+@[work_fp, , \n    spin+45\n    gamma+27\n    main+407\n]: 143\n\
+@[swapper/0, \n    default_idle+5\n    do_idle+310\n, ]: 7\n";
+
+    #[test]
+    fn converts_bpftrace_maps_with_and_without_kernel_frames() {
+        let folded = Folded::from_bpftrace(BPFTRACE);
+        let line = |s: &str| s.split(';').map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            folded.stacks[&line("work_fp;main;gamma;spin;asm_sysvec_apic_timer_interrupt_[k]")],
+            2
+        );
+        assert_eq!(folded.stacks[&line("work_fp;main;gamma;spin")], 143);
+        assert_eq!(folded.stacks[&line("swapper/0;do_idle_[k];default_idle_[k]")], 7);
+        assert_eq!(folded.samples(), 152);
+    }
+
+    #[test]
+    fn chain_must_be_contiguous_and_in_order() {
+        let folded = Folded::parse(
+            "work_fp;main;alpha;beta;gamma;spin 90\n\
+             work_fp;main;alpha;beta;gamma;spin;irq_[k] 5\n\
+             work_fp;main;beta;gamma;spin 4\n\
+             other;main;alpha;beta;gamma;spin 50\n\
+             not a folded line\n",
+        );
+        let chain = ["main", "alpha", "beta", "gamma", "spin"];
+        assert_eq!(folded.chain_share("work_fp", &chain), Share { hits: 95, of: 99 });
+        assert_eq!(folded.chain_share("missing", &chain).percent(), None);
+    }
+
+    #[test]
+    fn split_counts_only_samples_in_either_function() {
+        let folded = Folded::parse(
+            "split;main;heavy 30\nsplit;main;light 10\nsplit;main 5\nsplit;main;heavy;x_[k] 0\n",
+        );
+        let share = folded.split("split", "heavy", "light");
+        assert_eq!(share, Share { hits: 30, of: 40 });
+        assert_eq!(share.percent(), Some(75.0));
+        assert_eq!(folded.distinct("split"), 4);
+    }
+}
