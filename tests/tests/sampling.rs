@@ -290,3 +290,84 @@ fn short_lived_command_is_symbolized() {
     // 999 Hz for 0.3 s is ~300 samples.
     assert_chain(&folded, "chain_fp", CHAIN, 50, 0.9);
 }
+
+/// Processes that exit during a run are merged by name (pid 4294967295 in JSON)
+/// once they are gone, and keep their symbols: memory does not grow with every
+/// short-lived process a machine starts.
+#[test]
+fn exited_processes_are_merged_with_their_symbols() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("out.json");
+    let mut tripod = Tripod::spawn(tripod_command(&[
+        "--all",
+        "-F",
+        "999",
+        "-d",
+        "6",
+        "-f",
+        "json",
+        "-o",
+        file.to_str().unwrap(),
+    ]));
+    tripod.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let fx = Fixture::start(CHAIN_FP, &["--seconds", "0.3"]);
+        pids.push(fx.pid());
+        let status = fx.reap_in_background().join().expect("fixture reaper");
+        assert!(status.success(), "fixture failed: {status}");
+    }
+    assert_success(&tripod.wait(RUN_TIMEOUT));
+
+    let text = std::fs::read_to_string(&file).expect("reading the JSON file");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("output is JSON");
+    let frames = doc["frames"].as_array().expect("frames is an array");
+    let stacks = doc["stacks"].as_array().expect("stacks is an array");
+    let of_fixture: Vec<&serde_json::Value> =
+        stacks.iter().filter(|s| s["comm"] == "chain_fp").collect();
+    assert!(!of_fixture.is_empty(), "no chain_fp stacks:\n{text}");
+    for stack in &of_fixture {
+        let pid = stack["pid"].as_u64().expect("pid is a number");
+        assert!(
+            !pids.iter().any(|&p| u64::from(p) == pid),
+            "pid {pid} was not merged into the exited processes:\n{text}"
+        );
+        assert_eq!(
+            pid,
+            u64::from(u32::MAX),
+            "exited processes use pid u32::MAX"
+        );
+    }
+    let with_chain: u64 = of_fixture
+        .iter()
+        .filter(|s| {
+            let names: Vec<&str> = s["frames"]
+                .as_array()
+                .expect("stack frames is an array")
+                .iter()
+                .map(|i| {
+                    frames[i.as_u64().unwrap() as usize]["function"]
+                        .as_str()
+                        .unwrap_or("")
+                })
+                .collect();
+            names.windows(CHAIN.len()).any(|w| w == CHAIN)
+        })
+        .map(|s| s["count"].as_u64().unwrap())
+        .sum();
+    let total: u64 = of_fixture
+        .iter()
+        .map(|s| s["count"].as_u64().unwrap())
+        .sum();
+    println!("chain_fp: {with_chain}/{total} merged samples contain the chain");
+    // 3 runs of 0.3 s at 999 Hz: ~900 samples.
+    assert!(total >= 300, "too few samples of the fixture: {total}");
+    assert!(
+        with_chain * 10 >= total * 9,
+        "only {with_chain} of {total} merged samples contain the chain:\n{text}"
+    );
+}

@@ -1,8 +1,19 @@
 //! Counting samples by (thread, stack), with each distinct stack stored once.
 //! Addresses only: symbols are attached to stacks by [`crate::resolve`].
-use std::{collections::HashMap, sync::Arc};
+//!
+//! Memory stays bounded on machines that start processes all the time: once a
+//! process has exited, its stacks are merged, by process name and by what the
+//! frames show, into one pseudo-process per name ([`EXITED_PID`] in reports),
+//! and everything kept per process is freed.
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
-use crate::{report::Frame, stack::RawFrame};
+use crate::{
+    report::{Frame, EXITED_PID},
+    stack::RawFrame,
+};
 
 /// Index of a distinct stack in a [`StackTable`].
 pub type StackId = u32;
@@ -23,7 +34,9 @@ pub struct StackTable {
     /// Per process, so a lookup can borrow the frames: known stacks (every
     /// sample but the first) cost no allocation.
     ids: HashMap<u32, HashMap<Arc<[RawFrame]>, StackId>>,
-    entries: Vec<StackEntry>,
+    /// Indexed by id; `None` once freed (its id is then reused).
+    entries: Vec<Option<StackEntry>>,
+    free: Vec<StackId>,
 }
 
 impl StackTable {
@@ -34,26 +47,54 @@ impl StackTable {
             return (id, false);
         }
         let raw: Arc<[RawFrame]> = raw.into();
-        let id = self.entries.len() as StackId;
-        ids.insert(raw.clone(), id);
-        self.entries.push(StackEntry {
+        let entry = StackEntry {
             tgid,
-            raw,
+            raw: raw.clone(),
             frames: None,
-        });
+        };
+        let id = self.insert(entry);
+        self.ids.entry(tgid).or_default().insert(raw, id);
         (id, true)
     }
 
+    fn insert(&mut self, entry: StackEntry) -> StackId {
+        match self.free.pop() {
+            Some(id) => {
+                self.entries[id as usize] = Some(entry);
+                id
+            }
+            None => {
+                self.entries.push(Some(entry));
+                (self.entries.len() - 1) as StackId
+            }
+        }
+    }
+
+    /// The stack with this id; ids come from [`StackTable::intern`] and stay
+    /// valid until their process is retired.
     pub fn get(&self, id: StackId) -> &StackEntry {
-        &self.entries[id as usize]
+        self.entries[id as usize]
+            .as_ref()
+            .expect("stack ids are not used after their process is retired")
     }
 
     pub fn set_frames(&mut self, id: StackId, frames: Arc<[Arc<Frame>]>) {
-        self.entries[id as usize].frames = Some(frames);
+        if let Some(entry) = self.entries[id as usize].as_mut() {
+            entry.frames = Some(frames);
+        }
     }
 
+    /// Frees every stack of `tgid`.
+    fn remove_process(&mut self, tgid: u32) {
+        for (_, id) in self.ids.remove(&tgid).unwrap_or_default() {
+            self.entries[id as usize] = None;
+            self.free.push(id);
+        }
+    }
+
+    /// Live stacks.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() - self.free.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -69,6 +110,9 @@ pub struct ThreadStack {
     pub stack: StackId,
 }
 
+/// A merged stack of exited processes: their name, and frames without addresses.
+type ExitedKey = (Arc<str>, Arc<[Arc<Frame>]>);
+
 /// Counts for the current interval and for the whole run.
 #[derive(Default)]
 pub struct Aggregator {
@@ -77,6 +121,14 @@ pub struct Aggregator {
     run: HashMap<ThreadStack, u64>,
     /// Thread names as last sampled.
     thread_names: HashMap<u32, String>,
+    /// Merged stacks of exited processes, by (name, frames without addresses).
+    exited: HashMap<ExitedKey, StackId>,
+    /// The process name of each merged stack.
+    exited_names: HashMap<StackId, Arc<str>>,
+    /// Every frame of a merged stack, once: merged stacks share them.
+    exited_frames: HashSet<Arc<Frame>>,
+    /// How many processes were merged so far.
+    exited_processes: usize,
 }
 
 impl Aggregator {
@@ -117,6 +169,93 @@ impl Aggregator {
     pub fn thread_name(&self, tid: u32) -> Option<&str> {
         self.thread_names.get(&tid).map(String::as_str)
     }
+
+    /// Processes merged into [`EXITED_PID`] so far.
+    pub fn exited_processes(&self) -> usize {
+        self.exited_processes
+    }
+
+    /// The process name of a merged stack of exited processes.
+    pub fn exited_name(&self, stack: StackId) -> Option<&str> {
+        self.exited_names.get(&stack).map(|name| &**name)
+    }
+
+    /// Merges the counts of processes that exited (pid -> process name) into
+    /// [`EXITED_PID`] stacks and frees what was kept for them. Their stacks must
+    /// be symbolized first: addresses are gone afterwards.
+    pub fn retire(&mut self, exited: &HashMap<u32, String>) {
+        if exited.is_empty() {
+            return;
+        }
+        let mut tids = HashSet::new();
+        for counts in [&mut self.interval, &mut self.run] {
+            let keys: Vec<ThreadStack> = counts
+                .keys()
+                .filter(|k| exited.contains_key(&k.tgid))
+                .copied()
+                .collect();
+            for key in keys {
+                let count = counts.remove(&key).unwrap_or(0);
+                tids.insert(key.tid);
+                let name: Arc<str> = exited[&key.tgid].as_str().into();
+                let frames = without_addresses(
+                    self.stacks.get(key.stack).frames.as_deref(),
+                    &mut self.exited_frames,
+                );
+                let (stacks, names) = (&mut self.stacks, &mut self.exited_names);
+                let merged = *self
+                    .exited
+                    .entry((name.clone(), frames.clone()))
+                    .or_insert_with(|| {
+                        let id = stacks.insert(StackEntry {
+                            tgid: EXITED_PID,
+                            raw: Arc::from(Vec::new()),
+                            frames: Some(frames),
+                        });
+                        names.insert(id, name);
+                        id
+                    });
+                let merged_key = ThreadStack {
+                    tgid: EXITED_PID,
+                    tid: EXITED_PID,
+                    stack: merged,
+                };
+                *counts.entry(merged_key).or_default() += count;
+            }
+        }
+        for &tgid in exited.keys() {
+            self.stacks.remove_process(tgid);
+        }
+        for tid in tids {
+            self.thread_names.remove(&tid);
+        }
+        self.exited_processes += exited.len();
+    }
+}
+
+/// The frames as every process would show them: addresses differ between
+/// runs of the same program (ASLR), file offsets and names do not. Each
+/// distinct frame is allocated once, in `pool`.
+fn without_addresses(
+    frames: Option<&[Arc<Frame>]>,
+    pool: &mut HashSet<Arc<Frame>>,
+) -> Arc<[Arc<Frame>]> {
+    frames
+        .unwrap_or_default()
+        .iter()
+        .map(|frame| {
+            let frame = Frame {
+                address: None,
+                ..Frame::clone(frame)
+            };
+            if let Some(shared) = pool.get(&frame) {
+                return shared.clone();
+            }
+            let shared = Arc::new(frame);
+            pool.insert(shared.clone());
+            shared
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -171,5 +310,49 @@ mod tests {
             6
         );
         assert_eq!(agg.thread_name(12), Some("worker"));
+    }
+
+    #[test]
+    fn exited_processes_merge_by_name_and_frames_and_free_their_stacks() {
+        let mut agg = Aggregator::new();
+        // Two runs of one program: the same code at different addresses (ASLR).
+        let (a, _) = agg.add(10, 10, "job", &stack(&[0x1000]), 3);
+        let (b, _) = agg.add(20, 20, "job", &stack(&[0x2000]), 4);
+        let (live, _) = agg.add(30, 30, "server", &stack(&[0x3000]), 5);
+        let frame = |address| {
+            Arc::new(Frame {
+                function: Some("work".into()),
+                ..Frame::code(false, Some(address))
+            })
+        };
+        agg.stacks.set_frames(a, Arc::from(vec![frame(0x1000)]));
+        agg.stacks.set_frames(b, Arc::from(vec![frame(0x2000)]));
+        agg.stacks.set_frames(live, Arc::from(vec![frame(0x3000)]));
+
+        let exited = HashMap::from([(10, "job".to_string()), (20, "job".to_string())]);
+        agg.retire(&exited);
+
+        assert_eq!(agg.exited_processes(), 2);
+        // One merged stack plus the live one; the two originals are freed.
+        assert_eq!(agg.stacks.len(), 2);
+        let merged: Vec<_> = agg
+            .run()
+            .iter()
+            .filter(|(k, _)| k.tgid == EXITED_PID)
+            .collect();
+        assert_eq!(merged.len(), 1);
+        let (key, &count) = merged[0];
+        assert_eq!(count, 7);
+        assert_eq!(agg.exited_name(key.stack), Some("job"));
+        let frames = agg.stacks.get(key.stack).frames.clone().unwrap();
+        assert_eq!(frames[0].address, None);
+        assert_eq!(frames[0].function.as_deref(), Some("work"));
+        assert_eq!(agg.take_interval().values().sum::<u64>(), 12);
+
+        // A new process may reuse a retired pid: it starts afresh, in a freed slot.
+        let (again, new) = agg.add(10, 10, "other", &stack(&[0x1000]), 1);
+        assert!(new);
+        assert!(agg.stacks.get(again).frames.is_none());
+        assert_eq!(agg.stacks.len(), 3);
     }
 }

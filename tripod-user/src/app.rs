@@ -38,10 +38,11 @@ const DRAIN_PERIOD: Duration = Duration::from_millis(500);
 /// an empty poll costs no system call.
 const COPY_POLL_PERIOD: Duration = Duration::from_millis(50);
 
-/// A process unwound in dwarf mode but not sampled for this long is checked,
-/// and its unwinder state dropped if it has exited, so long runs with many
-/// short-lived processes stay bounded.
-const FORGET_AFTER: Duration = Duration::from_secs(10);
+/// A process not sampled for this long is checked, and retired if it has
+/// exited (see `Pipeline::forget_exited`). Longer than a drain interval, so no
+/// samples of it are still on their way; short, because on a machine that
+/// starts thousands of processes a second, memory grows with this window.
+const FORGET_AFTER: Duration = Duration::from_secs(2);
 
 /// Records as configured; returns the exit status for the process.
 pub async fn run(config: Config) -> Result<u8> {
@@ -146,7 +147,11 @@ pub async fn run(config: Config) -> Result<u8> {
         summary.samples,
         summary.distinct_stacks,
         summary.processes,
-        if summary.processes == 1 { "process" } else { "processes" },
+        if summary.processes == 1 {
+            "process"
+        } else {
+            "processes"
+        },
         (summary.end - summary.start).num_milliseconds() as f64 / 1000.0,
         output.name
     );
@@ -249,8 +254,8 @@ struct Pipeline {
     collect_user: bool,
     /// New stacks whose addresses are located at the next drain.
     unlocated: Vec<StackId>,
-    /// When each process was last unwound, to drop the state of exited ones.
-    last_unwound: HashMap<u32, Instant>,
+    /// When each process was last sampled, to retire the exited ones.
+    last_seen: HashMap<u32, Instant>,
     last_forget_check: Instant,
     run_start: DateTime<Local>,
     run_counters: Counters,
@@ -270,7 +275,7 @@ impl Pipeline {
             unwinder: Unwinder::new(),
             collect_user,
             unlocated: Vec::new(),
-            last_unwound: HashMap::new(),
+            last_seen: HashMap::new(),
             last_forget_check: Instant::now(),
             run_start: now,
             run_counters: counters,
@@ -302,7 +307,6 @@ impl Pipeline {
     fn ingest_copy(&mut self, copy: CopiedSample<'_>) {
         let user = match copy.user_regs {
             Some((ip, sp, bp)) => {
-                self.last_unwound.insert(copy.tgid, Instant::now());
                 let regs = UserRegs { ip, sp, bp };
                 StackRead::Unwound(self.unwinder.unwind(
                     copy.tgid,
@@ -341,34 +345,70 @@ impl Pipeline {
         };
         let raw = stack::combine(&kernel, &user, MAX_STACK_DEPTH);
         self.unreported += count;
+        self.last_seen.insert(tgid, Instant::now());
         let (id, new) = self.aggregator.add(tgid, tid, comm, &raw, count);
         if new {
             self.unlocated.push(id);
         }
     }
 
-    /// Drops the unwinder state of processes that went quiet and have exited.
+    /// Retires processes that went quiet and have exited: their stacks are
+    /// symbolized and merged by name, and everything kept per process is freed,
+    /// so memory does not grow with the number of processes a run has seen.
     fn forget_exited(&mut self) {
         if self.last_forget_check.elapsed() < FORGET_AFTER {
             return;
         }
         self.last_forget_check = Instant::now();
-        let unwinder = &mut self.unwinder;
-        self.last_unwound.retain(|&pid, last| {
+        let mut exited = HashMap::new();
+        self.last_seen.retain(|&pid, last| {
             let keep = last.elapsed() < FORGET_AFTER || process::is_alive(pid);
             if !keep {
-                unwinder.forget(pid);
+                exited.insert(pid, String::new());
             }
             keep
         });
+        if exited.is_empty() {
+            return;
+        }
+        // Names need the addresses, which retiring drops.
+        self.symbolize();
+        for (pid, name) in exited.iter_mut() {
+            if let Some(process) = self.processes.get(*pid) {
+                name.clone_from(&process.comm);
+            }
+            self.unwinder.forget(*pid);
+            self.processes.forget(*pid);
+        }
+        self.aggregator.retire(&exited);
+        self.resolver.forget(|pid| exited.contains_key(&pid));
+        log::debug!(
+            "retired {} exited processes; {}",
+            exited.len(),
+            self.sizes()
+        );
+    }
+
+    /// The sizes of what the pipeline keeps, for debug logs.
+    fn sizes(&self) -> String {
+        format!(
+            "{} stacks, {} counts, {} processes, {}",
+            self.aggregator.stacks.len(),
+            self.aggregator.run().len(),
+            self.processes.len(),
+            self.resolver.sizes()
+        )
     }
 
     fn locate_new_stacks(&mut self) {
         if self.unlocated.is_empty() {
             return;
         }
-        self.resolver
-            .locate(&self.aggregator.stacks, &self.unlocated, &mut self.processes);
+        self.resolver.locate(
+            &self.aggregator.stacks,
+            &self.unlocated,
+            &mut self.processes,
+        );
         self.unlocated.clear();
     }
 

@@ -113,6 +113,21 @@ impl ProcessTable {
         self.processes.get(&pid)
     }
 
+    /// Processes known.
+    pub fn len(&self) -> usize {
+        self.processes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.processes.is_empty()
+    }
+
+    /// Drops what was read about `pid` (it exited). Modules stay: other
+    /// processes map the same files.
+    pub fn forget(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+    }
+
     /// Where `address` lies in process `pid`, re-reading its mappings once if
     /// the address is outside the snapshot (a library loaded since).
     pub fn locate(&mut self, pid: u32, address: u64) -> Location {

@@ -10,10 +10,25 @@ use chrono::{DateTime, Local};
 use tripod_common::Counter;
 
 use crate::{
-    aggregate::{Aggregator, ThreadStack},
+    aggregate::{Aggregator, StackId, ThreadStack},
     process::ProcessTable,
     sampler::Counters,
 };
+
+/// The pid under which processes that exited during the run are reported:
+/// their stacks are merged by process name (see [`crate::aggregate`]), so a
+/// machine that starts thousands of short-lived processes does not grow the
+/// sampler's memory without bound.
+pub const EXITED_PID: u32 = u32::MAX;
+
+/// `pid 42 (name)`, or `exited processes (name)` for [`EXITED_PID`].
+pub fn process_label(pid: u32, comm: &str) -> String {
+    if pid == EXITED_PID {
+        format!("exited processes ({comm})")
+    } else {
+        format!("pid {pid} ({comm})")
+    }
+}
 
 /// What a frame is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -328,14 +343,20 @@ pub fn build_report(
         let tid_key = if run.per_thread { key.tid } else { 0 };
         let slot = merged.entry((key.tgid, tid_key, key.stack)).or_default();
         slot.0 += count;
-        slot.1.insert(key.tid);
+        if key.tgid != EXITED_PID {
+            slot.1.insert(key.tid);
+        }
         *by_process
             .entry(key.tgid)
             .or_default()
             .entry(key.tid)
             .or_default() += count;
     }
-    let process_name = |pid: u32| {
+    let process_name = |pid: u32, stack: Option<StackId>| {
+        if pid == EXITED_PID {
+            let name = stack.and_then(|s| aggregator.exited_name(s));
+            return name.unwrap_or("exited processes").to_string();
+        }
         processes
             .get(pid)
             .map(|p| p.comm.clone())
@@ -349,7 +370,7 @@ pub fn build_report(
         .into_iter()
         .map(|((pid, tid, stack), (count, tids))| StackReport {
             pid,
-            comm: process_name(pid),
+            comm: process_name(pid, Some(stack)),
             thread: run.per_thread.then(|| (tid, thread_name(tid))),
             tids: tids.into_iter().collect(),
             count,
@@ -376,7 +397,7 @@ pub fn build_report(
             threads.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.tid.cmp(&b.tid)));
             ProcessReport {
                 pid,
-                comm: process_name(pid),
+                comm: process_name(pid, None),
                 exe: processes.get(pid).and_then(|p| p.exe.clone()),
                 samples: threads.iter().map(|t| t.samples).sum(),
                 threads,
@@ -445,10 +466,14 @@ pub fn build_summary(
         };
         let entry = by_process.entry(key.tgid).or_insert_with(|| Completeness {
             pid: key.tgid,
-            comm: processes
-                .get(key.tgid)
-                .map(|p| p.comm.clone())
-                .unwrap_or_default(),
+            comm: if key.tgid == EXITED_PID {
+                "all of them".into()
+            } else {
+                processes
+                    .get(key.tgid)
+                    .map(|p| p.comm.clone())
+                    .unwrap_or_default()
+            },
             samples: 0,
             complete: 0,
             truncated: 0,
@@ -470,7 +495,13 @@ pub fn build_summary(
         end,
         samples: counts.values().sum(),
         distinct_stacks: aggregator.stacks.len(),
-        processes: counts.keys().map(|k| k.tgid).collect::<BTreeSet<_>>().len(),
+        processes: counts
+            .keys()
+            .map(|k| k.tgid)
+            .filter(|&pid| pid != EXITED_PID)
+            .collect::<BTreeSet<_>>()
+            .len()
+            + aggregator.exited_processes(),
         threads: counts
             .keys()
             .map(|k| (k.tgid, k.tid))

@@ -55,6 +55,23 @@ impl Resolver {
         self.waiting.extend_from_slice(ids);
     }
 
+    /// Drops the cached frames of processes for which `gone` is true.
+    pub fn forget(&mut self, gone: impl Fn(u32) -> bool) {
+        // Kernel frames are cached under pid 0, which never exits.
+        self.cache.retain(|(pid, _), _| *pid == 0 || !gone(*pid));
+        self.located.retain(|(pid, _), _| *pid == 0 || !gone(*pid));
+    }
+
+    /// The sizes of the caches, for debug logs.
+    pub fn sizes(&self) -> String {
+        format!(
+            "{} cached addresses, {} located, {} stacks waiting",
+            self.cache.len(),
+            self.located.len(),
+            self.waiting.len()
+        )
+    }
+
     /// Whether stacks are waiting for [`Resolver::symbolize`].
     pub fn has_waiting(&self) -> bool {
         !self.waiting.is_empty()

@@ -82,7 +82,11 @@ impl BenchArgs {
             work_seconds: if quick { 1.0 } else { self.work_seconds },
             sample_seconds: if quick { 1.0 } else { 3.0 },
             latency_seconds: if quick { 3.0 } else { 10.0 },
-            churn_seconds: if quick { 12.0 } else { self.churn_seconds.max(10.0) },
+            churn_seconds: if quick {
+                12.0
+            } else {
+                self.churn_seconds.max(10.0)
+            },
             only: self.only,
             output: self.output,
             command,

@@ -5,7 +5,9 @@ use std::io::{self, Write};
 use chrono::{DateTime, Local};
 
 use super::Render;
-use crate::report::{Completeness, Frame, FrameKind, Losses, Report, StackReport, Summary};
+use crate::report::{
+    process_label, Completeness, Frame, FrameKind, Losses, Report, StackReport, Summary,
+};
 
 pub struct Log;
 
@@ -76,9 +78,8 @@ impl Render for Log {
 /// One line on how complete a process's user stacks were.
 pub fn describe_completeness(c: &Completeness) -> String {
     format!(
-        "pid {} ({}): {:.1}% of {} samples reached the thread root, {} truncated",
-        c.pid,
-        c.comm,
+        "{}: {:.1}% of {} samples reached the thread root, {} truncated",
+        process_label(c.pid, &c.comm),
         c.percent_complete(),
         c.samples,
         c.truncated
@@ -111,13 +112,15 @@ fn write_stack(
     };
     let thread = match (&stack.thread, stack.tids.as_slice()) {
         (Some((tid, name)), _) => format!("tid {tid} ({name})"),
+        (None, []) => "-".to_string(),
         (None, [tid]) => format!("tid {tid}"),
         (None, tids) => format!("{} threads", tids.len()),
     };
     writeln!(
         out,
-        "[tripod] {range}  pid {} ({})  {thread}  {} samples ({share:.1}%)",
-        stack.pid, stack.comm, stack.count
+        "[tripod] {range}  {}  {thread}  {} samples ({share:.1}%)",
+        process_label(stack.pid, &stack.comm),
+        stack.count
     )?;
     writeln!(out, "Traceback (most recent call last):")?;
     for frame in stack.frames.iter() {

@@ -14,7 +14,9 @@ use super::{
     fixtures::comm,
     proc::Fixture,
     samplers::{Format, Sampler, Scope, Unwind},
-    say, Bench, Options,
+    say,
+    stacks::Share,
+    Bench, Options,
 };
 
 pub const HZ: u32 = 999;
@@ -31,6 +33,8 @@ pub struct Run {
     /// Bytes the sampler wrote (perf's data file grows with the run).
     pub output_bytes: u64,
     pub samples: u64,
+    /// Samples of the churn processes whose stack names their work (`child_main;child_work`).
+    pub named: Share,
 }
 
 /// Why perf's dwarf mode is left out of the long run.
@@ -42,7 +46,12 @@ pub fn measure(bench: &mut Bench, options: &Options) -> Result<Vec<(Sampler, Run
         .tools
         .samplers()
         .into_iter()
-        .filter(|s| matches!(s, Sampler::Tripod(Unwind::Auto | Unwind::Fp) | Sampler::PerfFp | Sampler::Bpftrace))
+        .filter(|s| {
+            matches!(
+                s,
+                Sampler::Tripod(Unwind::Auto | Unwind::Fp) | Sampler::PerfFp | Sampler::Bpftrace
+            )
+        })
         .collect();
     let mut results = Vec::new();
     for sampler in samplers {
@@ -95,7 +104,12 @@ fn run_once(bench: &Bench, sampler: Sampler, seconds: f64) -> Result<Run> {
     run.max_rss_kib = stopped.exit.max_rss_kib;
     run.output_bytes = stopped.output_bytes();
     let (folded, _) = stopped.folded(&bench.tools)?;
-    run.samples = folded.of_comm(comm(&bench.fixtures.churn)).map(|(_, n)| n).sum();
-    ensure!(run.samples > 0, "{sampler} recorded no samples of the churn processes");
+    let name = comm(&bench.fixtures.churn);
+    run.samples = folded.of_comm(name).map(|(_, n)| n).sum();
+    run.named = folded.chain_share(name, &["child_main", "child_work"]);
+    ensure!(
+        run.samples > 0,
+        "{sampler} recorded no samples of the churn processes"
+    );
     Ok(run)
 }

@@ -11,7 +11,11 @@ use anyhow::{Context as _, Result};
 use crate::cmd::{run, workspace_root};
 
 /// Frame pointers everywhere, leaf functions included: the best case for fp unwinders.
-const FP: &[&str] = &["-O1", "-fno-omit-frame-pointer", "-mno-omit-leaf-frame-pointer"];
+const FP: &[&str] = &[
+    "-O1",
+    "-fno-omit-frame-pointer",
+    "-mno-omit-leaf-frame-pointer",
+];
 /// What distributions ship: optimized, no frame pointers, only .eh_frame to unwind with.
 const NOFP: &[&str] = &["-O2", "-fomit-frame-pointer"];
 

@@ -38,9 +38,18 @@ pub struct Run {
 pub fn measure(bench: &mut Bench, options: &Options) -> Result<Vec<(Config, Vec<Run>)>> {
     let mut configs = vec![
         // The default output (the Tripod-style log) first: what `tripod-bpf --all` does.
-        Config { sampler: Sampler::Tripod(Unwind::Auto), format: Format::Log },
-        Config { sampler: Sampler::Tripod(Unwind::Auto), format: Format::Folded },
-        Config { sampler: Sampler::Tripod(Unwind::Fp), format: Format::Folded },
+        Config {
+            sampler: Sampler::Tripod(Unwind::Auto),
+            format: Format::Log,
+        },
+        Config {
+            sampler: Sampler::Tripod(Unwind::Auto),
+            format: Format::Folded,
+        },
+        Config {
+            sampler: Sampler::Tripod(Unwind::Fp),
+            format: Format::Folded,
+        },
     ];
     configs.extend(
         bench
@@ -48,7 +57,10 @@ pub fn measure(bench: &mut Bench, options: &Options) -> Result<Vec<(Config, Vec<
             .samplers()
             .into_iter()
             .filter(|s| !s.is_tripod())
-            .map(|sampler| Config { sampler, format: Format::Folded }),
+            .map(|sampler| Config {
+                sampler,
+                format: Format::Folded,
+            }),
     );
     let mut results: Vec<(Config, Vec<Run>)> = configs.iter().map(|c| (*c, Vec::new())).collect();
     for round in 0..options.short_runs {
@@ -83,8 +95,13 @@ pub fn describe(config: Config) -> String {
 
 fn run_once(bench: &Bench, config: Config, seconds: f64) -> Result<Run> {
     let dir = bench.run_dir()?;
-    let fixture = Fixture::start(&bench.fixtures.paths, &["--processes", &PROCESSES.to_string()])?;
-    let running = config.sampler.start(&bench.tools, Scope::All, HZ, config.format, &dir)?;
+    let fixture = Fixture::start(
+        &bench.fixtures.paths,
+        &["--processes", &PROCESSES.to_string()],
+    )?;
+    let running = config
+        .sampler
+        .start(&bench.tools, Scope::All, HZ, config.format, &dir)?;
     thread::sleep(Duration::from_secs_f64(seconds));
     let stopped = running.stop()?;
     fixture.stop()?;

@@ -175,18 +175,32 @@ fn machine() -> Machine {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim()))
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, m)| m.trim())
+        })
         .unwrap_or("unknown CPU")
         .to_owned();
     let memory_kib = fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<u64>().ok())
+            m.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
         })
         .unwrap_or(0);
     let text = |cmd: &mut Command| probe(cmd).unwrap_or_default().trim().to_owned();
-    let dirty = !text(Command::new("git").current_dir(workspace_root()).args(["status", "--porcelain"])).is_empty();
+    let dirty = !text(
+        Command::new("git")
+            .current_dir(workspace_root())
+            .args(["status", "--porcelain"]),
+    )
+    .is_empty();
     Machine {
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu_model,
@@ -196,8 +210,16 @@ fn machine() -> Machine {
         date: text(Command::new("date").args(["-u", "+%Y-%m-%d"])),
         commit: format!(
             "{}{}",
-            text(Command::new("git").current_dir(workspace_root()).args(["rev-parse", "--short", "HEAD"])),
-            if dirty { " (with uncommitted changes)" } else { "" }
+            text(Command::new("git").current_dir(workspace_root()).args([
+                "rev-parse",
+                "--short",
+                "HEAD"
+            ])),
+            if dirty {
+                " (with uncommitted changes)"
+            } else {
+                ""
+            }
         ),
     }
 }
@@ -209,9 +231,7 @@ fn has_hardware_pmu() -> bool {
     let mut attr = [0u8; 136];
     attr[4..8].copy_from_slice(&136u32.to_ne_bytes());
     // SAFETY: attr is a valid, zero-padded perf_event_attr of the size it declares.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), 0, -1, -1, 0u64)
-    };
+    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), 0, -1, -1, 0u64) };
     if fd >= 0 {
         // SAFETY: fd was just returned to us and is closed once.
         unsafe { libc::close(fd as i32) };

@@ -62,10 +62,16 @@ impl Overhead {
 
 pub fn measure(bench: &mut Bench, options: &Options) -> Result<Overhead> {
     let iterations = calibrate(bench, options.work_seconds)?;
-    let mut configs = vec![Config { sampler: None, hz: 0 }];
+    let mut configs = vec![Config {
+        sampler: None,
+        hz: 0,
+    }];
     for sampler in bench.tools.samplers() {
         for hz in FREQUENCIES {
-            configs.push(Config { sampler: Some(sampler), hz });
+            configs.push(Config {
+                sampler: Some(sampler),
+                hz,
+            });
         }
     }
     let mut runs: Vec<(Config, Vec<Run>)> = configs.iter().map(|c| (*c, Vec::new())).collect();
@@ -123,14 +129,21 @@ fn calibrate(bench: &Bench, seconds: f64) -> Result<u64> {
 fn run_once(bench: &Bench, config: Config, iterations: u64) -> Result<Run> {
     let dir = bench.run_dir()?;
     let running = match config.sampler {
-        Some(sampler) => Some(sampler.start(&bench.tools, Scope::All, config.hz, Format::Folded, &dir)?),
+        Some(sampler) => {
+            Some(sampler.start(&bench.tools, Scope::All, config.hz, Format::Folded, &dir)?)
+        }
         None => None,
     };
     let cpu_before = running.as_ref().map_or(0, |r| r.cpu_ns());
     let started = Instant::now();
     let mut fixture = Fixture::start(
         &bench.fixtures.work_fp,
-        &["--iterations", &iterations.to_string(), "--threads", &THREADS.to_string()],
+        &[
+            "--iterations",
+            &iterations.to_string(),
+            "--threads",
+            &THREADS.to_string(),
+        ],
     )?;
     let exit = fixture.wait(Duration::from_secs(600))?;
     let wall = (exit.at - started).as_secs_f64();
@@ -150,7 +163,10 @@ fn run_once(bench: &Bench, config: Config, iterations: u64) -> Result<Run> {
     run.post_cpu_rate = post.cpu.as_secs_f64() / lifetime;
     run.max_rss_kib = stopped.exit.max_rss_kib;
     run.post_max_rss_kib = post.max_rss_kib;
-    run.samples = folded.of_comm(comm(&bench.fixtures.work_fp)).map(|(_, n)| n).sum();
+    run.samples = folded
+        .of_comm(comm(&bench.fixtures.work_fp))
+        .map(|(_, n)| n)
+        .sum();
     ensure!(
         run.samples > 0,
         "{} recorded no samples of the fixture",

@@ -177,7 +177,8 @@ impl Fixture {
             None => {
                 // SAFETY: as above.
                 unsafe { libc::kill(-(self.pid() as i32), libc::SIGKILL) };
-                wait_exit(self.pid(), Duration::from_secs(10))?.context("fixture survived SIGKILL")?
+                wait_exit(self.pid(), Duration::from_secs(10))?
+                    .context("fixture survived SIGKILL")?
             }
         };
         self.exit = Some(exit);
@@ -205,8 +206,12 @@ mod tests {
 
     #[test]
     fn measures_a_child_that_exits() {
+        // Reaped by wait_exit (wait4), not by Child::wait.
+        #[allow(clippy::zombie_processes)]
         let child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
-        let exit = wait_exit(child.id(), Duration::from_secs(10)).unwrap().unwrap();
+        let exit = wait_exit(child.id(), Duration::from_secs(10))
+            .unwrap()
+            .unwrap();
         assert_eq!(exit.code, 3);
         assert!(exit.max_rss_kib > 0);
     }

@@ -48,7 +48,10 @@ pub fn measure(bench: &mut Bench, options: &Options) -> Result<Vec<(Sampler, Qua
                     .map(|folded| folded.chain_share(&name, WORK_CHAIN));
                 match result {
                     Ok(got) => {
-                        say(&format!("{progress}: {name}: {}/{} complete", got.hits, got.of));
+                        say(&format!(
+                            "{progress}: {name}: {}/{} complete",
+                            got.hits, got.of
+                        ));
                         share.hits += got.hits;
                         share.of += got.of;
                     }
@@ -98,6 +101,10 @@ fn record(
     let (folded, _) = stopped.folded(&bench.tools)?;
     fixture_process.stop()?;
     let samples: u64 = folded.of_comm(comm(fixture)).map(|(_, n)| n).sum();
-    ensure!(samples > 0, "{sampler} recorded no samples of {}", comm(fixture));
+    ensure!(
+        samples > 0,
+        "{sampler} recorded no samples of {}",
+        comm(fixture)
+    );
     Ok(folded)
 }

@@ -101,7 +101,11 @@ fn header(out: &mut String, r: &Results) {
         m.commit,
         r.duration.as_secs_f64() / 60.0
     );
-    let _ = writeln!(out, "**Machine.** {} CPUs ({}), {:.0} GiB of memory, Linux {}.", m.cpus, m.cpu_model, m.memory_gib, m.kernel);
+    let _ = writeln!(
+        out,
+        "**Machine.** {} CPUs ({}), {:.0} GiB of memory, Linux {}.",
+        m.cpus, m.cpu_model, m.memory_gib, m.kernel
+    );
     if m.hardware_pmu {
         let _ = writeln!(out, "A hardware PMU is present.\n");
     } else {
@@ -113,7 +117,11 @@ fn header(out: &mut String, r: &Results) {
         );
     }
     let _ = writeln!(out, "**Samplers.**");
-    let _ = writeln!(out, "- {} (this repository; `--unwind fp`, `dwarf` and `auto`, the default)", r.tripod_version);
+    let _ = writeln!(
+        out,
+        "- {} (this repository; `--unwind fp`, `dwarf` and `auto`, the default)",
+        r.tripod_version
+    );
     for (name, found) in [("perf", &r.perf), ("bpftrace", &r.bpftrace)] {
         match found {
             Ok(version) => {
@@ -128,13 +136,38 @@ fn header(out: &mut String, r: &Results) {
 }
 
 fn overhead_ratio(overhead: &Overhead, sampler: Sampler, hz: u32) -> Option<f64> {
-    let wall = |config| median(&overhead.runs_of(config).iter().map(|r| r.wall).collect::<Vec<_>>());
-    ratio(wall(Config { sampler: Some(sampler), hz }), wall(Config { sampler: None, hz: 0 }))
+    let wall = |config| {
+        median(
+            &overhead
+                .runs_of(config)
+                .iter()
+                .map(|r| r.wall)
+                .collect::<Vec<_>>(),
+        )
+    };
+    ratio(
+        wall(Config {
+            sampler: Some(sampler),
+            hz,
+        }),
+        wall(Config {
+            sampler: None,
+            hz: 0,
+        }),
+    )
 }
 
 fn sampler_cpu(overhead: &Overhead, sampler: Sampler, hz: u32) -> Option<f64> {
-    let runs = overhead.runs_of(Config { sampler: Some(sampler), hz });
-    median(&runs.iter().map(|r| r.sampler_cpu_rate + r.post_cpu_rate).collect::<Vec<_>>())
+    let runs = overhead.runs_of(Config {
+        sampler: Some(sampler),
+        hz,
+    });
+    median(
+        &runs
+            .iter()
+            .map(|r| r.sampler_cpu_rate + r.post_cpu_rate)
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn status(met: Option<bool>) -> &'static str {
@@ -178,17 +211,26 @@ fn standing(out: &mut String, r: &Results) {
     row(
         "bounded RSS (< 100 MiB) on the churn run",
         churn.map_or("–".into(), |c| {
-            format!("peak {}; {} after 10 s, {} after {:.0} s", mib(Some(c.max_rss_kib)), mib(c.rss_early_kib), mib(c.rss_end_kib), c.seconds)
+            format!(
+                "peak {}; {} after 10 s, {} after {:.0} s",
+                mib(Some(c.max_rss_kib)),
+                mib(c.rss_early_kib),
+                mib(c.rss_end_kib),
+                c.seconds
+            )
         }),
         churn.map(|c| c.max_rss_kib < 100 * 1024),
     );
-    let split = r
-        .quality
-        .as_ref()
-        .and_then(|q| q.iter().find(|(s, _)| *s == DEFAULT).and_then(|(_, q)| q.split.percent()));
+    let split = r.quality.as_ref().and_then(|q| {
+        q.iter()
+            .find(|(s, _)| *s == DEFAULT)
+            .and_then(|(_, q)| q.split.percent())
+    });
     row(
         "accuracy within 3 points of the true 75% split",
-        split.map_or("–".into(), |s| format!("{s:.1}% ({:+.1} points)", s - 75.0)),
+        split.map_or("–".into(), |s| {
+            format!("{s:.1}% ({:+.1} points)", s - 75.0)
+        }),
         split.map(|s| (s - 75.0).abs() <= 3.0),
     );
     let latency = r.latency.as_ref().and_then(|l| {
@@ -197,10 +239,15 @@ fn standing(out: &mut String, r: &Results) {
             .map(|(_, runs)| runs)
     });
     let stop = latency.and_then(|runs| median(&runs.iter().map(|r| r.stop).collect::<Vec<_>>()));
-    let distinct = latency.and_then(|runs| median(&runs.iter().map(|r| r.distinct as f64).collect::<Vec<_>>()));
+    let distinct = latency
+        .and_then(|runs| median(&runs.iter().map(|r| r.distinct as f64).collect::<Vec<_>>()));
     row(
         "end-of-run latency < 1 s for 10,000 distinct stacks",
-        format!("{} s for {} stacks (default log output)", fmt(stop, 3), fmt(distinct, 0)),
+        format!(
+            "{} s for {} stacks (default log output)",
+            fmt(stop, 3),
+            fmt(distinct, 0)
+        ),
         stop.zip(distinct).map(|(s, d)| s < 1.0 && d >= 10_000.0),
     );
     out.push('\n');
@@ -211,15 +258,23 @@ fn percent(rate: Option<f64>) -> String {
 }
 
 fn configs(overhead: &Overhead) -> impl Iterator<Item = (Sampler, u32)> + '_ {
-    overhead.runs.iter().filter_map(|(c, _)| Some((c.sampler?, c.hz)))
+    overhead
+        .runs
+        .iter()
+        .filter_map(|(c, _)| Some((c.sampler?, c.hz)))
 }
 
 fn overhead_tables(out: &mut String, r: &Results, overhead: &Overhead) {
-    let baseline = overhead.runs_of(Config { sampler: None, hz: 0 });
+    let baseline = overhead.runs_of(Config {
+        sampler: None,
+        hz: 0,
+    });
     let walls = |runs: &[overhead::Run]| runs.iter().map(|r| r.wall).collect::<Vec<_>>();
     let cpus = |runs: &[overhead::Run]| runs.iter().map(|r| r.cpu).collect::<Vec<_>>();
     let (base_wall, base_cpu) = (median(&walls(baseline)), median(&cpus(baseline)));
-    let noise = range(&walls(baseline)).zip(base_wall).map(|((lo, hi), m)| (hi - lo) / m * 100.0);
+    let noise = range(&walls(baseline))
+        .zip(base_wall)
+        .map(|((lo, hi), m)| (hi - lo) / m * 100.0);
 
     out.push_str("## 1. Target overhead\n\n");
     let _ = writeln!(
@@ -239,9 +294,17 @@ fn overhead_tables(out: &mut String, r: &Results, overhead: &Overhead) {
     );
     out.push_str("| sampler | Hz | wall (s) | slowdown (wall) | slowdown (CPU) | fastest–slowest run | fixture samples |\n");
     out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
-    let _ = writeln!(out, "| no sampler | – | {} | – | – | {} | – |", fmt(base_wall, 3), span(&walls(baseline), base_wall));
+    let _ = writeln!(
+        out,
+        "| no sampler | – | {} | – | – | {} | – |",
+        fmt(base_wall, 3),
+        span(&walls(baseline), base_wall)
+    );
     for (sampler, hz) in configs(overhead) {
-        let runs = overhead.runs_of(Config { sampler: Some(sampler), hz });
+        let runs = overhead.runs_of(Config {
+            sampler: Some(sampler),
+            hz,
+        });
         let wall = median(&walls(runs));
         let samples = median(&runs.iter().map(|r| r.samples as f64).collect::<Vec<_>>());
         let _ = writeln!(
@@ -267,17 +330,26 @@ fn overhead_tables(out: &mut String, r: &Results, overhead: &Overhead) {
     out.push_str("| sampler | Hz | CPU while busy | + getting folded stacks | total, % of a core | over its life | peak RSS | folding peak RSS |\n");
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for (sampler, hz) in configs(overhead) {
-        let runs = overhead.runs_of(Config { sampler: Some(sampler), hz });
+        let runs = overhead.runs_of(Config {
+            sampler: Some(sampler),
+            hz,
+        });
         let col = |f: fn(&overhead::Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
         let busy = col(|r| r.sampler_cpu_rate);
         let post = col(|r| r.post_cpu_rate);
         let rss = col(|r| r.max_rss_kib as f64).map(|k| k as u64);
-        let post_rss = col(|r| r.post_max_rss_kib as f64).map(|k| k as u64).filter(|k| *k > 0);
+        let post_rss = col(|r| r.post_max_rss_kib as f64)
+            .map(|k| k as u64)
+            .filter(|k| *k > 0);
         let _ = writeln!(
             out,
             "| {sampler} | {hz} | {} | {} | {} | {} | {} | {} |",
             fmt(busy, 4),
-            if sampler.is_tripod() || sampler == Sampler::Bpftrace { "–".into() } else { fmt(post, 4) },
+            if sampler.is_tripod() || sampler == Sampler::Bpftrace {
+                "–".into()
+            } else {
+                fmt(post, 4)
+            },
             percent(busy.zip(post).map(|(b, p)| b + p)),
             fmt(col(|r| r.sampler_life_cpu_rate), 4),
             mib(rss),
@@ -290,13 +362,19 @@ fn overhead_tables(out: &mut String, r: &Results, overhead: &Overhead) {
 /// The fastest and slowest run as slowdowns against `base`.
 fn span(values: &[f64], base: Option<f64>) -> String {
     match (range(values), base) {
-        (Some((lo, hi)), Some(_)) => format!("{} … {}", slowdown(ratio(Some(lo), base)), slowdown(ratio(Some(hi), base))),
+        (Some((lo, hi)), Some(_)) => format!(
+            "{} … {}",
+            slowdown(ratio(Some(lo), base)),
+            slowdown(ratio(Some(hi), base))
+        ),
         _ => "–".into(),
     }
 }
 
 fn share(s: &super::stacks::Share) -> String {
-    s.percent().map_or("–".into(), |p| format!("{p:.1}% ({} of {})", s.hits, s.of))
+    s.percent().map_or("–".into(), |p| {
+        format!("{p:.1}% ({} of {})", s.hits, s.of)
+    })
 }
 
 fn quality_tables(out: &mut String, r: &Results, quality: &[(Sampler, Quality)]) {
@@ -363,7 +441,11 @@ fn latency_table(out: &mut String, r: &Results, latency: &[(latency::Config, Vec
             latency::describe(*config),
             fmt(col(|r| r.distinct as f64), 0),
             fmt(stop, 3),
-            if config.sampler.is_tripod() || config.sampler == Sampler::Bpftrace { "–".into() } else { format!("{} s", fmt(post, 2)) },
+            if config.sampler.is_tripod() || config.sampler == Sampler::Bpftrace {
+                "–".into()
+            } else {
+                format!("{} s", fmt(post, 2))
+            },
             fmt(stop.zip(post).map(|(s, p)| s + p), 2)
         );
     }
@@ -382,16 +464,23 @@ fn churn_table(out: &mut String, r: &Results, churn: &[(Sampler, churn::Run)]) {
         r.churn_seconds,
         churn::SKIPPED_PERF_DWARF
     );
-    out.push_str("| sampler | RSS after 10 s | RSS at the end | peak RSS | processes started | output written |\n|---|---:|---:|---:|---:|---:|\n");
+    out.push_str(
+        "The last column is about quality, not memory: the share of the churn processes' \
+         samples whose stack names their work (`child_main;child_work`). Each process lives \
+         about a millisecond, so a sampler must know its mappings without reading /proc \
+         in time.\n\n",
+    );
+    out.push_str("| sampler | RSS after 10 s | RSS at the end | peak RSS | processes started | output written | samples naming their work |\n|---|---:|---:|---:|---:|---:|---:|\n");
     for (sampler, run) in churn {
         let _ = writeln!(
             out,
-            "| {sampler} | {} | {} | {} | {} | {:.1} MB |",
+            "| {sampler} | {} | {} | {} | {} | {:.1} MB | {} |",
             mib(run.rss_early_kib),
             mib(run.rss_end_kib),
             mib(Some(run.max_rss_kib)),
             run.processes,
-            run.output_bytes as f64 / 1e6
+            run.output_bytes as f64 / 1e6,
+            share(&run.named)
         );
     }
     out.push('\n');

@@ -117,11 +117,19 @@ impl Tools {
     }
 
     fn perf(&self) -> &Path {
-        &self.perf.as_ref().expect("perf samplers only run when perf works").0
+        &self
+            .perf
+            .as_ref()
+            .expect("perf samplers only run when perf works")
+            .0
     }
 
     fn bpftrace(&self) -> &Path {
-        &self.bpftrace.as_ref().expect("bpftrace only runs when found").0
+        &self
+            .bpftrace
+            .as_ref()
+            .expect("bpftrace only runs when found")
+            .0
     }
 }
 
@@ -147,7 +155,8 @@ fn find_perf() -> Result<(PathBuf, String), String> {
 }
 
 fn find_bpftrace() -> Result<(PathBuf, String), String> {
-    let path = find_in_path("bpftrace").ok_or("bpftrace is not installed (apt-get install bpftrace)")?;
+    let path =
+        find_in_path("bpftrace").ok_or("bpftrace is not installed (apt-get install bpftrace)")?;
     let version =
         probe(Command::new(&path).arg("--version")).ok_or("`bpftrace --version` failed")?;
     Ok((path, version.trim().to_owned()))
@@ -182,7 +191,11 @@ impl Sampler {
                     Scope::All => cmd.arg("--all"),
                     Scope::Pid(pid) => cmd.args(["--pid", &pid.to_string()]),
                 };
-                let format = if format == Format::Log { "log" } else { "folded" };
+                let format = if format == Format::Log {
+                    "log"
+                } else {
+                    "folded"
+                };
                 cmd.args(["-F", &hz_arg, "--unwind", unwind.arg(), "-f", format, "-o"])
                     .arg(&output);
                 cmd
@@ -210,7 +223,8 @@ impl Sampler {
                     format!("profile:hz:{hz} {filter}{{ @[comm, kstack, ustack] = count(); }}");
                 let mut cmd = Command::new(tools.bpftrace());
                 // The default of 4096 map entries drops stacks in the many-stacks run.
-                cmd.env("BPFTRACE_MAP_KEYS_MAX", "65536").args(["-e", &program]);
+                cmd.env("BPFTRACE_MAP_KEYS_MAX", "65536")
+                    .args(["-e", &program]);
                 cmd
             }
         };
@@ -308,7 +322,10 @@ impl Running {
         let Some(exit) = proc::wait_exit(pid, STOP_TIMEOUT)? else {
             proc::signal(pid, libc::SIGKILL);
             let _ = proc::wait_exit(pid, Duration::from_secs(10));
-            bail!("{} did not exit within {STOP_TIMEOUT:?} of SIGINT", self.sampler);
+            bail!(
+                "{} did not exit within {STOP_TIMEOUT:?} of SIGINT",
+                self.sampler
+            );
         };
         // perf exits with 130 after SIGINT by design (it re-raises); anything else is a crash.
         let expected = exit.success() || (exit.code == 130 && !self.sampler.is_tripod());
@@ -399,11 +416,18 @@ impl Stopped {
                 }
                 (Folded::parse(&read(&self.output)?), PostCost::default())
             }
-            Sampler::Bpftrace => (Folded::from_bpftrace(&read(&self.output)?), PostCost::default()),
+            Sampler::Bpftrace => (
+                Folded::from_bpftrace(&read(&self.output)?),
+                PostCost::default(),
+            ),
             Sampler::PerfFp | Sampler::PerfDwarf => self.perf_folded(tools)?,
         };
         if folded.0.samples() == 0 {
-            bail!("{} produced no samples: {}", self.sampler, log_tail(&self.log));
+            bail!(
+                "{} produced no samples: {}",
+                self.sampler,
+                log_tail(&self.log)
+            );
         }
         Ok(folded)
     }

@@ -159,7 +159,10 @@ mod tests {
             2
         );
         assert_eq!(folded.stacks[&line("work_fp;main;gamma;spin")], 143);
-        assert_eq!(folded.stacks[&line("swapper/0;do_idle_[k];default_idle_[k]")], 7);
+        assert_eq!(
+            folded.stacks[&line("swapper/0;do_idle_[k];default_idle_[k]")],
+            7
+        );
         assert_eq!(folded.samples(), 152);
     }
 
@@ -173,7 +176,10 @@ mod tests {
              not a folded line\n",
         );
         let chain = ["main", "alpha", "beta", "gamma", "spin"];
-        assert_eq!(folded.chain_share("work_fp", &chain), Share { hits: 95, of: 99 });
+        assert_eq!(
+            folded.chain_share("work_fp", &chain),
+            Share { hits: 95, of: 99 }
+        );
         assert_eq!(folded.chain_share("missing", &chain).percent(), None);
     }
 
