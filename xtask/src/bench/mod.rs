@@ -43,6 +43,7 @@ pub enum Measurement {
 }
 
 /// How much to measure.
+#[derive(Clone)]
 pub struct Options {
     /// Rounds of each overhead configuration; the tables show medians over them.
     pub runs: usize,

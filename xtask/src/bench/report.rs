@@ -12,18 +12,13 @@ use super::{
 };
 
 pub struct Results {
-    pub command: String,
+    /// How much was measured, and the command line.
+    pub options: Options,
     pub machine: Machine,
     pub tripod_version: String,
     /// Version, or why the peer was skipped.
     pub perf: Result<String, String>,
     pub bpftrace: Result<String, String>,
-    pub runs: usize,
-    pub short_runs: usize,
-    pub work_seconds: f64,
-    pub sample_seconds: f64,
-    pub latency_seconds: f64,
-    pub churn_seconds: f64,
     pub overhead: Option<Overhead>,
     pub quality: Option<Vec<(Sampler, Quality)>>,
     pub latency: Option<Vec<(latency::Config, Vec<latency::Run>)>>,
@@ -38,17 +33,11 @@ impl Results {
             found.as_ref().map(|(_, v)| v.clone()).map_err(Clone::clone)
         };
         Results {
-            command: options.command.clone(),
+            options: options.clone(),
             machine,
             tripod_version: tools.tripod_version.clone(),
             perf: version(&tools.perf),
             bpftrace: version(&tools.bpftrace),
-            runs: options.runs,
-            short_runs: options.short_runs,
-            work_seconds: options.work_seconds,
-            sample_seconds: options.sample_seconds,
-            latency_seconds: options.latency_seconds,
-            churn_seconds: options.churn_seconds,
             overhead: None,
             quality: None,
             latency: None,
@@ -94,9 +83,9 @@ fn header(out: &mut String, r: &Results) {
     let _ = writeln!(out, "# tripod-bpf benchmarks\n");
     let _ = writeln!(
         out,
-        "Written by `{}` on {}, at commit {}; the run took {:.0} minutes. \
+        "Written by `{}` on {}, at commit {}; the run took {:.0} min. \
          Re-run it to refresh this file; edit the generator (xtask/src/bench/report.rs), not the file.\n",
-        r.command,
+        r.options.command,
         m.date,
         m.commit,
         r.duration.as_secs_f64() / 60.0
@@ -286,8 +275,8 @@ fn overhead_tables(out: &mut String, r: &Results, overhead: &Overhead) {
          of CPU; those runs spread over {}% of their median, which is the noise floor here.\n",
         overhead::THREADS,
         overhead.iterations,
-        r.work_seconds,
-        r.runs,
+        r.options.work_seconds,
+        r.options.runs,
         fmt(base_wall, 3),
         fmt(base_cpu, 3),
         fmt(noise, 1)
@@ -387,8 +376,8 @@ fn quality_tables(out: &mut String, r: &Results, quality: &[(Sampler, Quality)])
          -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer`, `work_nofp` with `-O2 \
          -fomit-frame-pointer` (like distribution binaries).\n",
         quality::HZ,
-        r.sample_seconds,
-        r.short_runs
+        r.options.sample_seconds,
+        r.options.short_runs
     );
     out.push_str("| sampler | frame pointers | no frame pointers |\n|---|---:|---:|\n");
     for (sampler, q) in quality {
@@ -428,8 +417,8 @@ fn latency_table(out: &mut String, r: &Results, latency: &[(latency::Config, Vec
          fixture's processes (for the log format: tripod-bpf's own count, all processes).\n",
         latency::PROCESSES,
         latency::HZ,
-        r.latency_seconds,
-        r.short_runs
+        r.options.latency_seconds,
+        r.options.short_runs
     );
     out.push_str("| sampler | distinct stacks | stop | + perf script & collapse | until stacks are readable |\n|---|---:|---:|---:|---:|\n");
     for (config, runs) in latency {
@@ -461,7 +450,7 @@ fn churn_table(out: &mut String, r: &Results, churn: &[(Sampler, churn::Run)]) {
          the whole machine at {} Hz for {} s. Resident memory is read from /proc after 10 s \
          and at the end; peak is the high-water mark at exit. {}.\n",
         churn::HZ,
-        r.churn_seconds,
+        r.options.churn_seconds,
         churn::SKIPPED_PERF_DWARF
     );
     out.push_str(

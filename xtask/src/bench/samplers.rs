@@ -275,29 +275,27 @@ impl Running {
             if proc::file_contains(file, needle) {
                 break;
             }
-            if let Some(exit) = proc::wait_exit(self.pid(), Duration::ZERO)? {
-                bail!(
-                    "{} exited while starting (exit code {}): {}",
-                    self.sampler,
-                    exit.code,
-                    log_tail(&self.log)
-                );
-            }
+            self.ensure_running()?;
             if Instant::now() > deadline {
                 bail!("{} did not start within {START_TIMEOUT:?}", self.sampler);
             }
             thread::sleep(Duration::from_millis(5));
         }
         thread::sleep(SETTLE);
-        if let Some(exit) = proc::wait_exit(self.pid(), Duration::ZERO)? {
-            bail!(
+        self.ensure_running()
+    }
+
+    /// An error if the sampler has already exited (a bad flag, no permission, ...).
+    fn ensure_running(&self) -> Result<()> {
+        match proc::wait_exit(self.pid(), Duration::ZERO)? {
+            Some(exit) => bail!(
                 "{} exited while starting (exit code {}): {}",
                 self.sampler,
                 exit.code,
                 log_tail(&self.log)
-            );
+            ),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     pub fn pid(&self) -> u32 {
