@@ -38,10 +38,11 @@ const DRAIN_PERIOD: Duration = Duration::from_millis(500);
 /// an empty poll costs no system call.
 const COPY_POLL_PERIOD: Duration = Duration::from_millis(50);
 
-/// A process not sampled for this long is checked, and retired if it has
-/// exited (see `Pipeline::forget_exited`). Longer than a drain interval, so no
-/// samples of it are still on their way; short, because on a machine that
-/// starts thousands of processes a second, memory grows with this window.
+/// How often processes not sampled since the previous check are checked, and
+/// retired if they have exited (see `Pipeline::forget_exited`). Longer than a
+/// drain interval, so no samples of them are still on their way; short,
+/// because on a machine that starts thousands of processes a second, memory
+/// grows with this window.
 const FORGET_AFTER: Duration = Duration::from_secs(2);
 
 /// Records as configured; returns the exit status for the process.
@@ -254,8 +255,10 @@ struct Pipeline {
     collect_user: bool,
     /// New stacks whose addresses are located at the next drain.
     unlocated: Vec<StackId>,
-    /// When each process was last sampled, to retire the exited ones.
-    last_seen: HashMap<u32, Instant>,
+    /// The retirement check after which each process was last sampled: a
+    /// counter, so the per-sample path reads no clock.
+    last_seen: HashMap<u32, u64>,
+    forget_checks: u64,
     last_forget_check: Instant,
     run_start: DateTime<Local>,
     run_counters: Counters,
@@ -276,6 +279,7 @@ impl Pipeline {
             collect_user,
             unlocated: Vec::new(),
             last_seen: HashMap::new(),
+            forget_checks: 0,
             last_forget_check: Instant::now(),
             run_start: now,
             run_counters: counters,
@@ -345,7 +349,7 @@ impl Pipeline {
         };
         let raw = stack::combine(&kernel, &user, MAX_STACK_DEPTH);
         self.unreported += count;
-        self.last_seen.insert(tgid, Instant::now());
+        self.last_seen.insert(tgid, self.forget_checks);
         let (id, new) = self.aggregator.add(tgid, tid, comm, &raw, count);
         if new {
             self.unlocated.push(id);
@@ -360,9 +364,12 @@ impl Pipeline {
             return;
         }
         self.last_forget_check = Instant::now();
+        // Sampled since the previous check: kept without looking at /proc.
+        let recent = self.forget_checks;
+        self.forget_checks += 1;
         let mut exited = HashMap::new();
-        self.last_seen.retain(|&pid, last| {
-            let keep = last.elapsed() < FORGET_AFTER || process::is_alive(pid);
+        self.last_seen.retain(|&pid, seen| {
+            let keep = *seen == recent || process::is_alive(pid);
             if !keep {
                 exited.insert(pid, String::new());
             }
