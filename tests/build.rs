@@ -23,6 +23,10 @@ const FIXTURES: &[(&str, &str, &[&str], &[&str])] = &[
     ("syscalls_fp", "syscalls.c", FP, &[]),
     ("threads_fp", "threads.c", FP, &["-pthread"]),
     ("threads_nofp", "threads.c", NOFP, &["-pthread"]),
+    ("population", "population.c", NOFP, &["-pthread"]),
+    ("offcpu", "offcpu.c", NOFP, &[]),
+    ("wall", "wall.c", NOFP, &["-pthread"]),
+    ("comings", "comings.c", NOFP, &["-pthread"]),
 ];
 
 /// (output name, input fixture): copies with every symbol and all debug info

@@ -18,6 +18,14 @@ pub const OTHER_FP: &str = env!("FIXTURE_OTHER_FP");
 pub const SYSCALLS_FP: &str = env!("FIXTURE_SYSCALLS_FP");
 pub const THREADS_FP: &str = env!("FIXTURE_THREADS_FP");
 pub const THREADS_NOFP: &str = env!("FIXTURE_THREADS_NOFP");
+/// A known population of threads for dumps (see population.c).
+pub const POPULATION: &str = env!("FIXTURE_POPULATION");
+/// Sleeps 10 × 100 ms in `nap_in_known_place`, then exits.
+pub const OFFCPU: &str = env!("FIXTURE_OFFCPU");
+/// One thread busy, one blocked in `wait_forever`.
+pub const WALL: &str = env!("FIXTURE_WALL");
+/// Starts and joins short-lived threads all the time.
+pub const COMINGS: &str = env!("FIXTURE_COMINGS");
 /// `chain_nofp` with every symbol and all debug info stripped; `.eh_frame` stays.
 pub const CHAIN_STRIP: &str = env!("FIXTURE_CHAIN_STRIP");
 

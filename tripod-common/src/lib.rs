@@ -24,8 +24,14 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     /// Ring buffer of [`crate::StackCopy`] records (`--unwind dwarf`).
     pub const STACK_COPIES: &str = "STACK_COPIES";
-    /// Per-CPU scratch space where a [`crate::StackCopy`] is assembled.
+    /// Scratch space where a [`crate::StackCopy`] is assembled, see [`crate::ScratchSlot`].
     pub const SCRATCH: &str = "SCRATCH";
+    /// The `sched_switch` program of `--mode off-cpu` and `--mode wall`.
+    pub const SWITCH_PROGRAM: &str = "track_switch";
+    /// When each switched-out target thread stopped running: tid -> `bpf_ktime_get_ns`.
+    pub const BLOCKED_SINCE: &str = "BLOCKED_SINCE";
+    /// The task iterator behind `tripod-bpf dump`.
+    pub const DUMP_PROGRAM: &str = "dump_threads";
 }
 
 /// Length of a task's `comm`, including the terminating NUL.
@@ -58,6 +64,14 @@ pub const DEFAULT_STACK_COPY: u32 = 16 * 1024;
 /// Default size of the ring buffer that carries stack copies, in bytes.
 pub const DEFAULT_RING_BUFFER_SIZE: u32 = 8 * 1024 * 1024;
 
+/// Most bytes of user stack one thread of a dump can carry: a task iterator
+/// writes each thread as one record into a 32 KiB buffer, with its headers.
+pub const MAX_DUMP_STACK_COPY: u32 = 24 * 1024;
+
+/// Most threads that can be switched out and waiting to be woken at once
+/// (`--mode off-cpu` and `--mode wall`); more are not tracked.
+pub const MAX_BLOCKED_THREADS: u32 = 65536;
+
 /// Which processes the eBPF program samples. Set once at load time.
 ///
 /// Flags are `u32` instead of `bool` so this type has no implicit padding and
@@ -80,6 +94,71 @@ pub struct SamplerConfig {
     pub copy_user_stack: u32,
     /// Bytes of user stack to copy, at most [`MAX_STACK_COPY`].
     pub stack_copy_bytes: u32,
+    /// Non-zero: the `sched_switch` program reports target threads switching
+    /// out ([`RecordKind::Blocked`]) and back in ([`RecordKind::Woke`]).
+    pub track_switches: u32,
+    /// Waits shorter than this many microseconds are not reported as woken.
+    pub min_block_us: u32,
+    /// Number of possible CPUs, which sizes the scratch map (see [`ScratchSlot`]).
+    pub possible_cpus: u32,
+    /// Byte offsets in the running kernel's `struct task_struct`, read from
+    /// its BTF by the loader: Rust eBPF programs have no CO-RE relocations.
+    pub task_offsets: TaskOffsets,
+}
+
+/// Byte offsets of the `struct task_struct` fields the eBPF programs read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `pid_t pid`: the thread id.
+    pub pid: u32,
+    /// `pid_t tgid`: the process id.
+    pub tgid: u32,
+    /// `unsigned int __state`.
+    pub state: u32,
+    /// `char comm[16]`.
+    pub comm: u32,
+    /// `int on_cpu`: non-zero while the task runs on a CPU.
+    pub on_cpu: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+}
+
+impl TaskOffsets {
+    /// Offsets that are not set: programs that need them do nothing.
+    pub const UNKNOWN: Self = Self {
+        pid: 0,
+        tgid: 0,
+        state: 0,
+        comm: 0,
+        on_cpu: 0,
+        _reserved: 0,
+    };
+}
+
+/// Which slot of the `SCRATCH` map a program assembles its record in. Each
+/// kind of program has its own slots, so one that interrupts another on the
+/// same CPU (a hardware-PMU sample during a context switch) cannot overwrite
+/// a record half-written.
+pub enum ScratchSlot {}
+
+impl ScratchSlot {
+    /// Slot of the `perf_event` program on `cpu`.
+    pub const fn sample(cpu: u32) -> u32 {
+        cpu
+    }
+    /// Slot of the `sched_switch` program on `cpu`.
+    pub const fn switch(cpu: u32, possible_cpus: u32) -> u32 {
+        possible_cpus + cpu
+    }
+    /// The one slot of the task iterator, which is read by one thread at a time.
+    pub const fn iterator(possible_cpus: u32) -> u32 {
+        2 * possible_cpus
+    }
+    /// Entries the `SCRATCH` map needs.
+    pub const fn len(possible_cpus: u32) -> u32 {
+        2 * possible_cpus + 1
+    }
 }
 
 impl SamplerConfig {
@@ -92,6 +171,10 @@ impl SamplerConfig {
         collect_kernel: 1,
         copy_user_stack: 0,
         stack_copy_bytes: DEFAULT_STACK_COPY,
+        track_switches: 0,
+        min_block_us: 0,
+        possible_cpus: 1,
+        task_offsets: TaskOffsets::UNKNOWN,
     };
 }
 
@@ -126,31 +209,89 @@ pub struct SampleKey {
     pub _reserved: [u32; 2],
 }
 
+/// What a record of the `STACK_COPIES` ring buffer (or of a dump) is; the
+/// first `u32` of every record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A [`StackCopy`] taken by the `perf_event` program: the thread is on a CPU.
+    Sample = 0,
+    /// A [`StackCopy`] taken as a target thread was switched out; `time_ns`
+    /// is when, `state` is the task state it went to sleep in.
+    Blocked = 1,
+    /// A [`WakeRecord`]: a thread reported [`RecordKind::Blocked`] runs again.
+    Woke = 2,
+    /// A [`StackCopy`] of one thread, written by the task iterator of a dump.
+    Snapshot = 3,
+}
+
+impl RecordKind {
+    pub const fn from_u32(kind: u32) -> Option<RecordKind> {
+        match kind {
+            0 => Some(RecordKind::Sample),
+            1 => Some(RecordKind::Blocked),
+            2 => Some(RecordKind::Woke),
+            3 => Some(RecordKind::Snapshot),
+            _ => None,
+        }
+    }
+}
+
 /// The fixed part of a [`StackCopy`] record.
 ///
-/// 4 × u32, 3 × u64, comm, 2 × u32: 64 bytes, no padding.
+/// 10 × u32, 4 × u64, comm: 88 bytes, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackCopyHeader {
+    /// A [`RecordKind`].
+    pub kind: u32,
     /// Process id (the kernel's tgid).
     pub tgid: u32,
     /// Thread id (the kernel's pid).
     pub tid: u32,
     /// Number of valid entries in [`StackCopy::kernel`], innermost first.
     pub kernel_frames: u32,
-    /// Bytes of [`StackCopy::stack`] that hold user stack, from `sp` upwards.
+    /// Bytes of [`StackCopy::stack`] that hold user stack, from `sp` upwards
+    /// (or, when `user_frames` is non-zero, user return addresses).
     pub stack_len: u32,
+    /// Negative errno when the kernel stack could not be read, else 0.
+    pub kernel_error: i32,
+    /// Non-zero when the user registers could not be read (no user stack).
+    pub no_user: u32,
+    /// The raw `task_struct.__state` ([`RecordKind::Blocked`], [`RecordKind::Snapshot`]).
+    pub state: u32,
+    /// The system call the thread is in (`orig_ax`), or -1 (snapshots only).
+    pub syscall: i32,
+    /// Non-zero: `stack` holds this many user addresses, innermost first,
+    /// walked with frame pointers by the kernel, instead of stack bytes.
+    pub user_frames: u32,
     /// User registers to start unwinding from: where the thread was in user
     /// space (the registers saved at kernel entry when sampled in the kernel).
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the record was taken.
+    pub time_ns: u64,
     /// The thread's name, NUL-padded.
     pub comm: [u8; COMM_LEN],
-    /// Negative errno when the kernel stack could not be read, else 0.
-    pub kernel_error: i32,
-    /// Non-zero when the user registers could not be read (no user stack).
-    pub no_user: u32,
+}
+
+/// A thread that was switched out runs again ([`RecordKind::Woke`]).
+///
+/// 4 × u32, 2 × u64: 32 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WakeRecord {
+    /// [`RecordKind::Woke`].
+    pub kind: u32,
+    pub tid: u32,
+    pub tgid: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// When it was switched out: the `time_ns` of its [`RecordKind::Blocked`] record.
+    pub start_ns: u64,
+    /// When it was switched back in.
+    pub end_ns: u64,
 }
 
 /// One sample for userspace unwinding, as written to the `STACK_COPIES` ring
@@ -258,6 +399,8 @@ mod pod {
     unsafe impl aya::Pod for super::SamplerConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::StackCopyHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TaskOffsets {}
 }
 
 #[cfg(test)]
@@ -268,9 +411,10 @@ mod tests {
     #[test]
     fn wire_types_have_no_padding() {
         assert_eq!(core::mem::size_of::<SampleKey>(), 4 * 4 + COMM_LEN + 8);
-        assert_eq!(core::mem::size_of::<SamplerConfig>(), 7 * 4);
-        assert_eq!(core::mem::size_of::<StackCopyHeader>(), 64);
-        assert_eq!(StackCopy::STACK_OFFSET, 64 + 8 * MAX_STACK_DEPTH);
+        assert_eq!(core::mem::size_of::<SamplerConfig>(), 10 * 4 + 6 * 4);
+        assert_eq!(core::mem::size_of::<StackCopyHeader>(), 88);
+        assert_eq!(core::mem::size_of::<WakeRecord>(), 32);
+        assert_eq!(StackCopy::STACK_OFFSET, 88 + 8 * MAX_STACK_DEPTH);
         assert_eq!(
             core::mem::size_of::<StackCopy>(),
             StackCopy::STACK_OFFSET + MAX_STACK_COPY + STACK_COPY_SLACK

@@ -10,28 +10,36 @@
 //!   which works for code built without frame pointers.
 //!
 //! Kernel stacks always come from the kernel's unwinder (ORC).
+//!
+//! Two more programs share the maps and the record format:
+//! - `track_switch` on `sched_switch` (`--mode off-cpu` and `wall`): a target
+//!   thread's stacks as it is switched out, and when it runs again;
+//! - `dump_threads`, a sleepable task iterator (`tripod-bpf dump`): every
+//!   thread of a process, running or blocked, without stopping it.
 #![no_std]
 #![no_main]
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{pt_regs, BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{pt_regs, seq_file, task_struct, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_get_stack, bpf_probe_read_user,
-            bpf_task_pt_regs,
+            bpf_copy_from_user_task, bpf_get_current_task_btf, bpf_get_smp_processor_id,
+            bpf_get_stack, bpf_get_task_stack, bpf_ktime_get_ns, bpf_probe_read_user,
+            bpf_seq_write, bpf_task_pt_regs,
         },
     },
-    macros::{map, perf_event},
+    macros::{btf_tracepoint, map, perf_event},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{tracing::StackIdContext, PerfEventContext},
+    programs::{tracing::StackIdContext, BtfTracePointContext, PerfEventContext},
     EbpfContext,
 };
 use tripod_common::{
-    Counter, SampleKey, SamplerConfig, StackCopy, CONTROL_GENERATION, CONTROL_LEN,
-    DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_STORAGE_SIZE, MAX_STACK_COPY,
+    Counter, RecordKind, SampleKey, SamplerConfig, ScratchSlot, StackCopy, WakeRecord,
+    CONTROL_GENERATION, CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE,
+    DEFAULT_STACK_STORAGE_SIZE, MAX_BLOCKED_THREADS, MAX_DUMP_STACK_COPY, MAX_STACK_COPY,
     MAX_STACK_DEPTH, MAX_TARGETS, STACK_NOT_COLLECTED,
 };
 
@@ -63,11 +71,16 @@ static STACKS_1: StackTrace = StackTrace::with_max_entries(DEFAULT_STACK_STORAGE
 #[map]
 static STACK_COPIES: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BUFFER_SIZE, 0);
 
-/// Where a [`StackCopy`] is assembled, one slot per CPU: it is too big for the
-/// 512-byte BPF stack, and per-CPU map values are capped at 32 KiB. The loader
-/// sets the number of slots to the number of possible CPUs.
+/// Where a [`StackCopy`] is assembled: it is too big for the 512-byte BPF
+/// stack, and per-CPU map values are capped at 32 KiB. Slots are handed out
+/// by [`ScratchSlot`]; the loader sizes the map from the number of CPUs.
 #[map]
 static SCRATCH: Array<StackCopy> = Array::with_max_entries(1, 0);
+
+/// When each target thread that `track_switch` saw switched out stopped
+/// running, by tid. Removed when it runs again.
+#[map]
+static BLOCKED_SINCE: HashMap<u32, u64> = HashMap::with_max_entries(MAX_BLOCKED_THREADS, 0);
 
 #[perf_event]
 pub fn sample_stack(ctx: PerfEventContext) -> u32 {
@@ -77,28 +90,48 @@ pub fn sample_stack(ctx: PerfEventContext) -> u32 {
     }
 }
 
-fn try_sample_stack(ctx: &PerfEventContext) -> Result<u32, u32> {
+#[inline(always)]
+fn config() -> SamplerConfig {
     // SAFETY: a global the loader wrote before load; volatile so the
     // compiler does not fold in the zeroed default.
-    let config = unsafe { core::ptr::read_volatile(&CONFIG) };
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+/// Whether threads of process `tgid` are sampled (`tid` 0 is the idle task).
+#[inline(always)]
+fn is_target(config: &SamplerConfig, tgid: u32, tid: u32) -> bool {
+    if tgid == config.self_tgid {
+        return false;
+    }
+    if tid == 0 {
+        return config.include_idle != 0;
+    }
+    config.all_processes != 0 || TARGETS.get_ptr(tgid).is_some()
+}
+
+fn try_sample_stack(ctx: &PerfEventContext) -> Result<u32, u32> {
+    let config = config();
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
-
-    if tgid == config.self_tgid {
-        return Ok(0);
-    }
-    if tid == 0 {
-        if config.include_idle == 0 {
-            return Ok(0);
-        }
-    } else if config.all_processes == 0 && TARGETS.get_ptr(tgid).is_none() {
+    if !is_target(&config, tgid, tid) {
         return Ok(0);
     }
     bump(Counter::Samples);
 
     if config.copy_user_stack != 0 {
-        copy_stacks(ctx, &config, tgid, tid);
+        // SAFETY: no preconditions.
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        if let Some(copy) = current_thread_copy(
+            ctx.as_ptr(),
+            &config,
+            ScratchSlot::sample(cpu),
+            RecordKind::Sample,
+            tgid,
+            tid,
+        ) {
+            send(copy);
+        }
         return Ok(0);
     }
 
@@ -152,40 +185,90 @@ fn record(
 /// Page size on x86_64; user stacks end on a page boundary.
 const PAGE: u64 = 4096;
 
-/// Sends the kernel stack, the user registers and the top of the user stack
-/// to userspace. Never waits: a full ring buffer drops the sample and counts it.
+/// Assembles a [`StackCopy`] of the current thread in its scratch slot: the
+/// kernel stack as `ctx` sees it, the user registers and the top of the user
+/// stack (or, with `--unwind fp`, the user addresses the kernel walks).
 #[inline(always)]
-fn copy_stacks(ctx: &PerfEventContext, config: &SamplerConfig, tgid: u32, tid: u32) {
-    // SAFETY: no preconditions.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(copy) = SCRATCH.get_ptr_mut(cpu) else {
-        return;
-    };
-    // SAFETY: this CPU's slot; perf-event programs neither migrate nor nest on a CPU.
+fn current_thread_copy(
+    ctx: *mut c_void,
+    config: &SamplerConfig,
+    slot: u32,
+    kind: RecordKind,
+    tgid: u32,
+    tid: u32,
+) -> Option<&'static mut StackCopy> {
+    let copy = SCRATCH.get_ptr_mut(slot)?;
+    // SAFETY: a slot no other running program uses (see `ScratchSlot`).
     let copy = unsafe { &mut *copy };
     let header = &mut copy.header;
+    header.kind = kind as u32;
     header.tgid = tgid;
     header.tid = tid;
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     header.kernel_frames = 0;
     header.kernel_error = 0;
     header.stack_len = 0;
+    header.user_frames = 0;
+    header.state = 0;
+    header.syscall = -1;
+    // SAFETY: no preconditions.
+    header.time_ns = unsafe { bpf_ktime_get_ns() };
 
     if config.collect_kernel != 0 {
         let size = (8 * MAX_STACK_DEPTH) as u32;
         // SAFETY: the buffer is `size` bytes of map memory.
-        let read = unsafe { bpf_get_stack(ctx.as_ptr(), copy.kernel.as_mut_ptr().cast(), size, 0) };
-        if read >= 0 {
-            copy.header.kernel_frames = (read as u32) / 8;
-        } else {
-            copy.header.kernel_error = read as i32;
-        }
+        let read = unsafe { bpf_get_stack(ctx, copy.kernel.as_mut_ptr().cast(), size, 0) };
+        set_kernel_frames(copy, read);
     }
 
     // The registers saved at kernel entry are the user registers, whether the
     // sample interrupted user code or a system call. Kernel threads have none.
     // SAFETY: helpers called with the current task, which is always valid.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    set_user_regs(copy, config, regs);
+    if copy.header.no_user != 0 {
+        return Some(copy);
+    }
+    if config.copy_user_stack == 0 {
+        // Frame pointers, walked by the kernel, into the stack area.
+        let size = (8 * MAX_STACK_DEPTH) as u32;
+        // SAFETY: the stack area is far larger than `size` bytes.
+        let read = unsafe {
+            bpf_get_stack(
+                ctx,
+                copy.stack.as_mut_ptr().cast(),
+                size,
+                BPF_F_USER_STACK as u64,
+            )
+        };
+        if read > 0 {
+            copy.header.user_frames = (read as u32) / 8;
+            copy.header.stack_len = read as u32 & !7;
+        } else {
+            copy.header.no_user = 1;
+        }
+        return Some(copy);
+    }
+    let sp = copy.header.sp;
+    copy.header.stack_len = copy_user_stack(copy, sp, config.stack_copy_bytes, |dst, len, src| {
+        // SAFETY: `dst` has `len` bytes (see `copy_user_stack`); user memory may fault.
+        unsafe { bpf_probe_read_user(dst, len, src) }
+    });
+    Some(copy)
+}
+
+#[inline(always)]
+fn set_kernel_frames(copy: &mut StackCopy, read: i64) {
+    if read >= 0 {
+        copy.header.kernel_frames = (read as u32) / 8;
+    } else {
+        copy.header.kernel_error = read as i32;
+    }
+}
+
+/// Copies ip, sp and bp from `regs`, or marks the record as having no user stack.
+#[inline(always)]
+fn set_user_regs(copy: &mut StackCopy, config: &SamplerConfig, regs: *const pt_regs) {
     // SAFETY: probe reads of kernel memory; failures leave zeros.
     let (ip, sp, bp) = unsafe {
         (
@@ -198,34 +281,49 @@ fn copy_stacks(ctx: &PerfEventContext, config: &SamplerConfig, tgid: u32, tid: u
     copy.header.sp = sp;
     copy.header.bp = bp;
     copy.header.no_user = u32::from(config.collect_user == 0 || ip == 0 || sp == 0);
-    if copy.header.no_user == 0 {
-        copy.header.stack_len = copy_user_stack(copy, sp, config.stack_copy_bytes);
-    } else if config.collect_user != 0 {
+    if copy.header.no_user != 0 && config.collect_user != 0 {
         bump(Counter::UserRegsMissing);
     }
+}
 
+/// The record as sent: the header, the kernel stack, then only the valid
+/// bytes of the user stack.
+#[inline(always)]
+fn record_bytes(copy: &StackCopy) -> &[u8] {
     let mut len = copy.header.stack_len as usize;
     if len > MAX_STACK_COPY {
         len = MAX_STACK_COPY;
     }
-    // SAFETY: the record is a prefix of the scratch slot, which is `size_of::<StackCopy>()` bytes.
-    let record = unsafe {
+    // SAFETY: a prefix of the scratch slot, which is `size_of::<StackCopy>()` bytes.
+    unsafe {
         core::slice::from_raw_parts(
             (copy as *const StackCopy).cast::<u8>(),
             StackCopy::STACK_OFFSET + len,
         )
-    };
-    if STACK_COPIES.output::<[u8]>(record, 0).is_err() {
-        bump(Counter::RingBufferFull);
     }
 }
 
-/// Copies up to `wanted` bytes of user stack from `sp` upwards, stopping at
-/// the first page that cannot be read (the end of the stack). Reads go page by
-/// page so the bytes just below the stack's end are never lost to a read that
-/// crosses it. Returns the bytes copied.
+/// Sends a record to userspace. Never waits: a full ring buffer drops it and counts it.
 #[inline(always)]
-fn copy_user_stack(copy: &mut StackCopy, sp: u64, wanted: u32) -> u32 {
+fn send(copy: &StackCopy) -> bool {
+    let sent = STACK_COPIES.output::<[u8]>(record_bytes(copy), 0).is_ok();
+    if !sent {
+        bump(Counter::RingBufferFull);
+    }
+    sent
+}
+
+/// Copies up to `wanted` bytes of user stack from `sp` upwards with `read`,
+/// stopping at the first page that cannot be read (the end of the stack).
+/// Reads go page by page so the bytes just below the stack's end are never
+/// lost to a read that crosses it. Returns the bytes copied.
+#[inline(always)]
+fn copy_user_stack(
+    copy: &mut StackCopy,
+    sp: u64,
+    wanted: u32,
+    read: impl Fn(*mut c_void, u32, *const c_void) -> i64,
+) -> u32 {
     let limit = if wanted as usize > MAX_STACK_COPY {
         MAX_STACK_COPY as u32
     } else {
@@ -250,20 +348,203 @@ fn copy_user_stack(copy: &mut StackCopy, sp: u64, wanted: u32) -> u32 {
         // `stack` covers offset + chunk.
         let offset = copied as usize & (MAX_STACK_COPY - 1);
         // SAFETY: `base + offset .. + chunk` is inside `copy.stack` (see above).
-        let read = unsafe {
-            bpf_probe_read_user(
-                base.add(offset).cast::<c_void>(),
-                chunk,
-                (sp + copied as u64) as *const c_void,
-            )
-        };
-        if read != 0 {
+        let dst = unsafe { base.add(offset) };
+        if read(dst.cast(), chunk, (sp + copied as u64) as *const c_void) != 0 {
             break;
         }
         copied += chunk;
         chunk = PAGE as u32;
     }
     copied
+}
+
+/// `sched_switch(preempt, prev, next, prev_state)`, in the context of `prev`.
+///
+/// A target thread leaving the CPU gets its stacks sent as a
+/// [`RecordKind::Blocked`] record and its time noted; when it is switched back
+/// in, a [`RecordKind::Woke`] record says for how long it was away. Userspace
+/// pairs the two: the unwinding (and its cost) happens once per wait.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn track_switch(ctx: BtfTracePointContext) -> i32 {
+    let config = config();
+    if config.track_switches == 0 {
+        return 0;
+    }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    switched_in(&ctx, &config, now);
+    switched_out(&ctx, &config, now);
+    0
+}
+
+/// Task states in which a thread is leaving for good, not waiting.
+const EXITING: u32 = 0x10 | 0x20 | 0x80; // EXIT_DEAD | EXIT_ZOMBIE | TASK_DEAD
+
+#[inline(always)]
+fn switched_out(ctx: &BtfTracePointContext, config: &SamplerConfig, now: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    if tid == 0 || !is_target(config, tgid, tid) {
+        return;
+    }
+    let preempted: u64 = ctx.arg(0);
+    let prev_state: u32 = ctx.arg(3);
+    if prev_state & EXITING != 0 {
+        return;
+    }
+    // SAFETY: no preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let slot = ScratchSlot::switch(cpu, config.possible_cpus);
+    let Some(copy) =
+        current_thread_copy(ctx.as_ptr(), config, slot, RecordKind::Blocked, tgid, tid)
+    else {
+        return;
+    };
+    // Preempted threads are runnable whatever `__state` says.
+    copy.header.state = if preempted != 0 { 0 } else { prev_state };
+    copy.header.time_ns = now;
+    // Only a wait whose stacks were sent is timed, so every `Woke` has its `Blocked`.
+    if send(copy) && BLOCKED_SINCE.insert(&tid, &now, 0).is_err() {
+        bump(Counter::CountMapFull);
+    }
+}
+
+#[inline(always)]
+fn switched_in(ctx: &BtfTracePointContext, config: &SamplerConfig, now: u64) {
+    let next: u64 = ctx.arg(2);
+    let Some(tid) = read_task_field::<u32>(next, config.task_offsets.pid) else {
+        return;
+    };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(&start) = (unsafe { BLOCKED_SINCE.get(&tid) }) else {
+        return;
+    };
+    let _ = BLOCKED_SINCE.remove(&tid);
+    if now.saturating_sub(start) < config.min_block_us as u64 * 1000 {
+        return;
+    }
+    let record = WakeRecord {
+        kind: RecordKind::Woke as u32,
+        tid,
+        tgid: read_task_field::<u32>(next, config.task_offsets.tgid).unwrap_or(0),
+        _reserved: 0,
+        start_ns: start,
+        end_ns: now,
+    };
+    if STACK_COPIES.output::<WakeRecord>(&record, 0).is_err() {
+        bump(Counter::RingBufferFull);
+    }
+}
+
+/// Reads a field of a `task_struct` at an offset found in the kernel's BTF.
+#[inline(always)]
+fn read_task_field<T>(task: u64, offset: u32) -> Option<T> {
+    if task == 0 || offset == 0 {
+        return None;
+    }
+    // SAFETY: a probe read; a bad address fails cleanly.
+    unsafe { bpf_probe_read_kernel((task + offset as u64) as *const T).ok() }
+}
+
+/// `struct bpf_iter_meta`.
+#[repr(C)]
+struct IterMeta {
+    seq: *mut seq_file,
+    session_id: u64,
+    seq_num: u64,
+}
+
+/// `struct bpf_iter__task`: the context of a task iterator.
+#[repr(C)]
+struct IterTask {
+    meta: *mut IterMeta,
+    /// NULL once, after the last task.
+    task: *mut task_struct,
+}
+
+/// A sleepable task iterator: one [`RecordKind::Snapshot`] record per thread
+/// of the target processes, written to the iterator's output. Threads are not
+/// stopped: each one's kernel stack, saved user registers and the top of its
+/// user stack are read as they are (sleepable, so the user stack may be paged in).
+#[no_mangle]
+#[link_section = "iter.s/task"]
+pub fn dump_threads(ctx: *mut c_void) -> i32 {
+    // SAFETY: the kernel passes a `bpf_iter__task`.
+    let ctx = unsafe { &*(ctx as *const IterTask) };
+    let task = ctx.task;
+    if task.is_null() {
+        return 0;
+    }
+    let config = config();
+    let offsets = &config.task_offsets;
+    let address = task as u64;
+    let (Some(tid), Some(tgid)) = (
+        read_task_field::<u32>(address, offsets.pid),
+        read_task_field::<u32>(address, offsets.tgid),
+    ) else {
+        return 0;
+    };
+    if tid == 0 || !is_target(&config, tgid, tid) {
+        return 0;
+    }
+    let Some(copy) = SCRATCH.get_ptr_mut(ScratchSlot::iterator(config.possible_cpus)) else {
+        return 0;
+    };
+    // SAFETY: the iterator's own slot; one iteration runs at a time.
+    let copy = unsafe { &mut *copy };
+    let header = &mut copy.header;
+    header.kind = RecordKind::Snapshot as u32;
+    header.tgid = tgid;
+    header.tid = tid;
+    header.comm = read_task_field(address, offsets.comm).unwrap_or([0; 16]);
+    header.state = read_task_field(address, offsets.state).unwrap_or(0);
+    header.kernel_frames = 0;
+    header.kernel_error = 0;
+    header.stack_len = 0;
+    header.user_frames = 0;
+    header.syscall = -1;
+    // SAFETY: no preconditions.
+    header.time_ns = unsafe { bpf_ktime_get_ns() };
+    let on_cpu = read_task_field::<i32>(address, offsets.on_cpu).unwrap_or(0) != 0;
+
+    // A thread on a CPU has no saved kernel stack to read, and the registers
+    // saved at its last kernel entry are only a recent guess.
+    if on_cpu {
+        copy.header.kernel_error = -16; // EBUSY
+    } else if config.collect_kernel != 0 {
+        let size = (8 * MAX_STACK_DEPTH) as u32;
+        // SAFETY: the buffer is `size` bytes of map memory; `task` is a valid task.
+        let read = unsafe { bpf_get_task_stack(task, copy.kernel.as_mut_ptr().cast(), size, 0) };
+        set_kernel_frames(copy, read);
+    }
+    // SAFETY: `task` is valid for the duration of this call.
+    let regs = unsafe { bpf_task_pt_regs(task) } as *const pt_regs;
+    if !on_cpu {
+        // SAFETY: a probe read of kernel memory.
+        let syscall = unsafe { bpf_probe_read_kernel(&(*regs).orig_rax) }.unwrap_or(-1i64 as u64);
+        copy.header.syscall = syscall as i64 as i32;
+    }
+    set_user_regs(copy, &config, regs);
+    if copy.header.no_user == 0 {
+        let wanted = if config.stack_copy_bytes > MAX_DUMP_STACK_COPY {
+            MAX_DUMP_STACK_COPY
+        } else {
+            config.stack_copy_bytes
+        };
+        let sp = copy.header.sp;
+        copy.header.stack_len = copy_user_stack(copy, sp, wanted, |dst, len, src| {
+            // SAFETY: `dst` has `len` bytes; the task's memory is read through its mm.
+            unsafe { bpf_copy_from_user_task(dst, len, src, task, 0) }
+        });
+    }
+    let record = record_bytes(copy);
+    // SAFETY: the iterator's seq_file, and a record of `len` bytes.
+    unsafe {
+        let seq = (*ctx.meta).seq;
+        bpf_seq_write(seq, record.as_ptr().cast(), record.len() as u32);
+    }
+    0
 }
 
 #[inline(always)]

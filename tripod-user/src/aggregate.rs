@@ -13,6 +13,7 @@ use std::{
 use crate::{
     report::{Frame, EXITED_PID},
     stack::RawFrame,
+    task::TaskState,
 };
 
 /// Index of a distinct stack in a [`StackTable`].
@@ -102,12 +103,14 @@ impl StackTable {
     }
 }
 
-/// Where a count belongs: one thread, one stack.
+/// Where a count belongs: one thread, one stack, in one state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ThreadStack {
     pub tgid: u32,
     pub tid: u32,
     pub stack: StackId,
+    /// Running for on-CPU samples; the state a thread waited in otherwise.
+    pub state: TaskState,
 }
 
 /// A merged stack of exited processes: their name, and frames without addresses.
@@ -136,24 +139,35 @@ impl Aggregator {
         Self::default()
     }
 
-    /// Counts `count` samples of `raw` on thread `tid`; returns the stack id
-    /// and whether the stack is new (and so needs symbolizing).
+    /// Counts `count` of `raw` on thread `tid` in `state`; returns the stack
+    /// id and whether the stack is new (and so needs symbolizing).
     pub fn add(
         &mut self,
         tgid: u32,
         tid: u32,
         thread_name: &str,
         raw: &[RawFrame],
+        state: TaskState,
         count: u64,
     ) -> (StackId, bool) {
         let (stack, new) = self.stacks.intern(tgid, raw);
-        let key = ThreadStack { tgid, tid, stack };
+        let key = ThreadStack {
+            tgid,
+            tid,
+            stack,
+            state,
+        };
+        self.count(key, thread_name, count);
+        (stack, new)
+    }
+
+    /// Counts `count` for a stack interned already.
+    pub fn count(&mut self, key: ThreadStack, thread_name: &str, count: u64) {
         *self.interval.entry(key).or_default() += count;
         *self.run.entry(key).or_default() += count;
-        if self.thread_names.get(&tid).map(String::as_str) != Some(thread_name) {
-            self.thread_names.insert(tid, thread_name.to_string());
+        if self.thread_names.get(&key.tid).map(String::as_str) != Some(thread_name) {
+            self.thread_names.insert(key.tid, thread_name.to_string());
         }
-        (stack, new)
     }
 
     /// The counts since the last call, leaving the interval empty.
@@ -219,6 +233,7 @@ impl Aggregator {
                     tgid: EXITED_PID,
                     tid: EXITED_PID,
                     stack: merged,
+                    state: key.state,
                 };
                 *counts.entry(merged_key).or_default() += count;
             }
@@ -263,6 +278,8 @@ mod tests {
     use super::*;
     use crate::stack::Space;
 
+    const RUNNING: TaskState = TaskState::Running;
+
     fn stack(addresses: &[u64]) -> Vec<RawFrame> {
         addresses
             .iter()
@@ -273,9 +290,9 @@ mod tests {
     #[test]
     fn identical_stacks_merge_and_processes_stay_apart() {
         let mut agg = Aggregator::new();
-        let (a, new_a) = agg.add(10, 11, "worker", &stack(&[1, 2, 3]), 5);
-        let (b, new_b) = agg.add(10, 12, "worker", &stack(&[1, 2, 3]), 2);
-        let (c, new_c) = agg.add(20, 20, "other", &stack(&[1, 2, 3]), 1);
+        let (a, new_a) = agg.add(10, 11, "worker", &stack(&[1, 2, 3]), RUNNING, 5);
+        let (b, new_b) = agg.add(10, 12, "worker", &stack(&[1, 2, 3]), RUNNING, 2);
+        let (c, new_c) = agg.add(20, 20, "other", &stack(&[1, 2, 3]), RUNNING, 1);
         assert!(new_a && !new_b && new_c);
         assert_eq!(a, b);
         assert_ne!(a, c);
@@ -286,7 +303,8 @@ mod tests {
             interval[&ThreadStack {
                 tgid: 10,
                 tid: 11,
-                stack: a
+                stack: a,
+                state: RUNNING,
             }],
             5
         );
@@ -294,18 +312,20 @@ mod tests {
             interval[&ThreadStack {
                 tgid: 10,
                 tid: 12,
-                stack: a
+                stack: a,
+                state: RUNNING,
             }],
             2
         );
         assert!(agg.take_interval().is_empty());
 
-        agg.add(10, 11, "worker", &stack(&[1, 2, 3]), 1);
+        agg.add(10, 11, "worker", &stack(&[1, 2, 3]), RUNNING, 1);
         assert_eq!(
             agg.run()[&ThreadStack {
                 tgid: 10,
                 tid: 11,
-                stack: a
+                stack: a,
+                state: RUNNING,
             }],
             6
         );
@@ -316,9 +336,9 @@ mod tests {
     fn exited_processes_merge_by_name_and_frames_and_free_their_stacks() {
         let mut agg = Aggregator::new();
         // Two runs of one program: the same code at different addresses (ASLR).
-        let (a, _) = agg.add(10, 10, "job", &stack(&[0x1000]), 3);
-        let (b, _) = agg.add(20, 20, "job", &stack(&[0x2000]), 4);
-        let (live, _) = agg.add(30, 30, "server", &stack(&[0x3000]), 5);
+        let (a, _) = agg.add(10, 10, "job", &stack(&[0x1000]), RUNNING, 3);
+        let (b, _) = agg.add(20, 20, "job", &stack(&[0x2000]), RUNNING, 4);
+        let (live, _) = agg.add(30, 30, "server", &stack(&[0x3000]), RUNNING, 5);
         let frame = |address| {
             Arc::new(Frame {
                 function: Some("work".into()),
@@ -350,7 +370,7 @@ mod tests {
         assert_eq!(agg.take_interval().values().sum::<u64>(), 12);
 
         // A new process may reuse a retired pid: it starts afresh, in a freed slot.
-        let (again, new) = agg.add(10, 10, "other", &stack(&[0x1000]), 1);
+        let (again, new) = agg.add(10, 10, "other", &stack(&[0x1000]), RUNNING, 1);
         assert!(new);
         assert!(agg.stacks.get(again).frames.is_none());
         assert_eq!(agg.stacks.len(), 3);

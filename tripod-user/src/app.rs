@@ -1,32 +1,28 @@
 //! One recording, start to finish: check, open the output, start the sampler,
 //! then drain -> aggregate -> symbolize -> report until told to stop.
 use std::{
-    collections::HashMap,
     ffi::OsString,
     os::{fd::OwnedFd, unix::process::ExitStatusExt},
     process::ExitStatus,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
-use chrono::{DateTime, Local};
 use tokio::{
     signal::unix::{signal, SignalKind},
     time::{interval, sleep, MissedTickBehavior},
 };
-use tripod_common::MAX_STACK_DEPTH;
 
 use crate::{
-    aggregate::{Aggregator, StackId},
-    config::{Config, Target},
+    annotate::Rules,
+    config::{Config, Mode, Target},
     output::{describe_completeness, Output},
+    pipeline::Pipeline,
     preflight,
     process::{self, ProcessTable},
-    report::{self, Losses, RunInfo},
-    resolve::Resolver,
-    sampler::{CopiedSample, Counters, Sampler, SamplerOptions},
-    stack::{self, Gap, RawSample, StackRead},
-    unwind::{Unwinder, UserRegs},
+    report::RunInfo,
+    sampler::{Sampler, SamplerOptions},
 };
 
 /// How often the kernel maps are drained. Short enough that most processes
@@ -38,16 +34,10 @@ const DRAIN_PERIOD: Duration = Duration::from_millis(500);
 /// an empty poll costs no system call.
 const COPY_POLL_PERIOD: Duration = Duration::from_millis(50);
 
-/// How often processes not sampled since the previous check are checked, and
-/// retired if they have exited (see `Pipeline::forget_exited`). Longer than a
-/// drain interval, so no samples of them are still on their way; short,
-/// because on a machine that starts thousands of processes a second, memory
-/// grows with this window.
-const FORGET_AFTER: Duration = Duration::from_secs(2);
-
 /// Records as configured; returns the exit status for the process.
 pub async fn run(config: Config) -> Result<u8> {
     preflight::check(&config)?;
+    let rules = Arc::new(load_rules(config.rules.as_deref())?);
     let mut output = Output::open(&config.output, config.format)?;
 
     let options = SamplerOptions {
@@ -64,13 +54,20 @@ pub async fn run(config: Config) -> Result<u8> {
         copy_user_stack: config.unwind.copies_stacks(),
         stack_copy_bytes: config.stack_copy_bytes,
         ring_buffer_size: config.ring_buffer_size,
+        sample_on_cpu: config.mode.samples_on_cpu(),
+        track_switches: config.mode.tracks_switches(),
+        min_block_us: match config.mode {
+            Mode::OffCpu => config.min_block_us,
+            // Wall-clock counts every tick a thread waits, however short the wait.
+            _ => 0,
+        },
     };
     let mut sampler = Sampler::start(&options).map_err(|e| {
         preflight::explain_refusal(&e)
             .map(anyhow::Error::from)
             .unwrap_or(e)
     })?;
-    if let Some(reason) = sampler.fallback_reason() {
+    if let (Some(reason), true) = (sampler.fallback_reason(), config.mode.samples_on_cpu()) {
         log::debug!("hardware cycles event: {reason}");
         eprintln!(
             "[tripod] No hardware cycles event here (no PMU); using the software cpu-clock event"
@@ -100,6 +97,7 @@ pub async fn run(config: Config) -> Result<u8> {
 
     let run_info = RunInfo {
         target: describe_target(&config.target, child.as_ref().map(|c| c.pid)),
+        mode: config.mode,
         frequency: config.frequency,
         event: sampler.event().name().to_string(),
         per_thread: config.per_thread,
@@ -112,18 +110,37 @@ pub async fn run(config: Config) -> Result<u8> {
         .interval
         .map(|i| format!(", reporting every {} s", i.as_secs_f64()))
         .unwrap_or_default();
+    let how = match config.mode {
+        Mode::Cpu => format!("Sampling at {} Hz ({}", config.frequency, run_info.event),
+        Mode::Wall => format!(
+            "Sampling wall-clock time at {} Hz ({} and context switches",
+            config.frequency, run_info.event
+        ),
+        Mode::OffCpu => format!(
+            "Sampling off-CPU time (context switches, waits of {} µs or more",
+            config.min_block_us
+        ),
+    };
     eprintln!(
-        "[tripod] Sampling at {} Hz ({}, {} unwinding){every}: {}. Press Ctrl-C to stop.",
-        config.frequency, run_info.event, run_info.unwind, run_info.target
+        "[tripod] {how}, {} unwinding){every}: {}. Press Ctrl-C to stop.",
+        run_info.unwind, run_info.target
     );
+    if config.mode == Mode::OffCpu && config.format == crate::config::OutputFormat::Folded {
+        eprintln!("[tripod] Folded counts are microseconds off-CPU, not samples");
+    }
     eprintln!("[tripod] Writing output to: {}", output.name);
 
     let mut pipeline = Pipeline::new(
         run_info,
+        rules,
         processes,
         config.stacks.user(),
         sampler.counters()?,
+        config.min_block_us,
     );
+    if config.mode.tracks_switches() {
+        seed_waits(&mut sampler, &mut pipeline)?;
+    }
     let stop = wait_for_stop(
         &config,
         &mut sampler,
@@ -133,7 +150,7 @@ pub async fn run(config: Config) -> Result<u8> {
     )
     .await?;
 
-    sampler.drain_copies(|copy| pipeline.ingest_copy(copy));
+    sampler.drain_copies(|record| pipeline.ingest_record(record));
     pipeline.ingest(sampler.drain()?);
     let counters = sampler.counters()?;
     if config.interval.is_none() || pipeline.has_unreported_samples() {
@@ -143,9 +160,9 @@ pub async fn run(config: Config) -> Result<u8> {
     output.summary(&summary)?;
 
     eprintln!(
-        "[tripod] {}: {} samples, {} distinct stacks, {} {} in {:.1} s; output in {}",
+        "[tripod] {}: {}, {} distinct stacks, {} {} in {:.1} s; output in {}",
         stop.describe(),
-        summary.samples,
+        summary.run.weight(summary.samples),
         summary.distinct_stacks,
         summary.processes,
         if summary.processes == 1 {
@@ -166,6 +183,32 @@ pub async fn run(config: Config) -> Result<u8> {
         Stop::CommandExited(status) => exit_code(status),
         _ => 0,
     })
+}
+
+/// The annotation rules: the user's file first, then the built-in ones.
+pub fn load_rules(path: Option<&std::path::Path>) -> Result<Rules> {
+    Ok(match path {
+        Some(path) => Rules::with_file(path)?,
+        None => Rules::builtin(),
+    })
+}
+
+/// Threads that were already waiting when tracking switches started are
+/// never seen switching out: take them from a snapshot, and have the kernel
+/// report when they run again.
+fn seed_waits(sampler: &mut Sampler, pipeline: &mut Pipeline) -> Result<()> {
+    let mut waiting = Vec::new();
+    sampler.snapshot(|thread| {
+        let (tid, since) = (thread.tid, thread.time_ns);
+        if pipeline.seed_wait(thread) {
+            waiting.push((tid, since));
+        }
+    })?;
+    for (tid, since) in waiting {
+        sampler.mark_blocked(tid, since)?;
+    }
+    pipeline.locate_new_stacks();
+    Ok(())
 }
 
 /// Why recording ended.
@@ -224,7 +267,7 @@ async fn wait_for_stop(
                 return Ok(Stop::CommandExited(status.context("waiting for the command")?));
             }
             _ = tick.tick() => {
-                sampler.drain_copies(|copy| pipeline.ingest_copy(copy));
+                sampler.drain_copies(|record| pipeline.ingest_record(record));
                 if last_drain.elapsed() < DRAIN_PERIOD {
                     continue;
                 }
@@ -241,229 +284,6 @@ async fn wait_for_stop(
                 }
             }
         }
-    }
-}
-
-/// Samples on their way to reports: aggregated and symbolized as they arrive.
-struct Pipeline {
-    run: RunInfo,
-    aggregator: Aggregator,
-    processes: ProcessTable,
-    resolver: Resolver,
-    unwinder: Unwinder,
-    /// Collect user stacks at all (not `--kernel-only`).
-    collect_user: bool,
-    /// New stacks whose addresses are located at the next drain.
-    unlocated: Vec<StackId>,
-    /// The retirement check after which each process was last sampled: a
-    /// counter, so the per-sample path reads no clock.
-    last_seen: HashMap<u32, u64>,
-    forget_checks: u64,
-    last_forget_check: Instant,
-    run_start: DateTime<Local>,
-    run_counters: Counters,
-    interval_start: DateTime<Local>,
-    interval_counters: Counters,
-    unreported: u64,
-}
-
-impl Pipeline {
-    fn new(run: RunInfo, processes: ProcessTable, collect_user: bool, counters: Counters) -> Self {
-        let now = Local::now();
-        Pipeline {
-            run,
-            aggregator: Aggregator::new(),
-            processes,
-            resolver: Resolver::new(),
-            unwinder: Unwinder::new(),
-            collect_user,
-            unlocated: Vec::new(),
-            last_seen: HashMap::new(),
-            forget_checks: 0,
-            last_forget_check: Instant::now(),
-            run_start: now,
-            run_counters: counters,
-            interval_start: now,
-            interval_counters: counters,
-            unreported: 0,
-        }
-    }
-
-    /// Counts the samples the kernel counted, then locates the addresses of
-    /// every stack not seen before, now, while their processes are most likely
-    /// still alive. Symbols wait for the next report.
-    fn ingest(&mut self, samples: Vec<RawSample>) {
-        for sample in samples {
-            self.count(
-                sample.tgid,
-                sample.tid,
-                &sample.comm,
-                sample.kernel,
-                sample.user,
-                sample.count,
-            );
-        }
-        self.locate_new_stacks();
-        self.forget_exited();
-    }
-
-    /// Unwinds one copied user stack and counts the sample.
-    fn ingest_copy(&mut self, copy: CopiedSample<'_>) {
-        let user = match copy.user_regs {
-            Some((ip, sp, bp)) => {
-                let regs = UserRegs { ip, sp, bp };
-                StackRead::Unwound(self.unwinder.unwind(
-                    copy.tgid,
-                    regs,
-                    copy.stack,
-                    &mut self.processes,
-                ))
-            }
-            None if self.collect_user => StackRead::Missing(Gap::Failed(libc::EFAULT)),
-            None => StackRead::NotCollected,
-        };
-        self.count(copy.tgid, copy.tid, &copy.comm, copy.kernel, user, 1);
-    }
-
-    fn count(
-        &mut self,
-        tgid: u32,
-        tid: u32,
-        comm: &str,
-        kernel: StackRead,
-        user: StackRead,
-        count: u64,
-    ) {
-        let process = self.processes.observe(tgid, comm);
-        let user = match user {
-            // Kernel threads have no user stack; that is not a failure to show.
-            StackRead::Missing(Gap::Failed(libc::EFAULT)) if process.kernel_thread => {
-                StackRead::NotCollected
-            }
-            user => user,
-        };
-        let kernel = match kernel {
-            // Sampled in user mode: there is no kernel stack to read.
-            StackRead::Missing(Gap::Failed(libc::EFAULT)) => StackRead::NotCollected,
-            kernel => kernel,
-        };
-        let raw = stack::combine(&kernel, &user, MAX_STACK_DEPTH);
-        self.unreported += count;
-        self.last_seen.insert(tgid, self.forget_checks);
-        let (id, new) = self.aggregator.add(tgid, tid, comm, &raw, count);
-        if new {
-            self.unlocated.push(id);
-        }
-    }
-
-    /// Retires processes that went quiet and have exited: their stacks are
-    /// symbolized and merged by name, and everything kept per process is freed,
-    /// so memory does not grow with the number of processes a run has seen.
-    fn forget_exited(&mut self) {
-        if self.last_forget_check.elapsed() < FORGET_AFTER {
-            return;
-        }
-        self.last_forget_check = Instant::now();
-        // Sampled since the previous check: kept without looking at /proc.
-        let recent = self.forget_checks;
-        self.forget_checks += 1;
-        let mut exited = HashMap::new();
-        self.last_seen.retain(|&pid, seen| {
-            let keep = *seen == recent || process::is_alive(pid);
-            if !keep {
-                exited.insert(pid, String::new());
-            }
-            keep
-        });
-        if exited.is_empty() {
-            return;
-        }
-        // Names need the addresses, which retiring drops.
-        self.symbolize();
-        for (pid, name) in exited.iter_mut() {
-            if let Some(process) = self.processes.get(*pid) {
-                name.clone_from(&process.comm);
-            }
-            self.unwinder.forget(*pid);
-            self.processes.forget(*pid);
-        }
-        self.aggregator.retire(&exited);
-        self.resolver.forget(|pid| exited.contains_key(&pid));
-        log::debug!(
-            "retired {} exited processes; {}",
-            exited.len(),
-            self.sizes()
-        );
-    }
-
-    /// The sizes of what the pipeline keeps, for debug logs.
-    fn sizes(&self) -> String {
-        format!(
-            "{} stacks, {} counts, {} processes, {}",
-            self.aggregator.stacks.len(),
-            self.aggregator.run().len(),
-            self.processes.len(),
-            self.resolver.sizes()
-        )
-    }
-
-    fn locate_new_stacks(&mut self) {
-        if self.unlocated.is_empty() {
-            return;
-        }
-        self.resolver.locate(
-            &self.aggregator.stacks,
-            &self.unlocated,
-            &mut self.processes,
-        );
-        self.unlocated.clear();
-    }
-
-    /// Names every frame a report may show.
-    fn symbolize(&mut self) {
-        self.locate_new_stacks();
-        if !self.resolver.has_waiting() {
-            return;
-        }
-        let started = Instant::now();
-        self.resolver.symbolize(&mut self.aggregator.stacks);
-        log::debug!("symbolized new stacks in {:?}", started.elapsed());
-    }
-
-    fn has_unreported_samples(&self) -> bool {
-        self.unreported > 0
-    }
-
-    fn write_report(&mut self, output: &mut Output, counters: &Counters) -> Result<()> {
-        self.symbolize();
-        let now = Local::now();
-        let counts = self.aggregator.take_interval();
-        let losses = Losses::from_counters(&counters.since(&self.interval_counters));
-        let report = report::build_report(
-            &self.run,
-            &self.aggregator,
-            &self.processes,
-            &counts,
-            (self.interval_start, now),
-            losses,
-        );
-        output.report(&report).context("writing the report")?;
-        self.interval_start = now;
-        self.interval_counters = *counters;
-        self.unreported = 0;
-        Ok(())
-    }
-
-    fn summary(&mut self, counters: &Counters) -> report::Summary {
-        self.symbolize();
-        let losses = Losses::from_counters(&counters.since(&self.run_counters));
-        report::build_summary(
-            &self.run,
-            &self.aggregator,
-            &self.processes,
-            (self.run_start, Local::now()),
-            losses,
-        )
     }
 }
 

@@ -2,15 +2,16 @@
 //! into a plain [`Config`] and rejects combinations clap cannot express.
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tripod_common::{
     DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_COPY,
-    DEFAULT_STACK_STORAGE_SIZE, MAX_STACK_COPY,
+    DEFAULT_STACK_STORAGE_SIZE, MAX_DUMP_STACK_COPY, MAX_STACK_COPY,
 };
 
 use crate::{
     config::{
-        Config, OutputDest, OutputFormat, StackSelection, Target, UnwindMode, DEFAULT_FREQUENCY,
+        Command, Config, DumpConfig, Mode, OutputDest, OutputFormat, StackSelection, Target,
+        UnwindMode, DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US,
     },
     error::UsageError,
 };
@@ -20,13 +21,84 @@ Examples:
   sudo tripod-bpf --all -d 10                      whole machine for 10 s, log in $TMPDIR
   sudo tripod-bpf -p 4242 -i 5                     one process, a report every 5 s
   sudo tripod-bpf -p 4242 -f folded -o out.folded  then: flamegraph.pl out.folded > out.svg
-  sudo tripod-bpf -f json -o run.json -- ./myprog  start ./myprog and sample it until it exits";
+  sudo tripod-bpf -f json -o run.json -- ./myprog  start ./myprog and sample it until it exits
+  sudo tripod-bpf -p 4242 --mode off-cpu -d 10     where its threads wait, in microseconds
+  sudo tripod-bpf -p 4242 --mode wall --per-thread every thread, running or waiting
+  sudo tripod-bpf dump -p 4242                     every thread's stack now, grouped";
+
+const DUMP_EXAMPLES: &str = "\
+Examples:
+  sudo tripod-bpf dump -p 4242                     grouped stacks of every thread, to stdout
+  sudo tripod-bpf dump -p 4242 --json              the same as JSON
+  sudo tripod-bpf dump -p 4242 --every 5           append a dump to a log every 5 s (a watchdog)
+  sudo tripod-bpf dump -p 4242 --rules rules.toml  with your own annotation rules first";
 
 /// Sample kernel and user stacks with eBPF and write Tripod-style tracebacks,
 /// folded stacks or JSON.
 #[derive(Debug, Parser)]
-#[command(name = "tripod-bpf", version, after_help = EXAMPLES, allow_negative_numbers = true)]
+#[command(
+    name = "tripod-bpf",
+    version,
+    after_help = EXAMPLES,
+    allow_negative_numbers = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    subcommand: Option<Subcommands>,
+
+    #[command(flatten)]
+    record: RecordArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Subcommands {
+    /// Print the stack of every thread of a process, grouped by stack, without stopping it.
+    #[command(after_help = DUMP_EXAMPLES)]
+    Dump(DumpArgs),
+}
+
+#[derive(Debug, Args)]
+struct DumpArgs {
+    /// The process to dump.
+    #[arg(short, long, value_name = "PID")]
+    pid: u32,
+
+    /// Write JSON (the same as --format json).
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+
+    /// Output format: `log` groups threads by stack as text; `folded` counts threads per stack.
+    #[arg(short, long, value_enum, default_value_t = FormatArg::Log)]
+    format: FormatArg,
+
+    /// Append a dump every SECS seconds until Ctrl-C or the process exits.
+    #[arg(short, long, value_name = "SECS")]
+    every: Option<f64>,
+
+    /// Write to PATH (`-` for stdout) [default: stdout; with --every, a new tripod_XXXXXX.log in $TMPDIR].
+    #[arg(short, long, value_name = "PATH", env = "TRIPOD_OUTPUT")]
+    output: Option<PathBuf>,
+
+    /// Annotation rules (TOML) tried before the built-in ones; see README.md.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
+
+    /// Read only user-space stacks.
+    #[arg(long, conflicts_with = "kernel_only")]
+    user_only: bool,
+
+    /// Read only kernel stacks.
+    #[arg(long)]
+    kernel_only: bool,
+
+    /// Bytes of user stack read per thread (at most 24576). Deeper stacks end in [truncated].
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_STACK_COPY)]
+    stack_copy_bytes: u32,
+}
+
+#[derive(Debug, Args)]
+struct RecordArgs {
     /// Sample these processes (all their threads); comma-separated or repeated.
     #[arg(short, long, value_name = "PID", value_delimiter = ',')]
     pid: Vec<u32>,
@@ -54,6 +126,20 @@ struct Cli {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = FormatArg::Log)]
     format: FormatArg,
+
+    /// What to measure: `cpu` samples threads on CPUs; `off-cpu` counts the microseconds
+    /// threads spend switched out, by the stack they wait in; `wall` samples every thread at
+    /// the frequency, running or waiting.
+    #[arg(short, long, value_enum, default_value_t = ModeArg::Cpu)]
+    mode: ModeArg,
+
+    /// With --mode off-cpu: ignore waits shorter than this many microseconds.
+    #[arg(long, value_name = "US", default_value_t = DEFAULT_MIN_BLOCK_US)]
+    min_block_us: u32,
+
+    /// Annotation rules (TOML) tried before the built-in ones; see README.md.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
 
     /// Keep each thread's stacks apart instead of merging them per process.
     #[arg(long)]
@@ -110,6 +196,13 @@ enum UnwindArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModeArg {
+    Cpu,
+    OffCpu,
+    Wall,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum FormatArg {
     Log,
     Folded,
@@ -120,16 +213,91 @@ enum FormatArg {
 ///
 /// `Err(Ok(clap_error))` is for clap to print (help, version, syntax errors);
 /// `Err(Err(usage))` is a combination clap accepted but tripod-bpf does not.
-pub fn parse_args<I, T>(args: I) -> Result<Config, Result<clap::Error, UsageError>>
+pub fn parse_args<I, T>(args: I) -> Result<Command, Result<clap::Error, UsageError>>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
     let cli = Cli::try_parse_from(args).map_err(Ok)?;
-    cli.into_config().map_err(Err)
+    match cli.subcommand {
+        Some(Subcommands::Dump(dump)) => dump.into_config().map(Command::Dump),
+        None => cli.record.into_config().map(Command::Record),
+    }
+    .map_err(Err)
 }
 
-impl Cli {
+impl FormatArg {
+    fn format(self) -> OutputFormat {
+        match self {
+            FormatArg::Log => OutputFormat::Log,
+            FormatArg::Folded => OutputFormat::Folded,
+            FormatArg::Json => OutputFormat::Json,
+        }
+    }
+}
+
+fn stack_selection(user_only: bool, kernel_only: bool) -> StackSelection {
+    match (user_only, kernel_only) {
+        (true, _) => StackSelection::UserOnly,
+        (_, true) => StackSelection::KernelOnly,
+        _ => StackSelection::Both,
+    }
+}
+
+fn positive_seconds(value: Option<f64>, flag: &str) -> Result<Option<Duration>, UsageError> {
+    match value {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(UsageError::new(format!(
+            "{flag} must be a positive number of seconds, got {s}"
+        ))),
+    }
+}
+
+fn output_dest(path: Option<PathBuf>, default: OutputDest) -> OutputDest {
+    match path {
+        None => default,
+        Some(path) if path.as_os_str() == "-" => OutputDest::Stdout,
+        Some(path) => OutputDest::File(path),
+    }
+}
+
+impl DumpArgs {
+    fn into_config(self) -> Result<DumpConfig, UsageError> {
+        if self.pid == 0 {
+            return Err(UsageError::new(
+                "pid 0 is the idle task, not a process; pass the pid of a running process",
+            ));
+        }
+        if self.stack_copy_bytes == 0 || self.stack_copy_bytes > MAX_DUMP_STACK_COPY {
+            return Err(UsageError::new(format!(
+                "--stack-copy-bytes must be between 1 and {MAX_DUMP_STACK_COPY} for a dump, got {}",
+                self.stack_copy_bytes
+            )));
+        }
+        let every = positive_seconds(self.every, "--every")?;
+        let default_output = if every.is_some() {
+            OutputDest::TempFile
+        } else {
+            OutputDest::Stdout
+        };
+        Ok(DumpConfig {
+            pid: self.pid,
+            format: if self.json {
+                OutputFormat::Json
+            } else {
+                self.format.format()
+            },
+            output: output_dest(self.output, default_output),
+            every,
+            rules: self.rules,
+            stacks: stack_selection(self.user_only, self.kernel_only),
+            stack_copy_bytes: self.stack_copy_bytes,
+        })
+    }
+}
+
+impl RecordArgs {
     fn into_config(self) -> Result<Config, UsageError> {
         let target = match (self.pid.is_empty(), self.all, self.command.is_empty()) {
             (false, false, true) => Target::Pids(self.pid),
@@ -151,15 +319,8 @@ impl Cli {
                 "frequency must be at least 1 Hz; pass -F 99 for example",
             ));
         }
-        let seconds = |value: Option<f64>, flag: &str| match value {
-            None => Ok(None),
-            Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
-            Some(s) => Err(UsageError::new(format!(
-                "{flag} must be a positive number of seconds, got {s}"
-            ))),
-        };
-        let duration = seconds(self.duration, "--duration")?;
-        let interval = seconds(self.interval, "--interval")?;
+        let duration = positive_seconds(self.duration, "--duration")?;
+        let interval = positive_seconds(self.interval, "--interval")?;
         for (value, flag) in [
             (self.stack_storage_size, "--stack-storage-size"),
             (self.count_map_size, "--count-map-size"),
@@ -185,27 +346,28 @@ impl Cli {
                     self.ring_buffer_size
                 ))
             })?;
-        let output = match self.output {
-            None => OutputDest::TempFile,
-            Some(path) if path.as_os_str() == "-" => OutputDest::Stdout,
-            Some(path) => OutputDest::File(path),
+        let output = output_dest(self.output, OutputDest::TempFile);
+        let stacks = stack_selection(self.user_only, self.kernel_only);
+        let mode = match self.mode {
+            ModeArg::Cpu => Mode::Cpu,
+            ModeArg::OffCpu => Mode::OffCpu,
+            ModeArg::Wall => Mode::Wall,
         };
-        let stacks = match (self.user_only, self.kernel_only) {
-            (true, _) => StackSelection::UserOnly,
-            (_, true) => StackSelection::KernelOnly,
-            _ => StackSelection::Both,
-        };
+        if mode != Mode::OffCpu && self.min_block_us != DEFAULT_MIN_BLOCK_US {
+            return Err(UsageError::new(
+                "--min-block-us only applies to --mode off-cpu; add --mode off-cpu or drop it",
+            ));
+        }
         Ok(Config {
             target,
+            mode,
+            min_block_us: self.min_block_us,
+            rules: self.rules,
             frequency: self.frequency,
             duration,
             interval,
             output,
-            format: match self.format {
-                FormatArg::Log => OutputFormat::Log,
-                FormatArg::Folded => OutputFormat::Folded,
-                FormatArg::Json => OutputFormat::Json,
-            },
+            format: self.format.format(),
             per_thread: self.per_thread,
             stacks,
             include_idle: self.include_idle,
@@ -231,13 +393,34 @@ mod tests {
     /// cannot change what the others see.
     static ENVIRONMENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    fn parse(line: &str) -> Result<Config, Result<clap::Error, UsageError>> {
+    fn parse_command(line: &str) -> Result<Command, Result<clap::Error, UsageError>> {
         let _guard = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
         parse_args(line.split_whitespace())
     }
 
+    fn parse(line: &str) -> Result<Config, Result<clap::Error, UsageError>> {
+        parse_command(line).map(|command| match command {
+            Command::Record(config) => config,
+            other => panic!("{line}: expected a recording, got {other:?}"),
+        })
+    }
+
     fn config(line: &str) -> Config {
         parse(line).unwrap_or_else(|e| panic!("{line}: {e:?}"))
+    }
+
+    fn dump_config(line: &str) -> DumpConfig {
+        match parse_command(line) {
+            Ok(Command::Dump(config)) => config,
+            other => panic!("{line}: expected a dump, got {other:?}"),
+        }
+    }
+
+    fn usage_error_of(line: &str) -> String {
+        match parse_command(line) {
+            Err(Err(UsageError(message))) => message,
+            other => panic!("{line}: expected a usage error, got {other:?}"),
+        }
     }
 
     fn usage_error(line: &str) -> String {
@@ -333,6 +516,58 @@ mod tests {
     }
 
     #[test]
+    fn modes() {
+        assert_eq!(config("tripod-bpf -a").mode, Mode::Cpu);
+        let off = config("tripod-bpf -p 7 --mode off-cpu --min-block-us 50");
+        assert_eq!(off.mode, Mode::OffCpu);
+        assert_eq!(off.min_block_us, 50);
+        assert_eq!(
+            config("tripod-bpf -p 7 -m wall --per-thread").mode,
+            Mode::Wall
+        );
+        assert!(usage_error("tripod-bpf -p 7 --min-block-us 50").contains("--mode off-cpu"));
+        assert_eq!(
+            config("tripod-bpf -a --rules r.toml").rules,
+            Some(PathBuf::from("r.toml"))
+        );
+    }
+
+    #[test]
+    fn dump_subcommand() {
+        let one = dump_config("tripod-bpf dump --pid 42");
+        assert_eq!(one.pid, 42);
+        assert_eq!(one.format, OutputFormat::Log);
+        assert_eq!(one.output, OutputDest::Stdout);
+        assert_eq!(one.every, None);
+        let watch = dump_config("tripod-bpf dump -p 42 --json --every 2.5 --rules r.toml");
+        assert_eq!(watch.format, OutputFormat::Json);
+        assert_eq!(watch.every, Some(Duration::from_millis(2500)));
+        assert_eq!(watch.output, OutputDest::TempFile);
+        assert_eq!(watch.rules, Some(PathBuf::from("r.toml")));
+        assert_eq!(
+            dump_config("tripod-bpf dump -p 42 -f folded -o x").output,
+            OutputDest::File("x".into())
+        );
+        assert!(usage_error_of("tripod-bpf dump -p 42 --every 0").contains("--every"));
+        assert!(usage_error_of("tripod-bpf dump -p 0").contains("idle task"));
+        assert!(
+            usage_error_of("tripod-bpf dump -p 1 --stack-copy-bytes 30000")
+                .contains("--stack-copy-bytes")
+        );
+        let e = parse_command("tripod-bpf dump").unwrap_err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        let e = parse_command("tripod-bpf dump -p 1 --json -f folded")
+            .unwrap_err()
+            .unwrap();
+        assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+        // A command named like a subcommand still runs after `--`.
+        assert_eq!(
+            config("tripod-bpf -- dump").target,
+            Target::Command(vec!["dump".into()])
+        );
+    }
+
+    #[test]
     fn target_errors() {
         assert!(usage_error("tripod-bpf").contains("--pid PID, --all"));
         assert!(usage_error("tripod-bpf -p 1 --all").contains("cannot be combined"));
@@ -368,7 +603,10 @@ mod tests {
     #[test]
     fn environment_sets_defaults_and_flags_win() {
         let guard = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
-        let config = |line: &str| parse_args(line.split_whitespace()).unwrap();
+        let config = |line: &str| match parse_args(line.split_whitespace()).unwrap() {
+            Command::Record(config) => config,
+            other => panic!("{line}: {other:?}"),
+        };
         std::env::set_var("TRIPOD_FREQUENCY", "49");
         std::env::set_var("TRIPOD_INTERVAL", "3");
         std::env::set_var("TRIPOD_OUTPUT", "/tmp/from-env.log");

@@ -17,6 +17,72 @@ pub enum Target {
     Command(Vec<OsString>),
 }
 
+/// What tripod-bpf was asked to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Sample stacks for a while and report them.
+    Record(Config),
+    /// Take snapshots of every thread of one process.
+    Dump(DumpConfig),
+}
+
+/// What recorded counts measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Samples of threads running on a CPU.
+    Cpu,
+    /// Microseconds threads spent switched out, by the stack they blocked in.
+    OffCpu,
+    /// Samples of every thread at the frequency, running or waiting.
+    Wall,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Cpu => "cpu",
+            Mode::OffCpu => "off-cpu",
+            Mode::Wall => "wall",
+        }
+    }
+
+    /// What one count is: `samples` or `microseconds`.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Mode::OffCpu => "microseconds",
+            Mode::Cpu | Mode::Wall => "samples",
+        }
+    }
+
+    /// Whether threads are sampled on CPUs by the perf event.
+    pub fn samples_on_cpu(self) -> bool {
+        self != Mode::OffCpu
+    }
+
+    /// Whether threads are followed as they switch out and back in.
+    pub fn tracks_switches(self) -> bool {
+        self != Mode::Cpu
+    }
+}
+
+/// Default `--min-block-us`: every wait the kernel reports, as bcc's offcputime.
+pub const DEFAULT_MIN_BLOCK_US: u32 = 1;
+
+/// `tripod-bpf dump`: snapshots of every thread of one process.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DumpConfig {
+    pub pid: u32,
+    pub format: OutputFormat,
+    pub output: OutputDest,
+    /// Append a dump every interval until Ctrl-C or the process exits; `None`: one dump.
+    pub every: Option<Duration>,
+    /// Annotation rules tried before the built-in ones.
+    pub rules: Option<PathBuf>,
+    pub stacks: StackSelection,
+    /// Bytes of user stack copied per thread.
+    pub stack_copy_bytes: u32,
+}
+
 /// How reports are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputFormat {
@@ -84,6 +150,11 @@ impl UnwindMode {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub target: Target,
+    pub mode: Mode,
+    /// `--mode off-cpu`: waits shorter than this are not counted.
+    pub min_block_us: u32,
+    /// Annotation rules tried before the built-in ones.
+    pub rules: Option<PathBuf>,
     /// Samples per second on each CPU.
     pub frequency: u64,
     /// Stop after this long; `None`: until Ctrl-C, SIGTERM or every target exited.
@@ -113,6 +184,9 @@ impl Config {
     pub fn new(target: Target) -> Self {
         Config {
             target,
+            mode: Mode::Cpu,
+            min_block_us: DEFAULT_MIN_BLOCK_US,
+            rules: None,
             frequency: DEFAULT_FREQUENCY,
             duration: None,
             interval: None,

@@ -8,11 +8,14 @@
 //! addresses only) -> [`process`] + [`symbolize`] (the only blazesym user)
 //! via [`resolve`] -> [`report`] -> [`output`] (the only writers). [`app`] runs it.
 pub mod aggregate;
+pub mod annotate;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod dump;
 pub mod error;
 pub mod output;
+pub mod pipeline;
 pub mod preflight;
 pub mod process;
 pub mod report;
@@ -20,4 +23,5 @@ pub mod resolve;
 pub mod sampler;
 pub mod stack;
 pub mod symbolize;
+pub mod task;
 pub mod unwind;

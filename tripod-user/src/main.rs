@@ -1,20 +1,25 @@
 use std::{io, process::ExitCode};
 
-use tripod_user::{app, cli, error::UsageError};
+use tripod_user::{app, cli, config::Command, dump, error::UsageError};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let config = match cli::parse_args(std::env::args_os()) {
-        Ok(config) => config,
+    let command = match cli::parse_args(std::env::args_os()) {
+        Ok(command) => command,
         Err(Ok(clap_error)) => clap_error.exit(),
         Err(Err(usage)) => return usage_failure(&usage),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
-    let result = runtime
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(app::run(config)));
+    let result = runtime.map_err(anyhow::Error::from).and_then(|rt| {
+        rt.block_on(async {
+            match command {
+                Command::Record(config) => app::run(config).await,
+                Command::Dump(config) => dump::run(config).await,
+            }
+        })
+    });
     match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => match error.downcast_ref::<UsageError>() {

@@ -5,7 +5,7 @@ use std::{fs, io};
 use anyhow::Result;
 
 use crate::{
-    config::{Config, Target},
+    config::{Config, DumpConfig, Target},
     error::UsageError,
     usage_error,
 };
@@ -19,6 +19,12 @@ pub fn check(config: &Config) -> Result<()> {
         Target::Command(command) => find_program(&command[0]).map(drop),
         Target::All => Ok(()),
     }
+}
+
+/// The checks for `tripod-bpf dump`.
+pub fn check_dump(config: &DumpConfig) -> Result<()> {
+    check_privileges()?;
+    check_pid(config.pid)
 }
 
 /// The path of `program`, looked up in PATH like the shell does, so a typo is

@@ -11,8 +11,11 @@ use tripod_common::Counter;
 
 use crate::{
     aggregate::{Aggregator, StackId, ThreadStack},
+    annotate::Rules,
+    config::Mode,
     process::ProcessTable,
     sampler::Counters,
+    task::TaskState,
 };
 
 /// The pid under which processes that exited during the run are reported:
@@ -175,6 +178,8 @@ impl Losses {
 pub struct RunInfo {
     /// What was sampled, for people: `pid 4242`, `all processes`, `command ./x`.
     pub target: String,
+    /// What the counts measure.
+    pub mode: Mode,
     pub frequency: u64,
     /// The perf event: `cpu-clock` or `cycles`.
     pub event: String,
@@ -184,6 +189,16 @@ pub struct RunInfo {
     /// How user stacks were unwound: `fp`, `dwarf` or `auto`.
     pub unwind: String,
     pub ring_buffer_size: u32,
+}
+
+impl RunInfo {
+    /// A count in this run's unit: `12 samples`, `1500 µs off-CPU`.
+    pub fn weight(&self, count: u64) -> String {
+        match self.mode {
+            Mode::OffCpu => format!("{count} µs off-CPU"),
+            Mode::Cpu | Mode::Wall => format!("{count} samples"),
+        }
+    }
 }
 
 /// One distinct stack of a report.
@@ -196,7 +211,12 @@ pub struct StackReport {
     pub thread: Option<(u32, String)>,
     /// Threads whose samples were merged into this stack.
     pub tids: Vec<u32>,
+    /// Samples, or microseconds off-CPU (see [`RunInfo::mode`]).
     pub count: u64,
+    /// Running for on-CPU samples; the state the threads waited in otherwise.
+    pub state: TaskState,
+    /// What the first matching annotation rule says the threads were doing.
+    pub annotation: Option<String>,
     /// Outermost first; kernel frames last.
     pub frames: Arc<[Arc<Frame>]>,
 }
@@ -330,6 +350,7 @@ const MAX_DUPLICATES: usize = 20;
 /// Builds the report of one interval from its counts.
 pub fn build_report(
     run: &RunInfo,
+    rules: &Rules,
     aggregator: &Aggregator,
     processes: &ProcessTable,
     counts: &HashMap<ThreadStack, u64>,
@@ -337,11 +358,14 @@ pub fn build_report(
     losses: Losses,
 ) -> Report {
     // Merge threads unless asked to keep them apart.
-    let mut merged: HashMap<(u32, u32, u32), (u64, BTreeSet<u32>)> = HashMap::new();
+    type Merged = HashMap<(u32, u32, StackId, TaskState), (u64, BTreeSet<u32>)>;
+    let mut merged: Merged = HashMap::new();
     let mut by_process: HashMap<u32, HashMap<u32, u64>> = HashMap::new();
     for (key, &count) in counts {
         let tid_key = if run.per_thread { key.tid } else { 0 };
-        let slot = merged.entry((key.tgid, tid_key, key.stack)).or_default();
+        let slot = merged
+            .entry((key.tgid, tid_key, key.stack, key.state))
+            .or_default();
         slot.0 += count;
         if key.tgid != EXITED_PID {
             slot.1.insert(key.tid);
@@ -368,18 +392,18 @@ pub fn build_report(
     keys.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
     let stacks = keys
         .into_iter()
-        .map(|((pid, tid, stack), (count, tids))| StackReport {
-            pid,
-            comm: process_name(pid, Some(stack)),
-            thread: run.per_thread.then(|| (tid, thread_name(tid))),
-            tids: tids.into_iter().collect(),
-            count,
-            frames: aggregator
-                .stacks
-                .get(stack)
-                .frames
-                .clone()
-                .unwrap_or_else(|| Arc::from(Vec::new())),
+        .map(|((pid, tid, stack, state), (count, tids))| {
+            let frames = frames_of(aggregator, stack);
+            StackReport {
+                pid,
+                comm: process_name(pid, Some(stack)),
+                thread: run.per_thread.then(|| (tid, thread_name(tid))),
+                tids: tids.into_iter().collect(),
+                count,
+                state,
+                annotation: rules.annotate(&frames, state).map(str::to_string),
+                frames,
+            }
         })
         .collect::<Vec<_>>();
 
@@ -415,6 +439,109 @@ pub fn build_report(
         stacks,
         processes: process_reports,
     }
+}
+
+fn frames_of(aggregator: &Aggregator, stack: StackId) -> Arc<[Arc<Frame>]> {
+    aggregator
+        .stacks
+        .get(stack)
+        .frames
+        .clone()
+        .unwrap_or_else(|| Arc::from(Vec::new()))
+}
+
+/// One thread of a dump.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DumpedThread {
+    pub tid: u32,
+    pub name: String,
+    pub state: TaskState,
+    /// The system call it is in (`futex`, `read`), when it is in one.
+    pub syscall: Option<String>,
+}
+
+/// Threads of a dump with the same stack in the same state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadGroup {
+    /// Ascending.
+    pub tids: Vec<u32>,
+    pub state: TaskState,
+    /// What the first matching annotation rule says these threads are doing.
+    pub annotation: Option<String>,
+    /// Outermost first; kernel frames last.
+    pub frames: Arc<[Arc<Frame>]>,
+}
+
+/// A snapshot of every thread of one process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadDump {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub time: DateTime<Local>,
+    /// By tid.
+    pub threads: Vec<DumpedThread>,
+    /// Largest group first.
+    pub groups: Vec<ThreadGroup>,
+}
+
+/// Groups the threads of one dump (`counts` holds each thread once) by stack.
+pub fn build_dump(
+    pid: u32,
+    rules: &Rules,
+    aggregator: &Aggregator,
+    processes: &ProcessTable,
+    counts: &HashMap<ThreadStack, u64>,
+    syscalls: &HashMap<u32, i32>,
+    time: DateTime<Local>,
+) -> ThreadDump {
+    let mut by_stack: HashMap<(StackId, TaskState), Vec<u32>> = HashMap::new();
+    let mut threads = Vec::new();
+    for key in counts.keys() {
+        by_stack
+            .entry((key.stack, key.state))
+            .or_default()
+            .push(key.tid);
+        threads.push(DumpedThread {
+            tid: key.tid,
+            name: aggregator.thread_name(key.tid).unwrap_or("?").to_string(),
+            state: key.state,
+            syscall: syscalls.get(&key.tid).map(|&number| syscall_name(number)),
+        });
+    }
+    threads.sort_by_key(|t| t.tid);
+    let mut groups: Vec<ThreadGroup> = by_stack
+        .into_iter()
+        .map(|((stack, state), mut tids)| {
+            tids.sort_unstable();
+            let frames = frames_of(aggregator, stack);
+            ThreadGroup {
+                annotation: rules.annotate(&frames, state).map(str::to_string),
+                tids,
+                state,
+                frames,
+            }
+        })
+        .collect();
+    groups.sort_by(|a, b| b.tids.len().cmp(&a.tids.len()).then(a.tids.cmp(&b.tids)));
+    let process = processes.get(pid);
+    ThreadDump {
+        pid,
+        comm: process.map(|p| p.comm.clone()).unwrap_or_default(),
+        exe: process.and_then(|p| p.exe.clone()),
+        time,
+        threads,
+        groups,
+    }
+}
+
+/// `read`, `futex`: the name of an x86_64 system call number.
+pub fn syscall_name(number: i32) -> String {
+    usize::try_from(number)
+        .ok()
+        .and_then(|n| syscalls::Sysno::new(n))
+        .map(|sysno| sysno.name().to_string())
+        .unwrap_or_else(|| format!("syscall {number}"))
 }
 
 /// Builds the summary of the whole run.

@@ -1,13 +1,15 @@
 //! Folded stacks, one line per stack: `comm;outer;...;inner count`, the input
 //! of flamegraph.pl and inferno. Kernel frames come last with the `_[k]`
 //! suffix, as stackcollapse-perf.pl writes them, so flame graphs colour them apart.
+//! Counts are samples, or microseconds with `--mode off-cpu` (the format has
+//! no header to say so); in a dump, the number of threads with that stack.
 use std::{
     collections::BTreeMap,
     io::{self, Write},
 };
 
 use super::Render;
-use crate::report::{Report, StackReport, Summary};
+use crate::report::{Frame, Report, StackReport, Summary, ThreadDump};
 
 pub struct Folded;
 
@@ -27,14 +29,30 @@ impl Render for Folded {
     fn summary(&mut self, _summary: &Summary, _out: &mut dyn Write) -> io::Result<()> {
         Ok(())
     }
+
+    fn dump(&mut self, dump: &ThreadDump, out: &mut dyn Write) -> io::Result<()> {
+        let mut lines: BTreeMap<String, u64> = BTreeMap::new();
+        for group in &dump.groups {
+            let line = folded_frames(clean(&dump.comm), &group.frames);
+            *lines.entry(line).or_default() += group.tids.len() as u64;
+        }
+        for (line, count) in lines {
+            writeln!(out, "{line} {count}")?;
+        }
+        Ok(())
+    }
 }
 
 fn folded_stack(stack: &StackReport) -> String {
-    let mut line = match &stack.thread {
+    let root = match &stack.thread {
         Some((tid, _)) => format!("{}-{}/{}", clean(&stack.comm), stack.pid, tid),
         None => clean(&stack.comm),
     };
-    for frame in stack.frames.iter() {
+    folded_frames(root, &stack.frames)
+}
+
+fn folded_frames(mut line: String, frames: &[std::sync::Arc<Frame>]) -> String {
+    for frame in frames {
         line.push(';');
         line.push_str(&clean(&frame.short_name()));
         if frame.kernel {

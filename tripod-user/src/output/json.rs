@@ -10,7 +10,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::Render;
-use crate::report::{Frame, FrameKind, Losses, Report, StackErrors, Summary};
+use crate::report::{Frame, FrameKind, Losses, Report, StackErrors, Summary, ThreadDump};
 
 /// Bumped on any incompatible change to [`Document`].
 pub const VERSION: u32 = 1;
@@ -27,18 +27,58 @@ impl Render for Json {
         // Each document is complete on its own; the run summary goes to stderr.
         Ok(())
     }
+
+    fn dump(&mut self, dump: &ThreadDump, out: &mut dyn Write) -> io::Result<()> {
+        serde_json::to_writer(&mut *out, &DumpDocument::from_dump(dump))?;
+        writeln!(out)
+    }
+}
+
+fn tool() -> String {
+    concat!("tripod-bpf ", env!("CARGO_PKG_VERSION")).to_string()
+}
+
+fn recording() -> String {
+    "recording".into()
+}
+
+/// Frames listed once, referred to by index.
+#[derive(Default)]
+struct FrameTable<'a> {
+    frames: Vec<JsonFrame>,
+    index: HashMap<&'a Frame, usize>,
+}
+
+impl<'a> FrameTable<'a> {
+    fn indices(&mut self, frames: &'a [Arc<Frame>]) -> Vec<usize> {
+        frames
+            .iter()
+            .map(|frame| {
+                *self.index.entry(frame).or_insert_with(|| {
+                    self.frames.push(JsonFrame::from(&**frame));
+                    self.frames.len() - 1
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Document {
     /// Schema version, [`VERSION`].
     pub version: u32,
+    /// `recording` (this document) or `dump` ([`DumpDocument`]).
+    #[serde(default = "recording")]
+    pub kind: String,
     /// `tripod-bpf <version>`.
     pub tool: String,
     /// What was sampled: `pid 4242`, `all processes`, `command ./x`.
     pub target: String,
-    /// What the counts mean: `cpu` (on-CPU samples).
+    /// What the counts measure: `cpu` (on-CPU samples), `off-cpu`
+    /// (microseconds switched out) or `wall` (samples, running or waiting).
     pub mode: String,
+    /// The unit of every count: `samples` or `microseconds`.
+    pub unit: String,
     /// The perf event: `cpu-clock` or `cycles`.
     pub event: String,
     pub frequency_hz: u64,
@@ -46,7 +86,7 @@ pub struct Document {
     /// RFC 3339 times of the interval.
     pub start: String,
     pub end: String,
-    /// Samples recorded, the sum of the stack counts.
+    /// The sum of the stack counts, in `unit`.
     pub samples: u64,
     pub lost: JsonLosses,
     pub processes: Vec<JsonProcess>,
@@ -117,15 +157,20 @@ pub struct JsonStack {
     pub comm: String,
     /// The threads whose samples are merged here.
     pub tids: Vec<u32>,
+    /// In the document's `unit`.
     pub count: u64,
+    /// `running` for on-CPU samples, else the task state the threads waited
+    /// in: `runnable` (preempted), `sleeping`, `uninterruptible`, `idle`, ...
+    pub state: String,
+    /// What the first matching annotation rule says, if one matched.
+    pub annotation: Option<String>,
     /// Indices into `frames`, outermost first.
     pub frames: Vec<usize>,
 }
 
 impl Document {
     pub fn from_report(report: &Report) -> Document {
-        let mut frames = Vec::new();
-        let mut index: HashMap<&Frame, usize> = HashMap::new();
+        let mut table = FrameTable::default();
         let stacks = report
             .stacks
             .iter()
@@ -135,23 +180,18 @@ impl Document {
                 comm: stack.comm.clone(),
                 tids: stack.tids.clone(),
                 count: stack.count,
-                frames: stack
-                    .frames
-                    .iter()
-                    .map(|frame: &Arc<Frame>| {
-                        *index.entry(frame).or_insert_with(|| {
-                            frames.push(JsonFrame::from(&**frame));
-                            frames.len() - 1
-                        })
-                    })
-                    .collect(),
+                state: stack.state.name().to_string(),
+                annotation: stack.annotation.clone(),
+                frames: table.indices(&stack.frames),
             })
             .collect();
         Document {
             version: VERSION,
-            tool: concat!("tripod-bpf ", env!("CARGO_PKG_VERSION")).to_string(),
+            kind: recording(),
+            tool: tool(),
             target: report.run.target.clone(),
-            mode: "cpu".to_string(),
+            mode: report.run.mode.name().to_string(),
+            unit: report.run.mode.unit().to_string(),
             event: report.run.event.clone(),
             frequency_hz: report.run.frequency,
             per_thread: report.run.per_thread,
@@ -178,8 +218,92 @@ impl Document {
                         .collect(),
                 })
                 .collect(),
-            frames,
+            frames: table.frames,
             stacks,
+        }
+    }
+}
+
+/// `tripod-bpf dump --json`: one document per dump, on one line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DumpDocument {
+    /// Schema version, [`VERSION`].
+    pub version: u32,
+    /// `dump`.
+    pub kind: String,
+    pub tool: String,
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    /// RFC 3339 time of the snapshot.
+    pub time: String,
+    /// Every thread, by tid.
+    pub threads: Vec<JsonDumpedThread>,
+    /// Threads with the same stack in the same state; largest group first.
+    pub groups: Vec<JsonThreadGroup>,
+    pub frames: Vec<JsonFrame>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JsonDumpedThread {
+    pub tid: u32,
+    pub comm: String,
+    /// `running`, `sleeping`, `uninterruptible`, `idle`, `stopped`, ...
+    pub state: String,
+    /// The system call it is in, when it is in one: `futex`, `read`, ...
+    pub syscall: Option<String>,
+    /// Index into `groups`.
+    pub group: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JsonThreadGroup {
+    /// Ascending.
+    pub tids: Vec<u32>,
+    pub state: String,
+    pub annotation: Option<String>,
+    /// Indices into `frames`, outermost first.
+    pub frames: Vec<usize>,
+}
+
+impl DumpDocument {
+    pub fn from_dump(dump: &ThreadDump) -> DumpDocument {
+        let mut table = FrameTable::default();
+        let groups: Vec<JsonThreadGroup> = dump
+            .groups
+            .iter()
+            .map(|group| JsonThreadGroup {
+                tids: group.tids.clone(),
+                state: group.state.name().to_string(),
+                annotation: group.annotation.clone(),
+                frames: table.indices(&group.frames),
+            })
+            .collect();
+        let threads = dump
+            .threads
+            .iter()
+            .map(|thread| JsonDumpedThread {
+                tid: thread.tid,
+                comm: thread.name.clone(),
+                state: thread.state.name().to_string(),
+                syscall: thread.syscall.clone(),
+                group: groups
+                    .iter()
+                    .position(|g| g.tids.contains(&thread.tid))
+                    .unwrap_or(0),
+            })
+            .collect();
+        DumpDocument {
+            version: VERSION,
+            kind: "dump".into(),
+            tool: tool(),
+            pid: dump.pid,
+            comm: dump.comm.clone(),
+            exe: dump.exe.clone(),
+            time: dump.time.to_rfc3339(),
+            threads,
+            groups,
+            frames: table.frames,
         }
     }
 }

@@ -1,12 +1,18 @@
 //! Tripod-style tracebacks: for each interval a header, then each distinct
 //! stack, most frequent first, as a Python-style traceback, outermost first.
+//! Dumps are written in the spirit of stacktraces: threads grouped by stack,
+//! largest group first, `5 * [tids] what they are doing`, then the frames.
 use std::io::{self, Write};
 
 use chrono::{DateTime, Local};
 
 use super::Render;
-use crate::report::{
-    process_label, Completeness, Frame, FrameKind, Losses, Report, StackReport, Summary,
+use crate::{
+    config::Mode,
+    report::{
+        process_label, Completeness, Frame, FrameKind, Losses, Report, RunInfo, StackReport,
+        Summary, ThreadDump, ThreadGroup,
+    },
 };
 
 pub struct Log;
@@ -14,17 +20,39 @@ pub struct Log;
 impl Render for Log {
     fn report(&mut self, report: &Report, out: &mut dyn Write) -> io::Result<()> {
         let range = time_range(&report.start, &report.end);
+        let mode = match report.run.mode {
+            Mode::Cpu => String::new(),
+            Mode::OffCpu => "off-CPU time: ".into(),
+            Mode::Wall => format!("wall-clock samples at {} Hz: ", report.run.frequency),
+        };
         writeln!(
             out,
-            "[tripod] ===== {range}  {}  {} samples, {} lost, {} distinct stacks =====",
+            "[tripod] ===== {range}  {}  {mode}{}, {} lost samples, {} distinct stacks =====",
             report.run.target,
-            report.samples,
+            report.run.weight(report.samples),
             report.losses.dropped(),
             report.stacks.len()
         )?;
         for stack in &report.stacks {
             writeln!(out)?;
-            write_stack(out, &range, stack, report.samples)?;
+            write_stack(out, &range, &report.run, stack, report.samples)?;
+        }
+        writeln!(out)
+    }
+
+    fn dump(&mut self, dump: &ThreadDump, out: &mut dyn Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "[tripod] ===== thread dump {}  {}  {}  {}, {} distinct stacks =====",
+            dump.time.format("%Y-%m-%d %H:%M:%S%.3f"),
+            process_label(dump.pid, &dump.comm),
+            dump.exe.as_deref().unwrap_or("?"),
+            plural(dump.threads.len(), "thread", "threads"),
+            dump.groups.len()
+        )?;
+        for group in &dump.groups {
+            writeln!(out)?;
+            write_group(out, dump, group)?;
         }
         writeln!(out)
     }
@@ -39,11 +67,11 @@ impl Render for Log {
         let run = &summary.run;
         writeln!(
             out,
-            "[tripod] {} samples, {} distinct stacks, {} processes, {} threads; {} at {} Hz ({})",
-            summary.samples,
+            "[tripod] {}, {} distinct stacks, {}, {}; {} at {} Hz ({})",
+            run.weight(summary.samples),
             summary.distinct_stacks,
-            summary.processes,
-            summary.threads,
+            plural(summary.processes, "process", "processes"),
+            plural(summary.threads, "thread", "threads"),
             run.target,
             run.frequency,
             run.event
@@ -63,16 +91,21 @@ impl Render for Log {
             for d in &summary.duplicates {
                 writeln!(
                     out,
-                    "  {} samples in {} threads of {} processes: {}",
-                    d.count,
+                    "  {} in {} threads of {}: {}",
+                    run.weight(d.count),
                     d.threads,
-                    d.processes,
+                    plural(d.processes, "process", "processes"),
                     d.functions.join(", ")
                 )?;
             }
         }
         Ok(())
     }
+}
+
+/// `1 process`, `2 processes`.
+fn plural(count: usize, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
 }
 
 /// One line on how complete a process's user stacks were.
@@ -102,6 +135,7 @@ pub fn describe_losses(losses: &Losses) -> String {
 fn write_stack(
     out: &mut dyn Write,
     range: &str,
+    run: &RunInfo,
     stack: &StackReport,
     total: u64,
 ) -> io::Result<()> {
@@ -116,17 +150,69 @@ fn write_stack(
         (None, [tid]) => format!("tid {tid}"),
         (None, tids) => format!("{} threads", tids.len()),
     };
+    // On-CPU samples are all running; other modes say what a thread waited in.
+    let state = match (run.mode, stack.state) {
+        (Mode::Cpu, _) => String::new(),
+        (_, state) => format!(", {}", state.name()),
+    };
+    let annotation = stack
+        .annotation
+        .as_deref()
+        .map(|a| format!(": {a}"))
+        .unwrap_or_default();
     writeln!(
         out,
-        "[tripod] {range}  {}  {thread}  {} samples ({share:.1}%)",
+        "[tripod] {range}  {}  {thread}  {} ({share:.1}%){state}{annotation}",
         process_label(stack.pid, &stack.comm),
-        stack.count
+        run.weight(stack.count)
     )?;
+    write_traceback(out, &stack.frames)
+}
+
+fn write_traceback(out: &mut dyn Write, frames: &[std::sync::Arc<Frame>]) -> io::Result<()> {
     writeln!(out, "Traceback (most recent call last):")?;
-    for frame in stack.frames.iter() {
+    for frame in frames {
         writeln!(out, "  {}", frame_line(frame))?;
     }
     Ok(())
+}
+
+/// `4 * [11, 12, 13, 14] waiting on a condition variable`, what the threads
+/// are (state, system call, names), then their stack.
+fn write_group(out: &mut dyn Write, dump: &ThreadDump, group: &ThreadGroup) -> io::Result<()> {
+    let tids: Vec<String> = group.tids.iter().map(u32::to_string).collect();
+    writeln!(
+        out,
+        "{} * [{}] {}",
+        group.tids.len(),
+        tids.join(", "),
+        group.annotation.as_deref().unwrap_or("(no rule matched)")
+    )?;
+    let mut names: Vec<&str> = Vec::new();
+    let mut syscalls: Vec<&str> = Vec::new();
+    for thread in dump.threads.iter().filter(|t| group.tids.contains(&t.tid)) {
+        if !names.contains(&thread.name.as_str()) {
+            names.push(&thread.name);
+        }
+        if let Some(syscall) = thread.syscall.as_deref() {
+            if !syscalls.contains(&syscall) {
+                syscalls.push(syscall);
+            }
+        }
+    }
+    let syscall = if syscalls.is_empty() {
+        String::new()
+    } else {
+        format!(" in {}", syscalls.join(", "))
+    };
+    writeln!(
+        out,
+        "  {} ({}){syscall}; named {}",
+        group.state.name(),
+        group.state.letter(),
+        names.join(", ")
+    )?;
+    write_traceback(out, &group.frames)
 }
 
 /// One frame as a traceback line.

@@ -1,7 +1,8 @@
 //! Output formats and destinations. The only modules that write results.
 //!
 //! Every format implements [`Render`]: one call per report (each interval,
-//! or once for the whole run) and one at the end with the run's summary.
+//! or once for the whole run) and one at the end with the run's summary; or,
+//! for `tripod-bpf dump`, one call per thread dump.
 mod folded;
 mod json;
 mod log;
@@ -14,11 +15,15 @@ use std::{
 
 use anyhow::Result;
 
-pub use self::{folded::Folded, json::Document, json::Json, log::describe_completeness, log::Log};
+pub use self::{
+    folded::Folded,
+    json::{Document, DumpDocument, Json},
+    log::{describe_completeness, Log},
+};
 use crate::{
     config::{OutputDest, OutputFormat},
     error::UsageError,
-    report::{Report, Summary},
+    report::{Report, Summary, ThreadDump},
 };
 
 /// Renders reports in one format.
@@ -27,6 +32,8 @@ pub trait Render {
     fn report(&mut self, report: &Report, out: &mut dyn Write) -> io::Result<()>;
     /// Writes the end-of-run summary, if the format has one.
     fn summary(&mut self, summary: &Summary, out: &mut dyn Write) -> io::Result<()>;
+    /// Writes one snapshot of every thread of a process.
+    fn dump(&mut self, dump: &ThreadDump, out: &mut dyn Write) -> io::Result<()>;
 }
 
 pub fn renderer(format: OutputFormat) -> Box<dyn Render> {
@@ -82,6 +89,11 @@ impl Output {
 
     pub fn summary(&mut self, summary: &Summary) -> io::Result<()> {
         self.renderer.summary(summary, &mut self.writer)?;
+        self.writer.flush()
+    }
+
+    pub fn dump(&mut self, dump: &ThreadDump) -> io::Result<()> {
+        self.renderer.dump(dump, &mut self.writer)?;
         self.writer.flush()
     }
 }

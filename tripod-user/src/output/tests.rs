@@ -3,10 +3,14 @@ use std::sync::Arc;
 
 use chrono::{Local, TimeZone};
 
-use super::{Document, Folded, Json, Log, Render};
-use crate::report::{
-    Completeness, Duplicate, Frame, Losses, ProcessReport, Report, RunInfo, StackErrors,
-    StackReport, Summary, ThreadReport,
+use super::{Document, DumpDocument, Folded, Json, Log, Render};
+use crate::{
+    config::Mode,
+    report::{
+        Completeness, DumpedThread, Duplicate, Frame, Losses, ProcessReport, Report, RunInfo,
+        StackErrors, StackReport, Summary, ThreadDump, ThreadGroup, ThreadReport,
+    },
+    task::TaskState,
 };
 
 fn user(function: &str, file: Option<(&str, u32)>, module: &str) -> Arc<Frame> {
@@ -31,6 +35,7 @@ fn kernel(function: &str) -> Arc<Frame> {
 fn run_info(per_thread: bool) -> RunInfo {
     RunInfo {
         target: "pid 4242".into(),
+        mode: Mode::Cpu,
         frequency: 99,
         event: "cpu-clock".into(),
         per_thread,
@@ -87,6 +92,8 @@ fn report(per_thread: bool) -> Report {
                 thread: per_thread.then(|| (4243, "worker-1".to_string())),
                 tids: vec![4243],
                 count: 873,
+                state: TaskState::Running,
+                annotation: Some("running on CPU".into()),
                 frames: read_path,
             },
             StackReport {
@@ -95,6 +102,8 @@ fn report(per_thread: bool) -> Report {
                 thread: per_thread.then(|| (4244, "worker-2".to_string())),
                 tids: vec![4244, 4245],
                 count: 127,
+                state: TaskState::Running,
+                annotation: None,
                 frames: unknown,
             },
         ],
@@ -163,9 +172,9 @@ fn render(mut renderer: impl Render, report: &Report, summary: Option<&Summary>)
 
 #[test]
 fn log_is_a_tripod_style_traceback() {
-    let expected = r#"[tripod] ===== 2026-11-21 10:00:05..10:00:10  pid 4242  1000 samples, 2 lost, 2 distinct stacks =====
+    let expected = r#"[tripod] ===== 2026-11-21 10:00:05..10:00:10  pid 4242  1000 samples, 2 lost samples, 2 distinct stacks =====
 
-[tripod] 2026-11-21 10:00:05..10:00:10  pid 4242 (worker)  tid 4243  873 samples (87.3%)
+[tripod] 2026-11-21 10:00:05..10:00:10  pid 4242 (worker)  tid 4243  873 samples (87.3%): running on CPU
 Traceback (most recent call last):
   File "/usr/lib/x86_64-linux-gnu/libc.so.6", in __libc_start_call_main
   File "/src/app/main.c", line 41, in main
@@ -180,14 +189,14 @@ Traceback (most recent call last):
   [truncated]
 
 [tripod] ===== summary 2026-11-21 10:00:00..10:00:10  (10.0 s) =====
-[tripod] 1000 samples, 2 distinct stacks, 1 processes, 3 threads; pid 4242 at 99 Hz (cpu-clock)
+[tripod] 1000 samples, 2 distinct stacks, 1 process, 3 threads; pid 4242 at 99 Hz (cpu-clock)
 [tripod] lost: 2 samples (count map full), 0 samples (ring buffer full); stacks not stored: 1 user, 0 kernel; unreadable user stacks: 0
 [tripod] pid 4242 (worker): 87.3% of 1000 samples reached the thread root, 127 truncated
 [tripod] 2 samples were lost because the count map was full; consider --count-map-size 131072
 [tripod] 1 stack traces could not be stored (hash collision or full stack map); consider --stack-storage-size 32768
 
 Duplicated stacks (the same frames in more than one thread):
-  127 samples in 2 threads of 1 processes: main, spin
+  127 samples in 2 threads of 1 process: main, spin
 "#;
     assert_eq!(render(Log, &report(false), Some(&summary())), expected);
 }
@@ -196,7 +205,7 @@ Duplicated stacks (the same frames in more than one thread):
 fn log_names_threads_when_per_thread() {
     let text = render(Log, &report(true), None);
     assert!(
-        text.contains("pid 4242 (worker)  tid 4243 (worker-1)  873 samples (87.3%)"),
+        text.contains("pid 4242 (worker)  tid 4243 (worker-1)  873 samples (87.3%): running"),
         "{text}"
     );
 }
@@ -280,4 +289,119 @@ fn json_shares_identical_frames() {
     let doc = Document::from_report(&r);
     assert_eq!(doc.frames.len(), 6);
     assert_eq!(doc.stacks[0].frames, doc.stacks[1].frames);
+}
+
+#[test]
+fn off_cpu_log_counts_microseconds_with_states() {
+    let mut r = report(false);
+    r.run.mode = Mode::OffCpu;
+    r.stacks[0].state = TaskState::Sleeping;
+    r.stacks[0].annotation = Some("blocked reading a file descriptor".into());
+    let text = render(Log, &r, None);
+    assert!(
+        text.starts_with(
+            "[tripod] ===== 2026-11-21 10:00:05..10:00:10  pid 4242  off-CPU time: 1000 µs off-CPU,"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "tid 4243  873 µs off-CPU (87.3%), sleeping: blocked reading a file descriptor\n"
+        ),
+        "{text}"
+    );
+    let doc = Document::from_report(&r);
+    assert_eq!(
+        (doc.mode.as_str(), doc.unit.as_str()),
+        ("off-cpu", "microseconds")
+    );
+    assert_eq!(doc.stacks[0].state, "sleeping");
+}
+
+fn dump() -> ThreadDump {
+    let report = report(false);
+    let thread = |tid, name: &str, state, syscall: Option<&str>| DumpedThread {
+        tid,
+        name: name.into(),
+        state,
+        syscall: syscall.map(str::to_string),
+    };
+    ThreadDump {
+        pid: 4242,
+        comm: "worker".into(),
+        exe: Some("/src/app/worker".into()),
+        time: Local.with_ymd_and_hms(2026, 11, 21, 10, 0, 5).unwrap(),
+        threads: vec![
+            thread(4242, "worker", TaskState::Running, None),
+            thread(4243, "reader", TaskState::Sleeping, Some("read")),
+            thread(4244, "reader", TaskState::Sleeping, Some("read")),
+        ],
+        groups: vec![
+            ThreadGroup {
+                tids: vec![4243, 4244],
+                state: TaskState::Sleeping,
+                annotation: Some("blocked reading a file descriptor".into()),
+                frames: report.stacks[0].frames.clone(),
+            },
+            ThreadGroup {
+                tids: vec![4242],
+                state: TaskState::Running,
+                annotation: None,
+                frames: report.stacks[1].frames.clone(),
+            },
+        ],
+    }
+}
+
+fn render_dump(mut renderer: impl Render) -> String {
+    let mut out = Vec::new();
+    renderer.dump(&dump(), &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn log_dump_groups_threads_like_stacktraces() {
+    let expected = r#"[tripod] ===== thread dump 2026-11-21 10:00:05.000  pid 4242 (worker)  /src/app/worker  3 threads, 2 distinct stacks =====
+
+2 * [4243, 4244] blocked reading a file descriptor
+  sleeping (S) in read; named reader
+Traceback (most recent call last):
+  File "/usr/lib/x86_64-linux-gnu/libc.so.6", in __libc_start_call_main
+  File "/src/app/main.c", line 41, in main
+  File "/src/app/net.c", line 120, in read_request
+  File "/src/app/net.c", line 77, in parse [inlined]
+  [kernel] ksys_read
+  [kernel] tcp_recvmsg
+
+1 * [4242] (no rule matched)
+  running (R); named worker
+Traceback (most recent call last):
+  File "/usr/lib/x86_64-linux-gnu/libc.so.6", offset 0x2a1b0, in [unknown: no symbols (stripped)]
+  [truncated]
+
+"#;
+    assert_eq!(render_dump(Log), expected);
+}
+
+#[test]
+fn json_dump_round_trips_and_points_threads_at_groups() {
+    let text = render_dump(Json);
+    assert_eq!(text.lines().count(), 1);
+    let parsed: DumpDocument = serde_json::from_str(&text).unwrap();
+    assert_eq!(parsed, DumpDocument::from_dump(&dump()));
+    assert_eq!(parsed.kind, "dump");
+    assert_eq!(parsed.groups[0].tids, [4243, 4244]);
+    assert_eq!(parsed.threads[1].syscall.as_deref(), Some("read"));
+    assert_eq!(parsed.threads[1].group, 0);
+    assert_eq!(parsed.threads[0].group, 1);
+    assert_eq!(parsed.threads[0].state, "running");
+}
+
+#[test]
+fn folded_dump_counts_threads() {
+    assert_eq!(
+        render_dump(Folded),
+        "worker;[libc.so.6];[truncated] 1\n\
+         worker;__libc_start_call_main;main;read_request;parse;ksys_read_[k];tcp_recvmsg_[k] 2\n"
+    );
 }

@@ -4,7 +4,8 @@ use std::{collections::HashMap, time::Duration};
 use anyhow::{Context as _, Result};
 use aya::maps::MapError;
 use tripod_common::{
-    StackCopy, StackCopyHeader, CONTROL_GENERATION, MAX_STACK_DEPTH, STACK_NOT_COLLECTED,
+    RecordKind, StackCopy, StackCopyHeader, WakeRecord, CONTROL_GENERATION, MAX_STACK_DEPTH,
+    STACK_NOT_COLLECTED,
 };
 
 use super::Sampler;
@@ -76,60 +77,145 @@ impl Sampler {
     }
 }
 
-/// One sample sent for unwinding in userspace, borrowed from the ring buffer.
+/// A thread's stacks as the kernel sent them, borrowed from the ring buffer
+/// or from a task iterator's output.
 pub struct CopiedSample<'a> {
+    /// Why it was taken: on a CPU, switched out, or in a dump.
+    pub kind: RecordKind,
     pub tgid: u32,
     pub tid: u32,
-    /// The thread's name at sample time.
+    /// The thread's name when the record was taken.
     pub comm: String,
-    /// User registers (ip, sp, bp); `None` for threads without user space.
-    pub user_regs: Option<(u64, u64, u64)>,
-    /// The top of the user stack, from `sp` upwards.
-    pub stack: &'a [u8],
+    /// The raw `task_struct.__state` (0 for samples taken on a CPU, and for
+    /// threads preempted while runnable).
+    pub state: u32,
+    /// The system call a dumped thread is in, if any.
+    pub syscall: Option<i32>,
+    /// CLOCK_MONOTONIC nanoseconds when it was taken.
+    pub time_ns: u64,
+    pub user: UserStack<'a>,
     pub kernel: StackRead,
 }
 
+/// The user half of a [`CopiedSample`].
+pub enum UserStack<'a> {
+    /// User registers (ip, sp, bp) and the top of the user stack from `sp`
+    /// upwards, to unwind in userspace.
+    Copy {
+        regs: (u64, u64, u64),
+        stack: &'a [u8],
+    },
+    /// Addresses the kernel walked with frame pointers, innermost first.
+    Addresses(Vec<u64>),
+    /// None: a kernel thread, unreadable registers, or not collected.
+    Absent,
+}
+
+/// A thread reported switched out runs again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wake {
+    pub tid: u32,
+    pub tgid: u32,
+    /// The `time_ns` of its [`RecordKind::Blocked`] record.
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// One record of the ring buffer.
+pub enum Record<'a> {
+    Stack(CopiedSample<'a>),
+    Woke(Wake),
+}
+
 impl Sampler {
-    /// Hands every stack copy waiting in the ring buffer to `handle`, oldest
+    /// Hands every record waiting in the ring buffer to `handle`, oldest
     /// first. Cheap when there is none: no system call is made.
-    pub fn drain_copies(&mut self, mut handle: impl FnMut(CopiedSample<'_>)) {
+    pub fn drain_copies(&mut self, mut handle: impl FnMut(Record<'_>)) {
         while let Some(record) = self.copies.next() {
-            if let Some(sample) = parse_copy(&record) {
-                handle(sample);
+            if let Some(record) = parse_record(&record) {
+                handle(record);
             }
         }
     }
 }
 
-/// Reads a ring-buffer record laid out as [`StackCopy`], cut after its stack bytes.
-fn parse_copy(record: &[u8]) -> Option<CopiedSample<'_>> {
+fn parse_record(record: &[u8]) -> Option<Record<'_>> {
+    let kind = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
+    if RecordKind::from_u32(kind)? == RecordKind::Woke {
+        if record.len() < std::mem::size_of::<WakeRecord>() {
+            return None;
+        }
+        // SAFETY: the record holds a whole WakeRecord, which is plain data.
+        let wake: WakeRecord = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+        return Some(Record::Woke(Wake {
+            tid: wake.tid,
+            tgid: wake.tgid,
+            start_ns: wake.start_ns,
+            end_ns: wake.end_ns,
+        }));
+    }
+    parse_copy(record).map(|(sample, _)| Record::Stack(sample))
+}
+
+/// Hands each record of a task iterator's output to `handle`.
+pub(super) fn parse_snapshots(mut bytes: &[u8], mut handle: impl FnMut(CopiedSample<'_>)) {
+    while let Some((sample, len)) = parse_copy(bytes) {
+        handle(sample);
+        bytes = &bytes[len..];
+    }
+}
+
+/// Reads a record laid out as [`StackCopy`], cut after its stack bytes, and
+/// its length in bytes.
+fn parse_copy(record: &[u8]) -> Option<(CopiedSample<'_>, usize)> {
     let header_size = std::mem::size_of::<StackCopyHeader>();
     if record.len() < StackCopy::STACK_OFFSET {
         return None;
     }
     // SAFETY: the record holds at least a header; StackCopyHeader is plain data.
     let header: StackCopyHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-    let kernel = if header.kernel_error < 0 {
-        StackRead::Missing(Gap::Failed(-header.kernel_error))
-    } else {
-        let frames = (header.kernel_frames as usize).min(MAX_STACK_DEPTH);
-        let bytes = &record[header_size..header_size + 8 * frames];
-        StackRead::Addresses(
-            bytes
-                .chunks_exact(8)
-                .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
-                .collect(),
-        )
+    let kind = RecordKind::from_u32(header.kind)?;
+    let kernel = match header.kernel_error {
+        // A dumped thread on a CPU: its kernel stack is not there to read.
+        EBUSY_NEGATIVE => StackRead::NotCollected,
+        error if error < 0 => StackRead::Missing(Gap::Failed(-error)),
+        _ => {
+            let frames = (header.kernel_frames as usize).min(MAX_STACK_DEPTH);
+            StackRead::Addresses(words(&record[header_size..header_size + 8 * frames]))
+        }
     };
-    let stack_end = (StackCopy::STACK_OFFSET + header.stack_len as usize).min(record.len());
-    Some(CopiedSample {
+    let stack_end = StackCopy::STACK_OFFSET + header.stack_len as usize;
+    let stack = record.get(StackCopy::STACK_OFFSET..stack_end)?;
+    let user = match (header.no_user, header.user_frames) {
+        (0, 0) => UserStack::Copy {
+            regs: (header.ip, header.sp, header.bp),
+            stack,
+        },
+        (0, _) => UserStack::Addresses(words(stack)),
+        _ => UserStack::Absent,
+    };
+    let sample = CopiedSample {
+        kind,
         tgid: header.tgid,
         tid: header.tid,
         comm: comm_string(&header.comm),
-        user_regs: (header.no_user == 0).then_some((header.ip, header.sp, header.bp)),
-        stack: &record[StackCopy::STACK_OFFSET..stack_end],
+        state: header.state,
+        syscall: (header.syscall >= 0).then_some(header.syscall),
+        time_ns: header.time_ns,
+        user,
         kernel,
-    })
+    };
+    Some((sample, stack_end))
+}
+
+/// `-EBUSY`, which the task iterator stores for threads running on a CPU.
+const EBUSY_NEGATIVE: i32 = -libc::EBUSY;
+
+fn words(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
+        .collect()
 }
 
 fn comm_string(comm: &[u8]) -> String {

@@ -1,20 +1,21 @@
 //! The live sampler: loads the eBPF program, attaches it to a perf event on
 //! every CPU, and drains what it counted. The only module that touches aya.
+mod btf;
 mod drain;
 
-pub use drain::CopiedSample;
+pub use drain::{CopiedSample, Record, UserStack, Wake};
 
 use anyhow::{Context as _, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        PerfEvent,
+        BtfTracePoint, Iter, PerfEvent,
     },
     util::online_cpus,
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
 };
-use tripod_common::{names, Counter, SampleKey, SamplerConfig};
+use tripod_common::{names, Counter, SampleKey, SamplerConfig, ScratchSlot};
 
 use crate::config::StackSelection;
 
@@ -36,6 +37,32 @@ pub struct SamplerOptions {
     pub stack_copy_bytes: u32,
     /// Size of the ring buffer carrying the copies (a power of two, in bytes).
     pub ring_buffer_size: u32,
+    /// Sample threads on CPUs with the perf event (`cpu` and `wall` modes).
+    pub sample_on_cpu: bool,
+    /// Report target threads switching out and back in (`off-cpu` and `wall`).
+    pub track_switches: bool,
+    /// Waits shorter than this are not reported.
+    pub min_block_us: u32,
+}
+
+impl SamplerOptions {
+    /// Options that sample nothing until asked: for thread dumps.
+    pub fn for_dump(pid: u32, stacks: StackSelection, stack_copy_bytes: u32) -> SamplerOptions {
+        SamplerOptions {
+            frequency: 1,
+            targets: Some(vec![pid]),
+            include_idle: false,
+            stacks,
+            stack_storage_size: 1,
+            count_map_size: 1,
+            copy_user_stack: true,
+            stack_copy_bytes,
+            ring_buffer_size: 4096,
+            sample_on_cpu: false,
+            track_switches: false,
+            min_block_us: 0,
+        }
+    }
 }
 
 /// The perf event that drives sampling.
@@ -76,8 +103,10 @@ impl Counters {
 }
 
 pub struct Sampler {
-    /// Owns the program and its perf-event links; dropping it detaches everything.
-    _ebpf: Ebpf,
+    /// Owns the programs and their links; dropping it detaches everything.
+    ebpf: Ebpf,
+    /// The kernel's BTF, which the iterator and tracepoint programs load against.
+    btf: Option<Btf>,
     event: SamplingEvent,
     /// Set when hardware cycles were wanted but not available.
     fallback_reason: Option<String>,
@@ -94,6 +123,9 @@ impl Sampler {
     /// Loads the program, fills in the targets, and starts sampling on every CPU.
     pub fn start(options: &SamplerOptions) -> Result<Sampler> {
         raise_memlock_limit();
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, error)| anyhow::anyhow!("reading {path}: {error}"))?
+            as u32;
         let config = SamplerConfig {
             all_processes: options.targets.is_none().into(),
             include_idle: options.include_idle.into(),
@@ -102,6 +134,10 @@ impl Sampler {
             collect_kernel: options.stacks.kernel().into(),
             copy_user_stack: options.copy_user_stack.into(),
             stack_copy_bytes: options.stack_copy_bytes,
+            track_switches: options.track_switches.into(),
+            min_block_us: options.min_block_us,
+            possible_cpus: cpus,
+            task_offsets: btf::task_offsets()?,
         };
         let mut loader = EbpfLoader::new();
         loader.override_global(names::CONFIG, &config, true);
@@ -111,10 +147,7 @@ impl Sampler {
         }
         // For a ring buffer, max_entries is its size in bytes.
         loader.map_max_entries(names::STACK_COPIES, options.ring_buffer_size);
-        // One scratch slot per possible CPU (CPU ids index it).
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(path, error)| anyhow::anyhow!("reading {path}: {error}"))?;
-        loader.map_max_entries(names::SCRATCH, cpus as u32);
+        loader.map_max_entries(names::SCRATCH, ScratchSlot::len(cpus));
         // The object is embedded so the binary runs on its own, from any directory.
         let mut ebpf = loader
             .load(aya::include_bytes_aligned!(concat!(
@@ -148,10 +181,31 @@ impl Sampler {
         program
             .load()
             .context("loading the sampling program (the verifier refused it)")?;
-        let (event, fallback_reason) = attach_all_cpus(program, options.frequency)?;
+        let (event, fallback_reason) = if options.sample_on_cpu {
+            attach_all_cpus(program, options.frequency)?
+        } else {
+            (SamplingEvent::CpuClock, None)
+        };
+
+        let mut btf = None;
+        if options.track_switches {
+            let kernel_btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(names::SWITCH_PROGRAM)
+                .context("the eBPF object has no sched_switch program")?
+                .try_into()?;
+            program
+                .load("sched_switch", &kernel_btf)
+                .context("loading the sched_switch program (the verifier refused it)")?;
+            program
+                .attach()
+                .context("attaching to the sched_switch tracepoint")?;
+            btf = Some(kernel_btf);
+        }
 
         Ok(Sampler {
-            _ebpf: ebpf,
+            ebpf,
+            btf,
             event,
             fallback_reason,
             targets,
@@ -178,6 +232,58 @@ impl Sampler {
         self.targets
             .insert(pid, 1, 0)
             .with_context(|| format!("adding pid {pid} to the targets"))
+    }
+
+    /// Every thread of the target processes as it is now, running or
+    /// blocked, without stopping them: a task iterator reads each thread's
+    /// stacks. Handed to `handle` one at a time.
+    pub fn snapshot(&mut self, handle: impl FnMut(CopiedSample<'_>)) -> Result<()> {
+        use std::io::Read as _;
+        if self.btf.is_none() {
+            self.btf = Some(Btf::from_sys_fs().context("reading the kernel's BTF")?);
+        }
+        let program: &mut Iter = self
+            .ebpf
+            .program_mut(names::DUMP_PROGRAM)
+            .context("the eBPF object has no task iterator")?
+            .try_into()?;
+        if program.fd().is_err() {
+            let btf = self.btf.as_ref().expect("loaded above");
+            program
+                .load("task", btf)
+                .context("loading the task iterator (the verifier refused it)")?;
+        }
+        let link = program.attach().context("attaching the task iterator")?;
+        let mut file = program
+            .take_link(link)?
+            .into_file()
+            .context("starting the task iterator")?;
+        let mut records = Vec::new();
+        file.read_to_end(&mut records)
+            .context("reading the task iterator")?;
+        drain::parse_snapshots(&records, handle);
+        Ok(())
+    }
+
+    /// Marks a thread as switched out since `since_ns` (CLOCK_MONOTONIC), so
+    /// that it is reported when it runs again: for threads that were already
+    /// waiting when tracking started. A newer mark made by the kernel is kept.
+    pub fn mark_blocked(&mut self, tid: u32, since_ns: u64) -> Result<()> {
+        let mut blocked: HashMap<&mut MapData, u32, u64> = HashMap::try_from(
+            self.ebpf
+                .map_mut(names::BLOCKED_SINCE)
+                .context("the eBPF object has no map BLOCKED_SINCE")?,
+        )?;
+        match blocked.insert(tid, since_ns, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            // Already marked by the kernel: that mark is newer.
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e).context("marking a blocked thread"),
+        }
     }
 
     /// The kernel-side counters, summed over CPUs, since the start of the run.
@@ -230,6 +336,9 @@ fn attach_all_cpus(
     }
     Ok((event, fallback))
 }
+
+/// `BPF_NOEXIST` from the kernel's uapi: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where

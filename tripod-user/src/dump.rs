@@ -1,0 +1,121 @@
+//! `tripod-bpf dump`: every thread of one process as it is right now, running
+//! or blocked, grouped by stack. The process is neither stopped nor signalled:
+//! a task iterator reads each thread's stacks in the kernel, and they are
+//! unwound and symbolized like recorded ones. With `--every`, a watchdog that
+//! appends a dump to the log until Ctrl-C or the process exits.
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use anyhow::{Context as _, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    app::load_rules,
+    config::{DumpConfig, Mode},
+    output::Output,
+    pipeline::Pipeline,
+    preflight,
+    process::{self, ProcessTable},
+    report::RunInfo,
+    sampler::{Sampler, SamplerOptions},
+    usage_error,
+};
+
+/// Dumps as configured; returns the exit status for the process.
+pub async fn run(config: DumpConfig) -> Result<u8> {
+    preflight::check_dump(&config)?;
+    let rules = Arc::new(load_rules(config.rules.as_deref())?);
+    let mut output = Output::open(&config.output, config.format)?;
+    let options = SamplerOptions::for_dump(config.pid, config.stacks, config.stack_copy_bytes);
+    let mut sampler = Sampler::start(&options).map_err(|e| {
+        preflight::explain_refusal(&e)
+            .map(anyhow::Error::from)
+            .unwrap_or(e)
+    })?;
+    let mut processes = ProcessTable::new();
+    processes.observe(config.pid, "");
+    let run = RunInfo {
+        target: format!("pid {}", config.pid),
+        mode: Mode::Cpu,
+        frequency: 0,
+        event: "task iterator".into(),
+        per_thread: true,
+        stack_storage_size: 0,
+        count_map_size: 0,
+        unwind: "dwarf".into(),
+        ring_buffer_size: 0,
+    };
+    let mut pipeline = Pipeline::new(
+        run,
+        rules,
+        processes,
+        config.stacks.user(),
+        sampler.counters()?,
+        0,
+    );
+
+    let Some(every) = config.every else {
+        if !dump_once(&mut sampler, &mut pipeline, &mut output, config.pid)? {
+            usage_error!(
+                "pid {} exited before it could be dumped; check the pid",
+                config.pid
+            );
+        }
+        return Ok(0);
+    };
+
+    eprintln!(
+        "[tripod] Dumping every thread of pid {} every {} s. Press Ctrl-C to stop.",
+        config.pid,
+        every.as_secs_f64()
+    );
+    eprintln!("[tripod] Writing output to: {}", output.name);
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dumps = 0;
+    let stop = loop {
+        tokio::select! {
+            _ = sigint.recv() => break "stopped by SIGINT",
+            _ = sigterm.recv() => break "stopped by SIGTERM",
+            _ = tick.tick() => {
+                if !dump_once(&mut sampler, &mut pipeline, &mut output, config.pid)? {
+                    break "the process has exited";
+                }
+                dumps += 1;
+            }
+        }
+    };
+    eprintln!(
+        "[tripod] {stop}: {dumps} {}; output in {}",
+        if dumps == 1 { "dump" } else { "dumps" },
+        output.name
+    );
+    Ok(0)
+}
+
+/// Writes one dump; false when the process is gone.
+fn dump_once(
+    sampler: &mut Sampler,
+    pipeline: &mut Pipeline,
+    output: &mut Output,
+    pid: u32,
+) -> Result<bool> {
+    let started = Instant::now();
+    let mut syscalls = HashMap::new();
+    let mut threads = 0;
+    sampler.snapshot(|thread| {
+        threads += 1;
+        if let Some(number) = thread.syscall {
+            syscalls.insert(thread.tid, number);
+        }
+        pipeline.ingest_snapshot(thread);
+    })?;
+    if threads == 0 && !process::is_alive(pid) {
+        return Ok(false);
+    }
+    let dump = pipeline.take_dump(pid, &syscalls);
+    output.dump(&dump).context("writing the dump")?;
+    log::debug!("dumped {threads} threads in {:?}", started.elapsed());
+    Ok(true)
+}

@@ -1,0 +1,464 @@
+//! Samples on their way to reports: unwound, aggregated and symbolized as
+//! they arrive, whatever the mode. Recording ([`crate::app`]) and thread dumps
+//! ([`crate::dump`]) both feed one.
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use chrono::{DateTime, Local};
+use tripod_common::{RecordKind, MAX_STACK_DEPTH};
+
+use crate::{
+    aggregate::{Aggregator, StackId, ThreadStack},
+    annotate::Rules,
+    config::Mode,
+    output::Output,
+    process::{self, ProcessTable},
+    report::{self, Losses, RunInfo, ThreadDump},
+    resolve::Resolver,
+    sampler::{CopiedSample, Counters, Record, UserStack, Wake},
+    stack::{self, Gap, RawFrame, RawSample, StackRead},
+    task::TaskState,
+    unwind::{Unwinder, UserRegs},
+};
+
+/// How often processes not sampled since the previous check are checked, and
+/// retired if they have exited (see `Pipeline::forget_exited`). Longer than a
+/// drain interval, so no samples of them are still on their way; short,
+/// because on a machine that starts thousands of processes a second, memory
+/// grows with this window.
+const FORGET_AFTER: Duration = Duration::from_secs(2);
+
+/// A thread switched out and not yet back (`--mode off-cpu` and `wall`).
+struct Wait {
+    tgid: u32,
+    comm: String,
+    stack: StackId,
+    state: TaskState,
+    /// CLOCK_MONOTONIC nanoseconds when it was switched out.
+    since_ns: u64,
+    /// Up to when its waiting has been counted already (reports count waits
+    /// still in progress).
+    counted_ns: u64,
+}
+
+pub struct Pipeline {
+    run: RunInfo,
+    rules: Arc<Rules>,
+    aggregator: Aggregator,
+    processes: ProcessTable,
+    resolver: Resolver,
+    unwinder: Unwinder,
+    /// Collect user stacks at all (not `--kernel-only`).
+    collect_user: bool,
+    /// New stacks whose addresses are located at the next drain.
+    unlocated: Vec<StackId>,
+    /// Threads waiting to run again, by tid.
+    waits: HashMap<u32, Wait>,
+    /// `--mode off-cpu`: shorter waits are not counted, in nanoseconds.
+    min_block_ns: u64,
+    /// The retirement check after which each process was last sampled: a
+    /// counter, so the per-sample path reads no clock.
+    last_seen: HashMap<u32, u64>,
+    forget_checks: u64,
+    last_forget_check: Instant,
+    run_start: DateTime<Local>,
+    run_counters: Counters,
+    interval_start: DateTime<Local>,
+    interval_counters: Counters,
+    unreported: u64,
+}
+
+impl Pipeline {
+    pub fn new(
+        run: RunInfo,
+        rules: Arc<Rules>,
+        processes: ProcessTable,
+        collect_user: bool,
+        counters: Counters,
+        min_block_us: u32,
+    ) -> Self {
+        let now = Local::now();
+        Pipeline {
+            run,
+            rules,
+            aggregator: Aggregator::new(),
+            processes,
+            resolver: Resolver::new(),
+            unwinder: Unwinder::new(),
+            collect_user,
+            unlocated: Vec::new(),
+            waits: HashMap::new(),
+            min_block_ns: u64::from(min_block_us) * 1000,
+            last_seen: HashMap::new(),
+            forget_checks: 0,
+            last_forget_check: Instant::now(),
+            run_start: now,
+            run_counters: counters,
+            interval_start: now,
+            interval_counters: counters,
+            unreported: 0,
+        }
+    }
+
+    /// Counts the samples the kernel counted, then locates the addresses of
+    /// every stack not seen before, now, while their processes are most likely
+    /// still alive. Symbols wait for the next report.
+    pub fn ingest(&mut self, samples: Vec<RawSample>) {
+        for sample in samples {
+            let raw = self.combine(sample.tgid, &sample.comm, sample.kernel, sample.user);
+            self.count(
+                sample.tgid,
+                sample.tid,
+                &sample.comm,
+                &raw,
+                TaskState::Running,
+                sample.count,
+            );
+        }
+        self.locate_new_stacks();
+        self.forget_exited();
+    }
+
+    /// Takes one record of the ring buffer: a sample on a CPU, a thread
+    /// switching out, or one switching back in.
+    pub fn ingest_record(&mut self, record: Record<'_>) {
+        match record {
+            Record::Stack(sample) => match sample.kind {
+                RecordKind::Blocked => self.begin_wait(sample),
+                _ => {
+                    let (tgid, tid) = (sample.tgid, sample.tid);
+                    let comm = sample.comm.clone();
+                    let raw = self.unwind(sample);
+                    self.count(tgid, tid, &comm, &raw, TaskState::Running, 1);
+                }
+            },
+            Record::Woke(wake) => self.end_wait(wake),
+        }
+    }
+
+    /// Takes one thread of a dump: counted once, in the state it is in.
+    pub fn ingest_snapshot(&mut self, sample: CopiedSample<'_>) {
+        let (tgid, tid) = (sample.tgid, sample.tid);
+        let state = TaskState::from_kernel(sample.state);
+        let comm = sample.comm.clone();
+        let raw = self.unwind(sample);
+        self.count(tgid, tid, &comm, &raw, state, 1);
+    }
+
+    /// Takes one thread of the snapshot made when tracking switches starts:
+    /// a thread already waiting is counted from now, as if it had just been
+    /// switched out. Returns whether it was waiting.
+    pub fn seed_wait(&mut self, sample: CopiedSample<'_>) -> bool {
+        if TaskState::from_kernel(sample.state) == TaskState::Running {
+            return false;
+        }
+        self.begin_wait(sample);
+        true
+    }
+
+    fn begin_wait(&mut self, sample: CopiedSample<'_>) {
+        let (tgid, tid, since_ns) = (sample.tgid, sample.tid, sample.time_ns);
+        // Switched out while runnable: preempted, waiting for a CPU.
+        let state = match TaskState::from_kernel(sample.state) {
+            TaskState::Running => TaskState::Runnable,
+            state => state,
+        };
+        let comm = sample.comm.clone();
+        let raw = self.unwind(sample);
+        let (stack, new) = self.aggregator.stacks.intern(tgid, &raw);
+        if new {
+            self.unlocated.push(stack);
+        }
+        self.last_seen.insert(tgid, self.forget_checks);
+        self.waits.insert(
+            tid,
+            Wait {
+                tgid,
+                comm,
+                stack,
+                state,
+                since_ns,
+                counted_ns: since_ns,
+            },
+        );
+    }
+
+    fn end_wait(&mut self, wake: Wake) {
+        let Some(mut wait) = self.waits.remove(&wake.tid) else {
+            return;
+        };
+        // A different wait: its `Blocked` record was lost, or this is stale.
+        if wait.since_ns != wake.start_ns {
+            return;
+        }
+        self.count_wait(wake.tid, &mut wait, wake.end_ns);
+    }
+
+    /// Counts the waiting of every thread still switched out, up to now, so
+    /// reports include threads that have been waiting all along.
+    fn count_waits_in_progress(&mut self) {
+        let now = monotonic_ns();
+        let mut waits = std::mem::take(&mut self.waits);
+        for (&tid, wait) in waits.iter_mut() {
+            self.count_wait(tid, wait, now);
+        }
+        self.waits = waits;
+    }
+
+    /// Adds what `wait` adds up to `until_ns`: microseconds off the CPU, or
+    /// the sampling ticks it spans.
+    fn count_wait(&mut self, tid: u32, wait: &mut Wait, until_ns: u64) {
+        if until_ns <= wait.counted_ns {
+            return;
+        }
+        let weight = match self.run.mode {
+            Mode::OffCpu => {
+                if until_ns - wait.since_ns < self.min_block_ns {
+                    return;
+                }
+                until_ns / 1000 - wait.counted_ns / 1000
+            }
+            _ => ticks(until_ns, self.run.frequency) - ticks(wait.counted_ns, self.run.frequency),
+        };
+        wait.counted_ns = until_ns;
+        if weight > 0 {
+            let key = ThreadStack {
+                tgid: wait.tgid,
+                tid,
+                stack: wait.stack,
+                state: wait.state,
+            };
+            self.unreported += weight;
+            self.last_seen.insert(wait.tgid, self.forget_checks);
+            self.aggregator.count(key, &wait.comm, weight);
+        }
+    }
+
+    /// A copied stack as typed frames, innermost first.
+    fn unwind(&mut self, sample: CopiedSample<'_>) -> Vec<RawFrame> {
+        let user = match sample.user {
+            UserStack::Copy {
+                regs: (ip, sp, bp),
+                stack,
+            } => StackRead::Unwound(self.unwinder.unwind(
+                sample.tgid,
+                UserRegs { ip, sp, bp },
+                stack,
+                &mut self.processes,
+            )),
+            UserStack::Addresses(addresses) => StackRead::Addresses(addresses),
+            UserStack::Absent if self.collect_user => StackRead::Missing(Gap::Failed(libc::EFAULT)),
+            UserStack::Absent => StackRead::NotCollected,
+        };
+        self.combine(sample.tgid, &sample.comm, sample.kernel, user)
+    }
+
+    fn combine(
+        &mut self,
+        tgid: u32,
+        comm: &str,
+        kernel: StackRead,
+        user: StackRead,
+    ) -> Vec<RawFrame> {
+        let process = self.processes.observe(tgid, comm);
+        let user = match user {
+            // Kernel threads have no user stack; that is not a failure to show.
+            StackRead::Missing(Gap::Failed(libc::EFAULT)) if process.kernel_thread => {
+                StackRead::NotCollected
+            }
+            user => user,
+        };
+        let kernel = match kernel {
+            // Sampled in user mode: there is no kernel stack to read.
+            StackRead::Missing(Gap::Failed(libc::EFAULT)) => StackRead::NotCollected,
+            kernel => kernel,
+        };
+        stack::combine(&kernel, &user, MAX_STACK_DEPTH)
+    }
+
+    fn count(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+        comm: &str,
+        raw: &[RawFrame],
+        state: TaskState,
+        weight: u64,
+    ) {
+        self.unreported += weight;
+        self.last_seen.insert(tgid, self.forget_checks);
+        let (stack, new) = self.aggregator.add(tgid, tid, comm, raw, state, weight);
+        if new {
+            self.unlocated.push(stack);
+        }
+    }
+
+    /// Retires processes that went quiet and have exited: their stacks are
+    /// symbolized and merged by name, and everything kept per process is freed,
+    /// so memory does not grow with the number of processes a run has seen.
+    fn forget_exited(&mut self) {
+        if self.last_forget_check.elapsed() < FORGET_AFTER {
+            return;
+        }
+        self.last_forget_check = Instant::now();
+        // Sampled since the previous check: kept without looking at /proc.
+        let recent = self.forget_checks;
+        self.forget_checks += 1;
+        let mut exited = HashMap::new();
+        self.last_seen.retain(|&pid, seen| {
+            let keep = *seen == recent || process::is_alive(pid);
+            if !keep {
+                exited.insert(pid, String::new());
+            }
+            keep
+        });
+        if exited.is_empty() {
+            return;
+        }
+        // Names need the addresses, which retiring drops.
+        self.symbolize();
+        for (pid, name) in exited.iter_mut() {
+            if let Some(process) = self.processes.get(*pid) {
+                name.clone_from(&process.comm);
+            }
+            self.unwinder.forget(*pid);
+            self.processes.forget(*pid);
+        }
+        // Their threads will not run again; their stacks are about to go.
+        self.waits
+            .retain(|_, wait| !exited.contains_key(&wait.tgid));
+        self.aggregator.retire(&exited);
+        self.resolver.forget(|pid| exited.contains_key(&pid));
+        log::debug!(
+            "retired {} exited processes; {}",
+            exited.len(),
+            self.sizes()
+        );
+    }
+
+    /// The sizes of what the pipeline keeps, for debug logs.
+    fn sizes(&self) -> String {
+        format!(
+            "{} stacks, {} counts, {} processes, {} waiting threads, {}",
+            self.aggregator.stacks.len(),
+            self.aggregator.run().len(),
+            self.processes.len(),
+            self.waits.len(),
+            self.resolver.sizes()
+        )
+    }
+
+    pub fn locate_new_stacks(&mut self) {
+        if self.unlocated.is_empty() {
+            return;
+        }
+        self.resolver.locate(
+            &self.aggregator.stacks,
+            &self.unlocated,
+            &mut self.processes,
+        );
+        self.unlocated.clear();
+    }
+
+    /// Names every frame a report may show.
+    fn symbolize(&mut self) {
+        self.locate_new_stacks();
+        if !self.resolver.has_waiting() {
+            return;
+        }
+        let started = Instant::now();
+        self.resolver.symbolize(&mut self.aggregator.stacks);
+        log::debug!("symbolized new stacks in {:?}", started.elapsed());
+    }
+
+    pub fn has_unreported_samples(&self) -> bool {
+        self.unreported > 0 || !self.waits.is_empty()
+    }
+
+    pub fn write_report(&mut self, output: &mut Output, counters: &Counters) -> Result<()> {
+        self.count_waits_in_progress();
+        self.symbolize();
+        let now = Local::now();
+        let counts = self.aggregator.take_interval();
+        let losses = Losses::from_counters(&counters.since(&self.interval_counters));
+        let report = report::build_report(
+            &self.run,
+            &self.rules,
+            &self.aggregator,
+            &self.processes,
+            &counts,
+            (self.interval_start, now),
+            losses,
+        );
+        output.report(&report).context("writing the report")?;
+        self.interval_start = now;
+        self.interval_counters = *counters;
+        self.unreported = 0;
+        Ok(())
+    }
+
+    pub fn summary(&mut self, counters: &Counters) -> report::Summary {
+        self.count_waits_in_progress();
+        self.symbolize();
+        let losses = Losses::from_counters(&counters.since(&self.run_counters));
+        report::build_summary(
+            &self.run,
+            &self.aggregator,
+            &self.processes,
+            (self.run_start, Local::now()),
+            losses,
+        )
+    }
+
+    /// The threads ingested since the last dump, grouped by stack.
+    /// `syscalls` holds the system call each thread is in, if any.
+    pub fn take_dump(&mut self, pid: u32, syscalls: &HashMap<u32, i32>) -> ThreadDump {
+        self.symbolize();
+        let counts = self.aggregator.take_interval();
+        self.unreported = 0;
+        report::build_dump(
+            pid,
+            &self.rules,
+            &self.aggregator,
+            &self.processes,
+            &counts,
+            syscalls,
+            Local::now(),
+        )
+    }
+}
+
+/// Sampling ticks at `frequency` Hz from the clock's origin to `ns`.
+fn ticks(ns: u64, frequency: u64) -> u64 {
+    (u128::from(ns) * u128::from(frequency) / 1_000_000_000) as u64
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime with a valid pointer to a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ticks;
+
+    #[test]
+    fn ticks_are_counted_once_across_split_intervals() {
+        // 99 Hz: a wait from 0.5 s to 2.5 s spans 198 ticks however it is cut.
+        let (start, middle, end) = (500_000_000, 1_234_567_890, 2_500_000_000);
+        let whole = ticks(end, 99) - ticks(start, 99);
+        let split = (ticks(middle, 99) - ticks(start, 99)) + (ticks(end, 99) - ticks(middle, 99));
+        assert_eq!(whole, 198);
+        assert_eq!(split, whole);
+    }
+}
