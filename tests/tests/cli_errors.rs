@@ -117,3 +117,36 @@ fn not_root_is_told_to_use_sudo() {
         "error does not mention sudo:\n{stderr}"
     );
 }
+
+#[test]
+fn malformed_rules_file_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    fs::write(
+        &rules,
+        "[[rule]]\ndescription = \"ok\"\nframes = [\"a\"]\n\n[[rule]]\nframe = [\"typo\"]\n",
+    )
+    .unwrap();
+    let path = rules.to_str().unwrap();
+    expect_error_line(&["--all", "-d", "1", "--rules", path], "line 6");
+    expect_error_line(&["dump", "--pid", "1", "--rules", path], "line 6");
+    fs::write(&rules, "[[rule]\ndescription = \"unclosed\"\n").unwrap();
+    expect_error_line(&["--all", "-d", "1", "--rules", path], "line 1");
+    expect_error_line(
+        &["--all", "-d", "1", "--rules", "/nonexistent/rules.toml"],
+        "rules file",
+    );
+}
+
+#[test]
+fn dump_of_a_missing_process() {
+    expect_error_line(&["dump", "--pid", "999999999"], "999999999");
+}
+
+#[test]
+fn min_block_us_needs_off_cpu() {
+    expect_error_line(
+        &["--all", "-d", "1", "--min-block-us", "10"],
+        "--mode off-cpu",
+    );
+}

@@ -11,3 +11,5 @@ mod output;
 mod sampling;
 // Complete user stacks without frame pointers: copied stacks unwound with .eh_frame.
 mod unwinding;
+// Where threads wait: dumps, annotation rules, off-CPU and wall-clock time.
+mod waiting;

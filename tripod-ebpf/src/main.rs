@@ -177,7 +177,7 @@ fn record(
     }
     // First sample of this key. Another CPU may insert it at the same moment:
     // NOEXIST makes that a clean EEXIST, after which the increment succeeds.
-    if counts.insert(&key, 1, BPF_NOEXIST as u64).is_err() && !increment(counts, &key) {
+    if counts.insert(key, 1, BPF_NOEXIST as u64).is_err() && !increment(counts, &key) {
         bump(Counter::CountMapFull);
     }
 }
@@ -405,7 +405,7 @@ fn switched_out(ctx: &BtfTracePointContext, config: &SamplerConfig, now: u64) {
     copy.header.state = if preempted != 0 { 0 } else { prev_state };
     copy.header.time_ns = now;
     // Only a wait whose stacks were sent is timed, so every `Woke` has its `Blocked`.
-    if send(copy) && BLOCKED_SINCE.insert(&tid, &now, 0).is_err() {
+    if send(copy) && BLOCKED_SINCE.insert(tid, now, 0).is_err() {
         bump(Counter::CountMapFull);
     }
 }
@@ -417,10 +417,10 @@ fn switched_in(ctx: &BtfTracePointContext, config: &SamplerConfig, now: u64) {
         return;
     };
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(&start) = (unsafe { BLOCKED_SINCE.get(&tid) }) else {
+    let Some(&start) = (unsafe { BLOCKED_SINCE.get(tid) }) else {
         return;
     };
-    let _ = BLOCKED_SINCE.remove(&tid);
+    let _ = BLOCKED_SINCE.remove(tid);
     if now.saturating_sub(start) < config.min_block_us as u64 * 1000 {
         return;
     }

@@ -36,8 +36,8 @@ const COPY_POLL_PERIOD: Duration = Duration::from_millis(50);
 
 /// Records as configured; returns the exit status for the process.
 pub async fn run(config: Config) -> Result<u8> {
-    preflight::check(&config)?;
     let rules = Arc::new(load_rules(config.rules.as_deref())?);
+    preflight::check(&config)?;
     let mut output = Output::open(&config.output, config.format)?;
 
     let options = SamplerOptions {
@@ -152,6 +152,7 @@ pub async fn run(config: Config) -> Result<u8> {
 
     sampler.drain_copies(|record| pipeline.ingest_record(record));
     pipeline.ingest(sampler.drain()?);
+    pipeline.stop_tracking();
     let counters = sampler.counters()?;
     if config.interval.is_none() || pipeline.has_unreported_samples() {
         pipeline.write_report(&mut output, &counters)?;

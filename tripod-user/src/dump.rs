@@ -22,8 +22,8 @@ use crate::{
 
 /// Dumps as configured; returns the exit status for the process.
 pub async fn run(config: DumpConfig) -> Result<u8> {
-    preflight::check_dump(&config)?;
     let rules = Arc::new(load_rules(config.rules.as_deref())?);
+    preflight::check_dump(&config)?;
     let mut output = Output::open(&config.output, config.format)?;
     let options = SamplerOptions::for_dump(config.pid, config.stacks, config.stack_copy_bytes);
     let mut sampler = Sampler::start(&options).map_err(|e| {

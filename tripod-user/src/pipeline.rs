@@ -153,7 +153,7 @@ impl Pipeline {
     /// a thread already waiting is counted from now, as if it had just been
     /// switched out. Returns whether it was waiting.
     pub fn seed_wait(&mut self, sample: CopiedSample<'_>) -> bool {
-        if TaskState::from_kernel(sample.state) == TaskState::Running {
+        if !TaskState::from_kernel(sample.state).is_waiting() {
             return false;
         }
         self.begin_wait(sample);
@@ -401,8 +401,14 @@ impl Pipeline {
         Ok(())
     }
 
-    pub fn summary(&mut self, counters: &Counters) -> report::Summary {
+    /// Ends tracking switches: waits still in progress are counted up to
+    /// now, when recording stopped, and no further.
+    pub fn stop_tracking(&mut self) {
         self.count_waits_in_progress();
+        self.waits.clear();
+    }
+
+    pub fn summary(&mut self, counters: &Counters) -> report::Summary {
         self.symbolize();
         let losses = Losses::from_counters(&counters.since(&self.run_counters));
         report::build_summary(

@@ -539,7 +539,7 @@ pub fn build_dump(
 pub fn syscall_name(number: i32) -> String {
     usize::try_from(number)
         .ok()
-        .and_then(|n| syscalls::Sysno::new(n))
+        .and_then(syscalls::Sysno::new)
         .map(|sysno| sysno.name().to_string())
         .unwrap_or_else(|| format!("syscall {number}"))
 }

@@ -120,6 +120,11 @@ impl Resolver {
                     frames.extend(self.cache[&cache_key(entry.tgid, raw)].iter().cloned());
                 }
             }
+            // Stacks taken in a tracepoint end in the machinery that ran tripod's
+            // own program: not what the thread was doing.
+            while frames.last().is_some_and(|f| is_tracing_frame(f)) {
+                frames.pop();
+            }
             stacks.set_frames(id, frames.into());
         }
     }
@@ -214,4 +219,15 @@ fn expand(base: Frame, resolved: Option<Arc<Resolved>>) -> Arc<[Arc<Frame>]> {
             ..base
         }),
     }
+}
+
+/// Kernel frames of the BPF tracing path itself (`bpf_prog_<tag>_track_switch`,
+/// `bpf_trace_run4`, `__traceiter_sched_switch`, ...).
+fn is_tracing_frame(frame: &Frame) -> bool {
+    frame.kernel
+        && frame.function.as_deref().is_some_and(|name| {
+            ["bpf_prog_", "bpf_trace_run", "__bpf_trace_", "__traceiter_"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+        })
 }

@@ -167,7 +167,7 @@ impl<'a> Btf<'a> {
                 };
             if name != 0 {
                 // Bitfields have no byte offset; none of ours is one.
-                if bits % 8 == 0 {
+                if bits.is_multiple_of(8) {
                     out.insert(self.name(name).to_string(), bits / 8);
                 }
                 continue;
