@@ -226,10 +226,7 @@ fn dump_text_and_custom_rules() {
     let out = run_tripod(&["dump", "-p", &pid, "--rules", rules.to_str().unwrap()]);
     assert_success(&out);
     let text = stdout_text(&out);
-    assert!(
-        text.starts_with("[tripod] ===== thread dump "),
-        "{text}"
-    );
+    assert!(text.starts_with("[tripod] ===== thread dump "), "{text}");
     assert!(text.contains(&format!("pid {pid} (population)")), "{text}");
     // stacktraces' synopsis line: count, tids, what they do; largest group first.
     let first = text.lines().nth(2).unwrap();

@@ -6,7 +6,9 @@
 //! [`unwind`] (copied user stacks to addresses with DWARF CFI, the only
 //! framehop user) -> [`stack`] (typed raw frames) -> [`aggregate`] (counts,
 //! addresses only) -> [`process`] + [`symbolize`] (the only blazesym user)
-//! via [`resolve`] -> [`report`] -> [`output`] (the only writers). [`app`] runs it.
+//! via [`resolve`] -> [`annotate`] -> [`report`] -> [`output`] (the only
+//! writers). [`pipeline`] carries samples through these stages; [`app`] runs
+//! a recording and [`dump`] a thread dump.
 pub mod aggregate;
 pub mod annotate;
 pub mod app;

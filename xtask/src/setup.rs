@@ -141,15 +141,24 @@ fn llvm(apt: &mut Apt) -> Result<()> {
 }
 
 fn gcc(apt: &mut Apt) -> Result<()> {
-    let what = "gcc";
     // The end-to-end tests compile small C fixture programs.
-    let has = || probe(Command::new("gcc").arg("--version")).is_some();
+    apt_tool(apt, "gcc", "gcc")
+}
+
+/// What only the tests need: gdb, whose thread backtraces the dump tests compare with.
+pub fn test_tools() -> Result<()> {
+    apt_tool(&mut Apt { updated: false }, "gdb", "gdb")
+}
+
+/// A program from an apt package of the same purpose, found by running `program --version`.
+fn apt_tool(apt: &mut Apt, program: &str, package: &str) -> Result<()> {
+    let has = || probe(Command::new(program).arg("--version")).is_some();
     if has() {
-        ok(what);
+        ok(program);
         return Ok(());
     }
-    apt.install(what, "gcc")?;
-    verify(what, has())
+    apt.install(program, package)?;
+    verify(program, has())
 }
 
 fn bpf_linker() -> Result<()> {

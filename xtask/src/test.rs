@@ -7,11 +7,12 @@ use anyhow::Result;
 use crate::{
     build::build,
     cmd::{is_root, run, workspace_root},
-    setup::setup,
+    setup::{setup, test_tools},
 };
 
 pub fn main(args: Vec<OsString>) -> Result<()> {
     let toolchain = setup()?;
+    test_tools()?;
     let bin = build(&toolchain, false)?;
     if !is_root() {
         // The tests decide: they skip with a reason, or fail when CI is set.
