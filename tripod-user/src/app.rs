@@ -175,7 +175,7 @@ pub async fn run(config: Config) -> Result<u8> {
         output.name
     );
     for c in summary.completeness.iter().take(5) {
-        eprintln!("[tripod] {}", describe_completeness(c));
+        eprintln!("[tripod] {}", describe_completeness(&summary.run, c));
     }
     for hint in summary.hints() {
         eprintln!("[tripod] {hint}");

@@ -78,7 +78,7 @@ impl Render for Log {
         )?;
         writeln!(out, "[tripod] {}", describe_losses(&summary.losses))?;
         for c in &summary.completeness {
-            writeln!(out, "[tripod] {}", describe_completeness(c))?;
+            writeln!(out, "[tripod] {}", describe_completeness(run, c))?;
         }
         for hint in summary.hints() {
             writeln!(out, "[tripod] {hint}")?;
@@ -109,12 +109,12 @@ fn plural(count: usize, one: &str, many: &str) -> String {
 }
 
 /// One line on how complete a process's user stacks were.
-pub fn describe_completeness(c: &Completeness) -> String {
+pub fn describe_completeness(run: &RunInfo, c: &Completeness) -> String {
     format!(
-        "{}: {:.1}% of {} samples reached the thread root, {} truncated",
+        "{}: {:.1}% of {} reached the thread root, {} truncated",
         process_label(c.pid, &c.comm),
         c.percent_complete(),
-        c.samples,
+        run.weight(c.samples),
         c.truncated
     )
 }
