@@ -200,19 +200,8 @@ fn current_thread_copy(
     let copy = SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: a slot no other running program uses (see `ScratchSlot`).
     let copy = unsafe { &mut *copy };
-    let header = &mut copy.header;
-    header.kind = kind as u32;
-    header.tgid = tgid;
-    header.tid = tid;
-    header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    header.kernel_frames = 0;
-    header.kernel_error = 0;
-    header.stack_len = 0;
-    header.user_frames = 0;
-    header.state = 0;
-    header.syscall = -1;
-    // SAFETY: no preconditions.
-    header.time_ns = unsafe { bpf_ktime_get_ns() };
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    begin_record(copy, kind, tgid, tid, comm, 0);
 
     if config.collect_kernel != 0 {
         let size = (8 * MAX_STACK_DEPTH) as u32;
@@ -255,6 +244,31 @@ fn current_thread_copy(
         unsafe { bpf_probe_read_user(dst, len, src) }
     });
     Some(copy)
+}
+
+/// Starts a record in a scratch slot: who and when, with no stacks yet.
+#[inline(always)]
+fn begin_record(
+    copy: &mut StackCopy,
+    kind: RecordKind,
+    tgid: u32,
+    tid: u32,
+    comm: [u8; 16],
+    state: u32,
+) {
+    let header = &mut copy.header;
+    header.kind = kind as u32;
+    header.tgid = tgid;
+    header.tid = tid;
+    header.comm = comm;
+    header.state = state;
+    header.kernel_frames = 0;
+    header.kernel_error = 0;
+    header.stack_len = 0;
+    header.user_frames = 0;
+    header.syscall = -1;
+    // SAFETY: no preconditions.
+    header.time_ns = unsafe { bpf_ktime_get_ns() };
 }
 
 #[inline(always)]
@@ -493,19 +507,14 @@ pub fn dump_threads(ctx: *mut c_void) -> i32 {
     };
     // SAFETY: the iterator's own slot; one iteration runs at a time.
     let copy = unsafe { &mut *copy };
-    let header = &mut copy.header;
-    header.kind = RecordKind::Snapshot as u32;
-    header.tgid = tgid;
-    header.tid = tid;
-    header.comm = read_task_field(address, offsets.comm).unwrap_or([0; 16]);
-    header.state = read_task_field(address, offsets.state).unwrap_or(0);
-    header.kernel_frames = 0;
-    header.kernel_error = 0;
-    header.stack_len = 0;
-    header.user_frames = 0;
-    header.syscall = -1;
-    // SAFETY: no preconditions.
-    header.time_ns = unsafe { bpf_ktime_get_ns() };
+    begin_record(
+        copy,
+        RecordKind::Snapshot,
+        tgid,
+        tid,
+        read_task_field(address, offsets.comm).unwrap_or([0; 16]),
+        read_task_field(address, offsets.state).unwrap_or(0),
+    );
     let on_cpu = read_task_field::<i32>(address, offsets.on_cpu).unwrap_or(0) != 0;
 
     // A thread on a CPU has no saved kernel stack to read, and the registers

@@ -62,11 +62,7 @@ pub async fn run(config: Config) -> Result<u8> {
             _ => 0,
         },
     };
-    let mut sampler = Sampler::start(&options).map_err(|e| {
-        preflight::explain_refusal(&e)
-            .map(anyhow::Error::from)
-            .unwrap_or(e)
-    })?;
+    let mut sampler = start_sampler(&options)?;
     if let (Some(reason), true) = (sampler.fallback_reason(), config.mode.samples_on_cpu()) {
         log::debug!("hardware cycles event: {reason}");
         eprintln!(
@@ -183,6 +179,15 @@ pub async fn run(config: Config) -> Result<u8> {
     Ok(match stop {
         Stop::CommandExited(status) => exit_code(status),
         _ => 0,
+    })
+}
+
+/// Starts the sampler; a kernel that refuses the program gets an explanation.
+pub fn start_sampler(options: &SamplerOptions) -> Result<Sampler> {
+    Sampler::start(options).map_err(|e| {
+        preflight::explain_refusal(&e)
+            .map(anyhow::Error::from)
+            .unwrap_or(e)
     })
 }
 

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    app::load_rules,
+    app::{load_rules, start_sampler},
     config::{DumpConfig, Mode},
     output::Output,
     pipeline::Pipeline,
@@ -26,11 +26,7 @@ pub async fn run(config: DumpConfig) -> Result<u8> {
     preflight::check_dump(&config)?;
     let mut output = Output::open(&config.output, config.format)?;
     let options = SamplerOptions::for_dump(config.pid, config.stacks, config.stack_copy_bytes);
-    let mut sampler = Sampler::start(&options).map_err(|e| {
-        preflight::explain_refusal(&e)
-            .map(anyhow::Error::from)
-            .unwrap_or(e)
-    })?;
+    let mut sampler = start_sampler(&options)?;
     let mut processes = ProcessTable::new();
     processes.observe(config.pid, "");
     let run = RunInfo {
