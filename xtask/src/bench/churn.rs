@@ -13,7 +13,7 @@ use anyhow::{ensure, Result};
 use super::{
     fixtures::comm,
     proc::Fixture,
-    samplers::{Format, Sampler, Scope, Unwind},
+    samplers::{Event, Format, Sampler, Scope, Unwind},
     say,
     stacks::Share,
     Bench, Options,
@@ -85,7 +85,13 @@ fn forks_since_boot() -> u64 {
 
 fn run_once(bench: &Bench, sampler: Sampler, seconds: f64) -> Result<Run> {
     let dir = bench.run_dir()?;
-    let running = sampler.start(&bench.tools, Scope::All, HZ, Format::Folded, &dir)?;
+    let running = sampler.start(
+        &bench.tools,
+        Scope::All,
+        Event::Clock(HZ),
+        Format::Folded,
+        &dir,
+    )?;
     let forks_before = forks_since_boot();
     let started = Instant::now();
     let fixture = Fixture::start(&bench.fixtures.churn, &[])?;

@@ -31,6 +31,10 @@ pub struct Fixtures {
     pub paths: PathBuf,
     /// Short-lived processes, started continuously.
     pub churn: PathBuf,
+    /// Two threads passing a byte back and forth: a context switch every few microseconds.
+    pub pingpong: PathBuf,
+    /// 1,000 threads parked in three kinds of wait.
+    pub manythreads: PathBuf,
 }
 
 /// The chain every `work` sample should show, outermost first.
@@ -57,6 +61,9 @@ impl Fixtures {
             split: compile("split", "split.c", FP)?,
             paths: compile("paths", "paths.c", FP)?,
             churn: compile("churn", "churn.c", FP)?,
+            // These two time the samplers and dumpers, not their stacks: built as shipped.
+            pingpong: compile("pingpong", "pingpong.c", NOFP)?,
+            manythreads: compile("manythreads", "manythreads.c", NOFP)?,
         })
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{ensure, Result};
 use super::{
     fixtures::comm,
     proc::Fixture,
-    samplers::{Format, Sampler, Scope, Unwind},
+    samplers::{Event, Format, Sampler, Scope, Unwind},
     say, Bench, Options,
 };
 
@@ -99,9 +99,13 @@ fn run_once(bench: &Bench, config: Config, seconds: f64) -> Result<Run> {
         &bench.fixtures.paths,
         &["--processes", &PROCESSES.to_string()],
     )?;
-    let running = config
-        .sampler
-        .start(&bench.tools, Scope::All, HZ, config.format, &dir)?;
+    let running = config.sampler.start(
+        &bench.tools,
+        Scope::All,
+        Event::Clock(HZ),
+        config.format,
+        &dir,
+    )?;
     thread::sleep(Duration::from_secs_f64(seconds));
     let stopped = running.stop()?;
     fixture.stop()?;

@@ -1,13 +1,16 @@
 //! `cargo xtask bench`: tripod-bpf side by side with perf and bpftrace on this machine.
 //!
-//! Six measurements (see BENCHMARKS.md for what each means), each run for every sampler
-//! found here, in rounds that visit every configuration once so that machine drift hits
-//! them all alike. The results go to stdout and into BENCHMARKS.md. The bench reports; it
-//! does not judge, except that a sampler that crashes or records nothing makes it fail.
+//! Eight measurements (see BENCHMARKS.md for what each means), each run for every sampler
+//! (or dump tool) found here, in rounds that visit every configuration once so that machine
+//! drift hits them all alike. The results go to stdout and into BENCHMARKS.md. The bench
+//! reports; it does not judge, except that a sampler that crashes or records nothing makes
+//! it fail.
 
 mod churn;
+mod dump;
 mod fixtures;
 mod latency;
+mod offcpu;
 mod overhead;
 mod proc;
 mod quality;
@@ -29,7 +32,7 @@ use crate::{
 use fixtures::Fixtures;
 use samplers::Tools;
 
-/// One of the six measurements.
+/// One of the measurements (two come from the same runs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Measurement {
     /// Target slowdown and sampler cost (measurements 1 and 2, from the same runs)
@@ -40,16 +43,23 @@ pub enum Measurement {
     Latency,
     /// Sampler memory over a long run with short-lived processes
     Churn,
+    /// Target slowdown under off-CPU recording, on a context-switch-heavy fixture
+    #[value(name = "offcpu")]
+    OffCpu,
+    /// Time to dump the stacks of a process with 1,000 threads
+    Dump,
 }
 
 /// How much to measure.
 #[derive(Clone)]
 pub struct Options {
-    /// Rounds of each overhead configuration; the tables show medians over them.
+    /// Rounds of each overhead, off-CPU and dump configuration; the tables show medians
+    /// over them.
     pub runs: usize,
     /// Rounds of the quality, accuracy and latency runs.
     pub short_runs: usize,
-    /// Seconds of CPU work each fixture thread does in an overhead run.
+    /// Seconds of CPU work each fixture thread does in an overhead run, and seconds of
+    /// ping-pong in an off-CPU run (both without a sampler).
     pub work_seconds: f64,
     /// Seconds each quality and accuracy run samples for.
     pub sample_seconds: f64,
@@ -113,7 +123,11 @@ pub fn main(options: Options) -> Result<()> {
 
     let tools = Tools::find(tripod);
     say(&format!("tripod-bpf: {}", tools.tripod_version));
-    for (name, found) in [("perf", &tools.perf), ("bpftrace", &tools.bpftrace)] {
+    for (name, found) in [
+        ("perf", &tools.perf),
+        ("bpftrace", &tools.bpftrace),
+        ("offcputime", &tools.offcputime),
+    ] {
         match found {
             Ok((path, version)) => say(&format!("{name}: {version} ({})", path.display())),
             Err(why) => say(&format!("{name}: skipped: {why}")),
@@ -139,6 +153,12 @@ pub fn main(options: Options) -> Result<()> {
     }
     if options.wants(Measurement::Churn) {
         results.churn = Some(churn::measure(&mut bench, &options)?);
+    }
+    if options.wants(Measurement::OffCpu) {
+        results.off_cpu = Some(offcpu::measure(&mut bench, &options)?);
+    }
+    if options.wants(Measurement::Dump) {
+        results.dump = Some(dump::measure(&mut bench, &options)?);
     }
     results.failures = bench.failures.clone();
     results.duration = started.elapsed();

@@ -10,7 +10,7 @@ use anyhow::{ensure, Result};
 use super::{
     fixtures::comm,
     proc::Fixture,
-    samplers::{Format, Sampler, Scope},
+    samplers::{Event, Format, Sampler, Scope},
     say, Bench, Options,
 };
 
@@ -129,9 +129,13 @@ fn calibrate(bench: &Bench, seconds: f64) -> Result<u64> {
 fn run_once(bench: &Bench, config: Config, iterations: u64) -> Result<Run> {
     let dir = bench.run_dir()?;
     let running = match config.sampler {
-        Some(sampler) => {
-            Some(sampler.start(&bench.tools, Scope::All, config.hz, Format::Folded, &dir)?)
-        }
+        Some(sampler) => Some(sampler.start(
+            &bench.tools,
+            Scope::All,
+            Event::Clock(config.hz),
+            Format::Folded,
+            &dir,
+        )?),
         None => None,
     };
     let cpu_before = running.as_ref().map_or(0, |r| r.cpu_ns());

@@ -4,7 +4,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    os::unix::process::CommandExt as _,
+    os::unix::{io::AsRawFd as _, process::CommandExt as _},
     path::Path,
     process::{Child, ChildStdout, Command, Stdio},
     thread,
@@ -113,11 +113,16 @@ pub fn file_contains(path: &Path, needle: &str) -> bool {
     fs::read_to_string(path).is_ok_and(|text| text.contains(needle))
 }
 
-/// A fixture program: its own process group, stdout piped for the `ready` line.
+/// A fixture program: its own process group, stdout piped for the `ready` line and any
+/// results it prints after it.
 pub struct Fixture {
     child: Child,
+    stdout: BufReader<ChildStdout>,
     exit: Option<Exit>,
 }
+
+/// How long a fixture gets to print `ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Fixture {
     /// Starts `program args` and waits for its `ready PID` line.
@@ -129,21 +134,47 @@ impl Fixture {
             .process_group(0)
             .spawn()
             .with_context(|| format!("cannot start {}", program.display()))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut fixture = Fixture { child, exit: None };
-        fixture.wait_ready(stdout)?;
+        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let mut fixture = Fixture {
+            child,
+            stdout,
+            exit: None,
+        };
+        let line = fixture.next_line(READY_TIMEOUT)?;
+        if !line.starts_with("ready ") {
+            bail!("fixture {} did not start (said {line:?})", fixture.pid());
+        }
         Ok(fixture)
     }
 
-    fn wait_ready(&mut self, stdout: ChildStdout) -> Result<()> {
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .context("reading the fixture's ready line")?;
-        if !line.starts_with("ready ") {
-            bail!("fixture {} did not start (said {line:?})", self.pid());
+    /// The next line the fixture prints, waiting at most `timeout` for it.
+    pub fn next_line(&mut self, timeout: Duration) -> Result<String> {
+        // Fixtures print whole lines and flush them, so a readable pipe holds a whole line.
+        if self.stdout.buffer().is_empty() {
+            let mut pipe = libc::pollfd {
+                fd: self.stdout.get_ref().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+            // SAFETY: one valid pollfd, for the duration of the call.
+            let ready = unsafe { libc::poll(&mut pipe, 1, millis) };
+            if ready < 0 {
+                return Err(std::io::Error::last_os_error())
+                    .context("poll on the fixture's stdout");
+            }
+            if ready == 0 {
+                bail!("fixture {} printed nothing for {timeout:?}", self.pid());
+            }
         }
-        Ok(())
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .with_context(|| format!("reading the output of fixture {}", self.pid()))?;
+        if line.is_empty() {
+            bail!("fixture {} exited without printing its line", self.pid());
+        }
+        Ok(line.trim_end().to_owned())
     }
 
     pub fn pid(&self) -> u32 {

@@ -13,7 +13,7 @@ use anyhow::{ensure, Result};
 use super::{
     fixtures::{comm, WORK_CHAIN},
     proc::Fixture,
-    samplers::{Format, Sampler, Scope},
+    samplers::{Event, Format, Sampler, Scope},
     say,
     stacks::{Folded, Share},
     Bench, Options,
@@ -92,7 +92,7 @@ fn record(
     let running = sampler.start(
         &bench.tools,
         Scope::Pid(fixture_process.pid()),
-        HZ,
+        Event::Clock(HZ),
         Format::Folded,
         &dir,
     )?;

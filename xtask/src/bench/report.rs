@@ -3,10 +3,13 @@
 use std::{fmt::Write as _, time::Duration};
 
 use super::{
-    churn, latency,
+    churn,
+    dump::{self, Dumper, Dumps},
+    latency,
+    offcpu::{self, OffCpu},
     overhead::{self, Config, Overhead},
     quality::{self, Quality},
-    samplers::{Format, Sampler, Tools, Unwind},
+    samplers::{Format, Found, Sampler, Tools, Unwind},
     stats::{fmt, median, mib, range, ratio, slowdown},
     Machine, Options,
 };
@@ -19,29 +22,33 @@ pub struct Results {
     /// Version, or why the peer was skipped.
     pub perf: Result<String, String>,
     pub bpftrace: Result<String, String>,
+    pub offcputime: Result<String, String>,
     pub overhead: Option<Overhead>,
     pub quality: Option<Vec<(Sampler, Quality)>>,
     pub latency: Option<Vec<(latency::Config, Vec<latency::Run>)>>,
     pub churn: Option<Vec<(Sampler, churn::Run)>>,
+    pub off_cpu: Option<OffCpu>,
+    pub dump: Option<Dumps>,
     pub failures: Vec<String>,
     pub duration: Duration,
 }
 
 impl Results {
     pub fn new(options: &Options, machine: Machine, tools: &Tools) -> Results {
-        let version = |found: &Result<(std::path::PathBuf, String), String>| {
-            found.as_ref().map(|(_, v)| v.clone()).map_err(Clone::clone)
-        };
+        let version = |found: &Found| found.as_ref().map(|(_, v)| v.clone()).map_err(Clone::clone);
         Results {
             options: options.clone(),
             machine,
             tripod_version: tools.tripod_version.clone(),
             perf: version(&tools.perf),
             bpftrace: version(&tools.bpftrace),
+            offcputime: version(&tools.offcputime),
             overhead: None,
             quality: None,
             latency: None,
             churn: None,
+            off_cpu: None,
+            dump: None,
             failures: Vec::new(),
             duration: Duration::ZERO,
         }
@@ -67,6 +74,12 @@ pub fn render(r: &Results) -> String {
     }
     if let Some(churn) = &r.churn {
         churn_table(&mut out, r, churn);
+    }
+    if let Some(off_cpu) = &r.off_cpu {
+        off_cpu_table(&mut out, r, off_cpu);
+    }
+    if let Some(dumps) = &r.dump {
+        dump_table(&mut out, r, dumps);
     }
     method(&mut out);
     if !r.failures.is_empty() {
@@ -111,7 +124,11 @@ fn header(out: &mut String, r: &Results) {
         "- {} (this repository; `--unwind fp`, `dwarf` and `auto`, the default)",
         r.tripod_version
     );
-    for (name, found) in [("perf", &r.perf), ("bpftrace", &r.bpftrace)] {
+    for (name, found) in [
+        ("perf", &r.perf),
+        ("bpftrace", &r.bpftrace),
+        ("bcc offcputime", &r.offcputime),
+    ] {
         match found {
             Ok(version) => {
                 let _ = writeln!(out, "- {version}");
@@ -238,6 +255,28 @@ fn standing(out: &mut String, r: &Results) {
             fmt(distinct, 0)
         ),
         stop.zip(distinct).map(|(s, d)| s < 1.0 && d >= 10_000.0),
+    );
+    let dumps = r.dump.as_ref();
+    let dump_wall = |json| {
+        dumps
+            .and_then(|d| d.timings_of(Dumper::Tripod { json }))
+            .and_then(|t| median(&t.runs.iter().map(|r| r.wall).collect::<Vec<_>>()))
+    };
+    let (text, json) = (dump_wall(false), dump_wall(true));
+    let found = dumps.and_then(|d| {
+        d.timings_of(Dumper::Tripod { json: false })
+            .and_then(|t| t.threads_found)
+    });
+    row(
+        "thread dump of a process with 1,000 threads < 1 s",
+        format!(
+            "{} s for {} threads (`--json`: {} s)",
+            fmt(text, 3),
+            found.map_or("–".into(), |n| n.to_string()),
+            fmt(json, 3)
+        ),
+        text.zip(dumps)
+            .map(|(t, d)| t < 1.0 && found == Some(d.threads)),
     );
     out.push('\n');
 }
@@ -475,24 +514,177 @@ fn churn_table(out: &mut String, r: &Results, churn: &[(Sampler, churn::Run)]) {
     out.push('\n');
 }
 
+fn off_cpu_table(out: &mut String, r: &Results, off_cpu: &OffCpu) {
+    let baseline = off_cpu.runs_of(None);
+    let col = |runs: &[offcpu::Run], f: fn(&offcpu::Run) -> f64| {
+        median(&runs.iter().map(f).collect::<Vec<_>>())
+    };
+    let walls = |runs: &[offcpu::Run]| runs.iter().map(|r| r.wall).collect::<Vec<_>>();
+    let base_wall = col(baseline, |r| r.wall);
+    let switches_per_second = col(baseline, |r| r.switches as f64 / r.wall);
+
+    out.push_str("## 7. Off-CPU overhead\n\n");
+    let _ = writeln!(
+        out,
+        "`pingpong --round-trips {}`: two threads pass one byte back and forth over two pipes, \
+         both on one CPU, so every pass is a context switch (about {} k a second for {} s \
+         without a sampler). Each sampler records that one process: tripod-bpf with \
+         `--mode off-cpu` (a stack per switch out, timed until the thread runs again), perf and bpftrace on \
+         the `sched:sched_switch` tracepoint (a sample or a count per switch), bcc's \
+         offcputime (when installed) on `finish_task_switch`. The sampler attaches while the \
+         fixture waits for a signal to start; the fixture times its round trips itself, so \
+         start-up and shutdown are left out. Medians of {} alternating rounds; slowdown is \
+         the median wall time with the sampler over the median without. An eBPF sampler's \
+         work at each switch runs in the switching thread, so it shows in the fixture's CPU \
+         time; the sampler's own CPU column is its user-space side (and perf's writing). \
+         What a sampler recorded of the fixture is a sanity check in its own unit: tripod-bpf \
+         and offcputime count microseconds off-CPU over the whole recording (the wait for the \
+         start signal included), perf its samples, bpftrace switches.\n",
+        off_cpu.round_trips,
+        fmt(switches_per_second.map(|n| n / 1e3), 0),
+        fmt(base_wall, 2),
+        r.options.runs
+    );
+    out.push_str("| sampler | wall (s) | slowdown | fastest–slowest run | fixture CPU (s) | sampler CPU (s) | sampler peak RSS | recorded of the fixture |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (sampler, runs) in &off_cpu.runs {
+        let wall = col(runs, |r| r.wall);
+        let rss = col(runs, |r| r.max_rss_kib as f64).map(|k| k as u64);
+        let (sampler_cpu, rss, recorded) = match sampler {
+            None => ("–".into(), "–".into(), "–".into()),
+            Some(s) => (
+                fmt(col(runs, |r| r.sampler_cpu), 3),
+                mib(rss),
+                format!(
+                    "{} {}",
+                    fmt(col(runs, |r| r.recorded as f64), 0),
+                    s.off_cpu_unit()
+                ),
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {sampler_cpu} | {rss} | {recorded} |",
+            offcpu::describe(*sampler),
+            fmt(wall, 3),
+            if sampler.is_some() {
+                slowdown(ratio(wall, base_wall))
+            } else {
+                "–".into()
+            },
+            span(&walls(runs), base_wall),
+            fmt(col(runs, |r| r.cpu), 3),
+        );
+    }
+    // Losses change what a recording is worth: quote the samplers' own words.
+    let mut losses = String::new();
+    for (sampler, runs) in &off_cpu.runs {
+        let lossy = runs.iter().filter(|r| !r.losses.is_empty()).count();
+        if let Some(last) = runs.iter().rev().find(|r| !r.losses.is_empty()) {
+            let _ = writeln!(
+                losses,
+                "- {}, in {lossy} of {} rounds; the last said: {}",
+                offcpu::describe(*sampler),
+                runs.len(),
+                last.losses.join(" / ")
+            );
+        }
+    }
+    if losses.is_empty() {
+        out.push_str("\nNo sampler reported lost or dropped events.\n\n");
+    } else {
+        out.push_str("\nWhat the samplers said they lost or dropped:\n\n");
+        out.push_str(&losses);
+        out.push('\n');
+    }
+}
+
+fn dump_table(out: &mut String, r: &Results, dumps: &Dumps) {
+    out.push_str("## 8. Thread dump time\n\n");
+    let _ = writeln!(
+        out,
+        "`manythreads --threads {}`: {} threads, {} of them parked a third each in \
+         `pthread_cond_wait`, a pipe `read` and `nanosleep` through named functions, main in \
+         `sigwait`. Each tool dumps the stack of every thread once, output to /dev/null; \
+         the time runs from its start to its exit, so tripod-bpf's includes loading its eBPF \
+         programs and symbolizing. Medians of {} rounds, the tools in rotating order. A first, \
+         untimed run of each writes its output to a file to count the threads it shows (and \
+         warms the page cache for all alike). tripod-bpf reads the threads with an eBPF task \
+         iterator and leaves the process running; gdb, eu-stack and pstack stop it (ptrace) \
+         while they read it.\n",
+        dump::THREADS,
+        dumps.threads,
+        dump::THREADS,
+        r.options.runs
+    );
+    out.push_str(
+        "| tool | threads shown | wall (s) | fastest–slowest (s) | CPU (s) | peak RSS |\n",
+    );
+    out.push_str("|---|---:|---:|---:|---:|---:|\n");
+    for timings in &dumps.timings {
+        let col =
+            |f: fn(&dump::Run) -> f64| median(&timings.runs.iter().map(f).collect::<Vec<_>>());
+        let walls: Vec<f64> = timings.runs.iter().map(|r| r.wall).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            timings.dumper,
+            timings
+                .threads_found
+                .map_or("not counted".into(), |n| n.to_string()),
+            fmt(col(|r| r.wall), 3),
+            range(&walls).map_or("–".into(), |(lo, hi)| format!("{lo:.3} … {hi:.3}")),
+            fmt(col(|r| r.cpu), 3),
+            mib(col(|r| r.max_rss_kib as f64).map(|k| k as u64))
+        );
+    }
+    out.push_str("\nThe other tools:\n\n");
+    for (dumper, found) in &dumps.peers {
+        match found {
+            Ok((_, version)) => {
+                let _ = writeln!(out, "- {dumper}: {version}");
+            }
+            Err(why) => {
+                let _ = writeln!(out, "- {dumper}: **skipped**, {why}");
+            }
+        }
+    }
+    out.push('\n');
+}
+
 fn method(out: &mut String) {
     out.push_str(
         "## How the runs are made\n\n\
          - Fixtures are C programs in `tests/fixtures/` (`work.c`, `split.c`, `paths.c`, \
-           `churn.c`), compiled by the bench into `target/bench/fixtures`.\n\
-         - Each sampler starts before the fixture and gets 1 s after it reports it is \
-           sampling (tripod-bpf's `Sampling at` line, bpftrace's `Attaching`; perf says \
-           nothing, so 1 s after its start) before the measured work begins. It is stopped \
-           with SIGINT, as Ctrl-C would.\n\
+           `churn.c`, `pingpong.c`, `manythreads.c`), compiled by the bench into \
+           `target/bench/fixtures`. `pingpong` and `manythreads` time the tools, not their \
+           stacks, and are built `-O2` without frame pointers, like distribution binaries.\n\
+         - Each sampler gets 1 s after it reports it is sampling (tripod-bpf's `Sampling` \
+           line, bpftrace's `Attaching`, offcputime's `Tracing`; perf says nothing, so 1 s \
+           after its start) before the measured work begins. Samplers of the whole machine \
+           start before the fixture; samplers of one process (`-p PID`) start once it has \
+           printed its PID, and it waits for a signal to begin its work. A sampler is \
+           stopped with SIGINT, as Ctrl-C would, while its fixture still runs.\n\
          - Every round visits every configuration once, starting at a different one each \
            round, so drift on this noisy 2-CPU machine hits all of them alike.\n\
          - Peers use their defaults except where noted: perf's dwarf mode copies 8 KiB of \
            stack per sample; bpftrace runs `profile:hz:N { @[comm, kstack, ustack] = count(); }` \
            with `BPFTRACE_MAP_KEYS_MAX=65536` (its default of 4096 drops stacks in the \
            many-stacks run) and its frames' `+offset` removed.\n\
+         - Off-CPU runs: perf records `-e sched:sched_switch -p PID`, and its count is the \
+           sample count of its own closing line (`perf script` over gigabytes of dwarf stack \
+           copies would take minutes). bpftrace runs `tracepoint:sched:sched_switch \
+           /pid == PID/ { @[comm, kstack, ustack] = count(); }`, which counts switches by \
+           stack but does not time the waits as tripod-bpf and offcputime do.\n\
+         - Dumps: gdb runs with `set debuginfod enabled off`, so it never downloads debug \
+           info. Threads shown are counted from gdb's `Thread N` lines, eu-stack's `TID` \
+           lines and tripod-bpf's own header (or its JSON `threads`); pstack is a gdb script \
+           on some distributions and its own program on others, so its output is not \
+           counted.\n\
          - tripod-bpf writes folded stacks (`-f folded`) except in the first latency row, \
            which uses the default Tripod-style log.\n\
          - The bench fails (non-zero exit) when a sampler crashes, hangs, or records no \
-           samples of the fixture; the runs that worked are still written here.\n",
+           samples of the fixture, or when a tripod-bpf dump misses a thread; the runs that \
+           worked are still written here.\n",
     );
 }

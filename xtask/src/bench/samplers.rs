@@ -1,6 +1,7 @@
-//! The samplers under test: how to start each one on the whole machine or one process, when
-//! it is ready, how to stop it, and how to turn what it wrote into folded stacks (paying,
-//! for perf, the `perf script` and collapsing a user needs to get them).
+//! The samplers under test: how to start each one on the whole machine or one process, on a
+//! clock or on context switches, when it is ready, how to stop it, and how to turn what it
+//! wrote into folded stacks (paying, for perf, the `perf script` and collapsing a user needs
+//! to get them).
 
 use std::{
     fmt, fs,
@@ -33,6 +34,8 @@ pub enum Sampler {
     PerfFp,
     PerfDwarf,
     Bpftrace,
+    /// bcc's offcputime, which records only off-CPU time.
+    Offcputime,
 }
 
 /// tripod-bpf's `--unwind` modes.
@@ -60,8 +63,18 @@ impl fmt::Display for Sampler {
             Sampler::PerfFp => f.write_str("perf record -g"),
             Sampler::PerfDwarf => f.write_str("perf record --call-graph dwarf"),
             Sampler::Bpftrace => f.write_str("bpftrace profile:hz"),
+            Sampler::Offcputime => f.write_str("bcc offcputime"),
         }
     }
+}
+
+/// When a sampler takes a stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Stacks of running threads, this many times a second on each CPU.
+    Clock(u32),
+    /// Where threads wait: a stack each time one is switched out.
+    OffCpu,
 }
 
 /// What a sampler records.
@@ -78,12 +91,16 @@ pub enum Format {
     Folded,
 }
 
+/// A program found on this machine and its version, or why it is missing.
+pub type Found = Result<(PathBuf, String), String>;
+
 /// The programs found on this machine, and why a peer is missing.
 pub struct Tools {
     pub tripod: PathBuf,
     pub tripod_version: String,
-    pub perf: Result<(PathBuf, String), String>,
-    pub bpftrace: Result<(PathBuf, String), String>,
+    pub perf: Found,
+    pub bpftrace: Found,
+    pub offcputime: Found,
 }
 
 impl Tools {
@@ -97,6 +114,7 @@ impl Tools {
             tripod_version,
             perf: find_perf(),
             bpftrace: find_bpftrace(),
+            offcputime: find_offcputime(),
         }
     }
 
@@ -116,6 +134,21 @@ impl Tools {
         samplers
     }
 
+    /// Every sampler that can record off-CPU time here, tripod-bpf's first.
+    pub fn off_cpu_samplers(&self) -> Vec<Sampler> {
+        let mut samplers = vec![Sampler::Tripod(Unwind::Dwarf), Sampler::Tripod(Unwind::Fp)];
+        if self.perf.is_ok() {
+            samplers.extend([Sampler::PerfFp, Sampler::PerfDwarf]);
+        }
+        if self.bpftrace.is_ok() {
+            samplers.push(Sampler::Bpftrace);
+        }
+        if self.offcputime.is_ok() {
+            samplers.push(Sampler::Offcputime);
+        }
+        samplers
+    }
+
     fn perf(&self) -> &Path {
         &self
             .perf
@@ -131,9 +164,17 @@ impl Tools {
             .expect("bpftrace only runs when found")
             .0
     }
+
+    fn offcputime(&self) -> &Path {
+        &self
+            .offcputime
+            .as_ref()
+            .expect("offcputime only runs when found")
+            .0
+    }
 }
 
-fn find_perf() -> Result<(PathBuf, String), String> {
+fn find_perf() -> Found {
     let path = find_in_path("perf").ok_or("perf is not installed (apt-get install linux-perf)")?;
     let version = probe(Command::new(&path).arg("--version"))
         .ok_or("`perf --version` failed (no perf for this kernel?)")?;
@@ -154,7 +195,7 @@ fn find_perf() -> Result<(PathBuf, String), String> {
     Ok((path, version.trim().to_owned()))
 }
 
-fn find_bpftrace() -> Result<(PathBuf, String), String> {
+fn find_bpftrace() -> Found {
     let path =
         find_in_path("bpftrace").ok_or("bpftrace is not installed (apt-get install bpftrace)")?;
     let version =
@@ -162,9 +203,31 @@ fn find_bpftrace() -> Result<(PathBuf, String), String> {
     Ok((path, version.trim().to_owned()))
 }
 
+/// bcc's tools directory, or Debian's `-bpfcc` name on PATH.
+fn find_offcputime() -> Found {
+    let bcc_tools = Path::new("/usr/share/bcc/tools/offcputime");
+    let path = if bcc_tools.is_file() {
+        bcc_tools.to_owned()
+    } else {
+        find_in_path("offcputime-bpfcc")
+            .ok_or("bcc's offcputime is not installed (apt-get install bpfcc-tools)")?
+    };
+    // It has no --version.
+    Ok((path, "bcc offcputime".into()))
+}
+
 impl Sampler {
     pub fn is_tripod(self) -> bool {
         matches!(self, Sampler::Tripod(_))
+    }
+
+    /// What [`Stopped::off_cpu_recorded`] counts for this sampler.
+    pub fn off_cpu_unit(self) -> &'static str {
+        match self {
+            Sampler::Tripod(_) | Sampler::Offcputime => "µs off-CPU",
+            Sampler::PerfFp | Sampler::PerfDwarf => "samples (one per switch)",
+            Sampler::Bpftrace => "switches",
+        }
     }
 
     /// Starts the sampler writing into `dir` and waits until it samples.
@@ -172,7 +235,7 @@ impl Sampler {
         self,
         tools: &Tools,
         scope: Scope,
-        hz: u32,
+        event: Event,
         format: Format,
         dir: &Path,
     ) -> Result<Running> {
@@ -182,8 +245,8 @@ impl Sampler {
             Sampler::Tripod(_) => "tripod.folded",
             Sampler::PerfFp | Sampler::PerfDwarf => "perf.data",
             Sampler::Bpftrace => "bpftrace.out",
+            Sampler::Offcputime => "offcputime.out",
         });
-        let hz_arg = hz.to_string();
         let mut cmd = match self {
             Sampler::Tripod(unwind) => {
                 let mut cmd = Command::new(&tools.tripod);
@@ -191,18 +254,28 @@ impl Sampler {
                     Scope::All => cmd.arg("--all"),
                     Scope::Pid(pid) => cmd.args(["--pid", &pid.to_string()]),
                 };
+                match event {
+                    Event::Clock(hz) => cmd.args(["-F", &hz.to_string()]),
+                    Event::OffCpu => cmd.args(["--mode", "off-cpu"]),
+                };
                 let format = if format == Format::Log {
                     "log"
                 } else {
                     "folded"
                 };
-                cmd.args(["-F", &hz_arg, "--unwind", unwind.arg(), "-f", format, "-o"])
+                cmd.args(["--unwind", unwind.arg(), "-f", format, "-o"])
                     .arg(&output);
                 cmd
             }
             Sampler::PerfFp | Sampler::PerfDwarf => {
                 let mut cmd = Command::new(tools.perf());
-                cmd.args(["record", "-F", &hz_arg, "-o"]).arg(&output);
+                cmd.arg("record");
+                match event {
+                    Event::Clock(hz) => cmd.args(["-F", &hz.to_string()]),
+                    // perf records every hit of a tracepoint (a period of 1) by default.
+                    Event::OffCpu => cmd.args(["-e", "sched:sched_switch"]),
+                };
+                cmd.arg("-o").arg(&output);
                 if self == Sampler::PerfFp {
                     cmd.arg("-g");
                 } else {
@@ -215,23 +288,38 @@ impl Sampler {
                 cmd
             }
             Sampler::Bpftrace => {
+                let probe = match event {
+                    Event::Clock(hz) => format!("profile:hz:{hz}"),
+                    // It fires in the thread being switched out, so `pid` is the one that waits.
+                    Event::OffCpu => "tracepoint:sched:sched_switch".into(),
+                };
                 let filter = match scope {
                     Scope::All => String::new(),
                     Scope::Pid(pid) => format!("/pid == {pid}/ "),
                 };
-                let program =
-                    format!("profile:hz:{hz} {filter}{{ @[comm, kstack, ustack] = count(); }}");
+                let program = format!("{probe} {filter}{{ @[comm, kstack, ustack] = count(); }}");
                 let mut cmd = Command::new(tools.bpftrace());
                 // The default of 4096 map entries drops stacks in the many-stacks run.
                 cmd.env("BPFTRACE_MAP_KEYS_MAX", "65536")
                     .args(["-e", &program]);
                 cmd
             }
+            Sampler::Offcputime => {
+                if event != Event::OffCpu {
+                    bail!("{self} records only off-CPU time");
+                }
+                let mut cmd = Command::new(tools.offcputime());
+                if let Scope::Pid(pid) = scope {
+                    cmd.args(["-p", &pid.to_string()]);
+                }
+                // Its `Tracing` line must reach the file when it is printed, not at exit.
+                cmd.env("PYTHONUNBUFFERED", "1");
+                cmd
+            }
         };
         let log_file = fs::File::create(&log)?;
         cmd.stdin(Stdio::null()).stderr(log_file.try_clone()?);
-        // bpftrace prints its maps on stdout; the others write their output file themselves.
-        if self == Sampler::Bpftrace {
+        if self.prints_output() {
             cmd.stdout(fs::File::create(&output)?);
         } else {
             cmd.stdout(log_file);
@@ -250,6 +338,26 @@ impl Sampler {
         running.wait_ready()?;
         Ok(running)
     }
+
+    /// Whether the sampler prints its results on stdout (the others write their output file).
+    fn prints_output(self) -> bool {
+        matches!(self, Sampler::Bpftrace | Sampler::Offcputime)
+    }
+
+    /// The name of the sampler recording `event`, as a user would run it.
+    pub fn describe(self, event: Event) -> String {
+        match (self, event) {
+            (_, Event::Clock(_)) | (Sampler::Offcputime, _) => self.to_string(),
+            (Sampler::Tripod(unwind), Event::OffCpu) => {
+                format!("tripod-bpf --mode off-cpu --unwind {}", unwind.arg())
+            }
+            (Sampler::PerfFp, Event::OffCpu) => "perf record -e sched:sched_switch -g".into(),
+            (Sampler::PerfDwarf, Event::OffCpu) => {
+                "perf record -e sched:sched_switch --call-graph dwarf".into()
+            }
+            (Sampler::Bpftrace, Event::OffCpu) => "bpftrace tracepoint:sched:sched_switch".into(),
+        }
+    }
 }
 
 /// A sampler that is recording.
@@ -266,8 +374,10 @@ pub struct Running {
 impl Running {
     fn wait_ready(&mut self) -> Result<()> {
         let (file, needle) = match self.sampler {
-            Sampler::Tripod(_) => (&self.log, Some("[tripod] Sampling at")),
+            // `Sampling at N Hz`, `Sampling off-CPU time` or `Sampling wall-clock time`.
+            Sampler::Tripod(_) => (&self.log, Some("[tripod] Sampling ")),
             Sampler::Bpftrace => (&self.output, Some("Attaching")),
+            Sampler::Offcputime => (&self.output, Some("Tracing off-CPU time")),
             Sampler::PerfFp | Sampler::PerfDwarf => (&self.log, None),
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -418,6 +528,10 @@ impl Stopped {
                 Folded::from_bpftrace(&read(&self.output)?),
                 PostCost::default(),
             ),
+            Sampler::Offcputime => (
+                Folded::from_offcputime(&read(&self.output)?),
+                PostCost::default(),
+            ),
             Sampler::PerfFp | Sampler::PerfDwarf => self.perf_folded(tools)?,
         };
         if folded.0.samples() == 0 {
@@ -428,6 +542,45 @@ impl Stopped {
             );
         }
         Ok(folded)
+    }
+
+    /// How much of `comm`'s off-CPU time the sampler recorded, in [`Sampler::off_cpu_unit`]s.
+    pub fn off_cpu_recorded(&self, tools: &Tools, comm: &str) -> Result<u64> {
+        match self.sampler {
+            // Its own count from the closing line: `perf script` with dwarf stacks would take
+            // minutes over the gigabytes of stack copies, and -p records only the target.
+            Sampler::PerfFp | Sampler::PerfDwarf => self.perf_samples().with_context(|| {
+                format!(
+                    "{} printed no sample count: {}",
+                    self.sampler,
+                    log_tail(&self.log)
+                )
+            }),
+            _ => Ok(self.folded(tools)?.0.of_comm(comm).map(|(_, n)| n).sum()),
+        }
+    }
+
+    /// The N of perf's closing `[ perf record: Captured and wrote X MB F (N samples) ]`.
+    fn perf_samples(&self) -> Option<u64> {
+        let log = fs::read_to_string(&self.log).ok()?;
+        let captured = log.lines().find(|l| l.contains("perf record: Captured"))?;
+        let (_, count) = captured.rsplit_once('(')?;
+        count.split_whitespace().next()?.parse().ok()
+    }
+
+    /// What the sampler said it lost or dropped, one line each (none if nothing).
+    pub fn loss_reports(&self) -> Vec<String> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| {
+                let line = line.to_lowercase();
+                ["lost", "dropped", "could not be stored"]
+                    .iter()
+                    .any(|word| line.contains(word))
+            })
+            .map(|line| line.trim().trim_start_matches("[tripod] ").to_owned())
+            .collect()
     }
 
     /// `perf script` into a file, then inferno's collapse-perf (what stackcollapse-perf.pl does).

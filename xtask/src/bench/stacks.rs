@@ -73,6 +73,32 @@ impl Folded {
         folded
     }
 
+    /// Converts bcc offcputime's default printout to folded form.
+    ///
+    /// Each entry is its frames one per line, innermost first (kernel, then user, with `--`
+    /// between them under `-d`), then `-  comm (tid)`, then its microseconds, all indented;
+    /// anything else is its header. Python 3 bcc prints names as bytes: `b'read'`.
+    pub fn from_offcputime(text: &str) -> Folded {
+        let mut folded = Folded::default();
+        let mut frames = Vec::new();
+        let mut comm = None;
+        for line in text.lines().filter(|l| l.starts_with("    ")) {
+            let line = line.trim();
+            if let Some(thread) = line.strip_prefix("- ") {
+                let thread = thread.trim();
+                let name = thread.rsplit_once(" (").map_or(thread, |(name, _)| name);
+                comm = Some(unquote_bytes(name).to_owned());
+            } else if let Some(comm) = comm.take() {
+                let mut stack = vec![comm];
+                stack.extend(frames.drain(..).rev());
+                folded.add(stack, line.parse().unwrap_or(0));
+            } else if line != "--" {
+                frames.push(unquote_bytes(line).to_owned());
+            }
+        }
+        folded
+    }
+
     fn add(&mut self, frames: Vec<String>, count: u64) {
         *self.stacks.entry(frames).or_default() += count;
     }
@@ -123,6 +149,13 @@ impl Folded {
     }
 }
 
+/// `name` from Python's printout of bytes, `b'name'`; anything else as it is.
+fn unquote_bytes(text: &str) -> &str {
+    text.strip_prefix("b'")
+        .and_then(|t| t.strip_suffix('\''))
+        .unwrap_or(text)
+}
+
 /// A frame's function name: without the `_[k]` kernel mark some folded producers add.
 fn frame_name(frame: &str) -> &str {
     frame.strip_suffix("_[k]").unwrap_or(frame)
@@ -164,6 +197,43 @@ mod tests {
             7
         );
         assert_eq!(folded.samples(), 152);
+    }
+
+    // Indentation matters in this format, hence a raw string.
+    const OFFCPUTIME: &str = r"Tracing off-CPU time (us) of PID 4242 by user + kernel stack... Hit Ctrl-C to end.
+
+    b'finish_task_switch.isra.0'
+    b'schedule'
+    b'pipe_read'
+    b'read'
+    b'wait_for_ball'
+    b'ping'
+    -                pingpong (4242)
+        1500
+
+    finish_task_switch
+    --
+    nanosleep
+    -                other name (4243)
+        20
+
+";
+
+    #[test]
+    fn converts_offcputime_printouts_with_and_without_bytes_quoting() {
+        let folded = Folded::from_offcputime(OFFCPUTIME);
+        let line = |s: &str| s.split(';').map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            folded.stacks[&line(
+                "pingpong;ping;wait_for_ball;read;pipe_read;schedule;finish_task_switch.isra.0"
+            )],
+            1500
+        );
+        assert_eq!(
+            folded.stacks[&line("other name;nanosleep;finish_task_switch")],
+            20
+        );
+        assert_eq!(folded.samples(), 1520);
     }
 
     #[test]
