@@ -418,8 +418,10 @@ fn switched_out(ctx: &BtfTracePointContext, config: &SamplerConfig, now: u64) {
     // Preempted threads are runnable whatever `__state` says.
     copy.header.state = if preempted != 0 { 0 } else { prev_state };
     copy.header.time_ns = now;
-    // Only a wait whose stacks were sent is timed, so every `Woke` has its `Blocked`.
-    if send(copy) && BLOCKED_SINCE.insert(tid, now, 0).is_err() {
+    // Timed even when its stacks were dropped (a full ring buffer): its time
+    // is then reported without them rather than lost.
+    send(copy);
+    if BLOCKED_SINCE.insert(tid, now, 0).is_err() {
         bump(Counter::CountMapFull);
     }
 }

@@ -20,7 +20,7 @@ use crate::{
     report::{self, Losses, RunInfo, ThreadDump},
     resolve::Resolver,
     sampler::{CopiedSample, Counters, Record, UserStack, Wake},
-    stack::{self, Gap, RawFrame, RawSample, StackRead},
+    stack::{self, Gap, RawFrame, RawSample, Space, StackRead},
     task::TaskState,
     unwind::{Unwinder, UserRegs},
 };
@@ -188,13 +188,27 @@ impl Pipeline {
     }
 
     fn end_wait(&mut self, wake: Wake) {
-        let Some(mut wait) = self.waits.remove(&wake.tid) else {
-            return;
+        let mut wait = match self.waits.remove(&wake.tid) {
+            Some(wait) if wait.since_ns == wake.start_ns => wait,
+            // Its `Blocked` record was dropped (the ring buffer was full): the
+            // time still counts, on a stack that says what is missing.
+            _ => {
+                let comm = self.processes.observe(wake.tgid, "").comm.clone();
+                let raw = [RawFrame::Gap(Space::User, Gap::Dropped)];
+                let (stack, new) = self.aggregator.stacks.intern(wake.tgid, &raw);
+                if new {
+                    self.unlocated.push(stack);
+                }
+                Wait {
+                    tgid: wake.tgid,
+                    comm,
+                    stack,
+                    state: TaskState::Unknown,
+                    since_ns: wake.start_ns,
+                    counted_ns: wake.start_ns,
+                }
+            }
         };
-        // A different wait: its `Blocked` record was lost, or this is stale.
-        if wait.since_ns != wake.start_ns {
-            return;
-        }
         self.count_wait(wake.tid, &mut wait, wake.end_ns);
     }
 

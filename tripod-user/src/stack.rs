@@ -22,6 +22,8 @@ pub enum Gap {
     Vanished,
     /// The stack hit the kernel's depth limit; outer frames are cut off.
     Truncated,
+    /// The record carrying the stack was dropped: the ring buffer was full.
+    Dropped,
 }
 
 impl Gap {
@@ -34,6 +36,7 @@ impl Gap {
             Gap::Failed(errno) => format!("stack not collected: errno {errno}"),
             Gap::Vanished => "stack evicted before it was read".into(),
             Gap::Truncated => "truncated".into(),
+            Gap::Dropped => "stack dropped: ring buffer full".into(),
         }
     }
 }
