@@ -122,6 +122,7 @@ fn try_sample_stack(ctx: &PerfEventContext) -> Result<u32, u32> {
     if config.copy_user_stack != 0 {
         // SAFETY: no preconditions.
         let cpu = unsafe { bpf_get_smp_processor_id() };
+        // Samples carry no time: they are counted, not timed.
         if let Some(copy) = current_thread_copy(
             ctx.as_ptr(),
             &config,
@@ -129,6 +130,7 @@ fn try_sample_stack(ctx: &PerfEventContext) -> Result<u32, u32> {
             RecordKind::Sample,
             tgid,
             tid,
+            0,
         ) {
             send(copy);
         }
@@ -196,12 +198,13 @@ fn current_thread_copy(
     kind: RecordKind,
     tgid: u32,
     tid: u32,
+    time_ns: u64,
 ) -> Option<&'static mut StackCopy> {
     let copy = SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: a slot no other running program uses (see `ScratchSlot`).
     let copy = unsafe { &mut *copy };
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    begin_record(copy, kind, tgid, tid, comm, 0);
+    begin_record(copy, kind, tgid, tid, comm, 0, time_ns);
 
     if config.collect_kernel != 0 {
         let size = (8 * MAX_STACK_DEPTH) as u32;
@@ -255,6 +258,7 @@ fn begin_record(
     tid: u32,
     comm: [u8; 16],
     state: u32,
+    time_ns: u64,
 ) {
     let header = &mut copy.header;
     header.kind = kind as u32;
@@ -267,8 +271,7 @@ fn begin_record(
     header.stack_len = 0;
     header.user_frames = 0;
     header.syscall = -1;
-    // SAFETY: no preconditions.
-    header.time_ns = unsafe { bpf_ktime_get_ns() };
+    header.time_ns = time_ns;
 }
 
 #[inline(always)]
@@ -410,14 +413,19 @@ fn switched_out(ctx: &BtfTracePointContext, config: &SamplerConfig, now: u64) {
     // SAFETY: no preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let slot = ScratchSlot::switch(cpu, config.possible_cpus);
-    let Some(copy) =
-        current_thread_copy(ctx.as_ptr(), config, slot, RecordKind::Blocked, tgid, tid)
-    else {
+    let Some(copy) = current_thread_copy(
+        ctx.as_ptr(),
+        config,
+        slot,
+        RecordKind::Blocked,
+        tgid,
+        tid,
+        now,
+    ) else {
         return;
     };
     // Preempted threads are runnable whatever `__state` says.
     copy.header.state = if preempted != 0 { 0 } else { prev_state };
-    copy.header.time_ns = now;
     // Timed even when its stacks were dropped (a full ring buffer): its time
     // is then reported without them rather than lost.
     send(copy);
@@ -516,14 +524,15 @@ pub fn dump_threads(ctx: *mut c_void) -> i32 {
         tid,
         read_task_field(address, offsets.comm).unwrap_or([0; 16]),
         read_task_field(address, offsets.state).unwrap_or(0),
+        // SAFETY: no preconditions.
+        unsafe { bpf_ktime_get_ns() },
     );
     let on_cpu = read_task_field::<i32>(address, offsets.on_cpu).unwrap_or(0) != 0;
 
-    // A thread on a CPU has no saved kernel stack to read, and the registers
-    // saved at its last kernel entry are only a recent guess.
-    if on_cpu {
-        copy.header.kernel_error = -16; // EBUSY
-    } else if config.collect_kernel != 0 {
+    // A thread on a CPU has no saved kernel stack to read (its record has no
+    // kernel frames), and the registers saved at its last kernel entry are
+    // only a recent guess.
+    if !on_cpu && config.collect_kernel != 0 {
         let size = (8 * MAX_STACK_DEPTH) as u32;
         // SAFETY: the buffer is `size` bytes of map memory; `task` is a valid task.
         let read = unsafe { bpf_get_task_stack(task, copy.kernel.as_mut_ptr().cast(), size, 0) };

@@ -317,6 +317,20 @@ impl Rules {
     /// `frames` are outermost first, kernel frames last (as in
     /// [`crate::report::StackReport::frames`]).
     pub fn annotate(&self, frames: &[Arc<Frame>], state: TaskState) -> Option<&str> {
+        // Rules on the state alone come first among the built-ins (every
+        // on-CPU sample stops at the first): only name the frames when a
+        // rule needs them.
+        let first_on_frames = self
+            .rules
+            .iter()
+            .position(|rule| !matches!(rule.frames, FramePatterns::Any))
+            .unwrap_or(self.rules.len());
+        if let Some(rule) = self.rules[..first_on_frames]
+            .iter()
+            .find(|rule| rule.matches(&[], state))
+        {
+            return Some(rule.description.as_ref());
+        }
         let names: Vec<Cow<str>> = frames
             .iter()
             .rev()
@@ -329,7 +343,7 @@ impl Rules {
             .iter()
             .map(|name| (name.as_ref(), normalize(name)))
             .collect();
-        self.rules
+        self.rules[first_on_frames..]
             .iter()
             .find(|rule| rule.matches(&names, state))
             .map(|rule| rule.description.as_ref())

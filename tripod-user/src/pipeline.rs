@@ -131,8 +131,7 @@ impl Pipeline {
                 RecordKind::Blocked => self.begin_wait(sample),
                 _ => {
                     let (tgid, tid) = (sample.tgid, sample.tid);
-                    let comm = sample.comm.clone();
-                    let raw = self.unwind(sample);
+                    let (raw, comm) = self.unwind(sample);
                     self.count(tgid, tid, &comm, &raw, TaskState::Running, 1);
                 }
             },
@@ -144,8 +143,7 @@ impl Pipeline {
     pub fn ingest_snapshot(&mut self, sample: CopiedSample<'_>) {
         let (tgid, tid) = (sample.tgid, sample.tid);
         let state = TaskState::from_kernel(sample.state);
-        let comm = sample.comm.clone();
-        let raw = self.unwind(sample);
+        let (raw, comm) = self.unwind(sample);
         self.count(tgid, tid, &comm, &raw, state, 1);
     }
 
@@ -167,8 +165,7 @@ impl Pipeline {
             TaskState::Running => TaskState::Runnable,
             state => state,
         };
-        let comm = sample.comm.clone();
-        let raw = self.unwind(sample);
+        let (raw, comm) = self.unwind(sample);
         let (stack, new) = self.aggregator.stacks.intern(tgid, &raw);
         if new {
             self.unlocated.push(stack);
@@ -252,8 +249,8 @@ impl Pipeline {
         }
     }
 
-    /// A copied stack as typed frames, innermost first.
-    fn unwind(&mut self, sample: CopiedSample<'_>) -> Vec<RawFrame> {
+    /// A copied stack as typed frames, innermost first, and the thread's name.
+    fn unwind(&mut self, sample: CopiedSample<'_>) -> (Vec<RawFrame>, String) {
         let user = match sample.user {
             UserStack::Copy {
                 regs: (ip, sp, bp),
@@ -268,7 +265,8 @@ impl Pipeline {
             UserStack::Absent if self.collect_user => StackRead::Missing(Gap::Failed(libc::EFAULT)),
             UserStack::Absent => StackRead::NotCollected,
         };
-        self.combine(sample.tgid, &sample.comm, sample.kernel, user)
+        let raw = self.combine(sample.tgid, &sample.comm, sample.kernel, user);
+        (raw, sample.comm)
     }
 
     fn combine(

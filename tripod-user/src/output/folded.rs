@@ -15,15 +15,10 @@ pub struct Folded;
 
 impl Render for Folded {
     fn report(&mut self, report: &Report, out: &mut dyn Write) -> io::Result<()> {
-        // Stacks that differ only in addresses fold into one line; sorted, as the tools expect.
-        let mut lines: BTreeMap<String, u64> = BTreeMap::new();
-        for stack in &report.stacks {
-            *lines.entry(folded_stack(stack)).or_default() += stack.count;
-        }
-        for (line, count) in lines {
-            writeln!(out, "{line} {count}")?;
-        }
-        Ok(())
+        write_sorted(
+            report.stacks.iter().map(|s| (folded_stack(s), s.count)),
+            out,
+        )
     }
 
     fn summary(&mut self, _summary: &Summary, _out: &mut dyn Write) -> io::Result<()> {
@@ -31,16 +26,26 @@ impl Render for Folded {
     }
 
     fn dump(&mut self, dump: &ThreadDump, out: &mut dyn Write) -> io::Result<()> {
-        let mut lines: BTreeMap<String, u64> = BTreeMap::new();
-        for group in &dump.groups {
-            let line = folded_frames(clean(&dump.comm), &group.frames);
-            *lines.entry(line).or_default() += group.tids.len() as u64;
-        }
-        for (line, count) in lines {
-            writeln!(out, "{line} {count}")?;
-        }
-        Ok(())
+        write_sorted(
+            dump.groups.iter().map(|g| {
+                let line = folded_frames(clean(&dump.comm), &g.frames);
+                (line, g.tids.len() as u64)
+            }),
+            out,
+        )
     }
+}
+
+/// Lines that differ only in addresses fold into one; sorted, as the tools expect.
+fn write_sorted(lines: impl Iterator<Item = (String, u64)>, out: &mut dyn Write) -> io::Result<()> {
+    let mut folded: BTreeMap<String, u64> = BTreeMap::new();
+    for (line, count) in lines {
+        *folded.entry(line).or_default() += count;
+    }
+    for (line, count) in folded {
+        writeln!(out, "{line} {count}")?;
+    }
+    Ok(())
 }
 
 fn folded_stack(stack: &StackReport) -> String {

@@ -176,8 +176,6 @@ fn parse_copy(record: &[u8]) -> Option<(CopiedSample<'_>, usize)> {
     let header: StackCopyHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
     let kind = RecordKind::from_u32(header.kind)?;
     let kernel = match header.kernel_error {
-        // A dumped thread on a CPU: its kernel stack is not there to read.
-        EBUSY_NEGATIVE => StackRead::NotCollected,
         error if error < 0 => StackRead::Missing(Gap::Failed(-error)),
         _ => {
             let frames = (header.kernel_frames as usize).min(MAX_STACK_DEPTH);
@@ -207,9 +205,6 @@ fn parse_copy(record: &[u8]) -> Option<(CopiedSample<'_>, usize)> {
     };
     Some((sample, stack_end))
 }
-
-/// `-EBUSY`, which the task iterator stores for threads running on a CPU.
-const EBUSY_NEGATIVE: i32 = -libc::EBUSY;
 
 fn words(bytes: &[u8]) -> Vec<u64> {
     bytes
