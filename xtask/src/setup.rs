@@ -145,9 +145,41 @@ fn gcc(apt: &mut Apt) -> Result<()> {
     apt_tool(apt, "gcc", "gcc")
 }
 
-/// What only the tests need: gdb, whose thread backtraces the dump tests compare with.
-pub fn test_tools() -> Result<()> {
-    apt_tool(&mut Apt { updated: false }, "gdb", "gdb")
+/// What only the tests need: gdb, whose thread backtraces the dump tests compare with, and
+/// py-spy, whose Python stacks the Python tests compare with. Returns py-spy's path.
+pub fn test_tools() -> Result<std::path::PathBuf> {
+    apt_tool(&mut Apt { updated: false }, "gdb", "gdb")?;
+    py_spy()
+}
+
+/// py-spy, installed with pip into the scripts directory of the `python3` on PATH (a pyenv
+/// shim does not see new scripts until `pyenv rehash`, so the path is returned, not assumed).
+pub fn py_spy() -> Result<std::path::PathBuf> {
+    let what = "py-spy (pip install py-spy)";
+    let scripts = probe(Command::new("python3").args([
+        "-c",
+        "import sysconfig; print(sysconfig.get_path('scripts'))",
+    ]))
+    .context("python3 is needed for the Python tests and benchmarks; install python3 and pip")?;
+    let path = Path::new(scripts.trim()).join("py-spy");
+    let has = || probe(Command::new(&path).arg("--version")).is_some();
+    if has() {
+        ok(what);
+        return Ok(path);
+    }
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "py-spy",
+    ]);
+    installing(what, &cmd);
+    run(&mut cmd)?;
+    verify(what, has())?;
+    Ok(path)
 }
 
 /// A program from an apt package of the same purpose, found by running `program --version`.

@@ -12,7 +12,7 @@ use crate::{
 
 pub fn main(args: Vec<OsString>) -> Result<()> {
     let toolchain = setup()?;
-    test_tools()?;
+    let py_spy = test_tools()?;
     let bin = build(&toolchain, false)?;
     if !is_root() {
         // The tests decide: they skip with a reason, or fail when CI is set.
@@ -31,6 +31,8 @@ pub fn main(args: Vec<OsString>) -> Result<()> {
     ]);
     // Same env as the build above, so cargo reuses it instead of rebuilding.
     toolchain.apply(&mut cmd);
-    cmd.env("TRIPOD_BPF", &bin).args(args);
+    cmd.env("TRIPOD_BPF", &bin)
+        .env("PY_SPY", &py_spy)
+        .args(args);
     run(&mut cmd)
 }
