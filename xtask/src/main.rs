@@ -87,6 +87,7 @@ impl BenchArgs {
             } else {
                 self.churn_seconds.max(10.0)
             },
+            python_seconds: if quick { 2.0 } else { 5.0 },
             only: self.only,
             output: self.output,
             command,

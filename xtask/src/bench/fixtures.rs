@@ -1,5 +1,6 @@
 //! The benchmark's fixture programs (C sources in tests/fixtures/, next to the test
-//! fixtures), compiled by the bench itself into target/bench/fixtures.
+//! fixtures), compiled by the bench itself into target/bench/fixtures, and its Python
+//! script (xtask/bench-fixtures/hot.py), run where it is.
 
 use std::{
     path::{Path, PathBuf},
@@ -35,10 +36,15 @@ pub struct Fixtures {
     pub pingpong: PathBuf,
     /// 1,000 threads parked in three kinds of wait.
     pub manythreads: PathBuf,
+    /// CPU-bound pure Python through main;outer_step;inner_loop (a script, not compiled).
+    pub hot_py: PathBuf,
 }
 
 /// The chain every `work` sample should show, outermost first.
 pub const WORK_CHAIN: &[&str] = &["main", "alpha", "beta", "gamma", "spin"];
+
+/// The Python chain every `hot.py` sample should show, outermost first.
+pub const PYTHON_CHAIN: &[&str] = &["main", "outer_step", "inner_loop"];
 
 impl Fixtures {
     pub fn build(out_dir: &Path) -> Result<Fixtures> {
@@ -64,6 +70,7 @@ impl Fixtures {
             // These two time the samplers and dumpers, not their stacks: built as shipped.
             pingpong: compile("pingpong", "pingpong.c", NOFP)?,
             manythreads: compile("manythreads", "manythreads.c", NOFP)?,
+            hot_py: workspace_root().join("xtask/bench-fixtures/hot.py"),
         })
     }
 }

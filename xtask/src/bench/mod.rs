@@ -1,6 +1,6 @@
-//! `cargo xtask bench`: tripod-bpf side by side with perf and bpftrace on this machine.
+//! `cargo xtask bench`: tripod-bpf side by side with perf, bpftrace and py-spy on this machine.
 //!
-//! Eight measurements (see BENCHMARKS.md for what each means), each run for every sampler
+//! Nine measurements (see BENCHMARKS.md for what each means), each run for every sampler
 //! (or dump tool) found here, in rounds that visit every configuration once so that machine
 //! drift hits them all alike. The results go to stdout and into BENCHMARKS.md. The bench
 //! reports; it does not judge, except that a sampler that crashes or records nothing makes
@@ -13,13 +13,19 @@ mod latency;
 mod offcpu;
 mod overhead;
 mod proc;
+mod python;
 mod quality;
 mod report;
 mod samplers;
 mod stacks;
 mod stats;
 
-use std::{fs, path::PathBuf, process::Command, time::Instant};
+use std::{
+    fs,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context as _, Result};
 use clap::ValueEnum;
@@ -30,7 +36,8 @@ use crate::{
     setup::setup,
 };
 use fixtures::Fixtures;
-use samplers::Tools;
+use proc::Fixture;
+use samplers::{Event, Format, Sampler, Scope, Stopped, Tools};
 
 /// One of the measurements (two come from the same runs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -48,6 +55,8 @@ pub enum Measurement {
     OffCpu,
     /// Time to dump the stacks of a process with 1,000 threads
     Dump,
+    /// Target slowdown and sampler cost on a CPU-bound Python program, next to py-spy
+    Python,
 }
 
 /// How much to measure.
@@ -67,6 +76,8 @@ pub struct Options {
     pub latency_seconds: f64,
     /// Seconds of the churn run.
     pub churn_seconds: f64,
+    /// Seconds of Python work in a Python run (without a sampler).
+    pub python_seconds: f64,
     pub only: Vec<Measurement>,
     pub output: PathBuf,
     /// The command line, for BENCHMARKS.md.
@@ -98,6 +109,34 @@ impl Bench {
         Ok(dir)
     }
 
+    /// Attaches `sampler` (if any) to `fixture`, which waits for SIGUSR1 to start its work,
+    /// signals it, reads the result line it prints when done (within `timeout`), then stops
+    /// the sampler. Returns the line, and the sampler with its CPU seconds while the work ran.
+    /// The fixture stays alive until the sampler has written its output, so that every
+    /// sampler can still read its memory and mappings; the caller stops it.
+    fn record_signalled(
+        &self,
+        fixture: &mut Fixture,
+        sampler: Option<Sampler>,
+        event: Event,
+        timeout: Duration,
+    ) -> Result<(String, Option<(Stopped, f64)>)> {
+        let dir = self.run_dir()?;
+        let scope = Scope::Pid(fixture.pid());
+        let running = sampler
+            .map(|s| s.start(&self.tools, scope, event, Format::Folded, &dir))
+            .transpose()?;
+        let cpu_before = running.as_ref().map_or(0, |r| r.cpu_ns());
+        // The fixture waits for this signal, so the sampler is attached before the work starts.
+        proc::signal(fixture.pid(), libc::SIGUSR1);
+        let line = fixture.next_line(timeout)?;
+        let Some(running) = running else {
+            return Ok((line, None));
+        };
+        let cpu = running.cpu_ns().saturating_sub(cpu_before) as f64 / 1e9;
+        Ok((line, Some((running.stop()?, cpu))))
+    }
+
     /// Records a failed run; the bench goes on and exits non-zero at the end.
     fn failed(&mut self, what: &str, error: anyhow::Error) {
         let line = format!("{what}: {error:#}");
@@ -108,6 +147,14 @@ impl Bench {
 
 fn say(line: &str) {
     eprintln!("[bench] {line}");
+}
+
+/// The configurations of round `round` of `rounds`, each once, starting at a different one
+/// each round so that none always runs first.
+fn round_order(round: usize, rounds: usize, configs: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..configs).collect();
+    order.rotate_left(round * configs / rounds.max(1));
+    order
 }
 
 pub fn main(options: Options) -> Result<()> {
@@ -121,12 +168,16 @@ pub fn main(options: Options) -> Result<()> {
     let scratch = target.join("bench");
     let fixtures = Fixtures::build(&scratch.join("fixtures"))?;
 
-    let tools = Tools::find(tripod);
+    let mut tools = Tools::find(tripod);
+    if options.wants(Measurement::Python) {
+        tools.py_spy = samplers::find_py_spy();
+    }
     say(&format!("tripod-bpf: {}", tools.tripod_version));
     for (name, found) in [
         ("perf", &tools.perf),
         ("bpftrace", &tools.bpftrace),
         ("offcputime", &tools.offcputime),
+        ("py-spy", &tools.py_spy),
     ] {
         match found {
             Ok((path, version)) => say(&format!("{name}: {version} ({})", path.display())),
@@ -159,6 +210,9 @@ pub fn main(options: Options) -> Result<()> {
     }
     if options.wants(Measurement::Dump) {
         results.dump = Some(dump::measure(&mut bench, &options)?);
+    }
+    if options.wants(Measurement::Python) {
+        results.python = Some(python::measure(&mut bench, &options)?);
     }
     results.failures = bench.failures.clone();
     results.duration = started.elapsed();

@@ -6,14 +6,15 @@
 //! switching thread, so it also shows as fixture CPU time; the sampler's own CPU time is
 //! what its process spends besides (draining, unwinding, writing).
 
-use std::{str::FromStr, time::Duration};
+use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Context as _, Result};
+use anyhow::{ensure, Result};
 
 use super::{
     fixtures::comm,
-    proc::{self, Fixture},
-    samplers::{Event, Format, Sampler, Scope},
+    proc::{field, Fixture},
+    round_order,
+    samplers::{Event, Sampler},
     say, Bench, Options,
 };
 
@@ -64,10 +65,7 @@ pub fn measure(bench: &mut Bench, options: &Options) -> Result<OffCpu> {
     let mut runs: Vec<(Option<Sampler>, Vec<Run>)> =
         configs.iter().map(|c| (*c, Vec::new())).collect();
     for round in 0..options.runs {
-        // A different starting point each round, so no configuration always runs first.
-        let mut order: Vec<usize> = (0..configs.len()).collect();
-        order.rotate_left(round * configs.len() / options.runs);
-        for index in order {
+        for index in round_order(round, options.runs, configs.len()) {
             let sampler = configs[index];
             let label = describe(sampler);
             match play(bench, round_trips, sampler) {
@@ -117,42 +115,25 @@ fn calibrate(bench: &Bench, seconds: f64) -> Result<u64> {
 /// Starts the fixture, attaches `sampler` to it, then lets it play `round_trips` and stops
 /// both.
 fn play(bench: &Bench, round_trips: u64, sampler: Option<Sampler>) -> Result<Run> {
-    let dir = bench.run_dir()?;
     let mut fixture = Fixture::start(
         &bench.fixtures.pingpong,
         &["--round-trips", &round_trips.to_string()],
     )?;
-    let running = match sampler {
-        Some(sampler) => Some(sampler.start(
-            &bench.tools,
-            Scope::Pid(fixture.pid()),
-            Event::OffCpu,
-            Format::Folded,
-            &dir,
-        )?),
-        None => None,
-    };
-    let sampler_cpu_before = running.as_ref().map_or(0, |r| r.cpu_ns());
-    // The fixture waits for this signal, so the sampler is attached before the first pass.
-    proc::signal(fixture.pid(), libc::SIGUSR1);
-    let mut run = parse_result(&fixture.next_line(RUN_TIMEOUT)?)?;
-    let Some(running) = running else {
-        fixture.stop()?;
-        return Ok(run);
-    };
-    run.sampler_cpu = running.cpu_ns().saturating_sub(sampler_cpu_before) as f64 / 1e9;
-    // The fixture stays alive until the sampler has written its output, so that every
-    // sampler can still read its mappings.
-    let stopped = running.stop()?;
-    run.max_rss_kib = stopped.exit.max_rss_kib;
-    run.losses = stopped.loss_reports();
-    run.recorded = stopped.off_cpu_recorded(&bench.tools, comm(&bench.fixtures.pingpong))?;
+    let (line, recorded) =
+        bench.record_signalled(&mut fixture, sampler, Event::OffCpu, RUN_TIMEOUT)?;
+    let mut run = parse_result(&line)?;
+    if let Some((stopped, sampler_cpu)) = recorded {
+        run.sampler_cpu = sampler_cpu;
+        run.max_rss_kib = stopped.exit.max_rss_kib;
+        run.losses = stopped.loss_reports();
+        run.recorded = stopped.off_cpu_recorded(&bench.tools, comm(&bench.fixtures.pingpong))?;
+        ensure!(
+            run.recorded > 0,
+            "{} recorded no off-CPU time of the fixture",
+            stopped.sampler
+        );
+    }
     fixture.stop()?;
-    ensure!(
-        run.recorded > 0,
-        "{} recorded no off-CPU time of the fixture",
-        stopped.sampler
-    );
     Ok(run)
 }
 
@@ -165,17 +146,6 @@ fn parse_result(line: &str) -> Result<Run> {
         switches: field(&fields, "switches")?,
         ..Run::default()
     })
-}
-
-/// The value after `name` in `name value name value ...`.
-fn field<T: FromStr>(fields: &[&str], name: &str) -> Result<T> {
-    let text = fields
-        .iter()
-        .position(|f| *f == name)
-        .and_then(|i| fields.get(i + 1))
-        .with_context(|| format!("no `{name}` in the fixture's line {:?}", fields.join(" ")))?;
-    text.parse()
-        .map_err(|_| anyhow!("`{name} {text}` is not a number in the fixture's line"))
 }
 
 #[cfg(test)]

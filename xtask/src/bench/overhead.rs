@@ -10,6 +10,7 @@ use anyhow::{ensure, Result};
 use super::{
     fixtures::comm,
     proc::Fixture,
+    round_order,
     samplers::{Event, Format, Sampler, Scope},
     say, Bench, Options,
 };
@@ -76,10 +77,7 @@ pub fn measure(bench: &mut Bench, options: &Options) -> Result<Overhead> {
     }
     let mut runs: Vec<(Config, Vec<Run>)> = configs.iter().map(|c| (*c, Vec::new())).collect();
     for round in 0..options.runs {
-        // A different starting point each round, so no configuration always runs first.
-        let mut order: Vec<usize> = (0..configs.len()).collect();
-        order.rotate_left(round * configs.len() / options.runs.max(1));
-        for index in order {
+        for index in round_order(round, options.runs, configs.len()) {
             let config = configs[index];
             let label = describe(config);
             match run_once(bench, config, iterations) {

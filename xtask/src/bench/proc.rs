@@ -7,11 +7,12 @@ use std::{
     os::unix::{io::AsRawFd as _, process::CommandExt as _},
     path::Path,
     process::{Child, ChildStdout, Command, Stdio},
+    str::FromStr,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 
 /// What wait4 reports about a process that exited.
 #[derive(Clone, Copy, Debug)]
@@ -215,6 +216,17 @@ impl Fixture {
         self.exit = Some(exit);
         Ok(())
     }
+}
+
+/// The value after `name` in a fixture's `name value name value ...` result line.
+pub fn field<T: FromStr>(fields: &[&str], name: &str) -> Result<T> {
+    let text = fields
+        .iter()
+        .position(|f| *f == name)
+        .and_then(|i| fields.get(i + 1))
+        .with_context(|| format!("no `{name}` in the fixture's line {:?}", fields.join(" ")))?;
+    text.parse()
+        .map_err(|_| anyhow!("`{name} {text}` is not a number in the fixture's line"))
 }
 
 impl Drop for Fixture {

@@ -8,8 +8,10 @@ use super::{
     latency,
     offcpu::{self, OffCpu},
     overhead::{self, Config, Overhead},
+    python::{self, Python},
     quality::{self, Quality},
     samplers::{Format, Found, Sampler, Tools, Unwind},
+    stacks::Share,
     stats::{fmt, median, mib, range, ratio, slowdown},
     Machine, Options,
 };
@@ -23,12 +25,14 @@ pub struct Results {
     pub perf: Result<String, String>,
     pub bpftrace: Result<String, String>,
     pub offcputime: Result<String, String>,
+    pub py_spy: Result<String, String>,
     pub overhead: Option<Overhead>,
     pub quality: Option<Vec<(Sampler, Quality)>>,
     pub latency: Option<Vec<(latency::Config, Vec<latency::Run>)>>,
     pub churn: Option<Vec<(Sampler, churn::Run)>>,
     pub off_cpu: Option<OffCpu>,
     pub dump: Option<Dumps>,
+    pub python: Option<Python>,
     pub failures: Vec<String>,
     pub duration: Duration,
 }
@@ -43,12 +47,14 @@ impl Results {
             perf: version(&tools.perf),
             bpftrace: version(&tools.bpftrace),
             offcputime: version(&tools.offcputime),
+            py_spy: version(&tools.py_spy),
             overhead: None,
             quality: None,
             latency: None,
             churn: None,
             off_cpu: None,
             dump: None,
+            python: None,
             failures: Vec::new(),
             duration: Duration::ZERO,
         }
@@ -80,6 +86,9 @@ pub fn render(r: &Results) -> String {
     }
     if let Some(dumps) = &r.dump {
         dump_table(&mut out, r, dumps);
+    }
+    if let Some(python) = &r.python {
+        python_table(&mut out, r, python);
     }
     method(&mut out);
     if !r.failures.is_empty() {
@@ -124,11 +133,16 @@ fn header(out: &mut String, r: &Results) {
         "- {} (this repository; `--unwind fp`, `dwarf` and `auto`, the default)",
         r.tripod_version
     );
+    // py-spy is looked for only when the Python measurement runs.
+    let py_spy = r.python.as_ref().map(|_| ("py-spy", &r.py_spy));
     for (name, found) in [
         ("perf", &r.perf),
         ("bpftrace", &r.bpftrace),
         ("bcc offcputime", &r.offcputime),
-    ] {
+    ]
+    .into_iter()
+    .chain(py_spy)
+    {
         match found {
             Ok(version) => {
                 let _ = writeln!(out, "- {version}");
@@ -399,7 +413,7 @@ fn span(values: &[f64], base: Option<f64>) -> String {
     }
 }
 
-fn share(s: &super::stacks::Share) -> String {
+fn share(s: &Share) -> String {
     s.percent().map_or("–".into(), |p| {
         format!("{p:.1}% ({} of {})", s.hits, s.of)
     })
@@ -652,13 +666,82 @@ fn dump_table(out: &mut String, r: &Results, dumps: &Dumps) {
     out.push('\n');
 }
 
+fn python_table(out: &mut String, r: &Results, python: &Python) {
+    out.push_str("## 9. Python: overhead on a CPU-bound Python program\n\n");
+    let interpreters: Vec<String> = python
+        .interpreters
+        .iter()
+        .map(|i| format!("{} is `{}`", i.label(), i.path.display()))
+        .collect();
+    let _ = writeln!(
+        out,
+        "`hot.py {}` (xtask/bench-fixtures/hot.py): pure-Python integer arithmetic through \
+         main;outer_step;inner_loop, a fixed amount of it (about {:.0} s without a sampler). \
+         Each sampler records that one process at {} Hz: tripod-bpf as by default (Python \
+         frames included) and with `--no-python` (native stacks only), py-spy `record --format \
+         raw` as by default (it stops the process for each sample) and with `--nonblocking`. \
+         The sampler attaches while the fixture waits for a signal to start; the fixture times \
+         the work itself, so start-up and shutdown are left out. Medians of {} alternating \
+         rounds; slowdown is the median time with the sampler over the median without, under \
+         the same interpreter. Sampler CPU is its own process's (all threads, from schedstat) \
+         while the work ran; tripod-bpf's eBPF programs run in the target's context, and \
+         py-spy's pauses stop the target, so both show in the slowdown instead. The last \
+         column counts the samples whose Python frames hold main;outer_step;inner_loop in \
+         order, out of all the sampler recorded of the process, rounds pooled: `--no-python` \
+         has no Python frames, so there it is zero by design. {}.\n",
+        python.iterations,
+        r.options.python_seconds,
+        python::HZ,
+        r.options.runs,
+        interpreters.join("; ")
+    );
+    out.push_str("| interpreter | sampler | elapsed (s) | slowdown | fastest–slowest run | sampler CPU (s) | % of a core | samples | main;outer_step;inner_loop |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (config, runs) in &python.runs {
+        let col = |f: fn(&python::Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        let elapsed: Vec<f64> = runs.iter().map(|r| r.elapsed).collect();
+        let baseline = python.runs_of(python::Config {
+            sampler: None,
+            ..*config
+        });
+        let base = median(&baseline.iter().map(|r| r.elapsed).collect::<Vec<_>>());
+        let interpreter = python.interpreters[config.interpreter].label();
+        let Some(sampler) = config.sampler else {
+            let _ = writeln!(
+                out,
+                "| {interpreter} | no sampler | {} | – | {} | – | – | – | – |",
+                fmt(median(&elapsed), 3),
+                span(&elapsed, base)
+            );
+            continue;
+        };
+        let chain = runs.iter().fold(Share::default(), |sum, r| Share {
+            hits: sum.hits + r.chain.hits,
+            of: sum.of + r.chain.of,
+        });
+        let _ = writeln!(
+            out,
+            "| {interpreter} | {sampler} | {} | {} | {} | {} | {} | {} | {} |",
+            fmt(median(&elapsed), 3),
+            slowdown(ratio(median(&elapsed), base)),
+            span(&elapsed, base),
+            fmt(col(|r| r.sampler_cpu), 3),
+            percent(col(|r| r.sampler_cpu / r.elapsed)),
+            fmt(col(|r| r.chain.of as f64), 0),
+            share(&chain)
+        );
+    }
+    out.push('\n');
+}
+
 fn method(out: &mut String) {
     out.push_str(
         "## How the runs are made\n\n\
          - Fixtures are C programs in `tests/fixtures/` (`work.c`, `split.c`, `paths.c`, \
            `churn.c`, `pingpong.c`, `manythreads.c`), compiled by the bench into \
            `target/bench/fixtures`. `pingpong` and `manythreads` time the tools, not their \
-           stacks, and are built `-O2` without frame pointers, like distribution binaries.\n\
+           stacks, and are built `-O2` without frame pointers, like distribution binaries. \
+           The Python fixture, `hot.py`, is in `xtask/bench-fixtures/` and runs as it is.\n\
          - Each sampler gets 1 s after it reports it is sampling (tripod-bpf's `Sampling` \
            line, bpftrace's `Attaching`, offcputime's `Tracing`; perf says nothing, so 1 s \
            after its start) before the measured work begins. Samplers of the whole machine \

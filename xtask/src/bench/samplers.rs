@@ -36,6 +36,13 @@ pub enum Sampler {
     Bpftrace,
     /// bcc's offcputime, which records only off-CPU time.
     Offcputime,
+    /// tripod-bpf's default unwinding with its Python frames turned off: native stacks only.
+    TripodNoPython,
+    /// py-spy, which reads a Python process's frames from outside; by default it pauses the
+    /// process for each sample, `--nonblocking` reads it while it runs.
+    PySpy {
+        nonblocking: bool,
+    },
 }
 
 /// tripod-bpf's `--unwind` modes.
@@ -64,6 +71,9 @@ impl fmt::Display for Sampler {
             Sampler::PerfDwarf => f.write_str("perf record --call-graph dwarf"),
             Sampler::Bpftrace => f.write_str("bpftrace profile:hz"),
             Sampler::Offcputime => f.write_str("bcc offcputime"),
+            Sampler::TripodNoPython => f.write_str("tripod-bpf --no-python"),
+            Sampler::PySpy { nonblocking: false } => f.write_str("py-spy record"),
+            Sampler::PySpy { nonblocking: true } => f.write_str("py-spy record --nonblocking"),
         }
     }
 }
@@ -101,6 +111,8 @@ pub struct Tools {
     pub perf: Found,
     pub bpftrace: Found,
     pub offcputime: Found,
+    /// Looked for (and installed) only when the Python measurement runs: see [`find_py_spy`].
+    pub py_spy: Found,
 }
 
 impl Tools {
@@ -115,6 +127,7 @@ impl Tools {
             perf: find_perf(),
             bpftrace: find_bpftrace(),
             offcputime: find_offcputime(),
+            py_spy: Err("only the python measurement runs it".into()),
         }
     }
 
@@ -149,6 +162,19 @@ impl Tools {
         samplers
     }
 
+    /// The samplers of the Python measurement: tripod-bpf with and without Python frames,
+    /// then py-spy in both of its modes.
+    pub fn python_samplers(&self) -> Vec<Sampler> {
+        let mut samplers = vec![Sampler::Tripod(Unwind::Auto), Sampler::TripodNoPython];
+        if self.py_spy.is_ok() {
+            samplers.extend([
+                Sampler::PySpy { nonblocking: false },
+                Sampler::PySpy { nonblocking: true },
+            ]);
+        }
+        samplers
+    }
+
     fn perf(&self) -> &Path {
         &self
             .perf
@@ -171,6 +197,10 @@ impl Tools {
             .as_ref()
             .expect("offcputime only runs when found")
             .0
+    }
+
+    fn py_spy(&self) -> &Path {
+        &self.py_spy.as_ref().expect("py-spy only runs when found").0
     }
 }
 
@@ -203,6 +233,13 @@ fn find_bpftrace() -> Found {
     Ok((path, version.trim().to_owned()))
 }
 
+/// py-spy from pip (installed if missing, as `cargo xtask test` does).
+pub fn find_py_spy() -> Found {
+    let path = crate::setup::py_spy().map_err(|e| format!("{e:#}"))?;
+    let version = probe(Command::new(&path).arg("--version")).ok_or("`py-spy --version` failed")?;
+    Ok((path, version.trim().to_owned()))
+}
+
 /// bcc's tools directory, or Debian's `-bpfcc` name on PATH.
 fn find_offcputime() -> Found {
     let bcc_tools = Path::new("/usr/share/bcc/tools/offcputime");
@@ -218,14 +255,15 @@ fn find_offcputime() -> Found {
 
 impl Sampler {
     pub fn is_tripod(self) -> bool {
-        matches!(self, Sampler::Tripod(_))
+        matches!(self, Sampler::Tripod(_) | Sampler::TripodNoPython)
     }
 
     /// What [`Stopped::off_cpu_recorded`] counts for this sampler.
     pub fn off_cpu_unit(self) -> &'static str {
         match self {
-            Sampler::Tripod(_) | Sampler::Offcputime => "µs off-CPU",
+            Sampler::Tripod(_) | Sampler::TripodNoPython | Sampler::Offcputime => "µs off-CPU",
             Sampler::PerfFp | Sampler::PerfDwarf => "samples (one per switch)",
+            Sampler::PySpy { .. } => "samples",
             Sampler::Bpftrace => "switches",
         }
     }
@@ -241,14 +279,15 @@ impl Sampler {
     ) -> Result<Running> {
         let log = dir.join("sampler.log");
         let output = dir.join(match self {
-            Sampler::Tripod(_) if format == Format::Log => "tripod.log",
-            Sampler::Tripod(_) => "tripod.folded",
+            Sampler::Tripod(_) | Sampler::TripodNoPython if format == Format::Log => "tripod.log",
+            Sampler::Tripod(_) | Sampler::TripodNoPython => "tripod.folded",
             Sampler::PerfFp | Sampler::PerfDwarf => "perf.data",
             Sampler::Bpftrace => "bpftrace.out",
             Sampler::Offcputime => "offcputime.out",
+            Sampler::PySpy { .. } => "py-spy.raw",
         });
         let mut cmd = match self {
-            Sampler::Tripod(unwind) => {
+            Sampler::Tripod(_) | Sampler::TripodNoPython => {
                 let mut cmd = Command::new(&tools.tripod);
                 match scope {
                     Scope::All => cmd.arg("--all"),
@@ -263,8 +302,15 @@ impl Sampler {
                 } else {
                     "folded"
                 };
+                let unwind = match self {
+                    Sampler::Tripod(unwind) => unwind,
+                    _ => Unwind::Auto,
+                };
                 cmd.args(["--unwind", unwind.arg(), "-f", format, "-o"])
                     .arg(&output);
+                if self == Sampler::TripodNoPython {
+                    cmd.arg("--no-python");
+                }
                 cmd
             }
             Sampler::PerfFp | Sampler::PerfDwarf => {
@@ -316,6 +362,26 @@ impl Sampler {
                 cmd.env("PYTHONUNBUFFERED", "1");
                 cmd
             }
+            Sampler::PySpy { nonblocking } => {
+                let (Event::Clock(hz), Scope::Pid(pid)) = (event, scope) else {
+                    bail!("{self} samples one process on a clock");
+                };
+                let mut cmd = Command::new(tools.py_spy());
+                // `raw` is folded stacks, one `frame (file:line)` per frame.
+                cmd.args([
+                    "record",
+                    "--pid",
+                    &pid.to_string(),
+                    "--rate",
+                    &hz.to_string(),
+                ])
+                .args(["--format", "raw", "-o"])
+                .arg(&output);
+                if nonblocking {
+                    cmd.arg("--nonblocking");
+                }
+                cmd
+            }
         };
         let log_file = fs::File::create(&log)?;
         cmd.stdin(Stdio::null()).stderr(log_file.try_clone()?);
@@ -347,7 +413,12 @@ impl Sampler {
     /// The name of the sampler recording `event`, as a user would run it.
     pub fn describe(self, event: Event) -> String {
         match (self, event) {
-            (_, Event::Clock(_)) | (Sampler::Offcputime, _) => self.to_string(),
+            (_, Event::Clock(_)) | (Sampler::Offcputime | Sampler::PySpy { .. }, _) => {
+                self.to_string()
+            }
+            (Sampler::TripodNoPython, Event::OffCpu) => {
+                "tripod-bpf --mode off-cpu --no-python".into()
+            }
             (Sampler::Tripod(unwind), Event::OffCpu) => {
                 format!("tripod-bpf --mode off-cpu --unwind {}", unwind.arg())
             }
@@ -375,9 +446,10 @@ impl Running {
     fn wait_ready(&mut self) -> Result<()> {
         let (file, needle) = match self.sampler {
             // `Sampling at N Hz`, `Sampling off-CPU time` or `Sampling wall-clock time`.
-            Sampler::Tripod(_) => (&self.log, Some("[tripod] Sampling ")),
+            Sampler::Tripod(_) | Sampler::TripodNoPython => (&self.log, Some("[tripod] Sampling ")),
             Sampler::Bpftrace => (&self.output, Some("Attaching")),
             Sampler::Offcputime => (&self.output, Some("Tracing off-CPU time")),
+            Sampler::PySpy { .. } => (&self.log, Some("py-spy> Sampling process")),
             Sampler::PerfFp | Sampler::PerfDwarf => (&self.log, None),
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -518,7 +590,7 @@ impl Stopped {
     /// The output as folded stacks, and what producing them cost beyond the sampler itself.
     pub fn folded(&self, tools: &Tools) -> Result<(Folded, PostCost)> {
         let folded = match self.sampler {
-            Sampler::Tripod(_) => {
+            Sampler::Tripod(_) | Sampler::TripodNoPython => {
                 if self.format != Format::Folded {
                     bail!("tripod-bpf wrote a log here, not folded stacks");
                 }
@@ -532,6 +604,7 @@ impl Stopped {
                 Folded::from_offcputime(&read(&self.output)?),
                 PostCost::default(),
             ),
+            Sampler::PySpy { .. } => (Folded::parse(&read(&self.output)?), PostCost::default()),
             Sampler::PerfFp | Sampler::PerfDwarf => self.perf_folded(tools)?,
         };
         if folded.0.samples() == 0 {

@@ -128,6 +128,20 @@ impl Folded {
         share
     }
 
+    /// All samples, and how many of them contain `chain` contiguously, in order, among their
+    /// Python frames (native frames in between do not break it).
+    pub fn python_chain_share(&self, chain: &[&str]) -> Share {
+        let mut share = Share::default();
+        for (frames, count) in &self.stacks {
+            share.of += count;
+            let names: Vec<&str> = frames.iter().filter_map(|f| python_frame_name(f)).collect();
+            if names.windows(chain.len()).any(|w| w == chain) {
+                share.hits += count;
+            }
+        }
+        share
+    }
+
     /// Samples of `comm` in `first`, out of those in `first` or `second`.
     pub fn split(&self, comm: &str, first: &str, second: &str) -> Share {
         let mut share = Share::default();
@@ -159,6 +173,13 @@ fn unquote_bytes(text: &str) -> &str {
 /// A frame's function name: without the `_[k]` kernel mark some folded producers add.
 fn frame_name(frame: &str) -> &str {
     frame.strip_suffix("_[k]").unwrap_or(frame)
+}
+
+/// The function of a Python frame, which py-spy and tripod-bpf both write as
+/// `name (file:line)`; None for a native frame, which has no ` (file…)` part.
+fn python_frame_name(frame: &str) -> Option<&str> {
+    let (name, _) = frame.strip_suffix(')')?.split_once(" (")?;
+    Some(name)
 }
 
 /// `hits` out of `of` samples.
@@ -251,6 +272,23 @@ mod tests {
             Share { hits: 95, of: 99 }
         );
         assert_eq!(folded.chain_share("missing", &chain).percent(), None);
+    }
+
+    #[test]
+    fn python_chain_counts_python_frames_only() {
+        let folded = Folded::parse(
+            "<module> (hot.py:51);main (hot.py:44);outer_step (hot.py:32);inner_loop (hot.py:27) 60\n\
+             python3.11;_start;main;<module> (/b/hot.py:51);main (/b/hot.py:44);outer_step (/b/hot.py:32);\
+             _PyEval_EvalFrameDefault;inner_loop (/b/hot.py:26);PyNumber_Remainder 30\n\
+             python3.11;_start;main;outer_step (/b/hot.py:32);inner_loop (/b/hot.py:26) 7\n\
+             python3.11;_start;main;_PyEval_EvalFrameDefault 3\n",
+        );
+        let chain = ["main", "outer_step", "inner_loop"];
+        // The native `main` of the interpreter does not stand in for the Python one.
+        assert_eq!(
+            folded.python_chain_share(&chain),
+            Share { hits: 90, of: 100 }
+        );
     }
 
     #[test]
