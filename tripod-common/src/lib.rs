@@ -32,6 +32,10 @@ pub mod names {
     pub const BLOCKED_SINCE: &str = "BLOCKED_SINCE";
     /// The task iterator behind `tripod-bpf dump`.
     pub const DUMP_PROGRAM: &str = "dump_threads";
+    /// Python processes whose frames are collected: tgid -> [`crate::PythonProcess`].
+    pub const PYTHON_PROCESSES: &str = "PYTHON_PROCESSES";
+    /// Where each thread's `PyThreadState` is: tid -> [`crate::PythonThread`].
+    pub const PYTHON_THREADS: &str = "PYTHON_THREADS";
 }
 
 /// Length of a task's `comm`, including the terminating NUL.
@@ -71,6 +75,147 @@ pub const MAX_DUMP_STACK_COPY: u32 = 24 * 1024;
 /// Most threads that can be switched out and waiting to be woken at once
 /// (`--mode off-cpu` and `--mode wall`); more are not tracked.
 pub const MAX_BLOCKED_THREADS: u32 = 65536;
+
+/// Most Python processes whose frames are collected at once.
+pub const MAX_PYTHON_PROCESSES: u32 = 4096;
+
+/// Entries of the least-recently-used map from thread id to `PyThreadState`.
+pub const MAX_PYTHON_THREADS: u32 = 65536;
+
+/// Most Python frames one record carries, innermost first; deeper stacks are
+/// cut ([`PythonStatus::Truncated`]). With [`PythonFrame`]'s 32 bytes they fit
+/// in the slack page after the user stack (see [`StackCopy::python_offset`]).
+pub const MAX_PYTHON_FRAMES: usize = 96;
+
+/// Most `PyThreadState`s the eBPF program walks to find a thread's own; a
+/// thread found is remembered in the `PYTHON_THREADS` map.
+pub const MAX_PYTHON_THREADS_SCANNED: u32 = 256;
+
+/// How long the eBPF program trusts that a thread has no `PyThreadState`
+/// before it looks again (a thread may start running Python later).
+pub const PYTHON_THREAD_RECHECK_NS: u64 = 250_000_000;
+
+/// Bytes of each interpreter frame read at once; [`PythonOffsets`] fields
+/// of a frame must lie within them.
+pub const PYTHON_FRAME_READ_MAX: u32 = 128;
+
+/// A [`PythonOffsets`] field the interpreter version does not have.
+pub const NO_FIELD: u32 = u32::MAX;
+
+/// Byte offsets in one CPython version's structures: what the eBPF program
+/// needs to find a thread's frames and read each frame's code object and
+/// instruction. Userspace fills them from its table of supported versions;
+/// eBPF programs have no debug info to find them by name.
+///
+/// 13 × u32 (52 bytes) and a reserved word: 56 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PythonOffsets {
+    /// `_PyRuntimeState.interpreters.head`: the first interpreter.
+    pub runtime_interpreters_head: u32,
+    /// `PyInterpreterState.next`.
+    pub interpreter_next: u32,
+    /// `PyInterpreterState.threads.head`: the interpreter's first thread state.
+    pub interpreter_threads_head: u32,
+    /// `PyThreadState.next`.
+    pub thread_next: u32,
+    /// `PyThreadState.native_thread_id`: the kernel's thread id (an `unsigned long`).
+    pub thread_native_id: u32,
+    /// Where the current frame hangs off `PyThreadState`: `cframe` (3.11,
+    /// 3.12), `current_frame` (3.13), `frame` (3.8 to 3.10).
+    pub thread_frame: u32,
+    /// `_PyCFrame.current_frame` when `thread_frame` is a `_PyCFrame *`;
+    /// [`NO_FIELD`] when `thread_frame` points at the frame itself.
+    pub cframe_current_frame: u32,
+    /// The frame's code object: `f_code` (`f_executable` in 3.13).
+    pub frame_code: u32,
+    /// The next outer frame: `previous` (`f_back` before 3.11).
+    pub frame_previous: u32,
+    /// Where the frame is in its code: `prev_instr` (a pointer, 3.11 and
+    /// 3.12), `instr_ptr` (3.13), or `f_lasti` (an int, before 3.11). Sent as
+    /// read, 8 bytes; userspace knows which it is.
+    pub frame_instruction: u32,
+    /// `is_entry` (a bool, 3.11): the first frame of a `_PyEval_EvalFrameDefault` call.
+    pub frame_is_entry: u32,
+    /// `owner` (a char, 3.11 and later): who owns the frame's memory; 3.12
+    /// marks each `_PyEval_EvalFrameDefault` entry with a C-stack-owned frame.
+    pub frame_owner: u32,
+    /// Bytes to read of each frame, covering every field above; at most
+    /// [`PYTHON_FRAME_READ_MAX`].
+    pub frame_read_size: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+}
+
+/// A Python process whose frames are collected: the value of the
+/// `PYTHON_PROCESSES` map, keyed by tgid.
+///
+/// u64 then [`PythonOffsets`]: 64 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PythonProcess {
+    /// The address of `_PyRuntime` in the process.
+    pub runtime: u64,
+    pub offsets: PythonOffsets,
+}
+
+/// The value of the `PYTHON_THREADS` map, keyed by tid. 16 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PythonThread {
+    /// The thread's `PyThreadState`, or 0: none was found at `checked_ns`.
+    pub thread_state: u64,
+    /// `bpf_ktime_get_ns` when `thread_state` was found or found missing.
+    pub checked_ns: u64,
+}
+
+/// One Python frame of a record, as read from the interpreter; userspace
+/// reads the code object for its name, file and line.
+///
+/// 3 × u64, 2 × u32: 32 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PythonFrame {
+    /// The `PyCodeObject *`.
+    pub code: u64,
+    /// The raw [`PythonOffsets::frame_instruction`] field.
+    pub instruction: u64,
+    /// The address of the interpreter frame (locals are read from it).
+    pub frame: u64,
+    /// The `is_entry` byte, 0 when the version has none.
+    pub is_entry: u32,
+    /// The `owner` byte, 0 when the version has none.
+    pub owner: u32,
+}
+
+/// What a record says about the thread's Python frames.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PythonStatus {
+    /// Not a Python process (or Python frames are not collected).
+    NotPython = 0,
+    /// `python_frames` frames follow the user stack; 0 when the thread runs no Python code.
+    Frames = 1,
+    /// Like `Frames`, but the frame chain went on past [`MAX_PYTHON_FRAMES`].
+    Truncated = 2,
+    /// A Python process, but this thread has no `PyThreadState` (a native
+    /// thread, or the interpreter is not initialised yet).
+    NoThreadState = 3,
+    /// The interpreter's memory could not be read.
+    Unreadable = 4,
+}
+
+impl PythonStatus {
+    pub const fn from_u32(status: u32) -> PythonStatus {
+        match status {
+            1 => PythonStatus::Frames,
+            2 => PythonStatus::Truncated,
+            3 => PythonStatus::NoThreadState,
+            4 => PythonStatus::Unreadable,
+            _ => PythonStatus::NotPython,
+        }
+    }
+}
 
 /// Which processes the eBPF program samples. Set once at load time.
 ///
@@ -239,7 +384,7 @@ impl RecordKind {
 
 /// The fixed part of a [`StackCopy`] record.
 ///
-/// 10 × u32, 4 × u64, comm: 88 bytes, no padding.
+/// 12 × u32, 4 × u64, comm: 96 bytes, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackCopyHeader {
@@ -265,6 +410,10 @@ pub struct StackCopyHeader {
     /// Non-zero: `stack` holds this many user addresses, innermost first,
     /// walked with frame pointers by the kernel, instead of stack bytes.
     pub user_frames: u32,
+    /// A [`PythonStatus`].
+    pub python_status: u32,
+    /// Number of [`PythonFrame`]s at [`StackCopy::python_offset`], innermost first.
+    pub python_frames: u32,
     /// User registers to start unwinding from: where the thread was in user
     /// space (the registers saved at kernel entry when sampled in the kernel).
     pub ip: u64,
@@ -295,8 +444,9 @@ pub struct WakeRecord {
 }
 
 /// One sample for userspace unwinding, as written to the `STACK_COPIES` ring
-/// buffer. Only `size_of::<StackCopyHeader>() + size_of kernel + stack_len`
-/// bytes are sent: the record is cut after the valid part of `stack`.
+/// buffer. Only the header, the kernel stack, `stack_len` bytes of `stack`
+/// and then `python_frames` [`PythonFrame`]s are sent: the record is cut
+/// after them.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct StackCopy {
@@ -315,6 +465,19 @@ pub const STACK_COPY_SLACK: usize = 4096;
 impl StackCopy {
     /// Bytes before `stack` in a record.
     pub const STACK_OFFSET: usize = core::mem::size_of::<StackCopyHeader>() + 8 * MAX_STACK_DEPTH;
+
+    /// Where the Python frames start in `stack`: after the `stack_len` bytes
+    /// of user stack, rounded up to 8 bytes.
+    pub const fn python_offset(stack_len: u32) -> usize {
+        (stack_len as usize + 7) & !7
+    }
+
+    /// Bytes of the record as sent (see [`StackCopy`]).
+    pub const fn record_len(stack_len: u32, python_frames: u32) -> usize {
+        Self::STACK_OFFSET
+            + Self::python_offset(stack_len)
+            + python_frames as usize * core::mem::size_of::<PythonFrame>()
+    }
 }
 
 /// Per-CPU counters, indices into the `COUNTERS` map.
@@ -401,6 +564,10 @@ mod pod {
     unsafe impl aya::Pod for super::StackCopyHeader {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TaskOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PythonProcess {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PythonThread {}
 }
 
 #[cfg(test)]
@@ -412,12 +579,30 @@ mod tests {
     fn wire_types_have_no_padding() {
         assert_eq!(core::mem::size_of::<SampleKey>(), 4 * 4 + COMM_LEN + 8);
         assert_eq!(core::mem::size_of::<SamplerConfig>(), 10 * 4 + 6 * 4);
-        assert_eq!(core::mem::size_of::<StackCopyHeader>(), 88);
+        assert_eq!(core::mem::size_of::<StackCopyHeader>(), 96);
         assert_eq!(core::mem::size_of::<WakeRecord>(), 32);
-        assert_eq!(StackCopy::STACK_OFFSET, 88 + 8 * MAX_STACK_DEPTH);
+        assert_eq!(StackCopy::STACK_OFFSET, 96 + 8 * MAX_STACK_DEPTH);
+        assert_eq!(core::mem::size_of::<PythonOffsets>(), 14 * 4);
+        assert_eq!(core::mem::size_of::<PythonProcess>(), 8 + 14 * 4);
+        assert_eq!(core::mem::size_of::<PythonThread>(), 16);
+        assert_eq!(core::mem::size_of::<PythonFrame>(), 32);
         assert_eq!(
             core::mem::size_of::<StackCopy>(),
             StackCopy::STACK_OFFSET + MAX_STACK_COPY + STACK_COPY_SLACK
+        );
+    }
+
+    #[test]
+    fn python_frames_fit_in_the_slack_after_a_full_stack() {
+        let python = MAX_PYTHON_FRAMES * core::mem::size_of::<PythonFrame>();
+        assert!(
+            StackCopy::python_offset(MAX_STACK_COPY as u32) + python
+                <= MAX_STACK_COPY + STACK_COPY_SLACK
+        );
+        assert_eq!(StackCopy::python_offset(13), 16);
+        assert_eq!(
+            StackCopy::record_len(16, 2),
+            StackCopy::STACK_OFFSET + 16 + 64
         );
     }
 

@@ -11,6 +11,10 @@
 //!
 //! Kernel stacks always come from the kernel's unwinder (ORC).
 //!
+//! Threads of Python processes also get their interpreter frames, read from
+//! the interpreter's structures (see `python.rs`) and sent after the user
+//! stack; such samples always go through the ring buffer.
+//!
 //! Two more programs share the maps and the record format:
 //! - `track_switch` on `sched_switch` (`--mode off-cpu` and `wall`): a target
 //!   thread's stacks as it is switched out, and when it runs again;
@@ -18,6 +22,8 @@
 //!   thread of a process, running or blocked, without stopping it.
 #![no_std]
 #![no_main]
+
+mod python;
 
 use core::ffi::c_void;
 
@@ -39,8 +45,8 @@ use aya_ebpf::{
 use tripod_common::{
     Counter, RecordKind, SampleKey, SamplerConfig, ScratchSlot, StackCopy, WakeRecord,
     CONTROL_GENERATION, CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE,
-    DEFAULT_STACK_STORAGE_SIZE, MAX_BLOCKED_THREADS, MAX_DUMP_STACK_COPY, MAX_STACK_COPY,
-    MAX_STACK_DEPTH, MAX_TARGETS, STACK_NOT_COLLECTED,
+    DEFAULT_STACK_STORAGE_SIZE, MAX_BLOCKED_THREADS, MAX_DUMP_STACK_COPY, MAX_PYTHON_FRAMES,
+    MAX_STACK_COPY, MAX_STACK_DEPTH, MAX_TARGETS, STACK_NOT_COLLECTED,
 };
 
 /// Set by the loader before the program is loaded; read-only afterwards.
@@ -119,7 +125,7 @@ fn try_sample_stack(ctx: &PerfEventContext) -> Result<u32, u32> {
     }
     bump(Counter::Samples);
 
-    if config.copy_user_stack != 0 {
+    if config.copy_user_stack != 0 || python::is_python(tgid) {
         // SAFETY: no preconditions.
         let cpu = unsafe { bpf_get_smp_processor_id() };
         // Samples carry no time: they are counted, not timed.
@@ -222,31 +228,42 @@ fn current_thread_copy(
         return Some(copy);
     }
     if config.copy_user_stack == 0 {
-        // Frame pointers, walked by the kernel, into the stack area.
-        let size = (8 * MAX_STACK_DEPTH) as u32;
-        // SAFETY: the stack area is far larger than `size` bytes.
-        let read = unsafe {
-            bpf_get_stack(
-                ctx,
-                copy.stack.as_mut_ptr().cast(),
-                size,
-                BPF_F_USER_STACK as u64,
-            )
-        };
-        if read > 0 {
-            copy.header.user_frames = (read as u32) / 8;
-            copy.header.stack_len = read as u32 & !7;
-        } else {
-            copy.header.no_user = 1;
-        }
-        return Some(copy);
+        walk_user_frame_pointers(ctx, copy);
+    } else {
+        let sp = copy.header.sp;
+        copy.header.stack_len = copy_user_stack(copy, sp, config.stack_copy_bytes, read_user);
     }
-    let sp = copy.header.sp;
-    copy.header.stack_len = copy_user_stack(copy, sp, config.stack_copy_bytes, |dst, len, src| {
-        // SAFETY: `dst` has `len` bytes (see `copy_user_stack`); user memory may fault.
-        unsafe { bpf_probe_read_user(dst, len, src) }
-    });
+    python::collect(copy, tgid, tid, read_user);
     Some(copy)
+}
+
+/// Reads memory of the current process; may fault (non-sleepable programs).
+#[inline(always)]
+fn read_user(dst: *mut c_void, len: u32, src: *const c_void) -> i64 {
+    // SAFETY: `dst` has `len` bytes (callers pass buffers of at least that size).
+    unsafe { bpf_probe_read_user(dst, len, src) }
+}
+
+/// Fills the stack area with the user addresses the kernel walks with frame
+/// pointers (`--unwind fp`).
+#[inline(always)]
+fn walk_user_frame_pointers(ctx: *mut c_void, copy: &mut StackCopy) {
+    let size = (8 * MAX_STACK_DEPTH) as u32;
+    // SAFETY: the stack area is far larger than `size` bytes.
+    let read = unsafe {
+        bpf_get_stack(
+            ctx,
+            copy.stack.as_mut_ptr().cast(),
+            size,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if read > 0 {
+        copy.header.user_frames = (read as u32) / 8;
+        copy.header.stack_len = read as u32 & !7;
+    } else {
+        copy.header.no_user = 1;
+    }
 }
 
 /// Starts a record in a scratch slot: who and when, with no stacks yet.
@@ -270,6 +287,8 @@ fn begin_record(
     header.kernel_error = 0;
     header.stack_len = 0;
     header.user_frames = 0;
+    header.python_status = 0;
+    header.python_frames = 0;
     header.syscall = -1;
     header.time_ns = time_ns;
 }
@@ -304,20 +323,21 @@ fn set_user_regs(copy: &mut StackCopy, config: &SamplerConfig, regs: *const pt_r
 }
 
 /// The record as sent: the header, the kernel stack, then only the valid
-/// bytes of the user stack.
+/// bytes of the user stack and the Python frames after it.
 #[inline(always)]
 fn record_bytes(copy: &StackCopy) -> &[u8] {
-    let mut len = copy.header.stack_len as usize;
-    if len > MAX_STACK_COPY {
-        len = MAX_STACK_COPY;
+    let mut stack_len = copy.header.stack_len;
+    if stack_len > MAX_STACK_COPY as u32 {
+        stack_len = MAX_STACK_COPY as u32;
     }
-    // SAFETY: a prefix of the scratch slot, which is `size_of::<StackCopy>()` bytes.
-    unsafe {
-        core::slice::from_raw_parts(
-            (copy as *const StackCopy).cast::<u8>(),
-            StackCopy::STACK_OFFSET + len,
-        )
+    let mut python_frames = copy.header.python_frames;
+    if python_frames > MAX_PYTHON_FRAMES as u32 {
+        python_frames = MAX_PYTHON_FRAMES as u32;
     }
+    let len = StackCopy::record_len(stack_len, python_frames);
+    // SAFETY: a prefix of the scratch slot, which is `size_of::<StackCopy>()`
+    // bytes: both parts are clamped to what fits (see `StackCopy::python_offset`).
+    unsafe { core::slice::from_raw_parts((copy as *const StackCopy).cast::<u8>(), len) }
 }
 
 /// Sends a record to userspace. Never waits: a full ring buffer drops it and counts it.
@@ -553,10 +573,12 @@ pub fn dump_threads(ctx: *mut c_void) -> i32 {
             config.stack_copy_bytes
         };
         let sp = copy.header.sp;
-        copy.header.stack_len = copy_user_stack(copy, sp, wanted, |dst, len, src| {
+        let read_task = |dst, len, src| {
             // SAFETY: `dst` has `len` bytes; the task's memory is read through its mm.
             unsafe { bpf_copy_from_user_task(dst, len, src, task, 0) }
-        });
+        };
+        copy.header.stack_len = copy_user_stack(copy, sp, wanted, read_task);
+        python::collect(copy, tgid, tid, read_task);
     }
     let record = record_bytes(copy);
     // SAFETY: the iterator's seq_file, and a record of `len` bytes.

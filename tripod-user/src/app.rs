@@ -133,7 +133,16 @@ pub async fn run(config: Config) -> Result<u8> {
         config.stacks.user(),
         sampler.counters()?,
         config.min_block_us,
+        config.python,
     );
+    // Named targets are checked for Python now; others as they are sampled.
+    for pid in pids_named(&config.target)
+        .iter()
+        .chain(child.as_ref().map(|c| &c.pid))
+    {
+        pipeline.check_python(*pid);
+    }
+    update_python(&mut sampler, &mut pipeline);
     if config.mode.tracks_switches() {
         seed_waits(&mut sampler, &mut pipeline)?;
     }
@@ -180,6 +189,23 @@ pub async fn run(config: Config) -> Result<u8> {
         Stop::CommandExited(status) => exit_code(status),
         _ => 0,
     })
+}
+
+fn pids_named(target: &Target) -> Vec<u32> {
+    match target {
+        Target::Pids(pids) => pids.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// Tells the sampler which processes run Python, found or gone since the
+/// last call. A full map only costs those processes their Python frames.
+pub fn update_python(sampler: &mut Sampler, pipeline: &mut Pipeline) {
+    for (pid, process) in pipeline.python_changes() {
+        if let Err(error) = sampler.set_python_process(pid, process.as_ref()) {
+            log::warn!("{error:#}");
+        }
+    }
 }
 
 /// Starts the sampler; a kernel that refuses the program gets an explanation.
@@ -252,10 +278,7 @@ async fn wait_for_stop(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_drain = Instant::now();
     let mut next_report = config.interval.map(|i| Instant::now() + i);
-    let pids = match &config.target {
-        Target::Pids(pids) => pids.clone(),
-        _ => Vec::new(),
-    };
+    let pids = pids_named(&config.target);
     let child_exit = async {
         match child {
             Some(child) => child.child.wait().await,
@@ -274,6 +297,7 @@ async fn wait_for_stop(
             }
             _ = tick.tick() => {
                 sampler.drain_copies(|record| pipeline.ingest_record(record));
+                update_python(sampler, pipeline);
                 if last_drain.elapsed() < DRAIN_PERIOD {
                     continue;
                 }

@@ -10,8 +10,8 @@ use tripod_common::{
 
 use crate::{
     config::{
-        Command, Config, DumpConfig, Mode, OutputDest, OutputFormat, StackSelection, Target,
-        UnwindMode, DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US,
+        Command, Config, DumpConfig, Mode, OutputDest, OutputFormat, PythonFrames, StackSelection,
+        Target, UnwindMode, DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US,
     },
     error::UsageError,
 };
@@ -95,6 +95,36 @@ struct DumpArgs {
     /// Bytes of user stack read per thread (at most 24576). Deeper stacks end in [truncated].
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_STACK_COPY)]
     stack_copy_bytes: u32,
+
+    /// Python processes: show each Python frame's local variables (simple values, and the
+    /// type and length of others; read from memory, nothing runs in the process).
+    #[arg(long, conflicts_with_all = ["no_python", "kernel_only"])]
+    locals: bool,
+
+    #[command(flatten)]
+    python: PythonArgs,
+}
+
+/// Python frames, for recording and dumps.
+#[derive(Debug, Args)]
+struct PythonArgs {
+    /// Python threads show only their Python frames, not the native and kernel ones.
+    #[arg(long, conflicts_with_all = ["no_python", "kernel_only"])]
+    python_only: bool,
+
+    /// Do not read Python frames: Python processes show their native stacks.
+    #[arg(long)]
+    no_python: bool,
+}
+
+impl PythonArgs {
+    fn frames(&self) -> PythonFrames {
+        match (self.no_python, self.python_only) {
+            (true, _) => PythonFrames::Off,
+            (false, true) => PythonFrames::Only,
+            (false, false) => PythonFrames::Merged,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +186,9 @@ struct RecordArgs {
     /// Also sample the idle task (pid 0) when sampling everything.
     #[arg(long)]
     include_idle: bool,
+
+    #[command(flatten)]
+    python: PythonArgs,
 
     /// Distinct stacks the kernel can hold between two drains (each of two maps; 127 frames
     /// of 8 bytes per entry). Raise it when the summary reports stacks that were not stored.
@@ -293,6 +326,8 @@ impl DumpArgs {
             rules: self.rules,
             stacks: stack_selection(self.user_only, self.kernel_only),
             stack_copy_bytes: self.stack_copy_bytes,
+            python: self.python.frames(),
+            locals: self.locals,
         })
     }
 }
@@ -380,6 +415,7 @@ impl RecordArgs {
             },
             stack_copy_bytes: self.stack_copy_bytes,
             ring_buffer_size,
+            python: self.python.frames(),
         })
     }
 }

@@ -81,6 +81,20 @@ pub struct DumpConfig {
     pub stacks: StackSelection,
     /// Bytes of user stack copied per thread.
     pub stack_copy_bytes: u32,
+    pub python: PythonFrames,
+    /// Show the local variables of Python frames (`--locals`).
+    pub locals: bool,
+}
+
+/// Whether and how Python frames are shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PythonFrames {
+    /// Not collected (`--no-python`).
+    Off,
+    /// In place of the interpreter's native frames (the default).
+    Merged,
+    /// Python threads show only their Python frames (`--python-only`).
+    Only,
 }
 
 /// How reports are written.
@@ -177,6 +191,7 @@ pub struct Config {
     pub stack_copy_bytes: u32,
     /// Bytes of the ring buffer that carries stack copies (a power of two).
     pub ring_buffer_size: u32,
+    pub python: PythonFrames,
 }
 
 impl Config {
@@ -200,6 +215,7 @@ impl Config {
             unwind: UnwindMode::Auto,
             stack_copy_bytes: DEFAULT_STACK_COPY,
             ring_buffer_size: DEFAULT_RING_BUFFER_SIZE,
+            python: PythonFrames::Merged,
         }
     }
 }

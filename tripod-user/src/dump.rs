@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    app::{load_rules, start_sampler},
+    app::{load_rules, start_sampler, update_python},
     config::{DumpConfig, Mode},
     output::Output,
     pipeline::Pipeline,
@@ -47,7 +47,18 @@ pub async fn run(config: DumpConfig) -> Result<u8> {
         config.stacks.user(),
         sampler.counters()?,
         0,
+        config.python,
     );
+    pipeline.check_python(config.pid);
+    if config.locals {
+        if !pipeline.is_python(config.pid) {
+            eprintln!(
+                "[tripod] pid {} is not a Python process tripod-bpf can read; --locals shows nothing",
+                config.pid
+            );
+        }
+        pipeline.collect_locals();
+    }
 
     let Some(every) = config.every else {
         if !dump_once(&mut sampler, &mut pipeline, &mut output, config.pid)? {
@@ -98,6 +109,7 @@ fn dump_once(
     pid: u32,
 ) -> Result<bool> {
     let started = Instant::now();
+    update_python(sampler, pipeline);
     let mut syscalls = HashMap::new();
     let mut threads = 0;
     sampler.snapshot(|thread| {

@@ -4,7 +4,8 @@
 //! The pipeline, one module each: [`cli`] (arguments) -> [`config`] ->
 //! [`preflight`] (checks) -> [`sampler`] (eBPF, the only aya user) ->
 //! [`unwind`] (copied user stacks to addresses with DWARF CFI, the only
-//! framehop user) -> [`stack`] (typed raw frames) -> [`aggregate`] (counts,
+//! framehop user) -> [`stack`] (typed raw frames; [`python`] puts the
+//! interpreter's frames in place of its native ones) -> [`aggregate`] (counts,
 //! addresses only) -> [`process`] + [`symbolize`] (the only blazesym user)
 //! via [`resolve`] -> [`annotate`] -> [`report`] -> [`output`] (the only
 //! writers). [`pipeline`] carries samples through these stages; [`app`] runs
@@ -20,6 +21,7 @@ pub mod output;
 pub mod pipeline;
 pub mod preflight;
 pub mod process;
+pub mod python;
 pub mod report;
 pub mod resolve;
 pub mod sampler;

@@ -14,9 +14,10 @@ use tripod_common::{RecordKind, MAX_STACK_DEPTH};
 use crate::{
     aggregate::{Aggregator, StackId, ThreadStack},
     annotate::Rules,
-    config::Mode,
+    config::{Mode, PythonFrames},
     output::Output,
     process::{self, ProcessTable},
+    python::{FrameLocals, Python},
     report::{self, Losses, RunInfo, ThreadDump},
     resolve::Resolver,
     sampler::{CopiedSample, Counters, Record, UserStack, Wake},
@@ -60,6 +61,12 @@ pub struct Pipeline {
     waits: HashMap<u32, Wait>,
     /// `--mode off-cpu`: shorter waits are not counted, in nanoseconds.
     min_block_ns: u64,
+    python: Python,
+    python_frames: PythonFrames,
+    /// Processes to check for Python: new ones, and ones that may have exec'd.
+    python_candidates: Vec<u32>,
+    /// `dump --locals`: each dumped thread's Python local variables, by tid.
+    locals: Option<HashMap<u32, Vec<FrameLocals>>>,
     /// The retirement check after which each process was last sampled: a
     /// counter, so the per-sample path reads no clock.
     last_seen: HashMap<u32, u64>,
@@ -80,6 +87,7 @@ impl Pipeline {
         collect_user: bool,
         counters: Counters,
         min_block_us: u32,
+        python_frames: PythonFrames,
     ) -> Self {
         let now = Local::now();
         Pipeline {
@@ -93,6 +101,10 @@ impl Pipeline {
             unlocated: Vec::new(),
             waits: HashMap::new(),
             min_block_ns: u64::from(min_block_us) * 1000,
+            python: Python::new(),
+            python_frames,
+            python_candidates: Vec::new(),
+            locals: None,
             last_seen: HashMap::new(),
             forget_checks: 0,
             last_forget_check: Instant::now(),
@@ -142,6 +154,9 @@ impl Pipeline {
     /// Takes one thread of a dump: counted once, in the state it is in.
     pub fn ingest_snapshot(&mut self, sample: CopiedSample<'_>) {
         let (tgid, tid) = (sample.tgid, sample.tid);
+        if let Some(locals) = &mut self.locals {
+            locals.insert(tid, self.python.locals(tgid, &sample.python.frames));
+        }
         let state = TaskState::from_kernel(sample.state);
         let (raw, comm) = self.unwind(sample);
         self.count(tgid, tid, &comm, &raw, state, 1);
@@ -170,7 +185,7 @@ impl Pipeline {
         if new {
             self.unlocated.push(stack);
         }
-        self.last_seen.insert(tgid, self.forget_checks);
+        self.seen(tgid);
         self.waits.insert(
             tid,
             Wait {
@@ -249,6 +264,42 @@ impl Pipeline {
         }
     }
 
+    /// Reads the local variables of each dumped thread's Python frames
+    /// (`dump --locals`), as threads are ingested.
+    pub fn collect_locals(&mut self) {
+        self.locals = Some(HashMap::new());
+    }
+
+    /// Whether `pid` was found to run a Python whose frames can be read.
+    pub fn is_python(&self, pid: u32) -> bool {
+        self.python.is_python(pid)
+    }
+
+    /// Checks `pid` for Python now (a target named on the command line).
+    pub fn check_python(&mut self, pid: u32) {
+        if self.python_frames != PythonFrames::Off {
+            self.python.check(pid, &mut self.processes);
+        }
+    }
+
+    /// Python processes found (with what the sampler needs to read their
+    /// frames) and gone, since the last call: new processes seen since are
+    /// checked first.
+    pub fn python_changes(&mut self) -> Vec<(u32, Option<tripod_common::PythonProcess>)> {
+        for pid in std::mem::take(&mut self.python_candidates) {
+            self.check_python(pid);
+        }
+        self.python.take_changes()
+    }
+
+    /// Notes that process `tgid` was sampled; a process not seen before is
+    /// checked for Python at the next [`Self::python_changes`].
+    fn seen(&mut self, tgid: u32) {
+        if self.last_seen.insert(tgid, self.forget_checks).is_none() {
+            self.python_candidates.push(tgid);
+        }
+    }
+
     /// A copied stack as typed frames, innermost first, and the thread's name.
     fn unwind(&mut self, sample: CopiedSample<'_>) -> (Vec<RawFrame>, String) {
         let user = match sample.user {
@@ -266,6 +317,12 @@ impl Pipeline {
             UserStack::Absent => StackRead::NotCollected,
         };
         let raw = self.combine(sample.tgid, &sample.comm, sample.kernel, user);
+        let raw = match self.python_frames {
+            PythonFrames::Off => raw,
+            mode => self
+                .python
+                .merge(sample.tgid, raw, &sample.python, mode == PythonFrames::Only),
+        };
         (raw, sample.comm)
     }
 
@@ -302,7 +359,7 @@ impl Pipeline {
         weight: u64,
     ) {
         self.unreported += weight;
-        self.last_seen.insert(tgid, self.forget_checks);
+        self.seen(tgid);
         let (stack, new) = self.aggregator.add(tgid, tid, comm, raw, state, weight);
         if new {
             self.unlocated.push(stack);
@@ -321,6 +378,14 @@ impl Pipeline {
         let recent = self.forget_checks;
         self.forget_checks += 1;
         let mut exited = HashMap::new();
+        // Processes sampled lately may have exec'd: checked again for Python
+        // (cheap when their mappings did not change).
+        self.python_candidates.extend(
+            self.last_seen
+                .iter()
+                .filter(|&(_, &seen)| seen == recent)
+                .map(|(&pid, _)| pid),
+        );
         self.last_seen.retain(|&pid, seen| {
             let keep = *seen == recent || process::is_alive(pid);
             if !keep {
@@ -339,6 +404,7 @@ impl Pipeline {
             }
             self.unwinder.forget(*pid);
             self.processes.forget(*pid);
+            self.python.forget(*pid);
         }
         // Their threads will not run again; their stacks are about to go.
         self.waits
@@ -383,7 +449,8 @@ impl Pipeline {
             return;
         }
         let started = Instant::now();
-        self.resolver.symbolize(&mut self.aggregator.stacks);
+        self.resolver
+            .symbolize(&mut self.aggregator.stacks, &self.python);
         log::debug!("symbolized new stacks in {:?}", started.elapsed());
     }
 
@@ -445,6 +512,7 @@ impl Pipeline {
             &self.processes,
             &counts,
             syscalls,
+            self.locals.as_mut().map(std::mem::take),
             Local::now(),
         )
     }

@@ -14,6 +14,7 @@ use crate::{
     annotate::Rules,
     config::Mode,
     process::ProcessTable,
+    python::FrameLocals,
     sampler::Counters,
     task::TaskState,
 };
@@ -42,6 +43,9 @@ pub enum FrameKind {
     Truncated,
     /// This part of the stack could not be collected; `unknown` says why.
     Missing,
+    /// A Python function: `function`, `file` and `line` come from the
+    /// interpreter's code object, not from debug info.
+    Python,
 }
 
 /// One line of a traceback.
@@ -81,6 +85,14 @@ impl Frame {
         }
     }
 
+    /// A Python frame with nothing known yet.
+    pub fn python() -> Frame {
+        Frame {
+            kind: FrameKind::Python,
+            ..Frame::code(false, None)
+        }
+    }
+
     /// A code frame with nothing known but its address.
     pub fn code(kernel: bool, address: Option<u64>) -> Frame {
         Frame {
@@ -110,6 +122,14 @@ impl Frame {
         match (self.kind, &self.function, self.module_name()) {
             (FrameKind::Truncated, ..) => "[truncated]".into(),
             (FrameKind::Missing, ..) => "[missing]".into(),
+            (FrameKind::Python, Some(function), _) => match (&self.file, self.line) {
+                (Some(file), Some(line)) => {
+                    format!("{function} ({}:{line})", crate::python::short_file(file))
+                }
+                (Some(file), None) => format!("{function} ({})", crate::python::short_file(file)),
+                (None, _) => function.clone(),
+            },
+            (FrameKind::Python, None, _) => "[unknown Python frame]".into(),
             (_, Some(function), _) => function.clone(),
             (_, None, Some(module)) => format!("[{module}]"),
             (_, None, None) => "[unknown]".into(),
@@ -458,6 +478,9 @@ pub struct DumpedThread {
     pub state: TaskState,
     /// The system call it is in (`futex`, `read`), when it is in one.
     pub syscall: Option<String>,
+    /// With `dump --locals`: the local variables of its Python frames,
+    /// outermost first (empty for threads running no Python).
+    pub locals: Option<Vec<FrameLocals>>,
 }
 
 /// Threads of a dump with the same stack in the same state.
@@ -493,6 +516,7 @@ pub fn build_dump(
     processes: &ProcessTable,
     counts: &HashMap<ThreadStack, u64>,
     syscalls: &HashMap<u32, i32>,
+    mut locals: Option<HashMap<u32, Vec<FrameLocals>>>,
     time: DateTime<Local>,
 ) -> ThreadDump {
     let mut by_stack: HashMap<(StackId, TaskState), Vec<u32>> = HashMap::new();
@@ -507,6 +531,9 @@ pub fn build_dump(
             name: aggregator.thread_name(key.tid).unwrap_or("?").to_string(),
             state: key.state,
             syscall: syscalls.get(&key.tid).map(|&number| syscall_name(number)),
+            locals: locals
+                .as_mut()
+                .map(|locals| locals.remove(&key.tid).unwrap_or_default()),
         });
     }
     threads.sort_by_key(|t| t.tid);

@@ -13,6 +13,7 @@ use std::{collections::HashMap, sync::Arc};
 use crate::{
     aggregate::{StackId, StackTable},
     process::{Location, ProcessTable},
+    python::Python,
     report::Frame,
     stack::{Gap, RawFrame, Space},
     symbolize::{Resolved, Symbolizer},
@@ -79,7 +80,7 @@ impl Resolver {
 
     /// Symbolizes every located address in one batch per module (and one for
     /// the kernel), then stores the frames of every waiting stack in the table.
-    pub fn symbolize(&mut self, stacks: &mut StackTable) {
+    pub fn symbolize(&mut self, stacks: &mut StackTable, python: &Python) {
         let pending = std::mem::take(&mut self.located);
         // 2. Symbolize in batches: one per module, one for the kernel.
         let mut by_module: HashMap<usize, (Arc<crate::process::Module>, Vec<u64>)> = HashMap::new();
@@ -107,7 +108,10 @@ impl Resolver {
 
         // 3. Build and cache the frames of each address.
         for (key, location) in pending {
-            let frames = self.frames(&key.1, location);
+            let frames = match key.1 {
+                RawFrame::Python(id) => Arc::from(vec![python.frame(id)]),
+                raw => self.frames(&raw, location),
+            };
             self.cache.insert(key, frames);
         }
 
@@ -134,6 +138,8 @@ impl Resolver {
         let frame = match *raw {
             RawFrame::Gap(_, Gap::Truncated) => return one(Frame::truncated(kernel)),
             RawFrame::Gap(_, gap) => return one(Frame::missing(kernel, gap.describe())),
+            // Named by the caller, from the Python frame table.
+            RawFrame::Python(_) => return one(Frame::python()),
             RawFrame::InstructionPointer(_, address) | RawFrame::ReturnAddress(_, address) => {
                 Frame::code(kernel, Some(address))
             }

@@ -50,6 +50,8 @@ pub enum RawFrame {
     ReturnAddress(Space, u64),
     /// Frames that could not be collected; see [`Gap`].
     Gap(Space, Gap),
+    /// A Python frame (user space), by its id in [`crate::python::Python`]'s frame table.
+    Python(u32),
 }
 
 impl RawFrame {
@@ -58,6 +60,7 @@ impl RawFrame {
             RawFrame::InstructionPointer(space, _)
             | RawFrame::ReturnAddress(space, _)
             | RawFrame::Gap(space, _) => space,
+            RawFrame::Python(_) => Space::User,
         }
     }
 
@@ -65,7 +68,7 @@ impl RawFrame {
     pub fn address(&self) -> Option<u64> {
         match *self {
             RawFrame::InstructionPointer(_, a) | RawFrame::ReturnAddress(_, a) => Some(a),
-            RawFrame::Gap(..) => None,
+            RawFrame::Gap(..) | RawFrame::Python(_) => None,
         }
     }
 
@@ -74,7 +77,7 @@ impl RawFrame {
         match *self {
             RawFrame::InstructionPointer(_, a) => Some(a),
             RawFrame::ReturnAddress(_, a) => Some(a.saturating_sub(1)),
-            RawFrame::Gap(..) => None,
+            RawFrame::Gap(..) | RawFrame::Python(_) => None,
         }
     }
 }

@@ -131,8 +131,9 @@ pub struct JsonThread {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JsonFrame {
-    /// `code`, or a marker: `truncated` (outer frames cut off), `missing`
-    /// (this part of the stack could not be collected).
+    /// `code`, `python` (a Python function: `function`, `file` and `line`
+    /// come from the interpreter), or a marker: `truncated` (outer frames cut
+    /// off), `missing` (this part of the stack could not be collected).
     pub kind: String,
     /// Hex string: kernel addresses do not fit a JSON number exactly.
     pub address: Option<String>,
@@ -254,6 +255,27 @@ pub struct JsonDumpedThread {
     pub syscall: Option<String>,
     /// Index into `groups`.
     pub group: usize,
+    /// With `--locals`: the thread's Python frames, outermost first, with
+    /// their local variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locals: Option<Vec<JsonFrameLocals>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JsonFrameLocals {
+    pub function: String,
+    pub file: String,
+    pub line: Option<u32>,
+    /// In the code object's order; unbound variables are left out.
+    pub variables: Vec<JsonVariable>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JsonVariable {
+    pub name: String,
+    /// A short repr: the value of None, bools, ints, floats, str and bytes;
+    /// `<list of 3 items>` for containers; `<Type object at 0x...>` otherwise.
+    pub value: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -291,6 +313,24 @@ impl DumpDocument {
                     .iter()
                     .position(|g| g.tids.contains(&thread.tid))
                     .unwrap_or(0),
+                locals: thread.locals.as_ref().map(|frames| {
+                    frames
+                        .iter()
+                        .map(|frame| JsonFrameLocals {
+                            function: frame.function.clone(),
+                            file: frame.file.clone(),
+                            line: frame.line,
+                            variables: frame
+                                .variables
+                                .iter()
+                                .map(|(name, value)| JsonVariable {
+                                    name: name.clone(),
+                                    value: value.clone(),
+                                })
+                                .collect(),
+                        })
+                        .collect()
+                }),
             })
             .collect();
         DumpDocument {
@@ -332,6 +372,7 @@ impl From<&Frame> for JsonFrame {
                 FrameKind::Code => "code",
                 FrameKind::Truncated => "truncated",
                 FrameKind::Missing => "missing",
+                FrameKind::Python => "python",
             }
             .to_string(),
             address: frame.address.map(|a| format!("{a:#x}")),

@@ -9,6 +9,7 @@ use chrono::{DateTime, Local};
 use super::Render;
 use crate::{
     config::Mode,
+    python::FrameLocals,
     report::{
         process_label, Completeness, Frame, FrameKind, Losses, Report, RunInfo, StackReport,
         Summary, ThreadDump, ThreadGroup,
@@ -212,7 +213,49 @@ fn write_group(out: &mut dyn Write, dump: &ThreadDump, group: &ThreadGroup) -> i
         group.state.letter(),
         names.join(", ")
     )?;
-    write_traceback(out, &group.frames)
+    write_traceback(out, &group.frames)?;
+    for thread in dump.threads.iter().filter(|t| group.tids.contains(&t.tid)) {
+        if let Some(frames) = thread.locals.as_deref().filter(|f| !f.is_empty()) {
+            write_locals(out, thread.tid, &thread.name, frames)?;
+        }
+    }
+    Ok(())
+}
+
+/// Tripod's "Full backtrace with local variables", for one thread.
+fn write_locals(
+    out: &mut dyn Write,
+    tid: u32,
+    name: &str,
+    frames: &[FrameLocals],
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "Local variables of tid {tid} ({name}), most recent call last:"
+    )?;
+    for frame in frames {
+        let line = frame
+            .line
+            .map(|l| format!(", line {l}"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "  File \"{}\"{line}, in {}",
+            frame.file, frame.function
+        )?;
+        if frame.variables.is_empty() {
+            writeln!(out, "    Local variables: none")?;
+            continue;
+        }
+        writeln!(out, "    Local variables:")?;
+        let last = frame.variables.len() - 1;
+        for (i, (name, value)) in frame.variables.iter().enumerate() {
+            let open = if i == 0 { "{" } else { " " };
+            let close = if i == last { "}" } else { "," };
+            writeln!(out, "    {open}'{name}': {value}{close}")?;
+        }
+    }
+    Ok(())
 }
 
 /// One frame as a traceback line.
@@ -230,7 +273,7 @@ pub fn frame_line(frame: &Frame) -> String {
             let space = if frame.kernel { "[kernel] " } else { "" };
             return format!("{space}{}", unknown());
         }
-        FrameKind::Code => {}
+        FrameKind::Code | FrameKind::Python => {}
     }
     let address = frame.address.map(|a| format!("{a:#x}")).unwrap_or_default();
     if frame.kernel {

@@ -4,12 +4,15 @@ use std::{collections::HashMap, time::Duration};
 use anyhow::{Context as _, Result};
 use aya::maps::MapError;
 use tripod_common::{
-    RecordKind, StackCopy, StackCopyHeader, WakeRecord, CONTROL_GENERATION, MAX_STACK_DEPTH,
-    STACK_NOT_COLLECTED,
+    PythonFrame, PythonStatus, RecordKind, StackCopy, StackCopyHeader, WakeRecord,
+    CONTROL_GENERATION, MAX_PYTHON_FRAMES, MAX_STACK_DEPTH, STACK_NOT_COLLECTED,
 };
 
 use super::Sampler;
-use crate::stack::{Gap, RawSample, StackRead};
+use crate::{
+    python::PythonSample,
+    stack::{Gap, RawSample, StackRead},
+};
 
 /// How long a sample that read the old generation number may still be
 /// writing. BPF programs run to completion in microseconds; this is ample.
@@ -95,6 +98,8 @@ pub struct CopiedSample<'a> {
     pub time_ns: u64,
     pub user: UserStack<'a>,
     pub kernel: StackRead,
+    /// The interpreter's frames, for threads of Python processes.
+    pub python: PythonSample,
 }
 
 /// The user half of a [`CopiedSample`].
@@ -165,8 +170,8 @@ pub(super) fn parse_snapshots(mut bytes: &[u8], mut handle: impl FnMut(CopiedSam
     }
 }
 
-/// Reads a record laid out as [`StackCopy`], cut after its stack bytes, and
-/// its length in bytes.
+/// Reads a record laid out as [`StackCopy`], cut after its stack bytes and
+/// Python frames, and its length in bytes.
 fn parse_copy(record: &[u8]) -> Option<(CopiedSample<'_>, usize)> {
     let header_size = std::mem::size_of::<StackCopyHeader>();
     if record.len() < StackCopy::STACK_OFFSET {
@@ -192,6 +197,21 @@ fn parse_copy(record: &[u8]) -> Option<(CopiedSample<'_>, usize)> {
         (0, _) => UserStack::Addresses(words(stack)),
         _ => UserStack::Absent,
     };
+    let python_start = StackCopy::STACK_OFFSET + StackCopy::python_offset(header.stack_len);
+    let python_frames = (header.python_frames as usize).min(MAX_PYTHON_FRAMES);
+    let frame_size = std::mem::size_of::<PythonFrame>();
+    let python = record.get(python_start..python_start + python_frames * frame_size)?;
+    let python = PythonSample {
+        status: match PythonStatus::from_u32(header.python_status) {
+            PythonStatus::NotPython => None,
+            status => Some(status),
+        },
+        frames: python
+            .chunks_exact(frame_size)
+            // SAFETY: each chunk is one PythonFrame, which is plain data.
+            .map(|bytes| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+            .collect(),
+    };
     let sample = CopiedSample {
         kind,
         tgid: header.tgid,
@@ -202,8 +222,10 @@ fn parse_copy(record: &[u8]) -> Option<(CopiedSample<'_>, usize)> {
         time_ns: header.time_ns,
         user,
         kernel,
+        python,
     };
-    Some((sample, stack_end))
+    let len = StackCopy::record_len(header.stack_len, python_frames as u32);
+    Some((sample, len))
 }
 
 fn words(bytes: &[u8]) -> Vec<u64> {

@@ -15,7 +15,7 @@ use aya::{
     util::online_cpus,
     Btf, Ebpf, EbpfLoader,
 };
-use tripod_common::{names, Counter, SampleKey, SamplerConfig, ScratchSlot};
+use tripod_common::{names, Counter, PythonProcess, SampleKey, SamplerConfig, ScratchSlot};
 
 use crate::config::StackSelection;
 
@@ -263,6 +263,26 @@ impl Sampler {
             .context("reading the task iterator")?;
         drain::parse_snapshots(&records, handle);
         Ok(())
+    }
+
+    /// Collects the Python frames of process `pid` from now on, or (`None`)
+    /// no longer: it exited, and its pid may be reused.
+    pub fn set_python_process(&mut self, pid: u32, process: Option<&PythonProcess>) -> Result<()> {
+        let mut processes: HashMap<&mut MapData, u32, PythonProcess> = HashMap::try_from(
+            self.ebpf
+                .map_mut(names::PYTHON_PROCESSES)
+                .context("the eBPF object has no map PYTHON_PROCESSES")?,
+        )?;
+        match process {
+            Some(process) => processes
+                .insert(pid, process, 0)
+                .with_context(|| format!("adding Python process {pid}")),
+            // Already gone is fine.
+            None => {
+                let _ = processes.remove(&pid);
+                Ok(())
+            }
+        }
     }
 
     /// Marks a thread as switched out since `since_ns` (CLOCK_MONOTONIC), so

@@ -1,0 +1,249 @@
+//! Python frames, read from the interpreter at sample time.
+//!
+//! For a thread of a process in `PYTHON_PROCESSES`, find its `PyThreadState`
+//! (remembered per thread, else found by walking the interpreters' thread
+//! lists), then follow the frame chain from the current frame outwards,
+//! writing each frame's code object, instruction and address after the user
+//! stack of the record. Names, files and lines are left to userspace, which
+//! reads each code object once. Every field offset comes from the map value:
+//! nothing here knows a CPython version.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated::bpf_ktime_get_ns,
+    macros::map,
+    maps::{HashMap, LruHashMap},
+};
+use tripod_common::{
+    PythonFrame, PythonOffsets, PythonProcess, PythonStatus, PythonThread, StackCopy,
+    MAX_PYTHON_FRAMES, MAX_PYTHON_PROCESSES, MAX_PYTHON_THREADS, MAX_PYTHON_THREADS_SCANNED,
+    MAX_STACK_COPY, NO_FIELD, PYTHON_FRAME_READ_MAX, PYTHON_THREAD_RECHECK_NS,
+};
+
+#[map]
+static PYTHON_PROCESSES: HashMap<u32, PythonProcess> =
+    HashMap::with_max_entries(MAX_PYTHON_PROCESSES, 0);
+
+#[map]
+static PYTHON_THREADS: LruHashMap<u32, PythonThread> =
+    LruHashMap::with_max_entries(MAX_PYTHON_THREADS, 0);
+
+/// Whether frames of process `tgid` are collected.
+#[inline(always)]
+pub fn is_python(tgid: u32) -> bool {
+    PYTHON_PROCESSES.get_ptr(tgid).is_some()
+}
+
+/// Appends the Python frames of thread `tid` of process `tgid` to `copy`,
+/// after its user stack, and sets the header's Python fields. `read` reads
+/// the process's memory: `read(destination, length, source)`, 0 on success.
+#[inline(always)]
+pub fn collect(
+    copy: &mut StackCopy,
+    tgid: u32,
+    tid: u32,
+    read: impl Fn(*mut c_void, u32, *const c_void) -> i64,
+) {
+    copy.header.python_status = PythonStatus::NotPython as u32;
+    copy.header.python_frames = 0;
+    let Some(process) = PYTHON_PROCESSES.get_ptr(tgid) else {
+        return;
+    };
+    // SAFETY: a live map value, copied out.
+    let process = unsafe { *process };
+    let status = match thread_state(&process, tid, &read) {
+        Lookup::Found(thread_state) => walk_frames(copy, &process.offsets, thread_state, &read),
+        Lookup::Missing => PythonStatus::NoThreadState,
+        Lookup::Unreadable => PythonStatus::Unreadable,
+    };
+    copy.header.python_status = status as u32;
+}
+
+enum Lookup {
+    Found(u64),
+    Missing,
+    Unreadable,
+}
+
+/// The `PyThreadState` of `tid`: the remembered one if it still belongs to
+/// `tid`, else one found by walking the thread lists (and remembered).
+#[inline(always)]
+fn thread_state(
+    process: &PythonProcess,
+    tid: u32,
+    read: &impl Fn(*mut c_void, u32, *const c_void) -> i64,
+) -> Lookup {
+    let offsets = &process.offsets;
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(known) = PYTHON_THREADS.get_ptr(tid) {
+        // SAFETY: a live map value, copied out.
+        let known = unsafe { *known };
+        if known.thread_state == 0 {
+            if now.wrapping_sub(known.checked_ns) < PYTHON_THREAD_RECHECK_NS {
+                return Lookup::Missing;
+            }
+        } else if read_u64(read, known.thread_state, offsets.thread_native_id) == Some(tid as u64) {
+            return Lookup::Found(known.thread_state);
+        }
+    }
+    let found = scan_threads(process, tid, read);
+    let thread_state = match found {
+        Lookup::Found(thread_state) => thread_state,
+        // Unreadable memory is not remembered: the next sample tries again.
+        Lookup::Unreadable => return found,
+        Lookup::Missing => 0,
+    };
+    let remembered = PythonThread {
+        thread_state,
+        checked_ns: now,
+    };
+    let _ = PYTHON_THREADS.insert(tid, remembered, 0);
+    found
+}
+
+/// Walks every interpreter's thread states for the one whose native thread id is `tid`.
+#[inline(always)]
+fn scan_threads(
+    process: &PythonProcess,
+    tid: u32,
+    read: &impl Fn(*mut c_void, u32, *const c_void) -> i64,
+) -> Lookup {
+    let offsets = &process.offsets;
+    let Some(mut interpreter) = read_u64(read, process.runtime, offsets.runtime_interpreters_head)
+    else {
+        return Lookup::Unreadable;
+    };
+    let mut thread = 0;
+    let mut started = false;
+    for _ in 0..MAX_PYTHON_THREADS_SCANNED {
+        if thread == 0 {
+            // The next interpreter's first thread (the first interpreter's, at first).
+            if started {
+                match read_u64(read, interpreter, offsets.interpreter_next) {
+                    Some(next) => interpreter = next,
+                    None => return Lookup::Unreadable,
+                }
+            }
+            started = true;
+            if interpreter == 0 {
+                return Lookup::Missing;
+            }
+            match read_u64(read, interpreter, offsets.interpreter_threads_head) {
+                Some(first) => thread = first,
+                None => return Lookup::Unreadable,
+            }
+            continue;
+        }
+        if read_u64(read, thread, offsets.thread_native_id) == Some(tid as u64) {
+            return Lookup::Found(thread);
+        }
+        match read_u64(read, thread, offsets.thread_next) {
+            Some(next) => thread = next,
+            None => return Lookup::Unreadable,
+        }
+    }
+    Lookup::Missing
+}
+
+/// Writes the frames of `thread_state`, innermost first, after the user stack.
+#[inline(always)]
+fn walk_frames(
+    copy: &mut StackCopy,
+    offsets: &PythonOffsets,
+    thread_state: u64,
+    read: &impl Fn(*mut c_void, u32, *const c_void) -> i64,
+) -> PythonStatus {
+    let Some(mut frame) = read_u64(read, thread_state, offsets.thread_frame) else {
+        return PythonStatus::Unreadable;
+    };
+    if offsets.cframe_current_frame != NO_FIELD && frame != 0 {
+        match read_u64(read, frame, offsets.cframe_current_frame) {
+            Some(current) => frame = current,
+            None => return PythonStatus::Unreadable,
+        }
+    }
+    let size = offsets.frame_read_size;
+    if size == 0 || size > PYTHON_FRAME_READ_MAX {
+        return PythonStatus::Unreadable;
+    }
+    let start = StackCopy::python_offset(copy.header.stack_len);
+    if start > MAX_STACK_COPY {
+        return PythonStatus::Unreadable;
+    }
+    // One read per frame: its first `size` bytes, fields picked out below.
+    let mut fields = [0u64; (PYTHON_FRAME_READ_MAX / 8) as usize];
+    let mut count: u32 = 0;
+    for i in 0..MAX_PYTHON_FRAMES {
+        if frame == 0 {
+            break;
+        }
+        if read(fields.as_mut_ptr().cast(), size, frame as *const c_void) != 0 {
+            copy.header.python_frames = count;
+            return PythonStatus::Unreadable;
+        }
+        let entry = PythonFrame {
+            code: field(&fields, offsets.frame_code),
+            instruction: field(&fields, offsets.frame_instruction),
+            frame,
+            is_entry: byte(&fields, offsets.frame_is_entry),
+            owner: byte(&fields, offsets.frame_owner),
+        };
+        // `start <= MAX_STACK_COPY` and `i < MAX_PYTHON_FRAMES`: inside the
+        // slack page after the stack (see `StackCopy::python_offset`).
+        let at = start + i * core::mem::size_of::<PythonFrame>();
+        // SAFETY: `at + size_of::<PythonFrame>()` is within `copy.stack` (see above).
+        unsafe {
+            let slot = copy.stack.as_mut_ptr().add(at).cast::<PythonFrame>();
+            core::ptr::write_unaligned(slot, entry);
+        }
+        count += 1;
+        frame = field(&fields, offsets.frame_previous);
+    }
+    copy.header.python_frames = count;
+    if frame != 0 {
+        PythonStatus::Truncated
+    } else {
+        PythonStatus::Frames
+    }
+}
+
+/// The 8-byte field at `offset` of a frame read into `fields` (offsets of
+/// pointer fields are multiples of 8).
+#[inline(always)]
+fn field(fields: &[u64; (PYTHON_FRAME_READ_MAX / 8) as usize], offset: u32) -> u64 {
+    if offset == NO_FIELD {
+        return 0;
+    }
+    fields[((offset >> 3) & (PYTHON_FRAME_READ_MAX / 8 - 1)) as usize]
+}
+
+/// The byte at `offset` of a frame read into `fields`.
+#[inline(always)]
+fn byte(fields: &[u64; (PYTHON_FRAME_READ_MAX / 8) as usize], offset: u32) -> u32 {
+    if offset == NO_FIELD {
+        return 0;
+    }
+    let word = fields[((offset >> 3) & (PYTHON_FRAME_READ_MAX / 8 - 1)) as usize];
+    ((word >> ((offset & 7) * 8)) & 0xff) as u32
+}
+
+/// Reads the `u64` at `base + offset` with `read`; `None` if it faults or
+/// `base` is null.
+#[inline(always)]
+fn read_u64(
+    read: &impl Fn(*mut c_void, u32, *const c_void) -> i64,
+    base: u64,
+    offset: u32,
+) -> Option<u64> {
+    if base == 0 || offset == NO_FIELD {
+        return None;
+    }
+    let mut value: u64 = 0;
+    let source = base.wrapping_add(offset as u64) as *const c_void;
+    if read((&mut value as *mut u64).cast(), 8, source) == 0 {
+        Some(value)
+    } else {
+        None
+    }
+}

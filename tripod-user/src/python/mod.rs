@@ -1,0 +1,336 @@
+//! Python frames in native stacks.
+//!
+//! The eBPF program sends, with each sample of a thread of a known Python
+//! process, the interpreter's frames for that thread: code object,
+//! instruction and frame address, innermost first (see `tripod-ebpf`'s
+//! `python.rs`). Here we
+//! - find Python processes and tell the sampler about them ([`Python::check`]),
+//! - turn frames into names, files and lines, reading each code object of
+//!   the target once ([`code`]),
+//! - put them in place of the native `_PyEval_EvalFrameDefault` frames that
+//!   ran them ([`Python::merge`]),
+//! - read the local variables of a dumped thread's frames ([`Python::locals`]).
+//!
+//! Memory of the target is read with `process_vm_readv` while it runs.
+mod code;
+mod detect;
+pub mod layout;
+mod memory;
+mod objects;
+
+use std::{
+    collections::{HashMap, HashSet},
+    ops::Range,
+    sync::Arc,
+};
+
+use tripod_common::{PythonFrame, PythonProcess, PythonStatus};
+
+use crate::{process::ProcessTable, report::Frame, stack::RawFrame};
+use code::Code;
+use detect::Binary;
+use layout::{EntryMarker, Layout};
+use memory::{Memory as _, ProcessMemory};
+
+/// The Python frames of one record, as the kernel sent them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PythonSample {
+    pub status: Option<PythonStatus>,
+    /// Innermost first.
+    pub frames: Vec<PythonFrame>,
+}
+
+/// The local variables of one Python frame of a dumped thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameLocals {
+    pub function: String,
+    pub file: String,
+    pub line: Option<u32>,
+    /// Name and repr, in the code object's order; unbound ones are left out.
+    pub variables: Vec<(String, String)>,
+}
+
+/// A Python process being sampled.
+struct Interpreter {
+    layout: &'static Layout,
+    eval: Range<u64>,
+    memory: ProcessMemory,
+    /// Code objects read so far; `None` when unreadable.
+    codes: HashMap<u64, Option<Arc<Code>>>,
+    /// Frame table ids by (code object, instruction).
+    frames: HashMap<(u64, u64), u32>,
+}
+
+/// Every Python process of the run, and every distinct Python frame seen.
+#[derive(Default)]
+pub struct Python {
+    /// Python binaries by module id; `None` for files that are not.
+    binaries: HashMap<usize, Option<Arc<Binary>>>,
+    interpreters: HashMap<u32, Interpreter>,
+    /// The mapping generation each process was last checked at.
+    checked: HashMap<u32, u64>,
+    /// Changes since the last [`Python::take_changes`]: processes found
+    /// (`Some`) and processes gone (`None`).
+    changes: Vec<(u32, Option<PythonProcess>)>,
+    /// Versions found but not supported, said once each.
+    unsupported: HashSet<(u8, u8)>,
+    frames: Vec<Arc<Frame>>,
+    frame_ids: HashMap<Arc<Frame>, u32>,
+}
+
+impl Python {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Checks whether `pid` runs a supported Python, if its mappings changed
+    /// since it was last checked (it may have exec'd), and if so registers it.
+    pub fn check(&mut self, pid: u32, processes: &mut ProcessTable) {
+        let Some((generation, mappings)) = processes.mappings(pid) else {
+            return;
+        };
+        if self.checked.insert(pid, generation) == Some(generation) {
+            return;
+        }
+        let exe = processes.get(pid).and_then(|p| p.exe.clone());
+        // Its mappings changed: it may have exec'd into something else.
+        self.forget(pid);
+        self.checked.insert(pid, generation);
+        for mapping in &mappings {
+            let Some(module) = &mapping.module else {
+                continue;
+            };
+            let file_name = module.path.rsplit('/').next().unwrap_or(&module.path);
+            if !detect::is_candidate(file_name, exe.as_deref() == Some(module.path.as_str())) {
+                continue;
+            }
+            let binary = self
+                .binaries
+                .entry(module.id)
+                .or_insert_with(|| Binary::read(&module.open_path, file_name).map(Arc::new))
+                .clone();
+            let Some(placed) = binary.and_then(|b| b.place(mapping)) else {
+                continue;
+            };
+            let Some(layout) = layout::for_version(placed.major, placed.minor) else {
+                if self.unsupported.insert((placed.major, placed.minor)) {
+                    eprintln!(
+                        "[tripod] pid {pid} runs Python {}.{}, whose frames tripod-bpf cannot read (supported: {}); its native stacks are sampled",
+                        placed.major,
+                        placed.minor,
+                        layout::supported_versions()
+                    );
+                }
+                return;
+            };
+            log::debug!(
+                "pid {pid}: Python {}.{} in {}, _PyRuntime at {:#x}",
+                placed.major,
+                placed.minor,
+                module.path,
+                placed.runtime
+            );
+            self.interpreters.insert(
+                pid,
+                Interpreter {
+                    layout,
+                    eval: placed.eval,
+                    memory: ProcessMemory { pid },
+                    codes: HashMap::new(),
+                    frames: HashMap::new(),
+                },
+            );
+            let process = PythonProcess {
+                runtime: placed.runtime,
+                offsets: layout.kernel,
+            };
+            self.changes.push((pid, Some(process)));
+            return;
+        }
+    }
+
+    /// Python processes found and gone since the last call, for the sampler.
+    pub fn take_changes(&mut self) -> Vec<(u32, Option<PythonProcess>)> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Whether `pid` was found to run Python.
+    pub fn is_python(&self, pid: u32) -> bool {
+        self.interpreters.contains_key(&pid)
+    }
+
+    /// Drops what is kept for a process that exited.
+    pub fn forget(&mut self, pid: u32) {
+        if self.interpreters.remove(&pid).is_some() {
+            self.changes.push((pid, None));
+        }
+        self.checked.remove(&pid);
+    }
+
+    /// A frame of [`RawFrame::Python`].
+    pub fn frame(&self, id: u32) -> Arc<Frame> {
+        self.frames[id as usize].clone()
+    }
+
+    /// The native stack of a thread of process `tgid` (innermost first) with
+    /// each `_PyEval_EvalFrameDefault` frame replaced by the Python frames it
+    /// was running. With `only`, Python frames alone, if there are any.
+    pub fn merge(
+        &mut self,
+        tgid: u32,
+        native: Vec<RawFrame>,
+        python: &PythonSample,
+        only: bool,
+    ) -> Vec<RawFrame> {
+        if python.frames.is_empty() || !self.interpreters.contains_key(&tgid) {
+            return native;
+        }
+        let groups = self.groups(tgid, &python.frames);
+        if only {
+            return groups.into_iter().flatten().collect();
+        }
+        let eval = self.interpreters[&tgid].eval.clone();
+        let mut groups = groups.into_iter().peekable();
+        let mut merged = Vec::with_capacity(native.len() + python.frames.len());
+        for frame in native {
+            let in_eval = frame.lookup_address().is_some_and(|a| eval.contains(&a))
+                && frame.space() == crate::stack::Space::User;
+            match groups.next_if(|_| in_eval) {
+                Some(group) => merged.extend(group),
+                None => merged.push(frame),
+            }
+        }
+        // Python frames whose native frames were not found (the native stack
+        // was cut short) are the outermost.
+        merged.extend(groups.flatten());
+        merged
+    }
+
+    /// The frames as [`RawFrame::Python`], innermost first, in groups: one
+    /// per `_PyEval_EvalFrameDefault` call, innermost call first.
+    fn groups(&mut self, tgid: u32, frames: &[PythonFrame]) -> Vec<Vec<RawFrame>> {
+        let Some(interpreter) = self.interpreters.get_mut(&tgid) else {
+            return Vec::new();
+        };
+        let layout = interpreter.layout;
+        let mut groups = vec![Vec::new()];
+        for frame in frames {
+            if let EntryMarker::ShimOwner(owner) = layout.entry {
+                if frame.owner == owner {
+                    groups.push(Vec::new());
+                    continue;
+                }
+            }
+            let key = (frame.code, frame.instruction);
+            let id = match interpreter.frames.get(&key) {
+                Some(&id) => id,
+                None => {
+                    let shown = describe(interpreter, frame);
+                    let id = intern(&mut self.frames, &mut self.frame_ids, shown);
+                    interpreter.frames.insert(key, id);
+                    id
+                }
+            };
+            groups
+                .last_mut()
+                .expect("never empty")
+                .push(RawFrame::Python(id));
+            if layout.entry == EntryMarker::IsEntry && frame.is_entry != 0 {
+                groups.push(Vec::new());
+            }
+        }
+        groups.retain(|g| !g.is_empty());
+        groups
+    }
+
+    /// The local variables of each frame, outermost first, read now.
+    pub fn locals(&mut self, tgid: u32, frames: &[PythonFrame]) -> Vec<FrameLocals> {
+        let Some(interpreter) = self.interpreters.get_mut(&tgid) else {
+            return Vec::new();
+        };
+        frames
+            .iter()
+            .rev()
+            .filter(
+                |f| !matches!(interpreter.layout.entry, EntryMarker::ShimOwner(o) if o == f.owner),
+            )
+            .map(|frame| frame_locals(interpreter, frame))
+            .collect()
+    }
+}
+
+/// The code object of `frame`, read once.
+fn code_of(interpreter: &mut Interpreter, address: u64) -> Option<Arc<Code>> {
+    let (memory, layout) = (&interpreter.memory, interpreter.layout);
+    interpreter
+        .codes
+        .entry(address)
+        .or_insert_with(|| Code::read(memory, layout, address).map(Arc::new))
+        .clone()
+}
+
+/// A Python frame as shown: function, file and line.
+fn describe(interpreter: &mut Interpreter, frame: &PythonFrame) -> Frame {
+    let layout = interpreter.layout;
+    match code_of(interpreter, frame.code) {
+        Some(code) => Frame {
+            function: Some(code.name.to_string()),
+            file: Some(code.file.to_string()),
+            line: code.line(layout, frame.instruction),
+            ..Frame::python()
+        },
+        None => Frame {
+            unknown: Some(format!("code object at {:#x} unreadable", frame.code)),
+            ..Frame::python()
+        },
+    }
+}
+
+fn intern(frames: &mut Vec<Arc<Frame>>, ids: &mut HashMap<Arc<Frame>, u32>, frame: Frame) -> u32 {
+    if let Some(&id) = ids.get(&frame) {
+        return id;
+    }
+    let frame = Arc::new(frame);
+    let id = frames.len() as u32;
+    frames.push(frame.clone());
+    ids.insert(frame, id);
+    id
+}
+
+fn frame_locals(interpreter: &mut Interpreter, frame: &PythonFrame) -> FrameLocals {
+    let layout = interpreter.layout;
+    let shown = describe(interpreter, frame);
+    let mut variables = Vec::new();
+    if let Some(code) = code_of(interpreter, frame.code) {
+        let memory = &interpreter.memory;
+        let names = code::local_names(memory, layout, code.address).unwrap_or_default();
+        let slots = frame.frame + layout.frame_localsplus as u64;
+        let values = memory.read_vec(slots, 8 * names.len()).unwrap_or_default();
+        for (name, value) in names.into_iter().zip(values.chunks_exact(8)) {
+            let address = u64::from_le_bytes(value.try_into().expect("8 bytes"));
+            // Not bound yet (or deleted).
+            if address == 0 {
+                continue;
+            }
+            variables.push((name, objects::repr(memory, &layout.object, address)));
+        }
+    }
+    FrameLocals {
+        function: shown.function.unwrap_or_else(|| "[unknown]".into()),
+        file: shown.file.unwrap_or_default(),
+        line: shown.line,
+        variables,
+    }
+}
+
+/// The file name as flame graphs show it: the standard library and
+/// site-packages relative to `lib/python3.X/`, other paths as they are.
+pub fn short_file(file: &str) -> &str {
+    if let Some(at) = file.find("/lib/python3.") {
+        let rest = &file[at + "/lib/python3.".len()..];
+        if let Some(slash) = rest.find('/') {
+            return &rest[slash + 1..];
+        }
+    }
+    file
+}
