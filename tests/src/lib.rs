@@ -438,6 +438,220 @@ pub fn assert_chain(folded: &str, comm: &str, chain: &[&str], min_samples: u64, 
     );
 }
 
+/// Whether the tests run in CI, where nothing may be skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// The Python fixture script `name` (in `fixtures/python/`), as an absolute path: the
+/// path is the scripts' `co_filename`, which the sampler reports.
+pub fn python_fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/python")
+        .join(name);
+    assert!(path.is_file(), "no Python fixture {}", path.display());
+    path.to_str().expect("UTF-8 fixture path").to_owned()
+}
+
+/// The version `interpreter` reports as `major.minor`, or why it cannot be run.
+fn python_version(interpreter: &str) -> Result<String, String> {
+    let out = Command::new(interpreter)
+        .args([
+            "-c",
+            "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {interpreter}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{interpreter} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The Python the tests expect: CPython 3.11.
+const PYTHON_VERSION: &str = "3.11";
+
+/// The `python3` on PATH (pyenv's build, with a shared libpython3.11.so) as the absolute
+/// path of its executable: pyenv's `python3` is a bash shim, and a fixture started through
+/// it would be a bash process for a moment and then a child of unknown pid. Panics when
+/// there is no Python 3.11 there: `cargo xtask test` needs it anyway (for py-spy).
+pub fn pyenv_python() -> String {
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let out = Command::new("python3")
+                .args(["-c", "import sys; print(sys.executable)"])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("the Python tests need python3 {PYTHON_VERSION} on PATH: {e}")
+                });
+            let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            assert!(
+                out.status.success() && Path::new(&path).is_absolute(),
+                "python3 -c 'import sys; print(sys.executable)' gave {path:?} ({}); stderr:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let version = python_version(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                version, PYTHON_VERSION,
+                "the Python tests need python3 {PYTHON_VERSION} on PATH (pyenv), {path} is {version}"
+            );
+            path
+        })
+        .clone()
+}
+
+/// Debian's `/usr/bin/python3.11` (statically linked libpython, non-PIE). Missing: a panic
+/// in CI, else None after printing why.
+pub fn debian_python() -> Option<String> {
+    const PATH: &str = "/usr/bin/python3.11";
+    match python_version(PATH) {
+        Ok(version) if version == PYTHON_VERSION => Some(PATH.to_owned()),
+        Ok(version) => skip_or_panic(&format!("{PATH} is Python {version}, not {PYTHON_VERSION}")),
+        Err(e) => skip_or_panic(&format!("{e} (apt-get install python3.11)")),
+    }
+}
+
+/// Every Python 3.11 interpreter to run the Python fixtures with: pyenv's, then Debian's
+/// when there is one (see [`debian_python`]).
+pub fn python_interpreters() -> Vec<String> {
+    let mut interpreters = vec![pyenv_python()];
+    interpreters.extend(debian_python());
+    interpreters
+}
+
+/// py-spy, whose Python stacks the tests compare with: `$PY_SPY` (set by `cargo xtask
+/// test`), else `py-spy` on PATH. Missing: a panic in CI, else None after printing why.
+pub fn py_spy() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PY_SPY") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "PY_SPY={} does not exist; run `cargo xtask test`",
+            path.display()
+        );
+        return Some(path);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("py-spy"))
+            .find(|path| path.is_file())
+    });
+    match on_path {
+        Some(path) => Some(path),
+        None => skip_or_panic("py-spy is not installed and PY_SPY is not set (pip install py-spy)"),
+    }
+}
+
+/// In CI a missing tool fails the test; elsewhere the comparison is skipped with a note.
+fn skip_or_panic<T>(why: &str) -> Option<T> {
+    if in_ci() {
+        panic!("{why}; CI must not skip tests");
+    }
+    eprintln!("skipped: {why}");
+    None
+}
+
+/// Runs `cmd` (another tool than the sampler, e.g. py-spy) to completion with stdin closed
+/// and its output captured; kills it and panics after `timeout`.
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("stdout is piped")));
+    let stderr = read(Box::new(child.stderr.take().expect("stderr is piped")));
+    let Some(status) = wait_timeout(&mut child, timeout) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmd:?} did not exit within {timeout:?} (killed)");
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// The kernel's name (comm) of every thread of `pid`, by tid.
+pub fn thread_names(pid: u32) -> std::collections::BTreeMap<u32, String> {
+    let dir = format!("/proc/{pid}/task");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let tid = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            Some((tid, comm.trim_end().to_owned()))
+        })
+        .collect()
+}
+
+/// The tid of the thread of `pid` named `name`; panics unless there is exactly one.
+pub fn thread_named(pid: u32, name: &str) -> u32 {
+    let names = thread_names(pid);
+    let tids: Vec<u32> = names
+        .iter()
+        .filter(|(_, comm)| *comm == name)
+        .map(|(tid, _)| *tid)
+        .collect();
+    assert_eq!(
+        tids.len(),
+        1,
+        "expected one thread named {name:?} in pid {pid}, threads: {names:?}"
+    );
+    tids[0]
+}
+
+/// The task state letter (`R`, `S`, `D`, ...) of every thread of `pid`, by tid.
+fn thread_states(pid: u32) -> std::collections::BTreeMap<u32, char> {
+    let dir = format!("/proc/{pid}/task");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let tid = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // The state follows the parenthesised comm, which may contain anything.
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some((tid, state))
+        })
+        .collect()
+}
+
+/// Waits until every thread of `pid` sleeps (state S or D), e.g. a fixture that has
+/// printed `ready` and is about to block; panics after [`READY_TIMEOUT`].
+pub fn wait_until_all_threads_block(pid: u32) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let states = thread_states(pid);
+        if !states.is_empty() && states.values().all(|s| matches!(s, 'S' | 'D')) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the threads of pid {pid} did not all block within {READY_TIMEOUT:?}: {states:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

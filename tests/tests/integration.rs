@@ -7,6 +7,8 @@
 mod cli_errors;
 // The output files and formats: the default log file, JSON, interval reports.
 mod output;
+// CPython 3.11 targets: Python frames in place of the interpreter loop, locals, py-spy's view.
+mod python;
 // What gets sampled: call chains, target selection, kernel frames, threads, how runs end.
 mod sampling;
 // Complete user stacks without frame pointers: copied stacks unwound with .eh_frame.
