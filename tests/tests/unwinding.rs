@@ -129,9 +129,11 @@ fn threads_end_at_their_root() {
 }
 
 /// The machine's python3 (no frame pointers) in a pure-Python loop: native
-/// stacks run from `_start` through python's main to the interpreter loop.
-/// CPython's `main` is a lone tail call (`jmp Py_BytesMain`), so it is never
-/// on the stack; `Py_BytesMain` is the frame that stands for it.
+/// stacks run from `_start` through python's main to the interpreter loop
+/// (`--no-python` keeps the interpreter's frames native; tests/python.rs has
+/// the Python frames). CPython's `main` is a lone tail call
+/// (`jmp Py_BytesMain`), so it is never on the stack; `Py_BytesMain` is the
+/// frame that stands for it.
 #[test]
 fn python_interpreter_stacks_reach_main() {
     let _guard = serial();
@@ -142,7 +144,7 @@ fn python_interpreter_stacks_reach_main() {
         "import os\nprint('ready', os.getpid(), flush=True)\nx = 0\nwhile True:\n    x += 1\n";
     let fx = Fixture::start("python3", &["-c", script]);
     let comm = fs::read_to_string(format!("/proc/{}/comm", fx.pid())).unwrap();
-    let folded = sample_dwarf(fx.pid(), "3", &[]);
+    let folded = sample_dwarf(fx.pid(), "3", &["--no-python"]);
     assert_share(
         &folded,
         comm.trim(),

@@ -21,6 +21,7 @@ use crate::{
     pipeline::Pipeline,
     preflight,
     process::{self, ProcessTable},
+    python::Python,
     report::RunInfo,
     sampler::{Sampler, SamplerOptions},
 };
@@ -40,6 +41,15 @@ pub async fn run(config: Config) -> Result<u8> {
     preflight::check(&config)?;
     let mut output = Output::open(&config.output, config.format)?;
 
+    // Read the named targets' mappings now, while they surely exist (a target
+    // that exits before the first drain is still symbolized), and find their
+    // Python before sampling starts, so their first samples have its frames.
+    let mut processes = ProcessTable::new();
+    let mut python = Python::new(config.python);
+    for pid in pids_named(&config.target) {
+        processes.observe(pid, "");
+        python.check(pid, &mut processes);
+    }
     let options = SamplerOptions {
         frequency: config.frequency,
         targets: match &config.target {
@@ -56,6 +66,11 @@ pub async fn run(config: Config) -> Result<u8> {
         ring_buffer_size: config.ring_buffer_size,
         sample_on_cpu: config.mode.samples_on_cpu(),
         track_switches: config.mode.tracks_switches(),
+        python_processes: python
+            .take_changes()
+            .into_iter()
+            .filter_map(|(pid, process)| Some((pid, process?)))
+            .collect(),
         min_block_us: match config.mode {
             Mode::OffCpu => config.min_block_us,
             // Wall-clock counts every tick a thread waits, however short the wait.
@@ -78,17 +93,9 @@ pub async fn run(config: Config) -> Result<u8> {
         sampler.add_target(child.pid)?;
         child.release();
     }
-    let mut processes = ProcessTable::new();
-    // Read the targets' mappings now, while they surely exist: a target that
-    // exits before the first drain is still symbolized.
     if let Some(child) = &child {
         child.wait_for_exec();
         processes.observe(child.pid, "");
-    }
-    if let Target::Pids(pids) = &config.target {
-        for &pid in pids {
-            processes.observe(pid, "");
-        }
     }
 
     let run_info = RunInfo {
@@ -130,19 +137,16 @@ pub async fn run(config: Config) -> Result<u8> {
         run_info,
         rules,
         processes,
+        python,
         config.stacks.user(),
         sampler.counters()?,
         config.min_block_us,
-        config.python,
     );
-    // Named targets are checked for Python now; others as they are sampled.
-    for pid in pids_named(&config.target)
-        .iter()
-        .chain(child.as_ref().map(|c| &c.pid))
-    {
-        pipeline.check_python(*pid);
+    // Other processes are checked for Python as they are sampled.
+    if let Some(child) = &child {
+        pipeline.check_python(child.pid);
+        update_python(&mut sampler, &mut pipeline);
     }
-    update_python(&mut sampler, &mut pipeline);
     if config.mode.tracks_switches() {
         seed_waits(&mut sampler, &mut pipeline)?;
     }

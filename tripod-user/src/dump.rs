@@ -15,6 +15,7 @@ use crate::{
     pipeline::Pipeline,
     preflight,
     process::{self, ProcessTable},
+    python::Python,
     report::RunInfo,
     sampler::{Sampler, SamplerOptions},
     usage_error,
@@ -29,6 +30,7 @@ pub async fn run(config: DumpConfig) -> Result<u8> {
     let mut sampler = start_sampler(&options)?;
     let mut processes = ProcessTable::new();
     processes.observe(config.pid, "");
+    let python = Python::new(config.python);
     let run = RunInfo {
         target: format!("pid {}", config.pid),
         mode: Mode::Cpu,
@@ -44,10 +46,10 @@ pub async fn run(config: DumpConfig) -> Result<u8> {
         run,
         rules,
         processes,
+        python,
         config.stacks.user(),
         sampler.counters()?,
         0,
-        config.python,
     );
     pipeline.check_python(config.pid);
     if config.locals {

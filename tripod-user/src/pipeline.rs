@@ -14,7 +14,7 @@ use tripod_common::{RecordKind, MAX_STACK_DEPTH};
 use crate::{
     aggregate::{Aggregator, StackId, ThreadStack},
     annotate::Rules,
-    config::{Mode, PythonFrames},
+    config::Mode,
     output::Output,
     process::{self, ProcessTable},
     python::{FrameLocals, Python},
@@ -62,7 +62,6 @@ pub struct Pipeline {
     /// `--mode off-cpu`: shorter waits are not counted, in nanoseconds.
     min_block_ns: u64,
     python: Python,
-    python_frames: PythonFrames,
     /// Processes to check for Python: new ones, and ones that may have exec'd.
     python_candidates: Vec<u32>,
     /// `dump --locals`: each dumped thread's Python local variables, by tid.
@@ -84,10 +83,10 @@ impl Pipeline {
         run: RunInfo,
         rules: Arc<Rules>,
         processes: ProcessTable,
+        python: Python,
         collect_user: bool,
         counters: Counters,
         min_block_us: u32,
-        python_frames: PythonFrames,
     ) -> Self {
         let now = Local::now();
         Pipeline {
@@ -101,8 +100,7 @@ impl Pipeline {
             unlocated: Vec::new(),
             waits: HashMap::new(),
             min_block_ns: u64::from(min_block_us) * 1000,
-            python: Python::new(),
-            python_frames,
+            python,
             python_candidates: Vec::new(),
             locals: None,
             last_seen: HashMap::new(),
@@ -277,9 +275,7 @@ impl Pipeline {
 
     /// Checks `pid` for Python now (a target named on the command line).
     pub fn check_python(&mut self, pid: u32) {
-        if self.python_frames != PythonFrames::Off {
-            self.python.check(pid, &mut self.processes);
-        }
+        self.python.check(pid, &mut self.processes);
     }
 
     /// Python processes found (with what the sampler needs to read their
@@ -317,12 +313,7 @@ impl Pipeline {
             UserStack::Absent => StackRead::NotCollected,
         };
         let raw = self.combine(sample.tgid, &sample.comm, sample.kernel, user);
-        let raw = match self.python_frames {
-            PythonFrames::Off => raw,
-            mode => self
-                .python
-                .merge(sample.tgid, raw, &sample.python, mode == PythonFrames::Only),
-        };
+        let raw = self.python.merge(sample.tgid, raw, &sample.python);
         (raw, sample.comm)
     }
 

@@ -26,7 +26,7 @@ use std::{
 
 use tripod_common::{PythonFrame, PythonProcess, PythonStatus};
 
-use crate::{process::ProcessTable, report::Frame, stack::RawFrame};
+use crate::{config::PythonFrames, process::ProcessTable, report::Frame, stack::RawFrame};
 use code::Code;
 use detect::Binary;
 use layout::{EntryMarker, Layout};
@@ -62,8 +62,9 @@ struct Interpreter {
 }
 
 /// Every Python process of the run, and every distinct Python frame seen.
-#[derive(Default)]
 pub struct Python {
+    /// What to do with Python frames; `Off` checks no process.
+    shown: PythonFrames,
     /// Python binaries by module id; `None` for files that are not.
     binaries: HashMap<usize, Option<Arc<Binary>>>,
     interpreters: HashMap<u32, Interpreter>,
@@ -79,13 +80,25 @@ pub struct Python {
 }
 
 impl Python {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(shown: PythonFrames) -> Self {
+        Python {
+            shown,
+            binaries: HashMap::new(),
+            interpreters: HashMap::new(),
+            checked: HashMap::new(),
+            changes: Vec::new(),
+            unsupported: HashSet::new(),
+            frames: Vec::new(),
+            frame_ids: HashMap::new(),
+        }
     }
 
     /// Checks whether `pid` runs a supported Python, if its mappings changed
     /// since it was last checked (it may have exec'd), and if so registers it.
     pub fn check(&mut self, pid: u32, processes: &mut ProcessTable) {
+        if self.shown == PythonFrames::Off {
+            return;
+        }
         let Some((generation, mappings)) = processes.mappings(pid) else {
             return;
         };
@@ -174,19 +187,18 @@ impl Python {
 
     /// The native stack of a thread of process `tgid` (innermost first) with
     /// each `_PyEval_EvalFrameDefault` frame replaced by the Python frames it
-    /// was running. With `only`, Python frames alone, if there are any.
+    /// was running; with `--python-only`, Python frames alone, if there are any.
     pub fn merge(
         &mut self,
         tgid: u32,
         native: Vec<RawFrame>,
         python: &PythonSample,
-        only: bool,
     ) -> Vec<RawFrame> {
         if python.frames.is_empty() || !self.interpreters.contains_key(&tgid) {
             return native;
         }
         let groups = self.groups(tgid, &python.frames);
-        if only {
+        if self.shown == PythonFrames::Only {
             return groups.into_iter().flatten().collect();
         }
         let eval = self.interpreters[&tgid].eval.clone();

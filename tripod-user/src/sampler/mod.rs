@@ -43,6 +43,8 @@ pub struct SamplerOptions {
     pub track_switches: bool,
     /// Waits shorter than this are not reported.
     pub min_block_us: u32,
+    /// Python processes whose frames are collected from the first sample.
+    pub python_processes: Vec<(u32, PythonProcess)>,
 }
 
 impl SamplerOptions {
@@ -61,6 +63,7 @@ impl SamplerOptions {
             sample_on_cpu: false,
             track_switches: false,
             min_block_us: 0,
+            python_processes: Vec::new(),
         }
     }
 }
@@ -162,6 +165,15 @@ impl Sampler {
                 .insert(pid, 1, 0)
                 .with_context(|| format!("adding pid {pid} to the targets"))?;
         }
+        let mut python: HashMap<&mut MapData, u32, PythonProcess> = HashMap::try_from(
+            ebpf.map_mut(names::PYTHON_PROCESSES)
+                .context("the eBPF object has no map PYTHON_PROCESSES")?,
+        )?;
+        for (pid, process) in &options.python_processes {
+            python
+                .insert(pid, process, 0)
+                .with_context(|| format!("adding Python process {pid}"))?;
+        }
         let control = take_map(&mut ebpf, names::CONTROL)?;
         let counters = take_map(&mut ebpf, names::COUNTERS)?;
         let counts = [
@@ -181,12 +193,6 @@ impl Sampler {
         program
             .load()
             .context("loading the sampling program (the verifier refused it)")?;
-        let (event, fallback_reason) = if options.sample_on_cpu {
-            attach_all_cpus(program, options.frequency)?
-        } else {
-            (SamplingEvent::CpuClock, None)
-        };
-
         let mut btf = None;
         if options.track_switches {
             let kernel_btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
@@ -202,6 +208,17 @@ impl Sampler {
                 .context("attaching to the sched_switch tracepoint")?;
             btf = Some(kernel_btf);
         }
+
+        // Sampling starts last, once everything it feeds is in place.
+        let (event, fallback_reason) = if options.sample_on_cpu {
+            let program: &mut PerfEvent = ebpf
+                .program_mut(names::SAMPLE_PROGRAM)
+                .context("the eBPF object has no sampling program")?
+                .try_into()?;
+            attach_all_cpus(program, options.frequency)?
+        } else {
+            (SamplingEvent::CpuClock, None)
+        };
 
         Ok(Sampler {
             ebpf,
