@@ -625,6 +625,31 @@ mod tests {
     }
 
     #[test]
+    fn python_flags() {
+        assert_eq!(config("tripod-bpf -a").python, PythonFrames::Merged);
+        assert_eq!(
+            config("tripod-bpf -a --python-only").python,
+            PythonFrames::Only
+        );
+        assert_eq!(
+            config("tripod-bpf -a --no-python").python,
+            PythonFrames::Off
+        );
+        let dump = dump_config("tripod-bpf dump -p 42 --locals --python-only");
+        assert!(dump.locals);
+        assert_eq!(dump.python, PythonFrames::Only);
+        assert!(!dump_config("tripod-bpf dump -p 42").locals);
+        for line in [
+            "tripod-bpf -a --python-only --no-python",
+            "tripod-bpf -a --python-only --kernel-only",
+            "tripod-bpf dump -p 42 --locals --no-python",
+        ] {
+            let e = parse_args(line.split_whitespace()).unwrap_err().unwrap();
+            assert_eq!(e.kind(), ErrorKind::ArgumentConflict, "{line}");
+        }
+    }
+
+    #[test]
     fn help_and_version_are_not_errors_of_ours() {
         assert_eq!(
             parse("tripod-bpf --help").unwrap_err().unwrap().kind(),

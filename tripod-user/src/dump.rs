@@ -124,7 +124,7 @@ fn dump_once(
     if threads == 0 && !process::is_alive(pid) {
         return Ok(false);
     }
-    let dump = pipeline.take_dump(pid, &syscalls);
+    let dump = pipeline.take_dump(pid, syscalls);
     output.dump(&dump).context("writing the dump")?;
     log::debug!("dumped {threads} threads in {:?}", started.elapsed());
     Ok(true)

@@ -492,7 +492,7 @@ impl Pipeline {
 
     /// The threads ingested since the last dump, grouped by stack.
     /// `syscalls` holds the system call each thread is in, if any.
-    pub fn take_dump(&mut self, pid: u32, syscalls: &HashMap<u32, i32>) -> ThreadDump {
+    pub fn take_dump(&mut self, pid: u32, syscalls: HashMap<u32, i32>) -> ThreadDump {
         self.symbolize();
         let counts = self.aggregator.take_interval();
         self.unreported = 0;
@@ -502,8 +502,10 @@ impl Pipeline {
             &self.aggregator,
             &self.processes,
             &counts,
-            syscalls,
-            self.locals.as_mut().map(std::mem::take),
+            report::ThreadDetails {
+                syscalls,
+                locals: self.locals.as_mut().map(std::mem::take),
+            },
             Local::now(),
         )
     }

@@ -483,6 +483,15 @@ pub struct DumpedThread {
     pub locals: Option<Vec<FrameLocals>>,
 }
 
+/// What a dump knows about its threads besides their stacks, by tid.
+#[derive(Debug, Default)]
+pub struct ThreadDetails {
+    /// The system call each thread is in, if any.
+    pub syscalls: HashMap<u32, i32>,
+    /// With `dump --locals`: each thread's Python frames with their local variables.
+    pub locals: Option<HashMap<u32, Vec<FrameLocals>>>,
+}
+
 /// Threads of a dump with the same stack in the same state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadGroup {
@@ -515,8 +524,7 @@ pub fn build_dump(
     aggregator: &Aggregator,
     processes: &ProcessTable,
     counts: &HashMap<ThreadStack, u64>,
-    syscalls: &HashMap<u32, i32>,
-    mut locals: Option<HashMap<u32, Vec<FrameLocals>>>,
+    mut details: ThreadDetails,
     time: DateTime<Local>,
 ) -> ThreadDump {
     let mut by_stack: HashMap<(StackId, TaskState), Vec<u32>> = HashMap::new();
@@ -530,8 +538,12 @@ pub fn build_dump(
             tid: key.tid,
             name: aggregator.thread_name(key.tid).unwrap_or("?").to_string(),
             state: key.state,
-            syscall: syscalls.get(&key.tid).map(|&number| syscall_name(number)),
-            locals: locals
+            syscall: details
+                .syscalls
+                .get(&key.tid)
+                .map(|&number| syscall_name(number)),
+            locals: details
+                .locals
                 .as_mut()
                 .map(|locals| locals.remove(&key.tid).unwrap_or_default()),
         });

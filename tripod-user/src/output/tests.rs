@@ -6,6 +6,7 @@ use chrono::{Local, TimeZone};
 use super::{Document, DumpDocument, Folded, Json, Log, Render};
 use crate::{
     config::Mode,
+    python::FrameLocals,
     report::{
         Completeness, DumpedThread, Duplicate, Frame, Losses, ProcessReport, Report, RunInfo,
         StackErrors, StackReport, Summary, ThreadDump, ThreadGroup, ThreadReport,
@@ -325,6 +326,7 @@ fn dump() -> ThreadDump {
         name: name.into(),
         state,
         syscall: syscall.map(str::to_string),
+        locals: None,
     };
     ThreadDump {
         pid: 4242,
@@ -404,4 +406,108 @@ fn folded_dump_counts_threads() {
         "worker;[libc.so.6];[truncated] 1\n\
          worker;__libc_start_call_main;main;read_request;parse;ksys_read_[k];tcp_recvmsg_[k] 2\n"
     );
+}
+
+/// A dump of one Python thread, with `--locals`.
+fn python_dump() -> ThreadDump {
+    let python = |function: &str, line| {
+        Arc::new(Frame {
+            function: Some(function.into()),
+            file: Some("/srv/app.py".into()),
+            line: Some(line),
+            ..Frame::python()
+        })
+    };
+    let native = Arc::new(Frame {
+        function: Some("Py_RunMain".into()),
+        module: Some("/usr/bin/python3.11".into()),
+        ..Frame::code(false, Some(0x4000))
+    });
+    let mut kernel = Frame::code(true, Some(0xffff_ffff_8100_0000));
+    kernel.function = Some("hrtimer_nanosleep".into());
+    ThreadDump {
+        pid: 7,
+        comm: "python3".into(),
+        exe: Some("/usr/bin/python3.11".into()),
+        time: Local.with_ymd_and_hms(2026, 11, 21, 10, 0, 5).unwrap(),
+        threads: vec![DumpedThread {
+            tid: 7,
+            name: "python3".into(),
+            state: TaskState::Sleeping,
+            syscall: Some("clock_nanosleep".into()),
+            locals: Some(vec![
+                FrameLocals {
+                    function: "<module>".into(),
+                    file: "/srv/app.py".into(),
+                    line: Some(30),
+                    variables: vec![],
+                },
+                FrameLocals {
+                    function: "paused_here".into(),
+                    file: "/srv/app.py".into(),
+                    line: Some(20),
+                    variables: vec![
+                        ("count".into(), "3".into()),
+                        ("name".into(), "'tripod'".into()),
+                    ],
+                },
+            ]),
+        }],
+        groups: vec![ThreadGroup {
+            tids: vec![7],
+            state: TaskState::Sleeping,
+            annotation: Some("sleeping".into()),
+            frames: Arc::from(vec![
+                native,
+                python("<module>", 30),
+                python("paused_here", 20),
+                Arc::new(kernel),
+            ]),
+        }],
+    }
+}
+
+#[test]
+fn python_frames_and_locals_read_like_tripod() {
+    let mut out = Vec::new();
+    Log.dump(&python_dump(), &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let expected = r#"Traceback (most recent call last):
+  File "/usr/bin/python3.11", in Py_RunMain
+  File "/srv/app.py", line 30, in <module>
+  File "/srv/app.py", line 20, in paused_here
+  [kernel] hrtimer_nanosleep
+Local variables of tid 7 (python3), most recent call last:
+  File "/srv/app.py", line 30, in <module>
+    Local variables: none
+  File "/srv/app.py", line 20, in paused_here
+    Local variables:
+    {'count': 3,
+     'name': 'tripod'}
+"#;
+    assert!(text.contains(expected), "{text}");
+}
+
+#[test]
+fn python_frames_in_folded_and_json() {
+    let mut out = Vec::new();
+    Folded.dump(&python_dump(), &mut out).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "python3;Py_RunMain;<module> (/srv/app.py:30);paused_here (/srv/app.py:20);hrtimer_nanosleep_[k] 1\n"
+    );
+    let doc = DumpDocument::from_dump(&python_dump());
+    let kinds: Vec<&str> = doc.frames.iter().map(|f| f.kind.as_str()).collect();
+    assert_eq!(kinds, ["code", "python", "python", "code"]);
+    let locals = doc.threads[0].locals.as_ref().expect("locals asked for");
+    assert_eq!(locals[1].function, "paused_here");
+    assert_eq!(locals[1].variables[1].value, "'tripod'");
+    let text = serde_json::to_string(&doc).unwrap();
+    assert_eq!(serde_json::from_str::<DumpDocument>(&text).unwrap(), doc);
+    // Without --locals the field is left out.
+    let mut plain = python_dump();
+    plain.threads[0].locals = None;
+    assert!(!serde_json::to_string(&DumpDocument::from_dump(&plain))
+        .unwrap()
+        .contains("locals"));
 }

@@ -43,7 +43,9 @@ impl Binary {
         let mut runtime = None;
         let mut eval = None;
         let mut version = None;
-        for symbol in elf.dynamic_symbols() {
+        // Defined symbols only: an executable that links libpython lists
+        // what it imports from it too, at address 0.
+        for symbol in elf.dynamic_symbols().filter(|s| !s.is_undefined()) {
             match symbol.name() {
                 Ok("_PyRuntime") => runtime = Some(symbol.address()),
                 Ok("_PyEval_EvalFrameDefault") => {

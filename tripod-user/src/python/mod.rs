@@ -26,7 +26,12 @@ use std::{
 
 use tripod_common::{PythonFrame, PythonProcess, PythonStatus};
 
-use crate::{config::PythonFrames, process::ProcessTable, report::Frame, stack::RawFrame};
+use crate::{
+    config::PythonFrames,
+    process::ProcessTable,
+    report::Frame,
+    stack::{Gap, RawFrame, Space},
+};
 use code::Code;
 use detect::Binary;
 use layout::{EntryMarker, Layout};
@@ -197,25 +202,19 @@ impl Python {
         if python.frames.is_empty() || !self.interpreters.contains_key(&tgid) {
             return native;
         }
-        let groups = self.groups(tgid, &python.frames);
+        let mut groups = self.groups(tgid, &python.frames);
+        // Outer Python frames were cut (the chain was deeper than the eBPF
+        // program walks): say so where they would be.
+        if python.status == Some(PythonStatus::Truncated) {
+            if let Some(outermost) = groups.last_mut() {
+                outermost.push(RawFrame::Gap(Space::User, Gap::Truncated));
+            }
+        }
         if self.shown == PythonFrames::Only {
             return groups.into_iter().flatten().collect();
         }
-        let eval = self.interpreters[&tgid].eval.clone();
-        let mut groups = groups.into_iter().peekable();
-        let mut merged = Vec::with_capacity(native.len() + python.frames.len());
-        for frame in native {
-            let in_eval = frame.lookup_address().is_some_and(|a| eval.contains(&a))
-                && frame.space() == crate::stack::Space::User;
-            match groups.next_if(|_| in_eval) {
-                Some(group) => merged.extend(group),
-                None => merged.push(frame),
-            }
-        }
-        // Python frames whose native frames were not found (the native stack
-        // was cut short) are the outermost.
-        merged.extend(groups.flatten());
-        merged
+        let eval = &self.interpreters[&tgid].eval;
+        place(native, groups, |address| eval.contains(&address))
     }
 
     /// The frames as [`RawFrame::Python`], innermost first, in groups: one
@@ -224,35 +223,27 @@ impl Python {
         let Some(interpreter) = self.interpreters.get_mut(&tgid) else {
             return Vec::new();
         };
-        let layout = interpreter.layout;
-        let mut groups = vec![Vec::new()];
-        for frame in frames {
-            if let EntryMarker::ShimOwner(owner) = layout.entry {
-                if frame.owner == owner {
-                    groups.push(Vec::new());
-                    continue;
-                }
-            }
-            let key = (frame.code, frame.instruction);
-            let id = match interpreter.frames.get(&key) {
-                Some(&id) => id,
-                None => {
-                    let shown = describe(interpreter, frame);
-                    let id = intern(&mut self.frames, &mut self.frame_ids, shown);
-                    interpreter.frames.insert(key, id);
-                    id
-                }
-            };
-            groups
-                .last_mut()
-                .expect("never empty")
-                .push(RawFrame::Python(id));
-            if layout.entry == EntryMarker::IsEntry && frame.is_entry != 0 {
-                groups.push(Vec::new());
-            }
-        }
-        groups.retain(|g| !g.is_empty());
-        groups
+        split_by_entry(frames, interpreter.layout.entry)
+            .into_iter()
+            .map(|group| {
+                group
+                    .iter()
+                    .map(|frame| {
+                        let key = (frame.code, frame.instruction);
+                        let id = match interpreter.frames.get(&key) {
+                            Some(&id) => id,
+                            None => {
+                                let shown = describe(interpreter, frame);
+                                let id = intern(&mut self.frames, &mut self.frame_ids, shown);
+                                interpreter.frames.insert(key, id);
+                                id
+                            }
+                        };
+                        RawFrame::Python(id)
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// The local variables of each frame, outermost first, read now.
@@ -269,6 +260,47 @@ impl Python {
             .map(|frame| frame_locals(interpreter, frame))
             .collect()
     }
+}
+
+/// Splits a thread's frames (innermost first) into the groups each
+/// `_PyEval_EvalFrameDefault` call runs, innermost call first.
+fn split_by_entry(frames: &[PythonFrame], entry: EntryMarker) -> Vec<Vec<PythonFrame>> {
+    let mut groups = vec![Vec::new()];
+    for frame in frames {
+        match entry {
+            // A shim starts the call whose frames came just before it.
+            EntryMarker::ShimOwner(owner) if frame.owner == owner => groups.push(Vec::new()),
+            _ => {
+                groups.last_mut().expect("never empty").push(*frame);
+                if entry == EntryMarker::IsEntry && frame.is_entry != 0 {
+                    groups.push(Vec::new());
+                }
+            }
+        }
+    }
+    groups.retain(|g| !g.is_empty());
+    groups
+}
+
+/// The native stack (innermost first) with each user frame for which
+/// `is_eval` holds replaced by the next group of Python frames. Groups left
+/// over (the native stack was cut short) go outermost, where they belong.
+fn place(
+    native: Vec<RawFrame>,
+    groups: Vec<Vec<RawFrame>>,
+    is_eval: impl Fn(u64) -> bool,
+) -> Vec<RawFrame> {
+    let mut groups = groups.into_iter().peekable();
+    let mut merged = Vec::with_capacity(native.len() + 16);
+    for frame in native {
+        let in_eval = frame.space() == Space::User && frame.lookup_address().is_some_and(&is_eval);
+        match groups.next_if(|_| in_eval) {
+            Some(group) => merged.extend(group),
+            None => merged.push(frame),
+        }
+    }
+    merged.extend(groups.flatten());
+    merged
 }
 
 /// The code object of `frame`, read once.
@@ -345,4 +377,117 @@ pub fn short_file(file: &str) -> &str {
         }
     }
     file
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(code: u64, is_entry: bool) -> PythonFrame {
+        PythonFrame {
+            code,
+            instruction: 0,
+            frame: 0,
+            is_entry: is_entry.into(),
+            owner: 0,
+        }
+    }
+
+    fn codes(groups: &[Vec<PythonFrame>]) -> Vec<Vec<u64>> {
+        groups
+            .iter()
+            .map(|g| g.iter().map(|f| f.code).collect())
+            .collect()
+    }
+
+    #[test]
+    fn frames_split_at_each_entry_frame() {
+        // Innermost first: 1 and 2 run in one call, entered at 2; 3 alone; 4 entered at 4.
+        let frames = [
+            frame(1, false),
+            frame(2, true),
+            frame(3, true),
+            frame(4, true),
+        ];
+        let groups = split_by_entry(&frames, EntryMarker::IsEntry);
+        assert_eq!(codes(&groups), vec![vec![1, 2], vec![3], vec![4]]);
+    }
+
+    #[test]
+    fn shim_frames_split_and_are_dropped() {
+        let shim = PythonFrame {
+            owner: 3,
+            ..frame(99, false)
+        };
+        let frames = [
+            frame(1, false),
+            frame(2, false),
+            shim,
+            frame(3, false),
+            shim,
+        ];
+        let groups = split_by_entry(&frames, EntryMarker::ShimOwner(3));
+        assert_eq!(codes(&groups), vec![vec![1, 2], vec![3]]);
+    }
+
+    #[test]
+    fn each_eval_frame_is_replaced_by_its_group_innermost_first() {
+        let user = |a| RawFrame::ReturnAddress(Space::User, a);
+        let native = vec![
+            RawFrame::InstructionPointer(Space::Kernel, 0xffff_0000),
+            RawFrame::InstructionPointer(Space::User, 0x10), // a C function
+            user(0x101),                                     // eval: the inner call
+            user(0x20),                                      // a C function calling back in
+            user(0x102),                                     // eval: the outer call
+            user(0x30),                                      // main
+        ];
+        let groups = vec![
+            vec![RawFrame::Python(1), RawFrame::Python(2)],
+            vec![RawFrame::Python(3)],
+        ];
+        let merged = place(native, groups, |a| (0x100..0x200).contains(&a));
+        assert_eq!(
+            merged,
+            vec![
+                RawFrame::InstructionPointer(Space::Kernel, 0xffff_0000),
+                RawFrame::InstructionPointer(Space::User, 0x10),
+                RawFrame::Python(1),
+                RawFrame::Python(2),
+                user(0x20),
+                RawFrame::Python(3),
+                user(0x30),
+            ]
+        );
+    }
+
+    #[test]
+    fn groups_without_native_frames_go_outermost() {
+        let native = vec![
+            RawFrame::InstructionPointer(Space::User, 0x101),
+            RawFrame::Gap(Space::User, Gap::Truncated),
+        ];
+        let groups = vec![vec![RawFrame::Python(1)], vec![RawFrame::Python(2)]];
+        let merged = place(native, groups, |a| (0x100..0x200).contains(&a));
+        assert_eq!(
+            merged,
+            vec![
+                RawFrame::Python(1),
+                RawFrame::Gap(Space::User, Gap::Truncated),
+                RawFrame::Python(2),
+            ]
+        );
+    }
+
+    #[test]
+    fn file_names_are_shortened_below_the_standard_library() {
+        assert_eq!(
+            short_file("/usr/lib/python3.11/json/decoder.py"),
+            "json/decoder.py"
+        );
+        assert_eq!(
+            short_file("/venv/lib/python3.11/site-packages/x/y.py"),
+            "site-packages/x/y.py"
+        );
+        assert_eq!(short_file("/srv/app.py"), "/srv/app.py");
+    }
 }
