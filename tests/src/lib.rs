@@ -589,18 +589,29 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     }
 }
 
-/// The kernel's name (comm) of every thread of `pid`, by tid.
-pub fn thread_names(pid: u32) -> std::collections::BTreeMap<u32, String> {
+/// `read` of each thread's `/proc/PID/task/TID` directory, by tid; threads it says
+/// nothing about (or that exit meanwhile) are left out.
+fn per_thread<T>(
+    pid: u32,
+    read: impl Fn(&Path) -> Option<T>,
+) -> std::collections::BTreeMap<u32, T> {
     let dir = format!("/proc/{pid}/task");
     std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
         .filter_map(|entry| {
             let entry = entry.ok()?;
             let tid = entry.file_name().to_str()?.parse().ok()?;
-            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
-            Some((tid, comm.trim_end().to_owned()))
+            Some((tid, read(&entry.path())?))
         })
         .collect()
+}
+
+/// The kernel's name (comm) of every thread of `pid`, by tid.
+pub fn thread_names(pid: u32) -> std::collections::BTreeMap<u32, String> {
+    per_thread(pid, |task| {
+        let comm = std::fs::read_to_string(task.join("comm")).ok()?;
+        Some(comm.trim_end().to_owned())
+    })
 }
 
 /// The tid of the thread of `pid` named `name`; panics unless there is exactly one.
@@ -621,18 +632,11 @@ pub fn thread_named(pid: u32, name: &str) -> u32 {
 
 /// The task state letter (`R`, `S`, `D`, ...) of every thread of `pid`, by tid.
 fn thread_states(pid: u32) -> std::collections::BTreeMap<u32, char> {
-    let dir = format!("/proc/{pid}/task");
-    std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let tid = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // The state follows the parenthesised comm, which may contain anything.
-            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
-            Some((tid, state))
-        })
-        .collect()
+    per_thread(pid, |task| {
+        let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+        // The state follows the parenthesised comm, which may contain anything.
+        stat.rsplit_once(')')?.1.trim_start().chars().next()
+    })
 }
 
 /// Waits until every thread of `pid` sleeps (state S or D), e.g. a fixture that has

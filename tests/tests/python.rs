@@ -210,6 +210,31 @@ fn python_frames(frames: &[&Value]) -> Vec<PyFrame> {
     frames.iter().filter_map(|f| json_python_frame(f)).collect()
 }
 
+/// Asserts that there are at least `min_samples` samples and that at least `min_percent` of
+/// them are `hits`; prints the share for the log.
+fn assert_share(
+    what: &str,
+    hits: u64,
+    total: u64,
+    min_samples: u64,
+    min_percent: f64,
+    output: &str,
+) {
+    println!(
+        "{what}: {hits}/{total} samples ({:.1}%)",
+        percent(hits, total)
+    );
+    assert!(
+        total >= min_samples,
+        "{what}: expected at least {min_samples} samples, got {total}:\n{output}"
+    );
+    assert!(
+        percent(hits, total) >= min_percent,
+        "{what}: expected >= {min_percent}% of the samples, got {hits}/{total} ({:.1}%):\n{output}",
+        percent(hits, total)
+    );
+}
+
 fn percent(part: u64, total: u64) -> f64 {
     if total == 0 {
         0.0
@@ -255,25 +280,9 @@ fn python_hot_loop_has_python_frames() {
                 merged += count;
             }
         }
-        println!(
-            "{python}: {hits}/{total} samples ({:.1}%) contain {}; {merged} with native frames \
-             outside",
-            percent(hits, total),
-            HOT_CHAIN.join(" -> ")
-        );
         // 99 Hz for 3 s on a busy loop is ~297 samples.
-        assert!(
-            total >= 150,
-            "{python}: expected ~297 samples of pid {}, got {total}:\n{all}",
-            fx.pid()
-        );
-        assert!(
-            percent(hits, total) >= 95.0,
-            "{python}: expected >= 95% of the samples to contain the Python chain {}, got \
-             {:.1}%:\n{all}",
-            HOT_CHAIN.join(" -> "),
-            percent(hits, total)
-        );
+        let what = format!("{python}: the Python chain {}", HOT_CHAIN.join(" -> "));
+        assert_share(&what, hits, total, 150, 95.0, &all);
         assert!(
             percent(merged, hits) >= 95.0,
             "{python}: expected native frames outside the Python frames in >= 95% of the \
@@ -318,21 +327,8 @@ fn python_only_shows_only_python_frames() {
                 assert_lines_in_functions(&py, &script, &ranges, &context);
             }
         }
-        println!(
-            "{python} --python-only: {hits}/{total} samples contain {}",
-            HOT_CHAIN.join(";")
-        );
-        assert!(
-            total >= 100,
-            "{python}: expected ~198 samples, got {total}:\n{folded}"
-        );
-        assert!(
-            percent(hits, total) >= 95.0,
-            "{python} --python-only: expected >= 95% of the samples to contain {}, got \
-             {:.1}%:\n{folded}",
-            HOT_CHAIN.join(";"),
-            percent(hits, total)
-        );
+        let what = format!("{python} --python-only: {}", HOT_CHAIN.join(";"));
+        assert_share(&what, hits, total, 100, 95.0, &folded);
     }
 }
 
@@ -361,17 +357,8 @@ fn no_python_keeps_the_native_interpreter_frames() {
                 in_eval += count;
             }
         }
-        println!("{python} --no-python: {in_eval}/{total} samples in {EVAL_FRAME}");
-        assert!(
-            total >= 100,
-            "{python}: expected ~198 samples, got {total}:\n{folded}"
-        );
-        assert!(
-            percent(in_eval, total) >= 90.0,
-            "{python} --no-python: expected >= 90% of the samples in {EVAL_FRAME}, got \
-             {:.1}%:\n{folded}",
-            percent(in_eval, total)
-        );
+        let what = format!("{python} --no-python: in {EVAL_FRAME}");
+        assert_share(&what, in_eval, total, 100, 90.0, &folded);
     }
 }
 
@@ -434,24 +421,10 @@ fn python_wall_mode_threads() {
                     context()
                 );
             }
-            println!(
-                "{python} {name} ({tid}): {hits}/{total} samples contain {}",
-                chain.join(" -> ")
-            );
-            // 99 Hz for 3 s, running or not, is ~297 samples.
-            assert!(
-                total >= 150,
-                "{python} {name}: expected ~297 wall-clock samples of tid {tid}, got \
-                 {total}:\n{all}"
-            );
-            // A thread's Python loop is read as reliably as hot.py's: the same bar.
-            assert!(
-                percent(hits, total) >= 95.0,
-                "{python} {name}: expected >= 95% of the samples to contain {}, got \
-                 {:.1}%:\n{all}",
-                chain.join(" -> "),
-                percent(hits, total)
-            );
+            // 99 Hz for 3 s, running or not, is ~297 samples; a thread's Python loop is read
+            // as reliably as hot.py's: the same bar.
+            let what = format!("{python} {name} ({tid}): {}", chain.join(" -> "));
+            assert_share(&what, hits, total, 150, 95.0, &all);
         }
     }
 }
@@ -624,22 +597,12 @@ fn python_process_started_later_with_all() {
             .take(30)
             .map(|(frames, n)| format!("{} {n}\n", frames.join(";")))
             .collect();
-        println!(
-            "{python} started under --all: {hits}/{total} samples contain {}",
+        // Started ~0 s into a 4 s run: ~390 samples, all but the start-up in the loop.
+        let what = format!(
+            "{python} (pid {pid}, started under --all): {}",
             HOT_CHAIN.join(";")
         );
-        // Started ~0 s into a 4 s run: ~390 samples, all but the start-up in the loop.
-        assert!(
-            total >= 100,
-            "{python}: expected ~390 samples of pid {pid}, got {total}:\n{lines}"
-        );
-        assert!(
-            percent(hits, total) >= 50.0,
-            "{python}: expected most samples of pid {pid} to contain {} ({script}), got \
-             {:.1}%:\n{lines}",
-            HOT_CHAIN.join(";"),
-            percent(hits, total)
-        );
+        assert_share(&what, hits, total, 100, 50.0, &lines);
     }
 }
 
