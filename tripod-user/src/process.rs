@@ -143,7 +143,13 @@ impl ProcessTable {
             return Location::ProcessExited;
         };
         if let Some(mappings) = fresh {
-            process.set_mappings(mappings);
+            if process.set_mappings(mappings) {
+                // New mappings are often a new program (an exec), which
+                // renames the process: read its name and executable again.
+                let (comm, exe) = read_names(pid, &process.comm);
+                process.comm = comm;
+                process.exe = exe;
+            }
         }
         match &process.mappings {
             None => Location::ProcessExited,
@@ -195,13 +201,7 @@ impl ProcessTable {
     }
 
     fn read_process(&mut self, pid: u32, thread_comm: &str) -> Process {
-        let proc_dir = format!("/proc/{pid}");
-        let comm = fs::read_to_string(format!("{proc_dir}/comm"))
-            .map(|c| c.trim_end().to_string())
-            .unwrap_or_else(|_| thread_comm.to_string());
-        let exe = fs::read_link(format!("{proc_dir}/exe"))
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned());
+        let (comm, exe) = read_names(pid, thread_comm);
         // The idle task (pid 0) has no /proc entry and no user space.
         let kernel_thread =
             pid == 0 || stat_flags(pid).is_some_and(|flags| flags & PF_KTHREAD != 0);
@@ -221,9 +221,21 @@ impl ProcessTable {
     }
 }
 
+/// The process name (`comm`, else `fallback`) and its executable's path.
+fn read_names(pid: u32, fallback: &str) -> (String, Option<String>) {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_else(|_| fallback.to_string());
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    (comm, exe)
+}
+
 impl Process {
-    /// Replaces the mapping snapshot, bumping its generation if it changed.
-    fn set_mappings(&mut self, mappings: Vec<Mapping>) {
+    /// Replaces the mapping snapshot, bumping its generation if it changed;
+    /// returns whether it did.
+    fn set_mappings(&mut self, mappings: Vec<Mapping>) -> bool {
         let same = self.mappings.as_ref().is_some_and(|old| {
             old.len() == mappings.len() && old.iter().zip(&mappings).all(|(a, b)| a.same_as(b))
         });
@@ -231,6 +243,7 @@ impl Process {
             self.mappings_generation += 1;
         }
         self.mappings = Some(mappings);
+        !same
     }
 }
 
