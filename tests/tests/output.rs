@@ -210,3 +210,43 @@ fn broken_pipe_exits_quietly() {
     assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
     assert!(!stderr.contains("error"), "stderr:\n{stderr}");
 }
+
+/// `-f svg`: an inferno flame graph of the fixture, titled with the target, whose frames
+/// are the chain's functions, kernel frames coloured apart.
+#[test]
+fn svg_output_is_a_flame_graph() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let fx = Fixture::start(CHAIN_FP, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("out.svg");
+    let pid = fx.pid().to_string();
+    let out = run_tripod(&[
+        "--pid",
+        &pid,
+        "-d",
+        "2",
+        "-f",
+        "svg",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let svg = fs::read_to_string(&file).expect("svg written");
+    assert!(
+        svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"),
+        "not an SVG document:\n{svg}"
+    );
+    assert!(
+        svg.contains(&format!("tripod-bpf: pid {pid}")),
+        "no title naming the target"
+    );
+    for function in CHAIN {
+        assert!(
+            svg.contains(&format!("<title>{function} (")),
+            "no frame for {function} in the flame graph"
+        );
+    }
+}

@@ -240,6 +240,8 @@ enum FormatArg {
     Log,
     Folded,
     Json,
+    /// An interactive flame graph
+    Svg,
 }
 
 /// Parses a full argument list (including the program name).
@@ -265,6 +267,7 @@ impl FormatArg {
             FormatArg::Log => OutputFormat::Log,
             FormatArg::Folded => OutputFormat::Folded,
             FormatArg::Json => OutputFormat::Json,
+            FormatArg::Svg => OutputFormat::Svg,
         }
     }
 }
@@ -309,6 +312,11 @@ impl DumpArgs {
             )));
         }
         let every = positive_seconds(self.every, "--every")?;
+        if every.is_some() && self.format.format() == OutputFormat::Svg {
+            return Err(UsageError::new(
+                "a flame graph holds one dump; drop --every, or use -f folded or log for a series",
+            ));
+        }
         let default_output = if every.is_some() {
             OutputDest::TempFile
         } else {
@@ -356,6 +364,11 @@ impl RecordArgs {
         }
         let duration = positive_seconds(self.duration, "--duration")?;
         let interval = positive_seconds(self.interval, "--interval")?;
+        if interval.is_some() && self.format.format() == OutputFormat::Svg {
+            return Err(UsageError::new(
+                "a flame graph holds one report; drop --interval, or use -f folded and render each interval",
+            ));
+        }
         for (value, flag) in [
             (self.stack_storage_size, "--stack-storage-size"),
             (self.count_map_size, "--count-map-size"),
@@ -622,6 +635,17 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::InvalidValue);
         let e = parse("tripod-bpf -p abc").unwrap_err().unwrap();
         assert_eq!(e.kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn svg_is_one_graph() {
+        assert_eq!(config("tripod-bpf -a -f svg").format, OutputFormat::Svg);
+        assert!(usage_error("tripod-bpf -a -f svg -i 5").contains("--interval"));
+        assert_eq!(
+            dump_config("tripod-bpf dump -p 42 -f svg").format,
+            OutputFormat::Svg
+        );
+        assert!(usage_error_of("tripod-bpf dump -p 42 -f svg --every 2").contains("--every"));
     }
 
     #[test]

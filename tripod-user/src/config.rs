@@ -106,6 +106,8 @@ pub enum OutputFormat {
     Folded,
     /// One JSON document per report, described in README.md.
     Json,
+    /// An interactive flame graph (SVG), drawn by inferno: one per run or dump.
+    Svg,
 }
 
 /// Where reports are written.

@@ -15,10 +15,7 @@ pub struct Folded;
 
 impl Render for Folded {
     fn report(&mut self, report: &Report, out: &mut dyn Write) -> io::Result<()> {
-        write_sorted(
-            report.stacks.iter().map(|s| (folded_stack(s), s.count)),
-            out,
-        )
+        write_lines(report_lines(report), out)
     }
 
     fn summary(&mut self, _summary: &Summary, _out: &mut dyn Write) -> io::Result<()> {
@@ -26,23 +23,34 @@ impl Render for Folded {
     }
 
     fn dump(&mut self, dump: &ThreadDump, out: &mut dyn Write) -> io::Result<()> {
-        write_sorted(
-            dump.groups.iter().map(|g| {
-                let line = folded_frames(clean(&dump.comm), &g.frames);
-                (line, g.tids.len() as u64)
-            }),
-            out,
-        )
+        write_lines(dump_lines(dump), out)
     }
 }
 
+/// A report's stacks as folded lines (without counts) and their counts.
+pub(super) fn report_lines(report: &Report) -> BTreeMap<String, u64> {
+    sorted(report.stacks.iter().map(|s| (folded_stack(s), s.count)))
+}
+
+/// A dump's groups as folded lines, counting threads.
+pub(super) fn dump_lines(dump: &ThreadDump) -> BTreeMap<String, u64> {
+    sorted(dump.groups.iter().map(|g| {
+        let line = folded_frames(clean(&dump.comm), &g.frames);
+        (line, g.tids.len() as u64)
+    }))
+}
+
 /// Lines that differ only in addresses fold into one; sorted, as the tools expect.
-fn write_sorted(lines: impl Iterator<Item = (String, u64)>, out: &mut dyn Write) -> io::Result<()> {
+fn sorted(lines: impl Iterator<Item = (String, u64)>) -> BTreeMap<String, u64> {
     let mut folded: BTreeMap<String, u64> = BTreeMap::new();
     for (line, count) in lines {
         *folded.entry(line).or_default() += count;
     }
-    for (line, count) in folded {
+    folded
+}
+
+fn write_lines(lines: BTreeMap<String, u64>, out: &mut dyn Write) -> io::Result<()> {
+    for (line, count) in lines {
         writeln!(out, "{line} {count}")?;
     }
     Ok(())

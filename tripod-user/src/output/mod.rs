@@ -6,6 +6,7 @@
 mod folded;
 mod json;
 mod log;
+mod svg;
 
 use std::{
     fs::File,
@@ -19,6 +20,7 @@ pub use self::{
     folded::Folded,
     json::{Document, DumpDocument, Json},
     log::{describe_completeness, Log},
+    svg::Svg,
 };
 use crate::{
     config::{OutputDest, OutputFormat},
@@ -41,6 +43,7 @@ pub fn renderer(format: OutputFormat) -> Box<dyn Render> {
         OutputFormat::Log => Box::new(Log),
         OutputFormat::Folded => Box::new(Folded),
         OutputFormat::Json => Box::new(Json),
+        OutputFormat::Svg => Box::new(Svg),
     }
 }
 
@@ -66,7 +69,10 @@ impl Output {
                 // O_CREAT|O_EXCL with mode 0600: never an existing file, never through a symlink.
                 let (file, path) = tempfile::Builder::new()
                     .prefix("tripod_")
-                    .suffix(".log")
+                    .suffix(match format {
+                        OutputFormat::Svg => ".svg",
+                        _ => ".log",
+                    })
                     .rand_bytes(6)
                     .tempfile_in(&dir)
                     .map_err(|e| cannot_create(&dir.join("tripod_XXXXXX"), &e))?

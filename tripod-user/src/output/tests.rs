@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use chrono::{Local, TimeZone};
 
-use super::{Document, DumpDocument, Folded, Json, Log, Render};
+use super::{Document, DumpDocument, Folded, Json, Log, Render, Svg};
 use crate::{
     config::Mode,
     python::FrameLocals,
@@ -510,4 +510,32 @@ fn python_frames_in_folded_and_json() {
     assert!(!serde_json::to_string(&DumpDocument::from_dump(&plain))
         .unwrap()
         .contains("locals"));
+}
+
+#[test]
+fn svg_is_an_inferno_flame_graph_with_our_title() {
+    let text = render(Svg, &report(false), None);
+    assert!(text.starts_with("<?xml"), "{text}");
+    assert!(text.trim_end().ends_with("</svg>"));
+    assert!(text.contains("tripod-bpf: pid 4242"), "title missing");
+    assert!(text.contains("on-CPU samples at 99 Hz"), "subtitle missing");
+    for function in ["main", "read_request", "tcp_recvmsg"] {
+        assert!(text.contains(function), "{function} missing");
+    }
+    let mut out = Vec::new();
+    Svg.dump(&python_dump(), &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("tripod-bpf dump: pid 7 (python3)"));
+    assert!(text.contains("paused_here (/srv/app.py:20)"));
+}
+
+#[test]
+fn svg_of_nothing_is_still_a_graph() {
+    let mut empty = report(false);
+    empty.stacks.clear();
+    let text = render(Svg, &empty, None);
+    assert!(
+        text.contains("<svg") && text.trim_end().ends_with("</svg>"),
+        "{text}"
+    );
 }
