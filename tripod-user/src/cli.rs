@@ -2,7 +2,7 @@
 //! into a plain [`Config`] and rejects combinations clap cannot express.
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use tripod_common::{
     DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_COPY,
     DEFAULT_STACK_STORAGE_SIZE, MAX_DUMP_STACK_COPY, MAX_STACK_COPY,
@@ -56,6 +56,11 @@ enum Subcommands {
     /// Print the stack of every thread of a process, grouped by stack, without stopping it.
     #[command(after_help = DUMP_EXAMPLES)]
     Dump(DumpArgs),
+    /// Print a completion script for SHELL, e.g. `tripod-bpf completions bash > /etc/bash_completion.d/tripod-bpf`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -256,6 +261,11 @@ where
     let cli = Cli::try_parse_from(args).map_err(Ok)?;
     match cli.subcommand {
         Some(Subcommands::Dump(dump)) => dump.into_config().map(Command::Dump),
+        Some(Subcommands::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tripod-bpf", &mut script);
+            Ok(Command::Completions(script))
+        }
         None => cli.record.into_config().map(Command::Record),
     }
     .map_err(Err)
@@ -635,6 +645,24 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::InvalidValue);
         let e = parse("tripod-bpf -p abc").unwrap_err().unwrap();
         assert_eq!(e.kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn completions_cover_every_subcommand_and_flag() {
+        for shell in ["bash", "zsh", "fish"] {
+            let line = format!("tripod-bpf completions {shell}");
+            let script = match parse_command(&line) {
+                Ok(Command::Completions(script)) => String::from_utf8(script).unwrap(),
+                other => panic!("{line}: {other:?}"),
+            };
+            for word in ["dump", "python-only", "locals", "mode", "svg"] {
+                assert!(script.contains(word), "{shell}: no {word}");
+            }
+        }
+        let e = parse_args("tripod-bpf completions tcsh".split_whitespace())
+            .unwrap_err()
+            .unwrap();
+        assert_eq!(e.kind(), ErrorKind::InvalidValue);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum Command {
     Record(Config),
     /// Take snapshots of every thread of one process.
     Dump(DumpConfig),
+    /// Print a shell completion script (the script itself, ready to write).
+    Completions(Vec<u8>),
 }
 
 /// What recorded counts measure.

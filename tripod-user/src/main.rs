@@ -9,6 +9,16 @@ fn main() -> ExitCode {
         Err(Ok(clap_error)) => clap_error.exit(),
         Err(Err(usage)) => return usage_failure(&usage),
     };
+    if let Command::Completions(script) = &command {
+        use io::Write as _;
+        return match io::stdout().write_all(script) {
+            Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+                eprintln!("tripod-bpf: error: writing the completion script: {e}");
+                ExitCode::FAILURE
+            }
+            _ => ExitCode::SUCCESS,
+        };
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
@@ -17,6 +27,7 @@ fn main() -> ExitCode {
             match command {
                 Command::Record(config) => app::run(config).await,
                 Command::Dump(config) => dump::run(config).await,
+                Command::Completions(_) => Ok(0),
             }
         })
     });
