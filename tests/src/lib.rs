@@ -45,15 +45,21 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The file named by environment variable `var` (set by `cargo xtask test`), if set;
+/// panics if it names nothing.
+fn file_from_env(var: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os(var)?);
+    assert!(
+        path.is_file(),
+        "{var}={} does not exist; run `cargo xtask test`",
+        path.display()
+    );
+    Some(path)
+}
+
 /// The sampler under test: `$TRIPOD_BPF`, else the release build, else the debug build.
 pub fn tripod_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("TRIPOD_BPF") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "TRIPOD_BPF={} does not exist; run `cargo xtask test`",
-            path.display()
-        );
+    if let Some(path) = file_from_env("TRIPOD_BPF") {
         return path;
     }
     let target = workspace_root().join("target");
@@ -530,13 +536,7 @@ pub fn python_interpreters() -> Vec<String> {
 /// py-spy, whose Python stacks the tests compare with: `$PY_SPY` (set by `cargo xtask
 /// test`), else `py-spy` on PATH. Missing: a panic in CI, else None after printing why.
 pub fn py_spy() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("PY_SPY") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "PY_SPY={} does not exist; run `cargo xtask test`",
-            path.display()
-        );
+    if let Some(path) = file_from_env("PY_SPY") {
         return Some(path);
     }
     let on_path = std::env::var_os("PATH").and_then(|paths| {

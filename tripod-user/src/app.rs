@@ -150,24 +150,29 @@ pub async fn run(config: Config) -> Result<u8> {
     if config.mode.tracks_switches() {
         seed_waits(&mut sampler, &mut pipeline)?;
     }
-    let stop = wait_for_stop(
+    let stopped = wait_for_stop(
         &config,
         &mut sampler,
         &mut pipeline,
         &mut output,
         child.as_mut(),
     )
-    .await?;
+    .await;
 
+    // Whatever ended the run, an error included, what was sampled is written.
     sampler.drain_copies(|record| pipeline.ingest_record(record));
-    pipeline.ingest(sampler.drain()?);
+    let last_drain = sampler.drain().map(|samples| pipeline.ingest(samples));
     pipeline.stop_tracking();
-    let counters = sampler.counters()?;
+    // Unreadable counters cost only the loss figures of the report.
+    let counters = sampler.counters().unwrap_or_default();
     if config.interval.is_none() || pipeline.has_unreported_samples() {
         pipeline.write_report(&mut output, &counters)?;
     }
     let summary = pipeline.summary(&counters);
     output.summary(&summary)?;
+    let written = || format!("what was sampled until then is in {}", output.name);
+    let stop = stopped.with_context(written)?;
+    last_drain.with_context(written)?;
 
     eprintln!(
         "[tripod] {}: {}, {} distinct stacks, {} {} in {:.1} s; output in {}",

@@ -82,7 +82,8 @@ struct DumpArgs {
     every: Option<f64>,
 
     /// Write to PATH (`-` for stdout) [default: stdout; with --every, a new tripod_XXXXXX.log in $TMPDIR].
-    #[arg(short, long, value_name = "PATH", env = "TRIPOD_OUTPUT")]
+    // No TRIPOD_OUTPUT here: set for recordings, it would send a dump over their log.
+    #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
 
     /// Annotation rules (TOML) tried before the built-in ones; see README.md.

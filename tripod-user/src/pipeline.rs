@@ -337,7 +337,7 @@ impl Pipeline {
             StackRead::Missing(Gap::Failed(libc::EFAULT)) => StackRead::NotCollected,
             kernel => kernel,
         };
-        stack::combine(&kernel, &user, MAX_STACK_DEPTH)
+        stack::combine(kernel, user, MAX_STACK_DEPTH)
     }
 
     fn count(

@@ -15,7 +15,9 @@ pub fn check(config: &Config) -> Result<()> {
     check_privileges()?;
     check_frequency(config.frequency)?;
     match &config.target {
-        Target::Pids(pids) => pids.iter().try_for_each(|&pid| check_pid(pid)),
+        Target::Pids(pids) => pids
+            .iter()
+            .try_for_each(|&pid| check_pid(pid, ", or use --all")),
         Target::Command(command) => find_program(&command[0]).map(drop),
         Target::All => Ok(()),
     }
@@ -24,7 +26,7 @@ pub fn check(config: &Config) -> Result<()> {
 /// The checks for `tripod-bpf dump`.
 pub fn check_dump(config: &DumpConfig) -> Result<()> {
     check_privileges()?;
-    check_pid(config.pid)
+    check_pid(config.pid, "")
 }
 
 /// The path of `program`, looked up in PATH like the shell does, so a typo is
@@ -93,15 +95,14 @@ fn check_frequency(frequency: u64) -> Result<()> {
     Ok(())
 }
 
-fn check_pid(pid: u32) -> Result<()> {
+/// `or_else` ends the advice of a missing pid (`, or use --all` when recording).
+fn check_pid(pid: u32, or_else: &str) -> Result<()> {
     let status = match fs::read_to_string(format!("/proc/{pid}/status")) {
         Ok(status) => status,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            usage_error!(
-                "no process with pid {pid}; check the pid with `ps -p {pid}`, or use --all"
-            )
+            usage_error!("no process with pid {pid}; check the pid with `ps -p {pid}`{or_else}")
         }
-        Err(e) => usage_error!("cannot read /proc/{pid}/status: {e}; check the pid, or use --all"),
+        Err(e) => usage_error!("cannot read /proc/{pid}/status: {e}; check the pid{or_else}"),
     };
     let tgid = status
         .lines()
@@ -150,12 +151,16 @@ mod tests {
 
     #[test]
     fn pids_are_checked() {
-        assert!(check_pid(std::process::id()).is_ok());
-        let e = check_pid(999_999_999)
+        assert!(check_pid(std::process::id(), "").is_ok());
+        let e = check_pid(999_999_999, ", or use --all")
             .unwrap_err()
             .downcast::<UsageError>()
             .unwrap();
         assert!(e.0.contains("no process with pid 999999999"), "{e}");
+        assert!(e.0.ends_with(", or use --all"), "{e}");
+        // `dump` has no --all to suggest.
+        let e = check_pid(999_999_999, "").unwrap_err().to_string();
+        assert!(!e.contains("--all"), "{e}");
     }
 
     #[test]
@@ -163,7 +168,7 @@ mod tests {
         let thread = std::thread::spawn(|| {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() } as u32;
-            check_pid(tid)
+            check_pid(tid, "")
                 .unwrap_err()
                 .downcast::<UsageError>()
                 .unwrap()

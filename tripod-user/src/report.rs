@@ -630,6 +630,12 @@ pub fn build_summary(
         let Some(outermost) = user.peek().cloned() else {
             continue;
         };
+        // `--python-only` dropped the native frames: there is no thread root to reach.
+        if outermost.kind == FrameKind::Python
+            && !frames.iter().any(|f| f.kind == FrameKind::Truncated)
+        {
+            continue;
+        }
         let entry = by_process.entry(key.tgid).or_insert_with(|| Completeness {
             pid: key.tgid,
             comm: if key.tgid == EXITED_PID {

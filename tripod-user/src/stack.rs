@@ -82,6 +82,17 @@ impl RawFrame {
     }
 }
 
+impl StackRead {
+    /// Frames it holds (gaps and markers aside).
+    fn len(&self) -> usize {
+        match self {
+            StackRead::Addresses(addresses) => addresses.len(),
+            StackRead::Unwound(frames) => frames.len(),
+            StackRead::NotCollected | StackRead::Missing(_) => 0,
+        }
+    }
+}
+
 /// One half of a sampled stack, as the kernel gave it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StackRead {
@@ -97,13 +108,14 @@ pub enum StackRead {
 
 /// Turns the halves of a sample into frames, innermost first: kernel frames,
 /// then user frames. `max_depth` is the depth at which a stack counts as cut off.
-pub fn combine(kernel: &StackRead, user: &StackRead, max_depth: usize) -> Vec<RawFrame> {
-    let mut frames = Vec::new();
+/// Runs for every sample: one allocation, sized up front.
+pub fn combine(kernel: StackRead, user: StackRead, max_depth: usize) -> Vec<RawFrame> {
+    let mut frames = Vec::with_capacity(kernel.len() + user.len() + 2);
     for (space, read) in [(Space::Kernel, kernel), (Space::User, user)] {
         match read {
             StackRead::NotCollected => {}
-            StackRead::Missing(gap) => frames.push(RawFrame::Gap(space, *gap)),
-            StackRead::Unwound(unwound) => frames.extend_from_slice(unwound),
+            StackRead::Missing(gap) => frames.push(RawFrame::Gap(space, gap)),
+            StackRead::Unwound(unwound) => frames.extend(unwound),
             StackRead::Addresses(addresses) => {
                 for (i, &address) in addresses.iter().enumerate() {
                     frames.push(if i == 0 {
@@ -141,8 +153,8 @@ mod tests {
     #[test]
     fn first_frame_is_ip_then_return_addresses_kernel_first() {
         let frames = combine(
-            &StackRead::Addresses(vec![0xffff_0010, 0xffff_0020]),
-            &StackRead::Addresses(vec![0x1000, 0x2000]),
+            StackRead::Addresses(vec![0xffff_0010, 0xffff_0020]),
+            StackRead::Addresses(vec![0x1000, 0x2000]),
             127,
         );
         assert_eq!(
@@ -161,14 +173,14 @@ mod tests {
     #[test]
     fn gaps_are_kept_and_full_depth_is_truncated() {
         let frames = combine(
-            &StackRead::Missing(Gap::Failed(17)),
-            &StackRead::Addresses(vec![1, 2, 3]),
+            StackRead::Missing(Gap::Failed(17)),
+            StackRead::Addresses(vec![1, 2, 3]),
             3,
         );
         assert_eq!(frames[0], RawFrame::Gap(Space::Kernel, Gap::Failed(17)));
         assert_eq!(frames[4], RawFrame::Gap(Space::User, Gap::Truncated));
         assert_eq!(
-            combine(&StackRead::NotCollected, &StackRead::NotCollected, 3),
+            combine(StackRead::NotCollected, StackRead::NotCollected, 3),
             vec![]
         );
     }

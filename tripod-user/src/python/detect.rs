@@ -5,9 +5,15 @@
 //! `libpython3.X.so` or of the executable, each file read once per run.
 use std::{fs::File, ops::Range, path::Path};
 
-use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, ReadCache};
+use object::{
+    elf::PF_X, Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, ReadCache,
+    SegmentFlags,
+};
 
-use crate::process::MappingView;
+use crate::{
+    process::MappingView,
+    unwind::{load_bias, LoadSegment},
+};
 
 /// What a Python binary (a libpython or an executable with the interpreter
 /// linked in) says about itself, independent of where it is mapped.
@@ -19,8 +25,8 @@ pub struct Binary {
     runtime: u64,
     /// Link-time addresses of `_PyEval_EvalFrameDefault`.
     eval: Range<u64>,
-    /// `PT_LOAD` segments: (address, file offset).
-    segments: Vec<(u64, u64, u64)>,
+    /// Its `PT_LOAD` segments, to place it in a process.
+    segments: Vec<LoadSegment>,
 }
 
 /// A Python binary as mapped in one process.
@@ -65,7 +71,12 @@ impl Binary {
         let (major, minor) = version.or_else(|| version_from_name(file_name))?;
         let segments = elf
             .segments()
-            .map(|s| (s.address(), s.file_range().0, s.file_range().1))
+            .map(|s| LoadSegment {
+                vaddr: s.address(),
+                offset: s.file_range().0,
+                filesz: s.file_range().1,
+                executable: matches!(s.flags(), SegmentFlags::Elf { p_flags } if p_flags & PF_X != 0),
+            })
             .collect();
         Some(Binary {
             major,
@@ -78,12 +89,7 @@ impl Binary {
 
     /// Where this binary lies in a process that maps it at `mapping`.
     pub fn place(&self, mapping: &MappingView) -> Option<Placed> {
-        let (address, offset, _) = self
-            .segments
-            .iter()
-            .find(|(_, offset, size)| (*offset..offset + size).contains(&mapping.file_offset))?;
-        let link_address = address + (mapping.file_offset - offset);
-        let bias = mapping.start.wrapping_sub(link_address);
+        let bias = load_bias(&self.segments, mapping.start, mapping.file_offset)?;
         Some(Placed {
             major: self.major,
             minor: self.minor,
@@ -128,7 +134,20 @@ mod tests {
             minor: 11,
             runtime: 0x54_e540,
             eval: 0x1000..0x2000,
-            segments: vec![(0, 0, 0x10_0000), (0x10_1000, 0x10_1000, 0x20_0000)],
+            segments: vec![
+                LoadSegment {
+                    vaddr: 0,
+                    offset: 0,
+                    filesz: 0x10_0000,
+                    executable: false,
+                },
+                LoadSegment {
+                    vaddr: 0x10_1000,
+                    offset: 0x10_1000,
+                    filesz: 0x20_0000,
+                    executable: true,
+                },
+            ],
         };
         let mapping = MappingView {
             start: 0x7f00_0010_1000,

@@ -104,12 +104,16 @@ impl Python {
         if self.shown == PythonFrames::Off {
             return;
         }
+        // Most checks find nothing changed: asked without copying the mappings.
+        let Some(generation) = processes.mappings_generation(pid) else {
+            return;
+        };
+        if self.checked.get(&pid) == Some(&generation) {
+            return;
+        }
         let Some((generation, mappings)) = processes.mappings(pid) else {
             return;
         };
-        if self.checked.insert(pid, generation) == Some(generation) {
-            return;
-        }
         let exe = processes.get(pid).and_then(|p| p.exe.clone());
         // Its mappings changed: it may have exec'd into something else.
         self.forget(pid);

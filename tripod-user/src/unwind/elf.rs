@@ -22,11 +22,29 @@ const PAGE: u64 = 0x1000;
 
 /// A `PT_LOAD` program header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct LoadSegment {
+pub(crate) struct LoadSegment {
     pub vaddr: u64,
     pub offset: u64,
     pub filesz: u64,
     pub executable: bool,
+}
+
+/// The load bias of a mapping of a file with these `PT_LOAD` segments (see
+/// [`UnwindFile::bias`]); shared with the Python detection, which places
+/// `_PyRuntime` the same way.
+pub(crate) fn load_bias(loads: &[LoadSegment], start: u64, file_offset: u64) -> Option<u64> {
+    // The segment whose page-aligned file range holds the mapped offset;
+    // an executable one first when a page is shared by two segments.
+    let covers = |l: &&LoadSegment| {
+        l.offset & !(PAGE - 1) <= file_offset && file_offset < l.offset.saturating_add(l.filesz)
+    };
+    let segment = loads.iter().filter(covers).max_by_key(|l| l.executable)?;
+    // In that segment, file offset o is at SVMA vaddr - offset + o.
+    let svma_at_start = segment
+        .vaddr
+        .wrapping_sub(segment.offset)
+        .wrapping_add(file_offset);
+    Some(start.wrapping_sub(svma_at_start))
 }
 
 /// A section's stated address range (SVMA) and its bytes.
@@ -135,22 +153,7 @@ impl UnwindFile {
     /// mapped there. 0 for non-PIE executables; the mapping's base for PIE
     /// and libraries. `None` when no loadable segment covers the offset.
     pub fn bias(&self, start: u64, file_offset: u64) -> Option<u64> {
-        // The segment whose page-aligned file range holds the mapped offset;
-        // an executable one first when a page is shared by two segments.
-        let covers = |l: &&LoadSegment| {
-            l.offset & !(PAGE - 1) <= file_offset && file_offset < l.offset.saturating_add(l.filesz)
-        };
-        let segment = self
-            .loads
-            .iter()
-            .filter(covers)
-            .max_by_key(|l| l.executable)?;
-        // In that segment, file offset o is at SVMA vaddr - offset + o.
-        let svma_at_start = segment
-            .vaddr
-            .wrapping_sub(segment.offset)
-            .wrapping_add(file_offset);
-        Some(start.wrapping_sub(svma_at_start))
+        load_bias(&self.loads, start, file_offset)
     }
 
     /// Framehop's description of the file; cheap (shares the bytes).

@@ -54,6 +54,7 @@ use crate::{
     process::{MappingView, ProcessTable},
     stack::{Gap, RawFrame, Space},
 };
+pub(crate) use elf::{load_bias, LoadSegment};
 use elf::{Bytes, UnwindFile};
 
 /// Frames past this depth are cut off and the stack marked truncated.
