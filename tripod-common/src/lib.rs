@@ -95,8 +95,8 @@ pub const MAX_PYTHON_THREADS_SCANNED: u32 = 256;
 /// before it looks again (a thread may start running Python later).
 pub const PYTHON_THREAD_RECHECK_NS: u64 = 250_000_000;
 
-/// Bytes of each interpreter frame read at once; [`PythonOffsets`] fields
-/// of a frame must lie within them.
+/// Bytes of each interpreter frame read at once is less than this (a power
+/// of two); [`PythonOffsets`] fields of a frame must lie within them.
 pub const PYTHON_FRAME_READ_MAX: u32 = 128;
 
 /// A [`PythonOffsets`] field the interpreter version does not have.
@@ -140,7 +140,7 @@ pub struct PythonOffsets {
     /// `owner` (a char, 3.11 and later): who owns the frame's memory; 3.12
     /// marks each `_PyEval_EvalFrameDefault` entry with a C-stack-owned frame.
     pub frame_owner: u32,
-    /// Bytes to read of each frame, covering every field above; at most
+    /// Bytes to read of each frame, covering every field above; less than
     /// [`PYTHON_FRAME_READ_MAX`].
     pub frame_read_size: u32,
     /// Reserved, zero.
@@ -242,8 +242,6 @@ pub struct SamplerConfig {
     /// Non-zero: the `sched_switch` program reports target threads switching
     /// out ([`RecordKind::Blocked`]) and back in ([`RecordKind::Woke`]).
     pub track_switches: u32,
-    /// Waits shorter than this many microseconds are not reported as woken.
-    pub min_block_us: u32,
     /// Number of possible CPUs, which sizes the scratch map (see [`ScratchSlot`]).
     pub possible_cpus: u32,
     /// Byte offsets in the running kernel's `struct task_struct`, read from
@@ -317,7 +315,6 @@ impl SamplerConfig {
         copy_user_stack: 0,
         stack_copy_bytes: DEFAULT_STACK_COPY,
         track_switches: 0,
-        min_block_us: 0,
         possible_cpus: 1,
         task_offsets: TaskOffsets::UNKNOWN,
     };
@@ -578,7 +575,7 @@ mod tests {
     #[test]
     fn wire_types_have_no_padding() {
         assert_eq!(core::mem::size_of::<SampleKey>(), 4 * 4 + COMM_LEN + 8);
-        assert_eq!(core::mem::size_of::<SamplerConfig>(), 10 * 4 + 6 * 4);
+        assert_eq!(core::mem::size_of::<SamplerConfig>(), 9 * 4 + 6 * 4);
         assert_eq!(core::mem::size_of::<StackCopyHeader>(), 96);
         assert_eq!(core::mem::size_of::<WakeRecord>(), 32);
         assert_eq!(StackCopy::STACK_OFFSET, 96 + 8 * MAX_STACK_DEPTH);

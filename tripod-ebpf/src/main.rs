@@ -43,8 +43,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tripod_common::{
-    Counter, RecordKind, SampleKey, SamplerConfig, ScratchSlot, StackCopy, WakeRecord,
-    CONTROL_GENERATION, CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE,
+    Counter, PythonProcess, RecordKind, SampleKey, SamplerConfig, ScratchSlot, StackCopy,
+    WakeRecord, CONTROL_GENERATION, CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE,
     DEFAULT_STACK_STORAGE_SIZE, MAX_BLOCKED_THREADS, MAX_DUMP_STACK_COPY, MAX_PYTHON_FRAMES,
     MAX_STACK_COPY, MAX_STACK_DEPTH, MAX_TARGETS, STACK_NOT_COLLECTED,
 };
@@ -125,17 +125,18 @@ fn try_sample_stack(ctx: &PerfEventContext) -> Result<u32, u32> {
     }
     bump(Counter::Samples);
 
-    if config.copy_user_stack != 0 || python::is_python(tgid) {
+    let python = python::process(tgid);
+    if config.copy_user_stack != 0 || python.is_some() {
         // SAFETY: no preconditions.
         let cpu = unsafe { bpf_get_smp_processor_id() };
+        let who = Thread { tgid, tid, python };
         // Samples carry no time: they are counted, not timed.
         if let Some(copy) = current_thread_copy(
             ctx.as_ptr(),
             &config,
             ScratchSlot::sample(cpu),
             RecordKind::Sample,
-            tgid,
-            tid,
+            &who,
             0,
         ) {
             send(copy);
@@ -193,6 +194,14 @@ fn record(
 /// Page size on x86_64; user stacks end on a page boundary.
 const PAGE: u64 = 4096;
 
+/// The thread a record is about.
+struct Thread {
+    tgid: u32,
+    tid: u32,
+    /// Its process, if Python frames are collected for it.
+    python: Option<PythonProcess>,
+}
+
 /// Assembles a [`StackCopy`] of the current thread in its scratch slot: the
 /// kernel stack as `ctx` sees it, the user registers and the top of the user
 /// stack (or, with `--unwind fp`, the user addresses the kernel walks).
@@ -202,15 +211,14 @@ fn current_thread_copy(
     config: &SamplerConfig,
     slot: u32,
     kind: RecordKind,
-    tgid: u32,
-    tid: u32,
+    thread: &Thread,
     time_ns: u64,
 ) -> Option<&'static mut StackCopy> {
     let copy = SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: a slot no other running program uses (see `ScratchSlot`).
     let copy = unsafe { &mut *copy };
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    begin_record(copy, kind, tgid, tid, comm, 0, time_ns);
+    begin_record(copy, kind, thread.tgid, thread.tid, comm, 0, time_ns);
 
     if config.collect_kernel != 0 {
         let size = (8 * MAX_STACK_DEPTH) as u32;
@@ -233,7 +241,9 @@ fn current_thread_copy(
         let sp = copy.header.sp;
         copy.header.stack_len = copy_user_stack(copy, sp, config.stack_copy_bytes, read_user);
     }
-    python::collect(copy, tgid, tid, read_user);
+    if let Some(process) = &thread.python {
+        python::collect(copy, process, thread.tid, read_user);
+    }
     Some(copy)
 }
 
@@ -407,10 +417,10 @@ pub fn track_switch(ctx: BtfTracePointContext) -> i32 {
     if config.track_switches == 0 {
         return 0;
     }
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    switched_in(&ctx, &config, now);
-    switched_out(&ctx, &config, now);
+    // The clock is read only for target threads: this runs at every context
+    // switch of the machine.
+    switched_in(&ctx, &config);
+    switched_out(&ctx, &config);
     0
 }
 
@@ -418,7 +428,7 @@ pub fn track_switch(ctx: BtfTracePointContext) -> i32 {
 const EXITING: u32 = 0x10 | 0x20 | 0x80; // EXIT_DEAD | EXIT_ZOMBIE | TASK_DEAD
 
 #[inline(always)]
-fn switched_out(ctx: &BtfTracePointContext, config: &SamplerConfig, now: u64) {
+fn switched_out(ctx: &BtfTracePointContext, config: &SamplerConfig) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
@@ -431,17 +441,24 @@ fn switched_out(ctx: &BtfTracePointContext, config: &SamplerConfig, now: u64) {
         return;
     }
     // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Noted first: a wait that cannot be timed is not reported at all, so
+    // userspace never holds one that no wake-up will end.
+    if BLOCKED_SINCE.insert(tid, now, 0).is_err() {
+        bump(Counter::CountMapFull);
+        return;
+    }
+    // SAFETY: no preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let slot = ScratchSlot::switch(cpu, config.possible_cpus);
-    let Some(copy) = current_thread_copy(
-        ctx.as_ptr(),
-        config,
-        slot,
-        RecordKind::Blocked,
+    let who = Thread {
         tgid,
         tid,
-        now,
-    ) else {
+        python: python::process(tgid),
+    };
+    let Some(copy) =
+        current_thread_copy(ctx.as_ptr(), config, slot, RecordKind::Blocked, &who, now)
+    else {
         return;
     };
     // Preempted threads are runnable whatever `__state` says.
@@ -449,13 +466,10 @@ fn switched_out(ctx: &BtfTracePointContext, config: &SamplerConfig, now: u64) {
     // Timed even when its stacks were dropped (a full ring buffer): its time
     // is then reported without them rather than lost.
     send(copy);
-    if BLOCKED_SINCE.insert(tid, now, 0).is_err() {
-        bump(Counter::CountMapFull);
-    }
 }
 
 #[inline(always)]
-fn switched_in(ctx: &BtfTracePointContext, config: &SamplerConfig, now: u64) {
+fn switched_in(ctx: &BtfTracePointContext, config: &SamplerConfig) {
     let next: u64 = ctx.arg(2);
     let Some(tid) = read_task_field::<u32>(next, config.task_offsets.pid) else {
         return;
@@ -465,9 +479,10 @@ fn switched_in(ctx: &BtfTracePointContext, config: &SamplerConfig, now: u64) {
         return;
     };
     let _ = BLOCKED_SINCE.remove(tid);
-    if now.saturating_sub(start) < config.min_block_us as u64 * 1000 {
-        return;
-    }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Sent for every wait, however short: userspace holds the wait until this
+    // ends it, and applies `--min-block-us` itself.
     let record = WakeRecord {
         kind: RecordKind::Woke as u32,
         tid,
@@ -578,7 +593,9 @@ pub fn dump_threads(ctx: *mut c_void) -> i32 {
             unsafe { bpf_copy_from_user_task(dst, len, src, task, 0) }
         };
         copy.header.stack_len = copy_user_stack(copy, sp, wanted, read_task);
-        python::collect(copy, tgid, tid, read_task);
+        if let Some(process) = python::process(tgid) {
+            python::collect(copy, &process, tid, read_task);
+        }
     }
     let record = record_bytes(copy);
     // SAFETY: the iterator's seq_file, and a record of `len` bytes.

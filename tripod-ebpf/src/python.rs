@@ -9,11 +9,7 @@
 //! nothing here knows a CPython version.
 use core::ffi::c_void;
 
-use aya_ebpf::{
-    helpers::generated::bpf_ktime_get_ns,
-    macros::map,
-    maps::{HashMap, LruHashMap},
-};
+use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, macros::map, maps::HashMap};
 use tripod_common::{
     PythonFrame, PythonOffsets, PythonProcess, PythonStatus, PythonThread, StackCopy,
     MAX_PYTHON_FRAMES, MAX_PYTHON_PROCESSES, MAX_PYTHON_THREADS, MAX_PYTHON_THREADS_SCANNED,
@@ -24,34 +20,32 @@ use tripod_common::{
 static PYTHON_PROCESSES: HashMap<u32, PythonProcess> =
     HashMap::with_max_entries(MAX_PYTHON_PROCESSES, 0);
 
+/// Not an LRU map: those take locks that a sample in NMI context (hardware
+/// events) could re-enter on kernels without the fix. Userspace removes the
+/// entries of threads that exited.
 #[map]
-static PYTHON_THREADS: LruHashMap<u32, PythonThread> =
-    LruHashMap::with_max_entries(MAX_PYTHON_THREADS, 0);
+static PYTHON_THREADS: HashMap<u32, PythonThread> =
+    HashMap::with_max_entries(MAX_PYTHON_THREADS, 0);
 
-/// Whether frames of process `tgid` are collected.
+/// The Python process `tgid`, if its frames are collected.
 #[inline(always)]
-pub fn is_python(tgid: u32) -> bool {
-    PYTHON_PROCESSES.get_ptr(tgid).is_some()
+pub fn process(tgid: u32) -> Option<PythonProcess> {
+    // SAFETY: a live map value, copied out.
+    PYTHON_PROCESSES.get_ptr(tgid).map(|p| unsafe { *p })
 }
 
-/// Appends the Python frames of thread `tid` of process `tgid` to `copy`,
-/// after its user stack, and sets the header's Python fields. `read` reads
-/// the process's memory: `read(destination, length, source)`, 0 on success.
+/// Appends the Python frames of thread `tid` of `process` to `copy`, after
+/// its user stack, and sets the header's Python fields (left at "not Python"
+/// by `begin_record` otherwise). `read` reads the process's memory:
+/// `read(destination, length, source)`, 0 on success.
 #[inline(always)]
 pub fn collect(
     copy: &mut StackCopy,
-    tgid: u32,
+    process: &PythonProcess,
     tid: u32,
     read: impl Fn(*mut c_void, u32, *const c_void) -> i64,
 ) {
-    copy.header.python_status = PythonStatus::NotPython as u32;
-    copy.header.python_frames = 0;
-    let Some(process) = PYTHON_PROCESSES.get_ptr(tgid) else {
-        return;
-    };
-    // SAFETY: a live map value, copied out.
-    let process = unsafe { *process };
-    let status = match thread_state(&process, tid, &read) {
+    let status = match thread_state(process, tid, &read) {
         Lookup::Found(thread_state) => walk_frames(copy, &process.offsets, thread_state, &read),
         Lookup::Missing => PythonStatus::NoThreadState,
         Lookup::Unreadable => PythonStatus::Unreadable,
@@ -74,12 +68,12 @@ fn thread_state(
     read: &impl Fn(*mut c_void, u32, *const c_void) -> i64,
 ) -> Lookup {
     let offsets = &process.offsets;
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     if let Some(known) = PYTHON_THREADS.get_ptr(tid) {
         // SAFETY: a live map value, copied out.
         let known = unsafe { *known };
         if known.thread_state == 0 {
+            // SAFETY: no preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
             if now.wrapping_sub(known.checked_ns) < PYTHON_THREAD_RECHECK_NS {
                 return Lookup::Missing;
             }
@@ -96,7 +90,8 @@ fn thread_state(
     };
     let remembered = PythonThread {
         thread_state,
-        checked_ns: now,
+        // SAFETY: no preconditions.
+        checked_ns: unsafe { bpf_ktime_get_ns() },
     };
     let _ = PYTHON_THREADS.insert(tid, remembered, 0);
     found
@@ -163,8 +158,11 @@ fn walk_frames(
             None => return PythonStatus::Unreadable,
         }
     }
-    let size = offsets.frame_read_size;
-    if size == 0 || size > PYTHON_FRAME_READ_MAX {
+    // Masked rather than compared: a comparison's bound can be lost on the
+    // way to the call, a masked value carries its own. The loader checks
+    // that the size fits, so the mask changes nothing.
+    let size = offsets.frame_read_size & (PYTHON_FRAME_READ_MAX - 1);
+    if size == 0 {
         return PythonStatus::Unreadable;
     }
     let start = StackCopy::python_offset(copy.header.stack_len);

@@ -21,7 +21,7 @@ use crate::{
     pipeline::Pipeline,
     preflight,
     process::{self, ProcessTable},
-    python::Python,
+    python::{Python, PythonChange},
     report::RunInfo,
     sampler::{Sampler, SamplerOptions},
 };
@@ -69,13 +69,11 @@ pub async fn run(config: Config) -> Result<u8> {
         python_processes: python
             .take_changes()
             .into_iter()
-            .filter_map(|(pid, process)| Some((pid, process?)))
+            .filter_map(|change| match change {
+                PythonChange::Found(pid, process) => Some((pid, process)),
+                _ => None,
+            })
             .collect(),
-        min_block_us: match config.mode {
-            Mode::OffCpu => config.min_block_us,
-            // Wall-clock counts every tick a thread waits, however short the wait.
-            _ => 0,
-        },
     };
     let mut sampler = start_sampler(&options)?;
     if let (Some(reason), true) = (sampler.fallback_reason(), config.mode.samples_on_cpu()) {
@@ -210,8 +208,13 @@ fn pids_named(target: &Target) -> Vec<u32> {
 /// Tells the sampler which processes run Python, found or gone since the
 /// last call. A full map only costs those processes their Python frames.
 pub fn update_python(sampler: &mut Sampler, pipeline: &mut Pipeline) {
-    for (pid, process) in pipeline.python_changes() {
-        if let Err(error) = sampler.set_python_process(pid, process.as_ref()) {
+    for change in pipeline.python_changes() {
+        let applied = match change {
+            PythonChange::Found(pid, process) => sampler.set_python_process(pid, Some(&process)),
+            PythonChange::Gone(pid) => sampler.set_python_process(pid, None),
+            PythonChange::ThreadsGone(tids) => sampler.forget_python_threads(&tids),
+        };
+        if let Err(error) = applied {
             log::warn!("{error:#}");
         }
     }

@@ -17,7 +17,7 @@ use crate::{
     config::Mode,
     output::Output,
     process::{self, ProcessTable},
-    python::{FrameLocals, Python},
+    python::{FrameLocals, Python, PythonChange},
     report::{self, Losses, RunInfo, ThreadDump},
     resolve::Resolver,
     sampler::{CopiedSample, Counters, Record, UserStack, Wake},
@@ -281,7 +281,7 @@ impl Pipeline {
     /// Python processes found (with what the sampler needs to read their
     /// frames) and gone, since the last call: new processes seen since are
     /// checked first.
-    pub fn python_changes(&mut self) -> Vec<(u32, Option<tripod_common::PythonProcess>)> {
+    pub fn python_changes(&mut self) -> Vec<PythonChange> {
         for pid in std::mem::take(&mut self.python_candidates) {
             self.check_python(pid);
         }
@@ -313,7 +313,9 @@ impl Pipeline {
             UserStack::Absent => StackRead::NotCollected,
         };
         let raw = self.combine(sample.tgid, &sample.comm, sample.kernel, user);
-        let raw = self.python.merge(sample.tgid, raw, &sample.python);
+        let raw = self
+            .python
+            .merge(sample.tgid, sample.tid, raw, &sample.python);
         (raw, sample.comm)
     }
 
@@ -368,6 +370,7 @@ impl Pipeline {
         // Sampled since the previous check: kept without looking at /proc.
         let recent = self.forget_checks;
         self.forget_checks += 1;
+        self.python.forget_exited_threads();
         let mut exited = HashMap::new();
         // Processes sampled lately may have exec'd: checked again for Python
         // (cheap when their mappings did not change).

@@ -184,7 +184,7 @@ impl Layout {
         let k = &self.kernel;
         let within =
             |offset: u32, size: u32| offset == NO_FIELD || offset + size <= k.frame_read_size;
-        k.frame_read_size <= tripod_common::PYTHON_FRAME_READ_MAX
+        k.frame_read_size < tripod_common::PYTHON_FRAME_READ_MAX
             && [k.frame_code, k.frame_previous, k.frame_instruction]
                 .iter()
                 .all(|&o| o % 8 == 0 && within(o, 8))

@@ -21,6 +21,7 @@ mod objects;
 use std::{
     collections::{HashMap, HashSet},
     ops::Range,
+    path::Path,
     sync::Arc,
 };
 
@@ -28,12 +29,12 @@ use tripod_common::{PythonFrame, PythonProcess, PythonStatus};
 
 use crate::{
     config::PythonFrames,
-    process::ProcessTable,
+    process::{MappingView, ProcessTable},
     report::Frame,
     stack::{Gap, RawFrame, Space},
 };
 use code::Code;
-use detect::Binary;
+use detect::{Binary, Placed};
 use layout::{EntryMarker, Layout};
 use memory::{Memory as _, ProcessMemory};
 
@@ -55,15 +56,31 @@ pub struct FrameLocals {
     pub variables: Vec<(String, String)>,
 }
 
+/// What the sampler must learn about Python processes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PythonChange {
+    /// Collect this process's Python frames.
+    Found(u32, PythonProcess),
+    /// No longer: it exited, or runs something else now.
+    Gone(u32),
+    /// These threads (of Python processes) exited: the kernel's record of
+    /// their thread states can go.
+    ThreadsGone(Vec<u32>),
+}
+
 /// A Python process being sampled.
 struct Interpreter {
     layout: &'static Layout,
+    /// Where `_PyRuntime` is.
+    runtime: u64,
     eval: Range<u64>,
     memory: ProcessMemory,
-    /// Code objects read so far; `None` when unreadable.
-    codes: HashMap<u64, Option<Arc<Code>>>,
+    /// Code objects read so far.
+    codes: HashMap<u64, Arc<Code>>,
     /// Frame table ids by (code object, instruction).
     frames: HashMap<(u64, u64), u32>,
+    /// Threads the kernel looked up a thread state for.
+    threads: HashSet<u32>,
 }
 
 /// Every Python process of the run, and every distinct Python frame seen.
@@ -75,9 +92,8 @@ pub struct Python {
     interpreters: HashMap<u32, Interpreter>,
     /// The mapping generation each process was last checked at.
     checked: HashMap<u32, u64>,
-    /// Changes since the last [`Python::take_changes`]: processes found
-    /// (`Some`) and processes gone (`None`).
-    changes: Vec<(u32, Option<PythonProcess>)>,
+    /// Changes since the last [`Python::take_changes`].
+    changes: Vec<PythonChange>,
     /// Versions found but not supported, said once each.
     unsupported: HashSet<(u8, u8)>,
     frames: Vec<Arc<Frame>>,
@@ -99,7 +115,7 @@ impl Python {
     }
 
     /// Checks whether `pid` runs a supported Python, if its mappings changed
-    /// since it was last checked (it may have exec'd), and if so registers it.
+    /// since it was last checked (it may have exec'd), and registers it.
     pub fn check(&mut self, pid: u32, processes: &mut ProcessTable) {
         if self.shown == PythonFrames::Off {
             return;
@@ -115,15 +131,33 @@ impl Python {
             return;
         };
         let exe = processes.get(pid).and_then(|p| p.exe.clone());
-        // Its mappings changed: it may have exec'd into something else.
-        self.forget(pid);
+        let found = self.find(pid, &mappings, exe.as_deref());
+        match (found, self.interpreters.get(&pid)) {
+            // A library loaded, the same interpreter: its caches stay.
+            (Some((placed, _)), Some(known))
+                if known.runtime == placed.runtime && known.eval == placed.eval => {}
+            (Some((placed, layout)), _) => {
+                self.forget(pid);
+                self.register(pid, placed, layout);
+            }
+            (None, _) => self.forget(pid),
+        }
         self.checked.insert(pid, generation);
-        for mapping in &mappings {
+    }
+
+    /// The supported Python that `pid`'s mappings hold, if any.
+    fn find(
+        &mut self,
+        pid: u32,
+        mappings: &[MappingView],
+        exe: Option<&str>,
+    ) -> Option<(Placed, &'static Layout)> {
+        for mapping in mappings {
             let Some(module) = &mapping.module else {
                 continue;
             };
             let file_name = module.path.rsplit('/').next().unwrap_or(&module.path);
-            if !detect::is_candidate(file_name, exe.as_deref() == Some(module.path.as_str())) {
+            if !detect::is_candidate(file_name, exe == Some(module.path.as_str())) {
                 continue;
             }
             let binary = self
@@ -143,7 +177,7 @@ impl Python {
                         layout::supported_versions()
                     );
                 }
-                return;
+                return None;
             };
             log::debug!(
                 "pid {pid}: Python {}.{} in {}, _PyRuntime at {:#x}",
@@ -152,27 +186,33 @@ impl Python {
                 module.path,
                 placed.runtime
             );
-            self.interpreters.insert(
-                pid,
-                Interpreter {
-                    layout,
-                    eval: placed.eval,
-                    memory: ProcessMemory { pid },
-                    codes: HashMap::new(),
-                    frames: HashMap::new(),
-                },
-            );
-            let process = PythonProcess {
-                runtime: placed.runtime,
-                offsets: layout.kernel,
-            };
-            self.changes.push((pid, Some(process)));
-            return;
+            return Some((placed, layout));
         }
+        None
     }
 
-    /// Python processes found and gone since the last call, for the sampler.
-    pub fn take_changes(&mut self) -> Vec<(u32, Option<PythonProcess>)> {
+    fn register(&mut self, pid: u32, placed: Placed, layout: &'static Layout) {
+        self.interpreters.insert(
+            pid,
+            Interpreter {
+                layout,
+                runtime: placed.runtime,
+                eval: placed.eval,
+                memory: ProcessMemory { pid },
+                codes: HashMap::new(),
+                frames: HashMap::new(),
+                threads: HashSet::new(),
+            },
+        );
+        let process = PythonProcess {
+            runtime: placed.runtime,
+            offsets: layout.kernel,
+        };
+        self.changes.push(PythonChange::Found(pid, process));
+    }
+
+    /// What the sampler must learn since the last call.
+    pub fn take_changes(&mut self) -> Vec<PythonChange> {
         std::mem::take(&mut self.changes)
     }
 
@@ -181,12 +221,33 @@ impl Python {
         self.interpreters.contains_key(&pid)
     }
 
-    /// Drops what is kept for a process that exited.
+    /// Drops what is kept for a process that exited (or no longer runs Python).
     pub fn forget(&mut self, pid: u32) {
-        if self.interpreters.remove(&pid).is_some() {
-            self.changes.push((pid, None));
+        if let Some(interpreter) = self.interpreters.remove(&pid) {
+            self.changes.push(PythonChange::Gone(pid));
+            self.changes.push(PythonChange::ThreadsGone(
+                interpreter.threads.into_iter().collect(),
+            ));
         }
         self.checked.remove(&pid);
+    }
+
+    /// Finds the sampled threads of Python processes that have exited since
+    /// the last call, so the kernel forgets where their thread states were.
+    pub fn forget_exited_threads(&mut self) {
+        let mut gone = Vec::new();
+        for (pid, interpreter) in &mut self.interpreters {
+            interpreter.threads.retain(|tid| {
+                let alive = Path::new(&format!("/proc/{pid}/task/{tid}")).exists();
+                if !alive {
+                    gone.push(*tid);
+                }
+                alive
+            });
+        }
+        if !gone.is_empty() {
+            self.changes.push(PythonChange::ThreadsGone(gone));
+        }
     }
 
     /// A frame of [`RawFrame::Python`].
@@ -200,10 +261,17 @@ impl Python {
     pub fn merge(
         &mut self,
         tgid: u32,
+        tid: u32,
         native: Vec<RawFrame>,
         python: &PythonSample,
     ) -> Vec<RawFrame> {
-        if python.frames.is_empty() || !self.interpreters.contains_key(&tgid) {
+        let Some(interpreter) = self.interpreters.get_mut(&tgid) else {
+            return native;
+        };
+        if python.status.is_some() {
+            interpreter.threads.insert(tid);
+        }
+        if python.frames.is_empty() {
             return native;
         }
         let mut groups = self.groups(tgid, &python.frames);
@@ -307,14 +375,19 @@ fn place(
     merged
 }
 
-/// The code object of `frame`, read once.
+/// The code object of `frame`, read once; one that could not be read is
+/// tried again next time (the read may have raced with the process).
 fn code_of(interpreter: &mut Interpreter, address: u64) -> Option<Arc<Code>> {
-    let (memory, layout) = (&interpreter.memory, interpreter.layout);
-    interpreter
-        .codes
-        .entry(address)
-        .or_insert_with(|| Code::read(memory, layout, address).map(Arc::new))
-        .clone()
+    if let Some(code) = interpreter.codes.get(&address) {
+        return Some(code.clone());
+    }
+    let code = Arc::new(Code::read(
+        &interpreter.memory,
+        interpreter.layout,
+        address,
+    )?);
+    interpreter.codes.insert(address, code.clone());
+    Some(code)
 }
 
 /// A Python frame as shown: function, file and line.

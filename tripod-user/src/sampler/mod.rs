@@ -41,8 +41,6 @@ pub struct SamplerOptions {
     pub sample_on_cpu: bool,
     /// Report target threads switching out and back in (`off-cpu` and `wall`).
     pub track_switches: bool,
-    /// Waits shorter than this are not reported.
-    pub min_block_us: u32,
     /// Python processes whose frames are collected from the first sample.
     pub python_processes: Vec<(u32, PythonProcess)>,
 }
@@ -62,7 +60,6 @@ impl SamplerOptions {
             ring_buffer_size: 4096,
             sample_on_cpu: false,
             track_switches: false,
-            min_block_us: 0,
             python_processes: Vec::new(),
         }
     }
@@ -138,7 +135,6 @@ impl Sampler {
             copy_user_stack: options.copy_user_stack.into(),
             stack_copy_bytes: options.stack_copy_bytes,
             track_switches: options.track_switches.into(),
-            min_block_us: options.min_block_us,
             possible_cpus: cpus,
             task_offsets: btf::task_offsets()?,
         };
@@ -300,6 +296,22 @@ impl Sampler {
                 Ok(())
             }
         }
+    }
+
+    /// Forgets where these exited threads' Python thread states were, so the
+    /// map does not fill with the dead and their tids, reused, start afresh.
+    pub fn forget_python_threads(&mut self, tids: &[u32]) -> Result<()> {
+        let mut threads: HashMap<&mut MapData, u32, tripod_common::PythonThread> =
+            HashMap::try_from(
+                self.ebpf
+                    .map_mut(names::PYTHON_THREADS)
+                    .context("the eBPF object has no map PYTHON_THREADS")?,
+            )?;
+        for tid in tids {
+            // Never looked up by the kernel, or already gone: fine.
+            let _ = threads.remove(tid);
+        }
+        Ok(())
     }
 
     /// Marks a thread as switched out since `since_ns` (CLOCK_MONOTONIC), so
