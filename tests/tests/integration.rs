@@ -5,6 +5,8 @@
 
 // Bad command lines and missing privileges: exit status 2 and a single error line.
 mod cli_errors;
+// Every output format from one recorded profile, read by tools that did not come from us.
+mod formats;
 // The output files and formats: the default log file, JSON, interval reports.
 mod output;
 // CPython 3.11 targets: Python frames in place of the interpreter loop, locals, py-spy's view.

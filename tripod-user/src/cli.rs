@@ -10,8 +10,8 @@ use tripod_common::{
 
 use crate::{
     config::{
-        Command, Config, DumpConfig, Mode, OutputDest, OutputFormat, PythonFrames, StackSelection,
-        Target, UnwindMode, DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US,
+        Command, Config, DumpConfig, Mode, OutputDest, OutputFormat, PythonFrames, ReportConfig,
+        StackSelection, Target, UnwindMode, DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US,
     },
     error::UsageError,
 };
@@ -25,6 +25,14 @@ Examples:
   sudo tripod-bpf -p 4242 --mode off-cpu -d 10     where its threads wait, in microseconds
   sudo tripod-bpf -p 4242 --mode wall --per-thread every thread, running or waiting
   sudo tripod-bpf dump -p 4242                     every thread's stack now, grouped";
+
+const REPORT_EXAMPLES: &str = "\
+Examples:
+  sudo tripod-bpf -p 4242 -d 30 -f json -o run.json     record here...
+  tripod-bpf report run.json                            ...read it there, as tracebacks
+  tripod-bpf report run.json -f svg -o run.svg          a flame graph of it
+  tripod-bpf report run.json -f pprof -o run.pb.gz      then: go tool pprof -top run.pb.gz
+  tripod-bpf report dumps.json --rules ours.toml        dumps, annotated with your rules";
 
 const DUMP_EXAMPLES: &str = "\
 Examples:
@@ -56,11 +64,35 @@ enum Subcommands {
     /// Print the stack of every thread of a process, grouped by stack, without stopping it.
     #[command(after_help = DUMP_EXAMPLES)]
     Dump(DumpArgs),
+    /// Render a JSON recording or dump made earlier (maybe on another machine) in any format.
+    #[command(after_help = REPORT_EXAMPLES)]
+    Report(ReportArgs),
     /// Print a completion script for SHELL, e.g. `tripod-bpf completions bash > /etc/bash_completion.d/tripod-bpf`.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the man page (roff), e.g. `tripod-bpf man > /usr/local/share/man/man1/tripod-bpf.1`.
+    Man,
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// A file written with `-f json` or `dump --json` (`-` for stdin).
+    #[arg(value_name = "FILE")]
+    input: PathBuf,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = FormatArg::Log)]
+    format: FormatArg,
+
+    /// Write to PATH [default: stdout].
+    #[arg(short, long, value_name = "PATH")]
+    output: Option<PathBuf>,
+
+    /// Annotation rules (TOML) tried before the built-in ones; see README.md.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +280,10 @@ enum FormatArg {
     Json,
     /// An interactive flame graph
     Svg,
+    /// gzipped profile.proto, for go tool pprof, Pyroscope and Parca
+    Pprof,
+    /// speedscope's JSON file format, one profile per thread
+    Speedscope,
 }
 
 /// Parses a full argument list (including the program name).
@@ -262,10 +298,18 @@ where
     let cli = Cli::try_parse_from(args).map_err(Ok)?;
     match cli.subcommand {
         Some(Subcommands::Dump(dump)) => dump.into_config().map(Command::Dump),
+        Some(Subcommands::Report(report)) => Ok(Command::Report(report.into_config())),
         Some(Subcommands::Completions { shell }) => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "tripod-bpf", &mut script);
-            Ok(Command::Completions(script))
+            Ok(Command::Print(script))
+        }
+        Some(Subcommands::Man) => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(|e| Err(UsageError::new(format!("rendering the man page: {e}"))))?;
+            Ok(Command::Print(page))
         }
         None => cli.record.into_config().map(Command::Record),
     }
@@ -279,6 +323,8 @@ impl FormatArg {
             FormatArg::Folded => OutputFormat::Folded,
             FormatArg::Json => OutputFormat::Json,
             FormatArg::Svg => OutputFormat::Svg,
+            FormatArg::Pprof => OutputFormat::Pprof,
+            FormatArg::Speedscope => OutputFormat::Speedscope,
         }
     }
 }
@@ -309,6 +355,17 @@ fn output_dest(path: Option<PathBuf>, default: OutputDest) -> OutputDest {
     }
 }
 
+impl ReportArgs {
+    fn into_config(self) -> ReportConfig {
+        ReportConfig {
+            input: self.input,
+            format: self.format.format(),
+            output: output_dest(self.output, OutputDest::Stdout),
+            rules: self.rules,
+        }
+    }
+}
+
 impl DumpArgs {
     fn into_config(self) -> Result<DumpConfig, UsageError> {
         if self.pid == 0 {
@@ -323,10 +380,11 @@ impl DumpArgs {
             )));
         }
         let every = positive_seconds(self.every, "--every")?;
-        if every.is_some() && self.format.format() == OutputFormat::Svg {
-            return Err(UsageError::new(
-                "a flame graph holds one dump; drop --every, or use -f folded or log for a series",
-            ));
+        if every.is_some() && self.format.format().single_profile() {
+            return Err(UsageError::new(format!(
+                "a {} file holds one dump; drop --every, or use -f log, folded or json for a series",
+                self.format.format().name()
+            )));
         }
         let default_output = if every.is_some() {
             OutputDest::TempFile
@@ -375,10 +433,12 @@ impl RecordArgs {
         }
         let duration = positive_seconds(self.duration, "--duration")?;
         let interval = positive_seconds(self.interval, "--interval")?;
-        if interval.is_some() && self.format.format() == OutputFormat::Svg {
-            return Err(UsageError::new(
-                "a flame graph holds one report; drop --interval, or use -f folded and render each interval",
-            ));
+        let format = self.format.format();
+        if interval.is_some() && format.single_profile() {
+            return Err(UsageError::new(format!(
+                "a {} file holds one profile; drop --interval, or use -f json and `tripod-bpf report` each interval",
+                format.name()
+            )));
         }
         for (value, flag) in [
             (self.stack_storage_size, "--stack-storage-size"),
@@ -426,8 +486,9 @@ impl RecordArgs {
             duration,
             interval,
             output,
-            format: self.format.format(),
-            per_thread: self.per_thread,
+            format,
+            // speedscope shows one profile per thread.
+            per_thread: self.per_thread || format == OutputFormat::Speedscope,
             stacks,
             include_idle: self.include_idle,
             stack_storage_size: self.stack_storage_size,
@@ -653,7 +714,7 @@ mod tests {
         for shell in ["bash", "zsh", "fish"] {
             let line = format!("tripod-bpf completions {shell}");
             let script = match parse_command(&line) {
-                Ok(Command::Completions(script)) => String::from_utf8(script).unwrap(),
+                Ok(Command::Print(script)) => String::from_utf8(script).unwrap(),
                 other => panic!("{line}: {other:?}"),
             };
             for word in ["dump", "python-only", "locals", "mode", "svg"] {

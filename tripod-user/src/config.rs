@@ -24,8 +24,21 @@ pub enum Command {
     Record(Config),
     /// Take snapshots of every thread of one process.
     Dump(DumpConfig),
-    /// Print a shell completion script (the script itself, ready to write).
-    Completions(Vec<u8>),
+    /// Render a JSON recording or dump made earlier, maybe on another machine.
+    Report(ReportConfig),
+    /// Print a shell completion script or the man page (ready to write).
+    Print(Vec<u8>),
+}
+
+/// `tripod-bpf report FILE`: a saved JSON recording or dump, rendered again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReportConfig {
+    /// The JSON file (`-` for stdin): one or more documents, one per line.
+    pub input: PathBuf,
+    pub format: OutputFormat,
+    pub output: OutputDest,
+    /// Annotation rules tried before the built-in ones, applied again.
+    pub rules: Option<PathBuf>,
 }
 
 /// What recorded counts measure.
@@ -46,6 +59,13 @@ impl Mode {
             Mode::OffCpu => "off-cpu",
             Mode::Wall => "wall",
         }
+    }
+
+    /// The mode with this [`name`](Mode::name).
+    pub fn from_name(name: &str) -> Option<Mode> {
+        [Mode::Cpu, Mode::OffCpu, Mode::Wall]
+            .into_iter()
+            .find(|m| m.name() == name)
     }
 
     /// What one count is: `samples` or `microseconds`.
@@ -110,6 +130,43 @@ pub enum OutputFormat {
     Json,
     /// An interactive flame graph (SVG), drawn by inferno: one per run or dump.
     Svg,
+    /// A gzipped pprof `profile.proto`, for `go tool pprof`, Pyroscope, Parca.
+    Pprof,
+    /// A speedscope JSON file: one sampled profile per thread.
+    Speedscope,
+}
+
+impl OutputFormat {
+    /// Formats whose file holds exactly one profile: no `--interval` or `--every`.
+    pub fn single_profile(self) -> bool {
+        matches!(
+            self,
+            OutputFormat::Svg | OutputFormat::Pprof | OutputFormat::Speedscope
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Log => "log",
+            OutputFormat::Folded => "folded",
+            OutputFormat::Json => "json",
+            OutputFormat::Svg => "svg",
+            OutputFormat::Pprof => "pprof",
+            OutputFormat::Speedscope => "speedscope",
+        }
+    }
+
+    /// The suffix of a temporary file in this format.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            OutputFormat::Log => ".log",
+            OutputFormat::Folded => ".folded",
+            OutputFormat::Json => ".json",
+            OutputFormat::Svg => ".svg",
+            OutputFormat::Pprof => ".pb.gz",
+            OutputFormat::Speedscope => ".speedscope.json",
+        }
+    }
 }
 
 /// Where reports are written.

@@ -1,6 +1,6 @@
 use std::{io, process::ExitCode};
 
-use tripod_user::{app, cli, config::Command, dump, error::UsageError};
+use tripod_user::{app, cli, config::Command, dump, error::UsageError, offline};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -9,11 +9,11 @@ fn main() -> ExitCode {
         Err(Ok(clap_error)) => clap_error.exit(),
         Err(Err(usage)) => return usage_failure(&usage),
     };
-    if let Command::Completions(script) = &command {
+    if let Command::Print(text) = &command {
         use io::Write as _;
-        return match io::stdout().write_all(script) {
+        return match io::stdout().write_all(text) {
             Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-                eprintln!("tripod-bpf: error: writing the completion script: {e}");
+                eprintln!("tripod-bpf: error: writing to stdout: {e}");
                 ExitCode::FAILURE
             }
             _ => ExitCode::SUCCESS,
@@ -27,7 +27,8 @@ fn main() -> ExitCode {
             match command {
                 Command::Record(config) => app::run(config).await,
                 Command::Dump(config) => dump::run(config).await,
-                Command::Completions(_) => Ok(0),
+                Command::Report(config) => offline::run(config),
+                Command::Print(_) => Ok(0),
             }
         })
     });

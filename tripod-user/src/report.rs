@@ -59,6 +59,8 @@ pub struct Frame {
     pub module: Option<String>,
     /// Offset of the address in `module`'s file.
     pub offset: Option<u64>,
+    /// The GNU build id of `module`'s file, in hex, when it has one.
+    pub build_id: Option<String>,
     pub function: Option<String>,
     pub file: Option<String>,
     pub line: Option<u32>,
@@ -101,6 +103,7 @@ impl Frame {
             kernel,
             module: None,
             offset: None,
+            build_id: None,
             function: None,
             file: None,
             line: None,
@@ -161,6 +164,13 @@ pub struct StackErrors {
 }
 
 impl StackErrors {
+    fn add(&mut self, other: &StackErrors) {
+        self.unreadable += other.unreadable;
+        self.collisions += other.collisions;
+        self.map_full += other.map_full;
+        self.other += other.other;
+    }
+
     /// Stacks lost for lack of room, which a bigger `--stack-storage-size` fixes.
     pub fn storage(&self) -> u64 {
         self.collisions + self.map_full
@@ -168,6 +178,14 @@ impl StackErrors {
 }
 
 impl Losses {
+    /// Adds another interval's losses to these.
+    pub fn add(&mut self, other: &Losses) {
+        self.count_map_full += other.count_map_full;
+        self.ring_buffer_full += other.ring_buffer_full;
+        self.user.add(&other.user);
+        self.kernel.add(&other.kernel);
+    }
+
     /// Samples that did not make it into any stack.
     pub fn dropped(&self) -> u64 {
         self.count_map_full + self.ring_buffer_full

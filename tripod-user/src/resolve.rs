@@ -154,6 +154,7 @@ impl Resolver {
                 let frame = Frame {
                     module: Some(module.path.clone()),
                     offset: Some(file_offset),
+                    build_id: self.symbolizer.build_id(&module),
                     ..frame.clone()
                 };
                 return expand(frame, self.symbolizer.user(&module, file_offset));

@@ -41,6 +41,8 @@ pub struct Symbolizer {
     blazesym: Blazesym,
     user: HashMap<(usize, u64), Arc<Resolved>>,
     kernel: HashMap<u64, Arc<Resolved>>,
+    /// Each module's build id in hex, read once (pprof mappings carry it).
+    build_ids: HashMap<usize, Option<String>>,
 }
 
 impl Default for Symbolizer {
@@ -61,11 +63,19 @@ impl Symbolizer {
             blazesym,
             user: HashMap::new(),
             kernel: HashMap::new(),
+            build_ids: HashMap::new(),
         }
     }
 
     /// Resolves the file offsets of `module` not seen before.
     pub fn resolve_user(&mut self, module: &Module, offsets: &[u64]) {
+        self.build_ids.entry(module.id).or_insert_with(|| {
+            // A file without the note, or one that cannot be read, simply has none.
+            match blazesym::helper::read_elf_build_id(&module.open_path) {
+                Ok(Some(id)) => Some(id.iter().map(|b| format!("{b:02x}")).collect()),
+                _ => None,
+            }
+        });
         let mut new: Vec<u64> = offsets
             .iter()
             .copied()
@@ -105,6 +115,11 @@ impl Symbolizer {
     /// A user address resolved earlier by [`Self::resolve_user`].
     pub fn user(&self, module: &Module, offset: u64) -> Option<Arc<Resolved>> {
         self.user.get(&(module.id, offset)).cloned()
+    }
+
+    /// The build id of a module passed to [`Self::resolve_user`], in hex.
+    pub fn build_id(&self, module: &Module) -> Option<String> {
+        self.build_ids.get(&module.id).cloned().flatten()
     }
 
     /// A kernel address resolved earlier by [`Self::resolve_kernel`].

@@ -145,11 +145,26 @@ fn gcc(apt: &mut Apt) -> Result<()> {
     apt_tool(apt, "gcc", "gcc")
 }
 
-/// What only the tests need: gdb, whose thread backtraces the dump tests compare with, and
-/// py-spy, whose Python stacks the Python tests compare with. Returns py-spy's path.
+/// What only the tests need: gdb, whose thread backtraces the dump tests compare with;
+/// Go, whose `go tool pprof` reads our pprof files; and py-spy, whose Python stacks the
+/// Python tests compare with. Returns py-spy's path.
 pub fn test_tools() -> Result<std::path::PathBuf> {
-    apt_tool(&mut Apt { updated: false }, "gdb", "gdb")?;
+    let mut apt = Apt { updated: false };
+    apt_tool(&mut apt, "gdb", "gdb")?;
+    go(&mut apt)?;
     py_spy()
+}
+
+/// `go tool pprof` comes with Debian's Go (`go version`: Go has no `--version`).
+fn go(apt: &mut Apt) -> Result<()> {
+    let what = "go (for go tool pprof)";
+    let has = || probe(Command::new("go").arg("version")).is_some();
+    if has() {
+        ok(what);
+        return Ok(());
+    }
+    apt.install(what, "golang-go")?;
+    verify(what, has())
 }
 
 /// py-spy, installed with pip into the scripts directory of the `python3` on PATH (a pyenv

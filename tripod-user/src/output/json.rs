@@ -10,7 +10,15 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::Render;
-use crate::report::{Frame, FrameKind, Losses, Report, StackErrors, Summary, ThreadDump};
+use crate::{
+    config::Mode,
+    python::FrameLocals,
+    report::{
+        DumpedThread, Frame, FrameKind, Losses, ProcessReport, Report, RunInfo, StackErrors,
+        StackReport, Summary, ThreadDump, ThreadGroup, ThreadReport,
+    },
+    task::TaskState,
+};
 
 /// Bumped on any incompatible change to [`Document`].
 pub const VERSION: u32 = 1;
@@ -81,6 +89,9 @@ pub struct Document {
     pub unit: String,
     /// The perf event: `cpu-clock` or `cycles`.
     pub event: String,
+    /// How user stacks were unwound: `fp`, `dwarf` or `auto` (absent before 0.1 files had it).
+    #[serde(default)]
+    pub unwind: Option<String>,
     pub frequency_hz: u64,
     pub per_thread: bool,
     /// RFC 3339 times of the interval.
@@ -141,6 +152,9 @@ pub struct JsonFrame {
     pub module: Option<String>,
     /// Hex offset of the address in the module's file.
     pub offset: Option<String>,
+    /// The module's GNU build id, in hex (absent when it has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
     pub function: Option<String>,
     pub file: Option<String>,
     pub line: Option<u32>,
@@ -194,6 +208,7 @@ impl Document {
             mode: report.run.mode.name().to_string(),
             unit: report.run.mode.unit().to_string(),
             event: report.run.event.clone(),
+            unwind: Some(report.run.unwind.clone()),
             frequency_hz: report.run.frequency,
             per_thread: report.run.per_thread,
             start: report.start.to_rfc3339(),
@@ -379,11 +394,210 @@ impl From<&Frame> for JsonFrame {
             kernel: frame.kernel,
             module: frame.module.clone(),
             offset: frame.offset.map(|o| format!("{o:#x}")),
+            build_id: frame.build_id.clone(),
             function: frame.function.clone(),
             file: frame.file.clone(),
             line: frame.line,
             inlined: frame.inlined,
             unknown: frame.unknown.clone(),
         }
+    }
+}
+
+/// Reading documents back (`tripod-bpf report`): a document that does not
+/// make sense is an error naming the field, not a panic.
+impl Document {
+    pub fn into_report(self) -> Result<Report, String> {
+        let frames = frames_of(&self.frames)?;
+        let thread_names: std::collections::HashMap<u32, &str> = self
+            .processes
+            .iter()
+            .flat_map(|p| p.threads.iter().map(|t| (t.tid, t.comm.as_str())))
+            .collect();
+        let stacks = self
+            .stacks
+            .iter()
+            .map(|stack| {
+                Ok(StackReport {
+                    pid: stack.pid,
+                    comm: stack.comm.clone(),
+                    thread: stack.tid.map(|tid| {
+                        let name = thread_names.get(&tid).copied().unwrap_or("?");
+                        (tid, name.to_string())
+                    }),
+                    tids: stack.tids.clone(),
+                    count: stack.count,
+                    state: state(&stack.state)?,
+                    annotation: stack.annotation.clone(),
+                    frames: pick(&frames, &stack.frames)?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let lost = &self.lost;
+        let errors = |e: &JsonStackErrors| StackErrors {
+            unreadable: e.unreadable,
+            collisions: e.collisions,
+            map_full: e.map_full,
+            other: e.other,
+        };
+        Ok(Report {
+            run: RunInfo {
+                target: self.target,
+                mode: Mode::from_name(&self.mode)
+                    .ok_or_else(|| format!("unknown mode {:?}", self.mode))?,
+                frequency: self.frequency_hz,
+                event: self.event,
+                per_thread: self.per_thread,
+                stack_storage_size: 0,
+                count_map_size: 0,
+                unwind: self.unwind.unwrap_or_else(|| "unknown".into()),
+                ring_buffer_size: 0,
+            },
+            start: time(&self.start)?,
+            end: time(&self.end)?,
+            samples: self.samples,
+            losses: Losses {
+                count_map_full: lost.count_map_full,
+                ring_buffer_full: lost.ring_buffer_full,
+                user: errors(&lost.user_stacks),
+                kernel: errors(&lost.kernel_stacks),
+            },
+            stacks,
+            processes: self
+                .processes
+                .into_iter()
+                .map(|p| ProcessReport {
+                    pid: p.pid,
+                    comm: p.comm,
+                    exe: p.exe,
+                    samples: p.samples,
+                    threads: p
+                        .threads
+                        .into_iter()
+                        .map(|t| ThreadReport {
+                            tid: t.tid,
+                            comm: t.comm,
+                            samples: t.samples,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+}
+
+impl DumpDocument {
+    pub fn into_dump(self) -> Result<ThreadDump, String> {
+        let frames = frames_of(&self.frames)?;
+        let groups = self
+            .groups
+            .iter()
+            .map(|group| {
+                Ok(ThreadGroup {
+                    tids: group.tids.clone(),
+                    state: state(&group.state)?,
+                    annotation: group.annotation.clone(),
+                    frames: pick(&frames, &group.frames)?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let threads = self
+            .threads
+            .into_iter()
+            .map(|thread| {
+                Ok(DumpedThread {
+                    tid: thread.tid,
+                    name: thread.comm,
+                    state: state(&thread.state)?,
+                    syscall: thread.syscall,
+                    locals: thread.locals.map(|frames| {
+                        frames
+                            .into_iter()
+                            .map(|frame| FrameLocals {
+                                function: frame.function,
+                                file: frame.file,
+                                line: frame.line,
+                                variables: frame
+                                    .variables
+                                    .into_iter()
+                                    .map(|v| (v.name, v.value))
+                                    .collect(),
+                            })
+                            .collect()
+                    }),
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(ThreadDump {
+            pid: self.pid,
+            comm: self.comm,
+            exe: self.exe,
+            time: time(&self.time)?,
+            threads,
+            groups,
+        })
+    }
+}
+
+fn frames_of(frames: &[JsonFrame]) -> Result<Vec<Arc<Frame>>, String> {
+    frames
+        .iter()
+        .map(|f| Frame::try_from(f).map(Arc::new))
+        .collect()
+}
+
+fn pick(frames: &[Arc<Frame>], indices: &[usize]) -> Result<Arc<[Arc<Frame>]>, String> {
+    indices
+        .iter()
+        .map(|&i| {
+            frames.get(i).cloned().ok_or_else(|| {
+                format!("frame index {i} is past the {} frames listed", frames.len())
+            })
+        })
+        .collect()
+}
+
+fn state(name: &str) -> Result<TaskState, String> {
+    TaskState::from_name(name).ok_or_else(|| format!("unknown thread state {name:?}"))
+}
+
+fn time(text: &str) -> Result<chrono::DateTime<chrono::Local>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Local))
+        .map_err(|e| format!("time {text:?} is not RFC 3339: {e}"))
+}
+
+fn hex(text: &Option<String>, what: &str) -> Result<Option<u64>, String> {
+    text.as_deref()
+        .map(|t| {
+            u64::from_str_radix(t.trim_start_matches("0x"), 16)
+                .map_err(|_| format!("{what} {t:?} is not a hex number"))
+        })
+        .transpose()
+}
+
+impl TryFrom<&JsonFrame> for Frame {
+    type Error = String;
+
+    fn try_from(frame: &JsonFrame) -> Result<Self, Self::Error> {
+        Ok(Frame {
+            kind: match frame.kind.as_str() {
+                "code" => FrameKind::Code,
+                "truncated" => FrameKind::Truncated,
+                "missing" => FrameKind::Missing,
+                "python" => FrameKind::Python,
+                other => return Err(format!("unknown frame kind {other:?}")),
+            },
+            address: hex(&frame.address, "address")?,
+            kernel: frame.kernel,
+            module: frame.module.clone(),
+            offset: hex(&frame.offset, "offset")?,
+            build_id: frame.build_id.clone(),
+            function: frame.function.clone(),
+            file: frame.file.clone(),
+            line: frame.line,
+            inlined: frame.inlined,
+            unknown: frame.unknown.clone(),
+        })
     }
 }

@@ -3,9 +3,11 @@
 //! Every format implements [`Render`]: one call per report (each interval,
 //! or once for the whole run) and one at the end with the run's summary; or,
 //! for `tripod-bpf dump`, one call per thread dump.
-mod folded;
-mod json;
+pub(crate) mod folded;
+pub mod json;
 mod log;
+pub(crate) mod pprof;
+mod speedscope;
 mod svg;
 
 use std::{
@@ -20,6 +22,8 @@ pub use self::{
     folded::Folded,
     json::{Document, DumpDocument, Json},
     log::{describe_completeness, Log},
+    pprof::Pprof,
+    speedscope::Speedscope,
     svg::Svg,
 };
 use crate::{
@@ -44,6 +48,8 @@ pub fn renderer(format: OutputFormat) -> Box<dyn Render> {
         OutputFormat::Folded => Box::new(Folded),
         OutputFormat::Json => Box::new(Json),
         OutputFormat::Svg => Box::new(Svg),
+        OutputFormat::Pprof => Box::new(Pprof),
+        OutputFormat::Speedscope => Box::new(Speedscope),
     }
 }
 
@@ -69,10 +75,7 @@ impl Output {
                 // O_CREAT|O_EXCL with mode 0600: never an existing file, never through a symlink.
                 let (file, path) = tempfile::Builder::new()
                     .prefix("tripod_")
-                    .suffix(match format {
-                        OutputFormat::Svg => ".svg",
-                        _ => ".log",
-                    })
+                    .suffix(format.suffix())
                     .rand_bytes(6)
                     .tempfile_in(&dir)
                     .map_err(|e| cannot_create(&dir.join("tripod_XXXXXX"), &e))?

@@ -3,7 +3,9 @@ use std::sync::Arc;
 
 use chrono::{Local, TimeZone};
 
-use super::{Document, DumpDocument, Folded, Json, Log, Render, Svg};
+use super::{
+    pprof::proto, Document, DumpDocument, Folded, Json, Log, Pprof, Render, Speedscope, Svg,
+};
 use crate::{
     config::Mode,
     python::FrameLocals,
@@ -538,4 +540,242 @@ fn svg_of_nothing_is_still_a_graph() {
         text.contains("<svg") && text.trim_end().ends_with("</svg>"),
         "{text}"
     );
+}
+
+/// Decodes what the pprof renderer wrote.
+fn pprof_of(bytes: &[u8]) -> proto::Profile {
+    use prost::Message as _;
+    use std::io::Read as _;
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "not gzipped");
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut raw)
+        .unwrap();
+    proto::Profile::decode(raw.as_slice()).unwrap()
+}
+
+fn render_bytes(mut renderer: impl Render, report: &Report) -> Vec<u8> {
+    let mut out = Vec::new();
+    renderer.report(report, &mut out).unwrap();
+    out
+}
+
+/// A pprof profile's stacks as function names, outermost first, with their values.
+fn pprof_stacks(profile: &proto::Profile) -> Vec<(Vec<String>, Vec<i64>)> {
+    let s = |i: i64| profile.string_table[i as usize].clone();
+    let function = |id: u64| s(profile.function[id as usize - 1].name);
+    profile
+        .sample
+        .iter()
+        .map(|sample| {
+            let mut names: Vec<String> = sample
+                .location_id
+                .iter()
+                .flat_map(|&id| {
+                    let location = &profile.location[id as usize - 1];
+                    assert_eq!(location.id, id);
+                    location.line.iter().map(|l| function(l.function_id))
+                })
+                .collect();
+            names.reverse();
+            (names, sample.value.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn pprof_has_the_modes_sample_types_frames_and_labels() {
+    let mut report = report(true);
+    report.stacks[0].frames = Arc::from(
+        report.stacks[0]
+            .frames
+            .iter()
+            .map(|f| match f.function.as_deref() {
+                Some("read_request") => Arc::new(Frame {
+                    build_id: Some("d1e5".into()),
+                    ..(**f).clone()
+                }),
+                _ => f.clone(),
+            })
+            .collect::<Vec<_>>(),
+    );
+    let profile = pprof_of(&render_bytes(Pprof, &report));
+    let s = |i: i64| profile.string_table[i as usize].as_str();
+    assert_eq!(s(0), "");
+    let types: Vec<(&str, &str)> = profile
+        .sample_type
+        .iter()
+        .map(|t| (s(t.r#type), s(t.unit)))
+        .collect();
+    assert_eq!(types, [("samples", "count"), ("cpu", "nanoseconds")]);
+    assert_eq!(s(profile.default_sample_type), "cpu");
+    assert_eq!(profile.period, 1_000_000_000 / 99);
+    assert_eq!(profile.duration_nanos, 5_000_000_000);
+
+    let stacks = pprof_stacks(&profile);
+    assert_eq!(
+        stacks[0].0,
+        [
+            "__libc_start_call_main",
+            "main",
+            "read_request",
+            "parse",
+            "ksys_read",
+            "tcp_recvmsg"
+        ]
+    );
+    assert_eq!(stacks[0].1, [873, 873 * (1_000_000_000 / 99)]);
+    assert_eq!(stacks[1].0, ["[libc.so.6]", "[truncated]"]);
+
+    // `parse` was inlined into `read_request`: one location, two lines, innermost first.
+    let leafmost_user = &profile.location[profile.sample[0].location_id[2] as usize - 1];
+    let lines: Vec<&str> = leafmost_user
+        .line
+        .iter()
+        .map(|l| s(profile.function[l.function_id as usize - 1].name))
+        .collect();
+    assert_eq!(lines, ["parse", "read_request"]);
+    assert_eq!(leafmost_user.line[0].line, 77);
+
+    // Mappings: each file at its load address, with its build id; one for the kernel.
+    let mapping = &profile.mapping[leafmost_user.mapping_id as usize - 1];
+    assert_eq!(s(mapping.filename), "/src/app/worker");
+    assert_eq!(s(mapping.build_id), "d1e5");
+    assert_eq!(mapping.memory_start, 0x5555_5555_5130);
+    assert_eq!(mapping.file_offset, 0x1130);
+    assert!(profile
+        .mapping
+        .iter()
+        .any(|m| s(m.filename) == "[kernel.kallsyms]"));
+
+    let labels: Vec<(&str, &str)> = profile.sample[0]
+        .label
+        .iter()
+        .map(|l| (s(l.key), s(l.str)))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            ("pid", "4242"),
+            ("process", "worker"),
+            ("tid", "4243"),
+            ("thread", "worker-1"),
+            ("annotation", "running on CPU")
+        ]
+    );
+}
+
+#[test]
+fn pprof_off_cpu_is_nanoseconds_and_dumps_count_threads() {
+    let mut off_cpu = report(false);
+    off_cpu.run.mode = Mode::OffCpu;
+    off_cpu.stacks[0].state = TaskState::Sleeping;
+    let profile = pprof_of(&render_bytes(Pprof, &off_cpu));
+    let s = |i: i64| profile.string_table[i as usize].as_str();
+    let types: Vec<(&str, &str)> = profile
+        .sample_type
+        .iter()
+        .map(|t| (s(t.r#type), s(t.unit)))
+        .collect();
+    assert_eq!(types, [("off_cpu", "nanoseconds")]);
+    assert_eq!(profile.sample[0].value, [873_000]);
+    assert!(profile.sample[0]
+        .label
+        .iter()
+        .any(|l| s(l.key) == "state" && s(l.str) == "sleeping"));
+
+    let mut bytes = Vec::new();
+    Pprof.dump(&dump(), &mut bytes).unwrap();
+    let profile = pprof_of(&bytes);
+    let s = |i: i64| profile.string_table[i as usize].as_str();
+    assert_eq!(s(profile.sample_type[0].r#type), "threads");
+    let counts: Vec<i64> = profile.sample.iter().map(|x| x.value[0]).collect();
+    let expected: Vec<i64> = dump().groups.iter().map(|g| g.tids.len() as i64).collect();
+    assert_eq!(counts, expected);
+}
+
+#[test]
+fn speedscope_has_the_schemas_required_fields_and_a_profile_per_thread() {
+    let text = String::from_utf8(render_bytes(Speedscope, &report(true))).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        file["$schema"],
+        "https://www.speedscope.app/file-format-schema.json"
+    );
+    let frames = file["shared"]["frames"].as_array().unwrap();
+    assert!(frames.iter().all(|f| f["name"].is_string()));
+    let profiles = file["profiles"].as_array().unwrap();
+    assert_eq!(profiles.len(), 2, "one profile per thread:\n{text}");
+    for profile in profiles {
+        for field in [
+            "type",
+            "name",
+            "unit",
+            "startValue",
+            "endValue",
+            "samples",
+            "weights",
+        ] {
+            assert!(!profile[field].is_null(), "no {field} in {profile}");
+        }
+        assert_eq!(profile["type"], "sampled");
+        assert_eq!(profile["unit"], "seconds");
+        assert_eq!(
+            profile["samples"].as_array().unwrap().len(),
+            profile["weights"].as_array().unwrap().len()
+        );
+    }
+    assert_eq!(
+        profiles[0]["name"],
+        "pid 4242 (worker), thread 4243 (worker-1)"
+    );
+    let names: Vec<&str> = profiles[0]["samples"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            frames[i.as_u64().unwrap() as usize]["name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "__libc_start_call_main",
+            "main",
+            "read_request",
+            "parse",
+            "ksys_read_[k]",
+            "tcp_recvmsg_[k]"
+        ]
+    );
+    let weight = profiles[0]["weights"][0].as_f64().unwrap();
+    assert!((weight - 873.0 / 99.0).abs() < 1e-9, "{weight}");
+}
+
+#[test]
+fn json_reads_back_into_the_same_report_and_dump() {
+    let original = report(true);
+    let document = Document::from_report(&original);
+    let text = serde_json::to_string(&document).unwrap();
+    let back = serde_json::from_str::<Document>(&text)
+        .unwrap()
+        .into_report()
+        .unwrap();
+    // RFC 3339 keeps the instant; the sizes of kernel maps are not in the JSON.
+    let expected = Report {
+        run: RunInfo {
+            stack_storage_size: 0,
+            count_map_size: 0,
+            ring_buffer_size: 0,
+            ..original.run.clone()
+        },
+        ..original
+    };
+    assert_eq!(back, expected);
+
+    let dump = python_dump();
+    let back = DumpDocument::from_dump(&dump).into_dump().unwrap();
+    assert_eq!(back, dump);
 }
