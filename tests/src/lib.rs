@@ -656,6 +656,26 @@ pub fn wait_until_all_threads_block(pid: u32) {
     }
 }
 
+/// The `go` command, whose `go tool pprof` reads our pprof files (`cargo xtask test` installs
+/// Debian's golang-go). `None` outside CI when it is missing; in CI a missing `go` fails.
+pub fn go_tool() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("go"))
+            .find(|go| go.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            !in_ci(),
+            "`go` is not installed; CI must compare pprof output with `go tool pprof` (apt-get install golang-go)"
+        );
+        eprintln!(
+            "skipping the `go tool pprof` check: `go` is not installed (apt-get install golang-go)"
+        );
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -702,22 +722,3 @@ weird name;with space;frame 3
     }
 }
 
-/// The `go` command, whose `go tool pprof` reads our pprof files (`cargo xtask test` installs
-/// Debian's golang-go). `None` outside CI when it is missing; in CI a missing `go` fails.
-pub fn go_tool() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("go"))
-            .find(|go| go.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            !in_ci(),
-            "`go` is not installed; CI must compare pprof output with `go tool pprof` (apt-get install golang-go)"
-        );
-        eprintln!(
-            "skipping the `go tool pprof` check: `go` is not installed (apt-get install golang-go)"
-        );
-    }
-    found
-}

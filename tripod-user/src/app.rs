@@ -17,7 +17,11 @@ use tokio::{
 use crate::{
     annotate::Rules,
     config::{Config, Mode, Target},
-    output::{describe_completeness, Output},
+    output::{
+        describe_completeness,
+        push::{PushStats, Pusher},
+        Output, StatusLine,
+    },
     pipeline::Pipeline,
     preflight,
     process::{self, ProcessTable},
@@ -76,11 +80,15 @@ pub async fn run(config: Config) -> Result<u8> {
             .collect(),
     };
     let mut sampler = start_sampler(&options)?;
+    // Progress messages; `-q` keeps only warnings and errors.
+    let say = |message: &str| {
+        if !config.quiet {
+            eprintln!("[tripod] {message}");
+        }
+    };
     if let (Some(reason), true) = (sampler.fallback_reason(), config.mode.samples_on_cpu()) {
         log::debug!("hardware cycles event: {reason}");
-        eprintln!(
-            "[tripod] No hardware cycles event here (no PMU); using the software cpu-clock event"
-        );
+        say("No hardware cycles event here (no PMU); using the software cpu-clock event");
     }
 
     let mut child = match &config.target {
@@ -122,14 +130,23 @@ pub async fn run(config: Config) -> Result<u8> {
             config.min_block_us
         ),
     };
-    eprintln!(
-        "[tripod] {how}, {} unwinding){every}: {}. Press Ctrl-C to stop.",
+    say(&format!(
+        "{how}, {} unwinding){every}: {}. Press Ctrl-C to stop.",
         run_info.unwind, run_info.target
-    );
+    ));
     if config.mode == Mode::OffCpu && config.format == crate::config::OutputFormat::Folded {
-        eprintln!("[tripod] Folded counts are microseconds off-CPU, not samples");
+        say("Folded counts are microseconds off-CPU, not samples");
     }
-    eprintln!("[tripod] Writing output to: {}", output.name);
+    say(&format!("Writing output to: {}", output.name));
+    let pusher = config.push.clone().map(|push| {
+        say(&format!(
+            "Pushing a profile every {} s to {}/ingest",
+            config.interval.unwrap_or_default().as_secs_f64(),
+            push.url.trim_end_matches('/')
+        ));
+        Pusher::start(push)
+    });
+    let mut status = StatusLine::new(config.quiet);
 
     let mut pipeline = Pipeline::new(
         run_info,
@@ -152,10 +169,11 @@ pub async fn run(config: Config) -> Result<u8> {
         &config,
         &mut sampler,
         &mut pipeline,
-        &mut output,
+        (&mut output, pusher.as_ref(), &mut status),
         child.as_mut(),
     )
     .await;
+    status.clear();
 
     // Whatever ended the run, an error included, what was sampled is written.
     sampler.drain_copies(|record| pipeline.ingest_record(record));
@@ -164,16 +182,19 @@ pub async fn run(config: Config) -> Result<u8> {
     // Unreadable counters cost only the loss figures of the report.
     let counters = sampler.counters().unwrap_or_default();
     if config.interval.is_none() || pipeline.has_unreported_samples() {
-        pipeline.write_report(&mut output, &counters)?;
+        pipeline.write_report(&mut output, pusher.as_ref(), &counters)?;
     }
     let summary = pipeline.summary(&counters);
     output.summary(&summary)?;
+    if let Some(pusher) = pusher {
+        report_push(&config, pusher.finish(PUSH_GRACE));
+    }
     let written = || format!("what was sampled until then is in {}", output.name);
     let stop = stopped.with_context(written)?;
     last_drain.with_context(written)?;
 
-    eprintln!(
-        "[tripod] {}: {}, {} distinct stacks, {} {} in {:.1} s; output in {}",
+    say(&format!(
+        "{}: {}, {} distinct stacks, {} {} in {:.1} s; output in {}",
         stop.describe(),
         summary.run.weight(summary.samples),
         summary.distinct_stacks,
@@ -185,9 +206,9 @@ pub async fn run(config: Config) -> Result<u8> {
         },
         (summary.end - summary.start).num_milliseconds() as f64 / 1000.0,
         output.name
-    );
+    ));
     for c in summary.completeness.iter().take(5) {
-        eprintln!("[tripod] {}", describe_completeness(&summary.run, c));
+        say(&describe_completeness(&summary.run, c));
     }
     for hint in summary.hints() {
         eprintln!("[tripod] {hint}");
@@ -196,6 +217,34 @@ pub async fn run(config: Config) -> Result<u8> {
         Stop::CommandExited(status) => exit_code(status),
         _ => 0,
     })
+}
+
+/// How long the end of a run waits for queued profiles to reach the push server.
+const PUSH_GRACE: Duration = Duration::from_secs(5);
+
+/// One line on what `--push` did; a warning when something was lost.
+fn report_push(config: &Config, stats: PushStats) {
+    let url = config.push.as_ref().map(|p| p.url.as_str()).unwrap_or("");
+    let lost = stats.dropped + stats.rejected;
+    let mut line = format!("pushed {} profiles to {url}", stats.sent);
+    if stats.dropped > 0 {
+        line += &format!(
+            "; {} dropped (server unreachable, at most {} intervals are kept)",
+            stats.dropped,
+            crate::output::push::MAX_QUEUED_INTERVALS
+        );
+    }
+    if stats.rejected > 0 {
+        line += &format!("; {} rejected by the server", stats.rejected);
+    }
+    if let (Some(error), true) = (&stats.last_error, lost > 0) {
+        line += &format!("; last error: {error}");
+    }
+    if lost > 0 {
+        eprintln!("[tripod] warning: {line}");
+    } else if !config.quiet {
+        eprintln!("[tripod] {line}");
+    }
 }
 
 fn pids_named(target: &Target) -> Vec<u32> {
@@ -279,7 +328,7 @@ async fn wait_for_stop(
     config: &Config,
     sampler: &mut Sampler,
     pipeline: &mut Pipeline,
-    output: &mut Output,
+    (output, pusher, status): (&mut Output, Option<&Pusher>, &mut StatusLine),
     child: Option<&mut GatedChild>,
 ) -> Result<Stop> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -317,9 +366,12 @@ async fn wait_for_stop(
                 pipeline.ingest(sampler.drain()?);
                 if let (Some(at), Some(every)) = (next_report, config.interval) {
                     if Instant::now() >= at {
-                        pipeline.write_report(output, &sampler.counters()?)?;
+                        pipeline.write_report(output, pusher, &sampler.counters()?)?;
                         next_report = Some(at + every);
                     }
+                }
+                if status.enabled() {
+                    status.update(&pipeline.progress(&sampler.counters()?));
                 }
                 if !pids.is_empty() && !pids.iter().any(|&pid| process::is_alive(pid)) {
                     return Ok(Stop::TargetsExited);

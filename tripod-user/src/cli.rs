@@ -10,21 +10,32 @@ use tripod_common::{
 
 use crate::{
     config::{
-        Command, Config, DumpConfig, Mode, OutputDest, OutputFormat, PythonFrames, ReportConfig,
-        StackSelection, Target, UnwindMode, DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US,
+        Command, Config, DumpConfig, Mode, OutputDest, OutputFormat, PushConfig, PushFormat,
+        PythonFrames, ReportConfig, StackSelection, Target, UnwindMode, DEFAULT_FREQUENCY,
+        DEFAULT_MIN_BLOCK_US, DEFAULT_PUSH_INTERVAL,
     },
     error::UsageError,
 };
 
 const EXAMPLES: &str = "\
 Examples:
-  sudo tripod-bpf --all -d 10                      whole machine for 10 s, log in $TMPDIR
-  sudo tripod-bpf -p 4242 -i 5                     one process, a report every 5 s
-  sudo tripod-bpf -p 4242 -f folded -o out.folded  then: flamegraph.pl out.folded > out.svg
-  sudo tripod-bpf -f json -o run.json -- ./myprog  start ./myprog and sample it until it exits
-  sudo tripod-bpf -p 4242 --mode off-cpu -d 10     where its threads wait, in microseconds
-  sudo tripod-bpf -p 4242 --mode wall --per-thread every thread, running or waiting
-  sudo tripod-bpf dump -p 4242                     every thread's stack now, grouped";
+  On-CPU (the default mode), one process, the whole machine, or a command:
+    sudo tripod-bpf -p 4242 -d 10                    10 s of tracebacks in a new $TMPDIR/tripod_XXXXXX.log
+    sudo tripod-bpf --all -d 10 -f svg -o all.svg    a flame graph of every process
+    sudo tripod-bpf -p 4242 -i 5                     append a report every 5 s (Ctrl-C to stop)
+    sudo tripod-bpf -f json -o run.json -- ./myprog  start ./myprog, sample it until it exits
+  Off-CPU and wall-clock time:
+    sudo tripod-bpf -p 4242 --mode off-cpu -d 10     where its threads wait, in microseconds
+    sudo tripod-bpf -p 4242 --mode wall --per-thread every thread, running or waiting
+  Formats for other tools:
+    sudo tripod-bpf -p 4242 -f folded -o out.folded  flamegraph.pl out.folded > out.svg
+    sudo tripod-bpf -p 4242 -f pprof -o cpu.pb.gz    go tool pprof -top cpu.pb.gz
+    sudo tripod-bpf -p 4242 -f speedscope -o p.json  open p.json at www.speedscope.app
+  Python, thread dumps, offline reports, continuous profiling:
+    sudo tripod-bpf -p 4242 --python-only            Python frames only (CPython 3.11)
+    sudo tripod-bpf dump -p 4242                     every thread's stack now, grouped
+    tripod-bpf report run.json -f svg -o run.svg     render a saved JSON recording anywhere
+    sudo tripod-bpf --all --push http://pyroscope:4040   a profile every 10 s to Pyroscope";
 
 const REPORT_EXAMPLES: &str = "\
 Examples:
@@ -254,6 +265,54 @@ struct RecordArgs {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BUFFER_SIZE)]
     ring_buffer_size: u32,
 
+    /// Send each interval's profile to a Pyroscope server (or anything speaking its
+    /// `POST /ingest` API) at URL, e.g. http://pyroscope:4040. Reports every 10 s unless -i
+    /// says otherwise; without -o nothing is written locally.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TRIPOD_PUSH",
+        help_heading = "Pushing to Pyroscope"
+    )]
+    push: Option<String>,
+
+    /// What --push sends: `pprof` (one request per interval, labels per sample) or `folded`
+    /// (one request per process).
+    #[arg(long, value_enum, default_value_t = PushFormatArg::Pprof, requires = "push", help_heading = "Pushing to Pyroscope")]
+    push_format: PushFormatArg,
+
+    /// The application name profiles are stored under.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "tripod-bpf",
+        requires = "push",
+        help_heading = "Pushing to Pyroscope"
+    )]
+    push_name: String,
+
+    /// A label for every pushed profile, besides host, pid, process (and thread); repeat it.
+    #[arg(
+        long,
+        value_name = "KEY=VALUE",
+        requires = "push",
+        help_heading = "Pushing to Pyroscope"
+    )]
+    push_label: Vec<String>,
+
+    /// An HTTP header for every push request, e.g. "X-Scope-OrgID: team-a"; repeat it.
+    #[arg(
+        long,
+        value_name = "NAME: VALUE",
+        requires = "push",
+        help_heading = "Pushing to Pyroscope"
+    )]
+    push_header: Vec<String>,
+
+    /// No status line and no progress messages on stderr; warnings and errors still show.
+    #[arg(short, long)]
+    quiet: bool,
+
     /// Start COMMAND, sample it until it exits, and exit with its status.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -271,6 +330,12 @@ enum ModeArg {
     Cpu,
     OffCpu,
     Wall,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PushFormatArg {
+    Pprof,
+    Folded,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -411,6 +476,11 @@ impl DumpArgs {
 
 impl RecordArgs {
     fn into_config(self) -> Result<Config, UsageError> {
+        let push = self
+            .push
+            .as_deref()
+            .map(|url| self.push_config(url))
+            .transpose()?;
         let target = match (self.pid.is_empty(), self.all, self.command.is_empty()) {
             (false, false, true) => Target::Pids(self.pid),
             (true, true, true) => Target::All,
@@ -432,9 +502,23 @@ impl RecordArgs {
             ));
         }
         let duration = positive_seconds(self.duration, "--duration")?;
-        let interval = positive_seconds(self.interval, "--interval")?;
+        let mut interval = positive_seconds(self.interval, "--interval")?;
         let format = self.format.format();
-        if interval.is_some() && format.single_profile() {
+        let output = match (&push, self.output) {
+            (Some(_), None) => OutputDest::Discard,
+            (_, output) => output_dest(output, OutputDest::TempFile),
+        };
+        if push.is_some() {
+            interval = interval.or(Some(DEFAULT_PUSH_INTERVAL));
+            if format.single_profile() && output != OutputDest::Discard {
+                return Err(UsageError::new(format!(
+                    "--push sends a profile every interval, and a {} file holds one; \
+                     keep a local copy with -f log, folded or json",
+                    format.name()
+                )));
+            }
+        }
+        if interval.is_some() && format.single_profile() && output != OutputDest::Discard {
             return Err(UsageError::new(format!(
                 "a {} file holds one profile; drop --interval, or use -f json and `tripod-bpf report` each interval",
                 format.name()
@@ -465,7 +549,6 @@ impl RecordArgs {
                     self.ring_buffer_size
                 ))
             })?;
-        let output = output_dest(self.output, OutputDest::TempFile);
         let stacks = stack_selection(self.user_only, self.kernel_only);
         let mode = match self.mode {
             ModeArg::Cpu => Mode::Cpu,
@@ -501,6 +584,53 @@ impl RecordArgs {
             stack_copy_bytes: self.stack_copy_bytes,
             ring_buffer_size,
             python: self.python.frames(),
+            push,
+            quiet: self.quiet,
+        })
+    }
+
+    fn push_config(&self, url: &str) -> Result<PushConfig, UsageError> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(UsageError::new(format!(
+                "--push {url}: expected an http:// or https:// URL, e.g. http://localhost:4040"
+            )));
+        }
+        let pair = |text: &str, separator: char, flag: &str, example: &str| match text
+            .split_once(separator)
+        {
+            Some((key, value)) if !key.trim().is_empty() => {
+                Ok((key.trim().to_string(), value.trim().to_string()))
+            }
+            _ => Err(UsageError::new(format!(
+                "{flag} {text:?}: expected {example}"
+            ))),
+        };
+        let labels = self
+            .push_label
+            .iter()
+            .map(|l| pair(l, '=', "--push-label", "KEY=VALUE, e.g. env=staging"))
+            .collect::<Result<_, _>>()?;
+        let headers = self
+            .push_header
+            .iter()
+            .map(|h| {
+                pair(
+                    h,
+                    ':',
+                    "--push-header",
+                    "\"Name: value\", e.g. \"X-Scope-OrgID: team-a\"",
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(PushConfig {
+            url: url.to_string(),
+            format: match self.push_format {
+                PushFormatArg::Pprof => PushFormat::Pprof,
+                PushFormatArg::Folded => PushFormat::Folded,
+            },
+            name: self.push_name.clone(),
+            labels,
+            headers,
         })
     }
 }
@@ -736,6 +866,103 @@ mod tests {
             OutputFormat::Svg
         );
         assert!(usage_error_of("tripod-bpf dump -p 42 -f svg --every 2").contains("--every"));
+    }
+
+    #[test]
+    fn one_profile_formats() {
+        let pprof = config("tripod-bpf -a -f pprof");
+        assert_eq!(pprof.format, OutputFormat::Pprof);
+        assert!(!pprof.per_thread);
+        // speedscope shows one profile per thread.
+        assert!(config("tripod-bpf -a -f speedscope").per_thread);
+        assert!(usage_error("tripod-bpf -a -f pprof -i 5").contains("a pprof file holds one"));
+        assert!(
+            usage_error_of("tripod-bpf dump -p 42 -f speedscope --every 2")
+                .contains("a speedscope file holds one dump")
+        );
+    }
+
+    #[test]
+    fn push_flags() {
+        let c = config(
+            "tripod-bpf -a --push http://pyro:4040 --push-format folded --push-name shop \
+             --push-label env=prod --push-label region=eu --push-header X-Scope-OrgID:team-a -q",
+        );
+        let push = c.push.expect("push configured");
+        assert_eq!(push.url, "http://pyro:4040");
+        assert_eq!(push.format, PushFormat::Folded);
+        assert_eq!(push.name, "shop");
+        assert_eq!(
+            push.labels,
+            [
+                ("env".into(), "prod".into()),
+                ("region".into(), "eu".into())
+            ]
+        );
+        assert_eq!(push.headers, [("X-Scope-OrgID".into(), "team-a".into())]);
+        assert!(c.quiet);
+        // Every 10 s unless -i says otherwise; nothing written locally without -o.
+        assert_eq!(c.interval, Some(DEFAULT_PUSH_INTERVAL));
+        assert_eq!(c.output, OutputDest::Discard);
+        let with_copy = config("tripod-bpf -a --push http://p -i 2 -o run.log");
+        assert_eq!(with_copy.interval, Some(Duration::from_secs(2)));
+        assert_eq!(with_copy.output, OutputDest::File("run.log".into()));
+        assert_eq!(with_copy.push.unwrap().format, PushFormat::Pprof);
+        // Pushing alone may name a one-profile format: nothing is written locally.
+        assert!(config("tripod-bpf -a --push http://p -f pprof")
+            .push
+            .is_some());
+
+        assert!(usage_error("tripod-bpf -a --push pyro:4040").contains("http://"));
+        assert!(
+            usage_error("tripod-bpf -a --push http://p --push-label env").contains("KEY=VALUE")
+        );
+        assert!(
+            usage_error("tripod-bpf -a --push http://p --push-header X").contains("Name: value")
+        );
+        assert!(usage_error("tripod-bpf -a --push http://p -f svg -o x.svg").contains("--push"));
+        let e = parse("tripod-bpf -a --push-label env=prod")
+            .unwrap_err()
+            .unwrap();
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn report_subcommand() {
+        let report = match parse_command(
+            "tripod-bpf report run.json -f pprof -o run.pb.gz --rules r.toml",
+        ) {
+            Ok(Command::Report(report)) => report,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(report.input, PathBuf::from("run.json"));
+        assert_eq!(report.format, OutputFormat::Pprof);
+        assert_eq!(report.output, OutputDest::File("run.pb.gz".into()));
+        assert_eq!(report.rules, Some(PathBuf::from("r.toml")));
+        match parse_command("tripod-bpf report -") {
+            Ok(Command::Report(r)) => {
+                assert_eq!(r.output, OutputDest::Stdout);
+                assert_eq!(r.format, OutputFormat::Log);
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = parse_command("tripod-bpf report").unwrap_err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn man_page_names_every_subcommand() {
+        let page = match parse_command("tripod-bpf man") {
+            Ok(Command::Print(page)) => String::from_utf8(page).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            page.starts_with(".ie") || page.contains(".TH tripod-bpf 1"),
+            "{page}"
+        );
+        for word in ["dump", "report", "completions", "push", "Examples"] {
+            assert!(page.contains(word), "the man page does not mention {word}");
+        }
     }
 
     #[test]

@@ -176,7 +176,35 @@ pub enum OutputDest {
     File(PathBuf),
     /// A new `tripod_XXXXXX.log` in `$TMPDIR` (or /tmp), like Tripod.
     TempFile,
+    /// Nowhere: `--push` without `-o` sends profiles only to the server.
+    Discard,
 }
+
+/// `--push`: where and how to send each interval's profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushConfig {
+    /// The server's base URL; `/ingest` is appended.
+    pub url: String,
+    pub format: PushFormat,
+    /// The application name, before the profile type and labels.
+    pub name: String,
+    /// Labels added to every profile, after `host`.
+    pub labels: Vec<(String, String)>,
+    /// Extra HTTP headers (`X-Scope-OrgID`, `Authorization`).
+    pub headers: Vec<(String, String)>,
+}
+
+/// The body format of `--push` requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushFormat {
+    /// One gzipped pprof profile per interval, labels on its samples.
+    Pprof,
+    /// Folded stacks, one request per process (its labels are in the name).
+    Folded,
+}
+
+/// `--push` without `-i`: Pyroscope's own clients upload every 10 s.
+pub const DEFAULT_PUSH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Which halves of each stack to collect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,6 +281,10 @@ pub struct Config {
     /// Bytes of the ring buffer that carries stack copies (a power of two).
     pub ring_buffer_size: u32,
     pub python: PythonFrames,
+    /// Send each interval's profile to a Pyroscope-compatible server.
+    pub push: Option<PushConfig>,
+    /// No status line and no progress messages on stderr (`-q`).
+    pub quiet: bool,
 }
 
 impl Config {
@@ -277,6 +309,8 @@ impl Config {
             stack_copy_bytes: DEFAULT_STACK_COPY,
             ring_buffer_size: DEFAULT_RING_BUFFER_SIZE,
             python: PythonFrames::Merged,
+            push: None,
+            quiet: false,
         }
     }
 }

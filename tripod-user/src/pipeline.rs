@@ -15,7 +15,7 @@ use crate::{
     aggregate::{Aggregator, StackId, ThreadStack},
     annotate::Rules,
     config::Mode,
-    output::Output,
+    output::{push::Pusher, Output, Progress},
     process::{self, ProcessTable},
     python::{FrameLocals, Python, PythonChange},
     report::{self, Losses, RunInfo, ThreadDump},
@@ -76,6 +76,8 @@ pub struct Pipeline {
     interval_start: DateTime<Local>,
     interval_counters: Counters,
     unreported: u64,
+    /// Everything counted since the run started, for the status line.
+    sampled: u64,
 }
 
 impl Pipeline {
@@ -111,6 +113,7 @@ impl Pipeline {
             interval_start: now,
             interval_counters: counters,
             unreported: 0,
+            sampled: 0,
         }
     }
 
@@ -257,6 +260,7 @@ impl Pipeline {
                 state: wait.state,
             };
             self.unreported += weight;
+            self.sampled += weight;
             self.last_seen.insert(wait.tgid, self.forget_checks);
             self.aggregator.count(key, &wait.comm, weight);
         }
@@ -352,6 +356,7 @@ impl Pipeline {
         weight: u64,
     ) {
         self.unreported += weight;
+        self.sampled += weight;
         self.seen(tgid);
         let (stack, new) = self.aggregator.add(tgid, tid, comm, raw, state, weight);
         if new {
@@ -452,7 +457,14 @@ impl Pipeline {
         self.unreported > 0 || !self.waits.is_empty()
     }
 
-    pub fn write_report(&mut self, output: &mut Output, counters: &Counters) -> Result<()> {
+    /// Writes the report of the interval that ends now, and queues it for
+    /// `--push` when there is a pusher.
+    pub fn write_report(
+        &mut self,
+        output: &mut Output,
+        pusher: Option<&Pusher>,
+        counters: &Counters,
+    ) -> Result<()> {
         self.count_waits_in_progress();
         self.symbolize();
         let now = Local::now();
@@ -468,6 +480,9 @@ impl Pipeline {
             losses,
         );
         output.report(&report).context("writing the report")?;
+        if let Some(pusher) = pusher {
+            pusher.send(&report);
+        }
         self.interval_start = now;
         self.interval_counters = *counters;
         self.unreported = 0;
@@ -479,6 +494,15 @@ impl Pipeline {
     pub fn stop_tracking(&mut self) {
         self.count_waits_in_progress();
         self.waits.clear();
+    }
+
+    /// The run so far, for the status line.
+    pub fn progress(&self, counters: &Counters) -> Progress {
+        Progress {
+            sampled: self.run.weight(self.sampled),
+            lost: Losses::from_counters(&counters.since(&self.run_counters)).dropped(),
+            processes: self.processes.len(),
+        }
     }
 
     pub fn summary(&mut self, counters: &Counters) -> report::Summary {

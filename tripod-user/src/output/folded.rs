@@ -64,6 +64,12 @@ fn folded_stack(stack: &StackReport) -> String {
     folded_frames(root, &stack.frames)
 }
 
+/// Only the frames of a stack, outermost first: `outer;...;inner`.
+pub(super) fn frames_line(frames: &[std::sync::Arc<Frame>]) -> String {
+    let line = folded_frames(String::new(), frames);
+    line.strip_prefix(';').unwrap_or(&line).to_string()
+}
+
 fn folded_frames(mut line: String, frames: &[std::sync::Arc<Frame>]) -> String {
     for frame in frames {
         line.push(';');

@@ -7,7 +7,9 @@ pub(crate) mod folded;
 pub mod json;
 mod log;
 pub(crate) mod pprof;
+pub mod push;
 mod speedscope;
+mod status;
 mod svg;
 
 use std::{
@@ -24,6 +26,7 @@ pub use self::{
     log::{describe_completeness, Log},
     pprof::Pprof,
     speedscope::Speedscope,
+    status::{Progress, StatusLine},
     svg::Svg,
 };
 use crate::{
@@ -66,6 +69,7 @@ impl Output {
     pub fn open(dest: &OutputDest, format: OutputFormat) -> Result<Output> {
         let (writer, name): (Box<dyn Write>, String) = match dest {
             OutputDest::Stdout => (Box::new(io::stdout()), "-".to_string()),
+            OutputDest::Discard => (Box::new(io::sink()), "nowhere (--push only)".to_string()),
             OutputDest::File(path) => {
                 let file = File::create(path).map_err(|e| cannot_create(path, &e))?;
                 (Box::new(BufWriter::new(file)), path.display().to_string())

@@ -779,3 +779,85 @@ fn json_reads_back_into_the_same_report_and_dump() {
     let back = DumpDocument::from_dump(&dump).into_dump().unwrap();
     assert_eq!(back, dump);
 }
+
+fn push_config(url: &str, format: crate::config::PushFormat) -> crate::config::PushConfig {
+    crate::config::PushConfig {
+        url: url.into(),
+        format,
+        name: "shop".into(),
+        labels: vec![("env".into(), "prod,eu".into())],
+        headers: Vec::new(),
+    }
+}
+
+#[test]
+fn push_folded_is_one_request_per_thread_with_labels_in_the_name() {
+    use super::push::{Body, Client};
+    let client = Client::new(push_config("http://x", crate::config::PushFormat::Folded));
+    let requests = client.requests(&report(true));
+    assert_eq!(requests.len(), 2, "one request per thread");
+    let query: std::collections::HashMap<_, _> = requests[0].query.iter().cloned().collect();
+    let name = &query["name"];
+    assert!(name.starts_with("shop.cpu{host="), "{name}");
+    // Reserved characters cannot break the name's label syntax.
+    assert!(
+        name.ends_with(",env=prod_eu,pid=4242,process=worker,tid=4243,thread=worker-1}"),
+        "{name}"
+    );
+    assert_eq!(query["format"], "folded");
+    assert_eq!(query["sampleRate"], "99");
+    assert_eq!(query["from"], report(true).start.timestamp().to_string());
+    let Body::Folded(body) = &requests[0].body else {
+        panic!("not folded")
+    };
+    assert_eq!(
+        body,
+        "__libc_start_call_main;main;read_request;parse;ksys_read_[k];tcp_recvmsg_[k] 873\n"
+    );
+}
+
+#[test]
+fn push_off_cpu_counts_microseconds_as_time() {
+    use super::push::{Body, Client};
+    let mut off_cpu = report(false);
+    off_cpu.run.mode = Mode::OffCpu;
+    let client = Client::new(push_config("http://x", crate::config::PushFormat::Pprof));
+    let requests = client.requests(&off_cpu);
+    assert_eq!(
+        requests.len(),
+        1,
+        "pprof carries every process in one request"
+    );
+    let query: std::collections::HashMap<_, _> = requests[0].query.iter().cloned().collect();
+    assert_eq!(query["sampleRate"], "1000000");
+    assert!(query["name"].starts_with("shop{host="));
+    let Body::Pprof { types, .. } = &requests[0].body else {
+        panic!("not pprof")
+    };
+    let types: serde_json::Value = serde_json::from_str(types).unwrap();
+    assert_eq!(types["off_cpu"]["units"], "samples");
+}
+
+#[test]
+fn push_queue_is_bounded_and_counts_what_it_drops() {
+    use super::push::{Pusher, MAX_QUEUED_INTERVALS};
+    // Nothing listens on port 1: every request fails at once.
+    let pusher = Pusher::start(push_config(
+        "http://127.0.0.1:1",
+        crate::config::PushFormat::Pprof,
+    ));
+    for _ in 0..10 {
+        pusher.send(&report(false));
+        assert!(pusher.queued() <= MAX_QUEUED_INTERVALS);
+    }
+    let stats = pusher.finish(std::time::Duration::from_millis(300));
+    assert_eq!(stats.sent, 0);
+    assert_eq!(stats.dropped, 10, "{stats:?}");
+    assert!(
+        stats
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("127.0.0.1:1")),
+        "{stats:?}"
+    );
+}
