@@ -116,7 +116,8 @@ struct DumpArgs {
     #[arg(long, conflicts_with = "format")]
     json: bool,
 
-    /// Output format: `log` groups threads by stack as text; `folded` counts threads per stack.
+    /// Output format: `log` groups threads by stack as text; `folded`, `svg`, `pprof` and
+    /// `speedscope` count threads per stack; `json` has everything.
     #[arg(short, long, value_enum, default_value_t = FormatArg::Log)]
     format: FormatArg,
 
