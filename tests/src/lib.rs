@@ -676,6 +676,25 @@ pub fn go_tool() -> Option<PathBuf> {
     found
 }
 
+/// Samples the chain fixture for 2 s into `file` in `format`, checking that the run
+/// succeeds; returns the fixture's pid (the fixture is gone by then).
+pub fn record_chain_to(file: &Path, format: &str) -> u32 {
+    let fx = Fixture::start(CHAIN_FP, &[]);
+    let pid = fx.pid().to_string();
+    let out = run_tripod(&[
+        "--pid",
+        &pid,
+        "-d",
+        "2",
+        "-f",
+        format,
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    fx.pid()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,4 +740,3 @@ weird name;with space;frame 3
         );
     }
 }
-

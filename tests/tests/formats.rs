@@ -8,25 +8,6 @@ use std::{fs, path::Path, process::Command, time::Duration};
 use serde_json::Value;
 use tripod_tests::*;
 
-/// Records the chain fixture for 2 s as JSON, into `dir/recording.json`.
-fn record_chain(dir: &Path) -> std::path::PathBuf {
-    let fx = Fixture::start(CHAIN_FP, &[]);
-    let file = dir.join("recording.json");
-    let pid = fx.pid().to_string();
-    let out = run_tripod(&[
-        "--pid",
-        &pid,
-        "-d",
-        "2",
-        "-f",
-        "json",
-        "-o",
-        file.to_str().unwrap(),
-    ]);
-    assert_success(&out);
-    file
-}
-
 /// `tripod-bpf report FILE -f FORMAT -o OUT`, checked to succeed; returns OUT.
 fn report_as(recording: &Path, format: &str) -> std::path::PathBuf {
     let out_file = recording.with_extension(format);
@@ -85,7 +66,8 @@ fn every_format_from_one_recording() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let recording = record_chain(dir.path());
+    let recording = dir.path().join("recording.json");
+    record_chain_to(&recording, "json");
     let leaf_first: Vec<String> = CHAIN.iter().rev().map(|s| s.to_string()).collect();
 
     // pprof, read by go tool pprof: the chain in order, leaf first, with its values.
@@ -219,21 +201,9 @@ fn pprof_recording_and_report_errors() {
     if !require_bpf() {
         return;
     }
-    let fx = Fixture::start(CHAIN_FP, &[]);
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("out.pb.gz");
-    let pid = fx.pid().to_string();
-    let out = run_tripod(&[
-        "--pid",
-        &pid,
-        "-d",
-        "2",
-        "-f",
-        "pprof",
-        "-o",
-        file.to_str().unwrap(),
-    ]);
-    assert_success(&out);
+    record_chain_to(&file, "pprof");
     if let Some(go) = go_tool() {
         let top = go_pprof(&go, &["-top"], &file);
         assert!(

@@ -219,21 +219,9 @@ fn svg_output_is_a_flame_graph() {
     if !require_bpf() {
         return;
     }
-    let fx = Fixture::start(CHAIN_FP, &[]);
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("out.svg");
-    let pid = fx.pid().to_string();
-    let out = run_tripod(&[
-        "--pid",
-        &pid,
-        "-d",
-        "2",
-        "-f",
-        "svg",
-        "-o",
-        file.to_str().unwrap(),
-    ]);
-    assert_success(&out);
+    let pid = record_chain_to(&file, "svg");
     let svg = fs::read_to_string(&file).expect("svg written");
     assert!(
         svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"),

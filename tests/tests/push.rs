@@ -227,6 +227,36 @@ fn check_query(request: &Request, format: &str) {
     );
 }
 
+/// Samples the chain fixture for `seconds`, a report every second pushed to `receiver`
+/// with a label and a header that `check_query` looks for; returns its pid and the run.
+fn push_chain(
+    receiver: &Receiver,
+    seconds: &str,
+    extra: &[&str],
+) -> (String, std::process::Output) {
+    let fx = Fixture::start(CHAIN_FP, &[]);
+    let pid = fx.pid().to_string();
+    let mut args = vec![
+        "--pid",
+        &pid,
+        "-d",
+        seconds,
+        "-i",
+        "1",
+        "--push",
+        &receiver.url,
+    ];
+    args.extend([
+        "--push-label",
+        "env=ci",
+        "--push-header",
+        "X-Scope-OrgID: tenant-1",
+    ]);
+    args.extend(extra);
+    let out = run_tripod(&args);
+    (pid, out)
+}
+
 #[test]
 fn pushes_pprof_with_retries() {
     let _guard = serial();
@@ -234,22 +264,7 @@ fn pushes_pprof_with_retries() {
         return;
     }
     let receiver = Receiver::start(1);
-    let fx = Fixture::start(CHAIN_FP, &[]);
-    let pid = fx.pid().to_string();
-    let out = run_tripod(&[
-        "--pid",
-        &pid,
-        "-d",
-        "3.5",
-        "-i",
-        "1",
-        "--push",
-        &receiver.url,
-        "--push-label",
-        "env=ci",
-        "--push-header",
-        "X-Scope-OrgID: tenant-1",
-    ]);
+    let (pid, out) = push_chain(&receiver, "3.5", &[]);
     assert_success(&out);
     let stderr = stderr_text(&out);
     let requests = receiver.requests();
@@ -334,28 +349,11 @@ fn pushes_folded_per_process() {
         return;
     }
     let receiver = Receiver::start(0);
-    let fx = Fixture::start(CHAIN_FP, &[]);
-    let pid = fx.pid().to_string();
-    let out = run_tripod(&[
-        "--pid",
-        &pid,
-        "-d",
+    let (pid, out) = push_chain(
+        &receiver,
         "2.5",
-        "-i",
-        "1",
-        "--push",
-        &receiver.url,
-        "--push-format",
-        "folded",
-        "--push-label",
-        "env=ci",
-        "--push-header",
-        "X-Scope-OrgID: tenant-1",
-        "-f",
-        "folded",
-        "-o",
-        "/dev/null",
-    ]);
+        &["--push-format", "folded", "-f", "folded", "-o", "/dev/null"],
+    );
     assert_success(&out);
     let requests = receiver.requests();
     assert!(requests.len() >= 2, "{} requests", requests.len());

@@ -371,7 +371,9 @@ async fn wait_for_stop(
                     }
                 }
                 if status.enabled() {
-                    status.update(&pipeline.progress(&sampler.counters()?));
+                    // Unreadable counters cost only the status line its loss figure.
+                    let counters = sampler.counters().unwrap_or_default();
+                    status.update(&pipeline.progress(&counters));
                 }
                 if !pids.is_empty() && !pids.iter().any(|&pid| process::is_alive(pid)) {
                     return Ok(Stop::TargetsExited);

@@ -201,7 +201,6 @@ impl ProcessTable {
     }
 
     fn read_process(&mut self, pid: u32, thread_comm: &str) -> Process {
-        let (comm, exe) = read_names(pid, thread_comm);
         // The idle task (pid 0) has no /proc entry and no user space.
         let kernel_thread =
             pid == 0 || stat_flags(pid).is_some_and(|flags| flags & PF_KTHREAD != 0);
@@ -210,6 +209,9 @@ impl ProcessTable {
         } else {
             read_mappings(pid, &mut self.modules)
         };
+        // Names after mappings: exec renames the task before it maps the new
+        // program, so mappings of the new program never pair with the old name.
+        let (comm, exe) = read_names(pid, thread_comm);
         Process {
             pid,
             comm,

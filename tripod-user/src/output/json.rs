@@ -365,20 +365,32 @@ impl DumpDocument {
 
 impl From<&Losses> for JsonLosses {
     fn from(losses: &Losses) -> Self {
-        let errors = |e: &StackErrors| JsonStackErrors {
-            unreadable: e.unreadable,
-            collisions: e.collisions,
-            map_full: e.map_full,
-            other: e.other,
-        };
         JsonLosses {
             count_map_full: losses.count_map_full,
             ring_buffer_full: losses.ring_buffer_full,
-            user_stacks: errors(&losses.user),
-            kernel_stacks: errors(&losses.kernel),
+            user_stacks: JsonStackErrors::from(&losses.user),
+            kernel_stacks: JsonStackErrors::from(&losses.kernel),
         }
     }
 }
+
+/// The same four numbers both ways: written out and read back.
+macro_rules! stack_errors_from {
+    ($from:ty => $to:ident) => {
+        impl From<&$from> for $to {
+            fn from(e: &$from) -> Self {
+                $to {
+                    unreadable: e.unreadable,
+                    collisions: e.collisions,
+                    map_full: e.map_full,
+                    other: e.other,
+                }
+            }
+        }
+    };
+}
+stack_errors_from!(StackErrors => JsonStackErrors);
+stack_errors_from!(JsonStackErrors => StackErrors);
 
 impl From<&Frame> for JsonFrame {
     fn from(frame: &Frame) -> Self {
@@ -434,12 +446,6 @@ impl Document {
             })
             .collect::<Result<_, String>>()?;
         let lost = &self.lost;
-        let errors = |e: &JsonStackErrors| StackErrors {
-            unreadable: e.unreadable,
-            collisions: e.collisions,
-            map_full: e.map_full,
-            other: e.other,
-        };
         Ok(Report {
             run: RunInfo {
                 target: self.target,
@@ -459,8 +465,8 @@ impl Document {
             losses: Losses {
                 count_map_full: lost.count_map_full,
                 ring_buffer_full: lost.ring_buffer_full,
-                user: errors(&lost.user_stacks),
-                kernel: errors(&lost.kernel_stacks),
+                user: StackErrors::from(&lost.user_stacks),
+                kernel: StackErrors::from(&lost.kernel_stacks),
             },
             stacks,
             processes: self

@@ -861,3 +861,21 @@ fn push_queue_is_bounded_and_counts_what_it_drops() {
         "{stats:?}"
     );
 }
+
+#[test]
+fn speedscope_dump_golden() {
+    let expected = concat!(
+        r#"{"$schema":"https://www.speedscope.app/file-format-schema.json","version":"0.0.1","#,
+        r#""exporter":"tripod-bpf "#,
+        env!("CARGO_PKG_VERSION"),
+        r#"","name":"tripod-bpf dump of pid 4242 (worker), 2026-11-21 10:00:05.000","#,
+        r#""activeProfileIndex":0,"shared":{"frames":[{"name":"__libc_start_call_main"},"#,
+        r#"{"name":"main","file":"/src/app/main.c"},{"name":"read_request","file":"/src/app/net.c"},"#,
+        r#"{"name":"parse","file":"/src/app/net.c"},{"name":"ksys_read_[k]"},"#,
+        r#"{"name":"tcp_recvmsg_[k]"},{"name":"[libc.so.6]"},{"name":"[truncated]"}]},"#,
+        r#""profiles":[{"type":"sampled","name":"pid 4242 (worker)","unit":"none","#,
+        r#""startValue":0.0,"endValue":3.0,"samples":[[0,1,2,3,4,5],[6,7]],"weights":[2.0,1.0]}]}"#,
+        "\n"
+    );
+    assert_eq!(render_dump(Speedscope), expected);
+}
