@@ -695,6 +695,17 @@ pub fn record_chain_to(file: &Path, format: &str) -> u32 {
     fx.pid()
 }
 
+/// `tripod-bpf dump --json` of `pid`, parsed.
+pub fn dump_json(pid: u32, extra: &[&str]) -> serde_json::Value {
+    let pid = pid.to_string();
+    let mut args = vec!["dump", "--pid", &pid, "--json"];
+    args.extend_from_slice(extra);
+    let out = run_tripod(&args);
+    assert_success(&out);
+    let text = stdout_text(&out);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("dump is not JSON ({e}):\n{text}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -429,17 +429,6 @@ fn python_wall_mode_threads() {
     }
 }
 
-/// `tripod-bpf dump --json` of `pid`, parsed.
-fn dump_json(pid: u32, extra: &[&str]) -> Value {
-    let pid = pid.to_string();
-    let mut args = vec!["dump", "--pid", &pid, "--json"];
-    args.extend_from_slice(extra);
-    let out = run_tripod(&args);
-    assert_success(&out);
-    let text = stdout_text(&out);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("dump is not JSON ({e}):\n{text}"))
-}
-
 /// The thread `tid` of a dump.
 fn dumped_thread(dump: &Value, tid: u32) -> &Value {
     dump["threads"]

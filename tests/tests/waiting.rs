@@ -20,17 +20,6 @@ const POPULATION_FUNCTIONS: &[&str] = &[
     "spin",
 ];
 
-/// `tripod-bpf dump --json` of `pid`, parsed.
-fn dump_json(pid: u32, extra: &[&str]) -> Value {
-    let pid = pid.to_string();
-    let mut args = vec!["dump", "--pid", &pid, "--json"];
-    args.extend_from_slice(extra);
-    let out = run_tripod(&args);
-    assert_success(&out);
-    let text = stdout_text(&out);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("dump is not JSON ({e}):\n{text}"))
-}
-
 /// The function names of a dump group's frames, outermost first.
 fn group_functions(dump: &Value, group: &Value) -> Vec<String> {
     group["frames"]

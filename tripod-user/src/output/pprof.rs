@@ -369,24 +369,18 @@ impl<'a> Builder<'a> {
         self.string("");
         let is_main = |m: &proto::Mapping| Some(self.strings[m.filename as usize].as_str()) == main;
         if let Some(index) = self.mappings.iter().position(is_main) {
+            // Ids are positions + 1: swapping two mappings swaps their ids.
+            let (first, main) = (1, index as u64 + 1);
+            let swap = |id: u64| match id {
+                id if id == first => main,
+                id if id == main => first,
+                id => id,
+            };
             self.mappings.swap(0, index);
-            let (first, other) = (1, index as u64 + 1);
-            for mapping in &mut self.mappings[..] {
-                mapping.id = if mapping.id == other {
-                    first
-                } else if mapping.id == first {
-                    other
-                } else {
-                    mapping.id
-                };
-            }
-            for location in &mut self.locations {
-                if location.mapping_id == other {
-                    location.mapping_id = first;
-                } else if location.mapping_id == first {
-                    location.mapping_id = other;
-                }
-            }
+            self.mappings.iter_mut().for_each(|m| m.id = swap(m.id));
+            self.locations
+                .iter_mut()
+                .for_each(|l| l.mapping_id = swap(l.mapping_id));
         }
         proto::Profile {
             mapping: self.mappings,

@@ -647,6 +647,13 @@ fn pprof_has_the_modes_sample_types_frames_and_labels() {
         .mapping
         .iter()
         .any(|m| s(m.filename) == "[kernel.kallsyms]"));
+    // The target's executable first (pprof names the profile after it), ids still positions.
+    assert_eq!(s(profile.mapping[0].filename), "/src/app/worker");
+    assert!(profile
+        .mapping
+        .iter()
+        .enumerate()
+        .all(|(i, m)| m.id == i as u64 + 1));
 
     let labels: Vec<(&str, &str)> = profile.sample[0]
         .label
