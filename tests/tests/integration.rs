@@ -7,6 +7,8 @@
 mod cli_errors;
 // Every output format from one recorded profile, read by tools that did not come from us.
 mod formats;
+// Files a target controls (debug links to FIFOs and giants, corrupt DWARF) cannot hang us.
+mod hostile_files;
 // The output files and formats: the default log file, JSON, interval reports.
 mod output;
 // --push: profiles sent to a local receiver that checks Pyroscope's ingest API.

@@ -43,6 +43,8 @@ const COPY_POLL_PERIOD: Duration = Duration::from_millis(50);
 pub async fn run(config: Config) -> Result<u8> {
     let rules = Arc::new(load_rules(config.rules.as_deref())?);
     preflight::check(&config)?;
+    crate::target_file::set_max_file_size(config.max_file_size);
+    crate::target_file::raise_descriptor_limit();
     let mut output = Output::open(&config.output, config.format)?;
 
     // Read the named targets' mappings now, while they surely exist (a target

@@ -153,6 +153,25 @@ struct DumpArgs {
 
     #[command(flatten)]
     python: PythonArgs,
+
+    #[command(flatten)]
+    files: FileArgs,
+}
+
+/// Files read on behalf of targets, for recording and dumps.
+#[derive(Debug, Args)]
+struct FileArgs {
+    /// The largest binary or debug file read for symbols and unwinding (K, M, G suffixes);
+    /// larger ones are named in the output and left unread.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_file_size)]
+    max_file_size: u64,
+}
+
+fn parse_file_size(text: &str) -> Result<u64, String> {
+    match crate::target_file::parse_size(text) {
+        Some(0) | None => Err(format!("expected a size such as 512M or 2G, got {text:?}")),
+        Some(bytes) => Ok(bytes),
+    }
 }
 
 /// Python frames, for recording and dumps.
@@ -239,6 +258,9 @@ struct RecordArgs {
 
     #[command(flatten)]
     python: PythonArgs,
+
+    #[command(flatten)]
+    files: FileArgs,
 
     /// Distinct stacks the kernel can hold between two drains (each of two maps; 127 frames
     /// of 8 bytes per entry). Raise it when the summary reports stacks that were not stored.
@@ -471,6 +493,7 @@ impl DumpArgs {
             stack_copy_bytes: self.stack_copy_bytes,
             python: self.python.frames(),
             locals: self.locals,
+            max_file_size: self.files.max_file_size,
         })
     }
 }
@@ -585,6 +608,7 @@ impl RecordArgs {
             stack_copy_bytes: self.stack_copy_bytes,
             ring_buffer_size,
             python: self.python.frames(),
+            max_file_size: self.files.max_file_size,
             push,
             quiet: self.quiet,
         })

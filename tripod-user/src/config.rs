@@ -106,6 +106,8 @@ pub struct DumpConfig {
     pub python: PythonFrames,
     /// Show the local variables of Python frames (`--locals`).
     pub locals: bool,
+    /// The largest target file read (`--max-file-size`), see [`crate::target_file`].
+    pub max_file_size: u64,
 }
 
 /// Whether and how Python frames are shown.
@@ -281,6 +283,8 @@ pub struct Config {
     /// Bytes of the ring buffer that carries stack copies (a power of two).
     pub ring_buffer_size: u32,
     pub python: PythonFrames,
+    /// The largest target file read (`--max-file-size`), see [`crate::target_file`].
+    pub max_file_size: u64,
     /// Send each interval's profile to a Pyroscope-compatible server.
     pub push: Option<PushConfig>,
     /// No status line and no progress messages on stderr (`-q`).
@@ -309,6 +313,7 @@ impl Config {
             stack_copy_bytes: DEFAULT_STACK_COPY,
             ring_buffer_size: DEFAULT_RING_BUFFER_SIZE,
             python: PythonFrames::Merged,
+            max_file_size: crate::target_file::DEFAULT_MAX_FILE_SIZE,
             push: None,
             quiet: false,
         }

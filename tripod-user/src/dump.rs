@@ -25,6 +25,8 @@ use crate::{
 pub async fn run(config: DumpConfig) -> Result<u8> {
     let rules = Arc::new(load_rules(config.rules.as_deref())?);
     preflight::check_dump(&config)?;
+    crate::target_file::set_max_file_size(config.max_file_size);
+    crate::target_file::raise_descriptor_limit();
     let mut output = Output::open(&config.output, config.format)?;
     let options = SamplerOptions::for_dump(config.pid, config.stacks, config.stack_copy_bytes);
     let mut sampler = start_sampler(&options)?;

@@ -16,6 +16,8 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dump;
+#[cfg(test)]
+mod elf_corpus_tests;
 pub mod error;
 pub mod offline;
 pub mod output;
@@ -28,5 +30,6 @@ pub mod resolve;
 pub mod sampler;
 pub mod stack;
 pub mod symbolize;
+pub mod target_file;
 pub mod task;
 pub mod unwind;

@@ -8,10 +8,12 @@
 use std::{
     collections::HashMap,
     fs::{self, File},
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::unix::fs::MetadataExt,
     path::PathBuf,
     sync::Arc,
 };
+
+use crate::target_file::{self, Links, Refusal, Why};
 
 /// An executable file mapped by one or more processes.
 #[derive(Debug)]
@@ -20,11 +22,32 @@ pub struct Module {
     pub id: usize,
     /// The path as the process saw it (`/proc/PID/maps`), for display.
     pub path: String,
-    /// A path we can open now and later: the same path when it names the same
-    /// file in our mount namespace, else `/proc/self/fd/N` of a descriptor we keep
-    /// (deleted binaries, other mount namespaces).
-    pub open_path: PathBuf,
+    /// A path that opens the mapped file now and later: `/proc/self/fd/N` of
+    /// a descriptor we keep. `None` when the file was refused or unreadable.
+    pub open_path: Option<PathBuf>,
+    /// Why the file is not read (see [`crate::target_file`]): frames in it
+    /// stay unknown with this reason.
+    pub refused: Option<String>,
     _keep_open: Option<File>,
+}
+
+impl Module {
+    /// A module read from `open_path` (by path), for tests of its readers.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: usize, path: &str, open_path: Option<PathBuf>) -> Module {
+        Module {
+            id,
+            path: path.to_string(),
+            open_path,
+            refused: None,
+            _keep_open: None,
+        }
+    }
+
+    /// Opens the mapped file again (the descriptor kept, not the path).
+    pub fn open(&self) -> Option<File> {
+        File::open(self.open_path.as_ref()?).ok()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -339,38 +362,70 @@ fn read_mappings(pid: u32, modules: &mut HashMap<(u64, u64), Arc<Module>>) -> Op
     Some(mappings)
 }
 
-/// Finds a path for the mapped file that will keep working after `pid` exits.
+/// Opens the mapped file under the target-file policy (see
+/// [`crate::target_file`]) and keeps the descriptor, so that it still opens
+/// after `pid` has exited and is never another file than the one mapped.
+///
+/// The path in the maps is tried first, then the mapping itself
+/// (`/proc/PID/map_files/...`: deleted binaries, other mount namespaces) and
+/// the path under the process's root. Each must be the mapped (device, inode).
 fn open_module(id: usize, pid: u32, entry: &MapsLine<'_>, path: &str) -> Module {
     let display = path.strip_suffix(" (deleted)").unwrap_or(path).to_string();
-    let same_file = fs::metadata(path)
-        .is_ok_and(|meta| meta.ino() == entry.inode && device_number(meta.dev()) == entry.device);
-    if same_file {
-        return Module {
-            id,
-            path: display,
-            open_path: PathBuf::from(path),
-            _keep_open: None,
-        };
-    }
-    // Deleted, replaced, or in another mount namespace: open the mapping itself.
-    let map_file = format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end);
-    let root_path = format!("/proc/{pid}/root{display}");
-    for candidate in [map_file, root_path] {
-        if let Ok(file) = File::open(&candidate) {
-            let open_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-            return Module {
-                id,
-                path: display,
-                open_path,
-                _keep_open: Some(file),
-            };
+    let candidates = [
+        PathBuf::from(path),
+        PathBuf::from(format!(
+            "/proc/{pid}/map_files/{:x}-{:x}",
+            entry.start, entry.end
+        )),
+        PathBuf::from(format!("/proc/{pid}/root{display}")),
+    ];
+    let mut refusal = None;
+    for candidate in &candidates {
+        match open_mapped(candidate, entry) {
+            Ok(file) => {
+                return Module {
+                    id,
+                    path: display,
+                    open_path: Some(target_file::fd_path(&file)),
+                    refused: None,
+                    _keep_open: Some(file),
+                }
+            }
+            // A file too large or not regular is that for every path to it.
+            Err(r) if matches!(r.why, Why::TooLarge { .. } | Why::NotRegular(_)) => {
+                refusal = Some(r);
+                break;
+            }
+            Err(r) => refusal = refusal.or(Some(r)),
         }
     }
     Module {
         id,
-        path: display.clone(),
-        open_path: PathBuf::from(display),
+        path: display,
+        open_path: None,
+        refused: refusal.map(|r| r.to_string()),
         _keep_open: None,
+    }
+}
+
+/// Opens `path` if it is the file of the mapping `entry`.
+fn open_mapped(path: &std::path::Path, entry: &MapsLine<'_>) -> Result<File, Refusal> {
+    // The maps path is canonical: a link in its last component is a swap.
+    let file = target_file::open(path, Links::Refuse).or_else(|r| match r.why {
+        // map_files entries and /proc/PID/root are links by design.
+        Why::Symlink if path.starts_with("/proc") => target_file::open(path, Links::Follow),
+        _ => Err(r),
+    })?;
+    let same = file
+        .metadata()
+        .is_ok_and(|meta| meta.ino() == entry.inode && device_number(meta.dev()) == entry.device);
+    if same {
+        Ok(file)
+    } else {
+        Err(Refusal {
+            path: path.to_path_buf(),
+            why: Why::Replaced,
+        })
     }
 }
 
@@ -457,7 +512,7 @@ mod tests {
                 assert!(file_offset > 0);
                 let exe = std::env::current_exe().unwrap();
                 assert_eq!(
-                    fs::metadata(&module.open_path).unwrap().ino(),
+                    module.open().unwrap().metadata().unwrap().ino(),
                     fs::metadata(exe).unwrap().ino()
                 );
             }

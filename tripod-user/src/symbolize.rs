@@ -5,15 +5,39 @@
 //! symbolized once for every process that maps it, and a process that has
 //! exited can still be symbolized from its files. Each address is looked up
 //! once per run and cached. An address that cannot be resolved is not an
-//! error: it becomes [`Resolved::unknown`] with the reason.
-use std::{collections::HashMap, path::Path, sync::Arc};
+//! error: it becomes [`Resolved::Unknown`] with the reason.
+//!
+//! Target files are hostile (see [`crate::target_file`]). blazesym opens the
+//! files a binary links to (`.gnu_debuglink`, `.gnu_debugaltlink`,
+//! `.debug_sup`, `.dwp`) by path, so before it may read a module's debug
+//! information every file it could open is checked ([`debug_files`]); a
+//! module with a refused one is symbolized from its symbol table alone. And
+//! blazesym runs on a thread of its own that is given up after
+//! [`WORKER_BUDGET`], so that a file swapped for a FIFO after the check, or a
+//! file system that never answers, costs one module its names, not the run.
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::OsStr,
+    fs::File,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::{
+        mpsc::{self, Receiver, Sender},
+        Arc,
+    },
+    time::Duration,
+};
 
 use blazesym::symbolize::{
     source::{Elf, Kernel, Source},
     Input, Reason, Sym, Symbolized, Symbolizer as Blazesym,
 };
+use object::{Object as _, ObjectSection as _};
 
-use crate::process::Module;
+use crate::{
+    process::Module,
+    target_file::{self, Refusal, Why},
+};
 
 /// One function at an address; several when calls were inlined.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,12 +61,26 @@ pub enum Resolved {
     Unknown(String),
 }
 
+/// How long one batch of lookups may take before its thread is given up.
+/// The first look at a large library's DWARF takes a second or two; a
+/// minute means a file that will never answer.
+pub const WORKER_BUDGET: Duration = Duration::from_secs(30);
+
+/// Where blazesym and [`debug_files`] look for separate debug files.
+const DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
+
 pub struct Symbolizer {
-    blazesym: Blazesym,
+    worker: Worker,
+    /// [`WORKER_BUDGET`]; shorter in tests.
+    budget: Duration,
     user: HashMap<(usize, u64), Arc<Resolved>>,
     kernel: HashMap<u64, Arc<Resolved>>,
     /// Each module's build id in hex, read once (pprof mappings carry it).
     build_ids: HashMap<usize, Option<String>>,
+    /// Modules whose lookups ran out of [`WORKER_BUDGET`]: not tried again.
+    given_up: HashSet<usize>,
+    /// Debug files refused so far, each named once on stderr.
+    warned: HashSet<String>,
 }
 
 impl Default for Symbolizer {
@@ -53,63 +91,105 @@ impl Default for Symbolizer {
 
 impl Symbolizer {
     pub fn new() -> Self {
-        // Inlined functions and source lines cost DWARF parsing once per module,
-        // which is what makes the tracebacks readable.
-        let blazesym = Blazesym::builder()
-            .enable_inlined_fns(true)
-            .enable_code_info(true)
-            .build();
+        Self::with_budget(WORKER_BUDGET)
+    }
+
+    fn with_budget(budget: Duration) -> Self {
         Symbolizer {
-            blazesym,
+            worker: Worker::start(),
+            budget,
             user: HashMap::new(),
             kernel: HashMap::new(),
             build_ids: HashMap::new(),
+            given_up: HashSet::new(),
+            warned: HashSet::new(),
         }
     }
 
     /// Resolves the file offsets of `module` not seen before.
     pub fn resolve_user(&mut self, module: &Module, offsets: &[u64]) {
-        self.build_ids.entry(module.id).or_insert_with(|| {
-            // A file without the note, or one that cannot be read, simply has none.
-            match blazesym::helper::read_elf_build_id(&module.open_path) {
-                Ok(Some(id)) => Some(id.iter().map(|b| format!("{b:02x}")).collect()),
-                _ => None,
-            }
-        });
-        let mut new: Vec<u64> = offsets
-            .iter()
-            .copied()
-            .filter(|o| !self.user.contains_key(&(module.id, *o)))
-            .collect();
-        new.sort_unstable();
-        new.dedup();
+        let new = self.unseen(offsets, |o| (module.id, o), |s| &s.user);
         if new.is_empty() {
             return;
         }
-        let source = Source::Elf(Elf::new(&module.open_path));
-        let results = self.lookup(&source, Input::FileOffset(&new), &module.open_path);
+        let results = match (&module.open_path, &module.refused) {
+            (_, Some(refused)) => unknown(&format!("not read: {refused}"), new.len()),
+            (None, None) => unknown(&format!("cannot open {}", module.path), new.len()),
+            (_, _) if self.given_up.contains(&module.id) => {
+                unknown(&self.gave_up(&module.path), new.len())
+            }
+            (Some(path), None) => self.resolve_module(module, path, &new),
+        };
         for (offset, resolved) in new.into_iter().zip(results) {
             self.user.insert((module.id, offset), Arc::new(resolved));
         }
     }
 
+    fn resolve_module(&mut self, module: &Module, path: &Path, offsets: &[u64]) -> Vec<Resolved> {
+        let job = Job::Module {
+            path: path.to_path_buf(),
+            offsets: offsets.to_vec(),
+            build_id: !self.build_ids.contains_key(&module.id),
+        };
+        let Some(answer) = self.worker.ask(job, self.budget) else {
+            self.given_up.insert(module.id);
+            self.worker = Worker::start();
+            return unknown(&self.gave_up(&module.path), offsets.len());
+        };
+        if let Some(id) = answer.build_id {
+            self.build_ids.insert(module.id, id);
+        }
+        if let Some(refusal) = answer.refused_debug {
+            if self.warned.insert(refusal.clone()) {
+                eprintln!(
+                    "[tripod] warning: debug information of {} not read: {refusal}; its symbol table is used",
+                    module.path
+                );
+            }
+        }
+        answer.results
+    }
+
     /// Resolves the kernel addresses not seen before.
     pub fn resolve_kernel(&mut self, addresses: &[u64]) {
-        let mut new: Vec<u64> = addresses
-            .iter()
-            .copied()
-            .filter(|a| !self.kernel.contains_key(a))
-            .collect();
-        new.sort_unstable();
-        new.dedup();
+        let new = self.unseen(addresses, |a| a, |s| &s.kernel);
         if new.is_empty() {
             return;
         }
-        let source = Source::Kernel(Kernel::default());
-        let results = self.lookup(&source, Input::AbsAddr(&new), Path::new("/proc/kallsyms"));
+        let results = match self.worker.ask(Job::Kernel(new.clone()), self.budget) {
+            Some(answer) => answer.results,
+            None => {
+                self.worker = Worker::start();
+                unknown(&self.gave_up("/proc/kallsyms"), new.len())
+            }
+        };
         for (address, resolved) in new.into_iter().zip(results) {
             self.kernel.insert(address, Arc::new(resolved));
         }
+    }
+
+    /// The sorted, distinct `values` whose key is not in the cache yet.
+    fn unseen<K: std::hash::Hash + Eq>(
+        &self,
+        values: &[u64],
+        key: impl Fn(u64) -> K,
+        cache: impl Fn(&Self) -> &HashMap<K, Arc<Resolved>>,
+    ) -> Vec<u64> {
+        let mut new: Vec<u64> = values
+            .iter()
+            .copied()
+            .filter(|&v| !cache(self).contains_key(&key(v)))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        new
+    }
+
+    fn gave_up(&self, path: &str) -> String {
+        format!(
+            "gave up on {path} after {} s (a file it needs did not answer)",
+            self.budget.as_secs()
+        )
     }
 
     /// A user address resolved earlier by [`Self::resolve_user`].
@@ -126,6 +206,142 @@ impl Symbolizer {
     pub fn kernel(&self, address: u64) -> Option<Arc<Resolved>> {
         self.kernel.get(&address).cloned()
     }
+}
+
+fn unknown(reason: &str, count: usize) -> Vec<Resolved> {
+    vec![Resolved::Unknown(reason.to_string()); count]
+}
+
+/// Work for the blazesym thread.
+enum Job {
+    /// Offsets in the module opened at `path` (a `/proc/self/fd/N` path).
+    Module {
+        path: PathBuf,
+        offsets: Vec<u64>,
+        /// Also read the module's build id.
+        build_id: bool,
+    },
+    Kernel(Vec<u64>),
+}
+
+struct Answer {
+    /// One per offset or address, in order.
+    results: Vec<Resolved>,
+    /// The build id in hex, if asked for (`Some(None)`: the file has none).
+    build_id: Option<Option<String>>,
+    /// Why the module's debug information was not read, if it was not.
+    refused_debug: Option<String>,
+}
+
+/// The thread that owns blazesym (which is not `Send`): jobs go in, answers
+/// come out, and an answer that takes longer than [`WORKER_BUDGET`] is given
+/// up with the thread, which stays blocked until the process exits.
+struct Worker {
+    jobs: Sender<Job>,
+    answers: Receiver<Answer>,
+}
+
+impl Worker {
+    fn start() -> Worker {
+        let (jobs, job_queue) = mpsc::channel::<Job>();
+        let (answer_queue, answers) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("tripod-symbols".into())
+            .spawn(move || {
+                let mut state = WorkerState::new();
+                for job in job_queue {
+                    if answer_queue.send(state.run(job)).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            // Without the thread every lookup gives up at once, with a reason.
+            log::warn!("cannot start the symbolizer thread: {error}");
+        }
+        Worker { jobs, answers }
+    }
+
+    fn ask(&self, job: Job, budget: Duration) -> Option<Answer> {
+        self.jobs.send(job).ok()?;
+        // A time-out, or a thread that died: either way no answer.
+        self.answers.recv_timeout(budget).ok()
+    }
+}
+
+/// What the blazesym thread keeps between jobs.
+struct WorkerState {
+    blazesym: Blazesym,
+    /// Per module path: why its debug files may not be read, if so.
+    debug_refusals: HashMap<PathBuf, Option<String>>,
+}
+
+impl WorkerState {
+    fn new() -> Self {
+        // Inlined functions and source lines cost DWARF parsing once per module,
+        // which is what makes the tracebacks readable.
+        let blazesym = Blazesym::builder()
+            .enable_inlined_fns(true)
+            .enable_code_info(true)
+            .set_debug_dirs(Some(&DEBUG_DIRS))
+            .build();
+        WorkerState {
+            blazesym,
+            debug_refusals: HashMap::new(),
+        }
+    }
+
+    fn run(&mut self, job: Job) -> Answer {
+        match job {
+            Job::Kernel(addresses) => Answer {
+                results: self.lookup(
+                    &Source::Kernel(Kernel::default()),
+                    Input::AbsAddr(&addresses),
+                    Path::new("/proc/kallsyms"),
+                ),
+                build_id: None,
+                refused_debug: None,
+            },
+            Job::Module {
+                path,
+                offsets,
+                build_id,
+            } => self.run_module(&path, &offsets, build_id),
+        }
+    }
+
+    fn run_module(&mut self, path: &Path, offsets: &[u64], build_id: bool) -> Answer {
+        let build_id = build_id.then(|| {
+            // A file without the note, or one that cannot be read, simply has none.
+            match blazesym::helper::read_elf_build_id(path) {
+                Ok(Some(id)) => Some(id.iter().map(|b| format!("{b:02x}")).collect()),
+                _ => None,
+            }
+        });
+        let refused_debug = self
+            .debug_refusals
+            .entry(path.to_path_buf())
+            .or_insert_with(|| debug_files(path).err().map(|r| r.to_string()))
+            .clone();
+        let mut elf = Elf::new(path);
+        elf.debug_syms = refused_debug.is_none();
+        let input = Input::FileOffset(offsets);
+        let mut results = self.lookup(&Source::Elf(elf.clone()), input, path);
+        if elf.debug_syms && results.iter().all(|r| matches!(r, Resolved::Unknown(_))) {
+            // Corrupt debug information fails the whole file: the symbol
+            // table may still name every function.
+            elf.debug_syms = false;
+            let fallback = self.lookup(&Source::Elf(elf), input, path);
+            if fallback.iter().any(|r| matches!(r, Resolved::Symbols(_))) {
+                results = fallback;
+            }
+        }
+        Answer {
+            results,
+            build_id,
+            refused_debug,
+        }
+    }
 
     fn lookup(&self, source: &Source<'_>, input: Input<&[u64]>, what: &Path) -> Vec<Resolved> {
         let count = match input {
@@ -140,6 +356,142 @@ impl Symbolizer {
             }
         }
     }
+}
+
+/// Checks every file blazesym could open to read the debug information of
+/// the module at `path` (a descriptor path): the module under its own name,
+/// and each place its `.gnu_debuglink`, `.gnu_debugaltlink` or `.debug_sup`
+/// could be found, searched as blazesym searches them. The first refusal.
+fn debug_files(path: &Path) -> Result<(), Refusal> {
+    let file = File::open(path).map_err(|e| Refusal {
+        path: path.to_path_buf(),
+        why: Why::Unreadable(e.to_string()),
+    })?;
+    let identity = file.metadata().map(|m| (m.dev(), m.ino())).ok();
+    let links = DebugLinks::read(file);
+    if links.is_empty() {
+        return Ok(());
+    }
+    // blazesym names the candidates after the module's real path, which it
+    // also opens by name: that must still be the module.
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if let Some(meta) = target_file::check(&canonical)? {
+        if Some((meta.dev(), meta.ino())) != identity {
+            return Err(Refusal {
+                path: canonical,
+                why: Why::Replaced,
+            });
+        }
+    }
+    for candidate in links.candidates(&canonical) {
+        target_file::check(&candidate)?;
+    }
+    Ok(())
+}
+
+/// The links to other files in a module's sections.
+#[derive(Default)]
+struct DebugLinks {
+    build_id: Vec<u8>,
+    /// `.gnu_debuglink`'s file name.
+    debuglink: Option<PathBuf>,
+    /// `.gnu_debugaltlink`'s path and the build id it names.
+    altlink: Option<(PathBuf, Vec<u8>)>,
+    /// `.debug_sup`'s path.
+    sup: Option<PathBuf>,
+}
+
+impl DebugLinks {
+    fn read(file: File) -> DebugLinks {
+        let cache = object::ReadCache::new(file);
+        let Ok(elf) = object::File::parse(&cache) else {
+            return DebugLinks::default();
+        };
+        let section = |name| {
+            elf.section_by_name(name)
+                .and_then(|s| s.data().ok().map(<[u8]>::to_vec))
+        };
+        let build_id = elf.build_id().ok().flatten().unwrap_or_default().to_vec();
+        let debuglink = section(".gnu_debuglink").map(|data| path_of(cstr(&data)));
+        let altlink = section(".gnu_debugaltlink").map(|data| {
+            let name = cstr(&data);
+            let id = data.get(name.len() + 1..).unwrap_or_default().to_vec();
+            (path_of(name), id)
+        });
+        // version (2 bytes), is_supplementary (1), then the file name.
+        let sup =
+            section(".debug_sup").map(|data| path_of(cstr(data.get(3..).unwrap_or_default())));
+        DebugLinks {
+            build_id,
+            debuglink,
+            altlink,
+            sup,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.debuglink.is_none() && self.altlink.is_none() && self.sup.is_none()
+    }
+
+    /// Every path blazesym's search could try for these links (a superset:
+    /// checking one too many costs a `stat`).
+    fn candidates(&self, canonical: &Path) -> Vec<PathBuf> {
+        let mut paths = vec![dwp_path(canonical)];
+        if let Some(name) = &self.debuglink {
+            paths.extend(search_paths(name, canonical, &self.build_id));
+        }
+        if let Some((name, id)) = &self.altlink {
+            paths.extend(search_paths(name, canonical, id));
+        }
+        if let Some(name) = &self.sup {
+            paths.extend(search_paths(name, canonical, &[]));
+        }
+        paths
+    }
+}
+
+/// `name` looked for as blazesym does: by build id in each debug directory,
+/// in each debug directory, next to the module, and under each debug
+/// directory at the module's directory and each of its parents.
+fn search_paths(name: &Path, canonical: &Path, build_id: &[u8]) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    if let [first, rest @ ..] = build_id {
+        if build_id.len() >= 8 {
+            let rest: String = rest.iter().map(|b| format!("{b:02x}")).collect();
+            for dir in DEBUG_DIRS {
+                paths.push(Path::new(dir).join(format!(".build-id/{first:02x}/{rest}.debug")));
+            }
+        }
+    }
+    paths.extend(DEBUG_DIRS.iter().map(|dir| Path::new(dir).join(name)));
+    paths.push(canonical.with_file_name(name));
+    let relative = canonical
+        .parent()
+        .and_then(|dir| dir.strip_prefix("/").ok())
+        .unwrap_or(Path::new(""));
+    for ancestor in relative.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+        for dir in DEBUG_DIRS {
+            paths.push(Path::new(dir).join(ancestor).join(name));
+        }
+    }
+    paths
+}
+
+/// blazesym looks for a DWARF package next to the module.
+fn dwp_path(module: &Path) -> PathBuf {
+    let mut name = module.as_os_str().to_os_string();
+    name.push(".dwp");
+    PathBuf::from(name)
+}
+
+/// The bytes before the first NUL.
+fn cstr(data: &[u8]) -> &[u8] {
+    data.split(|&b| b == 0).next().unwrap_or_default()
+}
+
+fn path_of(bytes: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt as _;
+    PathBuf::from(OsStr::from_bytes(bytes))
 }
 
 fn convert(symbolized: Symbolized<'_>) -> Resolved {
@@ -225,6 +577,54 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// A module whose file never answers (here a FIFO without a writer, as a
+    /// file swapped after every check would be) costs its own names only.
+    #[test]
+    fn a_file_that_never_answers_is_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let stuck = Module::for_test(7, "/hostile/prog", Some(fifo));
+        let mut symbolizer = Symbolizer::with_budget(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        symbolizer.resolve_user(&stuck, &[0x1000]);
+        match &*symbolizer.user(&stuck, 0x1000).unwrap() {
+            Resolved::Unknown(why) => assert!(why.starts_with("gave up on /hostile/prog"), "{why}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        // Not tried again, and the next module gets a fresh thread.
+        symbolizer.resolve_user(&stuck, &[0x2000]);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        symbolizer.resolve_kernel(&[1]);
+        assert!(symbolizer.kernel(1).is_some());
+    }
+
+    #[test]
+    fn debug_link_candidates_follow_blazesyms_search() {
+        let paths = search_paths(
+            Path::new("prog.debug"),
+            Path::new("/opt/app/bin/prog"),
+            &[0xab, 1, 2, 3, 4, 5, 6, 7],
+        );
+        for expected in [
+            "/usr/lib/debug/.build-id/ab/01020304050607.debug",
+            "/usr/lib/debug/prog.debug",
+            "/opt/app/bin/prog.debug",
+            "/usr/lib/debug/opt/app/bin/prog.debug",
+            "/lib/debug/opt/prog.debug",
+        ] {
+            assert!(
+                paths.contains(&PathBuf::from(expected)),
+                "{expected} in {paths:?}"
+            );
+        }
+        // An absolute link target is itself a candidate.
+        let absolute = search_paths(Path::new("/dev/tty"), Path::new("/opt/prog"), &[]);
+        assert!(absolute.contains(&PathBuf::from("/dev/tty")));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! walk) and `_PyEval_EvalFrameDefault` (the native frames Python frames
 //! replace)? Answered from the process's mappings and the dynamic symbols of
 //! `libpython3.X.so` or of the executable, each file read once per run.
-use std::{fs::File, ops::Range, path::Path};
+use std::{fs::File, ops::Range};
 
 use object::{
     elf::PF_X, Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, ReadCache,
@@ -41,10 +41,10 @@ pub struct Placed {
 }
 
 impl Binary {
-    /// Reads the symbols of `path`; `None` if it is not a Python binary.
+    /// Reads the symbols of a binary; `None` if it is not a Python binary.
     /// `file_name` gives the version when the binary has no `Py_Version`.
-    pub fn read(path: &Path, file_name: &str) -> Option<Binary> {
-        let cache = ReadCache::new(File::open(path).ok()?);
+    pub fn read(file: File, file_name: &str) -> Option<Binary> {
+        let cache = ReadCache::new(file);
         let elf = object::File::parse(&cache).ok()?;
         let mut runtime = None;
         let mut eval = None;
@@ -118,6 +118,7 @@ fn version_from_name(file_name: &str) -> Option<(u8, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn versions_come_from_file_names() {
@@ -170,10 +171,11 @@ mod tests {
             if !path.exists() {
                 continue;
             }
-            let binary = Binary::read(path, "python3.11").expect("a Python binary");
+            let binary =
+                Binary::read(File::open(path).unwrap(), "python3.11").expect("a Python binary");
             assert_eq!((binary.major, binary.minor), (3, 11));
             assert!(binary.eval.end > binary.eval.start + 1000);
         }
-        assert_eq!(Binary::read(Path::new("/bin/sh"), "sh"), None);
+        assert_eq!(Binary::read(File::open("/bin/sh").unwrap(), "sh"), None);
     }
 }

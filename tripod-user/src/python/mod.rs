@@ -13,7 +13,7 @@
 //!
 //! Memory of the target is read with `process_vm_readv` while it runs.
 mod code;
-mod detect;
+pub(crate) mod detect;
 pub mod layout;
 mod memory;
 mod objects;
@@ -163,7 +163,7 @@ impl Python {
             let binary = self
                 .binaries
                 .entry(module.id)
-                .or_insert_with(|| Binary::read(&module.open_path, file_name).map(Arc::new))
+                .or_insert_with(|| Binary::read(module.open()?, file_name).map(Arc::new))
                 .clone();
             let Some(placed) = binary.and_then(|b| b.place(mapping)) else {
                 continue;

@@ -5,7 +5,7 @@
 //! Only headers and the few unwind sections are read (through
 //! [`object::ReadCache`]), never the whole file, so large binaries with debug
 //! info cost little.
-use std::{fs::File, ops::Range, path::Path, sync::Arc};
+use std::{fs::File, ops::Range, sync::Arc};
 
 use framehop::ExplicitModuleSectionInfo;
 use object::{
@@ -49,14 +49,14 @@ pub(crate) fn load_bias(loads: &[LoadSegment], start: u64, file_offset: u64) -> 
 
 /// A section's stated address range (SVMA) and its bytes.
 #[derive(Clone, Debug)]
-pub(super) struct Section {
+pub(crate) struct Section {
     pub svma: Range<u64>,
     pub data: Bytes,
 }
 
 /// Unwind data of one ELF file, independent of where it is mapped.
 #[derive(Debug)]
-pub(super) struct UnwindFile {
+pub(crate) struct UnwindFile {
     /// The lowest `PT_LOAD` address rounded down to a page: 0 for PIE and
     /// shared libraries, the link address (e.g. 0x400000) for non-PIE executables.
     pub base_svma: u64,
@@ -70,10 +70,10 @@ pub(super) struct UnwindFile {
 }
 
 impl UnwindFile {
-    /// Reads the unwind data of the x86_64 ELF file at `path`. `None` when
-    /// it cannot be read, is not a 64-bit x86_64 ELF, or has no unwind data.
-    pub fn read(path: &Path) -> Option<UnwindFile> {
-        let cache = ReadCache::new(File::open(path).ok()?);
+    /// Reads the unwind data of an x86_64 ELF file. `None` when it cannot
+    /// be read, is not a 64-bit x86_64 ELF, or has no unwind data.
+    pub fn read(file: File) -> Option<UnwindFile> {
+        let cache = ReadCache::new(file);
         Self::parse(&cache)
     }
 
@@ -191,6 +191,7 @@ fn section_bytes<'data, R: ReadRef<'data>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn file(loads: Vec<LoadSegment>) -> UnwindFile {
         UnwindFile {
@@ -243,12 +244,12 @@ mod tests {
     #[test]
     fn reads_our_own_executable() {
         let exe = std::env::current_exe().unwrap();
-        let file = UnwindFile::read(&exe).expect("our test binary has .eh_frame");
+        let open = |path: &Path| File::open(path).unwrap();
+        let file = UnwindFile::read(open(&exe)).expect("our test binary has .eh_frame");
         assert!(file.eh_frame.is_some());
         assert!(file.eh_frame_hdr.is_some());
         assert!(file.loads.iter().any(|l| l.executable));
-        assert!(UnwindFile::read(Path::new("/proc/self/status")).is_none());
-        assert!(UnwindFile::read(Path::new("/nonexistent")).is_none());
+        assert!(UnwindFile::read(open(Path::new("/proc/self/status"))).is_none());
     }
 
     #[test]

@@ -34,7 +34,7 @@
 //! A library loaded after the snapshot shows up as an address outside every
 //! mapping; the mappings are then re-read (at most once per
 //! [`REFRESH_INTERVAL`] per process) and the stack unwound again.
-mod elf;
+pub(crate) mod elf;
 #[cfg(test)]
 mod tests;
 
@@ -234,7 +234,7 @@ fn build(
         let (name, id, file) = match (&view.module, view.special.as_deref()) {
             (Some(module), _) => {
                 let file = files.entry(module.id).or_insert_with(|| {
-                    let file = UnwindFile::read(&module.open_path);
+                    let file = module.open().and_then(UnwindFile::read);
                     if file.is_none() {
                         log::debug!("no unwind data in {}: frame pointers only", module.path);
                     }

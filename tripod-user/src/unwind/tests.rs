@@ -371,7 +371,7 @@ fn a_new_mapping_rebuilds_the_process_state() {
 
     // Map the executable part of our own binary a second time, elsewhere.
     let exe = std::env::current_exe().unwrap();
-    let file = elf::UnwindFile::read(&exe).unwrap();
+    let file = elf::UnwindFile::read(std::fs::File::open(&exe).unwrap()).unwrap();
     let text = file.loads.iter().find(|l| l.executable).unwrap();
     let offset = text.offset & !0xfff;
     let fd = std::fs::File::open(&exe).unwrap();
