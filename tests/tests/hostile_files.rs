@@ -247,3 +247,99 @@ fn a_binary_over_the_size_cap_is_named_not_read() {
         "the binary was read after all:\n{text}"
     );
 }
+
+/// Corpus replay of `tripod-bpf report` inputs, cargo-fuzz style: a real
+/// JSON recording with deterministic mutations (flipped and cut bytes, huge
+/// and negative numbers, deep nesting, long strings). Each is rendered or
+/// refused with one error line and exit 2: never a panic, never a hang.
+#[test]
+fn report_replays_mutated_recordings() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recording = dir.path().join("run.json");
+    record_chain_to(&recording, "json");
+    let seed = fs::read_to_string(&recording).unwrap();
+    let mutant = dir.path().join("mutant.json");
+    let mut refused = 0;
+    for n in 0..120u64 {
+        fs::write(&mutant, mutate_json(&seed, n)).unwrap();
+        let format = ["log", "folded", "json", "svg", "pprof", "speedscope"][n as usize % 6];
+        let out = run_tripod(&["report", mutant.to_str().unwrap(), "-f", format, "-o", "-"]);
+        let stderr = stderr_text(&out);
+        match out.status.code() {
+            Some(0) => {}
+            Some(2) => {
+                refused += 1;
+                let lines: Vec<&str> = stderr.lines().collect();
+                assert!(
+                    lines.len() == 1 && lines[0].starts_with("tripod-bpf: error: "),
+                    "mutant {n}: expected one error line, got:\n{stderr}"
+                );
+            }
+            other => panic!("mutant {n} ({format}): exit {other:?}; stderr:\n{stderr}"),
+        }
+    }
+    println!("{refused} of 120 mutants refused");
+}
+
+/// Mutant `n` of the JSON text `seed`.
+fn mutate_json(seed: &str, n: u64) -> String {
+    let mut x = 0x853c_49e6_748f_ea9b ^ (n + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut bytes = seed.as_bytes().to_vec();
+    let at = (next() as usize) % bytes.len();
+    match n % 6 {
+        0 => {
+            for _ in 0..1 + next() % 8 {
+                let i = (next() as usize) % bytes.len();
+                bytes[i] = next() as u8;
+            }
+        }
+        1 => bytes.truncate(at),
+        2 => {
+            // Every number after `at` becomes one of the values a parser must refuse or bound.
+            let huge = ["1e300", "-1", "18446744073709551616", "4294967296", "-0.5"];
+            let text = String::from_utf8_lossy(&bytes[at..]).into_owned();
+            let mut out = String::new();
+            let mut in_number = false;
+            for c in text.chars() {
+                let digit = c.is_ascii_digit();
+                if digit && !in_number {
+                    out.push_str(huge[(next() % 5) as usize]);
+                }
+                if !digit {
+                    out.push(c);
+                }
+                in_number = digit;
+            }
+            bytes.truncate(at);
+            bytes.extend_from_slice(out.as_bytes());
+        }
+        3 => {
+            let deep = "[".repeat(100_000);
+            bytes.splice(at..at, deep.into_bytes());
+        }
+        4 => {
+            // A string value a megabyte long, with control characters in it.
+            if let Some(quote) = bytes[at..].iter().position(|&b| b == b'"') {
+                let long = "\\u001b]0;x\\u0007".repeat(70_000);
+                let i = at + quote + 1;
+                bytes.splice(i..i, long.into_bytes());
+            }
+        }
+        _ => {
+            // The document repeated on one line: two objects where one is expected.
+            let line = seed.lines().next().unwrap_or_default().to_string();
+            bytes = format!("{line}{line}\n").into_bytes();
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
