@@ -8,6 +8,9 @@
 //! so it waits until a report needs names: each unique address is symbolized
 //! once, and a run with one report at the end pays nothing for symbols while
 //! it samples (the first debug info of a library alone can take 50 ms).
+//!
+//! Names and paths come from the target's files (symbols, debug info, mapped
+//! file names), so they are escaped here, once per distinct address.
 use std::{collections::HashMap, sync::Arc};
 
 use crate::{
@@ -17,6 +20,7 @@ use crate::{
     report::Frame,
     stack::{Gap, RawFrame, Space},
     symbolize::{Resolved, Symbolizer},
+    text::{escape_controls, escape_controls_owned},
 };
 
 /// Resolves stacks, each distinct (process, address) once per run.
@@ -152,7 +156,7 @@ impl Resolver {
                 file_offset,
             }) => {
                 let frame = Frame {
-                    module: Some(module.path.clone()),
+                    module: Some(shown(&module.path)),
                     offset: Some(file_offset),
                     build_id: self.symbolizer.build_id(&module),
                     ..frame.clone()
@@ -162,7 +166,8 @@ impl Resolver {
             Some(Location::Special(name)) => {
                 let reason = "no file behind the mapping".to_string();
                 return one(Frame {
-                    module: Some(name),
+                    // `[anon:NAME]`: the target names its own mappings.
+                    module: Some(escape_controls_owned(name)),
                     unknown: Some(reason),
                     ..frame
                 });
@@ -209,16 +214,17 @@ fn expand(base: Frame, resolved: Option<Arc<Resolved>>) -> Arc<[Arc<Frame>]> {
             .iter()
             .map(|s| {
                 Arc::new(Frame {
-                    function: Some(s.function.clone()),
-                    file: s.file.clone(),
+                    function: Some(shown(&s.function)),
+                    file: s.file.as_deref().map(shown),
                     line: s.line,
                     inlined: s.inlined,
                     ..base.clone()
                 })
             })
             .collect(),
+        // Reasons can name the target's files.
         Some(Resolved::Unknown(reason)) => one(Frame {
-            unknown: Some(reason.clone()),
+            unknown: Some(shown(reason)),
             ..base
         }),
         None => one(Frame {
@@ -226,6 +232,11 @@ fn expand(base: Frame, resolved: Option<Arc<Resolved>>) -> Arc<[Arc<Frame>]> {
             ..base
         }),
     }
+}
+
+/// A name or path from the target's files, as reports show it.
+fn shown(text: &str) -> String {
+    escape_controls(text).into_owned()
 }
 
 /// Kernel frames of the BPF tracing path itself (`bpf_prog_<tag>_track_switch`,
