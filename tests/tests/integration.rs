@@ -7,6 +7,9 @@
 mod cli_errors;
 // Every output format from one recorded profile, read by tools that did not come from us.
 mod formats;
+// Names a target chooses (Python functions and files, threads, processes) never reach
+// any output raw: control characters show as visible escapes.
+mod hostile_names;
 // The output files and formats: the default log file, JSON, interval reports.
 mod output;
 // --push: profiles sent to a local receiver that checks Pyroscope's ingest API.
