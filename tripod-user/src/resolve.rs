@@ -249,3 +249,32 @@ fn is_tracing_frame(frame: &Frame) -> bool {
                 .any(|prefix| name.starts_with(prefix))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::symbolize::Symbol;
+
+    #[test]
+    fn symbols_and_reasons_from_target_files_are_escaped() {
+        let base = Frame::code(false, Some(0x1000));
+        let symbols = Resolved::Symbols(vec![Symbol {
+            function: "evil\x1b]0;pwned\x07\r\nFAKE".into(),
+            file: Some("/src/x\x1b[2J.c".into()),
+            line: Some(3),
+            inlined: false,
+        }]);
+        let frames = expand(base.clone(), Some(Arc::new(symbols)));
+        assert_eq!(
+            frames[0].function.as_deref(),
+            Some("evil\\x1b]0;pwned\\x07\\x0d\\x0aFAKE")
+        );
+        assert_eq!(frames[0].file.as_deref(), Some("/src/x\\x1b[2J.c"));
+        let unknown = Resolved::Unknown("no symbols in /tmp/a\nb".into());
+        let frames = expand(base, Some(Arc::new(unknown)));
+        assert_eq!(
+            frames[0].unknown.as_deref(),
+            Some("no symbols in /tmp/a\\x0ab")
+        );
+    }
+}
