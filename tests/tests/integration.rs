@@ -9,6 +9,9 @@ mod cli_errors;
 mod formats;
 // Files a target controls (debug links to FIFOs and giants, corrupt DWARF) cannot hang us.
 mod hostile_files;
+// Names a target chooses (Python functions and files, threads, processes) never reach
+// any output raw: control characters show as visible escapes.
+mod hostile_names;
 // The output files and formats: the default log file, JSON, interval reports.
 mod output;
 // --push: profiles sent to a local receiver that checks Pyroscope's ingest API.

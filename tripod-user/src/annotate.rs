@@ -398,7 +398,8 @@ fn entry_to_rule(
         Some(d) if d.get_ref().contains('\n') => {
             return Err(at(d.span().start, "description must be one line"))
         }
-        Some(d) => d.into_inner(),
+        // Shown next to names from targets, and escaped like them.
+        Some(d) => crate::text::escape_controls_owned(d.into_inner()),
     };
 
     let state = match entry.state {
@@ -714,6 +715,19 @@ mod tests {
         assert_eq!(
             builtin(&["pthread_cond_wait", "k:futex_wait"], TaskState::Sleeping).as_deref(),
             Some("waiting on a condition variable")
+        );
+    }
+
+    #[test]
+    fn descriptions_show_control_characters_escaped() {
+        let rules = Rules::with_text(
+            "[[rule]]\ndescription = \"stuck \\u001b[2J\\r here\"\nframes = [\"spin\"]\n",
+            "rules.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            rules.annotate(&stack(&["main", "spin"]), TaskState::Running),
+            Some("stuck \\x1b[2J\\x0d here")
         );
     }
 

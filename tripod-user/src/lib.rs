@@ -9,7 +9,8 @@
 //! addresses only) -> [`process`] + [`symbolize`] (the only blazesym user)
 //! via [`resolve`] -> [`annotate`] -> [`report`] -> [`output`] (the only
 //! writers). [`pipeline`] carries samples through these stages; [`app`] runs
-//! a recording and [`dump`] a thread dump.
+//! a recording and [`dump`] a thread dump. Names that come from targets are
+//! escaped by [`text`] where they enter.
 pub mod aggregate;
 pub mod annotate;
 pub mod app;
@@ -32,4 +33,5 @@ pub mod stack;
 pub mod symbolize;
 pub mod target_file;
 pub mod task;
+pub mod text;
 pub mod unwind;

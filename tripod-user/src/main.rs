@@ -39,7 +39,9 @@ fn main() -> ExitCode {
             // `tripod-bpf ... | head` closing the pipe early is not a failure.
             None if is_broken_pipe(&error) => ExitCode::SUCCESS,
             None => {
-                eprintln!("tripod-bpf: error: {error:#}");
+                // Causes can quote a target's file names.
+                let message = tripod_user::text::escape_controls_owned(format!("{error:#}"));
+                eprintln!("tripod-bpf: error: {message}");
                 ExitCode::FAILURE
             }
         },

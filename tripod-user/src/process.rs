@@ -246,10 +246,11 @@ impl ProcessTable {
     }
 }
 
-/// The process name (`comm`, else `fallback`) and its executable's path.
+/// The process name (`comm`, control characters escaped, else `fallback`)
+/// and its executable's path (raw: reports escape it).
 fn read_names(pid: u32, fallback: &str) -> (String, Option<String>) {
     let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim_end().to_string())
+        .map(|c| crate::text::escape_controls(c.trim_end()).into_owned())
         .unwrap_or_else(|_| fallback.to_string());
     let exe = fs::read_link(format!("/proc/{pid}/exe"))
         .ok()

@@ -460,7 +460,7 @@ pub fn build_report(
             ProcessReport {
                 pid,
                 comm: process_name(pid, None),
-                exe: processes.get(pid).and_then(|p| p.exe.clone()),
+                exe: processes.get(pid).and_then(|p| shown_exe(p.exe.as_deref())),
                 samples: threads.iter().map(|t| t.samples).sum(),
                 threads,
             }
@@ -477,6 +477,12 @@ pub fn build_report(
         stacks,
         processes: process_reports,
     }
+}
+
+/// The executable's path as reports show it. The process table keeps it raw,
+/// to compare with mapped paths; the file name is the target's choice.
+fn shown_exe(exe: Option<&str>) -> Option<String> {
+    exe.map(|path| crate::text::escape_controls(path).into_owned())
 }
 
 fn frames_of(aggregator: &Aggregator, stack: StackId) -> Arc<[Arc<Frame>]> {
@@ -585,7 +591,7 @@ pub fn build_dump(
     ThreadDump {
         pid,
         comm: process.map(|p| p.comm.clone()).unwrap_or_default(),
-        exe: process.and_then(|p| p.exe.clone()),
+        exe: process.and_then(|p| shown_exe(p.exe.as_deref())),
         time,
         threads,
         groups,

@@ -8,6 +8,9 @@
 //! so it waits until a report needs names: each unique address is symbolized
 //! once, and a run with one report at the end pays nothing for symbols while
 //! it samples (the first debug info of a library alone can take 50 ms).
+//!
+//! Names and paths come from the target's files (symbols, debug info, mapped
+//! file names), so they are escaped here, once per distinct address.
 use std::{collections::HashMap, sync::Arc};
 
 use crate::{
@@ -17,6 +20,7 @@ use crate::{
     report::Frame,
     stack::{Gap, RawFrame, Space},
     symbolize::{Resolved, Symbolizer},
+    text::{escape_controls, escape_controls_owned},
 };
 
 /// Resolves stacks, each distinct (process, address) once per run.
@@ -152,7 +156,7 @@ impl Resolver {
                 file_offset,
             }) => {
                 let frame = Frame {
-                    module: Some(module.path.clone()),
+                    module: Some(shown(&module.path)),
                     offset: Some(file_offset),
                     build_id: self.symbolizer.build_id(&module),
                     ..frame.clone()
@@ -162,7 +166,8 @@ impl Resolver {
             Some(Location::Special(name)) => {
                 let reason = "no file behind the mapping".to_string();
                 return one(Frame {
-                    module: Some(name),
+                    // `[anon:NAME]`: the target names its own mappings.
+                    module: Some(escape_controls_owned(name)),
                     unknown: Some(reason),
                     ..frame
                 });
@@ -209,16 +214,17 @@ fn expand(base: Frame, resolved: Option<Arc<Resolved>>) -> Arc<[Arc<Frame>]> {
             .iter()
             .map(|s| {
                 Arc::new(Frame {
-                    function: Some(s.function.clone()),
-                    file: s.file.clone(),
+                    function: Some(shown(&s.function)),
+                    file: s.file.as_deref().map(shown),
                     line: s.line,
                     inlined: s.inlined,
                     ..base.clone()
                 })
             })
             .collect(),
+        // Reasons can name the target's files.
         Some(Resolved::Unknown(reason)) => one(Frame {
-            unknown: Some(reason.clone()),
+            unknown: Some(shown(reason)),
             ..base
         }),
         None => one(Frame {
@@ -226,6 +232,11 @@ fn expand(base: Frame, resolved: Option<Arc<Resolved>>) -> Arc<[Arc<Frame>]> {
             ..base
         }),
     }
+}
+
+/// A name or path from the target's files, as reports show it.
+fn shown(text: &str) -> String {
+    escape_controls(text).into_owned()
 }
 
 /// Kernel frames of the BPF tracing path itself (`bpf_prog_<tag>_track_switch`,
@@ -237,4 +248,33 @@ fn is_tracing_frame(frame: &Frame) -> bool {
                 .iter()
                 .any(|prefix| name.starts_with(prefix))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::symbolize::Symbol;
+
+    #[test]
+    fn symbols_and_reasons_from_target_files_are_escaped() {
+        let base = Frame::code(false, Some(0x1000));
+        let symbols = Resolved::Symbols(vec![Symbol {
+            function: "evil\x1b]0;pwned\x07\r\nFAKE".into(),
+            file: Some("/src/x\x1b[2J.c".into()),
+            line: Some(3),
+            inlined: false,
+        }]);
+        let frames = expand(base.clone(), Some(Arc::new(symbols)));
+        assert_eq!(
+            frames[0].function.as_deref(),
+            Some("evil\\x1b]0;pwned\\x07\\x0d\\x0aFAKE")
+        );
+        assert_eq!(frames[0].file.as_deref(), Some("/src/x\\x1b[2J.c"));
+        let unknown = Resolved::Unknown("no symbols in /tmp/a\nb".into());
+        let frames = expand(base, Some(Arc::new(unknown)));
+        assert_eq!(
+            frames[0].unknown.as_deref(),
+            Some("no symbols in /tmp/a\\x0ab")
+        );
+    }
 }

@@ -18,6 +18,7 @@ use crate::{
         StackReport, Summary, ThreadDump, ThreadGroup, ThreadReport,
     },
     task::TaskState,
+    text::escape_controls,
 };
 
 /// Bumped on any incompatible change to [`Document`].
@@ -416,8 +417,20 @@ impl From<&Frame> for JsonFrame {
     }
 }
 
+/// Text read back from a file, which anyone could have written: escaped as
+/// names are where they are first read (see [`crate::text`]), so that
+/// `tripod-bpf report` shows a crafted file as safely as a live target.
+fn shown(text: &str) -> String {
+    escape_controls(text).into_owned()
+}
+
+fn shown_opt(text: &Option<String>) -> Option<String> {
+    text.as_deref().map(shown)
+}
+
 /// Reading documents back (`tripod-bpf report`): a document that does not
-/// make sense is an error naming the field, not a panic.
+/// make sense is an error naming the field, not a panic. Every string is
+/// escaped (see [`shown`]).
 impl Document {
     pub fn into_report(self) -> Result<Report, String> {
         let frames = frames_of(&self.frames)?;
@@ -432,15 +445,15 @@ impl Document {
             .map(|stack| {
                 Ok(StackReport {
                     pid: stack.pid,
-                    comm: stack.comm.clone(),
+                    comm: shown(&stack.comm),
                     thread: stack.tid.map(|tid| {
                         let name = thread_names.get(&tid).copied().unwrap_or("?");
-                        (tid, name.to_string())
+                        (tid, shown(name))
                     }),
                     tids: stack.tids.clone(),
                     count: stack.count,
                     state: state(&stack.state)?,
-                    annotation: stack.annotation.clone(),
+                    annotation: shown_opt(&stack.annotation),
                     frames: pick(&frames, &stack.frames)?,
                 })
             })
@@ -448,15 +461,15 @@ impl Document {
         let lost = &self.lost;
         Ok(Report {
             run: RunInfo {
-                target: self.target,
+                target: shown(&self.target),
                 mode: Mode::from_name(&self.mode)
                     .ok_or_else(|| format!("unknown mode {:?}", self.mode))?,
                 frequency: self.frequency_hz,
-                event: self.event,
+                event: shown(&self.event),
                 per_thread: self.per_thread,
                 stack_storage_size: 0,
                 count_map_size: 0,
-                unwind: self.unwind.unwrap_or_else(|| "unknown".into()),
+                unwind: shown_opt(&self.unwind).unwrap_or_else(|| "unknown".into()),
                 ring_buffer_size: 0,
             },
             start: time(&self.start)?,
@@ -474,15 +487,15 @@ impl Document {
                 .into_iter()
                 .map(|p| ProcessReport {
                     pid: p.pid,
-                    comm: p.comm,
-                    exe: p.exe,
+                    comm: shown(&p.comm),
+                    exe: shown_opt(&p.exe),
                     samples: p.samples,
                     threads: p
                         .threads
                         .into_iter()
                         .map(|t| ThreadReport {
                             tid: t.tid,
-                            comm: t.comm,
+                            comm: shown(&t.comm),
                             samples: t.samples,
                         })
                         .collect(),
@@ -502,7 +515,7 @@ impl DumpDocument {
                 Ok(ThreadGroup {
                     tids: group.tids.clone(),
                     state: state(&group.state)?,
-                    annotation: group.annotation.clone(),
+                    annotation: shown_opt(&group.annotation),
                     frames: pick(&frames, &group.frames)?,
                 })
             })
@@ -513,20 +526,20 @@ impl DumpDocument {
             .map(|thread| {
                 Ok(DumpedThread {
                     tid: thread.tid,
-                    name: thread.comm,
+                    name: shown(&thread.comm),
                     state: state(&thread.state)?,
-                    syscall: thread.syscall,
+                    syscall: shown_opt(&thread.syscall),
                     locals: thread.locals.map(|frames| {
                         frames
                             .into_iter()
                             .map(|frame| FrameLocals {
-                                function: frame.function,
-                                file: frame.file,
+                                function: shown(&frame.function),
+                                file: shown(&frame.file),
                                 line: frame.line,
                                 variables: frame
                                     .variables
                                     .into_iter()
-                                    .map(|v| (v.name, v.value))
+                                    .map(|v| (shown(&v.name), shown(&v.value)))
                                     .collect(),
                             })
                             .collect()
@@ -536,8 +549,8 @@ impl DumpDocument {
             .collect::<Result<_, String>>()?;
         Ok(ThreadDump {
             pid: self.pid,
-            comm: self.comm,
-            exe: self.exe,
+            comm: shown(&self.comm),
+            exe: shown_opt(&self.exe),
             time: time(&self.time)?,
             threads,
             groups,
@@ -596,14 +609,14 @@ impl TryFrom<&JsonFrame> for Frame {
             },
             address: hex(&frame.address, "address")?,
             kernel: frame.kernel,
-            module: frame.module.clone(),
+            module: shown_opt(&frame.module),
             offset: hex(&frame.offset, "offset")?,
-            build_id: frame.build_id.clone(),
-            function: frame.function.clone(),
-            file: frame.file.clone(),
+            build_id: shown_opt(&frame.build_id),
+            function: shown_opt(&frame.function),
+            file: shown_opt(&frame.file),
             line: frame.line,
             inlined: frame.inlined,
-            unknown: frame.unknown.clone(),
+            unknown: shown_opt(&frame.unknown),
         })
     }
 }

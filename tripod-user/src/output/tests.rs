@@ -886,3 +886,106 @@ fn speedscope_dump_golden() {
     );
     assert_eq!(render_dump(Speedscope), expected);
 }
+
+/// What a crafted file puts in every name: a terminal title, a bell, a
+/// forged line, a C1 CSI.
+const HOSTILE: &str = "\x1b]0;pwned\x07\r\nFAKE\u{9b}2J\0";
+
+/// Appends [`HOSTILE`] to every string of `value` under a key that holds a
+/// name, a path or a description (not to the enumerations and numbers).
+fn taint(value: &mut serde_json::Value) {
+    const TEXT: &[&str] = &[
+        "target",
+        "event",
+        "unwind",
+        "comm",
+        "exe",
+        "module",
+        "build_id",
+        "function",
+        "file",
+        "unknown",
+        "annotation",
+        "syscall",
+        "name",
+        "value",
+    ];
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (key, field) in fields.iter_mut() {
+                match field {
+                    serde_json::Value::String(text) if TEXT.contains(&key.as_str()) => {
+                        text.push_str(HOSTILE)
+                    }
+                    other => taint(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(taint),
+        _ => {}
+    }
+}
+
+/// Panics if `text` holds a control character other than newlines (and the
+/// tabs of `allowed`), or a line forged by a name.
+fn assert_no_controls(what: &str, text: &str, allowed: &[char]) {
+    let bad: Vec<char> = text
+        .chars()
+        .filter(|&c| crate::text::is_control(c) && c != '\n' && !allowed.contains(&c))
+        .collect();
+    assert!(bad.is_empty(), "{what}: raw controls {bad:?} in:\n{text:?}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("FAKE")),
+        "{what}: a forged line:\n{text}"
+    );
+    // (Folded output writes the `;` as `:`.)
+    assert!(
+        text.contains("\\x1b]0") && text.contains("pwned\\x07\\x0d\\x0aFAKE"),
+        "{what}: no visible escape:\n{text}"
+    );
+}
+
+/// Every string of a JSON value, decoded.
+fn strings(value: &serde_json::Value) -> Vec<String> {
+    match value {
+        serde_json::Value::String(text) => vec![text.clone()],
+        serde_json::Value::Array(items) => items.iter().flat_map(strings).collect(),
+        serde_json::Value::Object(fields) => fields.values().flat_map(strings).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn documents_read_back_show_crafted_names_escaped() {
+    let mut value = serde_json::to_value(Document::from_report(&report(true))).unwrap();
+    taint(&mut value);
+    let document: Document = serde_json::from_value(value).unwrap();
+    let report = document.into_report().expect("a valid document");
+    assert_no_controls("log", &render(Log, &report, None), &[]);
+    assert_no_controls("folded", &render(Folded, &report, None), &[]);
+    // JSON escapes controls itself; what a reader decodes must be clean too.
+    let json = render(Json, &report, None);
+    let decoded = serde_json::from_str(&json).unwrap();
+    assert_no_controls("json", &strings(&decoded).join("\n"), &[]);
+    assert!(
+        report.stacks[0].frames[0]
+            .function
+            .as_deref()
+            .is_some_and(|f| f.ends_with("\\x0d\\x0aFAKE\\x9b2J\\x00")),
+        "{:?}",
+        report.stacks[0].frames[0]
+    );
+
+    let mut value = serde_json::to_value(DumpDocument::from_dump(&python_dump())).unwrap();
+    taint(&mut value);
+    let document: DumpDocument = serde_json::from_value(value).unwrap();
+    let dump = document.into_dump().expect("a valid dump");
+    let mut out = Vec::new();
+    Log.dump(&dump, &mut out).unwrap();
+    assert_no_controls("log dump", &String::from_utf8(out).unwrap(), &[]);
+    let mut out = Vec::new();
+    Folded.dump(&dump, &mut out).unwrap();
+    assert_no_controls("folded dump", &String::from_utf8(out).unwrap(), &[]);
+    let locals = dump.threads[0].locals.as_ref().unwrap();
+    assert!(locals[1].variables[1].1.ends_with("\\x00"), "{locals:?}");
+}

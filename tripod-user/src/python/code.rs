@@ -1,6 +1,10 @@
 //! Code objects: the function name, file and line table of a Python frame,
-//! read once per code object, and the line of an instruction in it.
+//! read once per code object, and the line of an instruction in it. Names
+//! are the script's choice (`co_name` can be anything), so they are kept
+//! with control characters escaped (see [`crate::text`]).
 use std::sync::Arc;
+
+use crate::text::{escape_controls, escape_controls_owned};
 
 use super::{
     layout::{Instruction, Layout, LineTable},
@@ -36,7 +40,7 @@ impl Code {
             .ok()?;
         let string = |offset| {
             objects::read_str(memory, &layout.object, u64_at(&fields, offset), MAX_NAME)
-                .map(|(text, _)| Arc::<str>::from(text))
+                .map(|(text, _)| Arc::<str>::from(escape_controls(&text)))
         };
         let line_table = objects::read_bytes(
             memory,
@@ -80,7 +84,10 @@ pub fn local_names(memory: &dyn Memory, layout: &Layout, code: u64) -> Option<Ve
     let items = objects::read_tuple(memory, &layout.object, names, MAX_LOCALS)?;
     items
         .into_iter()
-        .map(|item| objects::read_str(memory, &layout.object, item, MAX_NAME).map(|(name, _)| name))
+        .map(|item| {
+            objects::read_str(memory, &layout.object, item, MAX_NAME)
+                .map(|(name, _)| escape_controls_owned(name))
+        })
         .collect()
 }
 

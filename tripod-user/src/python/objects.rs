@@ -2,11 +2,13 @@
 //! safe, bounded repr of local variables. Nothing here runs the target's
 //! code: values are read from memory as laid out by [`ObjectLayout`], so
 //! only simple types show their value and everything else its type (and
-//! its length, for containers).
+//! its length, for containers). Values and type names are the target's
+//! choice: what is returned has control characters escaped.
 use super::{
     layout::ObjectLayout,
     memory::{i32_at, u64_at, Memory},
 };
+use crate::text::{escape_controls_owned, is_control, push_escape};
 
 /// Characters of a string value shown before it is cut.
 const MAX_STR_CHARS: usize = 100;
@@ -120,7 +122,9 @@ fn type_of(memory: &dyn Memory, layout: &ObjectLayout, address: u64) -> Option<(
     if name.is_empty() {
         return None;
     }
-    Some((String::from_utf8_lossy(&name).into_owned(), flags))
+    // A class can be named anything, and its name shows in `<Name object at ...>`.
+    let name = escape_controls_owned(String::from_utf8_lossy(&name).into_owned());
+    Some((name, flags))
 }
 
 /// A short, Python-like repr of the object at `address`: the value of
@@ -250,9 +254,8 @@ fn quote_str(text: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
+            // The other controls, C1 too, as `\x1b` (what Python writes as well).
+            c if is_control(c) => push_escape(&mut out, c),
             c => out.push(c),
         }
     }
@@ -405,6 +408,18 @@ mod tests {
         assert_eq!(image.repr(set), "<set of 0 items>");
         assert_eq!(image.repr(other), format!("<Widget object at {other:#x}>"));
         assert_eq!(image.repr(0x42), "<unreadable object at 0x42>");
+    }
+
+    #[test]
+    fn controls_in_values_and_type_names_are_escaped() {
+        let mut image = Image::new();
+        let text = image.ascii_str("a\x1b[2J\r\n\x07");
+        let evil = image.object("Evil\x1b]0;pwned\x07", 0, &[]);
+        assert_eq!(image.repr(text), "'a\\x1b[2J\\r\\n\\x07'");
+        assert_eq!(
+            image.repr(evil),
+            format!("<Evil\\x1b]0;pwned\\x07 object at {evil:#x}>")
+        );
     }
 
     #[test]

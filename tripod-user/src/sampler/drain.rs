@@ -235,7 +235,8 @@ fn words(bytes: &[u8]) -> Vec<u64> {
         .collect()
 }
 
+/// The thread's name, which the thread chose: control characters escaped.
 fn comm_string(comm: &[u8]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+    crate::text::escape_controls_owned(String::from_utf8_lossy(&comm[..end]).into_owned())
 }

@@ -236,7 +236,10 @@ fn build(
                 let file = files.entry(module.id).or_insert_with(|| {
                     let file = module.open().and_then(UnwindFile::read);
                     if file.is_none() {
-                        log::debug!("no unwind data in {}: frame pointers only", module.path);
+                        log::debug!(
+                            "no unwind data in {}: frame pointers only",
+                            crate::text::escape_controls(&module.path)
+                        );
                     }
                     file.map(Arc::new)
                 });
