@@ -104,7 +104,7 @@ fn hostile_python_names_are_escaped_in_every_output() {
     assert_clean(
         "json strings",
         json_strings(&doc).as_bytes(),
-        &[FUNCTION, FILE, PROCESS],
+        &[FUNCTION, FILE, PROCESS, THREAD],
     );
     assert!(
         doc["frames"]
@@ -161,11 +161,15 @@ fn report_of_crafted_json(recording: &[u8]) {
     let written: Value = serde_json::from_str(&fs::read_to_string(file).unwrap()).unwrap();
     assert!(json_strings(&written).contains(RAW_FUNCTION));
 
-    let log = run_clean("report -f log", &["report", file, "-f", "log", "-o", "-"]);
-    assert_clean("report -f log", &log, &[FUNCTION, PROCESS]);
-    let text = run_clean(
-        "report -f folded",
-        &["report", file, "-f", "folded", "-o", "-"],
-    );
-    assert_clean("report -f folded", &text, &[&folded(FUNCTION)]);
+    let report = |format: &str| {
+        let args = ["report", file, "-f", format, "-o", "-"];
+        run_clean(&format!("report -f {format}"), &args)
+    };
+    assert_clean("report -f log", &report("log"), &[FUNCTION, PROCESS]);
+    assert_clean("report -f folded", &report("folded"), &[&folded(FUNCTION)]);
+    // Formats with a structure of their own get the escaped names as well.
+    let doc: Value = serde_json::from_slice(&report("speedscope")).expect("speedscope JSON");
+    let strings = json_strings(&doc);
+    assert_clean("speedscope", strings.as_bytes(), &[FUNCTION, PROCESS]);
+    assert_clean("svg", &report("svg"), &[&folded(FUNCTION)]);
 }
