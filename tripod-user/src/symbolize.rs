@@ -37,6 +37,7 @@ use object::{Object as _, ObjectSection as _};
 use crate::{
     process::Module,
     target_file::{self, Refusal, Why},
+    text::escape_controls,
 };
 
 /// One function at an address; several when calls were inlined.
@@ -141,9 +142,11 @@ impl Symbolizer {
         }
         if let Some(refusal) = answer.refused_debug {
             if self.warned.insert(refusal.clone()) {
+                // Both paths are the target's to choose: escaped like any name.
                 eprintln!(
-                    "[tripod] warning: debug information of {} not read: {refusal}; its symbol table is used",
-                    module.path
+                    "[tripod] warning: debug information of {} not read: {}; its symbol table is used",
+                    escape_controls(&module.path),
+                    escape_controls(&refusal)
                 );
             }
         }
