@@ -69,6 +69,7 @@ pub async fn run(config: DumpConfig) -> Result<u8> {
                 config.pid
             );
         }
+        output.finish()?;
         return Ok(0);
     };
 
@@ -95,6 +96,7 @@ pub async fn run(config: DumpConfig) -> Result<u8> {
             }
         }
     };
+    output.finish()?;
     eprintln!(
         "[tripod] {stop}: {dumps} {}; output in {}",
         if dumps == 1 { "dump" } else { "dumps" },

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod dump;
 pub mod error;
+pub mod input;
 pub mod offline;
 pub mod output;
 pub mod pipeline;
