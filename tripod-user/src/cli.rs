@@ -267,8 +267,8 @@ struct RecordArgs {
     stack_copy_bytes: u32,
 
     /// Size of the ring buffer that carries stack copies, in bytes (rounded up to a power of
-    /// two; at most 1073741824). Raise it when the summary reports samples dropped because it
-    /// was full.
+    /// two; at most 268435456, 256 MiB). Raise it when the summary reports samples dropped
+    /// because it was full.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BUFFER_SIZE)]
     ring_buffer_size: u32,
 
@@ -417,9 +417,14 @@ fn positive_seconds(value: Option<f64>, flag: &str) -> Result<Option<Duration>, 
         Some(s) if s.is_finite() && s > 0.0 && s <= MAX_SECONDS => {
             Ok(Some(Duration::from_secs_f64(s)))
         }
+        // 1e300 written out would be 300 digits.
+        Some(s) if s.abs() >= 1e9 => Err(UsageError::new(format!(
+            "{flag} must be a positive number of seconds up to {MAX_SECONDS} (365 days), \
+             got {s:e}; pass a shorter time"
+        ))),
         Some(s) => Err(UsageError::new(format!(
-            "{flag} must be a positive number of seconds up to {MAX_SECONDS} (365 days), got {s}; \
-             pass a shorter time"
+            "{flag} must be a positive number of seconds up to {MAX_SECONDS} (365 days), \
+             got {s}; pass a shorter time"
         ))),
     }
 }
@@ -929,7 +934,7 @@ mod tests {
             ),
             ("tripod-bpf -a --count-map-size 4194305", "--count-map-size"),
             (
-                "tripod-bpf -a --ring-buffer-size 1073741825",
+                "tripod-bpf -a --ring-buffer-size 268435457",
                 "--ring-buffer-size",
             ),
             ("tripod-bpf -a --ring-buffer-size 0", "--ring-buffer-size"),
@@ -942,7 +947,7 @@ mod tests {
         assert_eq!(longest.duration, Some(Duration::from_secs(31_536_000)));
         assert_eq!(longest.stack_storage_size, MAX_STACK_STORAGE_SIZE);
         assert_eq!(
-            config("tripod-bpf -a --ring-buffer-size 1073741824").ring_buffer_size,
+            config("tripod-bpf -a --ring-buffer-size 268435456").ring_buffer_size,
             MAX_RING_BUFFER_SIZE
         );
         let e = parse("tripod-bpf -a -f bogus").unwrap_err().unwrap();

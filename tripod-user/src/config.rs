@@ -329,9 +329,10 @@ pub const MAX_STACK_STORAGE_SIZE: u32 = 1 << 20;
 /// the kernel's element header), some 400 MiB for each of the two maps.
 pub const MAX_COUNT_MAP_SIZE: u32 = 1 << 22;
 
-/// The largest `--ring-buffer-size`, 1 GiB. The kernel takes powers of two
-/// below 4 GiB, but the buffer is allocated (and locked) whole.
-pub const MAX_RING_BUFFER_SIZE: u32 = 1 << 30;
+/// The largest `--ring-buffer-size`, 256 MiB. The kernel takes powers of two
+/// below 4 GiB, but the buffer is allocated whole and mapped into tripod-bpf
+/// twice over (1 GiB costs 2 GiB of resident memory).
+pub const MAX_RING_BUFFER_SIZE: u32 = 1 << 28;
 
 /// 99 Hz, not 100, so sampling does not run in lockstep with periodic timers.
 pub const DEFAULT_FREQUENCY: u64 = 99;

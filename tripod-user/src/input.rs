@@ -17,8 +17,14 @@ use crate::error::UsageError;
 pub const MAX_RULES_BYTES: u64 = 1 << 20;
 
 /// Opens `path` for reading if it is a regular file of at most `limit`
-/// bytes; `what` names it in errors ("rules file").
-pub fn open_regular(path: &Path, what: &str, limit: u64) -> Result<File, UsageError> {
+/// bytes; `what` names it in errors ("rules file"), `instead` says what to
+/// do when it is a FIFO or a device.
+pub fn open_regular(
+    path: &Path,
+    what: &str,
+    limit: u64,
+    instead: &str,
+) -> Result<File, UsageError> {
     let shown = path.display();
     // O_NONBLOCK: opening a FIFO for reading must not wait for a writer.
     let file = OpenOptions::new()
@@ -35,8 +41,7 @@ pub fn open_regular(path: &Path, what: &str, limit: u64) -> Result<File, UsageEr
         .map_err(|e| UsageError(format!("cannot read {what} {shown}: {e}; check the path")))?;
     if !meta.is_file() {
         return Err(UsageError(format!(
-            "{what} {shown} is not a regular file (a FIFO, device or directory); \
-             pass a file, or save the data to one first"
+            "{what} {shown} is not a regular file (a FIFO, device or directory); {instead}"
         )));
     }
     if meta.len() > limit {
@@ -48,7 +53,7 @@ pub fn open_regular(path: &Path, what: &str, limit: u64) -> Result<File, UsageEr
 /// The whole text of a regular file of at most `limit` bytes. A file that
 /// grows past the limit while it is read is refused too.
 pub fn read_regular(path: &Path, what: &str, limit: u64) -> Result<String, UsageError> {
-    let file = open_regular(path, what, limit)?;
+    let file = open_regular(path, what, limit, "pass a regular file")?;
     let mut bytes = Vec::new();
     file.take(limit + 1)
         .read_to_end(&mut bytes)

@@ -133,6 +133,11 @@ impl Output {
         Ok(())
     }
 
+    /// Whether a whole report or dump has been written.
+    pub fn has_written(&self) -> bool {
+        self.complete
+    }
+
     /// Puts the file in place: renames the temporary file over the one named
     /// with `-o`. Called once everything is written; later writes fail.
     pub fn finish(&mut self) -> Result<()> {
