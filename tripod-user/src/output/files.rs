@@ -167,3 +167,58 @@ fn cannot_create(path: &Path, error: &io::Error) -> UsageError {
         path.display()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Write as _, os::unix::fs::PermissionsExt as _};
+
+    use super::*;
+
+    fn staged(path: &Path) -> (BufWriter<NamedTempFile>, PathBuf) {
+        match open(path).unwrap() {
+            Sink::Staged { writer, dest } => (writer, dest),
+            _ => panic!("{path:?}: expected a staged file"),
+        }
+    }
+
+    #[test]
+    fn the_old_file_stays_until_the_new_one_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.log");
+        fs::write(&path, "old\n").unwrap();
+        let (mut writer, dest) = staged(&path);
+        writer.write_all(b"new\n").unwrap();
+        writer.flush().unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "old\n");
+        let temp = writer.get_ref().path().to_path_buf();
+        assert_eq!(temp.parent(), Some(dir.path()));
+        let mode = fs::metadata(&temp).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        persist(writer, &dest).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new\n");
+        assert!(!temp.exists());
+        // Dropped unfinished: the temporary file goes, the file stays.
+        let (mut writer, _) = staged(&path);
+        writer.write_all(b"half").unwrap();
+        drop(writer);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "new\n");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn links_and_directories_are_refused_devices_written_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        let refusal = |path: &Path| match open(path) {
+            Err(e) => e.downcast::<UsageError>().unwrap().0,
+            Ok(_) => panic!("{path:?} accepted"),
+        };
+        assert!(refusal(&link).contains("symbolic link"));
+        assert!(refusal(dir.path()).contains("directory"));
+        assert!(matches!(
+            open(Path::new("/dev/null")).unwrap(),
+            Sink::Direct(_)
+        ));
+    }
+}
