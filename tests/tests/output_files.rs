@@ -65,7 +65,8 @@ fn expect_refusal(out: &Output, shown: &str, word: &str) {
 
 /// A symlink planted by nobody in a sticky world-writable directory used to make `-o`
 /// overwrite the root-owned file it points to (`fs.protected_symlinks=0` here); a file
-/// planted there is refused too, as `fs.protected_regular` would.
+/// planted there is refused too, as `fs.protected_regular` would, and so is a path through
+/// a planted link to a directory.
 #[test]
 fn planted_links_and_files_in_shared_directories_are_refused() {
     let _guard = serial();
@@ -82,11 +83,20 @@ fn planted_links_and_files_in_shared_directories_are_refused() {
     let planted = shared.path().join("planted.log");
     fs::write(&planted, "nobody's data\n").unwrap();
     give_to_nobody(&planted);
+    // A link to a directory, followed on the way: shared/dir/precious is precious.
+    let dir_link = shared.path().join("dir");
+    std::os::unix::fs::symlink(private.path(), &dir_link).unwrap();
+    give_to_nobody(&dir_link);
+    let through = dir_link.join("precious");
     let input = private.path().join("empty.json");
     fs::write(&input, "").unwrap();
     let me = std::process::id().to_string();
 
-    for (target, word) in [(&link, "symbolic link"), (&planted, "planted")] {
+    for (target, word) in [
+        (&link, "symbolic link"),
+        (&planted, "planted"),
+        (&through, "goes through"),
+    ] {
         let target_str = target.to_str().unwrap();
         for args in [
             vec!["--all", "-d", "1", "-o", target_str],

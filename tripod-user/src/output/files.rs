@@ -23,6 +23,7 @@ pub(super) fn open(path: &Path) -> Result<Sink> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
+    check_directories(path)?;
     let existing = match fs::symlink_metadata(path) {
         Ok(meta) => Some(meta),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -34,7 +35,15 @@ pub(super) fn open(path: &Path) -> Result<Sink> {
             return Ok(Sink::Direct(BufWriter::new(open_in_place(path, meta)?)));
         }
     }
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    // Part of the name, so the file says whose it is; short enough that a
+    // name near NAME_MAX still leaves room for the rest.
+    let name: String = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .chars()
+        .take(64)
+        .collect();
     // O_CREAT|O_EXCL, mode 0600: a new file, never one planted in advance.
     let temp = tempfile::Builder::new()
         .prefix(&format!(".{name}.tripod-"))
@@ -85,6 +94,42 @@ fn check_existing(path: &Path, dir: &Path, meta: &Metadata) -> Result<()> {
             meta.uid(),
             dir.display()
         );
+    }
+    Ok(())
+}
+
+/// Refuses a path through a directory link planted in a shared directory
+/// (`/tmp/evil/out.log` with `/tmp/evil -> /etc`), as `fs.protected_symlinks`
+/// would: a link there is followed only if it is ours or the directory owner's.
+fn check_directories(path: &Path) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    for dir in path.ancestors().skip(1) {
+        let (Some(parent), Ok(meta)) = (dir.parent(), fs::symlink_metadata(dir)) else {
+            continue;
+        };
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        let Ok(parent_meta) = fs::metadata(parent) else {
+            continue;
+        };
+        let shared = parent_meta.mode() & 0o1002 == 0o1002;
+        if meta.file_type().is_symlink()
+            && shared
+            && meta.uid() != me
+            && meta.uid() != parent_meta.uid()
+        {
+            usage_error!(
+                "-o {}: goes through {}, a link uid {} made in a directory anyone can write to; \
+                 pass a path without it",
+                path.display(),
+                dir.display(),
+                meta.uid()
+            );
+        }
     }
     Ok(())
 }
@@ -203,6 +248,11 @@ mod tests {
         drop(writer);
         assert_eq!(fs::read_to_string(&path).unwrap(), "new\n");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A name as long as a file name can be still has room for its temporary file.
+        let long = dir.path().join("x".repeat(255));
+        let (writer, dest) = staged(&long);
+        persist(writer, &dest).unwrap();
+        assert!(long.is_file());
     }
 
     #[test]
