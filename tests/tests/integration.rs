@@ -14,6 +14,8 @@ mod hostile_files;
 mod hostile_names;
 // The output files and formats: the default log file, JSON, interval reports.
 mod output;
+// Output files among other users' files, and report's input as a stream.
+mod output_files;
 // --push: profiles sent to a local receiver that checks Pyroscope's ingest API.
 mod push;
 // CPython 3.11 targets: Python frames in place of the interpreter loop, locals, py-spy's view.

@@ -2,7 +2,7 @@
 //! ("waiting on a condition variable"), from the functions on its stack and
 //! its [`TaskState`]. Rules are tried in order and the first match wins; rules
 //! from the user's file come before the built-in ones.
-use std::{borrow::Cow, fs, path::Path, sync::Arc};
+use std::{borrow::Cow, path::Path, sync::Arc};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -287,11 +287,7 @@ impl Rules {
     /// Rules read from a TOML file, tried before the built-in ones.
     pub fn with_file(path: &Path) -> Result<Rules, UsageError> {
         let origin = path.display().to_string();
-        let text = fs::read_to_string(path).map_err(|e| {
-            UsageError(format!(
-                "cannot read rules file {origin}: {e}; check the path and its permissions"
-            ))
-        })?;
+        let text = crate::input::read_regular(path, "rules file", crate::input::MAX_RULES_BYTES)?;
         Rules::with_text(&text, &origin)
     }
 

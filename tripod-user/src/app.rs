@@ -188,6 +188,8 @@ pub async fn run(config: Config) -> Result<u8> {
     }
     let summary = pipeline.summary(&counters);
     output.summary(&summary)?;
+    // A file named with -o is put in place now, before the run's last words.
+    output.finish()?;
     if let Some(pusher) = pusher {
         report_push(&config, pusher.finish(PUSH_GRACE));
     }

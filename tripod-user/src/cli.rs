@@ -12,7 +12,8 @@ use crate::{
     config::{
         Command, Config, DumpConfig, Mode, OutputDest, OutputFormat, PushConfig, PushFormat,
         PythonFrames, ReportConfig, StackSelection, Target, UnwindMode, DEFAULT_FREQUENCY,
-        DEFAULT_MIN_BLOCK_US, DEFAULT_PUSH_INTERVAL,
+        DEFAULT_MIN_BLOCK_US, DEFAULT_PUSH_INTERVAL, MAX_COUNT_MAP_SIZE, MAX_RING_BUFFER_SIZE,
+        MAX_SECONDS, MAX_STACK_STORAGE_SIZE,
     },
     error::UsageError,
 };
@@ -121,7 +122,7 @@ struct DumpArgs {
     #[arg(short, long, value_enum, default_value_t = FormatArg::Log)]
     format: FormatArg,
 
-    /// Append a dump every SECS seconds until Ctrl-C or the process exits.
+    /// Append a dump every SECS seconds until Ctrl-C or the process exits (at most 365 days).
     #[arg(short, long, value_name = "SECS")]
     every: Option<f64>,
 
@@ -210,11 +211,13 @@ struct RecordArgs {
     #[arg(short = 'F', long, value_name = "HZ", env = "TRIPOD_FREQUENCY", default_value_t = DEFAULT_FREQUENCY)]
     frequency: u64,
 
-    /// Stop after SECS seconds [default: until Ctrl-C, SIGTERM, or every target has exited].
+    /// Stop after SECS seconds, at most 365 days [default: until Ctrl-C, SIGTERM, or every
+    /// target has exited].
     #[arg(short, long, value_name = "SECS")]
     duration: Option<f64>,
 
-    /// Append a report of what was sampled every SECS seconds [default: one report at the end].
+    /// Append a report of what was sampled every SECS seconds, at most 365 days [default: one
+    /// report at the end]. A file named with -o appears (renamed into place) at the end of the run.
     #[arg(short, long, value_name = "SECS", env = "TRIPOD_INTERVAL")]
     interval: Option<f64>,
 
@@ -263,12 +266,14 @@ struct RecordArgs {
     files: FileArgs,
 
     /// Distinct stacks the kernel can hold between two drains (each of two maps; 127 frames
-    /// of 8 bytes per entry). Raise it when the summary reports stacks that were not stored.
+    /// of 8 bytes per entry; at most 1048576). Raise it when the summary reports stacks that
+    /// were not stored.
     #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_STACK_STORAGE_SIZE)]
     stack_storage_size: u32,
 
     /// Distinct (thread, stack) pairs the kernel can count between two drains (each of two
-    /// maps). Raise it when the summary reports samples lost to a full count map.
+    /// maps; at most 4194304). Raise it when the summary reports samples lost to a full count
+    /// map.
     #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_COUNT_MAP_SIZE)]
     count_map_size: u32,
 
@@ -284,7 +289,8 @@ struct RecordArgs {
     stack_copy_bytes: u32,
 
     /// Size of the ring buffer that carries stack copies, in bytes (rounded up to a power of
-    /// two). Raise it when the summary reports samples dropped because it was full.
+    /// two; at most 268435456, 256 MiB). Raise it when the summary reports samples dropped
+    /// because it was full.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RING_BUFFER_SIZE)]
     ring_buffer_size: u32,
 
@@ -425,14 +431,35 @@ fn stack_selection(user_only: bool, kernel_only: bool) -> StackSelection {
     }
 }
 
+/// Seconds from the command line as a `Duration`: positive, finite and at most
+/// [`MAX_SECONDS`] (a larger float does not even fit a `Duration`).
 fn positive_seconds(value: Option<f64>, flag: &str) -> Result<Option<Duration>, UsageError> {
     match value {
         None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) if s.is_finite() && s > 0.0 && s <= MAX_SECONDS => {
+            Ok(Some(Duration::from_secs_f64(s)))
+        }
+        // 1e300 written out would be 300 digits.
+        Some(s) if s.abs() >= 1e9 => Err(UsageError::new(format!(
+            "{flag} must be a positive number of seconds up to {MAX_SECONDS} (365 days), \
+             got {s:e}; pass a shorter time"
+        ))),
         Some(s) => Err(UsageError::new(format!(
-            "{flag} must be a positive number of seconds, got {s}"
+            "{flag} must be a positive number of seconds up to {MAX_SECONDS} (365 days), \
+             got {s}; pass a shorter time"
         ))),
     }
+}
+
+/// A map size between 1 and `max`, checked here so the kernel never has to
+/// refuse it with a bare errno.
+fn map_size(value: u32, flag: &str, max: u32) -> Result<u32, UsageError> {
+    if (1..=max).contains(&value) {
+        return Ok(value);
+    }
+    Err(UsageError::new(format!(
+        "{flag} must be between 1 and {max}, got {value}; pass a smaller size"
+    )))
 }
 
 fn output_dest(path: Option<PathBuf>, default: OutputDest) -> OutputDest {
@@ -526,7 +553,7 @@ impl RecordArgs {
             ));
         }
         let duration = positive_seconds(self.duration, "--duration")?;
-        let mut interval = positive_seconds(self.interval, "--interval")?;
+        let mut interval = positive_seconds(self.interval, "--interval (or TRIPOD_INTERVAL)")?;
         let format = self.format.format();
         let output = match (&push, self.output) {
             (Some(_), None) => OutputDest::Discard,
@@ -548,14 +575,12 @@ impl RecordArgs {
                 format.name()
             )));
         }
-        for (value, flag) in [
-            (self.stack_storage_size, "--stack-storage-size"),
-            (self.count_map_size, "--count-map-size"),
-        ] {
-            if value == 0 {
-                return Err(UsageError::new(format!("{flag} must be at least 1")));
-            }
-        }
+        let stack_storage_size = map_size(
+            self.stack_storage_size,
+            "--stack-storage-size",
+            MAX_STACK_STORAGE_SIZE,
+        )?;
+        let count_map_size = map_size(self.count_map_size, "--count-map-size", MAX_COUNT_MAP_SIZE)?;
         if self.stack_copy_bytes == 0 || self.stack_copy_bytes as usize > MAX_STACK_COPY {
             return Err(UsageError::new(format!(
                 "--stack-copy-bytes must be between 1 and {MAX_STACK_COPY}, got {}",
@@ -563,16 +588,13 @@ impl RecordArgs {
             )));
         }
         // The kernel wants a power of two of at least one page.
-        let ring_buffer_size = self
-            .ring_buffer_size
-            .max(4096)
-            .checked_next_power_of_two()
-            .ok_or_else(|| {
-                UsageError::new(format!(
-                    "--ring-buffer-size {} is too large",
-                    self.ring_buffer_size
-                ))
-            })?;
+        let ring_buffer_size = map_size(
+            self.ring_buffer_size,
+            "--ring-buffer-size",
+            MAX_RING_BUFFER_SIZE,
+        )?
+        .max(4096)
+        .next_power_of_two();
         let stacks = stack_selection(self.user_only, self.kernel_only);
         let mode = match self.mode {
             ModeArg::Cpu => Mode::Cpu,
@@ -598,8 +620,8 @@ impl RecordArgs {
             per_thread: self.per_thread || format == OutputFormat::Speedscope,
             stacks,
             include_idle: self.include_idle,
-            stack_storage_size: self.stack_storage_size,
-            count_map_size: self.count_map_size,
+            stack_storage_size,
+            count_map_size,
             unwind: match self.unwind {
                 UnwindArg::Dwarf => UnwindMode::Dwarf,
                 UnwindArg::Fp => UnwindMode::FramePointers,
@@ -615,11 +637,7 @@ impl RecordArgs {
     }
 
     fn push_config(&self, url: &str) -> Result<PushConfig, UsageError> {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(UsageError::new(format!(
-                "--push {url}: expected an http:// or https:// URL, e.g. http://localhost:4040"
-            )));
-        }
+        check_push_url(url)?;
         let pair = |text: &str, separator: char, flag: &str, example: &str| match text
             .split_once(separator)
         {
@@ -645,6 +663,7 @@ impl RecordArgs {
                     "--push-header",
                     "\"Name: value\", e.g. \"X-Scope-OrgID: team-a\"",
                 )
+                .and_then(|(name, value)| check_push_header(h, name, value))
             })
             .collect::<Result<_, _>>()?;
         Ok(PushConfig {
@@ -658,6 +677,70 @@ impl RecordArgs {
             headers,
         })
     }
+}
+
+/// `--push URL`: parsed as an http(s) URL with a host and a port that exists,
+/// so a typo fails here instead of every push failing later. `/ingest` is
+/// appended to it: a query or fragment would end up in the wrong place.
+fn check_push_url(url: &str) -> Result<(), UsageError> {
+    let refuse = |problem: &str| {
+        UsageError::new(format!(
+            "--push {url:?}: {problem}; pass a base URL such as http://localhost:4040"
+        ))
+    };
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(refuse("the URL holds spaces or control characters"));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(refuse("expected an http:// or https:// URL"));
+    }
+    let after_scheme = url.split_once("://").map_or("", |(_, rest)| rest);
+    if after_scheme.is_empty() || after_scheme.starts_with(['/', ':']) {
+        return Err(refuse("no host"));
+    }
+    let uri: ureq::http::Uri = url
+        .parse()
+        .map_err(|e| refuse(&format!("not a URL ({e})")))?;
+    let authority = uri.authority().ok_or_else(|| refuse("no host"))?;
+    if authority.host().is_empty() {
+        return Err(refuse("no host"));
+    }
+    // `Authority::port` hides a port that does not fit a u16: read it from the text.
+    let host_and_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+    let port = host_and_port
+        .rsplit_once(':')
+        .filter(|(_, port)| !port.contains(']'))
+        .map(|(_, port)| port);
+    if let Some(port) = port {
+        if !matches!(port.parse::<u16>(), Ok(1..)) {
+            return Err(refuse(&format!("port {port} is not between 1 and 65535")));
+        }
+    }
+    if uri.query().is_some() || url.contains('#') {
+        return Err(refuse("a query or fragment cannot precede /ingest"));
+    }
+    Ok(())
+}
+
+/// `--push-header`: a name HTTP allows (a token) and a value without CR, LF
+/// or NUL, which would split or cut the request.
+fn check_push_header(
+    text: &str,
+    name: String,
+    value: String,
+) -> Result<(String, String), UsageError> {
+    use ureq::http::{HeaderName, HeaderValue};
+    if HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(UsageError::new(format!(
+            "--push-header {text:?}: {name:?} is not an HTTP header name; use letters, digits and -"
+        )));
+    }
+    if HeaderValue::from_str(&value).is_err() {
+        return Err(UsageError::new(format!(
+            "--push-header {text:?}: the value holds control characters (CR, LF or NUL); remove them"
+        )));
+    }
+    Ok((name, value))
 }
 
 #[cfg(test)]
@@ -858,6 +941,39 @@ mod tests {
         assert!(
             usage_error("tripod-bpf -a --stack-storage-size 0").contains("--stack-storage-size")
         );
+        // Too large for a Duration, or for the kernel: refused here, naming the flag.
+        for (line, flag) in [
+            ("tripod-bpf -a -d 1e20", "--duration"),
+            ("tripod-bpf -a -d 31536001", "--duration"),
+            ("tripod-bpf -a -i 1e300", "--interval"),
+            ("tripod-bpf -a -d NaN", "--duration"),
+            ("tripod-bpf -a -d inf", "--duration"),
+            (
+                "tripod-bpf -a --stack-storage-size 4294967295",
+                "--stack-storage-size",
+            ),
+            (
+                "tripod-bpf -a --stack-storage-size 1048577",
+                "--stack-storage-size",
+            ),
+            ("tripod-bpf -a --count-map-size 4194305", "--count-map-size"),
+            (
+                "tripod-bpf -a --ring-buffer-size 268435457",
+                "--ring-buffer-size",
+            ),
+            ("tripod-bpf -a --ring-buffer-size 0", "--ring-buffer-size"),
+        ] {
+            let message = usage_error(line);
+            assert!(message.contains(flag), "{line}: {message}");
+        }
+        assert!(usage_error_of("tripod-bpf dump -p 1 --every 1e300").contains("--every"));
+        let longest = config("tripod-bpf -a -d 31536000 --stack-storage-size 1048576");
+        assert_eq!(longest.duration, Some(Duration::from_secs(31_536_000)));
+        assert_eq!(longest.stack_storage_size, MAX_STACK_STORAGE_SIZE);
+        assert_eq!(
+            config("tripod-bpf -a --ring-buffer-size 268435456").ring_buffer_size,
+            MAX_RING_BUFFER_SIZE
+        );
         let e = parse("tripod-bpf -a -f bogus").unwrap_err().unwrap();
         assert_eq!(e.kind(), ErrorKind::InvalidValue);
         let e = parse("tripod-bpf -p abc").unwrap_err().unwrap();
@@ -939,6 +1055,39 @@ mod tests {
             .is_some());
 
         assert!(usage_error("tripod-bpf -a --push pyro:4040").contains("http://"));
+        for (url, problem) in [
+            ("http://", "no host"),
+            ("http://p:99999", "port 99999"),
+            ("http://p:0", "port 0"),
+            ("http://[::1]:70000", "port 70000"),
+            ("http://p:4040\n", "control characters"),
+            ("http://p:4040?org=a", "query"),
+            ("http://p:4040#x", "fragment"),
+        ] {
+            let message = parse_args(["tripod-bpf", "-a", "--push", url])
+                .map(|_| String::new())
+                .unwrap_or_else(|e| e.unwrap_err().0);
+            assert!(message.contains(problem), "{url:?}: {message:?}");
+            assert!(!message.contains('\n'), "{url:?}: {message:?}");
+        }
+        for header in ["X-Org: a\r\nEvil: 1", "X Org: a", "X-Org: a\0b"] {
+            let message = parse_args([
+                "tripod-bpf",
+                "-a",
+                "--push",
+                "http://p",
+                "--push-header",
+                header,
+            ])
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.unwrap_err().0);
+            assert!(message.contains("--push-header"), "{header:?}: {message:?}");
+        }
+        assert!(
+            config("tripod-bpf -a --push https://user@p.example:443/base/")
+                .push
+                .is_some()
+        );
         assert!(
             usage_error("tripod-bpf -a --push http://p --push-label env").contains("KEY=VALUE")
         );

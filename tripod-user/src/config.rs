@@ -320,5 +320,24 @@ impl Config {
     }
 }
 
+/// The longest `--duration`, `--interval`, `dump --every` (and `TRIPOD_INTERVAL`):
+/// 365 days, in seconds. Anything longer is a typo, and far larger values do
+/// not fit a `Duration` at all.
+pub const MAX_SECONDS: f64 = 31_536_000.0;
+
+/// The largest `--stack-storage-size`. Each of the two stack maps takes about
+/// 1 KiB per entry (127 frames of 8 bytes and a header), so this is 1 GiB
+/// each; the kernel refuses 2^31 and more outright (E2BIG).
+pub const MAX_STACK_STORAGE_SIZE: u32 = 1 << 20;
+
+/// The largest `--count-map-size`: about 100 bytes per entry (key, count and
+/// the kernel's element header), some 400 MiB for each of the two maps.
+pub const MAX_COUNT_MAP_SIZE: u32 = 1 << 22;
+
+/// The largest `--ring-buffer-size`, 256 MiB. The kernel takes powers of two
+/// below 4 GiB, but the buffer is allocated whole and mapped into tripod-bpf
+/// twice over (1 GiB costs 2 GiB of resident memory).
+pub const MAX_RING_BUFFER_SIZE: u32 = 1 << 28;
+
 /// 99 Hz, not 100, so sampling does not run in lockstep with periodic timers.
 pub const DEFAULT_FREQUENCY: u64 = 99;

@@ -71,6 +71,7 @@ pub async fn run(config: DumpConfig) -> Result<u8> {
                 config.pid
             );
         }
+        output.finish()?;
         return Ok(0);
     };
 
@@ -97,6 +98,7 @@ pub async fn run(config: DumpConfig) -> Result<u8> {
             }
         }
     };
+    output.finish()?;
     eprintln!(
         "[tripod] {stop}: {dumps} {}; output in {}",
         if dumps == 1 { "dump" } else { "dumps" },

@@ -20,6 +20,7 @@ pub mod dump;
 #[cfg(test)]
 mod elf_corpus_tests;
 pub mod error;
+pub mod input;
 pub mod offline;
 pub mod output;
 pub mod pipeline;

@@ -4,37 +4,47 @@
 //!
 //! Intervals (`-i`) stay apart in formats that append (log, folded, json);
 //! formats that hold one profile (svg, pprof, speedscope) get them merged.
+//!
+//! The input is read as a stream, one document per line: memory follows the
+//! largest line (at most [`MAX_LINE_BYTES`]), not the file.
 use std::{
     collections::{BTreeSet, HashMap},
-    fs,
-    io::{self, Read as _},
+    io::{self, BufRead, BufReader, Read as _},
     path::Path,
     sync::Arc,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::Result;
+use serde::Deserialize;
 
 use crate::{
     annotate::Rules,
     app::load_rules,
     config::ReportConfig,
+    error::UsageError,
+    input,
     output::{json, Document, DumpDocument, Output},
     report::{Frame, Losses, ProcessReport, Report, StackReport, ThreadDump, ThreadReport},
     task::TaskState,
 };
 
-/// What a file held: recordings or dumps (never both).
+/// The longest line (one JSON document) `report` reads: a recording of the
+/// whole machine for hours is tens of MiB; anything past this is not ours.
+pub const MAX_LINE_BYTES: u64 = 256 << 20;
+
+/// One saved document: a recording (a whole run or one interval) or a dump.
 #[derive(Debug)]
 pub enum Saved {
-    Recordings(Vec<Report>),
-    Dumps(Vec<ThreadDump>),
+    Recording(Report),
+    Dump(ThreadDump),
 }
 
-/// Renders the file as configured; returns the exit status.
+/// Renders the file as configured; returns the exit status. Bad input is a
+/// usage error (exit 2) naming the line, and leaves a file named with -o as
+/// it was.
 pub fn run(config: ReportConfig) -> Result<u8> {
     let name = config.input.display().to_string();
-    let text = read_input(&config.input)?;
-    let saved = parse(&text).with_context(|| format!("reading {name}"))?;
+    let reader = open_input(&config.input)?;
     // Rules are applied again only when asked: by default the annotations
     // made where the profile was recorded are kept.
     let rules = match &config.rules {
@@ -42,116 +52,242 @@ pub fn run(config: ReportConfig) -> Result<u8> {
         None => None,
     };
     let mut output = Output::open(&config.output, config.format)?;
-    match saved {
-        Saved::Recordings(mut reports) => {
-            if let Some(rules) = &rules {
-                reports.iter_mut().for_each(|r| annotate_report(r, rules));
-            }
-            if config.format.single_profile() && reports.len() > 1 {
-                reports = vec![merge(reports)];
-            }
-            for report in &reports {
-                output.report(report)?;
-            }
+    let documents = Documents::new(reader, MAX_LINE_BYTES);
+    match render(documents, &config, rules.as_ref(), &mut output) {
+        Ok(()) => {
+            output.finish()?;
+            Ok(0)
         }
-        Saved::Dumps(mut dumps) => {
-            if config.format.single_profile() && dumps.len() > 1 {
-                bail!(
-                    "{name} holds {} dumps and a {} file holds one; use -f log, folded or json",
-                    dumps.len(),
-                    config.format.name()
-                );
-            }
-            for dump in &mut dumps {
-                if let Some(rules) = &rules {
-                    for group in &mut dump.groups {
-                        group.annotation = rules
-                            .annotate(&group.frames, group.state)
-                            .map(str::to_string);
-                    }
-                }
-                output.dump(dump)?;
-            }
+        Err(error) => {
+            output.discard();
+            Err(match error.downcast::<UsageError>() {
+                Ok(usage) => UsageError(format!("{name}: {usage}")).into(),
+                Err(other) => other,
+            })
         }
     }
-    Ok(0)
 }
 
-fn read_input(path: &Path) -> Result<String> {
-    let mut text = String::new();
+/// stdin (`-`, which may be a pipe), or a regular file: never a FIFO or a
+/// device, which could block or never end.
+fn open_input(path: &Path) -> Result<Box<dyn BufRead>> {
     if path.as_os_str() == "-" {
-        io::stdin()
-            .read_to_string(&mut text)
-            .context("reading stdin")?;
-        return Ok(text);
+        return Ok(Box::new(io::stdin().lock()));
     }
-    fs::read_to_string(path).with_context(|| {
-        format!(
-            "cannot read {}; pass a file written by `tripod-bpf -f json` or `tripod-bpf dump --json`",
-            path.display()
-        )
-    })
+    let file = input::open_regular(
+        path,
+        "input",
+        u64::MAX,
+        "pass a file written by `tripod-bpf -f json`, or - to read a pipe on stdin",
+    )?;
+    Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
 }
 
-/// Parses one JSON document per line (what `-f json` and `dump --json` write).
-pub fn parse(text: &str) -> Result<Saved> {
-    let mut reports = Vec::new();
-    let mut dumps = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+/// Writes each document as it is read; formats that hold one profile get the
+/// recordings merged and written at the end.
+fn render(
+    documents: Documents<'_>,
+    config: &ReportConfig,
+    rules: Option<&Rules>,
+    output: &mut Output,
+) -> Result<()> {
+    let one_profile = config.format.single_profile();
+    let mut merged: Option<Merger> = None;
+    let mut kind = None;
+    for document in documents {
+        let (line, document) = document?;
+        let this = matches!(document, Saved::Dump(_));
+        if *kind.get_or_insert(this) != this {
+            return Err(at_line(
+                line,
+                "the file mixes recordings and dumps; keep them in separate files",
+            ));
         }
-        let at = || format!("line {}", number + 1);
-        let value: serde_json::Value = serde_json::from_str(line).with_context(|| {
-            format!(
-                "{}: not JSON; expected output of `tripod-bpf -f json`",
-                at()
-            )
-        })?;
-        let version = value.get("version").and_then(serde_json::Value::as_u64);
-        match version {
-            Some(v) if v == u64::from(json::VERSION) => {}
-            Some(v) if v > u64::from(json::VERSION) => bail!(
-                "{}: written by a newer tripod-bpf (JSON version {v}; this one reads version {}); \
-                 use a tripod-bpf at least as new as the one that recorded it",
-                at(),
-                json::VERSION
-            ),
-            Some(v) => bail!("{}: unknown JSON version {v}", at()),
-            None => bail!(
-                "{}: no \"version\" field: not a tripod-bpf recording or dump",
-                at()
-            ),
-        }
-        let kind = value.get("kind").and_then(serde_json::Value::as_str);
-        match kind.unwrap_or("recording") {
-            "recording" => {
-                let document: Document = serde_json::from_value(value)
-                    .with_context(|| format!("{}: not a valid recording", at()))?;
-                let report = document
-                    .into_report()
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
-                reports.push(report);
+        match document {
+            Saved::Recording(mut report) => {
+                if let Some(rules) = rules {
+                    annotate_report(&mut report, rules);
+                }
+                match (one_profile, &mut merged) {
+                    (false, _) => output.report(&report)?,
+                    (true, Some(merger)) => merger.add(report),
+                    (true, None) => merged = Some(Merger::new(report)),
+                }
             }
-            "dump" => {
-                let document: DumpDocument = serde_json::from_value(value)
-                    .with_context(|| format!("{}: not a valid dump", at()))?;
-                let dump = document
-                    .into_dump()
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
-                dumps.push(dump);
+            Saved::Dump(mut dump) => {
+                if one_profile && output.has_written() {
+                    return Err(at_line(
+                        line,
+                        &format!(
+                            "a second dump, and a {} file holds one; use -f log, folded or json",
+                            config.format.name()
+                        ),
+                    ));
+                }
+                if let Some(rules) = rules {
+                    annotate_dump(&mut dump, rules);
+                }
+                output.dump(&dump)?;
             }
-            other => bail!(
-                "{}: unknown document kind {other:?} (expected \"recording\" or \"dump\")",
-                at()
-            ),
         }
     }
-    match (reports.is_empty(), dumps.is_empty()) {
-        (false, true) => Ok(Saved::Recordings(reports)),
-        (true, false) => Ok(Saved::Dumps(dumps)),
-        (true, true) => bail!("no documents: the file is empty"),
-        (false, false) => bail!("the file mixes recordings and dumps; keep them in separate files"),
+    match (kind, merged) {
+        (None, _) => Err(UsageError::new(
+            "no documents: the file is empty; pass a file written by `tripod-bpf -f json`",
+        )
+        .into()),
+        (_, Some(merger)) => Ok(output.report(&merger.finish())?),
+        _ => Ok(()),
+    }
+}
+
+fn at_line(line: usize, problem: &str) -> anyhow::Error {
+    UsageError(format!("line {line}: {problem}")).into()
+}
+
+/// The documents of a stream, one per line, each with its line number.
+pub struct Documents<'a> {
+    reader: Box<dyn BufRead + 'a>,
+    limit: u64,
+    line: usize,
+    buffer: Vec<u8>,
+    failed: bool,
+}
+
+impl<'a> Documents<'a> {
+    /// Reads `reader`, refusing lines longer than `limit` bytes.
+    pub fn new(reader: Box<dyn BufRead + 'a>, limit: u64) -> Documents<'a> {
+        Documents {
+            reader,
+            limit,
+            line: 0,
+            buffer: Vec::new(),
+            failed: false,
+        }
+    }
+
+    /// Reads the next non-blank line into the buffer, without its line
+    /// ending; false at the end of the input.
+    fn next_line(&mut self) -> Result<bool, UsageError> {
+        loop {
+            self.buffer.clear();
+            self.line += 1;
+            let read = (&mut self.reader)
+                .take(self.limit + 1)
+                .read_until(b'\n', &mut self.buffer)
+                .map_err(|e| UsageError(format!("cannot read: {e}")))?;
+            if read == 0 {
+                return Ok(false);
+            }
+            if self.buffer.last() == Some(&b'\n') {
+                self.buffer.pop();
+            }
+            if self.buffer.len() as u64 > self.limit {
+                return Err(UsageError(format!(
+                    "longer than {} MiB, more than any recording holds; \
+                     pass a file written by `tripod-bpf -f json`",
+                    self.limit >> 20
+                )));
+            }
+            if !self.buffer.iter().all(u8::is_ascii_whitespace) {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn next_document(&mut self) -> Result<Option<Saved>, UsageError> {
+        if !self.next_line()? {
+            return Ok(None);
+        }
+        let text = std::str::from_utf8(&self.buffer).map_err(|_| {
+            UsageError::new("not UTF-8 text; expected output of `tripod-bpf -f json`")
+        })?;
+        parse_line(text).map(Some)
+    }
+}
+
+impl Iterator for Documents<'_> {
+    type Item = Result<(usize, Saved), UsageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.next_document() {
+            Ok(document) => document.map(|d| Ok((self.line, d))),
+            Err(error) => {
+                self.failed = true;
+                Some(Err(UsageError(format!("line {}: {error}", self.line))))
+            }
+        }
+    }
+}
+
+/// The two fields read before the rest: what a line is, and which version.
+#[derive(Deserialize)]
+struct Header {
+    version: Option<serde_json::Value>,
+    kind: Option<serde_json::Value>,
+}
+
+/// One line: a recording or a dump of the version this tripod-bpf reads.
+fn parse_line(line: &str) -> Result<Saved, UsageError> {
+    // serde reads a struct from an array too: documents are objects.
+    let object = line.trim_start().starts_with('{');
+    let header: Header = serde_json::from_str(line).map_err(|e| {
+        UsageError::new(if e.is_data() {
+            "JSON, but not a tripod-bpf recording or dump"
+        } else {
+            "not JSON; expected output of `tripod-bpf -f json`"
+        })
+    })?;
+    if !object {
+        return Err(UsageError::new(
+            "JSON, but not a tripod-bpf recording or dump",
+        ));
+    }
+    check_version(header.version.as_ref().and_then(serde_json::Value::as_u64))?;
+    let kind = header.kind.as_ref().map(|k| k.as_str().unwrap_or("?"));
+    match kind.unwrap_or("recording") {
+        "recording" => {
+            let document: Document = serde_json::from_str(line)
+                .map_err(|e| UsageError(format!("not a valid recording: {e}")))?;
+            document
+                .into_report()
+                .map(Saved::Recording)
+                .map_err(UsageError)
+        }
+        "dump" => {
+            let document: DumpDocument = serde_json::from_str(line)
+                .map_err(|e| UsageError(format!("not a valid dump: {e}")))?;
+            document.into_dump().map(Saved::Dump).map_err(UsageError)
+        }
+        other => Err(UsageError(format!(
+            "unknown document kind {other:?} (expected \"recording\" or \"dump\")"
+        ))),
+    }
+}
+
+fn check_version(version: Option<u64>) -> Result<(), UsageError> {
+    let ours = u64::from(json::VERSION);
+    match version {
+        Some(v) if v == ours => Ok(()),
+        Some(v) if v > ours => Err(UsageError(format!(
+            "written by a newer tripod-bpf (JSON version {v}; this one reads version {ours}); \
+             use a tripod-bpf at least as new as the one that recorded it"
+        ))),
+        Some(v) => Err(UsageError(format!("unknown JSON version {v}"))),
+        None => Err(UsageError::new(
+            "no \"version\" field: not a tripod-bpf recording or dump",
+        )),
+    }
+}
+
+fn annotate_dump(dump: &mut ThreadDump, rules: &Rules) {
+    for group in &mut dump.groups {
+        group.annotation = rules
+            .annotate(&group.frames, group.state)
+            .map(str::to_string);
     }
 }
 
@@ -166,17 +302,40 @@ fn annotate_report(report: &mut Report, rules: &Rules) {
 /// The reports of several intervals as one: counts of the same stack (same
 /// process, thread, state and frames) added up, and losses too.
 pub fn merge(reports: Vec<Report>) -> Report {
-    type Key = (u32, Option<u32>, TaskState, Vec<Arc<Frame>>);
-    let mut merged = Report {
-        losses: Losses::default(),
-        stacks: Vec::new(),
-        processes: Vec::new(),
-        samples: 0,
-        ..reports[0].clone()
-    };
-    let mut stacks: HashMap<Key, StackReport> = HashMap::new();
-    let mut processes: HashMap<u32, (ProcessReport, HashMap<u32, ThreadReport>)> = HashMap::new();
-    for report in reports {
+    let mut reports = reports.into_iter();
+    let mut merger = Merger::new(reports.next().expect("at least one report"));
+    reports.for_each(|report| merger.add(report));
+    merger.finish()
+}
+
+type StackKey = (u32, Option<u32>, TaskState, Vec<Arc<Frame>>);
+
+/// Reports merged one at a time, as they are read.
+pub struct Merger {
+    merged: Report,
+    stacks: HashMap<StackKey, StackReport>,
+    processes: HashMap<u32, (ProcessReport, HashMap<u32, ThreadReport>)>,
+}
+
+impl Merger {
+    pub fn new(first: Report) -> Merger {
+        let mut merger = Merger {
+            merged: Report {
+                losses: Losses::default(),
+                stacks: Vec::new(),
+                processes: Vec::new(),
+                samples: 0,
+                ..first.clone()
+            },
+            stacks: HashMap::new(),
+            processes: HashMap::new(),
+        };
+        merger.add(first);
+        merger
+    }
+
+    pub fn add(&mut self, report: Report) {
+        let merged = &mut self.merged;
         merged.start = merged.start.min(report.start);
         merged.end = merged.end.max(report.end);
         merged.losses.add(&report.losses);
@@ -187,7 +346,7 @@ pub fn merge(reports: Vec<Report>) -> Report {
                 stack.state,
                 stack.frames.to_vec(),
             );
-            match stacks.get_mut(&key) {
+            match self.stacks.get_mut(&key) {
                 Some(same) => {
                     same.count += stack.count;
                     let tids: BTreeSet<u32> =
@@ -195,13 +354,14 @@ pub fn merge(reports: Vec<Report>) -> Report {
                     same.tids = tids.into_iter().collect();
                 }
                 None => {
-                    stacks.insert(key, stack);
+                    self.stacks.insert(key, stack);
                 }
             }
         }
         for mut process in report.processes {
             let threads = std::mem::take(&mut process.threads);
-            let (_, by_tid) = processes
+            let (_, by_tid) = self
+                .processes
                 .entry(process.pid)
                 .or_insert_with(|| (process, HashMap::new()));
             for thread in threads {
@@ -212,21 +372,76 @@ pub fn merge(reports: Vec<Report>) -> Report {
             }
         }
     }
-    let mut stacks: Vec<StackReport> = stacks.into_values().collect();
-    stacks.sort_by(|a, b| b.count.cmp(&a.count).then(a.pid.cmp(&b.pid)));
-    let mut processes: Vec<ProcessReport> = processes
-        .into_values()
-        .map(|(mut process, threads)| {
-            let mut threads: Vec<ThreadReport> = threads.into_values().collect();
-            threads.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.tid.cmp(&b.tid)));
-            process.samples = threads.iter().map(|t| t.samples).sum();
-            process.threads = threads;
-            process
-        })
-        .collect();
-    processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
-    merged.samples = stacks.iter().map(|s| s.count).sum();
-    merged.stacks = stacks;
-    merged.processes = processes;
-    merged
+
+    pub fn finish(self) -> Report {
+        let mut merged = self.merged;
+        let mut stacks: Vec<StackReport> = self.stacks.into_values().collect();
+        stacks.sort_by(|a, b| b.count.cmp(&a.count).then(a.pid.cmp(&b.pid)));
+        let mut processes: Vec<ProcessReport> = self
+            .processes
+            .into_values()
+            .map(|(mut process, threads)| {
+                let mut threads: Vec<ThreadReport> = threads.into_values().collect();
+                threads.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.tid.cmp(&b.tid)));
+                process.samples = threads.iter().map(|t| t.samples).sum();
+                process.threads = threads;
+                process
+            })
+            .collect();
+        processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
+        merged.samples = stacks.iter().map(|s| s.count).sum();
+        merged.stacks = stacks;
+        merged.processes = processes;
+        merged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error of the first document of `text`, read with lines of at most `limit` bytes.
+    fn first_error(text: &str, limit: u64) -> String {
+        let mut documents = Documents::new(Box::new(text.as_bytes()), limit);
+        match documents.next() {
+            Some(Err(UsageError(message))) => message,
+            other => panic!("{text:?}: expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        assert_eq!(
+            first_error("\n  \nnot json\n", 100),
+            "line 3: not JSON; expected output of `tripod-bpf -f json`"
+        );
+        assert_eq!(
+            first_error("[1, 2]\n", 100),
+            "line 1: JSON, but not a tripod-bpf recording or dump"
+        );
+        assert!(first_error("{\"kind\": \"dump\"}", 100).starts_with("line 1: no \"version\""));
+        assert!(first_error("{\"version\": 99}", 100).contains("newer tripod-bpf"));
+        assert!(
+            first_error("{\"version\": 1, \"kind\": \"x\"}", 100).contains("unknown document kind")
+        );
+        assert!(first_error("{\"version\": 1}", 100).starts_with("line 1: not a valid recording"));
+        assert!(first_error("\n\u{0}\u{ff}", 100).starts_with("line 2:"));
+    }
+
+    #[test]
+    fn a_line_past_the_limit_is_refused_without_reading_on() {
+        let long = format!("{{\"version\": 1, \"pad\": \"{}\"}}\n", "x".repeat(5000));
+        let message = first_error(&long, 1000);
+        assert!(message.starts_with("line 1: longer than"), "{message}");
+        // Exactly at the limit is fine (and then not a valid recording).
+        let text = "{\"version\": 1}";
+        let message = first_error(text, text.len() as u64);
+        assert!(message.contains("not a valid recording"), "{message}");
+    }
+
+    #[test]
+    fn an_empty_input_has_no_documents() {
+        let mut documents = Documents::new(Box::new(&b"\n\n"[..]), 100);
+        assert!(documents.next().is_none());
+    }
 }

@@ -3,6 +3,7 @@
 //! Every format implements [`Render`]: one call per report (each interval,
 //! or once for the whole run) and one at the end with the run's summary; or,
 //! for `tripod-bpf dump`, one call per thread dump.
+mod files;
 pub(crate) mod folded;
 pub mod json;
 mod log;
@@ -15,10 +16,11 @@ mod svg;
 use std::{
     fs::File,
     io::{self, BufWriter, Write},
-    path::Path,
+    path::PathBuf,
 };
 
 use anyhow::Result;
+use tempfile::NamedTempFile;
 
 pub use self::{
     folded::Folded,
@@ -31,7 +33,6 @@ pub use self::{
 };
 use crate::{
     config::{OutputDest, OutputFormat},
-    error::UsageError,
     report::{Report, Summary, ThreadDump},
 };
 
@@ -59,63 +60,128 @@ pub fn renderer(format: OutputFormat) -> Box<dyn Render> {
 /// An opened destination with its renderer.
 pub struct Output {
     renderer: Box<dyn Render>,
-    writer: Box<dyn Write>,
+    sink: Sink,
+    /// Whether a whole report, summary or dump has been written: a run that
+    /// fails after that still keeps its file (nothing sampled is lost).
+    complete: bool,
     /// The path written to, or `-` for stdout.
     pub name: String,
+}
+
+/// Where the rendered bytes go.
+enum Sink {
+    Stdout(io::Stdout),
+    Discard(io::Sink),
+    /// The default log, or a device or FIFO named with `-o`: written in place.
+    Direct(BufWriter<File>),
+    /// A file named with `-o`: a temporary file beside it, renamed over it by
+    /// [`Output::finish`], so a failed run never empties the old file and a
+    /// reader never sees half a file.
+    Staged {
+        writer: BufWriter<NamedTempFile>,
+        dest: PathBuf,
+    },
+    /// After `finish` or `discard`.
+    Closed,
 }
 
 impl Output {
     /// Opens the destination now, so a bad path fails before sampling starts.
     pub fn open(dest: &OutputDest, format: OutputFormat) -> Result<Output> {
-        let (writer, name): (Box<dyn Write>, String) = match dest {
-            OutputDest::Stdout => (Box::new(io::stdout()), "-".to_string()),
-            OutputDest::Discard => (Box::new(io::sink()), "nowhere (--push only)".to_string()),
-            OutputDest::File(path) => {
-                let file = File::create(path).map_err(|e| cannot_create(path, &e))?;
-                (Box::new(BufWriter::new(file)), path.display().to_string())
-            }
+        let (sink, name) = match dest {
+            OutputDest::Stdout => (Sink::Stdout(io::stdout()), "-".to_string()),
+            OutputDest::Discard => (
+                Sink::Discard(io::sink()),
+                "nowhere (--push only)".to_string(),
+            ),
+            OutputDest::File(path) => (files::open(path)?, path.display().to_string()),
             OutputDest::TempFile => {
-                let dir = std::env::temp_dir();
-                // O_CREAT|O_EXCL with mode 0600: never an existing file, never through a symlink.
-                let (file, path) = tempfile::Builder::new()
-                    .prefix("tripod_")
-                    .suffix(format.suffix())
-                    .rand_bytes(6)
-                    .tempfile_in(&dir)
-                    .map_err(|e| cannot_create(&dir.join("tripod_XXXXXX"), &e))?
-                    .keep()
-                    .map_err(|e| cannot_create(&dir.join("tripod_XXXXXX"), &e.error))?;
-                (Box::new(BufWriter::new(file)), path.display().to_string())
+                let (file, path) = files::new_log(format.suffix())?;
+                (
+                    Sink::Direct(BufWriter::new(file)),
+                    path.display().to_string(),
+                )
             }
         };
         Ok(Output {
             renderer: renderer(format),
-            writer,
+            sink,
+            complete: false,
             name,
         })
     }
 
     pub fn report(&mut self, report: &Report) -> io::Result<()> {
-        self.renderer.report(report, &mut self.writer)?;
-        self.writer.flush()
+        let out = self.sink.writer()?;
+        self.renderer.report(report, out)?;
+        out.flush()?;
+        self.complete = true;
+        Ok(())
     }
 
     pub fn summary(&mut self, summary: &Summary) -> io::Result<()> {
-        self.renderer.summary(summary, &mut self.writer)?;
-        self.writer.flush()
+        let out = self.sink.writer()?;
+        self.renderer.summary(summary, out)?;
+        out.flush()
     }
 
     pub fn dump(&mut self, dump: &ThreadDump) -> io::Result<()> {
-        self.renderer.dump(dump, &mut self.writer)?;
-        self.writer.flush()
+        let out = self.sink.writer()?;
+        self.renderer.dump(dump, out)?;
+        out.flush()?;
+        self.complete = true;
+        Ok(())
+    }
+
+    /// Whether a whole report or dump has been written.
+    pub fn has_written(&self) -> bool {
+        self.complete
+    }
+
+    /// Puts the file in place: renames the temporary file over the one named
+    /// with `-o`. Called once everything is written; later writes fail.
+    pub fn finish(&mut self) -> Result<()> {
+        match std::mem::replace(&mut self.sink, Sink::Closed) {
+            Sink::Staged { writer, dest } => files::persist(writer, &dest),
+            Sink::Direct(mut writer) => Ok(writer.flush()?),
+            Sink::Stdout(mut stdout) => Ok(stdout.flush()?),
+            Sink::Discard(_) | Sink::Closed => Ok(()),
+        }
+    }
+
+    /// Drops what was written to a file named with `-o` (its old content, if
+    /// any, stays); for a run or report that failed before it had anything to say.
+    pub fn discard(&mut self) {
+        // Dropping the temporary file removes it.
+        self.sink = Sink::Closed;
     }
 }
 
-fn cannot_create(path: &Path, error: &io::Error) -> UsageError {
-    UsageError(format!(
-        "cannot create output file {}: {error}; check that the directory exists and is writable, or pass -o PATH",
-        path.display()
-    ))
+impl Drop for Output {
+    /// A run that ends early (an error after sampling) still puts what it
+    /// wrote in place; one that wrote nothing whole leaves the old file be.
+    fn drop(&mut self) {
+        if !self.complete {
+            return;
+        }
+        if let Err(error) = self.finish() {
+            eprintln!("tripod-bpf: error: {error:#}");
+        }
+    }
+}
+
+impl Sink {
+    fn writer(&mut self) -> io::Result<&mut dyn Write> {
+        Ok(match self {
+            Sink::Stdout(stdout) => stdout,
+            Sink::Discard(sink) => sink,
+            Sink::Direct(writer) => writer,
+            Sink::Staged { writer, .. } => writer,
+            Sink::Closed => {
+                return Err(io::Error::other("the output was already closed"));
+            }
+        })
+    }
 }
 
 #[cfg(test)]

@@ -70,6 +70,17 @@ fn draw(
     lines: BTreeMap<String, u64>,
     out: &mut dyn Write,
 ) -> io::Result<()> {
+    // Nothing sampled: inferno would draw an SVG saying so, which could
+    // replace a good graph and exit 0. A plain error says it better.
+    if lines.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "no {unit} to draw, so no flame graph was written; sample for longer, \
+                 or check the target with -f log"
+            ),
+        ));
+    }
     let mut options = Options::default();
     options.title = title.to_string();
     options.subtitle = Some(subtitle.to_string());
@@ -81,10 +92,5 @@ fn draw(
         .into_iter()
         .map(|(line, count)| format!("{line} {count}"))
         .collect();
-    match flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out) {
-        // Nothing sampled: inferno has written an SVG that says so, and
-        // returns an error; the graph is the answer, not a failure.
-        Err(error) if lines.is_empty() && error.kind() == io::ErrorKind::InvalidData => Ok(()),
-        result => result,
-    }
+    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out)
 }

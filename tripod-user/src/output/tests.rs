@@ -531,15 +531,17 @@ fn svg_is_an_inferno_flame_graph_with_our_title() {
     assert!(text.contains("paused_here (/srv/app.py:20)"));
 }
 
+/// An empty graph would replace a good one and look like success.
 #[test]
-fn svg_of_nothing_is_still_a_graph() {
+fn svg_of_nothing_is_an_error_that_writes_nothing() {
     let mut empty = report(false);
     empty.stacks.clear();
-    let text = render(Svg, &empty, None);
-    assert!(
-        text.contains("<svg") && text.trim_end().ends_with("</svg>"),
-        "{text}"
-    );
+    let mut out = Vec::new();
+    let error = Svg.report(&empty, &mut out).unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+    assert!(error.to_string().contains("no flame graph"), "{error}");
+    assert!(!error.to_string().contains('\n'), "{error}");
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
 }
 
 /// Decodes what the pprof renderer wrote.
