@@ -4,21 +4,24 @@
 //! without blocking, checked to be a regular file through the descriptor
 //! itself (no race with a rename), and read at most up to a limit.
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, Read as _},
-    os::unix::fs::OpenOptionsExt as _,
     path::Path,
 };
 
-use crate::error::UsageError;
+use crate::{
+    error::UsageError,
+    target_file::{self, Links, Why},
+};
 
 /// The largest `--rules` file: rules are a few lines each, so 1 MiB is
 /// thousands of them.
 pub const MAX_RULES_BYTES: u64 = 1 << 20;
 
 /// Opens `path` for reading if it is a regular file of at most `limit`
-/// bytes; `what` names it in errors ("rules file"), `instead` says what to
-/// do when it is a FIFO or a device.
+/// bytes, under the policy for target files ([`crate::target_file`]);
+/// `what` names it in errors ("rules file"), `instead` says what to do when
+/// it is a FIFO or a device.
 pub fn open_regular(
     path: &Path,
     what: &str,
@@ -26,28 +29,15 @@ pub fn open_regular(
     instead: &str,
 ) -> Result<File, UsageError> {
     let shown = path.display();
-    // O_NONBLOCK: opening a FIFO for reading must not wait for a writer.
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| {
-            UsageError(format!(
-                "cannot read {what} {shown}: {e}; check the path and its permissions"
-            ))
-        })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| UsageError(format!("cannot read {what} {shown}: {e}; check the path")))?;
-    if !meta.is_file() {
-        return Err(UsageError(format!(
-            "{what} {shown} is not a regular file (a FIFO, device or directory); {instead}"
-        )));
-    }
-    if meta.len() > limit {
-        return Err(too_large(path, what, limit));
-    }
-    Ok(file)
+    target_file::open_limited(path, Links::Follow, limit).map_err(|refusal| match refusal.why {
+        Why::NotRegular(kind) => UsageError(format!(
+            "{what} {shown} is {kind}, not a regular file; {instead}"
+        )),
+        Why::TooLarge { .. } => too_large(path, what, limit),
+        _ => UsageError(format!(
+            "cannot read {what} {refusal}; check the path and its permissions"
+        )),
+    })
 }
 
 /// The whole text of a regular file of at most `limit` bytes. A file that

@@ -111,6 +111,12 @@ pub enum Links {
 /// Opens `path` under the policy: never blocks, and only a regular file of at
 /// most [`max_file_size`] bytes is returned.
 pub fn open(path: &Path, links: Links) -> Result<File, Refusal> {
+    open_limited(path, links, max_file_size())
+}
+
+/// [`open`] with a limit of its own, for files the user names (`--rules`,
+/// `report FILE`): the same policy, another size.
+pub fn open_limited(path: &Path, links: Links, max: u64) -> Result<File, Refusal> {
     let refusal = |why| Refusal {
         path: path.to_path_buf(),
         why,
@@ -130,7 +136,7 @@ pub fn open(path: &Path, links: Links) -> Result<File, Refusal> {
     let meta = file
         .metadata()
         .map_err(|e| refusal(Why::Unreadable(e.to_string())))?;
-    acceptable(&meta).map_err(refusal)?;
+    acceptable(&meta, max).map_err(refusal)?;
     Ok(file)
 }
 
@@ -139,7 +145,7 @@ pub fn open(path: &Path, links: Links) -> Result<File, Refusal> {
 /// FIFO or a giant. A missing file is `Ok(None)`.
 pub fn check(path: &Path) -> Result<Option<fs::Metadata>, Refusal> {
     match fs::metadata(path) {
-        Ok(meta) => acceptable(&meta)
+        Ok(meta) => acceptable(&meta, max_file_size())
             .map(|()| Some(meta))
             .map_err(|why| Refusal {
                 path: path.to_path_buf(),
@@ -154,37 +160,6 @@ pub fn check(path: &Path) -> Result<Option<fs::Metadata>, Refusal> {
     }
 }
 
-/// Reads a whole small file under the policy (rules files and the like).
-pub fn read(path: &Path, links: Links, max: u64) -> Result<Vec<u8>, Refusal> {
-    use io::Read as _;
-    let file = open(path, links)?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if size > max {
-        return Err(Refusal {
-            path: path.to_path_buf(),
-            why: Why::TooLarge { size, max },
-        });
-    }
-    let mut bytes = Vec::with_capacity(size as usize);
-    // `take` bounds the read even if the file grows after the check.
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Refusal {
-            path: path.to_path_buf(),
-            why: Why::Unreadable(e.to_string()),
-        })?;
-    if bytes.len() as u64 > max {
-        return Err(Refusal {
-            path: path.to_path_buf(),
-            why: Why::TooLarge {
-                size: bytes.len() as u64,
-                max,
-            },
-        });
-    }
-    Ok(bytes)
-}
-
 /// The path through which `file` itself (not whatever its name now names) is
 /// opened again: for libraries that take paths.
 pub fn fd_path(file: &File) -> PathBuf {
@@ -192,7 +167,7 @@ pub fn fd_path(file: &File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
-fn acceptable(meta: &fs::Metadata) -> Result<(), Why> {
+fn acceptable(meta: &fs::Metadata, max: u64) -> Result<(), Why> {
     let kind = meta.file_type();
     let not_regular = if kind.is_fifo() {
         Some("a FIFO")
@@ -212,7 +187,6 @@ fn acceptable(meta: &fs::Metadata) -> Result<(), Why> {
     if let Some(kind) = not_regular {
         return Err(Why::NotRegular(kind));
     }
-    let max = max_file_size();
     // Sparse files count at their apparent size: that is what a reader maps.
     if meta.size() > max {
         return Err(Why::TooLarge {
@@ -321,12 +295,12 @@ mod tests {
     }
 
     #[test]
-    fn small_reads_are_capped() {
+    fn limits_of_their_own() {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), b"0123456789").unwrap();
-        assert_eq!(read(file.path(), Links::Follow, 10).unwrap(), b"0123456789");
+        assert!(open_limited(file.path(), Links::Follow, 10).is_ok());
         assert!(matches!(
-            read(file.path(), Links::Follow, 9).unwrap_err().why,
+            open_limited(file.path(), Links::Follow, 9).unwrap_err().why,
             Why::TooLarge { size: 10, max: 9 }
         ));
     }

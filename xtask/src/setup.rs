@@ -151,6 +151,8 @@ fn gcc(apt: &mut Apt) -> Result<()> {
 pub fn test_tools() -> Result<std::path::PathBuf> {
     let mut apt = Apt { updated: false };
     apt_tool(&mut apt, "gdb", "gdb")?;
+    // GNU time measures the peak memory of `report` in the streaming test.
+    apt_tool(&mut apt, "/usr/bin/time", "time")?;
     go(&mut apt)?;
     py_spy()
 }
