@@ -9,7 +9,7 @@
 //! addresses only) -> [`process`] + [`symbolize`] (the only blazesym user)
 //! via [`resolve`] -> [`annotate`] -> [`report`] -> [`output`] (the only
 //! writers). [`pipeline`] carries samples through these stages; [`app`] runs
-//! a recording and [`dump`] a thread dump.
+//! a recording and [`dump`] a thread dump; [`signals`] tells both when to stop.
 pub mod aggregate;
 pub mod annotate;
 pub mod app;
@@ -26,6 +26,7 @@ pub mod python;
 pub mod report;
 pub mod resolve;
 pub mod sampler;
+pub mod signals;
 pub mod stack;
 pub mod symbolize;
 pub mod task;
