@@ -158,7 +158,9 @@ mod tests {
 
     #[test]
     fn pids_are_checked() {
-        assert!(check_pid(std::process::id(), "").is_ok());
+        assert!(check_pid(std::os::unix::process::parent_id(), "").is_ok());
+        let e = check_pid(std::process::id(), "").unwrap_err().to_string();
+        assert!(e.contains("is tripod-bpf itself"), "{e}");
         let e = check_pid(999_999_999, ", or use --all")
             .unwrap_err()
             .downcast::<UsageError>()
