@@ -380,3 +380,79 @@ fn pid_1_is_dumped_or_refused_with_a_reason() {
         );
     }
 }
+
+/// The real SIGHUP: stderr is a terminal that has gone away (its master side closed, so
+/// every write to it fails with EIO) when the signal comes. The run still writes its
+/// output and exits 0; messages that cannot be shown are dropped.
+#[test]
+fn sighup_after_the_terminal_is_gone_still_writes_the_output() {
+    use std::io::{BufRead, BufReader};
+    use std::os::fd::FromRawFd;
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let fx = Fixture::start(CHAIN_FP, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("out.folded");
+    let (mut master, mut slave) = (0, 0);
+    let null = std::ptr::null_mut();
+    // SAFETY: openpty fills two descriptors that we then own; the other arguments may be null.
+    let opened = unsafe { libc::openpty(&mut master, &mut slave, null, null.cast(), null.cast()) };
+    assert_eq!(opened, 0, "openpty: {}", std::io::Error::last_os_error());
+    for fd in [master, slave] {
+        // SAFETY: fcntl on descriptors we own. Close-on-exec: a master inherited by
+        // tripod-bpf would keep the terminal from hanging up.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    // SAFETY: both were just created and are owned by nothing else.
+    let (master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    let pid = fx.pid().to_string();
+    let mut child = tripod_command(&["--pid", &pid, "-f", "folded", "-o", file.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(slave)
+        .spawn()
+        .expect("starting tripod-bpf");
+    // Read the terminal until the run samples; a reader thread keeps a stuck run from
+    // blocking the test, which then fails on the deadline below.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut terminal = BufReader::new(master);
+        let mut line = String::new();
+        while matches!(terminal.read_line(&mut line), Ok(n) if n > 0) {
+            if line.contains("Press Ctrl-C") {
+                // Dropping the master hangs the terminal up.
+                let _ = tx.send(());
+                return;
+            }
+            line.clear();
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("tripod-bpf did not start sampling on the terminal");
+    std::thread::sleep(Duration::from_secs(1));
+    send_signal(child.id(), libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for tripod-bpf") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tripod-bpf did not exit within 30 s of SIGHUP");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status.success(),
+        "tripod-bpf exited with {status} after SIGHUP"
+    );
+    let folded = std::fs::read_to_string(&file).expect("reading the output file");
+    assert_chain(&folded, "chain_fp", CHAIN, 20, 0.9);
+}

@@ -62,10 +62,10 @@ pub async fn run(config: DumpConfig, shutdown: Shutdown) -> Result<u8> {
     pipeline.check_python(config.pid);
     if config.locals {
         if !pipeline.is_python(config.pid) {
-            eprintln!(
+            note(&format!(
                 "[tripod] pid {} is not a Python process tripod-bpf can read; --locals shows nothing",
                 config.pid
-            );
+            ));
         }
         pipeline.collect_locals();
     }
