@@ -456,3 +456,36 @@ fn sighup_after_the_terminal_is_gone_still_writes_the_output() {
     let folded = std::fs::read_to_string(&file).expect("reading the output file");
     assert_chain(&folded, "chain_fp", CHAIN, 20, 0.9);
 }
+
+/// A command that ignores SIGTERM holds up the end of a run for the 2 s grace before its
+/// SIGKILL; a second Ctrl-C then aborts at once, and the command is killed and reaped
+/// all the same: it does not outlive tripod-bpf.
+#[test]
+fn sigint_abort_kills_the_command() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let stubborn = "trap '' TERM; while :; do :; done";
+    let args = ["-f", "folded", "-o", "-", "--", "sh", "-c", stubborn];
+    let mut run = Tripod::spawn(tripod_command(&args));
+    let sampling = run.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
+    let child = command_pid(&sampling);
+    std::thread::sleep(Duration::from_secs(1));
+    run.signal(libc::SIGINT);
+    // Well inside the grace the command's SIGTERM gets, and apart from the first
+    // SIGINT, so the two are not merged into one.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        run.is_running(),
+        "the command ignoring SIGTERM did not hold up the end of the run"
+    );
+    run.signal(libc::SIGINT);
+    let out = run.wait(Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(130), "{}", stderr_text(&out));
+    assert!(
+        !Path::new(&format!("/proc/{child}")).exists(),
+        "the command (pid {child}) outlived the abort: state {:?}",
+        proc_state(child)
+    );
+}

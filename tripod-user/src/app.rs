@@ -75,7 +75,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
             Counters::default(),
             config.min_block_us,
         );
-        return stopped_before_sampling(&config, pipeline, &mut output, signal);
+        return write_unsampled(&config, pipeline, &mut output, signal);
     }
     let options = SamplerOptions {
         frequency: config.frequency,
@@ -195,8 +195,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
     // From here on a SIGINT aborts (see `signals`).
     shutdown.begin();
     status.clear();
-    if let (Some(child), false) = (&mut child, matches!(stopped, Ok(Stop::CommandExited(_)))) {
-        child.stop().await;
+    // A command still running is stopped and reaped, not left behind.
+    if let Some(child) = &mut child {
+        if !matches!(stopped, Ok(Stop::CommandExited(_))) {
+            child.stop().await;
+        }
     }
 
     // Whatever ended the run, an error included, what was sampled is written.
@@ -289,7 +292,7 @@ fn run_info(config: &Config, event: &str, child: Option<u32>) -> RunInfo {
 /// A signal came before the sampler started: nothing was sampled, but the
 /// output is written all the same (an empty report of its format), and the
 /// run ends as one stopped by that signal would.
-fn stopped_before_sampling(
+fn write_unsampled(
     config: &Config,
     mut pipeline: Pipeline,
     output: &mut Output,
