@@ -114,14 +114,29 @@ fn command_pid(sampling_line: &str) -> u32 {
         .unwrap_or_else(|_| panic!("no pid in {sampling_line:?}"))
 }
 
-/// Starts `tripod-bpf ARGS`, waits until it samples and a second more, and sends `sig`;
-/// returns its output and the `Sampling at` line.
-fn signal_while_sampling(args: &[&str], sig: libc::c_int) -> (std::process::Output, String) {
+/// Starts `tripod-bpf ARGS`, waits until it samples and a second more, calls `meanwhile`
+/// with the `Sampling at` line and sends `sig`; returns its output and that line.
+fn signal_while_sampling(
+    args: &[&str],
+    sig: libc::c_int,
+    meanwhile: impl FnOnce(&str),
+) -> (std::process::Output, String) {
     let mut run = Tripod::spawn(tripod_command(args));
     let sampling = run.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(1));
+    meanwhile(&sampling);
     run.signal(sig);
     (run.wait(Duration::from_secs(30)), sampling)
+}
+
+/// The signals blocked by thread `pid` (`SigBlk` of its status), as a bit mask.
+fn blocked_signals(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading status");
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .expect("a SigBlk line");
+    u64::from_str_radix(mask.trim(), 16).expect("a hex mask")
 }
 
 /// A closed terminal or dropped ssh session (SIGHUP) ends the run like SIGTERM: what was
@@ -137,7 +152,7 @@ fn sighup_writes_what_was_sampled() {
     let file = dir.path().join("out.folded");
     let pid = fx.pid().to_string();
     let args = ["--pid", &pid, "-f", "folded", "-o", file.to_str().unwrap()];
-    let (out, _) = signal_while_sampling(&args, libc::SIGHUP);
+    let (out, _) = signal_while_sampling(&args, libc::SIGHUP, |_| {});
     assert_success(&out);
     assert!(
         stderr_text(&out).contains("stopped by SIGHUP"),
@@ -159,7 +174,16 @@ fn sighup_stops_the_command() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("out.folded");
     let args = ["-f", "folded", "-o", file.to_str().unwrap(), "--", CHAIN_FP];
-    let (out, sampling) = signal_while_sampling(&args, libc::SIGHUP);
+    // tripod-bpf's own threads block the signals it reads on a thread of its own; the
+    // command starts with none blocked, as from a shell.
+    let (out, sampling) = signal_while_sampling(&args, libc::SIGHUP, |sampling| {
+        let child = command_pid(sampling);
+        assert_eq!(
+            blocked_signals(child),
+            0,
+            "signals blocked in the command {child}"
+        );
+    });
     assert_success(&out);
     let child = command_pid(&sampling);
     assert!(

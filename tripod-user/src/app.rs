@@ -527,9 +527,14 @@ impl GatedChild {
             .args(args)
             .kill_on_drop(true);
         let read_fd = raw(&gate_read);
-        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+        // SAFETY: only async-signal-safe calls (sigprocmask, dup2, fcntl) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                // Our threads block the signals `signals` reads on a thread of
+                // their own; the command must get them as if started from a shell.
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
                 if read_fd == GATE_FD {
                     libc::fcntl(GATE_FD, libc::F_SETFD, 0);
                 } else if libc::dup2(read_fd, GATE_FD) < 0 {

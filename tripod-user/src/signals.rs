@@ -15,7 +15,10 @@
 //!
 //! The signals are read on a thread of their own (signal-hook's self-pipe),
 //! so a main thread blocked in a write or a slow symbol lookup cannot delay
-//! the abort.
+//! the abort. Every other thread blocks them, so they never interrupt the
+//! main thread's system calls (the verifier gives up on a load when a signal
+//! is pending for the loading thread). The mask is inherited across `exec`,
+//! so the command of `-- COMMAND` empties it before it starts.
 use std::{
     io::Write as _,
     sync::{
@@ -58,13 +61,20 @@ impl Shutdown {
     /// Installs the handlers and starts the thread that reads the signals.
     /// Call it before anything slow.
     pub fn install() -> Result<Shutdown> {
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
-            .context("installing the SIGINT, SIGTERM and SIGHUP handlers")?;
+        let mut signals =
+            Signals::new(HANDLED).context("installing the SIGINT, SIGTERM and SIGHUP handlers")?;
+        // Blocked here, in the main thread, before any other thread starts
+        // (threads inherit the mask); a signal pending meanwhile waits for
+        // the signal thread.
+        set_mask(libc::SIG_BLOCK)?;
         let shutdown = Shutdown::unwired();
         let state = shutdown.0.clone();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
+                if let Err(error) = set_mask(libc::SIG_UNBLOCK) {
+                    log::warn!("{error:#}");
+                }
                 for signal in signals.forever() {
                     state.received(signal);
                 }
@@ -182,6 +192,30 @@ impl State {
         );
         std::process::exit(ABORTED_STATUS)
     }
+}
+
+/// The signals a run handles.
+const HANDLED: [i32; 3] = [SIGINT, SIGTERM, SIGHUP];
+
+/// Blocks (`SIG_BLOCK`) or unblocks (`SIG_UNBLOCK`) [`HANDLED`] in the calling thread.
+fn set_mask(how: i32) -> Result<()> {
+    // SAFETY: sigset_t is plain data that sigemptyset initialises.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: these only write into `set`, which we own; a null old set is allowed.
+    let failed = unsafe {
+        libc::sigemptyset(&mut set);
+        for signal in HANDLED {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut())
+    };
+    if failed != 0 {
+        anyhow::bail!(
+            "changing the signal mask: {}",
+            std::io::Error::from_raw_os_error(failed)
+        );
+    }
+    Ok(())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
