@@ -187,8 +187,8 @@ impl State {
         // Stderr may be a closed terminal by now: a failed write is no reason to stay.
         let _ = writeln!(
             std::io::stderr(),
-            "tripod-bpf: error: interrupted again while the run was stopping, so the last report \
-             may be missing or cut short; {kept}"
+            "tripod-bpf: error: interrupted while stopping, so the last report may be missing \
+             or cut short; {kept}"
         );
         std::process::exit(ABORTED_STATUS)
     }
