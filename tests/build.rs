@@ -27,6 +27,7 @@ const FIXTURES: &[(&str, &str, &[&str], &[&str])] = &[
     ("offcpu", "offcpu.c", NOFP, &[]),
     ("wall", "wall.c", NOFP, &["-pthread"]),
     ("comings", "comings.c", NOFP, &["-pthread"]),
+    ("leaderless", "leaderless.c", FP, &["-pthread"]),
 ];
 
 /// (output name, input fixture): copies with every symbol and all debug info

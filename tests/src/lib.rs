@@ -26,6 +26,16 @@ pub const OFFCPU: &str = env!("FIXTURE_OFFCPU");
 pub const WALL: &str = env!("FIXTURE_WALL");
 /// Starts and joins short-lived threads all the time.
 pub const COMINGS: &str = env!("FIXTURE_COMINGS");
+/// A worker spins in `worker_entry -> worker_outer -> worker_inner -> worker_spin` after
+/// the main thread has called `pthread_exit` (see leaderless.c).
+pub const LEADERLESS: &str = env!("FIXTURE_LEADERLESS");
+/// The worker's call chain in leaderless.c, outermost first.
+pub const LEADERLESS_CHAIN: &[&str] = &[
+    "worker_entry",
+    "worker_outer",
+    "worker_inner",
+    "worker_spin",
+];
 /// `chain_nofp` with every symbol and all debug info stripped; `.eh_frame` stays.
 pub const CHAIN_STRIP: &str = env!("FIXTURE_CHAIN_STRIP");
 
@@ -230,21 +240,29 @@ pub struct Tripod {
 
 impl Tripod {
     /// Spawns `cmd` with stdin closed and stdout/stderr captured.
-    pub fn spawn(mut cmd: Command) -> Tripod {
+    pub fn spawn(cmd: Command) -> Tripod {
+        Tripod::spawn_with_stdout(cmd, Stdio::piped())
+    }
+
+    /// Spawns `cmd` with stdin closed, stderr captured and `stdout` as given (captured
+    /// only if it is [`Stdio::piped`]).
+    pub fn spawn_with_stdout(mut cmd: Command, stdout: Stdio) -> Tripod {
         let mut child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
 
         // Readers on their own threads: a full pipe must never block the sampler, and a
         // grandchild holding the pipes open must not block us (see `wait`).
-        let mut out = child.stdout.take().expect("stdout is piped");
+        let out = child.stdout.take();
         let (out_tx, stdout) = mpsc::channel();
         thread::spawn(move || {
             let mut buf = Vec::new();
-            let _ = out.read_to_end(&mut buf);
+            if let Some(mut out) = out {
+                let _ = out.read_to_end(&mut buf);
+            }
             let _ = out_tx.send(buf);
         });
         let mut err = BufReader::new(child.stderr.take().expect("stderr is piped"));
@@ -275,6 +293,12 @@ impl Tripod {
 
     pub fn signal(&self, sig: libc::c_int) {
         send_signal(self.pid(), sig);
+    }
+
+    /// Whether the sampler is still running (not exited, or exited and not reaped).
+    pub fn is_running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("running");
+        child.try_wait().expect("waiting for tripod-bpf").is_none()
     }
 
     /// Waits for a stderr line starting with `prefix` and returns it.

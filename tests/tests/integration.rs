@@ -20,6 +20,8 @@ mod output_files;
 mod push;
 // CPython 3.11 targets: Python frames in place of the interpreter loop, locals, py-spy's view.
 mod python;
+// Signals (SIGHUP, early and repeated ones), processes whose main thread exited, odd dumps.
+mod signals;
 // What gets sampled: call chains, target selection, kernel frames, threads, how runs end.
 mod sampling;
 // Complete user stacks without frame pointers: copied stacks unwound with .eh_frame.

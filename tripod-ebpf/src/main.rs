@@ -575,12 +575,14 @@ pub fn dump_threads(ctx: *mut c_void) -> i32 {
     }
     // SAFETY: `task` is valid for the duration of this call.
     let regs = unsafe { bpf_task_pt_regs(task) } as *const pt_regs;
-    if !on_cpu {
+    set_user_regs(copy, &config, regs);
+    // Kernel threads never entered from user space: their saved registers
+    // are zeros (no user ip), and an orig_rax of 0 would read as `read`.
+    if !on_cpu && copy.header.ip != 0 {
         // SAFETY: a probe read of kernel memory.
         let syscall = unsafe { bpf_probe_read_kernel(&(*regs).orig_rax) }.unwrap_or(-1i64 as u64);
         copy.header.syscall = syscall as i64 as i32;
     }
-    set_user_regs(copy, &config, regs);
     if copy.header.no_user == 0 {
         let wanted = if config.stack_copy_bytes > MAX_DUMP_STACK_COPY {
             MAX_DUMP_STACK_COPY

@@ -2,17 +2,17 @@
 //! then drain -> aggregate -> symbolize -> report until told to stop.
 use std::{
     ffi::OsString,
-    os::{fd::OwnedFd, unix::process::ExitStatusExt},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::process::ExitStatusExt,
+    },
     process::ExitStatus,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
-use tokio::{
-    signal::unix::{signal, SignalKind},
-    time::{interval, sleep, MissedTickBehavior},
-};
+use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
 
 use crate::{
     annotate::Rules,
@@ -27,7 +27,8 @@ use crate::{
     process::{self, ProcessTable},
     python::{Python, PythonChange},
     report::RunInfo,
-    sampler::{Sampler, SamplerOptions},
+    sampler::{Counters, Sampler, SamplerOptions},
+    signals::{note, Shutdown},
 };
 
 /// How often the kernel maps are drained. Short enough that most processes
@@ -39,13 +40,23 @@ const DRAIN_PERIOD: Duration = Duration::from_millis(500);
 /// an empty poll costs no system call.
 const COPY_POLL_PERIOD: Duration = Duration::from_millis(50);
 
-/// Records as configured; returns the exit status for the process.
-pub async fn run(config: Config) -> Result<u8> {
+/// How long the command of `-- COMMAND` gets to exit after SIGTERM, and
+/// then after SIGKILL, when the run stops before it has exited.
+const CHILD_GRACE: Duration = Duration::from_secs(2);
+
+/// Records as configured; returns the exit status for the process. A signal
+/// that `shutdown` reports before sampling starts skips the rest of the
+/// start (each slow step checks), and the output is still written.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
     let rules = Arc::new(load_rules(config.rules.as_deref())?);
     preflight::check(&config)?;
     crate::target_file::set_max_file_size(config.max_file_size);
     crate::target_file::raise_descriptor_limit();
     let mut output = Output::open(&config.output, config.format)?;
+    shutdown.set_output_name(&output.name);
+    if let Some(hook) = output.abort_hook() {
+        shutdown.on_abort(hook);
+    }
 
     // Read the named targets' mappings now, while they surely exist (a target
     // that exits before the first drain is still symbolized), and find their
@@ -53,8 +64,23 @@ pub async fn run(config: Config) -> Result<u8> {
     let mut processes = ProcessTable::new();
     let mut python = Python::new(config.python);
     for pid in pids_named(&config.target) {
+        if shutdown.requested().is_some() {
+            break;
+        }
         processes.observe(pid, "");
         python.check(pid, &mut processes);
+    }
+    if let Some(signal) = shutdown.requested() {
+        let pipeline = Pipeline::new(
+            run_info(&config, "none", None),
+            rules,
+            processes,
+            python,
+            config.stacks.user(),
+            Counters::default(),
+            config.min_block_us,
+        );
+        return write_unsampled(&config, pipeline, &mut output, signal);
     }
     let options = SamplerOptions {
         frequency: config.frequency,
@@ -85,7 +111,7 @@ pub async fn run(config: Config) -> Result<u8> {
     // Progress messages; `-q` keeps only warnings and errors.
     let say = |message: &str| {
         if !config.quiet {
-            eprintln!("[tripod] {message}");
+            note(&format!("[tripod] {message}"));
         }
     };
     if let (Some(reason), true) = (sampler.fallback_reason(), config.mode.samples_on_cpu()) {
@@ -93,8 +119,9 @@ pub async fn run(config: Config) -> Result<u8> {
         say("No hardware cycles event here (no PMU); using the software cpu-clock event");
     }
 
-    let mut child = match &config.target {
-        Target::Command(command) => Some(GatedChild::spawn(command)?),
+    // A signal during the load means the command never starts.
+    let mut child = match (&config.target, shutdown.requested()) {
+        (Target::Command(command), None) => Some(GatedChild::spawn(command, &shutdown)?),
         _ => None,
     };
     if let Some(child) = &mut child {
@@ -106,17 +133,11 @@ pub async fn run(config: Config) -> Result<u8> {
         processes.observe(child.pid, "");
     }
 
-    let run_info = RunInfo {
-        target: describe_target(&config.target, child.as_ref().map(|c| c.pid)),
-        mode: config.mode,
-        frequency: config.frequency,
-        event: sampler.event().name().to_string(),
-        per_thread: config.per_thread,
-        stack_storage_size: config.stack_storage_size,
-        count_map_size: config.count_map_size,
-        unwind: config.unwind.name().to_string(),
-        ring_buffer_size: config.ring_buffer_size,
-    };
+    let run_info = run_info(
+        &config,
+        sampler.event().name(),
+        child.as_ref().map(|c| c.pid),
+    );
     let every = config
         .interval
         .map(|i| format!(", reporting every {} s", i.as_secs_f64()))
@@ -169,13 +190,22 @@ pub async fn run(config: Config) -> Result<u8> {
     }
     let stopped = wait_for_stop(
         &config,
+        &shutdown,
         &mut sampler,
         &mut pipeline,
         (&mut output, pusher.as_ref(), &mut status),
         child.as_mut(),
     )
     .await;
+    // From here on a SIGINT aborts (see `signals`).
+    shutdown.begin();
     status.clear();
+    // A command still running is stopped and reaped, not left behind.
+    if let Some(child) = &mut child {
+        if !matches!(stopped, Ok(Stop::CommandExited(_))) {
+            child.stop().await;
+        }
+    }
 
     // Whatever ended the run, an error included, what was sampled is written.
     sampler.drain_copies(|record| pipeline.ingest_record(record));
@@ -215,7 +245,7 @@ pub async fn run(config: Config) -> Result<u8> {
         say(&describe_completeness(&summary.run, c));
     }
     for hint in summary.hints() {
-        eprintln!("[tripod] {hint}");
+        note(&format!("[tripod] {hint}"));
     }
     Ok(match stop {
         Stop::CommandExited(status) => exit_code(status),
@@ -245,10 +275,49 @@ fn report_push(config: &Config, stats: PushStats) {
         line += &format!("; last error: {error}");
     }
     if lost > 0 {
-        eprintln!("[tripod] warning: {line}");
+        note(&format!("[tripod] warning: {line}"));
     } else if !config.quiet {
-        eprintln!("[tripod] {line}");
+        note(&format!("[tripod] {line}"));
     }
+}
+
+/// What the reports say about the run; `event` is the sampler's.
+fn run_info(config: &Config, event: &str, child: Option<u32>) -> RunInfo {
+    RunInfo {
+        target: describe_target(&config.target, child),
+        mode: config.mode,
+        frequency: config.frequency,
+        event: event.to_string(),
+        per_thread: config.per_thread,
+        stack_storage_size: config.stack_storage_size,
+        count_map_size: config.count_map_size,
+        unwind: config.unwind.name().to_string(),
+        ring_buffer_size: config.ring_buffer_size,
+    }
+}
+
+/// A signal came before the sampler started: nothing was sampled, but the
+/// output is written all the same (an empty report of its format), and the
+/// run ends as one stopped by that signal would.
+fn write_unsampled(
+    config: &Config,
+    mut pipeline: Pipeline,
+    output: &mut Output,
+    signal: &str,
+) -> Result<u8> {
+    let counters = Counters::default();
+    if config.interval.is_none() {
+        pipeline.write_report(output, None, &counters)?;
+    }
+    output.summary(&pipeline.summary(&counters))?;
+    output.finish()?;
+    if !config.quiet {
+        note(&format!(
+            "[tripod] stopped by {signal} before sampling started: nothing sampled; output in {}",
+            output.name
+        ));
+    }
+    Ok(0)
 }
 
 fn pids_named(target: &Target) -> Vec<u32> {
@@ -330,13 +399,12 @@ impl Stop {
 /// Drains and reports until the duration ends, a signal arrives, or the targets are gone.
 async fn wait_for_stop(
     config: &Config,
+    shutdown: &Shutdown,
     sampler: &mut Sampler,
     pipeline: &mut Pipeline,
     (output, pusher, status): (&mut Output, Option<&Pusher>, &mut StatusLine),
     child: Option<&mut GatedChild>,
 ) -> Result<Stop> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let deadline = sleep(config.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     let mut tick = interval(COPY_POLL_PERIOD);
@@ -354,8 +422,7 @@ async fn wait_for_stop(
 
     loop {
         tokio::select! {
-            _ = sigint.recv() => return Ok(Stop::Signal("SIGINT")),
-            _ = sigterm.recv() => return Ok(Stop::Signal("SIGTERM")),
+            signal = shutdown.signalled() => return Ok(Stop::Signal(signal)),
             _ = &mut deadline, if config.duration.is_some() => return Ok(Stop::Duration),
             status = &mut child_exit => {
                 return Ok(Stop::CommandExited(status.context("waiting for the command")?));
@@ -399,11 +466,64 @@ struct GatedChild {
     gate: Option<OwnedFd>,
 }
 
+/// A process descriptor: signals sent through it reach our child or no one,
+/// even from another thread after the child was reaped and its pid reused.
+struct PidFd(OwnedFd);
+
+impl PidFd {
+    fn open(pid: u32) -> Option<PidFd> {
+        // SAFETY: pidfd_open takes plain integers; a non-negative result is a new descriptor.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        // SAFETY: the descriptor was just created and is owned by nothing else.
+        (fd >= 0).then(|| PidFd(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    fn kill(&self) {
+        let no_info: *const libc::siginfo_t = std::ptr::null();
+        // SAFETY: pidfd_send_signal with a null siginfo and no flags reads no memory of ours.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                libc::SIGKILL,
+                no_info,
+                0,
+            );
+        }
+    }
+
+    /// Reaps the process if it has exited within `bound`; the caller is about to exit.
+    fn reap_within(&self, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            // SAFETY: waitid writes only into `info`, which we own.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let flags = libc::WEXITED | libc::WNOHANG;
+            // SAFETY: as above; P_PIDFD takes the descriptor as the id.
+            let done = unsafe {
+                libc::waitid(
+                    libc::P_PIDFD,
+                    self.0.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    flags,
+                )
+            };
+            // SAFETY: waitid filled `info`; si_pid stays 0 while the child runs.
+            if done != 0 || unsafe { info.si_pid() } != 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// The descriptor the gate script reads; dash only takes single-digit ones.
 const GATE_FD: i32 = 3;
 
 impl GatedChild {
-    fn spawn(command: &[OsString]) -> Result<GatedChild> {
+    /// Starts the command at its gate. If a second SIGINT aborts the run,
+    /// `shutdown` kills and reaps it, so it never outlives tripod-bpf.
+    fn spawn(command: &[OsString], shutdown: &Shutdown) -> Result<GatedChild> {
         let (program, args) = command.split_first().context("empty command")?;
         let program = preflight::find_program(program)?;
         let (gate_read, gate_write) = pipe()?;
@@ -415,9 +535,14 @@ impl GatedChild {
             .args(args)
             .kill_on_drop(true);
         let read_fd = raw(&gate_read);
-        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+        // SAFETY: only async-signal-safe calls (sigprocmask, dup2, fcntl) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                // Our threads block the signals `signals` reads on a thread of
+                // their own; the command must get them as if started from a shell.
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
                 if read_fd == GATE_FD {
                     libc::fcntl(GATE_FD, libc::F_SETFD, 0);
                 } else if libc::dup2(read_fd, GATE_FD) < 0 {
@@ -431,6 +556,12 @@ impl GatedChild {
             .context("starting /bin/sh to launch the command")?;
         drop(gate_read);
         let pid = child.id().context("the command exited before it started")?;
+        if let Some(pidfd) = PidFd::open(pid) {
+            shutdown.on_abort(move || {
+                pidfd.kill();
+                pidfd.reap_within(CHILD_GRACE);
+            });
+        }
         Ok(GatedChild {
             child,
             pid,
@@ -441,6 +572,23 @@ impl GatedChild {
     /// Lets the command run: closing the write end ends the gate's `read`.
     fn release(&mut self) {
         self.gate.take();
+    }
+
+    /// Stops a command that is still running: SIGTERM, then SIGKILL after
+    /// [`CHILD_GRACE`], and reaps it, each wait bounded.
+    async fn stop(&mut self) {
+        // No id once reaped: then the pid may be someone else's.
+        let Some(pid) = self.child.id() else {
+            return;
+        };
+        // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        if timeout(CHILD_GRACE, self.child.wait()).await.is_ok() {
+            return;
+        }
+        log::warn!("the command (pid {pid}) ignored SIGTERM for {CHILD_GRACE:?}; killing it");
+        let _ = self.child.start_kill();
+        let _ = timeout(CHILD_GRACE, self.child.wait()).await;
     }
 
     /// Waits (briefly) until the gate shell has exec'd the command, so its

@@ -6,7 +6,6 @@
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use anyhow::{Context as _, Result};
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     app::{load_rules, start_sampler, update_python},
@@ -18,18 +17,30 @@ use crate::{
     python::Python,
     report::RunInfo,
     sampler::{Sampler, SamplerOptions},
+    signals::{note, Shutdown},
     usage_error,
 };
 
-/// Dumps as configured; returns the exit status for the process.
-pub async fn run(config: DumpConfig) -> Result<u8> {
+/// Dumps as configured; returns the exit status for the process. A signal
+/// before the first dump ends the run with nothing written.
+pub async fn run(config: DumpConfig, shutdown: Shutdown) -> Result<u8> {
     let rules = Arc::new(load_rules(config.rules.as_deref())?);
     preflight::check_dump(&config)?;
     crate::target_file::set_max_file_size(config.max_file_size);
     crate::target_file::raise_descriptor_limit();
     let mut output = Output::open(&config.output, config.format)?;
+    shutdown.set_output_name(&output.name);
+    if let Some(hook) = output.abort_hook() {
+        shutdown.on_abort(hook);
+    }
     let options = SamplerOptions::for_dump(config.pid, config.stacks, config.stack_copy_bytes);
     let mut sampler = start_sampler(&options)?;
+    if let Some(signal) = shutdown.requested() {
+        note(&format!(
+            "[tripod] stopped by {signal} before the dump: nothing dumped"
+        ));
+        return Ok(0);
+    }
     let mut processes = ProcessTable::new();
     processes.observe(config.pid, "");
     let python = Python::new(config.python);
@@ -56,15 +67,17 @@ pub async fn run(config: DumpConfig) -> Result<u8> {
     pipeline.check_python(config.pid);
     if config.locals {
         if !pipeline.is_python(config.pid) {
-            eprintln!(
+            note(&format!(
                 "[tripod] pid {} is not a Python process tripod-bpf can read; --locals shows nothing",
                 config.pid
-            );
+            ));
         }
         pipeline.collect_locals();
     }
 
     let Some(every) = config.every else {
+        // A SIGINT while the dump is written aborts it.
+        shutdown.begin();
         if !dump_once(&mut sampler, &mut pipeline, &mut output, config.pid)? {
             usage_error!(
                 "pid {} exited before it could be dumped; check the pid",
@@ -75,35 +88,33 @@ pub async fn run(config: DumpConfig) -> Result<u8> {
         return Ok(0);
     };
 
-    eprintln!(
+    note(&format!(
         "[tripod] Dumping every thread of pid {} every {} s. Press Ctrl-C to stop.",
         config.pid,
         every.as_secs_f64()
-    );
-    eprintln!("[tripod] Writing output to: {}", output.name);
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    ));
+    note(&format!("[tripod] Writing output to: {}", output.name));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dumps = 0;
     let stop = loop {
         tokio::select! {
-            _ = sigint.recv() => break "stopped by SIGINT",
-            _ = sigterm.recv() => break "stopped by SIGTERM",
+            signal = shutdown.signalled() => break format!("stopped by {signal}"),
             _ = tick.tick() => {
                 if !dump_once(&mut sampler, &mut pipeline, &mut output, config.pid)? {
-                    break "the process has exited";
+                    break "the process has exited".to_string();
                 }
                 dumps += 1;
             }
         }
     };
+    shutdown.begin();
     output.finish()?;
-    eprintln!(
+    note(&format!(
         "[tripod] {stop}: {dumps} {}; output in {}",
         if dumps == 1 { "dump" } else { "dumps" },
         output.name
-    );
+    ));
     Ok(0)
 }
 
@@ -125,11 +136,28 @@ fn dump_once(
         }
         pipeline.ingest_snapshot(thread);
     })?;
-    if threads == 0 && !process::is_alive(pid) {
-        return Ok(false);
+    if threads == 0 {
+        if !process::is_alive(pid) {
+            return Ok(false);
+        }
+        hidden_from_bpf(pid)?;
     }
     let dump = pipeline.take_dump(pid, syscalls);
     output.dump(&dump).context("writing the dump")?;
     log::debug!("dumped {threads} threads in {:?}", started.elapsed());
     Ok(true)
+}
+
+/// A live process of which the task iterator saw no thread: say so rather
+/// than write an empty dump. Seen for a sandbox's init (its threads are kept
+/// from every eBPF program, whose `/proc` files root cannot read either) and
+/// for tripod-bpf in a pid namespace of its own (the kernel's pids differ).
+fn hidden_from_bpf(pid: u32) -> Result<()> {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
+    anyhow::bail!(
+        "pid {pid} is running ({threads} threads in /proc/{pid}/task) but the kernel showed none \
+         of its threads to tripod-bpf's task iterator, so there is nothing to dump; something \
+         hides it from eBPF programs (a security module or sandbox), or tripod-bpf runs in a \
+         pid namespace of its own (run it in the host's)"
+    )
 }

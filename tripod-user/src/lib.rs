@@ -9,8 +9,8 @@
 //! addresses only) -> [`process`] + [`symbolize`] (the only blazesym user)
 //! via [`resolve`] -> [`annotate`] -> [`report`] -> [`output`] (the only
 //! writers). [`pipeline`] carries samples through these stages; [`app`] runs
-//! a recording and [`dump`] a thread dump. Names that come from targets are
-//! escaped by [`text`] where they enter.
+//! a recording and [`dump`] a thread dump; [`signals`] tells both when to stop.
+//! Names that come from targets are escaped by [`text`] where they enter.
 pub mod aggregate;
 pub mod annotate;
 pub mod app;
@@ -30,6 +30,7 @@ pub mod python;
 pub mod report;
 pub mod resolve;
 pub mod sampler;
+pub mod signals;
 pub mod stack;
 pub mod symbolize;
 pub mod target_file;

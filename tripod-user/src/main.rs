@@ -1,6 +1,6 @@
 use std::{io, process::ExitCode};
 
-use tripod_user::{app, cli, config::Command, dump, error::UsageError, offline};
+use tripod_user::{app, cli, config::Command, dump, error::UsageError, offline, signals::Shutdown};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -19,14 +19,27 @@ fn main() -> ExitCode {
             _ => ExitCode::SUCCESS,
         };
     }
+    // Recordings and dumps handle SIGINT, SIGTERM and SIGHUP from here on,
+    // before anything slow: a signal during start-up still ends in a written
+    // output, never in a kill by the default action.
+    let shutdown = match &command {
+        Command::Record(_) | Command::Dump(_) => match Shutdown::install() {
+            Ok(shutdown) => shutdown,
+            Err(error) => {
+                eprintln!("tripod-bpf: error: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => Shutdown::unwired(),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
     let result = runtime.map_err(anyhow::Error::from).and_then(|rt| {
         rt.block_on(async {
             match command {
-                Command::Record(config) => app::run(config).await,
-                Command::Dump(config) => dump::run(config).await,
+                Command::Record(config) => app::run(config, shutdown).await,
+                Command::Dump(config) => dump::run(config, shutdown).await,
                 Command::Report(config) => offline::run(config),
                 Command::Print(_) => Ok(0),
             }

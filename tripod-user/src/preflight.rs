@@ -97,6 +97,13 @@ fn check_frequency(frequency: u64) -> Result<()> {
 
 /// `or_else` ends the advice of a missing pid (`, or use --all` when recording).
 fn check_pid(pid: u32, or_else: &str) -> Result<()> {
+    if pid == std::process::id() {
+        // The eBPF programs skip tripod-bpf's own threads, by design: its work
+        // would fill every profile. A dump of it would show no thread.
+        usage_error!(
+            "pid {pid} is tripod-bpf itself, which never samples or dumps itself; pass the pid of another process"
+        );
+    }
     let status = match fs::read_to_string(format!("/proc/{pid}/status")) {
         Ok(status) => status,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -151,7 +158,9 @@ mod tests {
 
     #[test]
     fn pids_are_checked() {
-        assert!(check_pid(std::process::id(), "").is_ok());
+        assert!(check_pid(std::os::unix::process::parent_id(), "").is_ok());
+        let e = check_pid(std::process::id(), "").unwrap_err().to_string();
+        assert!(e.contains("is tripod-bpf itself"), "{e}");
         let e = check_pid(999_999_999, ", or use --all")
             .unwrap_err()
             .downcast::<UsageError>()

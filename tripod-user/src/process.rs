@@ -252,8 +252,7 @@ fn read_names(pid: u32, fallback: &str) -> (String, Option<String>) {
     let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| crate::text::escape_controls(c.trim_end()).into_owned())
         .unwrap_or_else(|_| fallback.to_string());
-    let exe = fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
+    let exe = read_process_file(pid, "exe", |path| fs::read_link(path).ok())
         .map(|p| p.to_string_lossy().into_owned());
     (comm, exe)
 }
@@ -297,15 +296,52 @@ fn stat_flags(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(6)?.parse().ok()
 }
 
-/// True while `pid` exists and is not a zombie (a zombie's memory is already gone).
+/// True while any thread of `pid` lives. A process lives while any of its
+/// threads does: a main thread that called `pthread_exit` stays a zombie
+/// until the last one exits. Costs one read of `/proc/PID/stat`, and a look
+/// at the other threads only when the main thread is a zombie.
 pub fn is_alive(pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    !matches!(state, Some("Z") | Some("X") | None)
+    match task_state(&format!("/proc/{pid}")) {
+        None => false,
+        Some(state) if is_dead(state) => live_thread(pid).is_some(),
+        Some(_) => true,
+    }
+}
+
+/// The state letter in `DIR/stat` (`DIR` a `/proc/PID` or `/proc/PID/task/TID`).
+fn task_state(dir: &str) -> Option<char> {
+    let stat = fs::read_to_string(format!("{dir}/stat")).ok()?;
+    // The comm field may contain anything; the state follows its last ')'.
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Zombie or dead: the thread's memory (and `/proc` view of it) is gone.
+fn is_dead(state: char) -> bool {
+    matches!(state, 'Z' | 'X')
+}
+
+/// The `/proc/PID/task/TID` directory of a thread of `pid` other than its
+/// main thread that has not exited, if any.
+fn live_thread(pid: u32) -> Option<String> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|tid| *tid != pid.to_string())
+        .map(|tid| format!("/proc/{pid}/task/{tid}"))
+        .find(|dir| task_state(dir).is_some_and(|state| !is_dead(state)))
+}
+
+/// `/proc/PID/NAME`, or the same file of a live thread when the main thread
+/// has exited (its `maps` is then empty and its `exe` unreadable).
+fn read_process_file<T>(pid: u32, name: &str, read: impl Fn(&str) -> Option<T>) -> Option<T> {
+    let leader = format!("/proc/{pid}");
+    match read(&format!("{leader}/{name}")) {
+        Some(found) => Some(found),
+        None if task_state(&leader).is_some_and(is_dead) => {
+            read(&format!("{}/{name}", live_thread(pid)?))
+        }
+        None => None,
+    }
 }
 
 /// The raw command line of `pid`; `None` once it is gone.
@@ -327,7 +363,13 @@ fn find(mappings: &[Mapping], address: u64) -> Option<Location> {
 
 /// The executable mappings of `pid`, sorted by address; `None` if it is gone.
 fn read_mappings(pid: u32, modules: &mut HashMap<(u64, u64), Arc<Module>>) -> Option<Vec<Mapping>> {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let maps = read_process_file(pid, "maps", |path| {
+        fs::read_to_string(path)
+            .ok()
+            .filter(|maps| !maps.is_empty())
+    })
+    // A process whose every thread has exited has empty mappings.
+    .or_else(|| fs::read_to_string(format!("/proc/{pid}/maps")).ok())?;
     let mut mappings = Vec::new();
     for line in maps.lines() {
         let Some(entry) = MapsLine::parse(line) else {

@@ -17,6 +17,10 @@ use std::{
     fs::File,
     io::{self, BufWriter, Write},
     path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
 };
 
 use anyhow::Result;
@@ -63,7 +67,8 @@ pub struct Output {
     sink: Sink,
     /// Whether a whole report, summary or dump has been written: a run that
     /// fails after that still keeps its file (nothing sampled is lost).
-    complete: bool,
+    /// Shared with the abort hook ([`Output::abort_hook`]).
+    complete: Arc<AtomicBool>,
     /// The path written to, or `-` for stdout.
     pub name: String,
 }
@@ -106,7 +111,7 @@ impl Output {
         Ok(Output {
             renderer: renderer(format),
             sink,
-            complete: false,
+            complete: Arc::new(AtomicBool::new(false)),
             name,
         })
     }
@@ -115,7 +120,7 @@ impl Output {
         let out = self.sink.writer()?;
         self.renderer.report(report, out)?;
         out.flush()?;
-        self.complete = true;
+        self.complete.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -129,13 +134,32 @@ impl Output {
         let out = self.sink.writer()?;
         self.renderer.dump(dump, out)?;
         out.flush()?;
-        self.complete = true;
+        self.complete.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     /// Whether a whole report or dump has been written.
     pub fn has_written(&self) -> bool {
-        self.complete
+        self.complete.load(Ordering::SeqCst)
+    }
+
+    /// What an abort (a second Ctrl-C while stopping, which exits at once
+    /// from another thread) does with a file named with `-o`: puts what was
+    /// written and flushed in place if a whole report made it, else removes
+    /// the temporary file and leaves the old one. `None` for other outputs.
+    pub fn abort_hook(&self) -> Option<impl Fn() + Send + 'static> {
+        let Sink::Staged { writer, dest } = &self.sink else {
+            return None;
+        };
+        let (temp, dest) = (writer.get_ref().path().to_path_buf(), dest.clone());
+        let complete = self.complete.clone();
+        Some(move || {
+            let _ = if complete.load(Ordering::SeqCst) {
+                std::fs::rename(&temp, &dest)
+            } else {
+                std::fs::remove_file(&temp)
+            };
+        })
     }
 
     /// Puts the file in place: renames the temporary file over the one named
@@ -161,7 +185,7 @@ impl Drop for Output {
     /// A run that ends early (an error after sampling) still puts what it
     /// wrote in place; one that wrote nothing whole leaves the old file be.
     fn drop(&mut self) {
-        if !self.complete {
+        if !self.has_written() {
             return;
         }
         if let Err(error) = self.finish() {
