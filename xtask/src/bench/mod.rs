@@ -10,6 +10,7 @@ mod churn;
 mod dump;
 mod fixtures;
 mod latency;
+mod merge;
 mod offcpu;
 mod overhead;
 mod proc;
@@ -217,9 +218,20 @@ pub fn main(options: Options) -> Result<()> {
     results.failures = bench.failures.clone();
     results.duration = started.elapsed();
 
-    let markdown = report::render(&results);
+    let mut markdown = report::render(&results);
     println!("{markdown}");
     let output = root.join(&options.output);
+    // A partial run updates its own sections of the last full run's file.
+    if let (false, Ok(old)) = (options.only.is_empty(), fs::read_to_string(&output)) {
+        let run = format!(
+            "`{}` on {} at commit {} ({:.0} min)",
+            options.command,
+            results.machine.date,
+            results.machine.commit,
+            results.duration.as_secs_f64() / 60.0
+        );
+        markdown = merge::merge(&old, &markdown, &run);
+    }
     fs::write(&output, &markdown).with_context(|| format!("writing {}", output.display()))?;
     say(&format!("results written to {}", output.display()));
     let _ = fs::remove_dir_all(bench.scratch.join("run"));

@@ -1,0 +1,140 @@
+//! `--only` runs update BENCHMARKS.md in place: the sections they measured
+//! replace the old ones (each marked with the run it comes from), every other
+//! section stays as the last run wrote it, and the targets table takes the new
+//! figures where there are some. The file stays generated: nothing in it is
+//! written by hand.
+
+/// The heading of the targets table (see `report::standing`).
+const STANDING: &str = "## Where we stand against the targets";
+/// A row of the targets table whose measurement did not run.
+const NOT_MEASURED: &str = "| – |";
+
+/// One `## ` section: its heading line and the lines after it.
+struct Section<'a> {
+    heading: &'a str,
+    body: Vec<&'a str>,
+}
+
+/// The lines before the first section, and the sections.
+fn split(doc: &str) -> (Vec<&str>, Vec<Section<'_>>) {
+    let mut preamble = Vec::new();
+    let mut sections: Vec<Section<'_>> = Vec::new();
+    for line in doc.lines() {
+        if line.starts_with("## ") {
+            sections.push(Section {
+                heading: line,
+                body: Vec::new(),
+            });
+        } else if let Some(section) = sections.last_mut() {
+            section.body.push(line);
+        } else {
+            preamble.push(line);
+        }
+    }
+    (preamble, sections)
+}
+
+/// A numbered measurement section (`## 8. Thread dump time`).
+fn is_measurement(heading: &str) -> bool {
+    heading
+        .strip_prefix("## ")
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// `old` with the measurement sections of `new` (a partial run described by
+/// `run`, e.g. "`cargo xtask bench --only dump` on 2026-12-03 at commit abc1234")
+/// in place of its own.
+pub fn merge(old: &str, new: &str, run: &str) -> String {
+    let (old_preamble, old_sections) = split(old);
+    let (_, new_sections) = split(new);
+    let measured: Vec<&Section<'_>> = new_sections
+        .iter()
+        .filter(|s| is_measurement(s.heading))
+        .collect();
+    let names: Vec<&str> = measured
+        .iter()
+        .map(|s| s.heading.trim_start_matches("## "))
+        .collect();
+    let mut out: Vec<String> = old_preamble
+        .iter()
+        .map(|l| l.to_string())
+        .take_while(|l| !l.starts_with("Sections measured again"))
+        .collect();
+    trim_blank_end(&mut out);
+    out.push(String::new());
+    out.push(format!(
+        "Sections measured again by {run}: {}. The others are from the run above.",
+        names.join("; ")
+    ));
+    out.push(String::new());
+    for section in &old_sections {
+        out.push(section.heading.to_string());
+        let replacement = measured.iter().find(|s| s.heading == section.heading);
+        match replacement {
+            Some(new) => {
+                out.push(String::new());
+                out.push(format!("This section comes from {run}."));
+                out.extend(new.body.iter().map(|l| l.to_string()));
+            }
+            None if section.heading == STANDING => {
+                let new_table = new_sections.iter().find(|s| s.heading == STANDING);
+                out.extend(standing(&section.body, new_table.map(|s| &s.body[..])));
+            }
+            None => out.extend(section.body.iter().map(|l| l.to_string())),
+        }
+    }
+    let mut text = out.join("\n");
+    text.push('\n');
+    text
+}
+
+/// The old targets table, with each row the partial run measured taken from it.
+fn standing(old: &[&str], new: Option<&[&str]>) -> Vec<String> {
+    let target = |row: &str| {
+        row.split('|')
+            .nth(1)
+            .map(str::trim)
+            .unwrap_or("")
+            .to_string()
+    };
+    old.iter()
+        .map(|row| {
+            let fresh = new.and_then(|rows| {
+                rows.iter().find(|r| {
+                    r.starts_with("| ") && target(r) == target(row) && !r.contains(NOT_MEASURED)
+                })
+            });
+            fresh.unwrap_or(row).to_string()
+        })
+        .collect()
+}
+
+fn trim_blank_end(lines: &mut Vec<String>) {
+    while lines.last().is_some_and(|l| l.trim().is_empty()) {
+        lines.pop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str = "# t\n\nWritten by full.\n\n## Where we stand against the targets\n\n| target | measured | status |\n|---|---|---|\n| a | 1 | met |\n| b | 2 | met |\n\n## 1. A\n\nold a\n\n## 2. B\n\nold b\n\n## How the runs are made\n\nrules\n";
+    const NEW: &str = "# t\n\nWritten by partial.\n\n## Where we stand against the targets\n\n| target | measured | status |\n|---|---|---|\n| a | – | not measured |\n| b | 3 | **not met** |\n\n## 2. B\n\nnew b\n\n## How the runs are made\n\nrules\n";
+
+    #[test]
+    fn measured_sections_replace_old_ones_and_the_rest_stays() {
+        let merged = merge(OLD, NEW, "`bench --only b`");
+        assert!(merged.contains("Written by full."));
+        assert!(merged.contains("Sections measured again by `bench --only b`: 2. B."));
+        assert!(merged.contains("old a"));
+        assert!(!merged.contains("old b"));
+        assert!(merged.contains("This section comes from `bench --only b`.\n\nnew b"));
+        assert!(merged.contains("| a | 1 | met |"));
+        assert!(merged.contains("| b | 3 | **not met** |"));
+        // Merging again replaces the note instead of adding another.
+        let twice = merge(&merged, NEW, "`bench --only b` again");
+        assert_eq!(twice.matches("Sections measured again").count(), 1);
+        assert_eq!(twice.matches("This section comes from").count(), 1);
+    }
+}
