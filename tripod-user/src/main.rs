@@ -3,6 +3,7 @@ use std::{io, process::ExitCode};
 use tripod_user::{app, cli, config::Command, dump, error::UsageError, offline, signals::Shutdown};
 
 fn main() -> ExitCode {
+    one_malloc_arena();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let command = match cli::parse_args(std::env::args_os()) {
         Ok(command) => command,
@@ -72,4 +73,16 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
             .downcast_ref::<io::Error>()
             .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
     })
+}
+
+/// glibc gives each thread that allocates its own heap arena. The symbolizer's
+/// thread does most of the allocating at the end of a run, so a second arena
+/// raised peak memory by 13 MiB (61 instead of 47 MiB for one process) with
+/// nothing to gain: our few threads never contend for the heap.
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt changes a malloc setting; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
