@@ -6,8 +6,9 @@
 
 /// The heading of the targets table (see `report::standing`).
 const STANDING: &str = "## Where we stand against the targets";
-/// A row of the targets table whose measurement did not run.
-const NOT_MEASURED: &str = "| – |";
+/// The status of a row of the targets table whose measurement did not run
+/// (`report::status(None)`).
+const NOT_MEASURED: &str = "| not measured |";
 
 /// One `## ` section: its heading line and the lines after it.
 struct Section<'a> {
@@ -101,7 +102,9 @@ fn standing(old: &[&str], new: Option<&[&str]>) -> Vec<String> {
         .map(|row| {
             let fresh = new.and_then(|rows| {
                 rows.iter().find(|r| {
-                    r.starts_with("| ") && target(r) == target(row) && !r.contains(NOT_MEASURED)
+                    r.starts_with("| ")
+                        && target(r) == target(row)
+                        && !r.trim_end().ends_with(NOT_MEASURED)
                 })
             });
             fresh.unwrap_or(row).to_string()
@@ -120,7 +123,7 @@ mod tests {
     use super::*;
 
     const OLD: &str = "# t\n\nWritten by full.\n\n## Where we stand against the targets\n\n| target | measured | status |\n|---|---|---|\n| a | 1 | met |\n| b | 2 | met |\n\n## 1. A\n\nold a\n\n## 2. B\n\nold b\n\n## How the runs are made\n\nrules\n";
-    const NEW: &str = "# t\n\nWritten by partial.\n\n## Where we stand against the targets\n\n| target | measured | status |\n|---|---|---|\n| a | – | not measured |\n| b | 3 | **not met** |\n\n## 2. B\n\nnew b\n\n## How the runs are made\n\nrules\n";
+    const NEW: &str = "# t\n\nWritten by partial.\n\n## Where we stand against the targets\n\n| target | measured | status |\n|---|---|---|\n| a | – s for – stacks | not measured |\n| b | 3 | **not met** |\n\n## 2. B\n\nnew b\n\n## How the runs are made\n\nrules\n";
 
     #[test]
     fn measured_sections_replace_old_ones_and_the_rest_stays() {
