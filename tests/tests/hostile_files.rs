@@ -6,9 +6,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use tripod_tests::*;
@@ -50,36 +47,12 @@ fn mkfifo(path: &Path) {
     run("mkfifo", &[path.to_str().unwrap()]);
 }
 
-/// Runs the sampler with `args`, watching its peak memory (VmHWM) while it
-/// runs; returns its output, how long it took and the peak in MiB.
+/// Runs the sampler with `args`; returns its output, how long it took and
+/// its peak memory in MiB.
 fn run_watched(args: &[&str]) -> (std::process::Output, Duration, u64) {
     let started = Instant::now();
-    let tripod = Tripod::spawn(tripod_command(args));
-    let pid = tripod.pid();
-    let done = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let done = done.clone();
-        thread::spawn(move || {
-            let mut peak_kib = 0;
-            while !done.load(Ordering::Relaxed) {
-                if let Some(kib) = vm_hwm_kib(pid) {
-                    peak_kib = peak_kib.max(kib);
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-            peak_kib
-        })
-    };
-    let out = tripod.wait(RUN_TIMEOUT);
-    done.store(true, Ordering::Relaxed);
-    let peak_mib = watcher.join().unwrap() / 1024;
-    (out, started.elapsed(), peak_mib)
-}
-
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let (out, peak_kib) = run_tripod_with_peak_rss(args);
+    (out, started.elapsed(), peak_kib / 1024)
 }
 
 /// Records `pid` for `seconds` as folded stacks; asserts it ended in time and

@@ -5,7 +5,7 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -253,32 +253,6 @@ fn a_flame_graph_of_nothing_fails_and_keeps_the_old_graph() {
     assert_eq!(leftovers(dir.path()), Vec::<String>::new());
 }
 
-/// Runs tripod-bpf with `args` under GNU time; returns its exit code and peak resident
-/// memory in KiB. Not wait4 on our own child: a child forked from this (large) test
-/// process inherits its memory high-water mark, and time's own child does not.
-fn run_measuring_rss(args: &[&str], dir: &Path) -> (Option<i32>, u64) {
-    const TIME: &str = "/usr/bin/time";
-    assert!(
-        Path::new(TIME).is_file(),
-        "{TIME} is missing: apt-get install time (GNU time measures peak memory here)"
-    );
-    let measured = dir.join("time.out");
-    let mut cmd = Command::new(TIME);
-    cmd.args(["-f", "%M", "-o"])
-        .arg(&measured)
-        .arg(tripod_bin())
-        .args(args)
-        .stdout(Stdio::null());
-    let out = run_with_timeout(cmd, RUN_TIMEOUT);
-    let text = fs::read_to_string(&measured).unwrap();
-    let kib = text
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no peak memory figure from {TIME}: {text:?}"));
-    (out.status.code(), kib)
-}
-
 /// `report` used to hold the whole input (337 MB of JSON took 2 GB). It reads one line at
 /// a time now: 80 MB of intervals take a few MiB, in append and in merged formats.
 #[test]
@@ -305,18 +279,15 @@ fn report_streams_its_input() {
     const BOUND_KIB: u64 = 48 * 1024;
     for format in ["folded", "svg"] {
         let out_file = dir.path().join(format!("out.{format}"));
-        let (code, max_rss) = run_measuring_rss(
-            &[
-                "report",
-                big.to_str().unwrap(),
-                "-f",
-                format,
-                "-o",
-                out_file.to_str().unwrap(),
-            ],
-            dir.path(),
-        );
-        assert_eq!(code, Some(0), "report -f {format} failed");
+        let (out, max_rss) = run_tripod_with_peak_rss(&[
+            "report",
+            big.to_str().unwrap(),
+            "-f",
+            format,
+            "-o",
+            out_file.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "report -f {format} failed");
         eprintln!(
             "report of {copies} lines ({} MB) -f {format}: {max_rss} KiB peak RSS",
             { line.len() * copies / 1_000_000 }
