@@ -549,12 +549,67 @@ pub fn debian_python() -> Option<String> {
     }
 }
 
-/// Every Python 3.11 interpreter to run the Python fixtures with: pyenv's, then Debian's
-/// when there is one (see [`debian_python`]).
+/// The CPython versions the Python tests run on (pyenv's builds, with a shared libpython):
+/// every minor version tripod-bpf reads frames of. In CI each must be there.
+pub const PYENV_VERSIONS: &[&str] = &["3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13"];
+
+/// pyenv's root: `$PYENV_ROOT`, else `~/.pyenv`.
+fn pyenv_root() -> PathBuf {
+    std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".pyenv")))
+        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"))
+}
+
+/// pyenv's interpreter of `minor` (`3.8`): `versions/3.8.*/bin/python3.8`, the newest
+/// patch release when several are installed.
+fn pyenv_version(minor: &str) -> Option<String> {
+    let versions = std::fs::read_dir(pyenv_root().join("versions")).ok()?;
+    let mut found: Vec<(u32, PathBuf)> = versions
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let patch = name.strip_prefix(minor)?.strip_prefix('.')?.parse().ok()?;
+            let exe = entry.path().join("bin").join(format!("python{minor}"));
+            exe.is_file().then_some((patch, exe))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .and_then(|(_, exe)| exe.to_str().map(str::to_owned))
+}
+
+/// Every CPython 3 interpreter to run the Python fixtures with: pyenv's of each of
+/// [`PYENV_VERSIONS`], then Debian's `python3.11` (static, no frame pointers). Each one
+/// is checked to report its own version. Missing ones: a panic in CI (finding fewer
+/// interpreters is a failure, not a skip), else left out after printing why.
 pub fn python_interpreters() -> Vec<String> {
-    let mut interpreters = vec![pyenv_python()];
+    let mut interpreters = Vec::new();
+    for minor in PYENV_VERSIONS {
+        let found = pyenv_version(minor).ok_or_else(|| {
+            format!(
+                "no pyenv Python {minor} in {}/versions",
+                pyenv_root().display()
+            )
+        });
+        match found.and_then(|exe| Ok((python_version(&exe)?, exe))) {
+            Ok((version, exe)) if version == *minor => interpreters.push(exe),
+            Ok((version, exe)) => {
+                skip_or_panic::<()>(&format!("{exe} reports Python {version}, not {minor}"));
+            }
+            Err(why) => {
+                skip_or_panic::<()>(&format!("{why} (pyenv install {minor})"));
+            }
+        }
+    }
     interpreters.extend(debian_python());
     interpreters
+}
+
+/// The minor version (`3.8`) of an interpreter [`python_interpreters`] returned.
+pub fn interpreter_version(interpreter: &str) -> String {
+    python_version(interpreter).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// py-spy, whose Python stacks the tests compare with: `$PY_SPY` (set by `cargo xtask

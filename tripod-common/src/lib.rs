@@ -83,7 +83,7 @@ pub const MAX_PYTHON_PROCESSES: u32 = 4096;
 pub const MAX_PYTHON_THREADS: u32 = 65536;
 
 /// Most Python frames one record carries, innermost first; deeper stacks are
-/// cut ([`PythonStatus::Truncated`]). With [`PythonFrame`]'s 32 bytes they fit
+/// cut ([`PythonStatus::Truncated`]). With [`PythonFrame`]'s 40 bytes they fit
 /// in the slack page after the user stack (see [`StackCopy::python_offset`]).
 pub const MAX_PYTHON_FRAMES: usize = 96;
 
@@ -102,47 +102,84 @@ pub const PYTHON_FRAME_READ_MAX: u32 = 128;
 /// A [`PythonOffsets`] field the interpreter version does not have.
 pub const NO_FIELD: u32 = u32::MAX;
 
+/// [`PythonOffsets::thread_match`]: the thread state's id field holds the
+/// kernel's thread id (`native_thread_id`, CPython 3.8 and later).
+pub const PYTHON_THREAD_MATCH_TID: u32 = 0;
+
+/// [`PythonOffsets::thread_match`]: the thread state's id field holds the
+/// thread's `pthread_t` (`thread_id`, CPython 3.6 and 3.7, which have no
+/// `native_thread_id`). With glibc on x86_64, `pthread_self()` is the
+/// thread's TLS base, which the kernel keeps as `task->thread.fsbase`.
+pub const PYTHON_THREAD_MATCH_PTHREAD: u32 = 1;
+
 /// Byte offsets in one CPython version's structures: what the eBPF program
 /// needs to find a thread's frames and read each frame's code object and
-/// instruction. Userspace fills them from its table of supported versions;
-/// eBPF programs have no debug info to find them by name.
+/// instruction. Userspace fills them from its table of supported versions
+/// (or from the offsets the interpreter publishes, 3.13 and later); eBPF
+/// programs have no debug info to find them by name.
 ///
-/// 13 × u32 (52 bytes) and a reserved word: 56 bytes, no padding.
+/// Each frame is read in one piece, `frame_read_size` bytes from
+/// `frame + frame_read_start`; the `frame_*` field offsets are relative to
+/// that start, so a version whose interesting fields lie past the first
+/// [`PYTHON_FRAME_READ_MAX`] bytes (3.6's `f_lasti` at 0x78) still fits.
+///
+/// 18 × u32: 72 bytes, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PythonOffsets {
-    /// `_PyRuntimeState.interpreters.head`: the first interpreter.
+    /// `_PyRuntimeState.interpreters.head`: the first interpreter (0 in 3.6,
+    /// where the address given is that of the static `interp_head` itself).
     pub runtime_interpreters_head: u32,
     /// `PyInterpreterState.next`.
     pub interpreter_next: u32,
-    /// `PyInterpreterState.threads.head`: the interpreter's first thread state.
+    /// `PyInterpreterState.threads.head` (`tstate_head` before 3.12): the
+    /// interpreter's first thread state.
     pub interpreter_threads_head: u32,
     /// `PyThreadState.next`.
     pub thread_next: u32,
-    /// `PyThreadState.native_thread_id`: the kernel's thread id (an `unsigned long`).
+    /// The thread state's id field, an `unsigned long`: `native_thread_id`
+    /// or `thread_id`, as [`PythonOffsets::thread_match`] says.
     pub thread_native_id: u32,
     /// Where the current frame hangs off `PyThreadState`: `cframe` (3.11,
-    /// 3.12), `current_frame` (3.13), `frame` (3.8 to 3.10).
+    /// 3.12), `current_frame` (3.13), `frame` (3.6 to 3.10).
     pub thread_frame: u32,
     /// `_PyCFrame.current_frame` when `thread_frame` is a `_PyCFrame *`;
     /// [`NO_FIELD`] when `thread_frame` points at the frame itself.
     pub cframe_current_frame: u32,
-    /// The frame's code object: `f_code` (`f_executable` in 3.13).
+    /// The frame's code object: `f_code` (`f_executable` in 3.13), relative
+    /// to `frame_read_start`.
     pub frame_code: u32,
-    /// The next outer frame: `previous` (`f_back` before 3.11).
+    /// The next outer frame: `previous` (`f_back` before 3.11), relative to
+    /// `frame_read_start`.
     pub frame_previous: u32,
-    /// Where the frame is in its code: `prev_instr` (a pointer, 3.11 and
-    /// 3.12), `instr_ptr` (3.13), or `f_lasti` (an int, before 3.11). Sent as
-    /// read, 8 bytes; userspace knows which it is.
+    /// Where the frame is in its code, relative to `frame_read_start`:
+    /// `prev_instr` (a pointer, 3.11 and 3.12), `instr_ptr` (3.13), or
+    /// `f_lasti` (an int, before 3.11). Sent as read, 8 bytes; userspace
+    /// knows which it is.
     pub frame_instruction: u32,
-    /// `is_entry` (a bool, 3.11): the first frame of a `_PyEval_EvalFrameDefault` call.
+    /// `is_entry` (a bool, 3.11): the first frame of a
+    /// `_PyEval_EvalFrameDefault` call; relative to `frame_read_start`.
     pub frame_is_entry: u32,
     /// `owner` (a char, 3.11 and later): who owns the frame's memory; 3.12
-    /// marks each `_PyEval_EvalFrameDefault` entry with a C-stack-owned frame.
+    /// marks each `_PyEval_EvalFrameDefault` entry with a C-stack-owned
+    /// frame. Relative to `frame_read_start`.
     pub frame_owner: u32,
     /// Bytes to read of each frame, covering every field above; less than
     /// [`PYTHON_FRAME_READ_MAX`].
     pub frame_read_size: u32,
+    /// Where in the frame the read starts.
+    pub frame_read_start: u32,
+    /// What `thread_native_id` holds: [`PYTHON_THREAD_MATCH_TID`] or
+    /// [`PYTHON_THREAD_MATCH_PTHREAD`].
+    pub thread_match: u32,
+    /// Where in a code object its two name pointers lie side by side
+    /// (`co_filename`, then `co_name`): 16 bytes read for
+    /// [`PythonFrame::code_identity`]. [`NO_FIELD`]: not read.
+    pub code_names: u32,
+    /// Low bits of the frame's code field that are tags, not address (3.14
+    /// stores `f_executable` as a tagged `_PyStackRef`): cleared before the
+    /// code object is read.
+    pub code_tag_bits: u32,
     /// Reserved, zero.
     pub _reserved: u32,
 }
@@ -150,7 +187,7 @@ pub struct PythonOffsets {
 /// A Python process whose frames are collected: the value of the
 /// `PYTHON_PROCESSES` map, keyed by tgid.
 ///
-/// u64 then [`PythonOffsets`]: 64 bytes, no padding.
+/// u64 then [`PythonOffsets`]: 80 bytes, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PythonProcess {
@@ -172,12 +209,18 @@ pub struct PythonThread {
 /// One Python frame of a record, as read from the interpreter; userspace
 /// reads the code object for its name, file and line.
 ///
-/// 3 × u64, 2 × u32: 32 bytes, no padding.
+/// 4 × u64, 2 × u32: 40 bytes, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PythonFrame {
-    /// The `PyCodeObject *`.
+    /// The `PyCodeObject *`, tag bits cleared.
     pub code: u64,
+    /// Which code object lives at `code` now: its `co_filename` and
+    /// `co_name` pointers, combined (0 if unread). A code object freed and
+    /// another allocated at its address (common while a program starts) has
+    /// another identity, so userspace never names a frame after the code
+    /// object that was there before.
+    pub code_identity: u64,
     /// The raw [`PythonOffsets::frame_instruction`] field.
     pub instruction: u64,
     /// The address of the interpreter frame (locals are read from it).
@@ -263,8 +306,10 @@ pub struct TaskOffsets {
     pub comm: u32,
     /// `int on_cpu`: non-zero while the task runs on a CPU.
     pub on_cpu: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// `thread.fsbase`: the thread's TLS base, its `pthread_self()`; finds
+    /// the thread state of CPython 3.6 and 3.7 (see
+    /// [`PYTHON_THREAD_MATCH_PTHREAD`]). 0 when the kernel has none.
+    pub fsbase: u32,
 }
 
 impl TaskOffsets {
@@ -275,7 +320,7 @@ impl TaskOffsets {
         state: 0,
         comm: 0,
         on_cpu: 0,
-        _reserved: 0,
+        fsbase: 0,
     };
 }
 
@@ -579,10 +624,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<StackCopyHeader>(), 96);
         assert_eq!(core::mem::size_of::<WakeRecord>(), 32);
         assert_eq!(StackCopy::STACK_OFFSET, 96 + 8 * MAX_STACK_DEPTH);
-        assert_eq!(core::mem::size_of::<PythonOffsets>(), 14 * 4);
-        assert_eq!(core::mem::size_of::<PythonProcess>(), 8 + 14 * 4);
+        assert_eq!(core::mem::size_of::<PythonOffsets>(), 18 * 4);
+        assert_eq!(core::mem::size_of::<PythonProcess>(), 8 + 18 * 4);
         assert_eq!(core::mem::size_of::<PythonThread>(), 16);
-        assert_eq!(core::mem::size_of::<PythonFrame>(), 32);
+        assert_eq!(core::mem::size_of::<PythonFrame>(), 40);
         assert_eq!(
             core::mem::size_of::<StackCopy>(),
             StackCopy::STACK_OFFSET + MAX_STACK_COPY + STACK_COPY_SLACK
@@ -599,7 +644,7 @@ mod tests {
         assert_eq!(StackCopy::python_offset(13), 16);
         assert_eq!(
             StackCopy::record_len(16, 2),
-            StackCopy::STACK_OFFSET + 16 + 64
+            StackCopy::STACK_OFFSET + 16 + 2 * 40
         );
     }
 

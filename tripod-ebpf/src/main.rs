@@ -32,9 +32,9 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
-            bpf_copy_from_user_task, bpf_get_current_task_btf, bpf_get_smp_processor_id,
-            bpf_get_stack, bpf_get_task_stack, bpf_ktime_get_ns, bpf_probe_read_user,
-            bpf_seq_write, bpf_task_pt_regs,
+            bpf_copy_from_user_task, bpf_get_current_task, bpf_get_current_task_btf,
+            bpf_get_smp_processor_id, bpf_get_stack, bpf_get_task_stack, bpf_ktime_get_ns,
+            bpf_probe_read_user, bpf_seq_write, bpf_task_pt_regs,
         },
     },
     macros::{btf_tracepoint, map, perf_event},
@@ -242,7 +242,13 @@ fn current_thread_copy(
         copy.header.stack_len = copy_user_stack(copy, sp, config.stack_copy_bytes, read_user);
     }
     if let Some(process) = &thread.python {
-        python::collect(copy, process, thread.tid, read_user);
+        let thread = python::PythonThreadId {
+            tid: thread.tid,
+            // SAFETY: no preconditions.
+            task: unsafe { bpf_get_current_task() },
+            fsbase_offset: config.task_offsets.fsbase,
+        };
+        python::collect(copy, process, &thread, read_user);
     }
     Some(copy)
 }
@@ -596,7 +602,12 @@ pub fn dump_threads(ctx: *mut c_void) -> i32 {
         };
         copy.header.stack_len = copy_user_stack(copy, sp, wanted, read_task);
         if let Some(process) = python::process(tgid) {
-            python::collect(copy, &process, tid, read_task);
+            let thread = python::PythonThreadId {
+                tid,
+                task: address,
+                fsbase_offset: offsets.fsbase,
+            };
+            python::collect(copy, &process, &thread, read_task);
         }
     }
     let record = record_bytes(copy);

@@ -9,11 +9,16 @@
 //! nothing here knows a CPython version.
 use core::ffi::c_void;
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, macros::map, maps::HashMap};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, generated::bpf_ktime_get_ns},
+    macros::map,
+    maps::HashMap,
+};
 use tripod_common::{
     PythonFrame, PythonOffsets, PythonProcess, PythonStatus, PythonThread, StackCopy,
     MAX_PYTHON_FRAMES, MAX_PYTHON_PROCESSES, MAX_PYTHON_THREADS, MAX_PYTHON_THREADS_SCANNED,
-    MAX_STACK_COPY, NO_FIELD, PYTHON_FRAME_READ_MAX, PYTHON_THREAD_RECHECK_NS,
+    MAX_STACK_COPY, NO_FIELD, PYTHON_FRAME_READ_MAX, PYTHON_THREAD_MATCH_PTHREAD,
+    PYTHON_THREAD_RECHECK_NS,
 };
 
 #[map]
@@ -34,7 +39,34 @@ pub fn process(tgid: u32) -> Option<PythonProcess> {
     PYTHON_PROCESSES.get_ptr(tgid).map(|p| unsafe { *p })
 }
 
-/// Appends the Python frames of thread `tid` of `process` to `copy`, after
+/// The thread a record's Python frames are collected for.
+pub struct PythonThreadId {
+    /// The kernel's thread id.
+    pub tid: u32,
+    /// Its `task_struct`.
+    pub task: u64,
+    /// Where `thread.fsbase` is in a `task_struct` (0: unknown).
+    pub fsbase_offset: u32,
+}
+
+impl PythonThreadId {
+    /// What the thread state's id field holds for this thread: its tid, or
+    /// (3.6, 3.7) its `pthread_t`, the TLS base the kernel keeps for it.
+    #[inline(always)]
+    fn key(&self, offsets: &PythonOffsets) -> u64 {
+        if offsets.thread_match != PYTHON_THREAD_MATCH_PTHREAD {
+            return self.tid as u64;
+        }
+        if self.task == 0 || self.fsbase_offset == 0 {
+            return 0;
+        }
+        let field = (self.task + self.fsbase_offset as u64) as *const u64;
+        // SAFETY: a probe read; a bad address fails cleanly.
+        unsafe { bpf_probe_read_kernel(field) }.unwrap_or(0)
+    }
+}
+
+/// Appends the Python frames of `thread` of `process` to `copy`, after
 /// its user stack, and sets the header's Python fields (left at "not Python"
 /// by `begin_record` otherwise). `read` reads the process's memory:
 /// `read(destination, length, source)`, 0 on success.
@@ -42,10 +74,11 @@ pub fn process(tgid: u32) -> Option<PythonProcess> {
 pub fn collect(
     copy: &mut StackCopy,
     process: &PythonProcess,
-    tid: u32,
+    thread: &PythonThreadId,
     read: impl Fn(*mut c_void, u32, *const c_void) -> i64,
 ) {
-    let status = match thread_state(process, tid, &read) {
+    let key = thread.key(&process.offsets);
+    let status = match thread_state(process, thread.tid, key, &read) {
         Lookup::Found(thread_state) => walk_frames(copy, &process.offsets, thread_state, &read),
         Lookup::Missing => PythonStatus::NoThreadState,
         Lookup::Unreadable => PythonStatus::Unreadable,
@@ -59,15 +92,20 @@ enum Lookup {
     Unreadable,
 }
 
-/// The `PyThreadState` of `tid`: the remembered one if it still belongs to
-/// `tid`, else one found by walking the thread lists (and remembered).
+/// The `PyThreadState` of `tid`, whose id field holds `key`: the
+/// remembered one if it still belongs to it, else one found by walking the
+/// thread lists (and remembered).
 #[inline(always)]
 fn thread_state(
     process: &PythonProcess,
     tid: u32,
+    key: u64,
     read: &impl Fn(*mut c_void, u32, *const c_void) -> i64,
 ) -> Lookup {
     let offsets = &process.offsets;
+    if key == 0 {
+        return Lookup::Missing;
+    }
     if let Some(known) = PYTHON_THREADS.get_ptr(tid) {
         // SAFETY: a live map value, copied out.
         let known = unsafe { *known };
@@ -77,11 +115,11 @@ fn thread_state(
             if now.wrapping_sub(known.checked_ns) < PYTHON_THREAD_RECHECK_NS {
                 return Lookup::Missing;
             }
-        } else if read_u64(read, known.thread_state, offsets.thread_native_id) == Some(tid as u64) {
+        } else if read_u64(read, known.thread_state, offsets.thread_native_id) == Some(key) {
             return Lookup::Found(known.thread_state);
         }
     }
-    let found = scan_threads(process, tid, read);
+    let found = scan_threads(process, key, read);
     let thread_state = match found {
         Lookup::Found(thread_state) => thread_state,
         // Unreadable memory is not remembered: the next sample tries again.
@@ -97,11 +135,11 @@ fn thread_state(
     found
 }
 
-/// Walks every interpreter's thread states for the one whose native thread id is `tid`.
+/// Walks every interpreter's thread states for the one whose id field is `key`.
 #[inline(always)]
 fn scan_threads(
     process: &PythonProcess,
-    tid: u32,
+    key: u64,
     read: &impl Fn(*mut c_void, u32, *const c_void) -> i64,
 ) -> Lookup {
     let offsets = &process.offsets;
@@ -130,7 +168,7 @@ fn scan_threads(
             }
             continue;
         }
-        if read_u64(read, thread, offsets.thread_native_id) == Some(tid as u64) {
+        if read_u64(read, thread, offsets.thread_native_id) == Some(key) {
             return Lookup::Found(thread);
         }
         match read_u64(read, thread, offsets.thread_next) {
@@ -176,12 +214,15 @@ fn walk_frames(
         if frame == 0 {
             break;
         }
-        if read(fields.as_mut_ptr().cast(), size, frame as *const c_void) != 0 {
+        let source = frame.wrapping_add(offsets.frame_read_start as u64) as *const c_void;
+        if read(fields.as_mut_ptr().cast(), size, source) != 0 {
             copy.header.python_frames = count;
             return PythonStatus::Unreadable;
         }
+        let code = field(&fields, offsets.frame_code) & !(offsets.code_tag_bits as u64);
         let entry = PythonFrame {
-            code: field(&fields, offsets.frame_code),
+            code,
+            code_identity: code_identity(read, offsets, code),
             instruction: field(&fields, offsets.frame_instruction),
             frame,
             is_entry: byte(&fields, offsets.frame_is_entry),
@@ -204,6 +245,25 @@ fn walk_frames(
     } else {
         PythonStatus::Frames
     }
+}
+
+/// The two name pointers of the code object at `code`, mixed into one word
+/// (see [`PythonFrame::code_identity`]); 0 when they cannot be read.
+///
+/// Without a branch: a failed read leaves the buffer zeroed (every read
+/// helper clears it), and a null `code` or a [`NO_FIELD`] offset is an
+/// address that fails. Branches here, once per frame, multiplied the paths
+/// the verifier explores in the task iterator past its limit.
+#[inline(always)]
+fn code_identity(
+    read: &impl Fn(*mut c_void, u32, *const c_void) -> i64,
+    offsets: &PythonOffsets,
+    code: u64,
+) -> u64 {
+    let mut names = [0u64; 2];
+    let source = code.wrapping_add(offsets.code_names as u64) as *const c_void;
+    let _ = read(names.as_mut_ptr().cast(), 16, source);
+    names[0] ^ names[1].rotate_left(29)
 }
 
 /// The 8-byte field at `offset` of a frame read into `fields` (offsets of

@@ -33,7 +33,7 @@ Examples:
     sudo tripod-bpf -p 4242 -f pprof -o cpu.pb.gz    go tool pprof -top cpu.pb.gz
     sudo tripod-bpf -p 4242 -f speedscope -o p.json  open p.json at www.speedscope.app
   Python, thread dumps, offline reports, continuous profiling:
-    sudo tripod-bpf -p 4242 --python-only            Python frames only (CPython 3.11)
+    sudo tripod-bpf -p 4242 --python-only            Python frames only (CPython 3.6 and later)
     sudo tripod-bpf dump -p 4242                     every thread's stack now, grouped
     tripod-bpf report run.json -f svg -o run.svg     render a saved JSON recording anywhere
     sudo tripod-bpf --all --push http://pyroscope:4040   a profile every 10 s to Pyroscope";
@@ -185,14 +185,21 @@ struct PythonArgs {
     /// Do not read Python frames: Python processes show their native stacks.
     #[arg(long)]
     no_python: bool,
+
+    /// Keep every native frame between two Python frames. By default the interpreter's own
+    /// call machinery there (_PyEval_Vector, PyObject_Vectorcall, method_vectorcall, ...) is
+    /// left out; C functions called from Python always stay.
+    #[arg(long, conflicts_with_all = ["no_python", "python_only"])]
+    all_native_frames: bool,
 }
 
 impl PythonArgs {
     fn frames(&self) -> PythonFrames {
-        match (self.no_python, self.python_only) {
-            (true, _) => PythonFrames::Off,
-            (false, true) => PythonFrames::Only,
-            (false, false) => PythonFrames::Merged,
+        match (self.no_python, self.python_only, self.all_native_frames) {
+            (true, _, _) => PythonFrames::Off,
+            (false, true, _) => PythonFrames::Only,
+            (false, false, true) => PythonFrames::MergedAll,
+            (false, false, false) => PythonFrames::Merged,
         }
     }
 }
@@ -1142,6 +1149,10 @@ mod tests {
     #[test]
     fn python_flags() {
         assert_eq!(config("tripod-bpf -a").python, PythonFrames::Merged);
+        assert_eq!(
+            config("tripod-bpf -a --all-native-frames").python,
+            PythonFrames::MergedAll
+        );
         assert_eq!(
             config("tripod-bpf -a --python-only").python,
             PythonFrames::Only

@@ -115,8 +115,11 @@ pub struct DumpConfig {
 pub enum PythonFrames {
     /// Not collected (`--no-python`).
     Off,
-    /// In place of the interpreter's native frames (the default).
+    /// In place of the interpreter's native frames, without the
+    /// interpreter's call machinery between two Python frames (the default).
     Merged,
+    /// Like `Merged`, every native frame kept (`--all-native-frames`).
+    MergedAll,
     /// Python threads show only their Python frames (`--python-only`).
     Only,
 }

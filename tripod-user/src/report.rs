@@ -68,6 +68,9 @@ pub struct Frame {
     pub inlined: bool,
     /// Why `function` is missing, or what is missing for a marker frame.
     pub unknown: Option<String>,
+    /// Python frames: the line of source at `line`, stripped and escaped,
+    /// when the file could be read (shown under the frame in the log).
+    pub source: Option<String>,
 }
 
 impl Frame {
@@ -109,6 +112,7 @@ impl Frame {
             line: None,
             inlined: false,
             unknown: None,
+            source: None,
         }
     }
 

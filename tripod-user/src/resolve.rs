@@ -133,6 +133,7 @@ impl Resolver {
             while frames.last().is_some_and(|f| is_tracing_frame(f)) {
                 frames.pop();
             }
+            python.leave_out_call_machinery(&mut frames);
             stacks.set_frames(id, frames.into());
         }
     }

@@ -24,6 +24,11 @@ pub enum Gap {
     Truncated,
     /// The record carrying the stack was dropped: the ring buffer was full.
     Dropped,
+    /// The interpreter's memory could not be read (or did not hold what
+    /// its version's layout says) past this point of the Python frames.
+    PythonUnreadable,
+    /// The Python frame chain led back into itself here.
+    PythonLoop,
 }
 
 impl Gap {
@@ -37,6 +42,8 @@ impl Gap {
             Gap::Vanished => "stack evicted before it was read".into(),
             Gap::Truncated => "truncated".into(),
             Gap::Dropped => "stack dropped: ring buffer full".into(),
+            Gap::PythonUnreadable => "Python frames unreadable".into(),
+            Gap::PythonLoop => "Python frames unreadable: the frame chain loops".into(),
         }
     }
 }

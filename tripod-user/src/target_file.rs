@@ -140,6 +140,50 @@ pub fn open_limited(path: &Path, links: Links, max: u64) -> Result<File, Refusal
     Ok(file)
 }
 
+/// Opens `path` as the target whose root directory is `root` (its
+/// `/proc/PID/root`) sees it: every component, `..` and symbolic links
+/// included, is resolved inside that root (`openat2` with
+/// `RESOLVE_IN_ROOT`), so a link the target planted cannot lead to one of
+/// the host's files. Then the same checks as [`open`], with `max` bytes.
+pub fn open_in_root(root: &Path, path: &Path, max: u64) -> Result<File, Refusal> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let refusal = |why| Refusal {
+        path: path.to_path_buf(),
+        why,
+    };
+    let unreadable = |e: io::Error| refusal(Why::Unreadable(e.to_string()));
+    let directory = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_PATH)
+        .open(root)
+        .map_err(unreadable)?;
+    let name = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .map_err(|_| refusal(Why::Unreadable("a NUL byte in the path".into())))?;
+    // SAFETY: zeroed is a valid `open_how` (every field a plain integer).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a valid directory descriptor, a NUL-terminated path and an
+    // `open_how` of the size passed; the result is a new descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            directory.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(unreadable(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let file = unsafe { File::from_raw_fd(fd as i32) };
+    let meta = file.metadata().map_err(unreadable)?;
+    acceptable(&meta, max).map_err(refusal)?;
+    Ok(file)
+}
+
 /// Checks the file `path` names now (following links), without opening it:
 /// for files another library will open by path, so that it is never handed a
 /// FIFO or a giant. A missing file is `Ok(None)`.
@@ -195,6 +239,54 @@ fn acceptable(meta: &fs::Metadata, max: u64) -> Result<(), Why> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod open_in_root_tests {
+    use super::*;
+
+    #[test]
+    fn links_resolve_inside_the_root_and_files_are_checked() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        fs::write(dir.join("app.py"), "print(1)\n").unwrap();
+        fs::write(dir.join("shadow"), "inside\n").unwrap();
+        // An absolute link: resolved in the root, it names <root>/shadow, not /etc/...
+        std::os::unix::fs::symlink("/shadow", dir.join("link.py")).unwrap();
+        std::os::unix::fs::symlink("/../../../shadow", dir.join("up.py")).unwrap();
+        let read = |path: &str| {
+            let mut text = String::new();
+            io::Read::read_to_string(&mut open_in_root(dir, Path::new(path), 1024)?, &mut text)
+                .unwrap();
+            Ok::<_, Refusal>(text)
+        };
+        assert_eq!(read("/app.py").unwrap(), "print(1)\n");
+        assert_eq!(read("/link.py").unwrap(), "inside\n");
+        assert_eq!(read("/up.py").unwrap(), "inside\n");
+        assert!(matches!(
+            read("/missing.py"),
+            Err(Refusal {
+                why: Why::Unreadable(_),
+                ..
+            })
+        ));
+        std::fs::create_dir(dir.join("d")).unwrap();
+        assert!(matches!(
+            read("/d"),
+            Err(Refusal {
+                why: Why::NotRegular(_),
+                ..
+            })
+        ));
+        fs::write(dir.join("big.py"), vec![b'#'; 2048]).unwrap();
+        assert!(matches!(
+            read("/big.py"),
+            Err(Refusal {
+                why: Why::TooLarge { .. },
+                ..
+            })
+        ));
+    }
 }
 
 /// `1.5 GiB`, `20 KiB`, `512 B`.

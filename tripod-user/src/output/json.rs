@@ -162,6 +162,10 @@ pub struct JsonFrame {
     pub inlined: bool,
     /// Why there is no function, or what a marker stands for.
     pub unknown: Option<String>,
+    /// Python frames: the source line at `line`, stripped (absent when the
+    /// file could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -413,6 +417,7 @@ impl From<&Frame> for JsonFrame {
             line: frame.line,
             inlined: frame.inlined,
             unknown: frame.unknown.clone(),
+            source: frame.source.clone(),
         }
     }
 }
@@ -617,6 +622,7 @@ impl TryFrom<&JsonFrame> for Frame {
             line: frame.line,
             inlined: frame.inlined,
             unknown: shown_opt(&frame.unknown),
+            source: shown_opt(&frame.source),
         })
     }
 }

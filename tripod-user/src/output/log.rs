@@ -174,6 +174,9 @@ fn write_traceback(out: &mut dyn Write, frames: &[std::sync::Arc<Frame>]) -> io:
     writeln!(out, "Traceback (most recent call last):")?;
     for frame in frames {
         writeln!(out, "  {}", frame_line(frame))?;
+        if let Some(source) = &frame.source {
+            writeln!(out, "    {source}")?;
+        }
     }
     Ok(())
 }

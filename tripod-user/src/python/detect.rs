@@ -21,7 +21,8 @@ use crate::{
 pub struct Binary {
     pub major: u8,
     pub minor: u8,
-    /// Link-time address of `_PyRuntime`.
+    /// Link-time address of `_PyRuntime`; in 3.6, which has none, of the
+    /// static `interp_head` (the list of interpreters), from `.symtab`.
     runtime: u64,
     /// Link-time addresses of `_PyEval_EvalFrameDefault`.
     eval: Range<u64>,
@@ -34,7 +35,7 @@ pub struct Binary {
 pub struct Placed {
     pub major: u8,
     pub minor: u8,
-    /// Address of `_PyRuntime` in the process.
+    /// Address of `_PyRuntime` (3.6: `interp_head`) in the process.
     pub runtime: u64,
     /// Addresses of `_PyEval_EvalFrameDefault` in the process.
     pub eval: Range<u64>,
@@ -69,6 +70,14 @@ impl Binary {
             }
         }
         let (major, minor) = version.or_else(|| version_from_name(file_name))?;
+        // 3.6 has no `_PyRuntime`; its interpreters hang off a static variable,
+        // which only an unstripped binary names.
+        if runtime.is_none() && (major, minor) < (3, 7) {
+            runtime = elf
+                .symbols()
+                .find(|s| s.name() == Ok("interp_head") && !s.is_undefined())
+                .map(|s| s.address());
+        }
         let segments = elf
             .segments()
             .map(|s| LoadSegment {
@@ -160,6 +169,25 @@ mod tests {
         let placed = binary.place(&mapping).expect("placed");
         assert_eq!(placed.runtime, 0x7f00_0000_0000 + 0x54_e540);
         assert_eq!(placed.eval, 0x7f00_0000_1000..0x7f00_0000_2000);
+    }
+
+    #[test]
+    fn pyenvs_3_6_is_found_by_its_interpreter_list() {
+        let Some(root) = crate::python::pyenv_root_for_tests() else {
+            return;
+        };
+        let path = root.join("versions/3.6.15/lib/libpython3.6m.so.1.0");
+        if !path.exists() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{path:?} is missing in CI"
+            );
+            return;
+        }
+        let binary = Binary::read(File::open(&path).unwrap(), "libpython3.6m.so.1.0")
+            .expect("a Python binary");
+        assert_eq!((binary.major, binary.minor), (3, 6));
+        assert_ne!(binary.runtime, 0);
     }
 
     #[test]

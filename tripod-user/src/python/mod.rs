@@ -13,10 +13,13 @@
 //!
 //! Memory of the target is read with `process_vm_readv` while it runs.
 mod code;
+mod debug_offsets;
 pub(crate) mod detect;
 pub mod layout;
+mod lines;
 mod memory;
 mod objects;
+mod source;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -30,7 +33,7 @@ use tripod_common::{PythonFrame, PythonProcess, PythonStatus};
 use crate::{
     config::PythonFrames,
     process::{MappingView, ProcessTable},
-    report::Frame,
+    report::{Frame, FrameKind},
     stack::{Gap, RawFrame, Space},
 };
 use code::Code;
@@ -70,15 +73,16 @@ pub enum PythonChange {
 
 /// A Python process being sampled.
 struct Interpreter {
-    layout: &'static Layout,
+    layout: Arc<Layout>,
     /// Where `_PyRuntime` is.
     runtime: u64,
     eval: Range<u64>,
     memory: ProcessMemory,
-    /// Code objects read so far.
-    codes: HashMap<u64, Arc<Code>>,
-    /// Frame table ids by (code object, instruction).
-    frames: HashMap<(u64, u64), u32>,
+    /// Code objects read so far, by address and identity (see
+    /// [`PythonFrame::code_identity`]).
+    codes: HashMap<(u64, u64), Arc<Code>>,
+    /// Frame table ids by (code object, its identity, instruction).
+    frames: HashMap<(u64, u64, u64), u32>,
     /// Threads the kernel looked up a thread state for.
     threads: HashSet<u32>,
 }
@@ -96,8 +100,13 @@ pub struct Python {
     changes: Vec<PythonChange>,
     /// Versions found but not supported, said once each.
     unsupported: HashSet<(u8, u8)>,
-    frames: Vec<Arc<Frame>>,
-    frame_ids: HashMap<Arc<Frame>, u32>,
+    /// The interpreter binaries found (libpython or the executable), as
+    /// frames name their module: where the call machinery lives.
+    interpreter_paths: HashSet<String>,
+    /// Every distinct Python frame shown, by id.
+    table: FrameTable,
+    /// Source lines shown under Python frames.
+    sources: source::Sources,
 }
 
 impl Python {
@@ -109,8 +118,9 @@ impl Python {
             checked: HashMap::new(),
             changes: Vec::new(),
             unsupported: HashSet::new(),
-            frames: Vec::new(),
-            frame_ids: HashMap::new(),
+            interpreter_paths: HashSet::new(),
+            table: FrameTable::default(),
+            sources: source::Sources::default(),
         }
     }
 
@@ -151,7 +161,7 @@ impl Python {
         pid: u32,
         mappings: &[MappingView],
         exe: Option<&str>,
-    ) -> Option<(Placed, &'static Layout)> {
+    ) -> Option<(Placed, Arc<Layout>)> {
         for mapping in mappings {
             let Some(module) = &mapping.module else {
                 continue;
@@ -168,7 +178,7 @@ impl Python {
             let Some(placed) = binary.and_then(|b| b.place(mapping)) else {
                 continue;
             };
-            let Some(layout) = layout::for_version(placed.major, placed.minor) else {
+            let Some(layout) = layout_of(pid, &placed) else {
                 if self.unsupported.insert((placed.major, placed.minor)) {
                     eprintln!(
                         "[tripod] pid {pid} runs Python {}.{}, whose frames tripod-bpf cannot read (supported: {}); its native stacks are sampled",
@@ -179,6 +189,8 @@ impl Python {
                 }
                 return None;
             };
+            self.interpreter_paths
+                .insert(crate::text::escape_controls(&module.path).into_owned());
             log::debug!(
                 "pid {pid}: Python {}.{} in {}, _PyRuntime at {:#x}",
                 placed.major,
@@ -191,7 +203,8 @@ impl Python {
         None
     }
 
-    fn register(&mut self, pid: u32, placed: Placed, layout: &'static Layout) {
+    fn register(&mut self, pid: u32, placed: Placed, layout: Arc<Layout>) {
+        let offsets = layout.kernel();
         self.interpreters.insert(
             pid,
             Interpreter {
@@ -206,7 +219,7 @@ impl Python {
         );
         let process = PythonProcess {
             runtime: placed.runtime,
-            offsets: layout.kernel,
+            offsets,
         };
         self.changes.push(PythonChange::Found(pid, process));
     }
@@ -252,7 +265,7 @@ impl Python {
 
     /// A frame of [`RawFrame::Python`].
     pub fn frame(&self, id: u32) -> Arc<Frame> {
-        self.frames[id as usize].clone()
+        self.table.frames[id as usize].clone()
     }
 
     /// The native stack of a thread of process `tgid` (innermost first) with
@@ -271,15 +284,24 @@ impl Python {
         if python.status.is_some() {
             interpreter.threads.insert(tid);
         }
-        if python.frames.is_empty() {
+        let (frames, looped) = until_loop(&python.frames);
+        let unreadable = looped || python.status == Some(PythonStatus::Unreadable);
+        if frames.is_empty() && !unreadable {
             return native;
         }
-        let mut groups = self.groups(tgid, &python.frames);
-        // Outer Python frames were cut (the chain was deeper than the eBPF
-        // program walks): say so where they would be.
-        if python.status == Some(PythonStatus::Truncated) {
-            if let Some(outermost) = groups.last_mut() {
-                outermost.push(RawFrame::Gap(Space::User, Gap::Truncated));
+        let mut groups = self.groups(tgid, frames);
+        // Outer Python frames are missing: say so where they would be.
+        let marker = match python.status {
+            _ if looped => Some(Gap::PythonLoop),
+            Some(PythonStatus::Unreadable) => Some(Gap::PythonUnreadable),
+            // The chain was deeper than the eBPF program walks.
+            Some(PythonStatus::Truncated) => Some(Gap::Truncated),
+            _ => None,
+        };
+        if let Some(gap) = marker {
+            match groups.last_mut() {
+                Some(outermost) => outermost.push(RawFrame::Gap(Space::User, gap)),
+                None => groups.push(vec![RawFrame::Gap(Space::User, gap)]),
             }
         }
         if self.shown == PythonFrames::Only {
@@ -295,22 +317,14 @@ impl Python {
         let Some(interpreter) = self.interpreters.get_mut(&tgid) else {
             return Vec::new();
         };
-        split_by_entry(frames, interpreter.layout.entry)
+        let entry = interpreter.layout.entry;
+        split_by_entry(frames, entry)
             .into_iter()
             .map(|group| {
                 group
                     .iter()
                     .map(|frame| {
-                        let key = (frame.code, frame.instruction);
-                        let id = match interpreter.frames.get(&key) {
-                            Some(&id) => id,
-                            None => {
-                                let shown = describe(interpreter, frame);
-                                let id = intern(&mut self.frames, &mut self.frame_ids, shown);
-                                interpreter.frames.insert(key, id);
-                                id
-                            }
-                        };
+                        let id = frame_id(interpreter, &mut self.table, &mut self.sources, frame);
                         RawFrame::Python(id)
                     })
                     .collect()
@@ -323,14 +337,129 @@ impl Python {
         let Some(interpreter) = self.interpreters.get_mut(&tgid) else {
             return Vec::new();
         };
+        let (frames, _) = until_loop(frames);
+        let entry = interpreter.layout.entry;
         frames
             .iter()
             .rev()
-            .filter(
-                |f| !matches!(interpreter.layout.entry, EntryMarker::ShimOwner(o) if o == f.owner),
-            )
+            .filter(|f| !matches!(entry, EntryMarker::ShimOwner(o) if o == f.owner))
             .map(|frame| frame_locals(interpreter, frame))
             .collect()
+    }
+}
+
+impl Python {
+    /// Leaves out, from a symbolized stack (outermost first), the native
+    /// frames between two Python frames that are the interpreter's own call
+    /// machinery, as py-spy's `--native` does: they only say how CPython
+    /// got from one Python function to the next. C functions called from
+    /// Python (`time_sleep`, `builtin_sorted`, an extension's) stay, and so
+    /// does everything with `--all-native-frames`.
+    pub fn leave_out_call_machinery(&self, frames: &mut Vec<Arc<Frame>>) {
+        if self.shown != PythonFrames::Merged {
+            return;
+        }
+        let is_python = |f: &Arc<Frame>| f.kind == FrameKind::Python;
+        let (Some(first), Some(last)) = (
+            frames.iter().position(is_python),
+            frames.iter().rposition(is_python),
+        ) else {
+            return;
+        };
+        let mut index = 0;
+        frames.retain(|frame| {
+            let between = index > first && index < last;
+            index += 1;
+            !(between && self.is_call_machinery(frame))
+        });
+    }
+
+    /// A native frame of an interpreter binary that is a call path between
+    /// Python functions. A frame without a name (a stripped interpreter's
+    /// internal function) is kept: it may be a C function called from Python.
+    fn is_call_machinery(&self, frame: &Frame) -> bool {
+        let in_interpreter = frame
+            .module
+            .as_ref()
+            .is_some_and(|module| self.interpreter_paths.contains(module));
+        if frame.kernel || frame.kind != FrameKind::Code || !in_interpreter {
+            return false;
+        }
+        frame
+            .function
+            .as_ref()
+            .is_some_and(|name| CALL_MACHINERY.iter().any(|prefix| name.starts_with(prefix)))
+    }
+}
+
+/// Name prefixes of the functions CPython 3.6 to 3.13 go through to call a
+/// Python function, a bound method or a C function from Python code, and
+/// to resume a generator.
+const CALL_MACHINERY: &[&str] = &[
+    "_PyEval_",
+    "PyEval_",
+    "_PyFunction_",
+    "PyObject_Call",
+    "_PyObject_Call",
+    "PyObject_Vectorcall",
+    "_PyObject_Vectorcall",
+    "_PyObject_FastCall",
+    "_PyObject_MakeTpCall",
+    "PyVectorcall_",
+    "_PyVectorcall_",
+    "_PyCFunction_FastCall",
+    "_PyMethodDef_RawFastCall",
+    "_PyMethodDescr_FastCall",
+    "method_vectorcall",
+    "cfunction_call",
+    "cfunction_vectorcall",
+    "vectorcall_",
+    "slot_tp_call",
+    "function_code_fastcall",
+    "fast_function",
+    "call_function",
+    "do_call_core",
+    "gen_send_ex",
+    "gen_iternext",
+    "_PyGen_Send",
+    "type_call",
+    "slot_tp_init",
+];
+
+/// The layout of the Python `placed` runs in process `pid`: from 3.13 on
+/// the offsets the interpreter publishes at the start of `_PyRuntime` (so
+/// a later version whose structures only moved needs no new table), over
+/// the table of that version or the newest one; before 3.13 the table.
+fn layout_of(pid: u32, placed: &Placed) -> Option<Arc<Layout>> {
+    let table = layout::for_version(placed.major, placed.minor);
+    if (placed.major, placed.minor) < (3, 13) {
+        return table.map(|t| Arc::new(*t));
+    }
+    let memory = ProcessMemory { pid };
+    let published = memory
+        .read_vec(placed.runtime, debug_offsets::READ_SIZE)
+        .map_err(|e| format!("cannot read _PyRuntime: {e}"))
+        .and_then(|bytes| debug_offsets::parse(&bytes).map_err(|why| format!("{why:?}")));
+    match published {
+        Ok(offsets) => {
+            let base = table.or_else(|| layout::LAYOUTS.last())?;
+            Layout::with_debug_offsets(base, &offsets).map(Arc::new)
+        }
+        Err(why) => {
+            log::debug!("pid {pid}: no usable _Py_DebugOffsets ({why})");
+            table.map(|t| Arc::new(*t))
+        }
+    }
+}
+
+/// The frames up to the first that was already seen in the chain: a
+/// corrupted (or racing) `f_back` can point back into it, and the frames
+/// after that would repeat until the walk's limit. True if it looped.
+fn until_loop(frames: &[PythonFrame]) -> (&[PythonFrame], bool) {
+    let mut seen = HashSet::with_capacity(frames.len());
+    match frames.iter().position(|f| !seen.insert(f.frame)) {
+        Some(at) => (&frames[..at], true),
+        None => (frames, false),
     }
 }
 
@@ -340,6 +469,7 @@ fn split_by_entry(frames: &[PythonFrame], entry: EntryMarker) -> Vec<Vec<PythonF
     let mut groups = vec![Vec::new()];
     for frame in frames {
         match entry {
+            EntryMarker::EveryFrame => groups.push(vec![*frame]),
             // A shim starts the call whose frames came just before it.
             EntryMarker::ShimOwner(owner) if frame.owner == owner => groups.push(Vec::new()),
             _ => {
@@ -377,27 +507,27 @@ fn place(
 
 /// The code object of `frame`, read once; one that could not be read is
 /// tried again next time (the read may have raced with the process).
-fn code_of(interpreter: &mut Interpreter, address: u64) -> Option<Arc<Code>> {
-    if let Some(code) = interpreter.codes.get(&address) {
+fn code_of(interpreter: &mut Interpreter, address: u64, identity: u64) -> Option<Arc<Code>> {
+    if let Some(code) = interpreter.codes.get(&(address, identity)) {
         return Some(code.clone());
     }
     let code = Arc::new(Code::read(
         &interpreter.memory,
-        interpreter.layout,
+        &interpreter.layout,
         address,
     )?);
-    interpreter.codes.insert(address, code.clone());
+    interpreter.codes.insert((address, identity), code.clone());
     Some(code)
 }
 
 /// A Python frame as shown: function, file and line.
 fn describe(interpreter: &mut Interpreter, frame: &PythonFrame) -> Frame {
-    let layout = interpreter.layout;
-    match code_of(interpreter, frame.code) {
+    let layout = interpreter.layout.clone();
+    match code_of(interpreter, frame.code, frame.code_identity) {
         Some(code) => Frame {
             function: Some(code.name.to_string()),
             file: Some(code.file.to_string()),
-            line: code.line(layout, frame.instruction),
+            line: code.line(&layout, frame.instruction),
             ..Frame::python()
         },
         None => Frame {
@@ -407,25 +537,56 @@ fn describe(interpreter: &mut Interpreter, frame: &PythonFrame) -> Frame {
     }
 }
 
-fn intern(frames: &mut Vec<Arc<Frame>>, ids: &mut HashMap<Arc<Frame>, u32>, frame: Frame) -> u32 {
-    if let Some(&id) = ids.get(&frame) {
+/// Python frames as shown, each stored once and named by its index.
+#[derive(Default)]
+struct FrameTable {
+    frames: Vec<Arc<Frame>>,
+    ids: HashMap<Arc<Frame>, u32>,
+}
+
+impl FrameTable {
+    fn intern(&mut self, frame: Frame) -> u32 {
+        if let Some(&id) = self.ids.get(&frame) {
+            return id;
+        }
+        let frame = Arc::new(frame);
+        let id = self.frames.len() as u32;
+        self.frames.push(frame.clone());
+        self.ids.insert(frame, id);
+        id
+    }
+}
+
+/// The table id of `frame` as shown (function, file, line and source
+/// line), described the first time its code object and instruction are
+/// seen in this process.
+fn frame_id(
+    interpreter: &mut Interpreter,
+    table: &mut FrameTable,
+    sources: &mut source::Sources,
+    frame: &PythonFrame,
+) -> u32 {
+    let key = (frame.code, frame.code_identity, frame.instruction);
+    if let Some(&id) = interpreter.frames.get(&key) {
         return id;
     }
-    let frame = Arc::new(frame);
-    let id = frames.len() as u32;
-    frames.push(frame.clone());
-    ids.insert(frame, id);
+    let mut shown = describe(interpreter, frame);
+    if let (Some(file), Some(line)) = (&shown.file, shown.line) {
+        shown.source = sources.line(interpreter.memory.pid, &Arc::from(file.as_str()), line);
+    }
+    let id = table.intern(shown);
+    interpreter.frames.insert(key, id);
     id
 }
 
 fn frame_locals(interpreter: &mut Interpreter, frame: &PythonFrame) -> FrameLocals {
-    let layout = interpreter.layout;
+    let layout = interpreter.layout.clone();
     let shown = describe(interpreter, frame);
     let mut variables = Vec::new();
-    if let Some(code) = code_of(interpreter, frame.code) {
+    if let Some(code) = code_of(interpreter, frame.code, frame.code_identity) {
         let memory = &interpreter.memory;
-        let names = code::local_names(memory, layout, code.address).unwrap_or_default();
-        let slots = frame.frame + layout.frame_localsplus as u64;
+        let names = code::local_names(memory, &layout, code.address).unwrap_or_default();
+        let slots = frame.frame + layout.frame.localsplus as u64;
         let values = memory.read_vec(slots, 8 * names.len()).unwrap_or_default();
         for (name, value) in names.into_iter().zip(values.chunks_exact(8)) {
             let address = u64::from_le_bytes(value.try_into().expect("8 bytes"));
@@ -456,6 +617,25 @@ pub fn short_file(file: &str) -> &str {
     file
 }
 
+/// pyenv's root, where the unit tests find every interpreter: `$PYENV_ROOT`,
+/// else `~/.pyenv`. `None` (with a note) when there is none outside CI; in CI
+/// a missing pyenv fails the test that asked.
+#[cfg(test)]
+pub(crate) fn pyenv_root_for_tests() -> Option<std::path::PathBuf> {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pyenv")))
+        .filter(|root| root.join("versions").is_dir());
+    if root.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "no pyenv versions directory ($PYENV_ROOT or ~/.pyenv); CI must test every CPython"
+        );
+        eprintln!("skipped: no pyenv versions directory");
+    }
+    root
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +643,7 @@ mod tests {
     fn frame(code: u64, is_entry: bool) -> PythonFrame {
         PythonFrame {
             code,
+            code_identity: 0,
             instruction: 0,
             frame: 0,
             is_entry: is_entry.into(),
@@ -553,6 +734,137 @@ mod tests {
                 RawFrame::Python(2),
             ]
         );
+    }
+
+    #[test]
+    fn before_3_11_every_frame_is_a_call_of_its_own() {
+        let frames = [frame(1, false), frame(2, false), frame(3, false)];
+        let groups = split_by_entry(&frames, EntryMarker::EveryFrame);
+        assert_eq!(codes(&groups), vec![vec![1], vec![2], vec![3]]);
+    }
+
+    #[test]
+    fn a_chain_that_loops_is_cut_at_the_first_repeat() {
+        let at = |code, address| PythonFrame {
+            frame: address,
+            ..frame(code, false)
+        };
+        let chain = [at(1, 0x100), at(2, 0x200), at(1, 0x100), at(2, 0x200)];
+        let (kept, looped) = until_loop(&chain);
+        assert!(looped);
+        assert_eq!(kept.iter().map(|f| f.code).collect::<Vec<_>>(), [1, 2]);
+        let (kept, looped) = until_loop(&chain[..2]);
+        assert!(!looped);
+        assert_eq!(kept.len(), 2);
+    }
+
+    /// A Python with one interpreter registered for pid 7, whose binary is `/lib/libpython.so`.
+    fn python_with_interpreter(shown: PythonFrames) -> Python {
+        let mut python = Python::new(shown);
+        python.interpreter_paths.insert("/lib/libpython.so".into());
+        python.interpreters.insert(
+            7,
+            Interpreter {
+                layout: Arc::new(*layout::for_version(3, 10).unwrap()),
+                runtime: 0,
+                eval: 0x100..0x200,
+                memory: ProcessMemory { pid: u32::MAX },
+                codes: HashMap::new(),
+                frames: HashMap::new(),
+                threads: HashSet::new(),
+            },
+        );
+        python
+    }
+
+    #[test]
+    fn unreadable_and_looping_chains_end_in_a_marker() {
+        let mut python = python_with_interpreter(PythonFrames::Merged);
+        let native = vec![RawFrame::ReturnAddress(Space::User, 0x150)];
+        // Nothing read: the marker takes the eval frame's place.
+        let unreadable = PythonSample {
+            status: Some(PythonStatus::Unreadable),
+            frames: Vec::new(),
+        };
+        let merged = python.merge(7, 8, native.clone(), &unreadable);
+        assert_eq!(merged, [RawFrame::Gap(Space::User, Gap::PythonUnreadable)]);
+        // A loop: the frames up to the repeat (named "unreadable": the memory
+        // behind them is not a process here), then the marker.
+        let at = |address| PythonFrame {
+            frame: address,
+            ..frame(0x1000, false)
+        };
+        let looped = PythonSample {
+            status: Some(PythonStatus::Truncated),
+            frames: vec![at(0x10), at(0x10), at(0x10)],
+        };
+        let merged = python.merge(7, 8, native, &looped);
+        assert_eq!(merged.len(), 2, "{merged:?}");
+        assert!(matches!(merged[0], RawFrame::Python(_)));
+        assert_eq!(merged[1], RawFrame::Gap(Space::User, Gap::PythonLoop));
+        let shown = python.frame(match merged[0] {
+            RawFrame::Python(id) => id,
+            _ => unreachable!(),
+        });
+        assert_eq!(
+            shown.unknown.as_deref(),
+            Some("code object at 0x1000 unreadable")
+        );
+    }
+
+    fn native(function: Option<&str>, module: &str) -> Arc<Frame> {
+        Arc::new(Frame {
+            function: function.map(str::to_owned),
+            module: Some(module.to_owned()),
+            ..Frame::code(false, Some(0x10))
+        })
+    }
+
+    fn python_frame(function: &str) -> Arc<Frame> {
+        Arc::new(Frame {
+            function: Some(function.to_owned()),
+            ..Frame::python()
+        })
+    }
+
+    #[test]
+    fn call_machinery_between_python_frames_is_left_out() {
+        let lib = "/lib/libpython.so";
+        let stack = vec![
+            native(Some("_PyEval_EvalCode"), lib), // outside the Python frames: kept
+            python_frame("run"),
+            native(Some("cfunction_vectorcall_FASTCALL_KEYWORDS"), lib),
+            native(Some("builtin_sorted"), lib), // a C function called from Python: kept
+            native(None, lib),                   // no name in a stripped build: kept
+            native(Some("method_vectorcall"), lib),
+            native(Some("_PyFunction_Vectorcall"), "/usr/lib/other.so"), // not the interpreter
+            native(Some("_PyEval_Vector"), lib),
+            python_frame("key"),
+            native(Some("PyObject_Call"), lib), // inside the innermost Python frame: kept
+        ];
+        let names = |frames: &[Arc<Frame>]| -> Vec<String> {
+            frames
+                .iter()
+                .map(|f| f.function.clone().unwrap_or_else(|| "?".into()))
+                .collect()
+        };
+        let mut frames = stack.clone();
+        python_with_interpreter(PythonFrames::Merged).leave_out_call_machinery(&mut frames);
+        assert_eq!(
+            names(&frames),
+            [
+                "_PyEval_EvalCode",
+                "run",
+                "builtin_sorted",
+                "?",
+                "_PyFunction_Vectorcall",
+                "key",
+                "PyObject_Call"
+            ]
+        );
+        let mut frames = stack.clone();
+        python_with_interpreter(PythonFrames::MergedAll).leave_out_call_machinery(&mut frames);
+        assert_eq!(frames, stack);
     }
 
     #[test]

@@ -127,6 +127,12 @@ fn type_of(memory: &dyn Memory, layout: &ObjectLayout, address: u64) -> Option<(
     Some((name, flags))
 }
 
+/// Whether the object at `address` is of the built-in type `name`
+/// (`code`, for a frame's code object).
+pub fn has_type(memory: &dyn Memory, layout: &ObjectLayout, address: u64, name: &str) -> bool {
+    type_of(memory, layout, address).is_some_and(|(found, _)| found == name)
+}
+
 /// A short, Python-like repr of the object at `address`: the value of
 /// `None`, bools, ints, floats, strings and bytes; the type and length of
 /// lists, tuples, dicts and sets; the type and address of anything else.
@@ -202,8 +208,14 @@ fn container_length(
 
 /// An int's value, if it fits in 120 bits (four 30-bit digits).
 fn int_value(memory: &dyn Memory, layout: &ObjectLayout, address: u64) -> Option<i128> {
-    let size = memory.read_u64(address + layout.ob_size as u64).ok()? as i64;
-    let digits = size.unsigned_abs() as usize;
+    let size = memory.read_u64(address + layout.ob_size as u64).ok()?;
+    let (digits, negative) = if layout.long_tagged {
+        // 3.12's `lv_tag`: the digit count above 3 bits of sign (0 positive, 1 zero, 2 negative).
+        ((size >> 3) as usize, size & 3 == 2)
+    } else {
+        // `ob_size`: the digit count, negative for negative ints.
+        ((size as i64).unsigned_abs() as usize, (size as i64) < 0)
+    };
     if digits > 4 {
         return None;
     }
@@ -213,7 +225,7 @@ fn int_value(memory: &dyn Memory, layout: &ObjectLayout, address: u64) -> Option
     let magnitude = bytes.chunks_exact(4).rev().fold(0i128, |acc, d| {
         (acc << 30) | (u32::from_le_bytes(d.try_into().expect("4 bytes")) as i128)
     });
-    Some(if size < 0 { -magnitude } else { magnitude })
+    Some(if negative { -magnitude } else { magnitude })
 }
 
 /// Like Python's `repr(float)`: the shortest digits that read back the same.
@@ -392,6 +404,35 @@ mod tests {
         assert_eq!(image.repr(huge), "1e+300");
         assert_eq!(image.repr(text), "\"it's\"");
         assert_eq!(image.repr(bytes), "b'x\\x00'");
+    }
+
+    #[test]
+    fn ints_of_3_12_and_later_carry_their_sign_in_a_tag() {
+        let mut image = Image::new();
+        let tagged = ObjectLayout {
+            long_tagged: true,
+            ..layout()
+        };
+        // lv_tag: digit count << 3, then 0 positive, 1 zero, 2 negative.
+        let five = image.object("int", LONG_SUBCLASS, &int_body(1 << 3, &[5]));
+        let zero = image.object("int", LONG_SUBCLASS, &int_body(1, &[0]));
+        let big = image.object("int", LONG_SUBCLASS, &int_body((2 << 3) | 2, &[5, 1]));
+        let yes = image.object("bool", LONG_SUBCLASS, &int_body(1 << 3, &[1]));
+        let repr = |address| repr(&image.memory, &tagged, address);
+        assert_eq!(repr(five), "5");
+        assert_eq!(repr(zero), "0");
+        assert_eq!(repr(big), (-((1i64 << 30) + 5)).to_string());
+        assert_eq!(repr(yes), "True");
+    }
+
+    #[test]
+    fn only_code_objects_are_taken_for_code() {
+        let mut image = Image::new();
+        let code = image.object("code", 0, &[]);
+        let text = image.ascii_str("not code");
+        assert!(has_type(&image.memory, &layout(), code, "code"));
+        assert!(!has_type(&image.memory, &layout(), text, "code"));
+        assert!(!has_type(&image.memory, &layout(), 0x42, "code"));
     }
 
     #[test]

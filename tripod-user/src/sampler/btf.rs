@@ -34,8 +34,16 @@ pub fn task_offsets() -> Result<TaskOffsets> {
         comm: field("comm")?,
         // Only SMP kernels have it; without it, every thread looks off-CPU.
         on_cpu: field("on_cpu").unwrap_or(0),
-        _reserved: 0,
+        fsbase: fsbase(&btf, &members).unwrap_or(0),
     })
+}
+
+/// `task_struct.thread.fsbase` (x86_64): the TLS base, which CPython 3.6
+/// and 3.7 thread states are matched against. `None` on other kernels.
+fn fsbase(btf: &Btf, task_members: &HashMap<String, u32>) -> Option<u32> {
+    let thread = *task_members.get("thread")?;
+    let fsbase = *btf.struct_members("thread_struct").ok()?.get("fsbase")?;
+    thread.checked_add(fsbase)
 }
 
 const KIND_STRUCT: u32 = 4;
@@ -217,6 +225,8 @@ mod tests {
         assert!(offsets.comm > offsets.tgid);
         assert!(offsets.state < offsets.pid);
         assert_ne!(offsets.on_cpu, 0);
+        // `thread` is the last member of task_struct (it ends in an FPU area).
+        assert!(offsets.fsbase > offsets.comm);
     }
 
     #[test]

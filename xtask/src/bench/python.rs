@@ -4,7 +4,8 @@
 //! left out. tripod-bpf records it with and without its Python frames (`--no-python` shows
 //! what reading them costs); py-spy, the usual tool for this, records it pausing the process
 //! for each sample (its default) and without pausing it (`--nonblocking`). Every
-//! configuration runs under each CPython found: pyenv's and Debian's are built differently.
+//! configuration runs under pyenv's CPython 3.8, 3.11 and 3.13 and Debian's 3.11: each
+//! reads its frames another way, and pyenv's and Debian's builds differ.
 
 use std::{
     path::{Path, PathBuf},
@@ -30,7 +31,7 @@ pub const HZ: u32 = 99;
 const PROBE_ITERATIONS: u64 = 3_000_000;
 /// `hot.py` runs its iterations in calls of this many (its `STEP`).
 const STEP: u64 = 100_000;
-/// Debian's interpreter, measured besides the one `python3` runs when it is another.
+/// Debian's interpreter, measured besides pyenv's.
 const SYSTEM_PYTHON: &str = "/usr/bin/python3.11";
 /// Longest a run may take: a sampler that slows the fixture down 100-fold still finishes.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -144,18 +145,47 @@ pub fn describe(interpreters: &[Interpreter], config: Config) -> String {
     format!("{}, {sampler}", interpreters[config.interpreter].label())
 }
 
-/// The interpreter `python3` runs (pyenv's here), then Debian's if it is another one.
+/// pyenv's minor versions measured side by side: the oldest with `PyFrameObject` chains
+/// and native thread matching by pthread id that most people still run (3.8), the
+/// `_PyInterpreterFrame` generation (3.11), and the newest, whose offsets the interpreter
+/// publishes itself (3.13).
+const PYENV_VERSIONS: &[&str] = &["3.8", "3.11", "3.13"];
+
+/// pyenv's 3.8, 3.11 and 3.13 (the newest patch release of each under `$PYENV_ROOT`, else
+/// `~/.pyenv`), then Debian's 3.11 (static, no frame pointers). Each must be there: the
+/// section compares them.
 fn find_interpreters() -> Result<Vec<Interpreter>> {
-    let executable =
-        probe(Command::new("python3").args(["-c", "import sys; print(sys.executable)"]))
-            .context("the python measurement needs python3 on PATH")?;
-    let mut interpreters = vec![interpreter(Path::new(executable.trim()))?];
-    let system = Path::new(SYSTEM_PYTHON);
-    let same = |a: &Path, b: &Path| a.canonicalize().ok() == b.canonicalize().ok();
-    if system.exists() && !same(system, &interpreters[0].path) {
-        interpreters.push(interpreter(system)?);
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".pyenv")))
+        .context("neither PYENV_ROOT nor HOME is set: where is pyenv?")?;
+    let mut interpreters = Vec::new();
+    for minor in PYENV_VERSIONS {
+        let path = pyenv_version(&root.join("versions"), minor).with_context(|| {
+            format!(
+                "the python measurement needs pyenv's Python {minor} in {}/versions",
+                root.display()
+            )
+        })?;
+        interpreters.push(interpreter(&path)?);
     }
+    interpreters.push(interpreter(Path::new(SYSTEM_PYTHON))?);
     Ok(interpreters)
+}
+
+/// `versions/3.8.N/bin/python3.8` of the largest N.
+fn pyenv_version(versions: &Path, minor: &str) -> Option<PathBuf> {
+    std::fs::read_dir(versions)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let patch: u32 = name.strip_prefix(minor)?.strip_prefix('.')?.parse().ok()?;
+            let exe = entry.path().join("bin").join(format!("python{minor}"));
+            exe.is_file().then_some((patch, exe))
+        })
+        .max()
+        .map(|(_, exe)| exe)
 }
 
 fn interpreter(path: &Path) -> Result<Interpreter> {
