@@ -441,78 +441,22 @@ impl Layout {
     /// that version or the newest we have. `None` if an offset does not fit
     /// what the eBPF program can read.
     pub fn with_debug_offsets(base: &Layout, published: &DebugOffsets) -> Option<Layout> {
-        let o = |value: u64| u32::try_from(value).ok();
         let d = published;
-        let code_fields = [
-            d.code_firstlineno,
-            d.code_filename,
-            d.code_name,
-            d.code_linetable,
-        ];
-        let code_end = code_fields
-            .into_iter()
-            .chain(d.code_qualname)
-            .chain([d.code_localsplusnames])
-            .max()?;
+        let minor = (d.version_hex >> 16) as u8;
         let layout = Layout {
             major: (d.version_hex >> 24) as u8,
-            minor: (d.version_hex >> 16) as u8,
-            thread: ThreadLayout {
-                runtime_interpreters_head: o(d.runtime_interpreters_head)?,
-                interpreter_next: o(d.interpreter_next)?,
-                interpreter_threads_head: o(d.interpreter_threads_head)?,
-                thread_next: o(d.thread_next)?,
-                thread_id: o(d.thread_native_thread_id)?,
-                thread_match: PYTHON_THREAD_MATCH_TID,
-                thread_frame: o(d.thread_current_frame)?,
-                cframe_current_frame: None,
-            },
-            frame: FrameLayout {
-                code: o(d.frame_executable)?,
-                previous: o(d.frame_previous)?,
-                instruction: o(d.frame_instr_ptr)?,
-                is_entry: None,
-                owner: Some(o(d.frame_owner)?),
-                localsplus: o(d.frame_localsplus)?,
-            },
+            minor,
+            thread: published_thread(d)?,
+            frame: published_frame(d)?,
             // The frame each eval call pushes has owner 3 from 3.12 on
             // (`FRAME_OWNED_BY_CSTACK`, renamed `..._INTERPRETER` in 3.14).
             entry: EntryMarker::ShimOwner(FRAME_OWNED_BY_CSTACK),
             instruction: Instruction::Pointer,
             line_table: LineTable::Locations,
-            code: CodeLayout {
-                firstlineno: o(d.code_firstlineno)?,
-                filename: o(d.code_filename)?,
-                name: o(d.code_name)?,
-                qualname: d.code_qualname.and_then(o),
-                linetable: o(d.code_linetable)?,
-                code_units: Some(o(d.code_co_code_adaptive)?),
-                locals: LocalNames::Plus {
-                    names: o(d.code_localsplusnames)?,
-                },
-                read_size: o(code_end)?.checked_add(8)?,
-            },
-            object: ObjectLayout {
-                ob_type: o(d.object_ob_type)?,
-                ob_size: o(d.tuple_ob_size)?,
-                tp_name: o(d.type_tp_name)?,
-                tp_flags: o(d.type_tp_flags)?,
-                tuple_items: o(d.tuple_ob_item)?,
-                long_digits: o(d.long_ob_digit)?,
-                long_tagged: true,
-                float_value: o(d.float_ob_fval)?,
-                bytes_data: o(d.bytes_ob_sval)?,
-                str_length: o(d.unicode_length)?,
-                str_state: o(d.unicode_state)?,
-                str_ascii_data: o(d.unicode_asciiobject_size)?,
-                ..base.object
-            },
+            code: published_code(d)?,
+            object: published_objects(d, &base.object)?,
             // 3.14 keeps `f_executable` as a `_PyStackRef`, tagged in its low bits.
-            code_tag_bits: if (d.version_hex >> 16) & 0xff >= 14 {
-                3
-            } else {
-                0
-            },
+            code_tag_bits: if minor >= 14 { 3 } else { 0 },
         };
         layout.is_consistent().then_some(layout)
     }
@@ -577,6 +521,81 @@ impl Layout {
             && within(k.frame_is_entry, 1)
             && within(k.frame_owner, 1)
     }
+}
+
+/// An offset the interpreter published, if it fits what we keep.
+fn offset(value: u64) -> Option<u32> {
+    u32::try_from(value).ok()
+}
+
+fn published_thread(d: &DebugOffsets) -> Option<ThreadLayout> {
+    Some(ThreadLayout {
+        runtime_interpreters_head: offset(d.runtime_interpreters_head)?,
+        interpreter_next: offset(d.interpreter_next)?,
+        interpreter_threads_head: offset(d.interpreter_threads_head)?,
+        thread_next: offset(d.thread_next)?,
+        thread_id: offset(d.thread_native_thread_id)?,
+        thread_match: PYTHON_THREAD_MATCH_TID,
+        thread_frame: offset(d.thread_current_frame)?,
+        cframe_current_frame: None,
+    })
+}
+
+fn published_frame(d: &DebugOffsets) -> Option<FrameLayout> {
+    Some(FrameLayout {
+        code: offset(d.frame_executable)?,
+        previous: offset(d.frame_previous)?,
+        instruction: offset(d.frame_instr_ptr)?,
+        is_entry: None,
+        owner: Some(offset(d.frame_owner)?),
+        localsplus: offset(d.frame_localsplus)?,
+    })
+}
+
+fn published_code(d: &DebugOffsets) -> Option<CodeLayout> {
+    let fields = [
+        d.code_firstlineno,
+        d.code_filename,
+        d.code_name,
+        d.code_linetable,
+    ];
+    let last = fields
+        .into_iter()
+        .chain(d.code_qualname)
+        .chain([d.code_localsplusnames])
+        .max()?;
+    Some(CodeLayout {
+        firstlineno: offset(d.code_firstlineno)?,
+        filename: offset(d.code_filename)?,
+        name: offset(d.code_name)?,
+        qualname: d.code_qualname.and_then(offset),
+        linetable: offset(d.code_linetable)?,
+        code_units: Some(offset(d.code_co_code_adaptive)?),
+        locals: LocalNames::Plus {
+            names: offset(d.code_localsplusnames)?,
+        },
+        read_size: offset(last)?.checked_add(8)?,
+    })
+}
+
+/// What objects the interpreter describes; the rest (where compact
+/// non-ASCII strings, dicts, sets and cells keep their fields) from `base`.
+fn published_objects(d: &DebugOffsets, base: &ObjectLayout) -> Option<ObjectLayout> {
+    Some(ObjectLayout {
+        ob_type: offset(d.object_ob_type)?,
+        ob_size: offset(d.tuple_ob_size)?,
+        tp_name: offset(d.type_tp_name)?,
+        tp_flags: offset(d.type_tp_flags)?,
+        tuple_items: offset(d.tuple_ob_item)?,
+        long_digits: offset(d.long_ob_digit)?,
+        long_tagged: true,
+        float_value: offset(d.float_ob_fval)?,
+        bytes_data: offset(d.bytes_ob_sval)?,
+        str_length: offset(d.unicode_length)?,
+        str_state: offset(d.unicode_state)?,
+        str_ascii_data: offset(d.unicode_asciiobject_size)?,
+        ..*base
+    })
 }
 
 #[cfg(test)]
