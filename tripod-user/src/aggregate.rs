@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    report::{Frame, EXITED_PID},
+    model::{Frame, EXITED_PID},
     stack::RawFrame,
     task::TaskState,
 };

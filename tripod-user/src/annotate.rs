@@ -7,7 +7,7 @@ use std::{borrow::Cow, path::Path, sync::Arc};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{error::UsageError, report::Frame, task::TaskState};
+use crate::{error::UsageError, model::Frame, task::TaskState};
 
 /// Which threads a rule applies to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,8 +15,9 @@ use anyhow::{Context as _, Result};
 use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
 
 use crate::{
-    annotate::Rules,
     config::{Config, Mode, Target},
+    live::{start_sampler, update_python},
+    model::Counters,
     output::{
         describe_completeness,
         push::{PushStats, Pusher},
@@ -27,7 +28,8 @@ use crate::{
     process::{self, ProcessTable},
     python::{Python, PythonChange},
     report::RunInfo,
-    sampler::{Counters, Sampler, SamplerOptions},
+    sampler::{Sampler, SamplerOptions},
+    session::load_rules,
     signals::{note, Shutdown},
 };
 
@@ -325,38 +327,6 @@ fn pids_named(target: &Target) -> Vec<u32> {
         Target::Pids(pids) => pids.clone(),
         _ => Vec::new(),
     }
-}
-
-/// Tells the sampler which processes run Python, found or gone since the
-/// last call. A full map only costs those processes their Python frames.
-pub fn update_python(sampler: &mut Sampler, pipeline: &mut Pipeline) {
-    for change in pipeline.python_changes() {
-        let applied = match change {
-            PythonChange::Found(pid, process) => sampler.set_python_process(pid, Some(&process)),
-            PythonChange::Gone(pid) => sampler.set_python_process(pid, None),
-            PythonChange::ThreadsGone(tids) => sampler.forget_python_threads(&tids),
-        };
-        if let Err(error) = applied {
-            log::warn!("{error:#}");
-        }
-    }
-}
-
-/// Starts the sampler; a kernel that refuses the program gets an explanation.
-pub fn start_sampler(options: &SamplerOptions) -> Result<Sampler> {
-    Sampler::start(options).map_err(|e| {
-        preflight::explain_refusal(&e)
-            .map(anyhow::Error::from)
-            .unwrap_or(e)
-    })
-}
-
-/// The annotation rules: the user's file first, then the built-in ones.
-pub fn load_rules(path: Option<&std::path::Path>) -> Result<Rules> {
-    Ok(match path {
-        Some(path) => Rules::with_file(path)?,
-        None => Rules::builtin(),
-    })
 }
 
 /// Threads that were already waiting when tracking switches started are

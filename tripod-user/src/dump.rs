@@ -8,8 +8,8 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 use anyhow::{Context as _, Result};
 
 use crate::{
-    app::{load_rules, start_sampler, update_python},
     config::{DumpConfig, Mode},
+    live::{start_sampler, update_python},
     output::Output,
     pipeline::Pipeline,
     preflight,
@@ -17,6 +17,7 @@ use crate::{
     python::Python,
     report::RunInfo,
     sampler::{Sampler, SamplerOptions},
+    session::load_rules,
     signals::{note, Shutdown},
     usage_error,
 };

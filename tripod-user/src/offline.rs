@@ -19,12 +19,13 @@ use serde::Deserialize;
 
 use crate::{
     annotate::Rules,
-    app::load_rules,
     config::ReportConfig,
     error::UsageError,
     input,
+    model::Frame,
     output::{json, Document, DumpDocument, Output},
-    report::{Frame, Losses, ProcessReport, Report, StackReport, ThreadDump, ThreadReport},
+    report::{Losses, ProcessReport, Report, StackReport, ThreadDump, ThreadReport},
+    session::load_rules,
     task::TaskState,
 };
 

@@ -15,9 +15,9 @@ use std::{collections::HashMap, sync::Arc};
 
 use crate::{
     aggregate::{StackId, StackTable},
+    model::Frame,
     process::{Location, ProcessTable},
     python::Python,
-    report::Frame,
     stack::{Gap, RawFrame, Space},
     symbolize::{Resolved, Symbolizer},
     text::{escape_controls, escape_controls_owned},

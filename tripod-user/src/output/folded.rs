@@ -9,7 +9,10 @@ use std::{
 };
 
 use super::Render;
-use crate::report::{Frame, Report, StackReport, Summary, ThreadDump};
+use crate::{
+    model::Frame,
+    report::{Report, StackReport, Summary, ThreadDump},
+};
 
 pub struct Folded;
 

@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use super::Render;
 use crate::{
     config::Mode,
-    python::FrameLocals,
+    model::{Frame, FrameKind, FrameLocals},
     report::{
-        DumpedThread, Frame, FrameKind, Losses, ProcessReport, Report, RunInfo, StackErrors,
-        StackReport, Summary, ThreadDump, ThreadGroup, ThreadReport,
+        DumpedThread, Losses, ProcessReport, Report, RunInfo, StackErrors, StackReport, Summary,
+        ThreadDump, ThreadGroup, ThreadReport,
     },
     task::TaskState,
     text::escape_controls,

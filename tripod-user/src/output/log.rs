@@ -9,10 +9,9 @@ use chrono::{DateTime, Local};
 use super::Render;
 use crate::{
     config::Mode,
-    python::FrameLocals,
+    model::{process_label, Frame, FrameKind, FrameLocals},
     report::{
-        process_label, Completeness, Frame, FrameKind, Losses, Report, RunInfo, StackReport,
-        Summary, ThreadDump, ThreadGroup,
+        Completeness, Losses, Report, RunInfo, StackReport, Summary, ThreadDump, ThreadGroup,
     },
 };
 

@@ -20,7 +20,8 @@ use prost::Message as _;
 use super::Render;
 use crate::{
     config::Mode,
-    report::{Frame, FrameKind, Report, Summary, ThreadDump},
+    model::{Frame, FrameKind},
+    report::{Report, Summary, ThreadDump},
 };
 
 pub struct Pprof;

@@ -18,7 +18,8 @@ use serde::Serialize;
 use super::Render;
 use crate::{
     config::Mode,
-    report::{process_label, Frame, FrameKind, Report, Summary, ThreadDump},
+    model::{process_label, Frame, FrameKind},
+    report::{Report, Summary, ThreadDump},
 };
 
 pub struct Speedscope;

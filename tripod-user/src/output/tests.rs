@@ -8,10 +8,10 @@ use super::{
 };
 use crate::{
     config::Mode,
-    python::FrameLocals,
+    model::{Frame, FrameLocals},
     report::{
-        Completeness, DumpedThread, Duplicate, Frame, Losses, ProcessReport, Report, RunInfo,
-        StackErrors, StackReport, Summary, ThreadDump, ThreadGroup, ThreadReport,
+        Completeness, DumpedThread, Duplicate, Losses, ProcessReport, Report, RunInfo, StackErrors,
+        StackReport, Summary, ThreadDump, ThreadGroup, ThreadReport,
     },
     task::TaskState,
 };

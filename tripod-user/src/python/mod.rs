@@ -32,8 +32,8 @@ use tripod_common::{PythonFrame, PythonProcess, PythonStatus};
 
 use crate::{
     config::PythonFrames,
+    model::{Frame, FrameKind, FrameLocals},
     process::{MappingView, ProcessTable},
-    report::{Frame, FrameKind},
     stack::{Gap, RawFrame, Space},
 };
 use code::Code;
@@ -47,16 +47,6 @@ pub struct PythonSample {
     pub status: Option<PythonStatus>,
     /// Innermost first.
     pub frames: Vec<PythonFrame>,
-}
-
-/// The local variables of one Python frame of a dumped thread.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FrameLocals {
-    pub function: String,
-    pub file: String,
-    pub line: Option<u32>,
-    /// Name and repr, in the code object's order; unbound ones are left out.
-    pub variables: Vec<(String, String)>,
 }
 
 /// What the sampler must learn about Python processes.
@@ -605,18 +595,6 @@ fn frame_locals(interpreter: &mut Interpreter, frame: &PythonFrame) -> FrameLoca
     }
 }
 
-/// The file name as flame graphs show it: the standard library and
-/// site-packages relative to `lib/python3.X/`, other paths as they are.
-pub fn short_file(file: &str) -> &str {
-    if let Some(at) = file.find("/lib/python3.") {
-        let rest = &file[at + "/lib/python3.".len()..];
-        if let Some(slash) = rest.find('/') {
-            return &rest[slash + 1..];
-        }
-    }
-    file
-}
-
 /// pyenv's root, where the unit tests find every interpreter: `$PYENV_ROOT`,
 /// else `~/.pyenv`. `None` (with a note) when there is none outside CI; in CI
 /// a missing pyenv fails the test that asked.
@@ -865,18 +843,5 @@ mod tests {
         let mut frames = stack.clone();
         python_with_interpreter(PythonFrames::MergedAll).leave_out_call_machinery(&mut frames);
         assert_eq!(frames, stack);
-    }
-
-    #[test]
-    fn file_names_are_shortened_below_the_standard_library() {
-        assert_eq!(
-            short_file("/usr/lib/python3.11/json/decoder.py"),
-            "json/decoder.py"
-        );
-        assert_eq!(
-            short_file("/venv/lib/python3.11/site-packages/x/y.py"),
-            "site-packages/x/y.py"
-        );
-        assert_eq!(short_file("/srv/app.py"), "/srv/app.py");
     }
 }

@@ -17,7 +17,7 @@ use aya::{
 };
 use tripod_common::{names, Counter, PythonProcess, SampleKey, SamplerConfig, ScratchSlot};
 
-use crate::config::StackSelection;
+use crate::{config::StackSelection, model::Counters};
 
 /// What the sampler should watch and how much room its maps have.
 #[derive(Clone, Debug)]
@@ -80,25 +80,6 @@ impl SamplingEvent {
             SamplingEvent::Cycles => "cycles",
             SamplingEvent::CpuClock => "cpu-clock",
         }
-    }
-}
-
-/// Per-run totals of the kernel-side counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters(pub [u64; Counter::LEN as usize]);
-
-impl Counters {
-    pub fn get(&self, counter: Counter) -> u64 {
-        self.0[counter as usize]
-    }
-
-    /// What happened between `earlier` and `self`.
-    pub fn since(&self, earlier: &Counters) -> Counters {
-        let mut delta = *self;
-        for (d, e) in delta.0.iter_mut().zip(earlier.0) {
-            *d = d.saturating_sub(e);
-        }
-        delta
     }
 }
 
