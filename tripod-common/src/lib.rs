@@ -38,6 +38,27 @@ pub mod names {
     pub const PYTHON_THREADS: &str = "PYTHON_THREADS";
 }
 
+/// The errno values the kernel side reports, by name.
+///
+/// `bpf_get_stackid` and `bpf_get_stack` fail with a negative errno, which
+/// the eBPF programs store as is (a [`SampleKey`] stack id, a
+/// [`StackCopyHeader::kernel_error`]) or count by kind
+/// ([`Counter::for_stack_error`]); userspace names them back
+/// (`tripod-user`'s `Gap::describe`) and meets `EEXIST` again when it adds
+/// a key that the kernel added first. Values from
+/// `include/uapi/asm-generic/errno-base.h`, the same on every architecture;
+/// `no_std` has no libc to take them from.
+pub mod errno {
+    /// Out of memory: for `bpf_get_stackid`, the stack map is full.
+    pub const ENOMEM: i32 = 12;
+    /// Bad address: for `bpf_get_stackid`, no stack could be read (normal
+    /// for the user stack of kernel threads).
+    pub const EFAULT: i32 = 14;
+    /// Exists: for `bpf_get_stackid`, a different stack already holds the
+    /// same hash bucket; for a map update with `BPF_NOEXIST`, the key is there.
+    pub const EEXIST: i32 = 17;
+}
+
 /// Length of a task's `comm`, including the terminating NUL.
 pub const COMM_LEN: usize = 16;
 
@@ -524,8 +545,8 @@ impl StackCopy {
 
 /// Per-CPU counters, indices into the `COUNTERS` map.
 ///
-/// Stack errors are split by errno the way `bpf_get_stackid` reports them:
-/// `EFAULT` (no stack could be read, normal for the user stack of kernel
+/// Stack errors are split by errno (see [`errno`]) the way `bpf_get_stackid`
+/// reports them: `EFAULT` (no stack could be read, normal for the user stack of kernel
 /// threads), `EEXIST` (hash collision with a different stack already stored),
 /// `ENOMEM` (stack map full).
 #[repr(u32)]
@@ -579,10 +600,7 @@ impl Counter {
 
     /// The counter for a failed `bpf_get_stackid` with this (negative) errno.
     pub const fn for_stack_error(kernel: bool, errno: i32) -> Counter {
-        // Values from include/uapi/asm-generic/errno-base.h; the same on every architecture.
-        const EFAULT: i32 = 14;
-        const EEXIST: i32 = 17;
-        const ENOMEM: i32 = 12;
+        use errno::{EEXIST, EFAULT, ENOMEM};
         match (kernel, -errno) {
             (false, EFAULT) => Counter::UserStackFault,
             (false, EEXIST) => Counter::UserStackCollision,
@@ -653,6 +671,12 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
         }
+    }
+
+    #[test]
+    fn errno_table_matches_the_kernel() {
+        // Spelled out here once more on purpose: these are the kernel's ABI.
+        assert_eq!((errno::ENOMEM, errno::EFAULT, errno::EEXIST), (12, 14, 17));
     }
 
     #[test]

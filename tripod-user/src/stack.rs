@@ -6,6 +6,8 @@
 //! line (the call may be the last instruction of a function), so lookups use
 //! `address - 1`, as samply and framehop do.
 
+use tripod_common::errno::{EEXIST, EFAULT, ENOMEM};
+
 /// User space or kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Space {
@@ -16,7 +18,8 @@ pub enum Space {
 /// Why part of a stack is missing. Kept as data so the sample is not dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Gap {
-    /// `bpf_get_stackid` failed with this errno (positive).
+    /// `bpf_get_stackid` failed with this errno (positive; see
+    /// [`tripod_common::errno`]).
     Failed(i32),
     /// The stack id was valid when sampled but gone from the map when read.
     Vanished,
@@ -35,9 +38,9 @@ impl Gap {
     /// A short description, as shown in `[unknown: ...]`.
     pub fn describe(self) -> String {
         match self {
-            Gap::Failed(14) => "stack not readable (EFAULT)".into(),
-            Gap::Failed(17) => "stack not stored: hash collision (EEXIST)".into(),
-            Gap::Failed(12) => "stack not stored: stack map full (ENOMEM)".into(),
+            Gap::Failed(EFAULT) => "stack not readable (EFAULT)".into(),
+            Gap::Failed(EEXIST) => "stack not stored: hash collision (EEXIST)".into(),
+            Gap::Failed(ENOMEM) => "stack not stored: stack map full (ENOMEM)".into(),
             Gap::Failed(errno) => format!("stack not collected: errno {errno}"),
             Gap::Vanished => "stack evicted before it was read".into(),
             Gap::Truncated => "truncated".into(),
@@ -180,15 +183,32 @@ mod tests {
     #[test]
     fn gaps_are_kept_and_full_depth_is_truncated() {
         let frames = combine(
-            StackRead::Missing(Gap::Failed(17)),
+            StackRead::Missing(Gap::Failed(EEXIST)),
             StackRead::Addresses(vec![1, 2, 3]),
             3,
         );
-        assert_eq!(frames[0], RawFrame::Gap(Space::Kernel, Gap::Failed(17)));
+        assert_eq!(frames[0], RawFrame::Gap(Space::Kernel, Gap::Failed(EEXIST)));
         assert_eq!(frames[4], RawFrame::Gap(Space::User, Gap::Truncated));
         assert_eq!(
             combine(StackRead::NotCollected, StackRead::NotCollected, 3),
             vec![]
         );
+    }
+
+    #[test]
+    fn stack_errors_are_named_from_the_errno_table() {
+        assert_eq!(
+            Gap::Failed(EFAULT).describe(),
+            "stack not readable (EFAULT)"
+        );
+        assert_eq!(
+            Gap::Failed(EEXIST).describe(),
+            "stack not stored: hash collision (EEXIST)"
+        );
+        assert_eq!(
+            Gap::Failed(ENOMEM).describe(),
+            "stack not stored: stack map full (ENOMEM)"
+        );
+        assert_eq!(Gap::Failed(22).describe(), "stack not collected: errno 22");
     }
 }

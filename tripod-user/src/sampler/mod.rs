@@ -308,7 +308,7 @@ impl Sampler {
             Ok(()) => Ok(()),
             // Already marked by the kernel: that mark is newer.
             Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+                if e.io_error.raw_os_error() == Some(tripod_common::errno::EEXIST) =>
             {
                 Ok(())
             }
