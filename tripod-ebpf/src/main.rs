@@ -239,7 +239,9 @@ fn current_thread_copy(
         walk_user_frame_pointers(ctx, copy);
     } else {
         let sp = copy.header.sp;
-        copy.header.stack_len = copy_user_stack(copy, sp, config.stack_copy_bytes, read_user);
+        // SAFETY: `copy_user_stack` calls `read` only with `dst` valid for `len` bytes.
+        let read = |dst, len, src| unsafe { read_user(dst, len, src) };
+        copy.header.stack_len = copy_user_stack(copy, sp, config.stack_copy_bytes, read);
     }
     if let Some(process) = &thread.python {
         let thread = python::PythonThreadId {
@@ -248,15 +250,26 @@ fn current_thread_copy(
             task: unsafe { bpf_get_current_task() },
             fsbase_offset: config.task_offsets.fsbase,
         };
-        python::collect(copy, process, &thread, read_user);
+        // SAFETY: `python::collect` calls `read` only with `dst` valid for `len` bytes.
+        let read = |dst, len, src| unsafe { read_user(dst, len, src) };
+        python::collect(copy, process, &thread, read);
     }
     Some(copy)
 }
 
-/// Reads memory of the current process; may fault (non-sleepable programs).
+/// Reads `len` bytes of the current process's memory at `src` into `dst`:
+/// 0 on success, a negative errno otherwise (`dst` is then zeroed). For
+/// non-sleepable programs: a page that is not resident fails, it is not
+/// paged in. `src` may be any value; a bad address fails cleanly.
+///
+/// # Safety
+///
+/// `dst` must be valid for writes of `len` bytes: the helper writes all of
+/// them, on failure too, and the verifier only checks that they lie inside
+/// *some* object it knows, not inside the one the caller meant.
 #[inline(always)]
-fn read_user(dst: *mut c_void, len: u32, src: *const c_void) -> i64 {
-    // SAFETY: `dst` has `len` bytes (callers pass buffers of at least that size).
+unsafe fn read_user(dst: *mut c_void, len: u32, src: *const c_void) -> i64 {
+    // SAFETY: `dst` has `len` writable bytes (this function's contract).
     unsafe { bpf_probe_read_user(dst, len, src) }
 }
 
@@ -370,6 +383,9 @@ fn send(copy: &StackCopy) -> bool {
 /// stopping at the first page that cannot be read (the end of the stack).
 /// Reads go page by page so the bytes just below the stack's end are never
 /// lost to a read that crosses it. Returns the bytes copied.
+///
+/// `read(dst, len, src)` is only ever called with `dst` valid for writes of
+/// `len` bytes, inside `copy.stack`: what [`read_user`] requires.
 #[inline(always)]
 fn copy_user_stack(
     copy: &mut StackCopy,
@@ -597,7 +613,9 @@ pub fn dump_threads(ctx: *mut c_void) -> i32 {
         };
         let sp = copy.header.sp;
         let read_task = |dst, len, src| {
-            // SAFETY: `dst` has `len` bytes; the task's memory is read through its mm.
+            // SAFETY: `copy_user_stack` and `python::collect` call this only
+            // with `dst` valid for `len` bytes; `task` is valid for this call,
+            // and its memory is read through its mm.
             unsafe { bpf_copy_from_user_task(dst, len, src, task, 0) }
         };
         copy.header.stack_len = copy_user_stack(copy, sp, wanted, read_task);

@@ -69,7 +69,10 @@ impl PythonThreadId {
 /// Appends the Python frames of `thread` of `process` to `copy`, after
 /// its user stack, and sets the header's Python fields (left at "not Python"
 /// by `begin_record` otherwise). `read` reads the process's memory:
-/// `read(destination, length, source)`, 0 on success.
+/// `read(destination, length, source)`, 0 on success. Every call here
+/// passes a `destination` valid for writes of `length` bytes (a local
+/// buffer of that size), which is what the `read` closures of `main.rs`
+/// require of their callers.
 #[inline(always)]
 pub fn collect(
     copy: &mut StackCopy,
