@@ -1,18 +1,16 @@
-//! Reading what the kernel counted, one generation at a time.
+//! Reading what the kernel counted, one generation at a time, and the
+//! records waiting in the ring buffer.
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::MapError;
-use tripod_common::{
-    PythonFrame, PythonStatus, RecordKind, StackCopy, StackCopyHeader, WakeRecord,
-    CONTROL_GENERATION, MAX_PYTHON_FRAMES, MAX_STACK_DEPTH, STACK_NOT_COLLECTED,
-};
+use tripod_common::{CONTROL_GENERATION, STACK_NOT_COLLECTED};
 
-use super::Sampler;
-use crate::{
-    python::PythonSample,
-    stack::{Gap, RawSample, StackRead},
+use super::{
+    records::{comm_string, parse_record, Record},
+    Sampler,
 };
+use crate::stack::{Gap, RawSample, StackRead};
 
 /// How long a sample that read the old generation number may still be
 /// writing. BPF programs run to completion in microseconds; this is ample.
@@ -80,58 +78,6 @@ impl Sampler {
     }
 }
 
-/// A thread's stacks as the kernel sent them, borrowed from the ring buffer
-/// or from a task iterator's output.
-pub struct CopiedSample<'a> {
-    /// Why it was taken: on a CPU, switched out, or in a dump.
-    pub kind: RecordKind,
-    pub tgid: u32,
-    pub tid: u32,
-    /// The thread's name when the record was taken.
-    pub comm: String,
-    /// The raw `task_struct.__state` (0 for samples taken on a CPU, and for
-    /// threads preempted while runnable).
-    pub state: u32,
-    /// The system call a dumped thread is in, if any.
-    pub syscall: Option<i32>,
-    /// CLOCK_MONOTONIC nanoseconds when it was taken.
-    pub time_ns: u64,
-    pub user: UserStack<'a>,
-    pub kernel: StackRead,
-    /// The interpreter's frames, for threads of Python processes.
-    pub python: PythonSample,
-}
-
-/// The user half of a [`CopiedSample`].
-pub enum UserStack<'a> {
-    /// User registers (ip, sp, bp) and the top of the user stack from `sp`
-    /// upwards, to unwind in userspace.
-    Copy {
-        regs: (u64, u64, u64),
-        stack: &'a [u8],
-    },
-    /// Addresses the kernel walked with frame pointers, innermost first.
-    Addresses(Vec<u64>),
-    /// None: a kernel thread, unreadable registers, or not collected.
-    Absent,
-}
-
-/// A thread reported switched out runs again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Wake {
-    pub tid: u32,
-    pub tgid: u32,
-    /// The `time_ns` of its [`RecordKind::Blocked`] record.
-    pub start_ns: u64,
-    pub end_ns: u64,
-}
-
-/// One record of the ring buffer.
-pub enum Record<'a> {
-    Stack(CopiedSample<'a>),
-    Woke(Wake),
-}
-
 impl Sampler {
     /// Hands every record waiting in the ring buffer to `handle`, oldest
     /// first. Cheap when there is none: no system call is made.
@@ -142,101 +88,4 @@ impl Sampler {
             }
         }
     }
-}
-
-fn parse_record(record: &[u8]) -> Option<Record<'_>> {
-    let kind = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
-    if RecordKind::from_u32(kind)? == RecordKind::Woke {
-        if record.len() < std::mem::size_of::<WakeRecord>() {
-            return None;
-        }
-        // SAFETY: the record holds a whole WakeRecord, which is plain data.
-        let wake: WakeRecord = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-        return Some(Record::Woke(Wake {
-            tid: wake.tid,
-            tgid: wake.tgid,
-            start_ns: wake.start_ns,
-            end_ns: wake.end_ns,
-        }));
-    }
-    parse_copy(record).map(|(sample, _)| Record::Stack(sample))
-}
-
-/// Hands each record of a task iterator's output to `handle`.
-pub(super) fn parse_snapshots(mut bytes: &[u8], mut handle: impl FnMut(CopiedSample<'_>)) {
-    while let Some((sample, len)) = parse_copy(bytes) {
-        handle(sample);
-        bytes = &bytes[len..];
-    }
-}
-
-/// Reads a record laid out as [`StackCopy`], cut after its stack bytes and
-/// Python frames, and its length in bytes.
-fn parse_copy(record: &[u8]) -> Option<(CopiedSample<'_>, usize)> {
-    let header_size = std::mem::size_of::<StackCopyHeader>();
-    if record.len() < StackCopy::STACK_OFFSET {
-        return None;
-    }
-    // SAFETY: the record holds at least a header; StackCopyHeader is plain data.
-    let header: StackCopyHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-    let kind = RecordKind::from_u32(header.kind)?;
-    let kernel = match header.kernel_error {
-        error if error < 0 => StackRead::Missing(Gap::Failed(-error)),
-        _ => {
-            let frames = (header.kernel_frames as usize).min(MAX_STACK_DEPTH);
-            StackRead::Addresses(words(&record[header_size..header_size + 8 * frames]))
-        }
-    };
-    let stack_end = StackCopy::STACK_OFFSET + header.stack_len as usize;
-    let stack = record.get(StackCopy::STACK_OFFSET..stack_end)?;
-    let user = match (header.no_user, header.user_frames) {
-        (0, 0) => UserStack::Copy {
-            regs: (header.ip, header.sp, header.bp),
-            stack,
-        },
-        (0, _) => UserStack::Addresses(words(stack)),
-        _ => UserStack::Absent,
-    };
-    let python_start = StackCopy::STACK_OFFSET + StackCopy::python_offset(header.stack_len);
-    let python_frames = (header.python_frames as usize).min(MAX_PYTHON_FRAMES);
-    let frame_size = std::mem::size_of::<PythonFrame>();
-    let python = record.get(python_start..python_start + python_frames * frame_size)?;
-    let python = PythonSample {
-        status: match PythonStatus::from_u32(header.python_status) {
-            PythonStatus::NotPython => None,
-            status => Some(status),
-        },
-        frames: python
-            .chunks_exact(frame_size)
-            // SAFETY: each chunk is one PythonFrame, which is plain data.
-            .map(|bytes| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
-            .collect(),
-    };
-    let sample = CopiedSample {
-        kind,
-        tgid: header.tgid,
-        tid: header.tid,
-        comm: comm_string(&header.comm),
-        state: header.state,
-        syscall: (header.syscall >= 0).then_some(header.syscall),
-        time_ns: header.time_ns,
-        user,
-        kernel,
-        python,
-    };
-    let len = StackCopy::record_len(header.stack_len, python_frames as u32);
-    Some((sample, len))
-}
-
-fn words(bytes: &[u8]) -> Vec<u64> {
-    bytes
-        .chunks_exact(8)
-        .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
-/// The thread's name, which the thread chose: control characters escaped.
-fn comm_string(comm: &[u8]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    crate::text::escape_controls_owned(String::from_utf8_lossy(&comm[..end]).into_owned())
 }

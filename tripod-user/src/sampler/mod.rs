@@ -2,8 +2,9 @@
 //! every CPU, and drains what it counted. The only module that touches aya.
 mod btf;
 mod drain;
+pub mod records;
 
-pub use drain::{CopiedSample, Record, UserStack, Wake};
+pub use records::{CopiedSample, Record, UserStack, Wake};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -255,7 +256,7 @@ impl Sampler {
         let mut records = Vec::new();
         file.read_to_end(&mut records)
             .context("reading the task iterator")?;
-        drain::parse_snapshots(&records, handle);
+        records::parse_snapshots(&records, handle);
         Ok(())
     }
 
