@@ -12,10 +12,6 @@ use super::{
 };
 use crate::stack::{Gap, RawSample, StackRead};
 
-/// How long a sample that read the old generation number may still be
-/// writing. BPF programs run to completion in microseconds; this is ample.
-const IN_FLIGHT_GRACE: Duration = Duration::from_millis(2);
-
 impl Sampler {
     /// Everything counted since the last drain.
     ///
@@ -28,7 +24,7 @@ impl Sampler {
         self.control
             .set(CONTROL_GENERATION, self.generation, 0)
             .context("switching the sample generation")?;
-        std::thread::sleep(IN_FLIGHT_GRACE);
+        self.wait_for_old_generation();
 
         let counts = &mut self.counts[idle];
         let entries: Vec<_> = counts
@@ -88,4 +84,51 @@ impl Sampler {
             }
         }
     }
+
+    /// Returns once no eBPF program can still write into the generation just
+    /// made idle.
+    ///
+    /// The flip is one array write; a `perf_event` program that read the
+    /// generation word just before it may still be adding its sample to
+    /// the old maps. Reading and clearing them under it would drop that
+    /// sample (an increment between our read and our delete), or delete a
+    /// stack its key still names. So the order is explicit:
+    ///
+    /// 1. the flip is written (the `bpf` syscall returns after the store);
+    /// 2. `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for an RCU grace period
+    ///    (`synchronize_rcu`): every program running when it was called,
+    ///    each one in an RCU read-side section (NMI and IRQ context
+    ///    included), has returned, and every program that starts after it
+    ///    reads the new generation;
+    /// 3. only then are the idle maps read and cleared.
+    ///
+    /// When the kernel never writes the count maps (stacks are copied to
+    /// the ring buffer instead: `--unwind dwarf` and `auto`), there is
+    /// nothing to wait for. The ring buffer needs no such care: a record is
+    /// handed to us only once its writer has committed it.
+    fn wait_for_old_generation(&self) {
+        if !self.counts_in_kernel {
+            return;
+        }
+        // SAFETY: membarrier takes no pointers; GLOBAL is allowed unprivileged.
+        let done = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+        if done != 0 {
+            // nohz_full kernels refuse it (EINVAL). BPF programs run to
+            // completion in microseconds, so a wait far longer than that
+            // stands in for the barrier there.
+            log::debug!(
+                "membarrier: {}; waiting {IN_FLIGHT_FALLBACK:?} instead",
+                std::io::Error::last_os_error()
+            );
+            std::thread::sleep(IN_FLIGHT_FALLBACK);
+        }
+    }
 }
+
+/// `MEMBARRIER_CMD_GLOBAL` from `linux/membarrier.h` (Linux 4.16; named
+/// `MEMBARRIER_CMD_SHARED` since 4.3): waits for an RCU grace period.
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+
+/// Stands in for the barrier where the kernel refuses it (see
+/// [`Sampler::wait_for_old_generation`]).
+const IN_FLIGHT_FALLBACK: Duration = Duration::from_millis(2);

@@ -99,6 +99,9 @@ pub struct Sampler {
     stacks: [StackTraceMap<MapData>; 2],
     copies: RingBuf<MapData>,
     generation: u32,
+    /// Whether the `perf_event` program writes the count maps (not when
+    /// every sample's stack is copied to the ring buffer).
+    counts_in_kernel: bool,
 }
 
 impl Sampler {
@@ -210,6 +213,7 @@ impl Sampler {
             stacks,
             copies,
             generation: 0,
+            counts_in_kernel: options.sample_on_cpu && !options.copy_user_stack,
         })
     }
 
