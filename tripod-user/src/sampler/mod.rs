@@ -1,10 +1,21 @@
-//! The live sampler: loads the eBPF program, attaches it to a perf event on
-//! every CPU, and drains what it counted. The only module that touches aya.
+//! Where samples come from. [`SampleSource`] is what the rest of the
+//! program consumes; two sources implement it:
+//! - [`Sampler`], the live one: loads the eBPF program, attaches it to a
+//!   perf event on every CPU, and drains what it counted. The only module
+//!   that touches aya (here and in `btf` and `drain`).
+//! - [`Replay`], records built by hand or read from a file: no kernel, no
+//!   root, for tests.
+//!
+//! Both hand out records parsed by [`records`] from the kernel's bytes.
 mod btf;
 mod drain;
 pub mod records;
+mod replay;
+mod source;
 
 pub use records::{CopiedSample, Record, UserStack, Wake};
+pub use replay::{Replay, Told};
+pub use source::SampleSource;
 
 use anyhow::{Context as _, Result};
 use aya::{
