@@ -1,14 +1,22 @@
 use std::{io, process::ExitCode};
 
-use tripod_user::{app, cli, config::Command, dump, error::UsageError, offline, signals::Shutdown};
+use tripod_user::{
+    app,
+    cli::{self, ParseError},
+    config::Command,
+    dump,
+    error::UsageError,
+    offline,
+    signals::Shutdown,
+};
 
 fn main() -> ExitCode {
     one_malloc_arena();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let command = match cli::parse_args(std::env::args_os()) {
         Ok(command) => command,
-        Err(Ok(clap_error)) => clap_error.exit(),
-        Err(Err(usage)) => return usage_failure(&usage),
+        Err(ParseError::Clap(clap_error)) => clap_error.exit(),
+        Err(ParseError::Usage(usage)) => return usage_failure(&usage),
     };
     if let Command::Print(text) = &command {
         use io::Write as _;
