@@ -24,6 +24,7 @@ mod elf_corpus_tests;
 pub mod error;
 pub mod input;
 pub mod live;
+pub mod messages;
 pub mod model;
 pub mod offline;
 pub mod output;

@@ -6,7 +6,7 @@ use tripod_user::{
     config::Command,
     dump,
     error::UsageError,
-    offline,
+    messages, offline,
     signals::Shutdown,
 };
 
@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         use io::Write as _;
         return match io::stdout().write_all(text) {
             Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-                eprintln!("tripod-bpf: error: writing to stdout: {e}");
+                messages::error(&format!("writing to stdout: {e}"));
                 ExitCode::FAILURE
             }
             _ => ExitCode::SUCCESS,
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         Command::Record(_) | Command::Dump(_) => match Shutdown::install() {
             Ok(shutdown) => shutdown,
             Err(error) => {
-                eprintln!("tripod-bpf: error: {error:#}");
+                messages::error(&format!("{error:#}"));
                 return ExitCode::FAILURE;
             }
         },
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
             None => {
                 // Causes can quote a target's file names.
                 let message = tripod_user::text::escape_controls_owned(format!("{error:#}"));
-                eprintln!("tripod-bpf: error: {message}");
+                messages::error(&message);
                 ExitCode::FAILURE
             }
         },
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
 }
 
 fn usage_failure(usage: &UsageError) -> ExitCode {
-    eprintln!("tripod-bpf: error: {usage}");
+    messages::error(&usage.to_string());
     ExitCode::from(2)
 }
 
