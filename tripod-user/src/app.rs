@@ -183,7 +183,7 @@ async fn start_command(
     let mut child = GatedChild::spawn(command, shutdown)?;
     sampler.add_target(child.pid)?;
     child.release();
-    child.wait_for_exec();
+    child.wait_for_exec().await;
     Ok(Some(child))
 }
 
@@ -608,15 +608,17 @@ impl GatedChild {
     }
 
     /// Waits (briefly) until the gate shell has exec'd the command, so its
-    /// mappings are the command's. The command line changes at exec.
-    fn wait_for_exec(&self) {
-        let gate_cmdline = process::cmdline(self.pid);
+    /// mappings are the command's. The command line changes at exec. The
+    /// wait is a timer of the runtime: its thread is never blocked.
+    async fn wait_for_exec(&self) {
+        let Some(gate_cmdline) = process::cmdline(self.pid) else {
+            return;
+        };
         let deadline = Instant::now() + Duration::from_secs(1);
         while Instant::now() < deadline
-            && process::cmdline(self.pid) == gate_cmdline
-            && gate_cmdline.is_some()
+            && process::cmdline(self.pid).as_ref() == Some(&gate_cmdline)
         {
-            std::thread::sleep(Duration::from_millis(1));
+            sleep(Duration::from_millis(1)).await;
         }
     }
 }
