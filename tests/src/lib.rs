@@ -785,6 +785,32 @@ pub fn dump_json(pid: u32, extra: &[&str]) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("dump is not JSON ({e}):\n{text}"))
 }
 
+/// Runs the sampler with `args` to completion (at most [`RUN_TIMEOUT`]) under GNU time;
+/// returns its output and its peak resident memory in KiB. Not `wait4` on our own child:
+/// a child forked from this (large) test process inherits its memory high-water mark,
+/// and time's own child does not.
+pub fn run_tripod_with_peak_rss(args: &[&str]) -> (Output, u64) {
+    const TIME: &str = "/usr/bin/time";
+    assert!(
+        Path::new(TIME).is_file(),
+        "{TIME} is missing: run `cargo xtask setup` (GNU time measures peak memory here)"
+    );
+    let measured = tempfile::NamedTempFile::new().expect("a file for time's figure");
+    let mut cmd = Command::new(TIME);
+    cmd.args(["-f", "%M", "-o"])
+        .arg(measured.path())
+        .arg(tripod_bin())
+        .args(args);
+    let out = run_with_timeout(cmd, RUN_TIMEOUT);
+    let text = std::fs::read_to_string(measured.path()).unwrap_or_default();
+    let kib = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak memory figure from {TIME}: {text:?}"));
+    (out, kib)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -829,30 +855,4 @@ weird name;with space;frame 3
             (0, 100)
         );
     }
-}
-
-/// Runs the sampler with `args` to completion (at most [`RUN_TIMEOUT`]) under GNU time;
-/// returns its output and its peak resident memory in KiB. Not `wait4` on our own child:
-/// a child forked from this (large) test process inherits its memory high-water mark,
-/// and time's own child does not.
-pub fn run_tripod_with_peak_rss(args: &[&str]) -> (Output, u64) {
-    const TIME: &str = "/usr/bin/time";
-    assert!(
-        Path::new(TIME).is_file(),
-        "{TIME} is missing: run `cargo xtask setup` (GNU time measures peak memory here)"
-    );
-    let measured = tempfile::NamedTempFile::new().expect("a file for time's figure");
-    let mut cmd = Command::new(TIME);
-    cmd.args(["-f", "%M", "-o"])
-        .arg(measured.path())
-        .arg(tripod_bin())
-        .args(args);
-    let out = run_with_timeout(cmd, RUN_TIMEOUT);
-    let text = std::fs::read_to_string(measured.path()).unwrap_or_default();
-    let kib = text
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no peak memory figure from {TIME}: {text:?}"));
-    (out, kib)
 }

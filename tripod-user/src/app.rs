@@ -15,8 +15,10 @@ use anyhow::{Context as _, Result};
 use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
 
 use crate::{
-    config::{Config, Mode, Target},
-    live::{start_sampler, update_python},
+    annotate::Rules,
+    config::{Config, Mode, OutputFormat, Target},
+    live::{self, start_sampler, update_python},
+    messages::{self, note, warn},
     model::Counters,
     output::{
         describe_completeness,
@@ -27,10 +29,10 @@ use crate::{
     preflight,
     process::{self, ProcessTable},
     python::{Python, PythonChange},
-    report::RunInfo,
+    report::{RunInfo, Summary},
     sampler::{Sampler, SamplerOptions},
-    session::load_rules,
-    signals::{note, Shutdown},
+    session::{load_rules, open_output},
+    signals::Shutdown,
 };
 
 /// How often the kernel maps are drained. Short enough that most processes
@@ -50,88 +52,24 @@ const CHILD_GRACE: Duration = Duration::from_secs(2);
 /// that `shutdown` reports before sampling starts skips the rest of the
 /// start (each slow step checks), and the output is still written.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
+    messages::set_quiet(config.quiet);
     let rules = Arc::new(load_rules(config.rules.as_deref())?);
     preflight::check(&config)?;
-    crate::target_file::set_max_file_size(config.max_file_size);
-    crate::target_file::raise_descriptor_limit();
-    let mut output = Output::open(&config.output, config.format)?;
-    shutdown.set_output_name(&output.name);
-    if let Some(hook) = output.abort_hook() {
-        shutdown.on_abort(hook);
-    }
-
-    // Read the named targets' mappings now, while they surely exist (a target
-    // that exits before the first drain is still symbolized), and find their
-    // Python before sampling starts, so their first samples have its frames.
-    let mut processes = ProcessTable::new();
-    let mut python = Python::new(config.python);
-    for pid in pids_named(&config.target) {
-        if shutdown.requested().is_some() {
-            break;
-        }
-        processes.observe(pid, "");
-        python.check(pid, &mut processes);
-    }
+    live::prepare_target_files(config.max_file_size);
+    let mut output = open_output(&config.output, config.format, &shutdown)?;
+    let (mut processes, mut python) = read_named_targets(&config, &shutdown);
     if let Some(signal) = shutdown.requested() {
-        let pipeline = Pipeline::new(
-            run_info(&config, "none", None),
-            rules,
-            processes,
-            python,
-            config.stacks.user(),
-            Counters::default(),
-            config.min_block_us,
-        );
+        let run = run_info(&config, "none", None);
+        let pipeline = new_pipeline(&config, run, rules, processes, python, Counters::default());
         return write_unsampled(&config, pipeline, &mut output, signal);
     }
-    let options = SamplerOptions {
-        frequency: config.frequency,
-        targets: match &config.target {
-            Target::All => None,
-            Target::Pids(pids) => Some(pids.clone()),
-            Target::Command(_) => Some(Vec::new()),
-        },
-        include_idle: config.include_idle,
-        stacks: config.stacks,
-        stack_storage_size: config.stack_storage_size,
-        count_map_size: config.count_map_size,
-        copy_user_stack: config.unwind.copies_stacks(),
-        stack_copy_bytes: config.stack_copy_bytes,
-        ring_buffer_size: config.ring_buffer_size,
-        sample_on_cpu: config.mode.samples_on_cpu(),
-        track_switches: config.mode.tracks_switches(),
-        python_processes: python
-            .take_changes()
-            .into_iter()
-            .filter_map(|change| match change {
-                PythonChange::Found(pid, process) => Some((pid, process)),
-                _ => None,
-            })
-            .collect(),
-    };
-    let mut sampler = start_sampler(&options)?;
-    // Progress messages; `-q` keeps only warnings and errors.
-    let say = |message: &str| {
-        if !config.quiet {
-            note(&format!("[tripod] {message}"));
-        }
-    };
+    let mut sampler = start_sampler(&sampler_options(&config, &mut python))?;
     if let (Some(reason), true) = (sampler.fallback_reason(), config.mode.samples_on_cpu()) {
         log::debug!("hardware cycles event: {reason}");
-        say("No hardware cycles event here (no PMU); using the software cpu-clock event");
+        note("No hardware cycles event here (no PMU); using the software cpu-clock event");
     }
-
-    // A signal during the load means the command never starts.
-    let mut child = match (&config.target, shutdown.requested()) {
-        (Target::Command(command), None) => Some(GatedChild::spawn(command, &shutdown)?),
-        _ => None,
-    };
-    if let Some(child) = &mut child {
-        sampler.add_target(child.pid)?;
-        child.release();
-    }
+    let mut child = start_command(&config, &shutdown, &mut sampler).await?;
     if let Some(child) = &child {
-        child.wait_for_exec();
         processes.observe(child.pid, "");
     }
 
@@ -140,48 +78,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
         sampler.event().name(),
         child.as_ref().map(|c| c.pid),
     );
-    let every = config
-        .interval
-        .map(|i| format!(", reporting every {} s", i.as_secs_f64()))
-        .unwrap_or_default();
-    let how = match config.mode {
-        Mode::Cpu => format!("Sampling at {} Hz ({}", config.frequency, run_info.event),
-        Mode::Wall => format!(
-            "Sampling wall-clock time at {} Hz ({} and context switches",
-            config.frequency, run_info.event
-        ),
-        Mode::OffCpu => format!(
-            "Sampling off-CPU time (context switches, waits of {} µs or more",
-            config.min_block_us
-        ),
-    };
-    say(&format!(
-        "{how}, {} unwinding){every}: {}. Press Ctrl-C to stop.",
-        run_info.unwind, run_info.target
-    ));
-    if config.mode == Mode::OffCpu && config.format == crate::config::OutputFormat::Folded {
-        say("Folded counts are microseconds off-CPU, not samples");
-    }
-    say(&format!("Writing output to: {}", output.name));
-    let pusher = config.push.clone().map(|push| {
-        say(&format!(
-            "Pushing a profile every {} s to {}/ingest",
-            config.interval.unwrap_or_default().as_secs_f64(),
-            push.url.trim_end_matches('/')
-        ));
-        Pusher::start(push)
-    });
+    announce(&config, &run_info, &output.name);
+    let pusher = start_pusher(&config);
     let mut status = StatusLine::new(config.quiet);
-
-    let mut pipeline = Pipeline::new(
-        run_info,
-        rules,
-        processes,
-        python,
-        config.stacks.user(),
-        sampler.counters()?,
-        config.min_block_us,
-    );
+    let counters = sampler.counters()?;
+    let mut pipeline = new_pipeline(&config, run_info, rules, processes, python, counters);
     // Other processes are checked for Python as they are sampled.
     if let Some(child) = &child {
         pipeline.check_python(child.pid);
@@ -210,26 +111,173 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
     }
 
     // Whatever ended the run, an error included, what was sampled is written.
+    let (summary, last_drain) =
+        write_the_rest(&config, &mut sampler, &mut pipeline, &mut output, pusher)?;
+    let written = || format!("what was sampled until then is in {}", output.name);
+    let stop = stopped.with_context(written)?;
+    last_drain.with_context(written)?;
+    say_how_it_ended(&stop, &summary, &output.name);
+    Ok(match stop {
+        Stop::CommandExited(status) => exit_code(status),
+        _ => 0,
+    })
+}
+
+/// Reads the named targets' mappings now, while they surely exist (a target
+/// that exits before the first drain is still symbolized), and finds their
+/// Python before sampling starts, so their first samples have its frames.
+/// A signal skips the rest.
+fn read_named_targets(config: &Config, shutdown: &Shutdown) -> (ProcessTable, Python) {
+    let mut processes = ProcessTable::new();
+    let mut python = Python::new(config.python);
+    for pid in pids_named(&config.target) {
+        if shutdown.requested().is_some() {
+            break;
+        }
+        processes.observe(pid, "");
+        python.check(pid, &mut processes);
+    }
+    (processes, python)
+}
+
+/// What the kernel side is asked for; the Python found so far is handed over.
+fn sampler_options(config: &Config, python: &mut Python) -> SamplerOptions {
+    SamplerOptions {
+        frequency: config.frequency,
+        targets: match &config.target {
+            Target::All => None,
+            Target::Pids(pids) => Some(pids.clone()),
+            Target::Command(_) => Some(Vec::new()),
+        },
+        include_idle: config.include_idle,
+        stacks: config.stacks,
+        stack_storage_size: config.stack_storage_size,
+        count_map_size: config.count_map_size,
+        copy_user_stack: config.unwind.copies_stacks(),
+        stack_copy_bytes: config.stack_copy_bytes,
+        ring_buffer_size: config.ring_buffer_size,
+        sample_on_cpu: config.mode.samples_on_cpu(),
+        track_switches: config.mode.tracks_switches(),
+        python_processes: python
+            .take_changes()
+            .into_iter()
+            .filter_map(|change| match change {
+                PythonChange::Found(pid, process) => Some((pid, process)),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
+/// `-- COMMAND`: starts the command at its gate, makes it a sampling target,
+/// lets it run and waits until it is the command. A signal during the load
+/// means the command never starts.
+async fn start_command(
+    config: &Config,
+    shutdown: &Shutdown,
+    sampler: &mut Sampler,
+) -> Result<Option<GatedChild>> {
+    let (Target::Command(command), None) = (&config.target, shutdown.requested()) else {
+        return Ok(None);
+    };
+    let mut child = GatedChild::spawn(command, shutdown)?;
+    sampler.add_target(child.pid)?;
+    child.release();
+    child.wait_for_exec().await;
+    Ok(Some(child))
+}
+
+/// The stages after the sampler, for this configuration.
+fn new_pipeline(
+    config: &Config,
+    run: RunInfo,
+    rules: Arc<Rules>,
+    processes: ProcessTable,
+    python: Python,
+    counters: Counters,
+) -> Pipeline {
+    Pipeline::new(
+        run,
+        rules,
+        processes,
+        python,
+        config.stacks.user(),
+        counters,
+        config.min_block_us,
+    )
+}
+
+/// The progress lines of the start: how and what is sampled, and where the
+/// output goes.
+fn announce(config: &Config, run: &RunInfo, output_name: &str) {
+    let every = config
+        .interval
+        .map(|i| format!(", reporting every {} s", i.as_secs_f64()))
+        .unwrap_or_default();
+    let how = match config.mode {
+        Mode::Cpu => format!("Sampling at {} Hz ({}", config.frequency, run.event),
+        Mode::Wall => format!(
+            "Sampling wall-clock time at {} Hz ({} and context switches",
+            config.frequency, run.event
+        ),
+        Mode::OffCpu => format!(
+            "Sampling off-CPU time (context switches, waits of {} µs or more",
+            config.min_block_us
+        ),
+    };
+    note(&format!(
+        "{how}, {} unwinding){every}: {}. Press Ctrl-C to stop.",
+        run.unwind, run.target
+    ));
+    if config.mode == Mode::OffCpu && config.format == OutputFormat::Folded {
+        note("Folded counts are microseconds off-CPU, not samples");
+    }
+    note(&format!("Writing output to: {output_name}"));
+}
+
+/// `--push`: the thread that sends each interval's profile.
+fn start_pusher(config: &Config) -> Option<Pusher> {
+    let push = config.push.clone()?;
+    note(&format!(
+        "Pushing a profile every {} s to {}/ingest",
+        config.interval.unwrap_or_default().as_secs_f64(),
+        push.url.trim_end_matches('/')
+    ));
+    Some(Pusher::start(push))
+}
+
+/// The end of a run: the last samples, the last report, the summary; the
+/// output is put in place and the last pushes sent. Returns the summary, and
+/// how the last drain went (its failure is reported after everything else).
+fn write_the_rest(
+    config: &Config,
+    sampler: &mut Sampler,
+    pipeline: &mut Pipeline,
+    output: &mut Output,
+    pusher: Option<Pusher>,
+) -> Result<(Summary, Result<()>)> {
     sampler.drain_copies(|record| pipeline.ingest_record(record));
     let last_drain = sampler.drain().map(|samples| pipeline.ingest(samples));
     pipeline.stop_tracking();
     // Unreadable counters cost only the loss figures of the report.
     let counters = sampler.counters().unwrap_or_default();
     if config.interval.is_none() || pipeline.has_unreported_samples() {
-        pipeline.write_report(&mut output, pusher.as_ref(), &counters)?;
+        pipeline.write_report(output, pusher.as_ref(), &counters)?;
     }
     let summary = pipeline.summary(&counters);
     output.summary(&summary)?;
     // A file named with -o is put in place now, before the run's last words.
     output.finish()?;
     if let Some(pusher) = pusher {
-        report_push(&config, pusher.finish(PUSH_GRACE));
+        report_push(config, pusher.finish(PUSH_GRACE));
     }
-    let written = || format!("what was sampled until then is in {}", output.name);
-    let stop = stopped.with_context(written)?;
-    last_drain.with_context(written)?;
+    Ok((summary, last_drain))
+}
 
-    say(&format!(
+/// The run's last words: what stopped it, what it sampled, how complete the
+/// stacks are, and what to change when samples were lost.
+fn say_how_it_ended(stop: &Stop, summary: &Summary, output_name: &str) {
+    note(&format!(
         "{}: {}, {} distinct stacks, {} {} in {:.1} s; output in {}",
         stop.describe(),
         summary.run.weight(summary.samples),
@@ -241,18 +289,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
             "processes"
         },
         (summary.end - summary.start).num_milliseconds() as f64 / 1000.0,
-        output.name
+        output_name
     ));
     for c in summary.completeness.iter().take(5) {
-        say(&describe_completeness(&summary.run, c));
+        note(&describe_completeness(&summary.run, c));
     }
     for hint in summary.hints() {
-        note(&format!("[tripod] {hint}"));
+        warn(&hint);
     }
-    Ok(match stop {
-        Stop::CommandExited(status) => exit_code(status),
-        _ => 0,
-    })
 }
 
 /// How long the end of a run waits for queued profiles to reach the push server.
@@ -277,9 +321,9 @@ fn report_push(config: &Config, stats: PushStats) {
         line += &format!("; last error: {error}");
     }
     if lost > 0 {
-        note(&format!("[tripod] warning: {line}"));
-    } else if !config.quiet {
-        note(&format!("[tripod] {line}"));
+        warn(&format!("warning: {line}"));
+    } else {
+        note(&line);
     }
 }
 
@@ -313,12 +357,10 @@ fn write_unsampled(
     }
     output.summary(&pipeline.summary(&counters))?;
     output.finish()?;
-    if !config.quiet {
-        note(&format!(
-            "[tripod] stopped by {signal} before sampling started: nothing sampled; output in {}",
-            output.name
-        ));
-    }
+    note(&format!(
+        "stopped by {signal} before sampling started: nothing sampled; output in {}",
+        output.name
+    ));
     Ok(0)
 }
 
@@ -462,7 +504,9 @@ impl PidFd {
         }
     }
 
-    /// Reaps the process if it has exited within `bound`; the caller is about to exit.
+    /// Reaps the process if it has exited within `bound`; the caller is about
+    /// to exit. It runs on the signal thread (an abort hook), never on the
+    /// runtime's, so it may sleep.
     fn reap_within(&self, bound: Duration) {
         let deadline = Instant::now() + bound;
         while Instant::now() < deadline {
@@ -556,21 +600,25 @@ impl GatedChild {
         if timeout(CHILD_GRACE, self.child.wait()).await.is_ok() {
             return;
         }
-        log::warn!("the command (pid {pid}) ignored SIGTERM for {CHILD_GRACE:?}; killing it");
+        warn(&format!(
+            "warning: the command (pid {pid}) ignored SIGTERM for {CHILD_GRACE:?}; killing it"
+        ));
         let _ = self.child.start_kill();
         let _ = timeout(CHILD_GRACE, self.child.wait()).await;
     }
 
     /// Waits (briefly) until the gate shell has exec'd the command, so its
-    /// mappings are the command's. The command line changes at exec.
-    fn wait_for_exec(&self) {
-        let gate_cmdline = process::cmdline(self.pid);
+    /// mappings are the command's. The command line changes at exec. The
+    /// wait is a timer of the runtime: its thread is never blocked.
+    async fn wait_for_exec(&self) {
+        let Some(gate_cmdline) = process::cmdline(self.pid) else {
+            return;
+        };
         let deadline = Instant::now() + Duration::from_secs(1);
         while Instant::now() < deadline
-            && process::cmdline(self.pid) == gate_cmdline
-            && gate_cmdline.is_some()
+            && process::cmdline(self.pid).as_ref() == Some(&gate_cmdline)
         {
-            std::thread::sleep(Duration::from_millis(1));
+            sleep(Duration::from_millis(1)).await;
         }
     }
 }

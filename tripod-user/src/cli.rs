@@ -387,34 +387,55 @@ enum FormatArg {
     Speedscope,
 }
 
+/// Why the arguments gave no [`Command`].
+#[derive(Debug)]
+pub enum ParseError {
+    /// For clap to print and exit with: help, version, or a syntax error.
+    Clap(clap::Error),
+    /// A combination clap accepted but tripod-bpf does not (exit status 2).
+    Usage(UsageError),
+}
+
+impl From<clap::Error> for ParseError {
+    fn from(error: clap::Error) -> Self {
+        ParseError::Clap(error)
+    }
+}
+
+impl From<UsageError> for ParseError {
+    fn from(error: UsageError) -> Self {
+        ParseError::Usage(error)
+    }
+}
+
 /// Parses a full argument list (including the program name).
-///
-/// `Err(Ok(clap_error))` is for clap to print (help, version, syntax errors);
-/// `Err(Err(usage))` is a combination clap accepted but tripod-bpf does not.
-pub fn parse_args<I, T>(args: I) -> Result<Command, Result<clap::Error, UsageError>>
+pub fn parse_args<I, T>(args: I) -> Result<Command, ParseError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = Cli::try_parse_from(args).map_err(Ok)?;
-    match cli.subcommand {
-        Some(Subcommands::Dump(dump)) => dump.into_config().map(Command::Dump),
-        Some(Subcommands::Report(report)) => Ok(Command::Report(report.into_config())),
-        Some(Subcommands::Completions { shell }) => {
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "tripod-bpf", &mut script);
-            Ok(Command::Print(script))
-        }
-        Some(Subcommands::Man) => {
-            let mut page = Vec::new();
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut page)
-                .map_err(|e| Err(UsageError::new(format!("rendering the man page: {e}"))))?;
-            Ok(Command::Print(page))
-        }
-        None => cli.record.into_config().map(Command::Record),
-    }
-    .map_err(Err)
+    let cli = Cli::try_parse_from(args)?;
+    Ok(match cli.subcommand {
+        Some(Subcommands::Dump(dump)) => Command::Dump(dump.into_config()?),
+        Some(Subcommands::Report(report)) => Command::Report(report.into_config()),
+        Some(Subcommands::Completions { shell }) => Command::Print(completion_script(shell)),
+        Some(Subcommands::Man) => Command::Print(man_page()?),
+        None => Command::Record(cli.record.into_config()?),
+    })
+}
+
+fn completion_script(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "tripod-bpf", &mut script);
+    script
+}
+
+fn man_page() -> Result<Vec<u8>, UsageError> {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut page)
+        .map_err(|e| UsageError::new(format!("rendering the man page: {e}")))?;
+    Ok(page)
 }
 
 impl FormatArg {
@@ -532,41 +553,94 @@ impl DumpArgs {
     }
 }
 
+/// The sizes of what the kernel side allocates, each checked against its limit.
+struct KernelSizes {
+    stack_storage_size: u32,
+    count_map_size: u32,
+    stack_copy_bytes: u32,
+    ring_buffer_size: u32,
+}
+
 impl RecordArgs {
+    /// Checks the arguments in a fixed order (the first problem found is the
+    /// one reported) and builds the recording's [`Config`].
     fn into_config(self) -> Result<Config, UsageError> {
         let push = self
             .push
             .as_deref()
             .map(|url| self.push_config(url))
             .transpose()?;
-        let target = match (self.pid.is_empty(), self.all, self.command.is_empty()) {
-            (false, false, true) => Target::Pids(self.pid),
-            (true, true, true) => Target::All,
-            (true, false, false) => Target::Command(self.command),
-            (true, false, true) => {
-                return Err(UsageError::new(
-                    "no target given; pass --pid PID, --all, or -- COMMAND [ARGS...]",
-                ))
-            }
-            _ => {
-                return Err(UsageError::new(
-                    "choose one target: --pid, --all and -- COMMAND cannot be combined",
-                ))
-            }
-        };
+        let target = self.target()?;
         if self.frequency == 0 {
             return Err(UsageError::new(
                 "frequency must be at least 1 Hz; pass -F 99 for example",
             ));
         }
         let duration = positive_seconds(self.duration, "--duration")?;
-        let mut interval = positive_seconds(self.interval, "--interval (or TRIPOD_INTERVAL)")?;
         let format = self.format.format();
-        let output = match (&push, self.output) {
-            (Some(_), None) => OutputDest::Discard,
-            (_, output) => output_dest(output, OutputDest::TempFile),
+        let (interval, output) = self.interval_and_output(format, push.is_some())?;
+        let sizes = self.kernel_sizes()?;
+        let mode = self.mode()?;
+        Ok(Config {
+            target,
+            mode,
+            min_block_us: self.min_block_us,
+            rules: self.rules,
+            frequency: self.frequency,
+            duration,
+            interval,
+            output,
+            format,
+            // speedscope shows one profile per thread.
+            per_thread: self.per_thread || format == OutputFormat::Speedscope,
+            stacks: stack_selection(self.user_only, self.kernel_only),
+            include_idle: self.include_idle,
+            stack_storage_size: sizes.stack_storage_size,
+            count_map_size: sizes.count_map_size,
+            unwind: match self.unwind {
+                UnwindArg::Dwarf => UnwindMode::Dwarf,
+                UnwindArg::Fp => UnwindMode::FramePointers,
+                UnwindArg::Auto => UnwindMode::Auto,
+            },
+            stack_copy_bytes: sizes.stack_copy_bytes,
+            ring_buffer_size: sizes.ring_buffer_size,
+            python: self.python.frames(),
+            max_file_size: self.files.max_file_size,
+            push,
+            quiet: self.quiet,
+        })
+    }
+
+    /// Exactly one of `--pid`, `--all` and `-- COMMAND`.
+    fn target(&self) -> Result<Target, UsageError> {
+        match (self.pid.is_empty(), self.all, self.command.is_empty()) {
+            (false, false, true) => Ok(Target::Pids(self.pid.clone())),
+            (true, true, true) => Ok(Target::All),
+            (true, false, false) => Ok(Target::Command(self.command.clone())),
+            (true, false, true) => Err(UsageError::new(
+                "no target given; pass --pid PID, --all, or -- COMMAND [ARGS...]",
+            )),
+            _ => Err(UsageError::new(
+                "choose one target: --pid, --all and -- COMMAND cannot be combined",
+            )),
+        }
+    }
+
+    /// When reports are written and where: `--push` reports every
+    /// [`DEFAULT_PUSH_INTERVAL`] unless told otherwise, and writes nothing
+    /// locally without `-o`; a format that holds one profile cannot take a
+    /// series of them.
+    fn interval_and_output(
+        &self,
+        format: OutputFormat,
+        pushing: bool,
+    ) -> Result<(Option<Duration>, OutputDest), UsageError> {
+        let mut interval = positive_seconds(self.interval, "--interval (or TRIPOD_INTERVAL)")?;
+        let output = match (pushing, &self.output) {
+            (true, None) => OutputDest::Discard,
+            (_, output) => output_dest(output.clone(), OutputDest::TempFile),
         };
-        if push.is_some() {
+        if pushing {
             interval = interval.or(Some(DEFAULT_PUSH_INTERVAL));
             if format.single_profile() && output != OutputDest::Discard {
                 return Err(UsageError::new(format!(
@@ -582,6 +656,12 @@ impl RecordArgs {
                 format.name()
             )));
         }
+        Ok((interval, output))
+    }
+
+    /// Map and buffer sizes within what the kernel accepts, so it never has
+    /// to refuse one with a bare errno.
+    fn kernel_sizes(&self) -> Result<KernelSizes, UsageError> {
         let stack_storage_size = map_size(
             self.stack_storage_size,
             "--stack-storage-size",
@@ -602,7 +682,16 @@ impl RecordArgs {
         )?
         .max(4096)
         .next_power_of_two();
-        let stacks = stack_selection(self.user_only, self.kernel_only);
+        Ok(KernelSizes {
+            stack_storage_size,
+            count_map_size,
+            stack_copy_bytes: self.stack_copy_bytes,
+            ring_buffer_size,
+        })
+    }
+
+    /// `--mode`, and `--min-block-us` only with the mode it applies to.
+    fn mode(&self) -> Result<Mode, UsageError> {
         let mode = match self.mode {
             ModeArg::Cpu => Mode::Cpu,
             ModeArg::OffCpu => Mode::OffCpu,
@@ -613,34 +702,7 @@ impl RecordArgs {
                 "--min-block-us only applies to --mode off-cpu; add --mode off-cpu or drop it",
             ));
         }
-        Ok(Config {
-            target,
-            mode,
-            min_block_us: self.min_block_us,
-            rules: self.rules,
-            frequency: self.frequency,
-            duration,
-            interval,
-            output,
-            format,
-            // speedscope shows one profile per thread.
-            per_thread: self.per_thread || format == OutputFormat::Speedscope,
-            stacks,
-            include_idle: self.include_idle,
-            stack_storage_size,
-            count_map_size,
-            unwind: match self.unwind {
-                UnwindArg::Dwarf => UnwindMode::Dwarf,
-                UnwindArg::Fp => UnwindMode::FramePointers,
-                UnwindArg::Auto => UnwindMode::Auto,
-            },
-            stack_copy_bytes: self.stack_copy_bytes,
-            ring_buffer_size,
-            python: self.python.frames(),
-            max_file_size: self.files.max_file_size,
-            push,
-            quiet: self.quiet,
-        })
+        Ok(mode)
     }
 
     fn push_config(&self, url: &str) -> Result<PushConfig, UsageError> {
@@ -759,12 +821,28 @@ mod tests {
     /// cannot change what the others see.
     static ENVIRONMENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    fn parse_command(line: &str) -> Result<Command, Result<clap::Error, UsageError>> {
+    impl ParseError {
+        fn clap(self) -> clap::Error {
+            match self {
+                ParseError::Clap(error) => error,
+                ParseError::Usage(usage) => panic!("expected a clap error, got {usage:?}"),
+            }
+        }
+
+        fn usage(self) -> UsageError {
+            match self {
+                ParseError::Usage(usage) => usage,
+                ParseError::Clap(error) => panic!("expected a usage error, got {error:?}"),
+            }
+        }
+    }
+
+    fn parse_command(line: &str) -> Result<Command, ParseError> {
         let _guard = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
         parse_args(line.split_whitespace())
     }
 
-    fn parse(line: &str) -> Result<Config, Result<clap::Error, UsageError>> {
+    fn parse(line: &str) -> Result<Config, ParseError> {
         parse_command(line).map(|command| match command {
             Command::Record(config) => config,
             other => panic!("{line}: expected a recording, got {other:?}"),
@@ -784,14 +862,14 @@ mod tests {
 
     fn usage_error_of(line: &str) -> String {
         match parse_command(line) {
-            Err(Err(UsageError(message))) => message,
+            Err(ParseError::Usage(UsageError(message))) => message,
             other => panic!("{line}: expected a usage error, got {other:?}"),
         }
     }
 
     fn usage_error(line: &str) -> String {
         match parse(line) {
-            Err(Err(UsageError(message))) => message,
+            Err(ParseError::Usage(UsageError(message))) => message,
             other => panic!("{line}: expected a usage error, got {other:?}"),
         }
     }
@@ -849,7 +927,7 @@ mod tests {
         );
         let e = parse("tripod-bpf -a --user-only --kernel-only")
             .unwrap_err()
-            .unwrap();
+            .clap();
         assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
     }
 
@@ -920,11 +998,11 @@ mod tests {
             usage_error_of("tripod-bpf dump -p 1 --stack-copy-bytes 30000")
                 .contains("--stack-copy-bytes")
         );
-        let e = parse_command("tripod-bpf dump").unwrap_err().unwrap();
+        let e = parse_command("tripod-bpf dump").unwrap_err().clap();
         assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
         let e = parse_command("tripod-bpf dump -p 1 --json -f folded")
             .unwrap_err()
-            .unwrap();
+            .clap();
         assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
         // A command named like a subcommand still runs after `--`.
         assert_eq!(
@@ -981,9 +1059,9 @@ mod tests {
             config("tripod-bpf -a --ring-buffer-size 268435456").ring_buffer_size,
             MAX_RING_BUFFER_SIZE
         );
-        let e = parse("tripod-bpf -a -f bogus").unwrap_err().unwrap();
+        let e = parse("tripod-bpf -a -f bogus").unwrap_err().clap();
         assert_eq!(e.kind(), ErrorKind::InvalidValue);
-        let e = parse("tripod-bpf -p abc").unwrap_err().unwrap();
+        let e = parse("tripod-bpf -p abc").unwrap_err().clap();
         assert_eq!(e.kind(), ErrorKind::ValueValidation);
     }
 
@@ -1001,7 +1079,7 @@ mod tests {
         }
         let e = parse_args("tripod-bpf completions tcsh".split_whitespace())
             .unwrap_err()
-            .unwrap();
+            .clap();
         assert_eq!(e.kind(), ErrorKind::InvalidValue);
     }
 
@@ -1073,7 +1151,7 @@ mod tests {
         ] {
             let message = parse_args(["tripod-bpf", "-a", "--push", url])
                 .map(|_| String::new())
-                .unwrap_or_else(|e| e.unwrap_err().0);
+                .unwrap_or_else(|e| e.usage().0);
             assert!(message.contains(problem), "{url:?}: {message:?}");
             assert!(!message.contains('\n'), "{url:?}: {message:?}");
         }
@@ -1087,7 +1165,7 @@ mod tests {
                 header,
             ])
             .map(|_| String::new())
-            .unwrap_or_else(|e| e.unwrap_err().0);
+            .unwrap_or_else(|e| e.usage().0);
             assert!(message.contains("--push-header"), "{header:?}: {message:?}");
         }
         assert!(
@@ -1104,7 +1182,7 @@ mod tests {
         assert!(usage_error("tripod-bpf -a --push http://p -f svg -o x.svg").contains("--push"));
         let e = parse("tripod-bpf -a --push-label env=prod")
             .unwrap_err()
-            .unwrap();
+            .clap();
         assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
     }
 
@@ -1127,7 +1205,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let e = parse_command("tripod-bpf report").unwrap_err().unwrap();
+        let e = parse_command("tripod-bpf report").unwrap_err().clap();
         assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
     }
 
@@ -1170,7 +1248,7 @@ mod tests {
             "tripod-bpf -a --python-only --kernel-only",
             "tripod-bpf dump -p 42 --locals --no-python",
         ] {
-            let e = parse_args(line.split_whitespace()).unwrap_err().unwrap();
+            let e = parse_args(line.split_whitespace()).unwrap_err().clap();
             assert_eq!(e.kind(), ErrorKind::ArgumentConflict, "{line}");
         }
     }
@@ -1178,11 +1256,11 @@ mod tests {
     #[test]
     fn help_and_version_are_not_errors_of_ours() {
         assert_eq!(
-            parse("tripod-bpf --help").unwrap_err().unwrap().kind(),
+            parse("tripod-bpf --help").unwrap_err().clap().kind(),
             ErrorKind::DisplayHelp
         );
         assert_eq!(
-            parse("tripod-bpf --version").unwrap_err().unwrap().kind(),
+            parse("tripod-bpf --version").unwrap_err().clap().kind(),
             ErrorKind::DisplayVersion
         );
     }

@@ -9,7 +9,8 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     config::{DumpConfig, Mode},
-    live::{start_sampler, update_python},
+    live::{self, start_sampler, update_python},
+    messages::{note, warn},
     output::Output,
     pipeline::Pipeline,
     preflight,
@@ -17,8 +18,8 @@ use crate::{
     python::Python,
     report::RunInfo,
     sampler::{Sampler, SamplerOptions},
-    session::load_rules,
-    signals::{note, Shutdown},
+    session::{load_rules, open_output},
+    signals::Shutdown,
     usage_error,
 };
 
@@ -27,18 +28,13 @@ use crate::{
 pub async fn run(config: DumpConfig, shutdown: Shutdown) -> Result<u8> {
     let rules = Arc::new(load_rules(config.rules.as_deref())?);
     preflight::check_dump(&config)?;
-    crate::target_file::set_max_file_size(config.max_file_size);
-    crate::target_file::raise_descriptor_limit();
-    let mut output = Output::open(&config.output, config.format)?;
-    shutdown.set_output_name(&output.name);
-    if let Some(hook) = output.abort_hook() {
-        shutdown.on_abort(hook);
-    }
+    live::prepare_target_files(config.max_file_size);
+    let mut output = open_output(&config.output, config.format, &shutdown)?;
     let options = SamplerOptions::for_dump(config.pid, config.stacks, config.stack_copy_bytes);
     let mut sampler = start_sampler(&options)?;
     if let Some(signal) = shutdown.requested() {
         note(&format!(
-            "[tripod] stopped by {signal} before the dump: nothing dumped"
+            "stopped by {signal} before the dump: nothing dumped"
         ));
         return Ok(0);
     }
@@ -68,8 +64,8 @@ pub async fn run(config: DumpConfig, shutdown: Shutdown) -> Result<u8> {
     pipeline.check_python(config.pid);
     if config.locals {
         if !pipeline.is_python(config.pid) {
-            note(&format!(
-                "[tripod] pid {} is not a Python process tripod-bpf can read; --locals shows nothing",
+            warn(&format!(
+                "pid {} is not a Python process tripod-bpf can read; --locals shows nothing",
                 config.pid
             ));
         }
@@ -90,11 +86,11 @@ pub async fn run(config: DumpConfig, shutdown: Shutdown) -> Result<u8> {
     };
 
     note(&format!(
-        "[tripod] Dumping every thread of pid {} every {} s. Press Ctrl-C to stop.",
+        "Dumping every thread of pid {} every {} s. Press Ctrl-C to stop.",
         config.pid,
         every.as_secs_f64()
     ));
-    note(&format!("[tripod] Writing output to: {}", output.name));
+    note(&format!("Writing output to: {}", output.name));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dumps = 0;
@@ -112,7 +108,7 @@ pub async fn run(config: DumpConfig, shutdown: Shutdown) -> Result<u8> {
     shutdown.begin();
     output.finish()?;
     note(&format!(
-        "[tripod] {stop}: {dumps} {}; output in {}",
+        "{stop}: {dumps} {}; output in {}",
         if dumps == 1 { "dump" } else { "dumps" },
         output.name
     ));

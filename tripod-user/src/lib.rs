@@ -10,6 +10,7 @@
 //! via [`resolve`] -> [`annotate`] -> [`report`] -> [`output`] (the only
 //! writers). [`pipeline`] carries samples through these stages; [`app`] runs
 //! a recording and [`dump`] a thread dump; [`signals`] tells both when to stop.
+//! Everything said to the user on stderr goes through [`messages`].
 //! Names that come from targets are escaped by [`text`] where they enter;
 //! every file read for a target is opened by [`target_file`], and the files
 //! the user names by [`input`] under the same policy.
@@ -24,6 +25,7 @@ mod elf_corpus_tests;
 pub mod error;
 pub mod input;
 pub mod live;
+pub mod messages;
 pub mod model;
 pub mod offline;
 pub mod output;

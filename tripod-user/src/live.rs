@@ -4,6 +4,7 @@
 use anyhow::Result;
 
 use crate::{
+    messages,
     pipeline::Pipeline,
     preflight,
     python::PythonChange,
@@ -20,7 +21,7 @@ pub fn update_python(sampler: &mut Sampler, pipeline: &mut Pipeline) {
             PythonChange::ThreadsGone(tids) => sampler.forget_python_threads(&tids),
         };
         if let Err(error) = applied {
-            log::warn!("{error:#}");
+            messages::warn(&format!("warning: {error:#}"));
         }
     }
 }
@@ -32,4 +33,11 @@ pub fn start_sampler(options: &SamplerOptions) -> Result<Sampler> {
             .map(anyhow::Error::from)
             .unwrap_or(e)
     })
+}
+
+/// Sets the limits on the targets' files read for symbols and unwinding:
+/// `--max-file-size`, and as many open descriptors as the system allows.
+pub fn prepare_target_files(max_file_size: u64) {
+    crate::target_file::set_max_file_size(max_file_size);
+    crate::target_file::raise_descriptor_limit();
 }

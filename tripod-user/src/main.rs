@@ -1,20 +1,28 @@
 use std::{io, process::ExitCode};
 
-use tripod_user::{app, cli, config::Command, dump, error::UsageError, offline, signals::Shutdown};
+use tripod_user::{
+    app,
+    cli::{self, ParseError},
+    config::Command,
+    dump,
+    error::UsageError,
+    messages, offline,
+    signals::Shutdown,
+};
 
 fn main() -> ExitCode {
     one_malloc_arena();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let command = match cli::parse_args(std::env::args_os()) {
         Ok(command) => command,
-        Err(Ok(clap_error)) => clap_error.exit(),
-        Err(Err(usage)) => return usage_failure(&usage),
+        Err(ParseError::Clap(clap_error)) => clap_error.exit(),
+        Err(ParseError::Usage(usage)) => return usage_failure(&usage),
     };
     if let Command::Print(text) = &command {
         use io::Write as _;
         return match io::stdout().write_all(text) {
             Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-                eprintln!("tripod-bpf: error: writing to stdout: {e}");
+                messages::error(&format!("writing to stdout: {e}"));
                 ExitCode::FAILURE
             }
             _ => ExitCode::SUCCESS,
@@ -27,7 +35,7 @@ fn main() -> ExitCode {
         Command::Record(_) | Command::Dump(_) => match Shutdown::install() {
             Ok(shutdown) => shutdown,
             Err(error) => {
-                eprintln!("tripod-bpf: error: {error:#}");
+                messages::error(&format!("{error:#}"));
                 return ExitCode::FAILURE;
             }
         },
@@ -55,7 +63,7 @@ fn main() -> ExitCode {
             None => {
                 // Causes can quote a target's file names.
                 let message = tripod_user::text::escape_controls_owned(format!("{error:#}"));
-                eprintln!("tripod-bpf: error: {message}");
+                messages::error(&message);
                 ExitCode::FAILURE
             }
         },
@@ -63,7 +71,7 @@ fn main() -> ExitCode {
 }
 
 fn usage_failure(usage: &UsageError) -> ExitCode {
-    eprintln!("tripod-bpf: error: {usage}");
+    messages::error(&usage.to_string());
     ExitCode::from(2)
 }
 

@@ -253,15 +253,12 @@ fn parse_line(line: &str) -> Result<Saved, UsageError> {
         "recording" => {
             let document: Document = serde_json::from_str(line)
                 .map_err(|e| UsageError(format!("not a valid recording: {e}")))?;
-            document
-                .into_report()
-                .map(Saved::Recording)
-                .map_err(UsageError)
+            document.into_report().map(Saved::Recording)
         }
         "dump" => {
             let document: DumpDocument = serde_json::from_str(line)
                 .map_err(|e| UsageError(format!("not a valid dump: {e}")))?;
-            document.into_dump().map(Saved::Dump).map_err(UsageError)
+            document.into_dump().map(Saved::Dump)
         }
         other => Err(UsageError(format!(
             "unknown document kind {other:?} (expected \"recording\" or \"dump\")"

@@ -19,12 +19,9 @@
 //! main thread's system calls (the verifier gives up on a load when a signal
 //! is pending for the loading thread). The mask is inherited across `exec`,
 //! so the command of `-- COMMAND` empties it before it starts.
-use std::{
-    io::Write as _,
-    sync::{
-        atomic::{AtomicBool, AtomicI32, Ordering},
-        Arc, Mutex,
-    },
+use std::sync::{
+    atomic::{AtomicBool, AtomicI32, Ordering},
+    Arc, Mutex,
 };
 
 use anyhow::{Context as _, Result};
@@ -33,6 +30,8 @@ use signal_hook::{
     iterator::Signals,
 };
 use tokio::sync::watch;
+
+use crate::messages;
 
 /// The exit status of a run aborted by a second SIGINT: 128 + SIGINT, as a
 /// shell reports a program that Ctrl-C killed.
@@ -73,7 +72,7 @@ impl Shutdown {
             .name("signals".into())
             .spawn(move || {
                 if let Err(error) = set_mask(libc::SIG_UNBLOCK) {
-                    log::warn!("{error:#}");
+                    messages::warn(&format!("warning: {error:#}"));
                 }
                 for signal in signals.forever() {
                     state.received(signal);
@@ -185,11 +184,9 @@ impl State {
             name => format!("what was written before is in {name}"),
         };
         // Stderr may be a closed terminal by now: a failed write is no reason to stay.
-        let _ = writeln!(
-            std::io::stderr(),
-            "tripod-bpf: error: interrupted while stopping, so the last report may be missing \
-             or cut short; {kept}"
-        );
+        messages::error(&format!(
+            "interrupted while stopping, so the last report may be missing or cut short; {kept}"
+        ));
         std::process::exit(ABORTED_STATUS)
     }
 }
@@ -231,13 +228,6 @@ fn signal_name(signal: i32) -> Option<&'static str> {
         SIGHUP => Some("SIGHUP"),
         _ => None,
     }
-}
-
-/// Writes one line to stderr, ignoring failure: after SIGHUP stderr is
-/// often a terminal that is gone (EIO), and `eprintln!` would panic there,
-/// losing the output it was about to write.
-pub fn note(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 #[cfg(test)]

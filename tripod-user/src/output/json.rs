@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::Render;
 use crate::{
     config::Mode,
+    error::UsageError,
     model::{Frame, FrameKind, FrameLocals},
     report::{
         DumpedThread, Losses, ProcessReport, Report, RunInfo, StackErrors, StackReport, Summary,
@@ -434,10 +435,10 @@ fn shown_opt(text: &Option<String>) -> Option<String> {
 }
 
 /// Reading documents back (`tripod-bpf report`): a document that does not
-/// make sense is an error naming the field, not a panic. Every string is
+/// make sense is a [`UsageError`] naming the field, not a panic. Every string is
 /// escaped (see [`shown`]).
 impl Document {
-    pub fn into_report(self) -> Result<Report, String> {
+    pub fn into_report(self) -> Result<Report, UsageError> {
         let frames = frames_of(&self.frames)?;
         let thread_names: std::collections::HashMap<u32, &str> = self
             .processes
@@ -462,13 +463,13 @@ impl Document {
                     frames: pick(&frames, &stack.frames)?,
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, UsageError>>()?;
         let lost = &self.lost;
         Ok(Report {
             run: RunInfo {
                 target: shown(&self.target),
                 mode: Mode::from_name(&self.mode)
-                    .ok_or_else(|| format!("unknown mode {:?}", self.mode))?,
+                    .ok_or_else(|| UsageError(format!("unknown mode {:?}", self.mode)))?,
                 frequency: self.frequency_hz,
                 event: shown(&self.event),
                 per_thread: self.per_thread,
@@ -511,7 +512,7 @@ impl Document {
 }
 
 impl DumpDocument {
-    pub fn into_dump(self) -> Result<ThreadDump, String> {
+    pub fn into_dump(self) -> Result<ThreadDump, UsageError> {
         let frames = frames_of(&self.frames)?;
         let groups = self
             .groups
@@ -524,7 +525,7 @@ impl DumpDocument {
                     frames: pick(&frames, &group.frames)?,
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, UsageError>>()?;
         let threads = self
             .threads
             .into_iter()
@@ -551,7 +552,7 @@ impl DumpDocument {
                     }),
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, UsageError>>()?;
         Ok(ThreadDump {
             pid: self.pid,
             comm: shown(&self.comm),
@@ -563,45 +564,48 @@ impl DumpDocument {
     }
 }
 
-fn frames_of(frames: &[JsonFrame]) -> Result<Vec<Arc<Frame>>, String> {
+fn frames_of(frames: &[JsonFrame]) -> Result<Vec<Arc<Frame>>, UsageError> {
     frames
         .iter()
         .map(|f| Frame::try_from(f).map(Arc::new))
         .collect()
 }
 
-fn pick(frames: &[Arc<Frame>], indices: &[usize]) -> Result<Arc<[Arc<Frame>]>, String> {
+fn pick(frames: &[Arc<Frame>], indices: &[usize]) -> Result<Arc<[Arc<Frame>]>, UsageError> {
     indices
         .iter()
         .map(|&i| {
             frames.get(i).cloned().ok_or_else(|| {
-                format!("frame index {i} is past the {} frames listed", frames.len())
+                UsageError(format!(
+                    "frame index {i} is past the {} frames listed",
+                    frames.len()
+                ))
             })
         })
         .collect()
 }
 
-fn state(name: &str) -> Result<TaskState, String> {
-    TaskState::from_name(name).ok_or_else(|| format!("unknown thread state {name:?}"))
+fn state(name: &str) -> Result<TaskState, UsageError> {
+    TaskState::from_name(name).ok_or_else(|| UsageError(format!("unknown thread state {name:?}")))
 }
 
-fn time(text: &str) -> Result<chrono::DateTime<chrono::Local>, String> {
+fn time(text: &str) -> Result<chrono::DateTime<chrono::Local>, UsageError> {
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&chrono::Local))
-        .map_err(|e| format!("time {text:?} is not RFC 3339: {e}"))
+        .map_err(|e| UsageError(format!("time {text:?} is not RFC 3339: {e}")))
 }
 
-fn hex(text: &Option<String>, what: &str) -> Result<Option<u64>, String> {
+fn hex(text: &Option<String>, what: &str) -> Result<Option<u64>, UsageError> {
     text.as_deref()
         .map(|t| {
             u64::from_str_radix(t.trim_start_matches("0x"), 16)
-                .map_err(|_| format!("{what} {t:?} is not a hex number"))
+                .map_err(|_| UsageError(format!("{what} {t:?} is not a hex number")))
         })
         .transpose()
 }
 
 impl TryFrom<&JsonFrame> for Frame {
-    type Error = String;
+    type Error = UsageError;
 
     fn try_from(frame: &JsonFrame) -> Result<Self, Self::Error> {
         Ok(Frame {
@@ -610,7 +614,7 @@ impl TryFrom<&JsonFrame> for Frame {
                 "truncated" => FrameKind::Truncated,
                 "missing" => FrameKind::Missing,
                 "python" => FrameKind::Python,
-                other => return Err(format!("unknown frame kind {other:?}")),
+                other => return Err(UsageError(format!("unknown frame kind {other:?}"))),
             },
             address: hex(&frame.address, "address")?,
             kernel: frame.kernel,

@@ -170,12 +170,12 @@ impl Python {
             };
             let Some(layout) = layout_of(pid, &placed) else {
                 if self.unsupported.insert((placed.major, placed.minor)) {
-                    eprintln!(
-                        "[tripod] pid {pid} runs Python {}.{}, whose frames tripod-bpf cannot read (supported: {}); its native stacks are sampled",
+                    crate::messages::warn(&format!(
+                        "pid {pid} runs Python {}.{}, whose frames tripod-bpf cannot read (supported: {}); its native stacks are sampled",
                         placed.major,
                         placed.minor,
                         layout::supported_versions()
-                    );
+                    ));
                 }
                 return None;
             };
