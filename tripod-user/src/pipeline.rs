@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context as _, Result};
@@ -12,9 +12,8 @@ use chrono::{DateTime, Local};
 use tripod_common::{RecordKind, MAX_STACK_DEPTH};
 
 use crate::{
-    aggregate::{Aggregator, StackId, ThreadStack},
+    aggregate::{Aggregator, StackId},
     annotate::Rules,
-    config::Mode,
     model::{Counters, FrameLocals},
     output::{push::Pusher, Output, Progress},
     process::{self, ProcessTable},
@@ -23,29 +22,11 @@ use crate::{
     resolve::Resolver,
     sampler::{CopiedSample, Record, UserStack, Wake},
     stack::{self, Gap, RawFrame, RawSample, Space, StackRead},
+    retire::Retirement,
     task::TaskState,
     unwind::{Unwinder, UserRegs},
+    wait::{monotonic_ns, Wait, Waits, Weight},
 };
-
-/// How often processes not sampled since the previous check are checked, and
-/// retired if they have exited (see `Pipeline::forget_exited`). Longer than a
-/// drain interval, so no samples of them are still on their way; short,
-/// because on a machine that starts thousands of processes a second, memory
-/// grows with this window.
-const FORGET_AFTER: Duration = Duration::from_secs(2);
-
-/// A thread switched out and not yet back (`--mode off-cpu` and `wall`).
-struct Wait {
-    tgid: u32,
-    comm: String,
-    stack: StackId,
-    state: TaskState,
-    /// CLOCK_MONOTONIC nanoseconds when it was switched out.
-    since_ns: u64,
-    /// Up to when its waiting has been counted already (reports count waits
-    /// still in progress).
-    counted_ns: u64,
-}
 
 pub struct Pipeline {
     run: RunInfo,
@@ -58,20 +39,15 @@ pub struct Pipeline {
     collect_user: bool,
     /// New stacks whose addresses are located at the next drain.
     unlocated: Vec<StackId>,
-    /// Threads waiting to run again, by tid.
-    waits: HashMap<u32, Wait>,
-    /// `--mode off-cpu`: shorter waits are not counted, in nanoseconds.
-    min_block_ns: u64,
+    /// Threads waiting to run again.
+    waits: Waits,
     python: Python,
     /// Processes to check for Python: new ones, and ones that may have exec'd.
     python_candidates: Vec<u32>,
     /// `dump --locals`: each dumped thread's Python local variables, by tid.
     locals: Option<HashMap<u32, Vec<FrameLocals>>>,
-    /// The retirement check after which each process was last sampled: a
-    /// counter, so the per-sample path reads no clock.
-    last_seen: HashMap<u32, u64>,
-    forget_checks: u64,
-    last_forget_check: Instant,
+    /// When each process was last sampled, to retire those that exited.
+    retirement: Retirement,
     run_start: DateTime<Local>,
     run_counters: Counters,
     interval_start: DateTime<Local>,
@@ -92,6 +68,7 @@ impl Pipeline {
         min_block_us: u32,
     ) -> Self {
         let now = Local::now();
+        let weight = Weight::for_mode(run.mode, run.frequency, min_block_us);
         Pipeline {
             run,
             rules,
@@ -101,14 +78,11 @@ impl Pipeline {
             unwinder: Unwinder::new(),
             collect_user,
             unlocated: Vec::new(),
-            waits: HashMap::new(),
-            min_block_ns: u64::from(min_block_us) * 1000,
+            waits: Waits::new(weight),
             python,
             python_candidates: Vec::new(),
             locals: None,
-            last_seen: HashMap::new(),
-            forget_checks: 0,
-            last_forget_check: Instant::now(),
+            retirement: Retirement::new(Instant::now()),
             run_start: now,
             run_counters: counters,
             interval_start: now,
@@ -188,83 +162,43 @@ impl Pipeline {
             self.unlocated.push(stack);
         }
         self.seen(tgid);
-        self.waits.insert(
-            tid,
-            Wait {
-                tgid,
-                comm,
-                stack,
-                state,
-                since_ns,
-                counted_ns: since_ns,
-            },
-        );
+        self.waits
+            .begin(tid, Wait::new(tgid, comm, stack, state, since_ns));
     }
 
     fn end_wait(&mut self, wake: Wake) {
-        let mut wait = match self.waits.remove(&wake.tid) {
-            Some(wait) if wait.since_ns == wake.start_ns => wait,
+        let wait = match self.waits.end(wake.tid, wake.start_ns) {
+            Some(wait) => wait,
             // Its `Blocked` record was dropped (the ring buffer was full): the
             // time still counts, on a stack that says what is missing.
-            _ => {
+            None => {
                 let comm = self.processes.observe(wake.tgid, "").comm.clone();
                 let raw = [RawFrame::Gap(Space::User, Gap::Dropped)];
                 let (stack, new) = self.aggregator.stacks.intern(wake.tgid, &raw);
                 if new {
                     self.unlocated.push(stack);
                 }
-                Wait {
-                    tgid: wake.tgid,
-                    comm,
-                    stack,
-                    state: TaskState::Unknown,
-                    since_ns: wake.start_ns,
-                    counted_ns: wake.start_ns,
-                }
+                Wait::new(wake.tgid, comm, stack, TaskState::Unknown, wake.start_ns)
             }
         };
-        self.count_wait(wake.tid, &mut wait, wake.end_ns);
+        self.waits
+            .count_ended(wake.tid, wait, wake.end_ns, |key, comm, weight| {
+                self.unreported += weight;
+                self.sampled += weight;
+                self.retirement.seen(key.tgid);
+                self.aggregator.count(key, comm, weight);
+            });
     }
 
     /// Counts the waiting of every thread still switched out, up to now, so
     /// reports include threads that have been waiting all along.
     fn count_waits_in_progress(&mut self) {
-        let now = monotonic_ns();
-        let mut waits = std::mem::take(&mut self.waits);
-        for (&tid, wait) in waits.iter_mut() {
-            self.count_wait(tid, wait, now);
-        }
-        self.waits = waits;
-    }
-
-    /// Adds what `wait` adds up to `until_ns`: microseconds off the CPU, or
-    /// the sampling ticks it spans.
-    fn count_wait(&mut self, tid: u32, wait: &mut Wait, until_ns: u64) {
-        if until_ns <= wait.counted_ns {
-            return;
-        }
-        let weight = match self.run.mode {
-            Mode::OffCpu => {
-                if until_ns - wait.since_ns < self.min_block_ns {
-                    return;
-                }
-                until_ns / 1000 - wait.counted_ns / 1000
-            }
-            _ => ticks(until_ns, self.run.frequency) - ticks(wait.counted_ns, self.run.frequency),
-        };
-        wait.counted_ns = until_ns;
-        if weight > 0 {
-            let key = ThreadStack {
-                tgid: wait.tgid,
-                tid,
-                stack: wait.stack,
-                state: wait.state,
-            };
+        self.waits.count_in_progress(monotonic_ns(), |key, comm, weight| {
             self.unreported += weight;
             self.sampled += weight;
-            self.last_seen.insert(wait.tgid, self.forget_checks);
-            self.aggregator.count(key, &wait.comm, weight);
-        }
+            self.retirement.seen(key.tgid);
+            self.aggregator.count(key, comm, weight);
+        });
     }
 
     /// Reads the local variables of each dumped thread's Python frames
@@ -296,7 +230,7 @@ impl Pipeline {
     /// Notes that process `tgid` was sampled; a process not seen before is
     /// checked for Python at the next [`Self::python_changes`].
     fn seen(&mut self, tgid: u32) {
-        if self.last_seen.insert(tgid, self.forget_checks).is_none() {
+        if self.retirement.seen(tgid) {
             self.python_candidates.push(tgid);
         }
     }
@@ -369,30 +303,15 @@ impl Pipeline {
     /// symbolized and merged by name, and everything kept per process is freed,
     /// so memory does not grow with the number of processes a run has seen.
     fn forget_exited(&mut self) {
-        if self.last_forget_check.elapsed() < FORGET_AFTER {
+        let Some(check) = self.retirement.check(Instant::now(), process::is_alive) else {
             return;
-        }
-        self.last_forget_check = Instant::now();
-        // Sampled since the previous check: kept without looking at /proc.
-        let recent = self.forget_checks;
-        self.forget_checks += 1;
+        };
         self.python.forget_exited_threads();
-        let mut exited = HashMap::new();
         // Processes sampled lately may have exec'd: checked again for Python
         // (cheap when their mappings did not change).
-        self.python_candidates.extend(
-            self.last_seen
-                .iter()
-                .filter(|&(_, &seen)| seen == recent)
-                .map(|(&pid, _)| pid),
-        );
-        self.last_seen.retain(|&pid, seen| {
-            let keep = *seen == recent || process::is_alive(pid);
-            if !keep {
-                exited.insert(pid, String::new());
-            }
-            keep
-        });
+        self.python_candidates.extend(check.recent);
+        let mut exited: HashMap<u32, String> =
+            check.exited.into_iter().map(|pid| (pid, String::new())).collect();
         if exited.is_empty() {
             return;
         }
@@ -407,8 +326,7 @@ impl Pipeline {
             self.python.forget(*pid);
         }
         // Their threads will not run again; their stacks are about to go.
-        self.waits
-            .retain(|_, wait| !exited.contains_key(&wait.tgid));
+        self.waits.forget(|tgid| exited.contains_key(&tgid));
         self.aggregator.retire(&exited);
         self.resolver.forget(|pid| exited.contains_key(&pid));
         log::debug!(
@@ -536,36 +454,5 @@ impl Pipeline {
             },
             Local::now(),
         )
-    }
-}
-
-/// Sampling ticks at `frequency` Hz from the clock's origin to `ns`.
-fn ticks(ns: u64, frequency: u64) -> u64 {
-    (u128::from(ns) * u128::from(frequency) / 1_000_000_000) as u64
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime with a valid pointer to a local.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ticks;
-
-    #[test]
-    fn ticks_are_counted_once_across_split_intervals() {
-        // 99 Hz: a wait from 0.5 s to 2.5 s spans 198 ticks however it is cut.
-        let (start, middle, end) = (500_000_000, 1_234_567_890, 2_500_000_000);
-        let whole = ticks(end, 99) - ticks(start, 99);
-        let split = (ticks(middle, 99) - ticks(start, 99)) + (ticks(end, 99) - ticks(middle, 99));
-        assert_eq!(whole, 198);
-        assert_eq!(split, whole);
     }
 }
