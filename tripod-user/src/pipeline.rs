@@ -18,7 +18,7 @@ use crate::{
     output::{push::Pusher, Output, Progress},
     process::{self, ProcessTable},
     python::{Python, PythonChange},
-    report::{self, Losses, RunInfo, ThreadDump},
+    report::{self, Inputs, Losses, RunInfo, ThreadDump},
     resolve::Resolver,
     sampler::{CopiedSample, Record, UserStack, Wake},
     stack::{self, Gap, RawFrame, RawSample, Space, StackRead},
@@ -327,8 +327,11 @@ impl Pipeline {
         }
         // Their threads will not run again; their stacks are about to go.
         self.waits.forget(|tgid| exited.contains_key(&tgid));
-        self.aggregator.retire(&exited);
-        self.resolver.forget(|pid| exited.contains_key(&pid));
+        let freed = self.aggregator.retire(&exited, |stacks, name, stack| {
+            self.resolver.merged(stacks, name, stack)
+        });
+        self.resolver
+            .forget(|pid| exited.contains_key(&pid), &freed);
         log::debug!(
             "retired {} exited processes; {}",
             exited.len(),
@@ -367,9 +370,17 @@ impl Pipeline {
             return;
         }
         let started = Instant::now();
-        self.resolver
-            .symbolize(&mut self.aggregator.stacks, &self.python);
+        self.resolver.symbolize(&self.aggregator.stacks, &self.python);
         log::debug!("symbolized new stacks in {:?}", started.elapsed());
+    }
+
+    /// What reports are built from, once [`Self::symbolize`]d.
+    fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            aggregator: &self.aggregator,
+            frames: self.resolver.stack_frames(),
+            processes: &self.processes,
+        }
     }
 
     pub fn has_unreported_samples(&self) -> bool {
@@ -392,8 +403,7 @@ impl Pipeline {
         let report = report::build_report(
             &self.run,
             &self.rules,
-            &self.aggregator,
-            &self.processes,
+            self.inputs(),
             &counts,
             (self.interval_start, now),
             losses,
@@ -429,8 +439,7 @@ impl Pipeline {
         let losses = Losses::from_counters(&counters.since(&self.run_counters));
         report::build_summary(
             &self.run,
-            &self.aggregator,
-            &self.processes,
+            self.inputs(),
             (self.run_start, Local::now()),
             losses,
         )
@@ -442,15 +451,15 @@ impl Pipeline {
         self.symbolize();
         let counts = self.aggregator.take_interval();
         self.unreported = 0;
+        let locals = self.locals.as_mut().map(std::mem::take);
         report::build_dump(
             pid,
             &self.rules,
-            &self.aggregator,
-            &self.processes,
+            self.inputs(),
             &counts,
             report::ThreadDetails {
                 syscalls,
-                locals: self.locals.as_mut().map(std::mem::take),
+                locals,
             },
             Local::now(),
         )
