@@ -23,7 +23,7 @@ use crate::{
         push::{PushStats, Pusher},
         Output, StatusLine,
     },
-    pipeline::Pipeline,
+    pipeline::{Pipeline, PipelineOptions, Recording},
     preflight,
     process::{self, ProcessTable},
     python::{Python, PythonChange},
@@ -73,15 +73,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
         python.check(pid, &mut processes);
     }
     if let Some(signal) = shutdown.requested() {
-        let pipeline = Pipeline::new(
-            run_info(&config, "none", None),
+        let pipeline = Pipeline::new(PipelineOptions {
             rules,
             processes,
             python,
-            config.stacks.user(),
-            Counters::default(),
-            config.min_block_us,
-        );
+            collect_user: config.stacks.user(),
+            counters: Counters::default(),
+            recording: Some(Recording {
+                run: run_info(&config, "none", None),
+                min_block_us: config.min_block_us,
+            }),
+        });
         return write_unsampled(&config, pipeline, &mut output, signal);
     }
     let options = SamplerOptions {
@@ -173,15 +175,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
     });
     let mut status = StatusLine::new(config.quiet);
 
-    let mut pipeline = Pipeline::new(
-        run_info,
+    let mut pipeline = Pipeline::new(PipelineOptions {
         rules,
         processes,
         python,
-        config.stacks.user(),
-        sampler.counters()?,
-        config.min_block_us,
-    );
+        collect_user: config.stacks.user(),
+        counters: sampler.counters()?,
+        recording: Some(Recording {
+            run: run_info,
+            min_block_us: config.min_block_us,
+        }),
+    });
     // Other processes are checked for Python as they are sampled.
     if let Some(child) = &child {
         pipeline.check_python(child.pid);

@@ -29,7 +29,8 @@ use crate::{
 };
 
 pub struct Pipeline {
-    run: RunInfo,
+    /// None for dumps.
+    run: Option<RunInfo>,
     rules: Arc<Rules>,
     aggregator: Aggregator,
     processes: ProcessTable,
@@ -57,39 +58,65 @@ pub struct Pipeline {
     sampled: u64,
 }
 
+/// What a pipeline starts from.
+pub struct PipelineOptions {
+    pub rules: Arc<Rules>,
+    /// Processes known already (named targets, read before sampling starts).
+    pub processes: ProcessTable,
+    pub python: Python,
+    /// Collect user stacks at all (not `--kernel-only`).
+    pub collect_user: bool,
+    /// The kernel's counters when the pipeline starts: losses are counted
+    /// from there.
+    pub counters: Counters,
+    /// For recordings, which write reports; dumps have none.
+    pub recording: Option<Recording>,
+}
+
+/// What only a recording's pipeline needs.
+pub struct Recording {
+    /// What every report says about the run.
+    pub run: RunInfo,
+    /// `--mode off-cpu`: shorter waits are not counted, in microseconds.
+    pub min_block_us: u32,
+}
+
 impl Pipeline {
-    pub fn new(
-        run: RunInfo,
-        rules: Arc<Rules>,
-        processes: ProcessTable,
-        python: Python,
-        collect_user: bool,
-        counters: Counters,
-        min_block_us: u32,
-    ) -> Self {
+    pub fn new(options: PipelineOptions) -> Self {
         let now = Local::now();
-        let weight = Weight::for_mode(run.mode, run.frequency, min_block_us);
+        let weight = match &options.recording {
+            Some(r) => Weight::for_mode(r.run.mode, r.run.frequency, r.min_block_us),
+            // Dumps see no thread switch out: there are no waits to weigh.
+            None => Weight::Ticks { frequency: 0 },
+        };
         Pipeline {
-            run,
-            rules,
+            run: options.recording.map(|r| r.run),
+            rules: options.rules,
             aggregator: Aggregator::new(),
-            processes,
+            processes: options.processes,
             resolver: Resolver::new(),
             unwinder: Unwinder::new(),
-            collect_user,
+            collect_user: options.collect_user,
             unlocated: Vec::new(),
             waits: Waits::new(weight),
-            python,
+            python: options.python,
             python_candidates: Vec::new(),
             locals: None,
             retirement: Retirement::new(Instant::now()),
             run_start: now,
-            run_counters: counters,
+            run_counters: options.counters,
             interval_start: now,
-            interval_counters: counters,
+            interval_counters: options.counters,
             unreported: 0,
             sampled: 0,
         }
+    }
+
+    /// What reports say about the run: recordings only.
+    fn run(&self) -> &RunInfo {
+        self.run
+            .as_ref()
+            .expect("reports are written by the pipelines of recordings")
     }
 
     /// Counts the samples the kernel counted, then locates the addresses of
@@ -401,7 +428,7 @@ impl Pipeline {
         let counts = self.aggregator.take_interval();
         let losses = Losses::from_counters(&counters.since(&self.interval_counters));
         let report = report::build_report(
-            &self.run,
+            self.run(),
             &self.rules,
             self.inputs(),
             &counts,
@@ -428,7 +455,7 @@ impl Pipeline {
     /// The run so far, for the status line.
     pub fn progress(&self, counters: &Counters) -> Progress {
         Progress {
-            sampled: self.run.weight(self.sampled),
+            sampled: self.run().weight(self.sampled),
             lost: Losses::from_counters(&counters.since(&self.run_counters)).dropped(),
             processes: self.processes.len(),
         }
@@ -438,7 +465,7 @@ impl Pipeline {
         self.symbolize();
         let losses = Losses::from_counters(&counters.since(&self.run_counters));
         report::build_summary(
-            &self.run,
+            self.run(),
             self.inputs(),
             (self.run_start, Local::now()),
             losses,
