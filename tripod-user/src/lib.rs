@@ -22,6 +22,7 @@ pub mod dump;
 #[cfg(test)]
 mod elf_corpus_tests;
 pub mod error;
+pub mod ingest;
 pub mod input;
 pub mod live;
 pub mod model;

@@ -9,22 +9,22 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, Local};
-use tripod_common::{RecordKind, MAX_STACK_DEPTH};
+use tripod_common::RecordKind;
 
 use crate::{
     aggregate::{Aggregator, StackId},
     annotate::Rules,
+    ingest::{self, Ingest},
     model::{Counters, FrameLocals},
     output::{push::Pusher, Output, Progress},
     process::{self, ProcessTable},
     python::{Python, PythonChange},
     report::{self, Inputs, Losses, RunInfo, ThreadDump},
     resolve::Resolver,
-    sampler::{CopiedSample, Record, UserStack, Wake},
-    stack::{self, Gap, RawFrame, RawSample, Space, StackRead},
+    sampler::{CopiedSample, Record, Wake},
+    stack::{Gap, RawFrame, RawSample, Space},
     retire::Retirement,
     task::TaskState,
-    unwind::{Unwinder, UserRegs},
     wait::{monotonic_ns, Wait, Waits, Weight},
 };
 
@@ -35,14 +35,12 @@ pub struct Pipeline {
     aggregator: Aggregator,
     processes: ProcessTable,
     resolver: Resolver,
-    unwinder: Unwinder,
-    /// Collect user stacks at all (not `--kernel-only`).
-    collect_user: bool,
+    /// Unwinds and merges Python frames; owns the Python state.
+    ingest: Ingest,
     /// New stacks whose addresses are located at the next drain.
     unlocated: Vec<StackId>,
     /// Threads waiting to run again.
     waits: Waits,
-    python: Python,
     /// Processes to check for Python: new ones, and ones that may have exec'd.
     python_candidates: Vec<u32>,
     /// `dump --locals`: each dumped thread's Python local variables, by tid.
@@ -95,11 +93,9 @@ impl Pipeline {
             aggregator: Aggregator::new(),
             processes: options.processes,
             resolver: Resolver::new(),
-            unwinder: Unwinder::new(),
-            collect_user: options.collect_user,
+            ingest: Ingest::new(options.python, options.collect_user),
             unlocated: Vec::new(),
             waits: Waits::new(weight),
-            python: options.python,
             python_candidates: Vec::new(),
             locals: None,
             retirement: Retirement::new(Instant::now()),
@@ -124,7 +120,13 @@ impl Pipeline {
     /// still alive. Symbols wait for the next report.
     pub fn ingest(&mut self, samples: Vec<RawSample>) {
         for sample in samples {
-            let raw = self.combine(sample.tgid, &sample.comm, sample.kernel, sample.user);
+            let raw = ingest::combine(
+                &mut self.processes,
+                sample.tgid,
+                &sample.comm,
+                sample.kernel,
+                sample.user,
+            );
             self.count(
                 sample.tgid,
                 sample.tid,
@@ -158,7 +160,7 @@ impl Pipeline {
     pub fn ingest_snapshot(&mut self, sample: CopiedSample<'_>) {
         let (tgid, tid) = (sample.tgid, sample.tid);
         if let Some(locals) = &mut self.locals {
-            locals.insert(tid, self.python.locals(tgid, &sample.python.frames));
+            locals.insert(tid, self.ingest.python_mut().locals(tgid, &sample.python.frames));
         }
         let state = TaskState::from_kernel(sample.state);
         let (raw, comm) = self.unwind(sample);
@@ -236,12 +238,12 @@ impl Pipeline {
 
     /// Whether `pid` was found to run a Python whose frames can be read.
     pub fn is_python(&self, pid: u32) -> bool {
-        self.python.is_python(pid)
+        self.ingest.python().is_python(pid)
     }
 
     /// Checks `pid` for Python now (a target named on the command line).
     pub fn check_python(&mut self, pid: u32) {
-        self.python.check(pid, &mut self.processes);
+        self.ingest.python_mut().check(pid, &mut self.processes);
     }
 
     /// Python processes found (with what the sampler needs to read their
@@ -251,7 +253,7 @@ impl Pipeline {
         for pid in std::mem::take(&mut self.python_candidates) {
             self.check_python(pid);
         }
-        self.python.take_changes()
+        self.ingest.python_mut().take_changes()
     }
 
     /// Notes that process `tgid` was sampled; a process not seen before is
@@ -264,48 +266,7 @@ impl Pipeline {
 
     /// A copied stack as typed frames, innermost first, and the thread's name.
     fn unwind(&mut self, sample: CopiedSample<'_>) -> (Vec<RawFrame>, String) {
-        let user = match sample.user {
-            UserStack::Copy {
-                regs: (ip, sp, bp),
-                stack,
-            } => StackRead::Unwound(self.unwinder.unwind(
-                sample.tgid,
-                UserRegs { ip, sp, bp },
-                stack,
-                &mut self.processes,
-            )),
-            UserStack::Addresses(addresses) => StackRead::Addresses(addresses),
-            UserStack::Absent if self.collect_user => StackRead::Missing(Gap::Failed(libc::EFAULT)),
-            UserStack::Absent => StackRead::NotCollected,
-        };
-        let raw = self.combine(sample.tgid, &sample.comm, sample.kernel, user);
-        let raw = self
-            .python
-            .merge(sample.tgid, sample.tid, raw, &sample.python);
-        (raw, sample.comm)
-    }
-
-    fn combine(
-        &mut self,
-        tgid: u32,
-        comm: &str,
-        kernel: StackRead,
-        user: StackRead,
-    ) -> Vec<RawFrame> {
-        let process = self.processes.observe(tgid, comm);
-        let user = match user {
-            // Kernel threads have no user stack; that is not a failure to show.
-            StackRead::Missing(Gap::Failed(libc::EFAULT)) if process.kernel_thread => {
-                StackRead::NotCollected
-            }
-            user => user,
-        };
-        let kernel = match kernel {
-            // Sampled in user mode: there is no kernel stack to read.
-            StackRead::Missing(Gap::Failed(libc::EFAULT)) => StackRead::NotCollected,
-            kernel => kernel,
-        };
-        stack::combine(kernel, user, MAX_STACK_DEPTH)
+        self.ingest.unwind(sample, &mut self.processes)
     }
 
     fn count(
@@ -333,7 +294,7 @@ impl Pipeline {
         let Some(check) = self.retirement.check(Instant::now(), process::is_alive) else {
             return;
         };
-        self.python.forget_exited_threads();
+        self.ingest.python_mut().forget_exited_threads();
         // Processes sampled lately may have exec'd: checked again for Python
         // (cheap when their mappings did not change).
         self.python_candidates.extend(check.recent);
@@ -348,9 +309,8 @@ impl Pipeline {
             if let Some(process) = self.processes.get(*pid) {
                 name.clone_from(&process.comm);
             }
-            self.unwinder.forget(*pid);
+            self.ingest.forget(*pid);
             self.processes.forget(*pid);
-            self.python.forget(*pid);
         }
         // Their threads will not run again; their stacks are about to go.
         self.waits.forget(|tgid| exited.contains_key(&tgid));
@@ -397,7 +357,8 @@ impl Pipeline {
             return;
         }
         let started = Instant::now();
-        self.resolver.symbolize(&self.aggregator.stacks, &self.python);
+        self.resolver
+            .symbolize(&self.aggregator.stacks, self.ingest.python());
         log::debug!("symbolized new stacks in {:?}", started.elapsed());
     }
 
