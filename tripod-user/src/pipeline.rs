@@ -47,13 +47,28 @@ pub struct Pipeline {
     locals: Option<HashMap<u32, Vec<FrameLocals>>>,
     /// When each process was last sampled, to retire those that exited.
     retirement: Retirement,
+    /// What was counted since the run and since the last report.
+    tally: Tally,
+}
+
+/// What was counted since the run started and since the last report, and
+/// the kernel's counters at both times, for the losses of each.
+struct Tally {
     run_start: DateTime<Local>,
     run_counters: Counters,
     interval_start: DateTime<Local>,
     interval_counters: Counters,
+    /// Counted since the last report.
     unreported: u64,
     /// Everything counted since the run started, for the status line.
     sampled: u64,
+}
+
+impl Tally {
+    fn add(&mut self, weight: u64) {
+        self.unreported += weight;
+        self.sampled += weight;
+    }
 }
 
 /// What a pipeline starts from.
@@ -99,12 +114,14 @@ impl Pipeline {
             python_candidates: Vec::new(),
             locals: None,
             retirement: Retirement::new(Instant::now()),
-            run_start: now,
-            run_counters: options.counters,
-            interval_start: now,
-            interval_counters: options.counters,
-            unreported: 0,
-            sampled: 0,
+            tally: Tally {
+                run_start: now,
+                run_counters: options.counters,
+                interval_start: now,
+                interval_counters: options.counters,
+                unreported: 0,
+                sampled: 0,
+            },
         }
     }
 
@@ -212,8 +229,7 @@ impl Pipeline {
         };
         self.waits
             .count_ended(wake.tid, wait, wake.end_ns, |key, comm, weight| {
-                self.unreported += weight;
-                self.sampled += weight;
+                self.tally.add(weight);
                 self.retirement.seen(key.tgid);
                 self.aggregator.count(key, comm, weight);
             });
@@ -223,8 +239,7 @@ impl Pipeline {
     /// reports include threads that have been waiting all along.
     fn count_waits_in_progress(&mut self) {
         self.waits.count_in_progress(monotonic_ns(), |key, comm, weight| {
-            self.unreported += weight;
-            self.sampled += weight;
+            self.tally.add(weight);
             self.retirement.seen(key.tgid);
             self.aggregator.count(key, comm, weight);
         });
@@ -278,8 +293,7 @@ impl Pipeline {
         state: TaskState,
         weight: u64,
     ) {
-        self.unreported += weight;
-        self.sampled += weight;
+        self.tally.add(weight);
         self.seen(tgid);
         let (stack, new) = self.aggregator.add(tgid, tid, comm, raw, state, weight);
         if new {
@@ -372,7 +386,7 @@ impl Pipeline {
     }
 
     pub fn has_unreported_samples(&self) -> bool {
-        self.unreported > 0 || !self.waits.is_empty()
+        self.tally.unreported > 0 || !self.waits.is_empty()
     }
 
     /// Writes the report of the interval that ends now, and queues it for
@@ -387,22 +401,22 @@ impl Pipeline {
         self.symbolize();
         let now = Local::now();
         let counts = self.aggregator.take_interval();
-        let losses = Losses::from_counters(&counters.since(&self.interval_counters));
+        let losses = Losses::from_counters(&counters.since(&self.tally.interval_counters));
         let report = report::build_report(
             self.run(),
             &self.rules,
             self.inputs(),
             &counts,
-            (self.interval_start, now),
+            (self.tally.interval_start, now),
             losses,
         );
         output.report(&report).context("writing the report")?;
         if let Some(pusher) = pusher {
             pusher.send(&report);
         }
-        self.interval_start = now;
-        self.interval_counters = *counters;
-        self.unreported = 0;
+        self.tally.interval_start = now;
+        self.tally.interval_counters = *counters;
+        self.tally.unreported = 0;
         Ok(())
     }
 
@@ -416,19 +430,19 @@ impl Pipeline {
     /// The run so far, for the status line.
     pub fn progress(&self, counters: &Counters) -> Progress {
         Progress {
-            sampled: self.run().weight(self.sampled),
-            lost: Losses::from_counters(&counters.since(&self.run_counters)).dropped(),
+            sampled: self.run().weight(self.tally.sampled),
+            lost: Losses::from_counters(&counters.since(&self.tally.run_counters)).dropped(),
             processes: self.processes.len(),
         }
     }
 
     pub fn summary(&mut self, counters: &Counters) -> report::Summary {
         self.symbolize();
-        let losses = Losses::from_counters(&counters.since(&self.run_counters));
+        let losses = Losses::from_counters(&counters.since(&self.tally.run_counters));
         report::build_summary(
             self.run(),
             self.inputs(),
-            (self.run_start, Local::now()),
+            (self.tally.run_start, Local::now()),
             losses,
         )
     }
@@ -438,7 +452,7 @@ impl Pipeline {
     pub fn take_dump(&mut self, pid: u32, syscalls: HashMap<u32, i32>) -> ThreadDump {
         self.symbolize();
         let counts = self.aggregator.take_interval();
-        self.unreported = 0;
+        self.tally.unreported = 0;
         let locals = self.locals.as_mut().map(std::mem::take);
         report::build_dump(
             pid,
