@@ -10,11 +10,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::{
-    model::{Frame, EXITED_PID},
-    stack::RawFrame,
-    task::TaskState,
-};
+use crate::{model::EXITED_PID, stack::RawFrame, task::TaskState};
 
 /// Index of a distinct stack in a [`StackTable`].
 pub type StackId = u32;
@@ -22,10 +18,9 @@ pub type StackId = u32;
 /// A distinct stack of one process.
 pub struct StackEntry {
     pub tgid: u32,
-    /// Innermost first, as sampled.
+    /// Innermost first, as sampled; empty for merged stacks of exited
+    /// processes, which only the resolver's frames describe.
     pub raw: Arc<[RawFrame]>,
-    /// Outermost first, symbolized; filled in once by the resolver.
-    pub frames: Option<Arc<[Arc<Frame>]>>,
 }
 
 /// Each distinct (process, stack) once. User addresses mean nothing outside
@@ -51,7 +46,6 @@ impl StackTable {
         let entry = StackEntry {
             tgid,
             raw: raw.clone(),
-            frames: None,
         };
         let id = self.insert(entry);
         self.ids.entry(tgid).or_default().insert(raw, id);
@@ -79,18 +73,24 @@ impl StackTable {
             .expect("stack ids are not used after their process is retired")
     }
 
-    pub fn set_frames(&mut self, id: StackId, frames: Arc<[Arc<Frame>]>) {
-        if let Some(entry) = self.entries[id as usize].as_mut() {
-            entry.frames = Some(frames);
-        }
+    /// A new stack for [`EXITED_PID`], into which stacks of exited processes
+    /// are merged: it has no addresses.
+    pub fn add_merged(&mut self) -> StackId {
+        self.insert(StackEntry {
+            tgid: EXITED_PID,
+            raw: Arc::from(Vec::new()),
+        })
     }
 
-    /// Frees every stack of `tgid`.
-    fn remove_process(&mut self, tgid: u32) {
+    /// Frees every stack of `tgid`; returns their ids, which are reused.
+    fn remove_process(&mut self, tgid: u32) -> Vec<StackId> {
+        let mut freed = Vec::new();
         for (_, id) in self.ids.remove(&tgid).unwrap_or_default() {
             self.entries[id as usize] = None;
             self.free.push(id);
+            freed.push(id);
         }
+        freed
     }
 
     /// Live stacks.
@@ -113,9 +113,6 @@ pub struct ThreadStack {
     pub state: TaskState,
 }
 
-/// A merged stack of exited processes: their name, and frames without addresses.
-type ExitedKey = (Arc<str>, Arc<[Arc<Frame>]>);
-
 /// Counts for the current interval and for the whole run.
 #[derive(Default)]
 pub struct Aggregator {
@@ -124,12 +121,8 @@ pub struct Aggregator {
     run: HashMap<ThreadStack, u64>,
     /// Thread names as last sampled.
     thread_names: HashMap<u32, String>,
-    /// Merged stacks of exited processes, by (name, frames without addresses).
-    exited: HashMap<ExitedKey, StackId>,
     /// The process name of each merged stack.
     exited_names: HashMap<StackId, Arc<str>>,
-    /// Every frame of a merged stack, once: merged stacks share them.
-    exited_frames: HashSet<Arc<Frame>>,
     /// How many processes were merged so far.
     exited_processes: usize,
 }
@@ -195,11 +188,18 @@ impl Aggregator {
     }
 
     /// Merges the counts of processes that exited (pid -> process name) into
-    /// [`EXITED_PID`] stacks and frees what was kept for them. Their stacks must
-    /// be symbolized first: addresses are gone afterwards.
-    pub fn retire(&mut self, exited: &HashMap<u32, String>) {
+    /// [`EXITED_PID`] stacks and frees what was kept for them; returns the
+    /// ids of the stacks freed. `merged` names the stack each of their
+    /// stacks merges into (by what its frames show; it may add one with
+    /// [`StackTable::add_merged`]), so they must be symbolized first:
+    /// addresses are gone afterwards.
+    pub fn retire(
+        &mut self,
+        exited: &HashMap<u32, String>,
+        mut merged: impl FnMut(&mut StackTable, &Arc<str>, StackId) -> StackId,
+    ) -> Vec<StackId> {
         if exited.is_empty() {
-            return;
+            return Vec::new();
         }
         let mut tids = HashSet::new();
         for counts in [&mut self.interval, &mut self.run] {
@@ -212,65 +212,27 @@ impl Aggregator {
                 let count = counts.remove(&key).unwrap_or(0);
                 tids.insert(key.tid);
                 let name: Arc<str> = exited[&key.tgid].as_str().into();
-                let frames = without_addresses(
-                    self.stacks.get(key.stack).frames.as_deref(),
-                    &mut self.exited_frames,
-                );
-                let (stacks, names) = (&mut self.stacks, &mut self.exited_names);
-                let merged = *self
-                    .exited
-                    .entry((name.clone(), frames.clone()))
-                    .or_insert_with(|| {
-                        let id = stacks.insert(StackEntry {
-                            tgid: EXITED_PID,
-                            raw: Arc::from(Vec::new()),
-                            frames: Some(frames),
-                        });
-                        names.insert(id, name);
-                        id
-                    });
+                let stack = merged(&mut self.stacks, &name, key.stack);
+                self.exited_names.insert(stack, name);
                 let merged_key = ThreadStack {
                     tgid: EXITED_PID,
                     tid: EXITED_PID,
-                    stack: merged,
+                    stack,
                     state: key.state,
                 };
                 *counts.entry(merged_key).or_default() += count;
             }
         }
+        let mut freed = Vec::new();
         for &tgid in exited.keys() {
-            self.stacks.remove_process(tgid);
+            freed.extend(self.stacks.remove_process(tgid));
         }
         for tid in tids {
             self.thread_names.remove(&tid);
         }
         self.exited_processes += exited.len();
+        freed
     }
-}
-
-/// The frames as every process would show them: addresses differ between
-/// runs of the same program (ASLR), file offsets and names do not. Each
-/// distinct frame is allocated once, in `pool`.
-fn without_addresses(
-    frames: Option<&[Arc<Frame>]>,
-    pool: &mut HashSet<Arc<Frame>>,
-) -> Arc<[Arc<Frame>]> {
-    frames
-        .unwrap_or_default()
-        .iter()
-        .map(|frame| {
-            let frame = Frame {
-                address: None,
-                ..Frame::clone(frame)
-            };
-            if let Some(shared) = pool.get(&frame) {
-                return shared.clone();
-            }
-            let shared = Arc::new(frame);
-            pool.insert(shared.clone());
-            shared
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -333,24 +295,49 @@ mod tests {
     }
 
     #[test]
-    fn exited_processes_merge_by_name_and_frames_and_free_their_stacks() {
+    fn per_thread_counts_and_interval_and_run_totals() {
+        let mut agg = Aggregator::new();
+        let (a, _) = agg.add(10, 11, "worker", &stack(&[1, 2]), RUNNING, 3);
+        agg.add(10, 11, "worker", &stack(&[1, 2]), TaskState::Sleeping, 4);
+        agg.add(10, 11, "renamed", &stack(&[1, 2]), RUNNING, 1);
+        let interval = agg.take_interval();
+        // One count per (thread, stack, state); the thread's latest name.
+        assert_eq!(interval.len(), 2);
+        let running = ThreadStack {
+            tgid: 10,
+            tid: 11,
+            stack: a,
+            state: RUNNING,
+        };
+        assert_eq!(interval[&running], 4);
+        assert_eq!(agg.thread_name(11), Some("renamed"));
+        agg.add(10, 11, "renamed", &stack(&[1, 2]), RUNNING, 2);
+        assert_eq!(agg.take_interval()[&running], 2);
+        assert_eq!(agg.run()[&running], 6);
+        assert_eq!(agg.run().values().sum::<u64>(), 10);
+    }
+
+    #[test]
+    fn exited_processes_merge_into_the_stacks_named_for_them() {
         let mut agg = Aggregator::new();
         // Two runs of one program: the same code at different addresses (ASLR).
         let (a, _) = agg.add(10, 10, "job", &stack(&[0x1000]), RUNNING, 3);
-        let (b, _) = agg.add(20, 20, "job", &stack(&[0x2000]), RUNNING, 4);
+        let (b, _) = agg.add(20, 21, "job", &stack(&[0x2000]), RUNNING, 4);
         let (live, _) = agg.add(30, 30, "server", &stack(&[0x3000]), RUNNING, 5);
-        let frame = |address| {
-            Arc::new(Frame {
-                function: Some("work".into()),
-                ..Frame::code(false, Some(address))
-            })
-        };
-        agg.stacks.set_frames(a, Arc::from(vec![frame(0x1000)]));
-        agg.stacks.set_frames(b, Arc::from(vec![frame(0x2000)]));
-        agg.stacks.set_frames(live, Arc::from(vec![frame(0x3000)]));
 
         let exited = HashMap::from([(10, "job".to_string()), (20, "job".to_string())]);
-        agg.retire(&exited);
+        // Both stacks show the same frames: one merged stack for the name.
+        let mut merged_ids: HashMap<Arc<str>, StackId> = HashMap::new();
+        let mut asked = Vec::new();
+        let mut freed = agg.retire(&exited, |stacks, name, id| {
+            asked.push(id);
+            *merged_ids
+                .entry(name.clone())
+                .or_insert_with(|| stacks.add_merged())
+        });
+        freed.sort_unstable();
+        assert_eq!(freed, [a, b]);
+        assert!(asked.contains(&a) && asked.contains(&b));
 
         assert_eq!(agg.exited_processes(), 2);
         // One merged stack plus the live one; the two originals are freed.
@@ -362,17 +349,19 @@ mod tests {
             .collect();
         assert_eq!(merged.len(), 1);
         let (key, &count) = merged[0];
-        assert_eq!(count, 7);
+        assert_eq!((key.tid, count), (EXITED_PID, 7));
         assert_eq!(agg.exited_name(key.stack), Some("job"));
-        let frames = agg.stacks.get(key.stack).frames.clone().unwrap();
-        assert_eq!(frames[0].address, None);
-        assert_eq!(frames[0].function.as_deref(), Some("work"));
+        assert_eq!(agg.stacks.get(key.stack).tgid, EXITED_PID);
+        assert!(agg.stacks.get(key.stack).raw.is_empty());
+        assert_eq!(agg.thread_name(21), None);
+        assert_eq!(agg.thread_name(30), Some("server"));
         assert_eq!(agg.take_interval().values().sum::<u64>(), 12);
+        assert_eq!(agg.stacks.get(live).tgid, 30);
 
         // A new process may reuse a retired pid: it starts afresh, in a freed slot.
         let (again, new) = agg.add(10, 10, "other", &stack(&[0x1000]), RUNNING, 1);
         assert!(new);
-        assert!(agg.stacks.get(again).frames.is_none());
+        assert!(again == a || again == b);
         assert_eq!(agg.stacks.len(), 3);
     }
 }

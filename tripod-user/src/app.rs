@@ -25,7 +25,7 @@ use crate::{
         push::{PushStats, Pusher},
         Output, StatusLine,
     },
-    pipeline::Pipeline,
+    pipeline::{Pipeline, PipelineOptions, Recording},
     preflight,
     process::{self, ProcessTable},
     python::{Python, PythonChange},
@@ -196,15 +196,17 @@ fn new_pipeline(
     python: Python,
     counters: Counters,
 ) -> Pipeline {
-    Pipeline::new(
-        run,
+    Pipeline::new(PipelineOptions {
         rules,
         processes,
         python,
-        config.stacks.user(),
+        collect_user: config.stacks.user(),
         counters,
-        config.min_block_us,
-    )
+        recording: Some(Recording {
+            run,
+            min_block_us: config.min_block_us,
+        }),
+    })
 }
 
 /// The progress lines of the start: how and what is sampled, and where the

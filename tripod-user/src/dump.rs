@@ -8,15 +8,14 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 use anyhow::{Context as _, Result};
 
 use crate::{
-    config::{DumpConfig, Mode},
+    config::DumpConfig,
     live::{self, start_sampler, update_python},
     messages::{note, warn},
     output::Output,
-    pipeline::Pipeline,
+    pipeline::{Pipeline, PipelineOptions},
     preflight,
     process::{self, ProcessTable},
     python::Python,
-    report::RunInfo,
     sampler::{Sampler, SamplerOptions},
     session::{load_rules, open_output},
     signals::Shutdown,
@@ -40,27 +39,14 @@ pub async fn run(config: DumpConfig, shutdown: Shutdown) -> Result<u8> {
     }
     let mut processes = ProcessTable::new();
     processes.observe(config.pid, "");
-    let python = Python::new(config.python);
-    let run = RunInfo {
-        target: format!("pid {}", config.pid),
-        mode: Mode::Cpu,
-        frequency: 0,
-        event: "task iterator".into(),
-        per_thread: true,
-        stack_storage_size: 0,
-        count_map_size: 0,
-        unwind: "dwarf".into(),
-        ring_buffer_size: 0,
-    };
-    let mut pipeline = Pipeline::new(
-        run,
+    let mut pipeline = Pipeline::new(PipelineOptions {
         rules,
         processes,
-        python,
-        config.stacks.user(),
-        sampler.counters()?,
-        0,
-    );
+        python: Python::new(config.python),
+        collect_user: config.stacks.user(),
+        counters: sampler.counters()?,
+        recording: None,
+    });
     pipeline.check_python(config.pid);
     if config.locals {
         if !pipeline.is_python(config.pid) {

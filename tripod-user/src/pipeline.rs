@@ -1,121 +1,131 @@
 //! Samples on their way to reports: unwound, aggregated and symbolized as
 //! they arrive, whatever the mode. Recording ([`crate::app`]) and thread dumps
 //! ([`crate::dump`]) both feed one.
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, Local};
-use tripod_common::{RecordKind, MAX_STACK_DEPTH};
+use tripod_common::RecordKind;
 
 use crate::{
-    aggregate::{Aggregator, StackId, ThreadStack},
+    aggregate::{Aggregator, StackId},
     annotate::Rules,
-    config::Mode,
+    ingest::{self, Ingest},
     model::{Counters, FrameLocals},
     output::{push::Pusher, Output, Progress},
     process::{self, ProcessTable},
     python::{Python, PythonChange},
-    report::{self, Losses, RunInfo, ThreadDump},
+    report::{self, Inputs, Losses, RunInfo, ThreadDump},
     resolve::Resolver,
-    sampler::{CopiedSample, Record, UserStack, Wake},
-    stack::{self, Gap, RawFrame, RawSample, Space, StackRead},
+    retire::Retirement,
+    sampler::{CopiedSample, Record, Wake},
+    stack::{Gap, RawFrame, RawSample, Space},
     task::TaskState,
-    unwind::{Unwinder, UserRegs},
+    wait::{monotonic_ns, Wait, Waits, Weight},
 };
 
-/// How often processes not sampled since the previous check are checked, and
-/// retired if they have exited (see `Pipeline::forget_exited`). Longer than a
-/// drain interval, so no samples of them are still on their way; short,
-/// because on a machine that starts thousands of processes a second, memory
-/// grows with this window.
-const FORGET_AFTER: Duration = Duration::from_secs(2);
-
-/// A thread switched out and not yet back (`--mode off-cpu` and `wall`).
-struct Wait {
-    tgid: u32,
-    comm: String,
-    stack: StackId,
-    state: TaskState,
-    /// CLOCK_MONOTONIC nanoseconds when it was switched out.
-    since_ns: u64,
-    /// Up to when its waiting has been counted already (reports count waits
-    /// still in progress).
-    counted_ns: u64,
-}
-
 pub struct Pipeline {
-    run: RunInfo,
+    /// None for dumps.
+    run: Option<RunInfo>,
     rules: Arc<Rules>,
     aggregator: Aggregator,
     processes: ProcessTable,
     resolver: Resolver,
-    unwinder: Unwinder,
-    /// Collect user stacks at all (not `--kernel-only`).
-    collect_user: bool,
+    /// Unwinds and merges Python frames; owns the Python state.
+    ingest: Ingest,
     /// New stacks whose addresses are located at the next drain.
     unlocated: Vec<StackId>,
-    /// Threads waiting to run again, by tid.
-    waits: HashMap<u32, Wait>,
-    /// `--mode off-cpu`: shorter waits are not counted, in nanoseconds.
-    min_block_ns: u64,
-    python: Python,
+    /// Threads waiting to run again.
+    waits: Waits,
     /// Processes to check for Python: new ones, and ones that may have exec'd.
     python_candidates: Vec<u32>,
     /// `dump --locals`: each dumped thread's Python local variables, by tid.
     locals: Option<HashMap<u32, Vec<FrameLocals>>>,
-    /// The retirement check after which each process was last sampled: a
-    /// counter, so the per-sample path reads no clock.
-    last_seen: HashMap<u32, u64>,
-    forget_checks: u64,
-    last_forget_check: Instant,
+    /// When each process was last sampled, to retire those that exited.
+    retirement: Retirement,
+    /// What was counted since the run and since the last report.
+    tally: Tally,
+}
+
+/// What was counted since the run started and since the last report, and
+/// the kernel's counters at both times, for the losses of each.
+struct Tally {
     run_start: DateTime<Local>,
     run_counters: Counters,
     interval_start: DateTime<Local>,
     interval_counters: Counters,
+    /// Counted since the last report.
     unreported: u64,
     /// Everything counted since the run started, for the status line.
     sampled: u64,
 }
 
+impl Tally {
+    fn add(&mut self, weight: u64) {
+        self.unreported += weight;
+        self.sampled += weight;
+    }
+}
+
+/// What a pipeline starts from.
+pub struct PipelineOptions {
+    pub rules: Arc<Rules>,
+    /// Processes known already (named targets, read before sampling starts).
+    pub processes: ProcessTable,
+    pub python: Python,
+    /// Collect user stacks at all (not `--kernel-only`).
+    pub collect_user: bool,
+    /// The kernel's counters when the pipeline starts: losses are counted
+    /// from there.
+    pub counters: Counters,
+    /// For recordings, which write reports; dumps have none.
+    pub recording: Option<Recording>,
+}
+
+/// What only a recording's pipeline needs.
+pub struct Recording {
+    /// What every report says about the run.
+    pub run: RunInfo,
+    /// `--mode off-cpu`: shorter waits are not counted, in microseconds.
+    pub min_block_us: u32,
+}
+
 impl Pipeline {
-    pub fn new(
-        run: RunInfo,
-        rules: Arc<Rules>,
-        processes: ProcessTable,
-        python: Python,
-        collect_user: bool,
-        counters: Counters,
-        min_block_us: u32,
-    ) -> Self {
+    pub fn new(options: PipelineOptions) -> Self {
         let now = Local::now();
+        let weight = match &options.recording {
+            Some(r) => Weight::for_mode(r.run.mode, r.run.frequency, r.min_block_us),
+            // Dumps see no thread switch out: there are no waits to weigh.
+            None => Weight::Ticks { frequency: 0 },
+        };
         Pipeline {
-            run,
-            rules,
+            run: options.recording.map(|r| r.run),
+            rules: options.rules,
             aggregator: Aggregator::new(),
-            processes,
+            processes: options.processes,
             resolver: Resolver::new(),
-            unwinder: Unwinder::new(),
-            collect_user,
+            ingest: Ingest::new(options.python, options.collect_user),
             unlocated: Vec::new(),
-            waits: HashMap::new(),
-            min_block_ns: u64::from(min_block_us) * 1000,
-            python,
+            waits: Waits::new(weight),
             python_candidates: Vec::new(),
             locals: None,
-            last_seen: HashMap::new(),
-            forget_checks: 0,
-            last_forget_check: Instant::now(),
-            run_start: now,
-            run_counters: counters,
-            interval_start: now,
-            interval_counters: counters,
-            unreported: 0,
-            sampled: 0,
+            retirement: Retirement::new(Instant::now()),
+            tally: Tally {
+                run_start: now,
+                run_counters: options.counters,
+                interval_start: now,
+                interval_counters: options.counters,
+                unreported: 0,
+                sampled: 0,
+            },
         }
+    }
+
+    /// What reports say about the run: recordings only.
+    fn run(&self) -> &RunInfo {
+        self.run
+            .as_ref()
+            .expect("reports are written by the pipelines of recordings")
     }
 
     /// Counts the samples the kernel counted, then locates the addresses of
@@ -123,7 +133,13 @@ impl Pipeline {
     /// still alive. Symbols wait for the next report.
     pub fn ingest(&mut self, samples: Vec<RawSample>) {
         for sample in samples {
-            let raw = self.combine(sample.tgid, &sample.comm, sample.kernel, sample.user);
+            let raw = ingest::combine(
+                &mut self.processes,
+                sample.tgid,
+                &sample.comm,
+                sample.kernel,
+                sample.user,
+            );
             self.count(
                 sample.tgid,
                 sample.tid,
@@ -157,7 +173,10 @@ impl Pipeline {
     pub fn ingest_snapshot(&mut self, sample: CopiedSample<'_>) {
         let (tgid, tid) = (sample.tgid, sample.tid);
         if let Some(locals) = &mut self.locals {
-            locals.insert(tid, self.python.locals(tgid, &sample.python.frames));
+            locals.insert(
+                tid,
+                self.ingest.python_mut().locals(tgid, &sample.python.frames),
+            );
         }
         let state = TaskState::from_kernel(sample.state);
         let (raw, comm) = self.unwind(sample);
@@ -188,83 +207,42 @@ impl Pipeline {
             self.unlocated.push(stack);
         }
         self.seen(tgid);
-        self.waits.insert(
-            tid,
-            Wait {
-                tgid,
-                comm,
-                stack,
-                state,
-                since_ns,
-                counted_ns: since_ns,
-            },
-        );
+        self.waits
+            .begin(tid, Wait::new(tgid, comm, stack, state, since_ns));
     }
 
     fn end_wait(&mut self, wake: Wake) {
-        let mut wait = match self.waits.remove(&wake.tid) {
-            Some(wait) if wait.since_ns == wake.start_ns => wait,
+        let wait = match self.waits.end(wake.tid, wake.start_ns) {
+            Some(wait) => wait,
             // Its `Blocked` record was dropped (the ring buffer was full): the
             // time still counts, on a stack that says what is missing.
-            _ => {
+            None => {
                 let comm = self.processes.observe(wake.tgid, "").comm.clone();
                 let raw = [RawFrame::Gap(Space::User, Gap::Dropped)];
                 let (stack, new) = self.aggregator.stacks.intern(wake.tgid, &raw);
                 if new {
                     self.unlocated.push(stack);
                 }
-                Wait {
-                    tgid: wake.tgid,
-                    comm,
-                    stack,
-                    state: TaskState::Unknown,
-                    since_ns: wake.start_ns,
-                    counted_ns: wake.start_ns,
-                }
+                Wait::new(wake.tgid, comm, stack, TaskState::Unknown, wake.start_ns)
             }
         };
-        self.count_wait(wake.tid, &mut wait, wake.end_ns);
+        self.waits
+            .count_ended(wake.tid, wait, wake.end_ns, |key, comm, weight| {
+                self.tally.add(weight);
+                self.retirement.seen(key.tgid);
+                self.aggregator.count(key, comm, weight);
+            });
     }
 
     /// Counts the waiting of every thread still switched out, up to now, so
     /// reports include threads that have been waiting all along.
     fn count_waits_in_progress(&mut self) {
-        let now = monotonic_ns();
-        let mut waits = std::mem::take(&mut self.waits);
-        for (&tid, wait) in waits.iter_mut() {
-            self.count_wait(tid, wait, now);
-        }
-        self.waits = waits;
-    }
-
-    /// Adds what `wait` adds up to `until_ns`: microseconds off the CPU, or
-    /// the sampling ticks it spans.
-    fn count_wait(&mut self, tid: u32, wait: &mut Wait, until_ns: u64) {
-        if until_ns <= wait.counted_ns {
-            return;
-        }
-        let weight = match self.run.mode {
-            Mode::OffCpu => {
-                if until_ns - wait.since_ns < self.min_block_ns {
-                    return;
-                }
-                until_ns / 1000 - wait.counted_ns / 1000
-            }
-            _ => ticks(until_ns, self.run.frequency) - ticks(wait.counted_ns, self.run.frequency),
-        };
-        wait.counted_ns = until_ns;
-        if weight > 0 {
-            let key = ThreadStack {
-                tgid: wait.tgid,
-                tid,
-                stack: wait.stack,
-                state: wait.state,
-            };
-            self.unreported += weight;
-            self.sampled += weight;
-            self.last_seen.insert(wait.tgid, self.forget_checks);
-            self.aggregator.count(key, &wait.comm, weight);
-        }
+        self.waits
+            .count_in_progress(monotonic_ns(), |key, comm, weight| {
+                self.tally.add(weight);
+                self.retirement.seen(key.tgid);
+                self.aggregator.count(key, comm, weight);
+            });
     }
 
     /// Reads the local variables of each dumped thread's Python frames
@@ -275,12 +253,12 @@ impl Pipeline {
 
     /// Whether `pid` was found to run a Python whose frames can be read.
     pub fn is_python(&self, pid: u32) -> bool {
-        self.python.is_python(pid)
+        self.ingest.python().is_python(pid)
     }
 
     /// Checks `pid` for Python now (a target named on the command line).
     pub fn check_python(&mut self, pid: u32) {
-        self.python.check(pid, &mut self.processes);
+        self.ingest.python_mut().check(pid, &mut self.processes);
     }
 
     /// Python processes found (with what the sampler needs to read their
@@ -290,61 +268,20 @@ impl Pipeline {
         for pid in std::mem::take(&mut self.python_candidates) {
             self.check_python(pid);
         }
-        self.python.take_changes()
+        self.ingest.python_mut().take_changes()
     }
 
     /// Notes that process `tgid` was sampled; a process not seen before is
     /// checked for Python at the next [`Self::python_changes`].
     fn seen(&mut self, tgid: u32) {
-        if self.last_seen.insert(tgid, self.forget_checks).is_none() {
+        if self.retirement.seen(tgid) {
             self.python_candidates.push(tgid);
         }
     }
 
     /// A copied stack as typed frames, innermost first, and the thread's name.
     fn unwind(&mut self, sample: CopiedSample<'_>) -> (Vec<RawFrame>, String) {
-        let user = match sample.user {
-            UserStack::Copy {
-                regs: (ip, sp, bp),
-                stack,
-            } => StackRead::Unwound(self.unwinder.unwind(
-                sample.tgid,
-                UserRegs { ip, sp, bp },
-                stack,
-                &mut self.processes,
-            )),
-            UserStack::Addresses(addresses) => StackRead::Addresses(addresses),
-            UserStack::Absent if self.collect_user => StackRead::Missing(Gap::Failed(libc::EFAULT)),
-            UserStack::Absent => StackRead::NotCollected,
-        };
-        let raw = self.combine(sample.tgid, &sample.comm, sample.kernel, user);
-        let raw = self
-            .python
-            .merge(sample.tgid, sample.tid, raw, &sample.python);
-        (raw, sample.comm)
-    }
-
-    fn combine(
-        &mut self,
-        tgid: u32,
-        comm: &str,
-        kernel: StackRead,
-        user: StackRead,
-    ) -> Vec<RawFrame> {
-        let process = self.processes.observe(tgid, comm);
-        let user = match user {
-            // Kernel threads have no user stack; that is not a failure to show.
-            StackRead::Missing(Gap::Failed(libc::EFAULT)) if process.kernel_thread => {
-                StackRead::NotCollected
-            }
-            user => user,
-        };
-        let kernel = match kernel {
-            // Sampled in user mode: there is no kernel stack to read.
-            StackRead::Missing(Gap::Failed(libc::EFAULT)) => StackRead::NotCollected,
-            kernel => kernel,
-        };
-        stack::combine(kernel, user, MAX_STACK_DEPTH)
+        self.ingest.unwind(sample, &mut self.processes)
     }
 
     fn count(
@@ -356,8 +293,7 @@ impl Pipeline {
         state: TaskState,
         weight: u64,
     ) {
-        self.unreported += weight;
-        self.sampled += weight;
+        self.tally.add(weight);
         self.seen(tgid);
         let (stack, new) = self.aggregator.add(tgid, tid, comm, raw, state, weight);
         if new {
@@ -369,30 +305,18 @@ impl Pipeline {
     /// symbolized and merged by name, and everything kept per process is freed,
     /// so memory does not grow with the number of processes a run has seen.
     fn forget_exited(&mut self) {
-        if self.last_forget_check.elapsed() < FORGET_AFTER {
+        let Some(check) = self.retirement.check(Instant::now(), process::is_alive) else {
             return;
-        }
-        self.last_forget_check = Instant::now();
-        // Sampled since the previous check: kept without looking at /proc.
-        let recent = self.forget_checks;
-        self.forget_checks += 1;
-        self.python.forget_exited_threads();
-        let mut exited = HashMap::new();
+        };
+        self.ingest.python_mut().forget_exited_threads();
         // Processes sampled lately may have exec'd: checked again for Python
         // (cheap when their mappings did not change).
-        self.python_candidates.extend(
-            self.last_seen
-                .iter()
-                .filter(|&(_, &seen)| seen == recent)
-                .map(|(&pid, _)| pid),
-        );
-        self.last_seen.retain(|&pid, seen| {
-            let keep = *seen == recent || process::is_alive(pid);
-            if !keep {
-                exited.insert(pid, String::new());
-            }
-            keep
-        });
+        self.python_candidates.extend(check.recent);
+        let mut exited: HashMap<u32, String> = check
+            .exited
+            .into_iter()
+            .map(|pid| (pid, String::new()))
+            .collect();
         if exited.is_empty() {
             return;
         }
@@ -402,15 +326,16 @@ impl Pipeline {
             if let Some(process) = self.processes.get(*pid) {
                 name.clone_from(&process.comm);
             }
-            self.unwinder.forget(*pid);
+            self.ingest.forget(*pid);
             self.processes.forget(*pid);
-            self.python.forget(*pid);
         }
         // Their threads will not run again; their stacks are about to go.
-        self.waits
-            .retain(|_, wait| !exited.contains_key(&wait.tgid));
-        self.aggregator.retire(&exited);
-        self.resolver.forget(|pid| exited.contains_key(&pid));
+        self.waits.forget(|tgid| exited.contains_key(&tgid));
+        let freed = self.aggregator.retire(&exited, |stacks, name, stack| {
+            self.resolver.merged(stacks, name, stack)
+        });
+        self.resolver
+            .forget(|pid| exited.contains_key(&pid), &freed);
         log::debug!(
             "retired {} exited processes; {}",
             exited.len(),
@@ -450,12 +375,21 @@ impl Pipeline {
         }
         let started = Instant::now();
         self.resolver
-            .symbolize(&mut self.aggregator.stacks, &self.python);
+            .symbolize(&self.aggregator.stacks, self.ingest.python());
         log::debug!("symbolized new stacks in {:?}", started.elapsed());
     }
 
+    /// What reports are built from, once [`Self::symbolize`]d.
+    fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            aggregator: &self.aggregator,
+            frames: self.resolver.stack_frames(),
+            processes: &self.processes,
+        }
+    }
+
     pub fn has_unreported_samples(&self) -> bool {
-        self.unreported > 0 || !self.waits.is_empty()
+        self.tally.unreported > 0 || !self.waits.is_empty()
     }
 
     /// Writes the report of the interval that ends now, and queues it for
@@ -470,23 +404,22 @@ impl Pipeline {
         self.symbolize();
         let now = Local::now();
         let counts = self.aggregator.take_interval();
-        let losses = Losses::from_counters(&counters.since(&self.interval_counters));
+        let losses = Losses::from_counters(&counters.since(&self.tally.interval_counters));
         let report = report::build_report(
-            &self.run,
+            self.run(),
             &self.rules,
-            &self.aggregator,
-            &self.processes,
+            self.inputs(),
             &counts,
-            (self.interval_start, now),
+            (self.tally.interval_start, now),
             losses,
         );
         output.report(&report).context("writing the report")?;
         if let Some(pusher) = pusher {
             pusher.send(&report);
         }
-        self.interval_start = now;
-        self.interval_counters = *counters;
-        self.unreported = 0;
+        self.tally.interval_start = now;
+        self.tally.interval_counters = *counters;
+        self.tally.unreported = 0;
         Ok(())
     }
 
@@ -500,20 +433,19 @@ impl Pipeline {
     /// The run so far, for the status line.
     pub fn progress(&self, counters: &Counters) -> Progress {
         Progress {
-            sampled: self.run.weight(self.sampled),
-            lost: Losses::from_counters(&counters.since(&self.run_counters)).dropped(),
+            sampled: self.run().weight(self.tally.sampled),
+            lost: Losses::from_counters(&counters.since(&self.tally.run_counters)).dropped(),
             processes: self.processes.len(),
         }
     }
 
     pub fn summary(&mut self, counters: &Counters) -> report::Summary {
         self.symbolize();
-        let losses = Losses::from_counters(&counters.since(&self.run_counters));
+        let losses = Losses::from_counters(&counters.since(&self.tally.run_counters));
         report::build_summary(
-            &self.run,
-            &self.aggregator,
-            &self.processes,
-            (self.run_start, Local::now()),
+            self.run(),
+            self.inputs(),
+            (self.tally.run_start, Local::now()),
             losses,
         )
     }
@@ -523,49 +455,15 @@ impl Pipeline {
     pub fn take_dump(&mut self, pid: u32, syscalls: HashMap<u32, i32>) -> ThreadDump {
         self.symbolize();
         let counts = self.aggregator.take_interval();
-        self.unreported = 0;
+        self.tally.unreported = 0;
+        let locals = self.locals.as_mut().map(std::mem::take);
         report::build_dump(
             pid,
             &self.rules,
-            &self.aggregator,
-            &self.processes,
+            self.inputs(),
             &counts,
-            report::ThreadDetails {
-                syscalls,
-                locals: self.locals.as_mut().map(std::mem::take),
-            },
+            report::ThreadDetails { syscalls, locals },
             Local::now(),
         )
-    }
-}
-
-/// Sampling ticks at `frequency` Hz from the clock's origin to `ns`.
-fn ticks(ns: u64, frequency: u64) -> u64 {
-    (u128::from(ns) * u128::from(frequency) / 1_000_000_000) as u64
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime with a valid pointer to a local.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ticks;
-
-    #[test]
-    fn ticks_are_counted_once_across_split_intervals() {
-        // 99 Hz: a wait from 0.5 s to 2.5 s spans 198 ticks however it is cut.
-        let (start, middle, end) = (500_000_000, 1_234_567_890, 2_500_000_000);
-        let whole = ticks(end, 99) - ticks(start, 99);
-        let split = (ticks(middle, 99) - ticks(start, 99)) + (ticks(end, 99) - ticks(middle, 99));
-        assert_eq!(whole, 198);
-        assert_eq!(split, whole);
     }
 }

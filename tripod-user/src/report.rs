@@ -1,6 +1,7 @@
 //! What the output formats render: symbolized stacks with counts, for one
-//! interval, and the summary of a whole run. Built from the aggregator; holds
-//! no addresses that still need work.
+//! interval, and the summary of a whole run. Built from the aggregator's
+//! counts and the resolver's frames ([`Inputs`]); holds no addresses that
+//! still need work.
 use std::{
     collections::{BTreeSet, HashMap},
     sync::Arc,
@@ -15,6 +16,7 @@ use crate::{
     config::Mode,
     model::{Counters, Frame, FrameKind, FrameLocals, EXITED_PID},
     process::ProcessTable,
+    resolve::{Frames, StackFrames},
     task::TaskState,
 };
 
@@ -263,18 +265,54 @@ impl Summary {
 /// Most duplicates listed in a summary.
 const MAX_DUPLICATES: usize = 20;
 
+/// What reports are built from: the counts' stacks and thread names, the
+/// frames of those stacks, and what is known of their processes.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub aggregator: &'a Aggregator,
+    pub frames: &'a StackFrames,
+    pub processes: &'a ProcessTable,
+}
+
+impl Inputs<'_> {
+    /// The frames of a stack; none when it was never symbolized.
+    fn frames(&self, stack: StackId) -> Frames {
+        self.frames
+            .get(stack)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+
+    /// The process name; for [`EXITED_PID`], that of a merged stack.
+    fn process_name(&self, pid: u32, stack: Option<StackId>) -> String {
+        if pid == EXITED_PID {
+            let name = stack.and_then(|s| self.aggregator.exited_name(s));
+            return name.unwrap_or("exited processes").to_string();
+        }
+        self.processes
+            .get(pid)
+            .map(|p| p.comm.clone())
+            .unwrap_or_else(|| format!("pid {pid}"))
+    }
+
+    fn thread_name(&self, tid: u32) -> String {
+        self.aggregator.thread_name(tid).unwrap_or("?").to_string()
+    }
+}
+
+/// Counts merged by (pid, tid or 0, stack, state), with the threads merged.
+type Merged = HashMap<(u32, u32, StackId, TaskState), (u64, BTreeSet<u32>)>;
+
 /// Builds the report of one interval from its counts.
 pub fn build_report(
     run: &RunInfo,
     rules: &Rules,
-    aggregator: &Aggregator,
-    processes: &ProcessTable,
+    inputs: Inputs<'_>,
     counts: &HashMap<ThreadStack, u64>,
     (start, end): (DateTime<Local>, DateTime<Local>),
     losses: Losses,
 ) -> Report {
     // Merge threads unless asked to keep them apart.
-    type Merged = HashMap<(u32, u32, StackId, TaskState), (u64, BTreeSet<u32>)>;
     let mut merged: Merged = HashMap::new();
     let mut by_process: HashMap<u32, HashMap<u32, u64>> = HashMap::new();
     for (key, &count) in counts {
@@ -292,28 +330,33 @@ pub fn build_report(
             .entry(key.tid)
             .or_default() += count;
     }
-    let process_name = |pid: u32, stack: Option<StackId>| {
-        if pid == EXITED_PID {
-            let name = stack.and_then(|s| aggregator.exited_name(s));
-            return name.unwrap_or("exited processes").to_string();
-        }
-        processes
-            .get(pid)
-            .map(|p| p.comm.clone())
-            .unwrap_or_else(|| format!("pid {pid}"))
-    };
-    let thread_name = |tid: u32| aggregator.thread_name(tid).unwrap_or("?").to_string();
+    Report {
+        run: run.clone(),
+        start,
+        end,
+        samples: counts.values().sum(),
+        losses,
+        stacks: stack_reports(run.per_thread, rules, inputs, merged),
+        processes: process_reports(inputs, by_process),
+    }
+}
 
+/// The stacks of a report, most frequent first.
+fn stack_reports(
+    per_thread: bool,
+    rules: &Rules,
+    inputs: Inputs<'_>,
+    merged: Merged,
+) -> Vec<StackReport> {
     let mut keys: Vec<_> = merged.into_iter().collect();
     keys.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
-    let stacks = keys
-        .into_iter()
+    keys.into_iter()
         .map(|((pid, tid, stack, state), (count, tids))| {
-            let frames = frames_of(aggregator, stack);
+            let frames = inputs.frames(stack);
             StackReport {
                 pid,
-                comm: process_name(pid, Some(stack)),
-                thread: run.per_thread.then(|| (tid, thread_name(tid))),
+                comm: inputs.process_name(pid, Some(stack)),
+                thread: per_thread.then(|| (tid, inputs.thread_name(tid))),
                 tids: tids.into_iter().collect(),
                 count,
                 state,
@@ -321,55 +364,46 @@ pub fn build_report(
                 frames,
             }
         })
-        .collect::<Vec<_>>();
+        .collect()
+}
 
-    let mut process_reports: Vec<ProcessReport> = by_process
+/// The processes of a report with their threads, most sampled first.
+fn process_reports(
+    inputs: Inputs<'_>,
+    by_process: HashMap<u32, HashMap<u32, u64>>,
+) -> Vec<ProcessReport> {
+    let mut reports: Vec<ProcessReport> = by_process
         .into_iter()
         .map(|(pid, threads)| {
             let mut threads: Vec<ThreadReport> = threads
                 .into_iter()
                 .map(|(tid, samples)| ThreadReport {
                     tid,
-                    comm: thread_name(tid),
+                    comm: inputs.thread_name(tid),
                     samples,
                 })
                 .collect();
             threads.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.tid.cmp(&b.tid)));
             ProcessReport {
                 pid,
-                comm: process_name(pid, None),
-                exe: processes.get(pid).and_then(|p| shown_exe(p.exe.as_deref())),
+                comm: inputs.process_name(pid, None),
+                exe: inputs
+                    .processes
+                    .get(pid)
+                    .and_then(|p| shown_exe(p.exe.as_deref())),
                 samples: threads.iter().map(|t| t.samples).sum(),
                 threads,
             }
         })
         .collect();
-    process_reports.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
-
-    Report {
-        run: run.clone(),
-        start,
-        end,
-        samples: counts.values().sum(),
-        losses,
-        stacks,
-        processes: process_reports,
-    }
+    reports.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
+    reports
 }
 
 /// The executable's path as reports show it. The process table keeps it raw,
 /// to compare with mapped paths; the file name is the target's choice.
 fn shown_exe(exe: Option<&str>) -> Option<String> {
     exe.map(|path| crate::text::escape_controls(path).into_owned())
-}
-
-fn frames_of(aggregator: &Aggregator, stack: StackId) -> Arc<[Arc<Frame>]> {
-    aggregator
-        .stacks
-        .get(stack)
-        .frames
-        .clone()
-        .unwrap_or_else(|| Arc::from(Vec::new()))
 }
 
 /// One thread of a dump.
@@ -423,8 +457,7 @@ pub struct ThreadDump {
 pub fn build_dump(
     pid: u32,
     rules: &Rules,
-    aggregator: &Aggregator,
-    processes: &ProcessTable,
+    inputs: Inputs<'_>,
     counts: &HashMap<ThreadStack, u64>,
     mut details: ThreadDetails,
     time: DateTime<Local>,
@@ -438,7 +471,7 @@ pub fn build_dump(
             .push(key.tid);
         threads.push(DumpedThread {
             tid: key.tid,
-            name: aggregator.thread_name(key.tid).unwrap_or("?").to_string(),
+            name: inputs.thread_name(key.tid),
             state: key.state,
             syscall: details
                 .syscalls
@@ -455,7 +488,7 @@ pub fn build_dump(
         .into_iter()
         .map(|((stack, state), mut tids)| {
             tids.sort_unstable();
-            let frames = frames_of(aggregator, stack);
+            let frames = inputs.frames(stack);
             ThreadGroup {
                 annotation: rules.annotate(&frames, state).map(str::to_string),
                 tids,
@@ -465,7 +498,7 @@ pub fn build_dump(
         })
         .collect();
     groups.sort_by(|a, b| b.tids.len().cmp(&a.tids.len()).then(a.tids.cmp(&b.tids)));
-    let process = processes.get(pid);
+    let process = inputs.processes.get(pid);
     ThreadDump {
         pid,
         comm: process.map(|p| p.comm.clone()).unwrap_or_default(),
@@ -488,17 +521,44 @@ pub fn syscall_name(number: i32) -> String {
 /// Builds the summary of the whole run.
 pub fn build_summary(
     run: &RunInfo,
-    aggregator: &Aggregator,
-    processes: &ProcessTable,
+    inputs: Inputs<'_>,
     (start, end): (DateTime<Local>, DateTime<Local>),
     losses: Losses,
 ) -> Summary {
+    let aggregator = inputs.aggregator;
     let counts = aggregator.run();
+    Summary {
+        run: run.clone(),
+        start,
+        end,
+        samples: counts.values().sum(),
+        distinct_stacks: aggregator.stacks.len(),
+        processes: counts
+            .keys()
+            .map(|k| k.tgid)
+            .filter(|&pid| pid != EXITED_PID)
+            .collect::<BTreeSet<_>>()
+            .len()
+            + aggregator.exited_processes(),
+        threads: counts
+            .keys()
+            .map(|k| (k.tgid, k.tid))
+            .collect::<BTreeSet<_>>()
+            .len(),
+        losses,
+        duplicates: duplicates(inputs.frames, counts),
+        completeness: completeness(inputs, counts),
+    }
+}
+
+/// Stacks seen in more than one thread, by what their frames show; most
+/// samples first.
+fn duplicates(frames: &StackFrames, counts: &HashMap<ThreadStack, u64>) -> Vec<Duplicate> {
     // Function names -> (samples, the (pid, tid) pairs that had them).
     type Seen = (u64, BTreeSet<(u32, u32)>);
     let mut by_functions: HashMap<Vec<String>, Seen> = HashMap::new();
     for (key, &count) in counts {
-        let Some(frames) = &aggregator.stacks.get(key.stack).frames else {
+        let Some(frames) = frames.get(key.stack) else {
             continue;
         };
         let functions = frames.iter().map(|f| f.short_name()).collect();
@@ -522,10 +582,14 @@ pub fn build_summary(
         .collect();
     duplicates.sort_by(|a, b| b.count.cmp(&a.count).then(a.functions.cmp(&b.functions)));
     duplicates.truncate(MAX_DUPLICATES);
+    duplicates
+}
 
+/// How complete each process's user stacks were; most samples first.
+fn completeness(inputs: Inputs<'_>, counts: &HashMap<ThreadStack, u64>) -> Vec<Completeness> {
     let mut by_process: HashMap<u32, Completeness> = HashMap::new();
     for (key, &count) in counts {
-        let Some(frames) = &aggregator.stacks.get(key.stack).frames else {
+        let Some(frames) = inputs.frames.get(key.stack) else {
             continue;
         };
         let mut user = frames.iter().filter(|f| !f.kernel).peekable();
@@ -543,7 +607,8 @@ pub fn build_summary(
             comm: if key.tgid == EXITED_PID {
                 "all of them".into()
             } else {
-                processes
+                inputs
+                    .processes
                     .get(key.tgid)
                     .map(|p| p.comm.clone())
                     .unwrap_or_default()
@@ -562,27 +627,190 @@ pub fn build_summary(
     let mut completeness: Vec<Completeness> = by_process.into_values().collect();
     completeness.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
     completeness.truncate(MAX_COMPLETENESS);
+    completeness
+}
 
-    Summary {
-        run: run.clone(),
-        start,
-        end,
-        samples: counts.values().sum(),
-        distinct_stacks: aggregator.stacks.len(),
-        processes: counts
-            .keys()
-            .map(|k| k.tgid)
-            .filter(|&pid| pid != EXITED_PID)
-            .collect::<BTreeSet<_>>()
-            .len()
-            + aggregator.exited_processes(),
-        threads: counts
-            .keys()
-            .map(|k| (k.tgid, k.tid))
-            .collect::<BTreeSet<_>>()
-            .len(),
-        losses,
-        duplicates,
-        completeness,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::{RawFrame, Space};
+
+    const RUNNING: TaskState = TaskState::Running;
+
+    fn function(name: &str) -> Arc<Frame> {
+        Arc::new(Frame {
+            function: Some(name.into()),
+            ..Frame::code(false, Some(0x1000))
+        })
+    }
+
+    /// Counts and frames built by hand, as the aggregator and resolver would.
+    struct Fixture {
+        aggregator: Aggregator,
+        frames: StackFrames,
+        processes: ProcessTable,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                aggregator: Aggregator::new(),
+                frames: StackFrames::default(),
+                processes: ProcessTable::new(),
+            }
+        }
+
+        /// Counts `count` of a stack showing `functions` (outermost first).
+        fn add(&mut self, (tgid, tid): (u32, u32), functions: &[&str], count: u64) -> StackId {
+            let raw: Vec<RawFrame> = functions
+                .iter()
+                .map(|f| {
+                    f.bytes()
+                        .fold(1, |h: u64, b| h.wrapping_mul(31) ^ u64::from(b))
+                })
+                .map(|address| RawFrame::ReturnAddress(Space::User, address))
+                .collect();
+            let (id, _) = self
+                .aggregator
+                .add(tgid, tid, &format!("t{tid}"), &raw, RUNNING, count);
+            let frames = functions.iter().map(|f| function(f)).collect();
+            self.frames.insert(id, frames);
+            id
+        }
+
+        fn inputs(&self) -> Inputs<'_> {
+            Inputs {
+                aggregator: &self.aggregator,
+                frames: &self.frames,
+                processes: &self.processes,
+            }
+        }
+    }
+
+    fn run(per_thread: bool) -> RunInfo {
+        RunInfo {
+            target: "pid 10".into(),
+            mode: Mode::Cpu,
+            frequency: 99,
+            event: "cpu-clock".into(),
+            per_thread,
+            stack_storage_size: 1,
+            count_map_size: 1,
+            unwind: "dwarf".into(),
+            ring_buffer_size: 1,
+        }
+    }
+
+    fn report(fixture: &mut Fixture, per_thread: bool) -> Report {
+        let counts = fixture.aggregator.take_interval();
+        let now = Local::now();
+        build_report(
+            &run(per_thread),
+            &Rules::builtin(),
+            fixture.inputs(),
+            &counts,
+            (now, now),
+            Losses::default(),
+        )
+    }
+
+    #[test]
+    fn threads_merge_unless_per_thread() {
+        let mut fixture = Fixture::new();
+        fixture.add((10, 11), &["main", "work"], 5);
+        fixture.add((10, 12), &["main", "work"], 2);
+        fixture.add((10, 12), &["main", "idle"], 3);
+        let merged = report(&mut fixture, false);
+        assert_eq!(merged.samples, 10);
+        let stacks: Vec<_> = merged
+            .stacks
+            .iter()
+            .map(|s| (s.count, s.tids.clone(), s.thread.clone(), s.comm.clone()))
+            .collect();
+        assert_eq!(
+            stacks,
+            [
+                (7, vec![11, 12], None, "pid 10".to_string()),
+                (3, vec![12], None, "pid 10".to_string())
+            ]
+        );
+        assert_eq!(merged.stacks[0].frames[1].function.as_deref(), Some("work"));
+        assert_eq!(merged.processes.len(), 1);
+        let threads: Vec<_> = merged.processes[0]
+            .threads
+            .iter()
+            .map(|t| (t.tid, t.comm.as_str(), t.samples))
+            .collect();
+        assert_eq!(threads, [(11, "t11", 5), (12, "t12", 5)]);
+    }
+
+    #[test]
+    fn per_thread_stacks_name_their_thread() {
+        let mut fixture = Fixture::new();
+        fixture.add((10, 11), &["main", "work"], 5);
+        fixture.add((10, 12), &["main", "work"], 2);
+        let report = report(&mut fixture, true);
+        let stacks: Vec<_> = report
+            .stacks
+            .iter()
+            .map(|s| (s.count, s.thread.clone()))
+            .collect();
+        assert_eq!(
+            stacks,
+            [(5, Some((11, "t11".into()))), (2, Some((12, "t12".into())))]
+        );
+    }
+
+    #[test]
+    fn merged_stacks_of_exited_processes_are_named_after_them() {
+        let mut fixture = Fixture::new();
+        fixture.add((20, 20), &["main", "job"], 4);
+        fixture.add((30, 30), &["main", "job"], 3);
+        let exited = HashMap::from([(20, "job".to_string()), (30, "job".to_string())]);
+        let frames = &mut fixture.frames;
+        let freed = fixture
+            .aggregator
+            .retire(&exited, |stacks, name, id| frames.merged(stacks, name, id));
+        fixture.frames.forget(&freed);
+        let report = report(&mut fixture, false);
+        assert_eq!(report.stacks.len(), 1);
+        let stack = &report.stacks[0];
+        assert_eq!(
+            (stack.pid, stack.comm.as_str(), stack.count),
+            (EXITED_PID, "job", 7)
+        );
+        assert!(stack.tids.is_empty());
+        assert_eq!(stack.frames[1].function.as_deref(), Some("job"));
+        assert_eq!(stack.frames[1].address, None);
+        assert_eq!(report.processes[0].comm, "exited processes");
+    }
+
+    #[test]
+    fn the_summary_counts_duplicates_and_completeness() {
+        let mut fixture = Fixture::new();
+        fixture.add((10, 11), &["_start", "main", "work"], 5);
+        fixture.add((10, 12), &["_start", "main", "work"], 2);
+        fixture.add((20, 20), &["clone3", "start_thread", "work"], 1);
+        fixture.add((20, 20), &["lost"], 2);
+        let now = Local::now();
+        let summary = build_summary(&run(false), fixture.inputs(), (now, now), Losses::default());
+        assert_eq!(summary.samples, 10);
+        assert_eq!((summary.processes, summary.threads), (2, 3));
+        assert_eq!(summary.distinct_stacks, 3);
+        assert_eq!(
+            summary.duplicates,
+            [Duplicate {
+                count: 7,
+                threads: 2,
+                processes: 1,
+                functions: vec!["_start".into(), "main".into(), "work".into()],
+            }]
+        );
+        let completeness: Vec<_> = summary
+            .completeness
+            .iter()
+            .map(|c| (c.pid, c.samples, c.complete, c.truncated))
+            .collect();
+        assert_eq!(completeness, [(10, 7, 7, 0), (20, 3, 1, 0)]);
     }
 }

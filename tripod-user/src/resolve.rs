@@ -9,9 +9,15 @@
 //! once, and a run with one report at the end pays nothing for symbols while
 //! it samples (the first debug info of a library alone can take 50 ms).
 //!
+//! The frames of each stack are the resolver's own: a [`StackFrames`] table
+//! keyed by stack id, next to the aggregator's addresses, never in them.
+//!
 //! Names and paths come from the target's files (symbols, debug info, mapped
 //! file names), so they are escaped here, once per distinct address.
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use crate::{
     aggregate::{StackId, StackTable},
@@ -23,6 +29,75 @@ use crate::{
     text::{escape_controls, escape_controls_owned},
 };
 
+/// Frames, outermost first, symbolized.
+pub type Frames = Arc<[Arc<Frame>]>;
+
+/// The frames of each symbolized stack, by stack id, and the merged stacks
+/// of exited processes, which have frames but no addresses.
+#[derive(Default)]
+pub struct StackFrames {
+    frames: HashMap<StackId, Frames>,
+    /// Merged stacks of exited processes, by (name, frames without addresses).
+    exited: HashMap<(Arc<str>, Frames), StackId>,
+    /// Every frame of a merged stack, once: merged stacks share them.
+    exited_frames: HashSet<Arc<Frame>>,
+}
+
+impl StackFrames {
+    /// The frames of stack `id`, once symbolized.
+    pub fn get(&self, id: StackId) -> Option<&Frames> {
+        self.frames.get(&id)
+    }
+
+    pub fn insert(&mut self, id: StackId, frames: Frames) {
+        self.frames.insert(id, frames);
+    }
+
+    /// The merged stack of exited processes named `name` that stack `id`
+    /// merges into: the one whose frames show the same, else a new one.
+    pub fn merged(&mut self, stacks: &mut StackTable, name: &Arc<str>, id: StackId) -> StackId {
+        let frames = without_addresses(self.frames.get(&id), &mut self.exited_frames);
+        let key = (name.clone(), frames);
+        if let Some(&merged) = self.exited.get(&key) {
+            return merged;
+        }
+        let merged = stacks.add_merged();
+        self.frames.insert(merged, key.1.clone());
+        self.exited.insert(key, merged);
+        merged
+    }
+
+    /// Forgets the frames of freed stacks (their ids are reused).
+    pub fn forget(&mut self, freed: &[StackId]) {
+        for id in freed {
+            self.frames.remove(id);
+        }
+    }
+}
+
+/// The frames as every process would show them: addresses differ between
+/// runs of the same program (ASLR), file offsets and names do not. Each
+/// distinct frame is allocated once, in `pool`.
+fn without_addresses(frames: Option<&Frames>, pool: &mut HashSet<Arc<Frame>>) -> Frames {
+    frames
+        .map(|f| &f[..])
+        .unwrap_or_default()
+        .iter()
+        .map(|frame| {
+            let frame = Frame {
+                address: None,
+                ..Frame::clone(frame)
+            };
+            if let Some(shared) = pool.get(&frame) {
+                return shared.clone();
+            }
+            let shared = Arc::new(frame);
+            pool.insert(shared.clone());
+            shared
+        })
+        .collect()
+}
+
 /// Resolves stacks, each distinct (process, address) once per run.
 #[derive(Default)]
 pub struct Resolver {
@@ -33,6 +108,8 @@ pub struct Resolver {
     located: HashMap<(u32, RawFrame), Option<Location>>,
     /// Stacks whose frames are not assembled yet.
     waiting: Vec<StackId>,
+    /// The frames of the stacks assembled.
+    stacks: StackFrames,
 }
 
 impl Resolver {
@@ -60,8 +137,21 @@ impl Resolver {
         self.waiting.extend_from_slice(ids);
     }
 
-    /// Drops the cached frames of processes for which `gone` is true.
-    pub fn forget(&mut self, gone: impl Fn(u32) -> bool) {
+    /// The frames of every stack symbolized so far.
+    pub fn stack_frames(&self) -> &StackFrames {
+        &self.stacks
+    }
+
+    /// The merged stack of exited processes named `name` that stack `id`
+    /// merges into (see [`StackFrames::merged`]).
+    pub fn merged(&mut self, stacks: &mut StackTable, name: &Arc<str>, id: StackId) -> StackId {
+        self.stacks.merged(stacks, name, id)
+    }
+
+    /// Drops the cached frames of processes for which `gone` is true, and
+    /// the frames of the stacks `freed`.
+    pub fn forget(&mut self, gone: impl Fn(u32) -> bool, freed: &[StackId]) {
+        self.stacks.forget(freed);
         // Kernel frames are cached under pid 0, which never exits.
         self.cache.retain(|(pid, _), _| *pid == 0 || !gone(*pid));
         self.located.retain(|(pid, _), _| *pid == 0 || !gone(*pid));
@@ -83,8 +173,8 @@ impl Resolver {
     }
 
     /// Symbolizes every located address in one batch per module (and one for
-    /// the kernel), then stores the frames of every waiting stack in the table.
-    pub fn symbolize(&mut self, stacks: &mut StackTable, python: &Python) {
+    /// the kernel), then assembles the frames of every waiting stack.
+    pub fn symbolize(&mut self, stacks: &StackTable, python: &Python) {
         let pending = std::mem::take(&mut self.located);
         // 2. Symbolize in batches: one per module, one for the kernel.
         let mut by_module: HashMap<usize, (Arc<crate::process::Module>, Vec<u64>)> = HashMap::new();
@@ -134,7 +224,7 @@ impl Resolver {
                 frames.pop();
             }
             python.leave_out_call_machinery(&mut frames);
-            stacks.set_frames(id, frames.into());
+            self.stacks.insert(id, frames.into());
         }
     }
 
@@ -254,7 +344,92 @@ fn is_tracing_frame(frame: &Frame) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbolize::Symbol;
+    use crate::{
+        aggregate::Aggregator, config::PythonFrames, stack::RawFrame, symbolize::Symbol,
+        task::TaskState,
+    };
+
+    #[inline(never)]
+    #[no_mangle]
+    extern "C" fn tripod_resolve_test_marker() -> u64 {
+        std::hint::black_box(7)
+    }
+
+    #[test]
+    fn stacks_of_our_own_binary_are_symbolized_into_the_resolvers_table() {
+        let pid = std::process::id();
+        let mut processes = ProcessTable::new();
+        processes.observe(pid, "test");
+        let address = tripod_resolve_test_marker as extern "C" fn() -> u64 as usize as u64;
+        let raw = [
+            RawFrame::InstructionPointer(Space::User, address),
+            RawFrame::Gap(Space::User, Gap::Truncated),
+        ];
+        let mut aggregator = Aggregator::new();
+        let (id, new) = aggregator.add(pid, pid, "test", &raw, TaskState::Running, 1);
+        assert!(new);
+        let mut resolver = Resolver::new();
+        resolver.locate(&aggregator.stacks, &[id], &mut processes);
+        assert!(resolver.has_waiting());
+        assert!(resolver.stack_frames().get(id).is_none());
+        let python = Python::new(PythonFrames::Off);
+        resolver.symbolize(&aggregator.stacks, &python);
+        assert!(!resolver.has_waiting());
+
+        // Outermost first: the truncation marker, then our function.
+        let frames = resolver.stack_frames().get(id).expect("symbolized").clone();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].kind, crate::model::FrameKind::Truncated);
+        let frame = &frames[1];
+        assert_eq!(
+            frame.function.as_deref(),
+            Some("tripod_resolve_test_marker")
+        );
+        assert_eq!(frame.address, Some(address));
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_name().unwrap().to_str().unwrap();
+        assert_eq!(frame.module_name(), Some(name));
+
+        // Retiring the process frees its stack: its frames go with it.
+        resolver.forget(|gone| gone == pid, &[id]);
+        assert!(resolver.stack_frames().get(id).is_none());
+    }
+
+    #[test]
+    fn exited_stacks_merge_by_name_and_frames_without_addresses() {
+        let frame = |address, function: &str| {
+            Arc::new(Frame {
+                function: Some(function.into()),
+                ..Frame::code(false, Some(address))
+            })
+        };
+        let mut stacks = StackTable::default();
+        let ids: Vec<StackId> = [(10, 0x1000), (20, 0x2000), (30, 0x3000)]
+            .iter()
+            .map(|&(tgid, a)| {
+                stacks
+                    .intern(tgid, &[RawFrame::ReturnAddress(Space::User, a)])
+                    .0
+            })
+            .collect();
+        let mut table = StackFrames::default();
+        table.insert(ids[0], Arc::from(vec![frame(0x1000, "work")]));
+        table.insert(ids[1], Arc::from(vec![frame(0x2000, "work")]));
+        table.insert(ids[2], Arc::from(vec![frame(0x3000, "other")]));
+        let job: Arc<str> = "job".into();
+        let a = table.merged(&mut stacks, &job, ids[0]);
+        let b = table.merged(&mut stacks, &job, ids[1]);
+        let c = table.merged(&mut stacks, &job, ids[2]);
+        let d = table.merged(&mut stacks, &"server".into(), ids[0]);
+        assert_eq!(a, b);
+        assert!(c != a && d != a && d != c);
+        let merged = table.get(a).unwrap();
+        assert_eq!(merged[0].address, None);
+        assert_eq!(merged[0].function.as_deref(), Some("work"));
+        // Merged stacks share their frames.
+        assert!(Arc::ptr_eq(&merged[0], &table.get(d).unwrap()[0]));
+        assert_eq!(stacks.len(), 6);
+    }
 
     #[test]
     fn symbols_and_reasons_from_target_files_are_escaped() {

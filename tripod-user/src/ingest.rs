@@ -1,0 +1,179 @@
+//! The first stage: a thread's stacks as the kernel sent them, to typed raw
+//! frames, innermost first. Copied user stacks are unwound ([`crate::unwind`]),
+//! halves that mean nothing are left out rather than shown as failures, and
+//! the interpreter's frames of Python threads are merged in place of its
+//! native ones ([`crate::python`]). Counting the result is the aggregator's
+//! job; naming it the resolver's.
+use tripod_common::{errno::EFAULT, MAX_STACK_DEPTH};
+
+use crate::{
+    process::ProcessTable,
+    python::Python,
+    sampler::{CopiedSample, UserStack},
+    stack::{self, Gap, RawFrame, StackRead},
+    unwind::{Unwinder, UserRegs},
+};
+
+/// Unwinds and merges; keeps per process what unwinding and Python need.
+pub struct Ingest {
+    unwinder: Unwinder,
+    python: Python,
+    /// Collect user stacks at all (not `--kernel-only`).
+    collect_user: bool,
+}
+
+impl Ingest {
+    pub fn new(python: Python, collect_user: bool) -> Self {
+        Ingest {
+            unwinder: Unwinder::new(),
+            python,
+            collect_user,
+        }
+    }
+
+    /// What is known of Python processes: their frames' names, their locals.
+    pub fn python(&self) -> &Python {
+        &self.python
+    }
+
+    pub fn python_mut(&mut self) -> &mut Python {
+        &mut self.python
+    }
+
+    /// A copied stack as typed frames, innermost first, and the thread's name.
+    pub fn unwind(
+        &mut self,
+        sample: CopiedSample<'_>,
+        processes: &mut ProcessTable,
+    ) -> (Vec<RawFrame>, String) {
+        let user = match sample.user {
+            UserStack::Copy {
+                regs: (ip, sp, bp),
+                stack,
+            } => StackRead::Unwound(self.unwinder.unwind(
+                sample.tgid,
+                UserRegs { ip, sp, bp },
+                stack,
+                processes,
+            )),
+            UserStack::Addresses(addresses) => StackRead::Addresses(addresses),
+            UserStack::Absent if self.collect_user => StackRead::Missing(Gap::Failed(EFAULT)),
+            UserStack::Absent => StackRead::NotCollected,
+        };
+        let raw = combine(processes, sample.tgid, &sample.comm, sample.kernel, user);
+        let raw = self
+            .python
+            .merge(sample.tgid, sample.tid, raw, &sample.python);
+        (raw, sample.comm)
+    }
+
+    /// Forgets what was kept for process `pid`, which has exited.
+    pub fn forget(&mut self, pid: u32) {
+        self.unwinder.forget(pid);
+        self.python.forget(pid);
+    }
+}
+
+/// Both halves of a sample as typed frames, innermost first; notes the
+/// process in `processes` if it is new.
+pub fn combine(
+    processes: &mut ProcessTable,
+    tgid: u32,
+    comm: &str,
+    kernel: StackRead,
+    user: StackRead,
+) -> Vec<RawFrame> {
+    let process = processes.observe(tgid, comm);
+    let user = match user {
+        // Kernel threads have no user stack; that is not a failure to show.
+        StackRead::Missing(Gap::Failed(EFAULT)) if process.kernel_thread => StackRead::NotCollected,
+        user => user,
+    };
+    let kernel = match kernel {
+        // Sampled in user mode: there is no kernel stack to read.
+        StackRead::Missing(Gap::Failed(EFAULT)) => StackRead::NotCollected,
+        kernel => kernel,
+    };
+    stack::combine(kernel, user, MAX_STACK_DEPTH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::PythonFrames, python::PythonSample, stack::Space};
+    use tripod_common::RecordKind;
+
+    const UNREADABLE: StackRead = StackRead::Missing(Gap::Failed(EFAULT));
+
+    fn sample(user: UserStack<'_>, kernel: StackRead) -> CopiedSample<'_> {
+        let pid = std::process::id();
+        CopiedSample {
+            kind: RecordKind::Blocked,
+            tgid: pid,
+            tid: pid,
+            comm: "worker".into(),
+            state: 0,
+            syscall: None,
+            time_ns: 0,
+            user,
+            kernel,
+            python: PythonSample::default(),
+        }
+    }
+
+    #[test]
+    fn an_unreadable_kernel_stack_of_a_user_mode_sample_is_left_out() {
+        let mut processes = ProcessTable::new();
+        let pid = std::process::id();
+        let raw = combine(
+            &mut processes,
+            pid,
+            "t",
+            UNREADABLE,
+            StackRead::Addresses(vec![1, 2]),
+        );
+        assert_eq!(
+            raw,
+            [
+                RawFrame::InstructionPointer(Space::User, 1),
+                RawFrame::ReturnAddress(Space::User, 2)
+            ]
+        );
+        assert!(processes.get(pid).is_some(), "the process is noted");
+    }
+
+    #[test]
+    fn a_missing_user_stack_of_a_user_process_is_shown() {
+        let mut ingest = Ingest::new(Python::new(PythonFrames::Off), true);
+        let mut processes = ProcessTable::new();
+        let kernel = StackRead::Addresses(vec![0xffff_8000_0000_0010]);
+        let (raw, comm) = ingest.unwind(sample(UserStack::Absent, kernel), &mut processes);
+        assert_eq!(comm, "worker");
+        assert_eq!(
+            raw,
+            [
+                RawFrame::InstructionPointer(Space::Kernel, 0xffff_8000_0000_0010),
+                RawFrame::Gap(Space::User, Gap::Failed(EFAULT))
+            ]
+        );
+        // `--kernel-only`: not collected, so nothing to show.
+        let mut kernel_only = Ingest::new(Python::new(PythonFrames::Off), false);
+        let (raw, _) = kernel_only.unwind(sample(UserStack::Absent, UNREADABLE), &mut processes);
+        assert!(raw.is_empty());
+    }
+
+    #[test]
+    fn kernel_walked_user_addresses_are_kept_as_sampled() {
+        let mut ingest = Ingest::new(Python::new(PythonFrames::Merged), true);
+        let mut processes = ProcessTable::new();
+        let user = UserStack::Addresses(vec![0x1000, 0x2000]);
+        let (raw, _) = ingest.unwind(sample(user, StackRead::NotCollected), &mut processes);
+        assert_eq!(
+            raw,
+            [
+                RawFrame::InstructionPointer(Space::User, 0x1000),
+                RawFrame::ReturnAddress(Space::User, 0x2000)
+            ]
+        );
+    }
+}
