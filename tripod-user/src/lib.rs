@@ -1,15 +1,19 @@
 //! tripod-bpf: an eBPF stack sampler that writes Tripod-style tracebacks,
 //! folded stacks and JSON.
 //!
-//! The pipeline, one module each: [`cli`] (arguments) -> [`config`] ->
-//! [`preflight`] (checks) -> [`sampler`] (eBPF, the only aya user) ->
-//! [`unwind`] (copied user stacks to addresses with DWARF CFI, the only
-//! framehop user) -> [`stack`] (typed raw frames; [`python`] puts the
-//! interpreter's frames in place of its native ones) -> [`aggregate`] (counts,
-//! addresses only) -> [`process`] + [`symbolize`] (the only blazesym user)
-//! via [`resolve`] -> [`annotate`] -> [`report`] -> [`output`] (the only
-//! writers). [`pipeline`] carries samples through these stages; [`app`] runs
-//! a recording and [`dump`] a thread dump; [`signals`] tells both when to stop.
+//! The pipeline, one module each, connected one way (ARCHITECTURE.md follows
+//! one sample): [`cli`] (arguments) -> [`config`] -> [`preflight`] (checks)
+//! -> [`sampler`] (eBPF, the only aya user; [`sampler::SampleSource`] is the
+//! seam) -> [`ingest`] ([`unwind`]: copied user stacks to addresses, the only
+//! framehop user; [`python`] puts the interpreter's frames in place of its
+//! native ones) -> [`aggregate`] (counts, addresses only) -> [`resolve`]
+//! (symbols in its own table, through [`process`] and [`symbolize`], the only
+//! blazesym user) -> [`annotate`] -> [`report`] -> [`output`] (the only
+//! writers). [`wait`] accounts waits, [`retire`] retires exited processes,
+//! [`pipeline`] connects the stages; [`app`] runs a recording and [`dump`] a
+//! thread dump (both through [`live`]); [`session`] holds what they and the
+//! offline `report` share; [`model`] is the leaf every stage speaks;
+//! [`signals`] tells the runs when to stop.
 //! Everything said to the user on stderr goes through [`messages`].
 //! Names that come from targets are escaped by [`text`] where they enter;
 //! every file read for a target is opened by [`target_file`], and the files
