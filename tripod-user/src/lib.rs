@@ -32,6 +32,8 @@ pub mod input;
 pub mod live;
 pub mod messages;
 pub mod model;
+#[cfg(test)]
+mod module_graph_tests;
 pub mod offline;
 pub mod output;
 pub mod pipeline;
