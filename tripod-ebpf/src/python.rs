@@ -10,7 +10,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, generated::bpf_ktime_get_ns},
+    helpers::generated::bpf_ktime_get_ns,
     macros::map,
     maps::HashMap,
 };
@@ -57,12 +57,7 @@ impl PythonThreadId {
         if offsets.thread_match != PYTHON_THREAD_MATCH_PTHREAD {
             return self.tid as u64;
         }
-        if self.task == 0 || self.fsbase_offset == 0 {
-            return 0;
-        }
-        let field = (self.task + self.fsbase_offset as u64) as *const u64;
-        // SAFETY: a probe read; a bad address fails cleanly.
-        unsafe { bpf_probe_read_kernel(field) }.unwrap_or(0)
+        crate::read_task_field::<u64>(self.task, self.fsbase_offset).unwrap_or(0)
     }
 }
 

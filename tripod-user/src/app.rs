@@ -17,7 +17,7 @@ use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
 use crate::{
     annotate::Rules,
     config::{Config, Mode, OutputFormat, Target},
-    live::{self, start_sampler, update_python},
+    live::{self, start_sampler},
     messages::{self, note, warn},
     model::Counters,
     output::{
@@ -30,7 +30,7 @@ use crate::{
     process::{self, ProcessTable},
     python::{Python, PythonChange},
     report::{RunInfo, Summary},
-    sampler::{Sampler, SamplerOptions},
+    sampler::{SampleSource, SamplerOptions},
     session::{load_rules, open_output},
     signals::Shutdown,
 };
@@ -63,38 +63,39 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
         let pipeline = new_pipeline(&config, run, rules, processes, python, Counters::default());
         return write_unsampled(&config, pipeline, &mut output, signal);
     }
-    let mut sampler = start_sampler(&sampler_options(&config, &mut python))?;
-    if let (Some(reason), true) = (sampler.fallback_reason(), config.mode.samples_on_cpu()) {
+    let mut source = start_sampler(&sampler_options(&config, &mut python))?;
+    let source = source.as_mut();
+    if let (Some(reason), true) = (source.fallback_reason(), config.mode.samples_on_cpu()) {
         log::debug!("hardware cycles event: {reason}");
         note("No hardware cycles event here (no PMU); using the software cpu-clock event");
     }
-    let mut child = start_command(&config, &shutdown, &mut sampler).await?;
+    let mut child = start_command(&config, &shutdown, source).await?;
     if let Some(child) = &child {
         processes.observe(child.pid, "");
     }
 
     let run_info = run_info(
         &config,
-        sampler.event().name(),
+        source.event().name(),
         child.as_ref().map(|c| c.pid),
     );
     announce(&config, &run_info, &output.name);
     let pusher = start_pusher(&config);
     let mut status = StatusLine::new(config.quiet);
-    let counters = sampler.counters()?;
+    let counters = source.counters()?;
     let mut pipeline = new_pipeline(&config, run_info, rules, processes, python, counters);
     // Other processes are checked for Python as they are sampled.
     if let Some(child) = &child {
         pipeline.check_python(child.pid);
-        update_python(&mut sampler, &mut pipeline);
+        pipeline.tell_python(source);
     }
     if config.mode.tracks_switches() {
-        seed_waits(&mut sampler, &mut pipeline)?;
+        pipeline.seed_waits(source)?;
     }
     let stopped = wait_for_stop(
         &config,
         &shutdown,
-        &mut sampler,
+        source,
         &mut pipeline,
         (&mut output, pusher.as_ref(), &mut status),
         child.as_mut(),
@@ -112,7 +113,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
 
     // Whatever ended the run, an error included, what was sampled is written.
     let (summary, last_drain) =
-        write_the_rest(&config, &mut sampler, &mut pipeline, &mut output, pusher)?;
+        write_the_rest(&config, source, &mut pipeline, &mut output, pusher).await?;
     let written = || format!("what was sampled until then is in {}", output.name);
     let stop = stopped.with_context(written)?;
     last_drain.with_context(written)?;
@@ -175,13 +176,13 @@ fn sampler_options(config: &Config, python: &mut Python) -> SamplerOptions {
 async fn start_command(
     config: &Config,
     shutdown: &Shutdown,
-    sampler: &mut Sampler,
+    source: &mut dyn SampleSource,
 ) -> Result<Option<GatedChild>> {
     let (Target::Command(command), None) = (&config.target, shutdown.requested()) else {
         return Ok(None);
     };
     let mut child = GatedChild::spawn(command, shutdown)?;
-    sampler.add_target(child.pid)?;
+    source.add_target(child.pid)?;
     child.release();
     child.wait_for_exec().await;
     Ok(Some(child))
@@ -251,18 +252,18 @@ fn start_pusher(config: &Config) -> Option<Pusher> {
 /// The end of a run: the last samples, the last report, the summary; the
 /// output is put in place and the last pushes sent. Returns the summary, and
 /// how the last drain went (its failure is reported after everything else).
-fn write_the_rest(
+async fn write_the_rest(
     config: &Config,
-    sampler: &mut Sampler,
+    source: &mut dyn SampleSource,
     pipeline: &mut Pipeline,
     output: &mut Output,
     pusher: Option<Pusher>,
 ) -> Result<(Summary, Result<()>)> {
-    sampler.drain_copies(|record| pipeline.ingest_record(record));
-    let last_drain = sampler.drain().map(|samples| pipeline.ingest(samples));
+    pipeline.pull(source);
+    let last_drain = pipeline.pull_counted(source).await;
     pipeline.stop_tracking();
     // Unreadable counters cost only the loss figures of the report.
-    let counters = sampler.counters().unwrap_or_default();
+    let counters = source.counters().unwrap_or_default();
     if config.interval.is_none() || pipeline.has_unreported_samples() {
         pipeline.write_report(output, pusher.as_ref(), &counters)?;
     }
@@ -373,24 +374,6 @@ fn pids_named(target: &Target) -> Vec<u32> {
     }
 }
 
-/// Threads that were already waiting when tracking switches started are
-/// never seen switching out: take them from a snapshot, and have the kernel
-/// report when they run again.
-fn seed_waits(sampler: &mut Sampler, pipeline: &mut Pipeline) -> Result<()> {
-    let mut waiting = Vec::new();
-    sampler.snapshot(|thread| {
-        let (tid, since) = (thread.tid, thread.time_ns);
-        if pipeline.seed_wait(thread) {
-            waiting.push((tid, since));
-        }
-    })?;
-    for (tid, since) in waiting {
-        sampler.mark_blocked(tid, since)?;
-    }
-    pipeline.locate_new_stacks();
-    Ok(())
-}
-
 /// Why recording ended.
 enum Stop {
     Duration,
@@ -414,7 +397,7 @@ impl Stop {
 async fn wait_for_stop(
     config: &Config,
     shutdown: &Shutdown,
-    sampler: &mut Sampler,
+    source: &mut dyn SampleSource,
     pipeline: &mut Pipeline,
     (output, pusher, status): (&mut Output, Option<&Pusher>, &mut StatusLine),
     child: Option<&mut GatedChild>,
@@ -442,22 +425,21 @@ async fn wait_for_stop(
                 return Ok(Stop::CommandExited(status.context("waiting for the command")?));
             }
             _ = tick.tick() => {
-                sampler.drain_copies(|record| pipeline.ingest_record(record));
-                update_python(sampler, pipeline);
+                pipeline.pull(source);
                 if last_drain.elapsed() < DRAIN_PERIOD {
                     continue;
                 }
                 last_drain = Instant::now();
-                pipeline.ingest(sampler.drain()?);
+                pipeline.pull_counted(source).await?;
                 if let (Some(at), Some(every)) = (next_report, config.interval) {
                     if Instant::now() >= at {
-                        pipeline.write_report(output, pusher, &sampler.counters()?)?;
+                        pipeline.write_report(output, pusher, &source.counters()?)?;
                         next_report = Some(at + every);
                     }
                 }
                 if status.enabled() {
                     // Unreadable counters cost only the status line its loss figure.
-                    let counters = sampler.counters().unwrap_or_default();
+                    let counters = source.counters().unwrap_or_default();
                     status.update(&pipeline.progress(&counters));
                 }
                 if !pids.is_empty() && !pids.iter().any(|&pid| process::is_alive(pid)) {

@@ -3,20 +3,20 @@
 //! a task iterator reads each thread's stacks in the kernel, and they are
 //! unwound and symbolized like recorded ones. With `--every`, a watchdog that
 //! appends a dump to the log until Ctrl-C or the process exits.
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use anyhow::{Context as _, Result};
 
 use crate::{
     config::DumpConfig,
-    live::{self, start_sampler, update_python},
+    live::{self, start_sampler},
     messages::{note, warn},
     output::Output,
     pipeline::{Pipeline, PipelineOptions},
     preflight,
     process::{self, ProcessTable},
     python::Python,
-    sampler::{Sampler, SamplerOptions},
+    sampler::{SampleSource, SamplerOptions},
     session::{load_rules, open_output},
     signals::Shutdown,
     usage_error,
@@ -30,7 +30,8 @@ pub async fn run(config: DumpConfig, shutdown: Shutdown) -> Result<u8> {
     live::prepare_target_files(config.max_file_size);
     let mut output = open_output(&config.output, config.format, &shutdown)?;
     let options = SamplerOptions::for_dump(config.pid, config.stacks, config.stack_copy_bytes);
-    let mut sampler = start_sampler(&options)?;
+    let mut source = start_sampler(&options)?;
+    let source = source.as_mut();
     if let Some(signal) = shutdown.requested() {
         note(&format!(
             "stopped by {signal} before the dump: nothing dumped"
@@ -44,7 +45,7 @@ pub async fn run(config: DumpConfig, shutdown: Shutdown) -> Result<u8> {
         processes,
         python: Python::new(config.python),
         collect_user: config.stacks.user(),
-        counters: sampler.counters()?,
+        counters: source.counters()?,
         recording: None,
     });
     pipeline.check_python(config.pid);
@@ -61,7 +62,7 @@ pub async fn run(config: DumpConfig, shutdown: Shutdown) -> Result<u8> {
     let Some(every) = config.every else {
         // A SIGINT while the dump is written aborts it.
         shutdown.begin();
-        if !dump_once(&mut sampler, &mut pipeline, &mut output, config.pid)? {
+        if !dump_once(source, &mut pipeline, &mut output, config.pid)? {
             usage_error!(
                 "pid {} exited before it could be dumped; check the pid",
                 config.pid
@@ -84,7 +85,7 @@ pub async fn run(config: DumpConfig, shutdown: Shutdown) -> Result<u8> {
         tokio::select! {
             signal = shutdown.signalled() => break format!("stopped by {signal}"),
             _ = tick.tick() => {
-                if !dump_once(&mut sampler, &mut pipeline, &mut output, config.pid)? {
+                if !dump_once(source, &mut pipeline, &mut output, config.pid)? {
                     break "the process has exited".to_string();
                 }
                 dumps += 1;
@@ -103,31 +104,20 @@ pub async fn run(config: DumpConfig, shutdown: Shutdown) -> Result<u8> {
 
 /// Writes one dump; false when the process is gone.
 fn dump_once(
-    sampler: &mut Sampler,
+    source: &mut dyn SampleSource,
     pipeline: &mut Pipeline,
     output: &mut Output,
     pid: u32,
 ) -> Result<bool> {
     let started = Instant::now();
-    update_python(sampler, pipeline);
-    let mut syscalls = HashMap::new();
-    let mut threads = 0;
-    sampler.snapshot(|thread| {
-        threads += 1;
-        if let Some(number) = thread.syscall {
-            syscalls.insert(thread.tid, number);
-        }
-        pipeline.ingest_snapshot(thread);
-    })?;
-    if threads == 0 {
+    let Some(dump) = pipeline.dump(source, pid)? else {
         if !process::is_alive(pid) {
             return Ok(false);
         }
-        hidden_from_bpf(pid)?;
-    }
-    let dump = pipeline.take_dump(pid, syscalls);
+        return Err(hidden_from_bpf(pid));
+    };
     output.dump(&dump).context("writing the dump")?;
-    log::debug!("dumped {threads} threads in {:?}", started.elapsed());
+    log::debug!("dumped {} threads in {:?}", dump.threads.len(), started.elapsed());
     Ok(true)
 }
 
@@ -135,9 +125,9 @@ fn dump_once(
 /// than write an empty dump. Seen for a sandbox's init (its threads are kept
 /// from every eBPF program, whose `/proc` files root cannot read either) and
 /// for tripod-bpf in a pid namespace of its own (the kernel's pids differ).
-fn hidden_from_bpf(pid: u32) -> Result<()> {
+fn hidden_from_bpf(pid: u32) -> anyhow::Error {
     let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
-    anyhow::bail!(
+    anyhow::anyhow!(
         "pid {pid} is running ({threads} threads in /proc/{pid}/task) but the kernel showed none \
          of its threads to tripod-bpf's task iterator, so there is nothing to dump; something \
          hides it from eBPF programs (a security module or sandbox), or tripod-bpf runs in a \

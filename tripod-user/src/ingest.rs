@@ -8,8 +8,8 @@ use tripod_common::{errno::EFAULT, MAX_STACK_DEPTH};
 
 use crate::{
     process::ProcessTable,
-    python::Python,
-    sampler::{CopiedSample, UserStack},
+    python::{Python, PythonChange},
+    sampler::{Sample, UserStack},
     stack::{self, Gap, RawFrame, StackRead},
     unwind::{Unwinder, UserRegs},
 };
@@ -18,6 +18,8 @@ use crate::{
 pub struct Ingest {
     unwinder: Unwinder,
     python: Python,
+    /// Processes to check for Python: new ones, and ones that may have exec'd.
+    python_candidates: Vec<u32>,
     /// Collect user stacks at all (not `--kernel-only`).
     collect_user: bool,
 }
@@ -27,6 +29,7 @@ impl Ingest {
         Ingest {
             unwinder: Unwinder::new(),
             python,
+            python_candidates: Vec::new(),
             collect_user,
         }
     }
@@ -40,10 +43,25 @@ impl Ingest {
         &mut self.python
     }
 
-    /// A copied stack as typed frames, innermost first, and the thread's name.
+    /// Process `pid` is to be checked for Python at the next
+    /// [`Ingest::python_changes`]: it is new, or may have exec'd.
+    pub fn check_python_later(&mut self, pid: u32) {
+        self.python_candidates.push(pid);
+    }
+
+    /// Python processes found (with what the sampler needs to read their
+    /// frames) and gone since the last call; the candidates are checked first.
+    pub fn python_changes(&mut self, processes: &mut ProcessTable) -> Vec<PythonChange> {
+        for pid in std::mem::take(&mut self.python_candidates) {
+            self.python.check(pid, processes);
+        }
+        self.python.take_changes()
+    }
+
+    /// A sample's stacks as typed frames, innermost first, and the thread's name.
     pub fn unwind(
         &mut self,
-        sample: CopiedSample<'_>,
+        sample: Sample<'_>,
         processes: &mut ProcessTable,
     ) -> (Vec<RawFrame>, String) {
         let user = match sample.user {
@@ -56,7 +74,7 @@ impl Ingest {
                 stack,
                 processes,
             )),
-            UserStack::Addresses(addresses) => StackRead::Addresses(addresses),
+            UserStack::Walked(read) => read,
             UserStack::Absent if self.collect_user => StackRead::Missing(Gap::Failed(EFAULT)),
             UserStack::Absent => StackRead::NotCollected,
         };
@@ -76,7 +94,7 @@ impl Ingest {
 
 /// Both halves of a sample as typed frames, innermost first; notes the
 /// process in `processes` if it is new.
-pub fn combine(
+fn combine(
     processes: &mut ProcessTable,
     tgid: u32,
     comm: &str,
@@ -100,24 +118,18 @@ pub fn combine(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::PythonFrames, python::PythonSample, stack::Space};
+    use crate::{config::PythonFrames, stack::Space};
     use tripod_common::RecordKind;
 
     const UNREADABLE: StackRead = StackRead::Missing(Gap::Failed(EFAULT));
 
-    fn sample(user: UserStack<'_>, kernel: StackRead) -> CopiedSample<'_> {
+    fn sample(user: UserStack<'_>, kernel: StackRead) -> Sample<'_> {
         let pid = std::process::id();
-        CopiedSample {
+        Sample {
             kind: RecordKind::Blocked,
-            tgid: pid,
-            tid: pid,
-            comm: "worker".into(),
-            state: 0,
-            syscall: None,
-            time_ns: 0,
             user,
             kernel,
-            python: PythonSample::default(),
+            ..Sample::on_cpu(pid, pid, "worker")
         }
     }
 
@@ -166,7 +178,7 @@ mod tests {
     fn kernel_walked_user_addresses_are_kept_as_sampled() {
         let mut ingest = Ingest::new(Python::new(PythonFrames::Merged), true);
         let mut processes = ProcessTable::new();
-        let user = UserStack::Addresses(vec![0x1000, 0x2000]);
+        let user = UserStack::Walked(StackRead::Addresses(vec![0x1000, 0x2000]));
         let (raw, _) = ingest.unwind(sample(user, StackRead::NotCollected), &mut processes);
         assert_eq!(
             raw,

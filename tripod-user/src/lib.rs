@@ -23,6 +23,7 @@ pub mod annotate;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod counting;
 pub mod dump;
 #[cfg(test)]
 mod elf_corpus_tests;

@@ -143,19 +143,6 @@ pub fn combine(kernel: StackRead, user: StackRead, max_depth: usize) -> Vec<RawF
     frames
 }
 
-/// One entry of the kernel's count map: a thread, its stacks and how often
-/// that combination was sampled since the last drain.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawSample {
-    pub tgid: u32,
-    pub tid: u32,
-    /// The thread's name at sample time.
-    pub comm: String,
-    pub user: StackRead,
-    pub kernel: StackRead,
-    pub count: u64,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -274,7 +274,13 @@ impl Python {
         if python.status.is_some() {
             interpreter.threads.insert(tid);
         }
-        let (frames, looped) = until_loop(&python.frames);
+        // A chain that loops runs the eBPF walk into its frame limit, so
+        // only a truncated one can loop: the others skip the check and its
+        // allocation, on the per-sample path.
+        let (frames, looped) = match python.status {
+            Some(PythonStatus::Truncated) => until_loop(&python.frames),
+            _ => (&python.frames[..], false),
+        };
         let unreadable = looped || python.status == Some(PythonStatus::Unreadable);
         if frames.is_empty() && !unreadable {
             return native;

@@ -1,33 +1,104 @@
 //! Reading what the kernel counted, one generation at a time, and the
 //! records waiting in the ring buffer.
+//!
+//! A drain of the count maps (`--unwind fp`) has three steps, so the async
+//! runtime's thread never waits on the kernel: [`Sampler::flip_generation`] points new
+//! samples at the other pair of maps, [`Flip::settled`] waits (on a
+//! blocking thread) until no eBPF program can still write the old pair, and
+//! [`Sampler::read_generation`] reads and clears it.
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::MapError;
-use tripod_common::{CONTROL_GENERATION, STACK_NOT_COLLECTED};
+use tripod_common::{SampleKey, CONTROL_GENERATION, STACK_NOT_COLLECTED};
 
 use super::{
-    records::{comm_string, parse_record, Record},
+    records::{comm_string, parse_record, Record, Sample, UserStack},
     Sampler,
 };
-use crate::stack::{Gap, RawSample, StackRead};
+use crate::stack::{Gap, StackRead};
+
+/// A generation made idle by [`Sampler::flip_generation`]; its maps may be read once
+/// [`Flip::settled`].
+#[must_use = "a flipped generation is read with read_flipped once settled"]
+#[derive(Debug)]
+pub struct Flip {
+    /// The generation made idle.
+    idle: u32,
+    /// Whether eBPF programs may still be writing it (see [`Flip::settled`]).
+    in_flight: bool,
+}
+
+/// A [`Flip`] no eBPF program writes any more: its maps can be read and
+/// cleared without losing a sample.
+#[derive(Debug)]
+pub struct Settled(Flip);
+
+impl Flip {
+    /// A flip with nothing in flight: for sources without a kernel.
+    pub fn without_kernel() -> Flip {
+        Flip {
+            idle: 0,
+            in_flight: false,
+        }
+    }
+
+    /// Returns once no eBPF program can still write into the generation
+    /// just made idle. The wait runs on the runtime's blocking pool.
+    ///
+    /// The flip is one array write; a `perf_event` program that read the
+    /// generation word just before it may still be adding its sample to
+    /// the old maps. Reading and clearing them under it would drop that
+    /// sample (an increment between our read and our delete), or delete a
+    /// stack its key still names. So the order is explicit:
+    ///
+    /// 1. the flip is written (the `bpf` syscall returns after the store);
+    /// 2. `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for an RCU grace period
+    ///    (`synchronize_rcu`): every program running when it was called,
+    ///    each one in an RCU read-side section (NMI and IRQ context
+    ///    included), has returned, and every program that starts after it
+    ///    reads the new generation;
+    /// 3. only then are the idle maps read and cleared.
+    ///
+    /// A grace period takes 8 to 30 ms on these machines: long enough that
+    /// it must not hold the runtime's thread, which also polls the ring
+    /// buffer and answers signals.
+    pub async fn settled(self) -> Settled {
+        if self.in_flight {
+            // A failed join (the blocking pool shutting down) leaves only
+            // the fallback's guarantee, which the barrier's absence gives.
+            let _ = tokio::task::spawn_blocking(wait_for_grace_period).await;
+        }
+        Settled(self)
+    }
+}
 
 impl Sampler {
-    /// Everything counted since the last drain.
-    ///
-    /// Flips the generation so new samples go to the other pair of maps, then
-    /// reads and clears the pair that is now idle. Nothing is lost between the
-    /// read and the clear, and the kernel never waits for us.
-    pub fn drain(&mut self) -> Result<Vec<RawSample>> {
-        let idle = self.generation as usize;
+    /// Points new samples at the other pair of count maps; the pair made
+    /// idle is read by [`Sampler::read_generation`] once [`Flip::settled`].
+    /// When the kernel never writes the count maps (stacks are copied to
+    /// the ring buffer instead: `--unwind dwarf` and `auto`), nothing is in
+    /// flight. The ring buffer needs no such care: a record is handed to us
+    /// only once its writer has committed it.
+    pub(super) fn flip_generation(&mut self) -> Result<Flip> {
+        let idle = self.generation;
         self.generation ^= 1;
         self.control
             .set(CONTROL_GENERATION, self.generation, 0)
             .context("switching the sample generation")?;
-        self.wait_for_old_generation();
+        Ok(Flip {
+            idle,
+            in_flight: self.counts_in_kernel,
+        })
+    }
 
+    /// Everything counted in the generation `settled` made idle; its maps
+    /// are cleared for the next flip. Nothing is lost between the read and
+    /// the clear, and the kernel never waits for us.
+    pub(super) fn read_generation(&mut self, Settled(flip): Settled) -> Result<Vec<Sample<'static>>> {
+        let idle = flip.idle as usize;
         let counts = &mut self.counts[idle];
-        let entries: Vec<_> = counts
+        let entries: Vec<(SampleKey, u64)> = counts
             .iter()
             .collect::<Result<_, MapError>>()
             .context("reading counts")?;
@@ -56,14 +127,7 @@ impl Sampler {
         };
         let samples = entries
             .into_iter()
-            .map(|(key, count)| RawSample {
-                tgid: key.tgid,
-                tid: key.tid,
-                comm: comm_string(&key.comm),
-                user: stack(key.user_stack_id),
-                kernel: stack(key.kernel_stack_id),
-                count,
-            })
+            .map(|(key, count)| counted_sample(&key, count, &mut stack))
             .collect();
 
         let ids: Vec<u32> = stacks.stack_ids().filter_map(Result::ok).collect();
@@ -72,56 +136,45 @@ impl Sampler {
         }
         Ok(samples)
     }
-}
 
-impl Sampler {
     /// Hands every record waiting in the ring buffer to `handle`, oldest
     /// first. Cheap when there is none: no system call is made.
-    pub fn drain_copies(&mut self, mut handle: impl FnMut(Record<'_>)) {
+    pub(super) fn drain_ring(&mut self, handle: &mut dyn FnMut(Record<'_>)) {
         while let Some(record) = self.copies.next() {
             if let Some(record) = parse_record(&record) {
                 handle(record);
             }
         }
     }
+}
 
-    /// Returns once no eBPF program can still write into the generation just
-    /// made idle.
-    ///
-    /// The flip is one array write; a `perf_event` program that read the
-    /// generation word just before it may still be adding its sample to
-    /// the old maps. Reading and clearing them under it would drop that
-    /// sample (an increment between our read and our delete), or delete a
-    /// stack its key still names. So the order is explicit:
-    ///
-    /// 1. the flip is written (the `bpf` syscall returns after the store);
-    /// 2. `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for an RCU grace period
-    ///    (`synchronize_rcu`): every program running when it was called,
-    ///    each one in an RCU read-side section (NMI and IRQ context
-    ///    included), has returned, and every program that starts after it
-    ///    reads the new generation;
-    /// 3. only then are the idle maps read and cleared.
-    ///
-    /// When the kernel never writes the count maps (stacks are copied to
-    /// the ring buffer instead: `--unwind dwarf` and `auto`), there is
-    /// nothing to wait for. The ring buffer needs no such care: a record is
-    /// handed to us only once its writer has committed it.
-    fn wait_for_old_generation(&self) {
-        if !self.counts_in_kernel {
-            return;
-        }
-        // SAFETY: membarrier takes no pointers; GLOBAL is allowed unprivileged.
-        let done = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-        if done != 0 {
-            // nohz_full kernels refuse it (EINVAL). BPF programs run to
-            // completion in microseconds, so a wait far longer than that
-            // stands in for the barrier there.
-            log::debug!(
-                "membarrier: {}; waiting {IN_FLIGHT_FALLBACK:?} instead",
-                std::io::Error::last_os_error()
-            );
-            std::thread::sleep(IN_FLIGHT_FALLBACK);
-        }
+/// One entry of the count map as a sample taken on a CPU, `count` times.
+fn counted_sample(
+    key: &SampleKey,
+    count: u64,
+    stack: &mut impl FnMut(i32) -> StackRead,
+) -> Sample<'static> {
+    Sample {
+        count,
+        user: UserStack::Walked(stack(key.user_stack_id)),
+        kernel: stack(key.kernel_stack_id),
+        ..Sample::on_cpu(key.tgid, key.tid, &comm_string(&key.comm))
+    }
+}
+
+/// Waits for an RCU grace period (see [`Flip::settled`]).
+fn wait_for_grace_period() {
+    // SAFETY: membarrier takes no pointers; GLOBAL is allowed unprivileged.
+    let done = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if done != 0 {
+        // nohz_full kernels refuse it (EINVAL). BPF programs run to
+        // completion in microseconds, so a wait far longer than that
+        // stands in for the barrier there.
+        log::debug!(
+            "membarrier: {}; waiting {IN_FLIGHT_FALLBACK:?} instead",
+            std::io::Error::last_os_error()
+        );
+        std::thread::sleep(IN_FLIGHT_FALLBACK);
     }
 }
 
@@ -130,5 +183,5 @@ impl Sampler {
 const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
 
 /// Stands in for the barrier where the kernel refuses it (see
-/// [`Sampler::wait_for_old_generation`]).
+/// [`Flip::settled`]).
 const IN_FLIGHT_FALLBACK: Duration = Duration::from_millis(2);

@@ -2,7 +2,7 @@
 //! program consumes; two sources implement it:
 //! - [`Sampler`], the live one: loads the eBPF program, attaches it to a
 //!   perf event on every CPU, and drains what it counted. The only module
-//!   that touches aya (here and in `btf` and `drain`).
+//!   that touches aya (here and in `btf`, `drain` and `source`).
 //! - [`Replay`], records built by hand or read from a file: no kernel, no
 //!   root, for tests.
 //!
@@ -13,23 +13,24 @@ pub mod records;
 mod replay;
 mod source;
 
-pub use records::{CopiedSample, Record, UserStack, Wake};
+pub use drain::{Flip, Settled};
+pub use records::{Record, Sample, UserStack, Wake};
 pub use replay::{Replay, Told};
-pub use source::SampleSource;
+pub use source::{drain_counted, SampleSource};
 
 use anyhow::{Context as _, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        BtfTracePoint, Iter, PerfEvent,
+        BtfTracePoint, PerfEvent,
     },
     util::online_cpus,
     Btf, Ebpf, EbpfLoader,
 };
-use tripod_common::{names, Counter, PythonProcess, SampleKey, SamplerConfig, ScratchSlot};
+use tripod_common::{names, PythonProcess, SampleKey, SamplerConfig, ScratchSlot};
 
-use crate::{config::StackSelection, model::Counters};
+use crate::config::StackSelection;
 
 /// What the sampler should watch and how much room its maps have.
 #[derive(Clone, Debug)]
@@ -227,123 +228,6 @@ impl Sampler {
             counts_in_kernel: options.sample_on_cpu && !options.copy_user_stack,
         })
     }
-
-    pub fn event(&self) -> SamplingEvent {
-        self.event
-    }
-
-    /// Why hardware cycles are not used, when they were not available.
-    pub fn fallback_reason(&self) -> Option<&str> {
-        self.fallback_reason.as_deref()
-    }
-
-    /// Starts sampling one more process (a command we launched).
-    pub fn add_target(&mut self, pid: u32) -> Result<()> {
-        self.targets
-            .insert(pid, 1, 0)
-            .with_context(|| format!("adding pid {pid} to the targets"))
-    }
-
-    /// Every thread of the target processes as it is now, running or
-    /// blocked, without stopping them: a task iterator reads each thread's
-    /// stacks. Handed to `handle` one at a time.
-    pub fn snapshot(&mut self, handle: impl FnMut(CopiedSample<'_>)) -> Result<()> {
-        use std::io::Read as _;
-        if self.btf.is_none() {
-            self.btf = Some(Btf::from_sys_fs().context("reading the kernel's BTF")?);
-        }
-        let program: &mut Iter = self
-            .ebpf
-            .program_mut(names::DUMP_PROGRAM)
-            .context("the eBPF object has no task iterator")?
-            .try_into()?;
-        if program.fd().is_err() {
-            let btf = self.btf.as_ref().expect("loaded above");
-            program
-                .load("task", btf)
-                .context("loading the task iterator (the verifier refused it)")?;
-        }
-        let link = program.attach().context("attaching the task iterator")?;
-        let mut file = program
-            .take_link(link)?
-            .into_file()
-            .context("starting the task iterator")?;
-        let mut records = Vec::new();
-        file.read_to_end(&mut records)
-            .context("reading the task iterator")?;
-        records::parse_snapshots(&records, handle);
-        Ok(())
-    }
-
-    /// Collects the Python frames of process `pid` from now on, or (`None`)
-    /// no longer: it exited, and its pid may be reused.
-    pub fn set_python_process(&mut self, pid: u32, process: Option<&PythonProcess>) -> Result<()> {
-        let mut processes: HashMap<&mut MapData, u32, PythonProcess> = HashMap::try_from(
-            self.ebpf
-                .map_mut(names::PYTHON_PROCESSES)
-                .context("the eBPF object has no map PYTHON_PROCESSES")?,
-        )?;
-        match process {
-            Some(process) => processes
-                .insert(pid, process, 0)
-                .with_context(|| format!("adding Python process {pid}")),
-            // Already gone is fine.
-            None => {
-                let _ = processes.remove(&pid);
-                Ok(())
-            }
-        }
-    }
-
-    /// Forgets where these exited threads' Python thread states were, so the
-    /// map does not fill with the dead and their tids, reused, start afresh.
-    pub fn forget_python_threads(&mut self, tids: &[u32]) -> Result<()> {
-        let mut threads: HashMap<&mut MapData, u32, tripod_common::PythonThread> =
-            HashMap::try_from(
-                self.ebpf
-                    .map_mut(names::PYTHON_THREADS)
-                    .context("the eBPF object has no map PYTHON_THREADS")?,
-            )?;
-        for tid in tids {
-            // Never looked up by the kernel, or already gone: fine.
-            let _ = threads.remove(tid);
-        }
-        Ok(())
-    }
-
-    /// Marks a thread as switched out since `since_ns` (CLOCK_MONOTONIC), so
-    /// that it is reported when it runs again: for threads that were already
-    /// waiting when tracking started. A newer mark made by the kernel is kept.
-    pub fn mark_blocked(&mut self, tid: u32, since_ns: u64) -> Result<()> {
-        let mut blocked: HashMap<&mut MapData, u32, u64> = HashMap::try_from(
-            self.ebpf
-                .map_mut(names::BLOCKED_SINCE)
-                .context("the eBPF object has no map BLOCKED_SINCE")?,
-        )?;
-        match blocked.insert(tid, since_ns, BPF_NOEXIST) {
-            Ok(()) => Ok(()),
-            // Already marked by the kernel: that mark is newer.
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(tripod_common::errno::EEXIST) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e).context("marking a blocked thread"),
-        }
-    }
-
-    /// The kernel-side counters, summed over CPUs, since the start of the run.
-    pub fn counters(&self) -> Result<Counters> {
-        let mut totals = Counters::default();
-        for counter in Counter::ALL {
-            let per_cpu = self
-                .counters
-                .get(&(counter as u32), 0)
-                .context("reading counters")?;
-            totals.0[counter as usize] = per_cpu.iter().sum();
-        }
-        Ok(totals)
-    }
 }
 
 /// Attaches `program` on every online CPU: hardware cycles when the machine
@@ -382,9 +266,6 @@ fn attach_all_cpus(
     }
     Ok((event, fallback))
 }
-
-/// `BPF_NOEXIST` from the kernel's uapi: insert only if the key is absent.
-const BPF_NOEXIST: u64 = 1;
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where

@@ -16,12 +16,16 @@ use crate::{
     stack::{Gap, StackRead},
 };
 
-/// A thread's stacks as the kernel sent them, borrowed from the ring buffer
-/// or from a task iterator's output.
+/// A thread's stacks as the kernel sent them: borrowed from the ring buffer
+/// or from a task iterator's output, or read from the count maps (`--unwind
+/// fp`), which count identical samples in the kernel.
 #[derive(Debug, PartialEq, Eq)]
-pub struct CopiedSample<'a> {
+pub struct Sample<'a> {
     /// Why it was taken: on a CPU, switched out, or in a dump.
     pub kind: RecordKind,
+    /// How many times the kernel saw it: 1 for records, the map's count
+    /// for counted samples.
+    pub count: u64,
     pub tgid: u32,
     pub tid: u32,
     /// The thread's name when the record was taken.
@@ -31,7 +35,8 @@ pub struct CopiedSample<'a> {
     pub state: u32,
     /// The system call a dumped thread is in, if any.
     pub syscall: Option<i32>,
-    /// CLOCK_MONOTONIC nanoseconds when it was taken.
+    /// CLOCK_MONOTONIC nanoseconds when it was taken (0 for counted
+    /// samples: the maps keep no time).
     pub time_ns: u64,
     pub user: UserStack<'a>,
     pub kernel: StackRead,
@@ -39,7 +44,27 @@ pub struct CopiedSample<'a> {
     pub python: PythonSample,
 }
 
-/// The user half of a [`CopiedSample`].
+impl Sample<'_> {
+    /// A sample of thread `tid` on a CPU, seen once, with no stacks yet:
+    /// fill in what a test or a counted sample has.
+    pub fn on_cpu(tgid: u32, tid: u32, comm: &str) -> Sample<'static> {
+        Sample {
+            kind: RecordKind::Sample,
+            count: 1,
+            tgid,
+            tid,
+            comm: comm.to_string(),
+            state: 0,
+            syscall: None,
+            time_ns: 0,
+            user: UserStack::Absent,
+            kernel: StackRead::NotCollected,
+            python: PythonSample::default(),
+        }
+    }
+}
+
+/// The user half of a [`Sample`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum UserStack<'a> {
     /// User registers (ip, sp, bp) and the top of the user stack from `sp`
@@ -48,8 +73,9 @@ pub enum UserStack<'a> {
         regs: (u64, u64, u64),
         stack: &'a [u8],
     },
-    /// Addresses the kernel walked with frame pointers, innermost first.
-    Addresses(Vec<u64>),
+    /// Walked by the kernel with frame pointers: the addresses, innermost
+    /// first, or why there are none.
+    Walked(StackRead),
     /// None: a kernel thread, unreadable registers, or not collected.
     Absent,
 }
@@ -67,7 +93,7 @@ pub struct Wake {
 /// One record of the ring buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record<'a> {
-    Stack(CopiedSample<'a>),
+    Stack(Sample<'a>),
     Woke(Wake),
 }
 
@@ -94,7 +120,7 @@ pub fn parse_record(record: &[u8]) -> Option<Record<'_>> {
 /// Hands each record of a task iterator's output to `handle`. Stops at the
 /// first record that cannot be read: records have no length prefix, so
 /// nothing after it can be found.
-pub fn parse_snapshots(mut bytes: &[u8], mut handle: impl FnMut(CopiedSample<'_>)) {
+pub fn parse_snapshots(mut bytes: &[u8], mut handle: impl FnMut(Sample<'_>)) {
     while let Some((sample, len)) = parse_copy(bytes) {
         handle(sample);
         bytes = &bytes[len..];
@@ -103,7 +129,7 @@ pub fn parse_snapshots(mut bytes: &[u8], mut handle: impl FnMut(CopiedSample<'_>
 
 /// Reads a record laid out as [`StackCopy`], cut after its stack bytes and
 /// Python frames, and its length in bytes.
-pub fn parse_copy(record: &[u8]) -> Option<(CopiedSample<'_>, usize)> {
+pub fn parse_copy(record: &[u8]) -> Option<(Sample<'_>, usize)> {
     let header_size = std::mem::size_of::<StackCopyHeader>();
     if record.len() < StackCopy::STACK_OFFSET {
         return None;
@@ -125,7 +151,7 @@ pub fn parse_copy(record: &[u8]) -> Option<(CopiedSample<'_>, usize)> {
             regs: (header.ip, header.sp, header.bp),
             stack,
         },
-        (0, _) => UserStack::Addresses(words(stack)),
+        (0, _) => UserStack::Walked(StackRead::Addresses(words(stack))),
         _ => UserStack::Absent,
     };
     let python_start = StackCopy::STACK_OFFSET + StackCopy::python_offset(header.stack_len);
@@ -143,8 +169,9 @@ pub fn parse_copy(record: &[u8]) -> Option<(CopiedSample<'_>, usize)> {
             .map(|bytes| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
             .collect(),
     };
-    let sample = CopiedSample {
+    let sample = Sample {
         kind,
+        count: 1,
         tgid: header.tgid,
         tid: header.tid,
         comm: comm_string(&header.comm),
@@ -339,7 +366,7 @@ mod tests {
         let Some(Record::Stack(sample)) = parse_record(&bytes) else {
             panic!("not a stack record");
         };
-        assert_eq!(sample.user, UserStack::Addresses(vec![0x10, 0x20, 0x30]));
+        assert_eq!(sample.user, UserStack::Walked(StackRead::Addresses(vec![0x10, 0x20, 0x30])));
         assert_eq!(sample.kernel, StackRead::Addresses(vec![]));
         assert_eq!(sample.python, PythonSample::default());
     }

@@ -23,10 +23,11 @@ use anyhow::{bail, Context as _, Result};
 use tripod_common::PythonProcess;
 
 use super::{
-    records::{parse_record, parse_snapshots, CopiedSample, Record},
+    drain::{Flip, Settled},
+    records::{parse_record, parse_snapshots, Record, Sample},
     SampleSource, SamplingEvent,
 };
-use crate::{model::Counters, stack::RawSample};
+use crate::model::Counters;
 
 const MAGIC: &[u8] = b"tripod-replay 1\n";
 const RECORD: u8 = 0;
@@ -44,7 +45,7 @@ pub enum Told {
 /// Recorded samples and records, handed out in the order given.
 #[derive(Debug)]
 pub struct Replay {
-    counted: VecDeque<Vec<RawSample>>,
+    counted: VecDeque<Vec<Sample<'static>>>,
     records: VecDeque<Vec<u8>>,
     dumps: VecDeque<Vec<u8>>,
     counters: Counters,
@@ -70,8 +71,9 @@ impl Replay {
         Replay::default()
     }
 
-    /// What the next [`SampleSource::drain`] returns (each call takes one batch).
-    pub fn push_counted(&mut self, samples: Vec<RawSample>) {
+    /// What the next [`SampleSource::read_flipped`] returns (each call
+    /// takes one batch).
+    pub fn push_counted(&mut self, samples: Vec<Sample<'static>>) {
         self.counted.push_back(samples);
     }
 
@@ -145,7 +147,11 @@ impl Replay {
 }
 
 impl SampleSource for Replay {
-    fn drain(&mut self) -> Result<Vec<RawSample>> {
+    fn flip(&mut self) -> Result<Flip> {
+        Ok(Flip::without_kernel())
+    }
+
+    fn read_flipped(&mut self, _: Settled) -> Result<Vec<Sample<'static>>> {
         Ok(self.counted.pop_front().unwrap_or_default())
     }
 
@@ -157,7 +163,7 @@ impl SampleSource for Replay {
         }
     }
 
-    fn snapshot(&mut self, handle: &mut dyn FnMut(CopiedSample<'_>)) -> Result<()> {
+    fn snapshot(&mut self, handle: &mut dyn FnMut(Sample<'_>)) -> Result<()> {
         if let Some(dump) = self.dumps.pop_front() {
             parse_snapshots(&dump, handle);
         }
@@ -204,7 +210,7 @@ mod tests {
     use super::*;
     use crate::{
         sampler::records::{encode_copy, encode_wake, header},
-        sampler::Wake,
+        sampler::{drain_counted, UserStack, Wake},
         stack::StackRead,
     };
 
@@ -276,22 +282,25 @@ mod tests {
     #[test]
     fn counted_samples_counters_and_what_it_was_told() {
         let mut replay = Replay::new();
-        let sample = RawSample {
-            tgid: 1,
-            tid: 2,
-            comm: "x".into(),
-            user: StackRead::Addresses(vec![0x1000]),
-            kernel: StackRead::NotCollected,
+        let sample = || Sample {
             count: 3,
+            user: UserStack::Walked(StackRead::Addresses(vec![0x1000])),
+            ..Sample::on_cpu(1, 2, "x")
         };
-        replay.push_counted(vec![sample.clone()]);
+        replay.push_counted(vec![sample()]);
         let mut counters = Counters::default();
         counters.0[Counter::Samples as usize] = 3;
         replay.set_counters(counters);
 
         let source: &mut dyn SampleSource = &mut replay;
-        assert_eq!(source.drain().unwrap(), vec![sample]);
-        assert_eq!(source.drain().unwrap(), vec![]);
+        let drain = |source: &mut dyn SampleSource| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(drain_counted(source)).unwrap()
+        };
+        assert_eq!(drain(source), vec![sample()]);
+        assert_eq!(drain(source), vec![]);
         assert_eq!(source.counters().unwrap().get(Counter::Samples), 3);
         assert_eq!(source.event(), SamplingEvent::CpuClock);
         source.add_target(9).unwrap();

@@ -1,24 +1,34 @@
 //! The seam between where samples come from and everything after: the
 //! pipeline asks a [`SampleSource`] for samples and records and tells it
 //! what it learned, and never knows whether a kernel is behind it.
-use anyhow::Result;
-use tripod_common::PythonProcess;
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::{HashMap, MapData},
+    programs::Iter,
+    Btf,
+};
+use tripod_common::{names, Counter, PythonProcess};
 
 use super::{
-    records::{CopiedSample, Record},
+    drain::{Flip, Settled},
+    records::{parse_snapshots, Record, Sample},
     Sampler, SamplingEvent,
 };
-use crate::{model::Counters, stack::RawSample};
+use crate::model::Counters;
 
 /// What the pipeline consumes from the sampler, and what it tells it back.
 ///
 /// Implemented by the live [`Sampler`] and by [`super::Replay`]. Object
-/// safe (handlers are `&mut dyn FnMut`), so a run can pick its source at
-/// run time.
+/// safe (handlers are `&mut dyn FnMut`), so a run picks its source at run
+/// time and everything after it runs the same either way.
 pub trait SampleSource {
-    /// The samples counted in the kernel since the last call, each with
-    /// how often it was seen (`--unwind fp`; empty when stacks are copied).
-    fn drain(&mut self) -> Result<Vec<RawSample>>;
+    /// Starts a drain of the samples counted in the kernel (`--unwind fp`):
+    /// new samples are counted apart from now on. See [`drain_counted`].
+    fn flip(&mut self) -> Result<Flip>;
+
+    /// The samples counted until the [`Flip`] that `settled` waited for,
+    /// each with how often it was seen (none when stacks are copied).
+    fn read_flipped(&mut self, settled: Settled) -> Result<Vec<Sample<'static>>>;
 
     /// Hands every record waiting in the ring buffer to `handle`, oldest
     /// first: samples with their stack copies, threads switching out
@@ -27,7 +37,7 @@ pub trait SampleSource {
 
     /// Every thread of the targets as it is now, one
     /// [`tripod_common::RecordKind::Snapshot`] record each: a dump.
-    fn snapshot(&mut self, handle: &mut dyn FnMut(CopiedSample<'_>)) -> Result<()>;
+    fn snapshot(&mut self, handle: &mut dyn FnMut(Sample<'_>)) -> Result<()>;
 
     /// The kernel side's counters (samples, failures by kind) since the start.
     fn counters(&self) -> Result<Counters>;
@@ -42,7 +52,7 @@ pub trait SampleSource {
     fn add_target(&mut self, pid: u32) -> Result<()>;
 
     /// Collects the Python frames of process `pid` from now on, or (`None`)
-    /// no longer.
+    /// no longer: it exited, and its pid may be reused.
     fn set_python_process(&mut self, pid: u32, process: Option<&PythonProcess>) -> Result<()>;
 
     /// Forgets the Python thread states of these exited threads.
@@ -53,46 +63,140 @@ pub trait SampleSource {
     fn mark_blocked(&mut self, tid: u32, since_ns: u64) -> Result<()>;
 }
 
-/// The live sampler. Its inherent methods of the same names (which take
-/// `impl FnMut` handlers) stay until every caller goes through the trait.
+/// Everything counted in the kernel since the last call: flip, wait until
+/// nothing writes the old generation (off the runtime's thread), read it.
+pub async fn drain_counted(source: &mut dyn SampleSource) -> Result<Vec<Sample<'static>>> {
+    let flip = source.flip()?;
+    let settled = flip.settled().await;
+    source.read_flipped(settled)
+}
+
+/// The live sampler: the eBPF program's maps, ring buffer and task iterator.
 impl SampleSource for Sampler {
-    fn drain(&mut self) -> Result<Vec<RawSample>> {
-        Sampler::drain(self)
+    fn flip(&mut self) -> Result<Flip> {
+        self.flip_generation()
+    }
+
+    fn read_flipped(&mut self, settled: Settled) -> Result<Vec<Sample<'static>>> {
+        self.read_generation(settled)
     }
 
     fn drain_copies(&mut self, handle: &mut dyn FnMut(Record<'_>)) {
-        Sampler::drain_copies(self, handle)
-    }
-
-    fn snapshot(&mut self, handle: &mut dyn FnMut(CopiedSample<'_>)) -> Result<()> {
-        Sampler::snapshot(self, handle)
-    }
-
-    fn counters(&self) -> Result<Counters> {
-        Sampler::counters(self)
+        self.drain_ring(handle)
     }
 
     fn event(&self) -> SamplingEvent {
-        Sampler::event(self)
+        self.event
     }
 
     fn fallback_reason(&self) -> Option<&str> {
-        Sampler::fallback_reason(self)
+        self.fallback_reason.as_deref()
     }
 
     fn add_target(&mut self, pid: u32) -> Result<()> {
-        Sampler::add_target(self, pid)
+        self.targets
+            .insert(pid, 1, 0)
+            .with_context(|| format!("adding pid {pid} to the targets"))
+    }
+
+    /// Every thread of the target processes as it is now, running or
+    /// blocked, without stopping them: a task iterator reads each thread's
+    /// stacks. Handed to `handle` one at a time.
+    fn snapshot(&mut self, handle: &mut dyn FnMut(Sample<'_>)) -> Result<()> {
+        use std::io::Read as _;
+        if self.btf.is_none() {
+            self.btf = Some(Btf::from_sys_fs().context("reading the kernel's BTF")?);
+        }
+        let program: &mut Iter = self
+            .ebpf
+            .program_mut(names::DUMP_PROGRAM)
+            .context("the eBPF object has no task iterator")?
+            .try_into()?;
+        if program.fd().is_err() {
+            let btf = self.btf.as_ref().expect("loaded above");
+            program
+                .load("task", btf)
+                .context("loading the task iterator (the verifier refused it)")?;
+        }
+        let link = program.attach().context("attaching the task iterator")?;
+        let mut file = program
+            .take_link(link)?
+            .into_file()
+            .context("starting the task iterator")?;
+        let mut records = Vec::new();
+        file.read_to_end(&mut records)
+            .context("reading the task iterator")?;
+        parse_snapshots(&records, handle);
+        Ok(())
     }
 
     fn set_python_process(&mut self, pid: u32, process: Option<&PythonProcess>) -> Result<()> {
-        Sampler::set_python_process(self, pid, process)
+        let mut processes: HashMap<&mut MapData, u32, PythonProcess> = HashMap::try_from(
+            self.ebpf
+                .map_mut(names::PYTHON_PROCESSES)
+                .context("the eBPF object has no map PYTHON_PROCESSES")?,
+        )?;
+        match process {
+            Some(process) => processes
+                .insert(pid, process, 0)
+                .with_context(|| format!("adding Python process {pid}")),
+            // Already gone is fine.
+            None => {
+                let _ = processes.remove(&pid);
+                Ok(())
+            }
+        }
     }
 
+    /// Forgets where these exited threads' Python thread states were, so the
+    /// map does not fill with the dead and their tids, reused, start afresh.
     fn forget_python_threads(&mut self, tids: &[u32]) -> Result<()> {
-        Sampler::forget_python_threads(self, tids)
+        let mut threads: HashMap<&mut MapData, u32, tripod_common::PythonThread> =
+            HashMap::try_from(
+                self.ebpf
+                    .map_mut(names::PYTHON_THREADS)
+                    .context("the eBPF object has no map PYTHON_THREADS")?,
+            )?;
+        for tid in tids {
+            // Never looked up by the kernel, or already gone: fine.
+            let _ = threads.remove(tid);
+        }
+        Ok(())
     }
 
+    /// Marks a thread as switched out since `since_ns` (CLOCK_MONOTONIC), so
+    /// that it is reported when it runs again: for threads that were already
+    /// waiting when tracking started. A newer mark made by the kernel is kept.
     fn mark_blocked(&mut self, tid: u32, since_ns: u64) -> Result<()> {
-        Sampler::mark_blocked(self, tid, since_ns)
+        let mut blocked: HashMap<&mut MapData, u32, u64> = HashMap::try_from(
+            self.ebpf
+                .map_mut(names::BLOCKED_SINCE)
+                .context("the eBPF object has no map BLOCKED_SINCE")?,
+        )?;
+        match blocked.insert(tid, since_ns, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            // Already marked by the kernel: that mark is newer.
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(tripod_common::errno::EEXIST) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e).context("marking a blocked thread"),
+        }
+    }
+
+    fn counters(&self) -> Result<Counters> {
+        let mut totals = Counters::default();
+        for counter in Counter::ALL {
+            let per_cpu = self
+                .counters
+                .get(&(counter as u32), 0)
+                .context("reading counters")?;
+            totals.0[counter as usize] = per_cpu.iter().sum();
+        }
+        Ok(totals)
     }
 }
+
+/// `BPF_NOEXIST` from the kernel's uapi: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
