@@ -606,27 +606,7 @@ pub fn dump_threads(ctx: *mut c_void) -> i32 {
         copy.header.syscall = syscall as i64 as i32;
     }
     if copy.header.no_user == 0 {
-        let wanted = if config.stack_copy_bytes > MAX_DUMP_STACK_COPY {
-            MAX_DUMP_STACK_COPY
-        } else {
-            config.stack_copy_bytes
-        };
-        let sp = copy.header.sp;
-        let read_task = |dst, len, src| {
-            // SAFETY: `copy_user_stack` and `python::collect` call this only
-            // with `dst` valid for `len` bytes; `task` is valid for this call,
-            // and its memory is read through its mm.
-            unsafe { bpf_copy_from_user_task(dst, len, src, task, 0) }
-        };
-        copy.header.stack_len = copy_user_stack(copy, sp, wanted, read_task);
-        if let Some(process) = python::process(tgid) {
-            let thread = python::PythonThreadId {
-                tid,
-                task: address,
-                fsbase_offset: offsets.fsbase,
-            };
-            python::collect(copy, &process, &thread, read_task);
-        }
+        copy_user_half(copy, &config, task, tgid, tid);
     }
     let record = record_bytes(copy);
     // SAFETY: the iterator's seq_file, and a record of `len` bytes.
@@ -635,6 +615,39 @@ pub fn dump_threads(ctx: *mut c_void) -> i32 {
         bpf_seq_write(seq, record.as_ptr().cast(), record.len() as u32);
     }
     0
+}
+
+/// The user half of a dumped thread: the top of its user stack, read
+/// through its mm, and its Python frames if its process runs Python.
+#[inline(always)]
+fn copy_user_half(
+    copy: &mut StackCopy,
+    config: &SamplerConfig,
+    task: *mut task_struct,
+    tgid: u32,
+    tid: u32,
+) {
+    let wanted = if config.stack_copy_bytes > MAX_DUMP_STACK_COPY {
+        MAX_DUMP_STACK_COPY
+    } else {
+        config.stack_copy_bytes
+    };
+    let sp = copy.header.sp;
+    let read_task = |dst, len, src| {
+        // SAFETY: `copy_user_stack` and `python::collect` call this only
+        // with `dst` valid for `len` bytes; `task` is valid for this call,
+        // and its memory is read through its mm.
+        unsafe { bpf_copy_from_user_task(dst, len, src, task, 0) }
+    };
+    copy.header.stack_len = copy_user_stack(copy, sp, wanted, read_task);
+    if let Some(process) = python::process(tgid) {
+        let thread = python::PythonThreadId {
+            tid,
+            task: task as u64,
+            fsbase_offset: config.task_offsets.fsbase,
+        };
+        python::collect(copy, &process, &thread, read_task);
+    }
 }
 
 #[inline(always)]

@@ -9,11 +9,7 @@
 //! nothing here knows a CPython version.
 use core::ffi::c_void;
 
-use aya_ebpf::{
-    helpers::generated::bpf_ktime_get_ns,
-    macros::map,
-    maps::HashMap,
-};
+use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, macros::map, maps::HashMap};
 use tripod_common::{
     PythonFrame, PythonOffsets, PythonProcess, PythonStatus, PythonThread, StackCopy,
     MAX_PYTHON_FRAMES, MAX_PYTHON_PROCESSES, MAX_PYTHON_THREADS, MAX_PYTHON_THREADS_SCANNED,

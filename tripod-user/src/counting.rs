@@ -100,7 +100,12 @@ impl Counting {
             // time still counts, on a stack that says what is missing.
             None => {
                 let raw = [RawFrame::Gap(Space::User, Gap::Dropped)];
-                let stack = intern(&mut self.aggregator.stacks, &mut self.new_stacks, wake.tgid, &raw);
+                let stack = intern(
+                    &mut self.aggregator.stacks,
+                    &mut self.new_stacks,
+                    wake.tgid,
+                    &raw,
+                );
                 Wait::new(wake.tgid, comm(), stack, TaskState::Unknown, wake.start_ns)
             }
         };
@@ -321,7 +326,11 @@ mod tests {
         tally.add(2);
         let second_end = first_end + Duration::seconds(1);
         let (span, grown) = tally.end_interval(second_end, &counters(30));
-        assert_eq!(span, (first_end, second_end), "the next interval starts where one ended");
+        assert_eq!(
+            span,
+            (first_end, second_end),
+            "the next interval starts where one ended"
+        );
         assert_eq!(grown.get(Counter::Samples), 5);
 
         let (run, grown) = tally.run(second_end, &counters(30));
@@ -360,7 +369,10 @@ mod tests {
         let mut counting = Counting::new(Some(weight), Counters::default());
         let raw = [RawFrame::InstructionPointer(Space::Kernel, 0xffff_0010)];
         counting.begin_wait(on_cpu(1, &raw), 1_000_000);
-        assert!(counting.has_unreported(), "a wait in progress is unreported");
+        assert!(
+            counting.has_unreported(),
+            "a wait in progress is unreported"
+        );
         let wake = |tid, start_ns| Wake {
             tid,
             tgid: 7,

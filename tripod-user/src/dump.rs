@@ -117,7 +117,11 @@ fn dump_once(
         return Err(hidden_from_bpf(pid));
     };
     output.dump(&dump).context("writing the dump")?;
-    log::debug!("dumped {} threads in {:?}", dump.threads.len(), started.elapsed());
+    log::debug!(
+        "dumped {} threads in {:?}",
+        dump.threads.len(),
+        started.elapsed()
+    );
     Ok(true)
 }
 

@@ -232,10 +232,11 @@ impl Pipeline {
             self.processes.forget(pid);
         }
         let resolver = &mut self.resolver;
-        let freed = self
-            .counting
-            .retire(&exited, |stacks, name, stack| resolver.merged(stacks, name, stack));
-        self.resolver.forget(|pid| exited.contains_key(&pid), &freed);
+        let freed = self.counting.retire(&exited, |stacks, name, stack| {
+            resolver.merged(stacks, name, stack)
+        });
+        self.resolver
+            .forget(|pid| exited.contains_key(&pid), &freed);
         log::debug!(
             "retired {} exited processes; {}, {} processes, {}",
             exited.len(),
@@ -332,7 +333,12 @@ impl Pipeline {
     pub fn summary(&mut self, counters: &Counters) -> report::Summary {
         self.symbolize();
         let (span, grown) = self.counting.tally().run(Local::now(), counters);
-        report::build_summary(self.run(), self.inputs(), span, Losses::from_counters(&grown))
+        report::build_summary(
+            self.run(),
+            self.inputs(),
+            span,
+            Losses::from_counters(&grown),
+        )
     }
 
     /// Every thread of process `pid` as it is now, from `source`, grouped by
@@ -352,7 +358,9 @@ impl Pipeline {
             return Ok(None);
         }
         self.symbolize();
-        let interval = self.counting.take_interval(Local::now(), &Counters::default());
+        let interval = self
+            .counting
+            .take_interval(Local::now(), &Counters::default());
         let locals = self.locals.as_mut().map(std::mem::take);
         Ok(Some(report::build_dump(
             pid,

@@ -171,19 +171,29 @@ fn a_replayed_dump_groups_threads_by_stack_with_their_state_and_syscall() {
         recording: None,
         ..options(Mode::Cpu)
     });
-    let dump = pipeline.dump(&mut replay, pid).unwrap().expect("two threads");
+    let dump = pipeline
+        .dump(&mut replay, pid)
+        .unwrap()
+        .expect("two threads");
     assert_eq!(dump.groups.len(), 1, "one stack: {dump:#?}");
     let group = &dump.groups[0];
     assert_eq!(group.tids, [pid, pid + 1]);
     assert_eq!(group.state, TaskState::from_kernel(1));
-    let names: Vec<&str> = group.frames.iter().filter_map(|f| f.function.as_deref()).collect();
+    let names: Vec<&str> = group
+        .frames
+        .iter()
+        .filter_map(|f| f.function.as_deref())
+        .collect();
     let caller = names.iter().position(|n| n.contains("replayed_caller"));
     let leaf = names.iter().position(|n| n.contains("replayed_leaf"));
     assert!(
         matches!((caller, leaf), (Some(c), Some(l)) if c < l),
         "caller outside leaf: {names:?}"
     );
-    assert!(dump.threads.iter().all(|t| t.syscall.is_some()), "{dump:#?}");
+    assert!(
+        dump.threads.iter().all(|t| t.syscall.is_some()),
+        "{dump:#?}"
+    );
     // No second dump in the replay: no threads, as for a process that is gone.
     assert!(pipeline.dump(&mut replay, pid).unwrap().is_none());
 }

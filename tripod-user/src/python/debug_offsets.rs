@@ -304,6 +304,15 @@ const MAX_OBJECT_SIZE: u64 = 64 << 10;
 /// A table that moved by 8 or more bytes puts `size`s where offsets were,
 /// which these checks catch in practice; they cannot prove the shape.
 pub fn parse(bytes: &[u8]) -> Result<DebugOffsets, Refused> {
+    let (version_hex, format) = header(bytes)?;
+    let offsets = read_fields(bytes, version_hex, format)?;
+    check(&offsets)?;
+    Ok(offsets)
+}
+
+/// The version and table shape of the bytes, once the cookie, the length
+/// and the build (not free-threaded) are checked.
+fn header(bytes: &[u8]) -> Result<(u64, Format), Refused> {
     if bytes.len() < 24 {
         return Err(if bytes.len() >= 8 && &bytes[..8] != COOKIE {
             Refused::NoCookie
@@ -316,28 +325,30 @@ pub fn parse(bytes: &[u8]) -> Result<DebugOffsets, Refused> {
     }
     let version_hex = u64_at(bytes, 8).ok_or(Refused::TooShort)?;
     let format = Format::for_version(version_hex)?;
-    let fields = format.fields();
-    if bytes.len() < fields.len {
+    if bytes.len() < format.fields().len {
         return Err(Refused::TooShort);
     }
-    // From here every read is inside `fields.len`, so inside `bytes`; a
-    // failed read is still an error, never a panic.
+    match u64_at(bytes, 16).ok_or(Refused::TooShort)? {
+        0 => Ok((version_hex, format)),
+        1 => Err(Refused::FreeThreaded),
+        _ => Err(Refused::Implausible("free_threaded is neither 0 nor 1")),
+    }
+}
+
+/// Every field of a table of `format`'s shape, unchecked.
+fn read_fields(bytes: &[u8], version_hex: u64, format: Format) -> Result<DebugOffsets, Refused> {
+    let fields = format.fields();
+    // Every read is inside `fields.len`, which `header` checked is inside
+    // `bytes`; a failed read is still an error, never a panic.
     let at = |offset: usize| u64_at(bytes, offset).ok_or(Refused::TooShort);
     let slot = |group: usize, index: usize| at(group + 8 * index);
-
-    match at(16)? {
-        0 => {}
-        1 => return Err(Refused::FreeThreaded),
-        _ => return Err(Refused::Implausible("free_threaded is neither 0 nor 1")),
-    }
-
     let t = fields.thread;
     let id = fields.thread_id_index;
     let f = fields.frame;
     let c = fields.code;
     let o = fields.object;
     let d = fields.dict;
-    let offsets = DebugOffsets {
+    Ok(DebugOffsets {
         version_hex,
         free_threaded: false,
         runtime_size: at(fields.runtime_size)?,
@@ -402,9 +413,7 @@ pub fn parse(bytes: &[u8]) -> Result<DebugOffsets, Refused> {
         unicode_state: slot(d, 12)?,
         unicode_length: slot(d, 13)?,
         unicode_asciiobject_size: slot(d, 14)?,
-    };
-    check(&offsets)?;
-    Ok(offsets)
+    })
 }
 
 /// Where `tuple_object` starts: after `type_object` (4 fields, 6 in 3.15)
@@ -457,7 +466,6 @@ fn field_ok(offset: u64, kind: Kind, size: u64, what: &'static str) -> Result<()
 }
 
 fn check(d: &DebugOffsets) -> Result<(), Refused> {
-    use Kind::*;
     size_ok(d.runtime_size, MAX_STATE_SIZE, "runtime size")?;
     size_ok(d.interpreter_size, MAX_STATE_SIZE, "interpreter size")?;
     for (size, what) in [
@@ -479,8 +487,20 @@ fn check(d: &DebugOffsets) -> Result<(), Refused> {
     if d.object_ob_type != 8 || d.object_size != 16 {
         return Err(Refused::Implausible("PyObject is not {ob_refcnt, ob_type}"));
     }
+    for (offset, kind, size, what) in state_fields(d).into_iter().chain(object_fields(d)) {
+        field_ok(offset, kind, size, what)?;
+    }
+    objects_have_headers(d)
+}
+
+/// Where a field is, what it holds, the size of its structure, and its name.
+type FieldCheck = (u64, Kind, u64, &'static str);
+
+/// The fields of the runtime, interpreter and thread states and frames.
+fn state_fields(d: &DebugOffsets) -> [FieldCheck; 14] {
+    use Kind::*;
     let none = |o: Option<u64>| o.unwrap_or(0);
-    let checks: [(u64, Kind, u64, &'static str); 38] = [
+    [
         (
             d.runtime_interpreters_head,
             Pointer,
@@ -530,6 +550,14 @@ fn check(d: &DebugOffsets) -> Result<(), Refused> {
             d.frame_size,
             "stackpointer",
         ),
+    ]
+}
+
+/// The fields of code, type and other objects.
+fn object_fields(d: &DebugOffsets) -> [FieldCheck; 24] {
+    use Kind::*;
+    let none = |o: Option<u64>| o.unwrap_or(0);
+    [
         (d.code_filename, Pointer, d.code_size, "co_filename"),
         (d.code_name, Pointer, d.code_size, "co_name"),
         (none(d.code_qualname), Pointer, d.code_size, "co_qualname"),
@@ -579,11 +607,12 @@ fn check(d: &DebugOffsets) -> Result<(), Refused> {
             d.unicode_asciiobject_size,
             "str length",
         ),
-    ];
-    for (offset, kind, size, what) in checks {
-        field_ok(offset, kind, size, what)?;
-    }
-    // Every object starts with a PyObject header.
+    ]
+}
+
+/// Every object starts with a `PyObject` header, and `PyASCIIObject` fits
+/// in `PyUnicodeObject`.
+fn objects_have_headers(d: &DebugOffsets) -> Result<(), Refused> {
     for (offset, what) in [
         (d.tuple_ob_item, "tuple ob_item"),
         (d.list_ob_item, "list ob_item"),

@@ -95,7 +95,10 @@ impl Sampler {
     /// Everything counted in the generation `settled` made idle; its maps
     /// are cleared for the next flip. Nothing is lost between the read and
     /// the clear, and the kernel never waits for us.
-    pub(super) fn read_generation(&mut self, Settled(flip): Settled) -> Result<Vec<Sample<'static>>> {
+    pub(super) fn read_generation(
+        &mut self,
+        Settled(flip): Settled,
+    ) -> Result<Vec<Sample<'static>>> {
         let idle = flip.idle as usize;
         let counts = &mut self.counts[idle];
         let entries: Vec<(SampleKey, u64)> = counts

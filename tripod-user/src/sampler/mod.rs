@@ -120,53 +120,8 @@ impl Sampler {
     /// Loads the program, fills in the targets, and starts sampling on every CPU.
     pub fn start(options: &SamplerOptions) -> Result<Sampler> {
         raise_memlock_limit();
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(path, error)| anyhow::anyhow!("reading {path}: {error}"))?
-            as u32;
-        let config = SamplerConfig {
-            all_processes: options.targets.is_none().into(),
-            include_idle: options.include_idle.into(),
-            self_tgid: std::process::id(),
-            collect_user: options.stacks.user().into(),
-            collect_kernel: options.stacks.kernel().into(),
-            copy_user_stack: options.copy_user_stack.into(),
-            stack_copy_bytes: options.stack_copy_bytes,
-            track_switches: options.track_switches.into(),
-            possible_cpus: cpus,
-            task_offsets: btf::task_offsets()?,
-        };
-        let mut loader = EbpfLoader::new();
-        loader.override_global(names::CONFIG, &config, true);
-        for generation in 0..2 {
-            loader.map_max_entries(names::STACKS[generation], options.stack_storage_size);
-            loader.map_max_entries(names::COUNTS[generation], options.count_map_size);
-        }
-        // For a ring buffer, max_entries is its size in bytes.
-        loader.map_max_entries(names::STACK_COPIES, options.ring_buffer_size);
-        loader.map_max_entries(names::SCRATCH, ScratchSlot::len(cpus));
-        // The object is embedded so the binary runs on its own, from any directory.
-        let mut ebpf = loader
-            .load(aya::include_bytes_aligned!(concat!(
-                env!("OUT_DIR"),
-                "/tripod"
-            )))
-            .context("loading the eBPF program into the kernel")?;
-
-        let mut targets: HashMap<MapData, u32, u8> = take_map(&mut ebpf, names::TARGETS)?;
-        for &pid in options.targets.iter().flatten() {
-            targets
-                .insert(pid, 1, 0)
-                .with_context(|| format!("adding pid {pid} to the targets"))?;
-        }
-        let mut python: HashMap<&mut MapData, u32, PythonProcess> = HashMap::try_from(
-            ebpf.map_mut(names::PYTHON_PROCESSES)
-                .context("the eBPF object has no map PYTHON_PROCESSES")?,
-        )?;
-        for (pid, process) in &options.python_processes {
-            python
-                .insert(pid, process, 0)
-                .with_context(|| format!("adding Python process {pid}"))?;
-        }
+        let mut ebpf = load(options)?;
+        let targets = fill_maps(&mut ebpf, options)?;
         let control = take_map(&mut ebpf, names::CONTROL)?;
         let counters = take_map(&mut ebpf, names::COUNTERS)?;
         let counts = [
@@ -178,41 +133,18 @@ impl Sampler {
             take_map(&mut ebpf, names::STACKS[1])?,
         ];
         let copies = take_map(&mut ebpf, names::STACK_COPIES)?;
-
-        let program: &mut PerfEvent = ebpf
-            .program_mut(names::SAMPLE_PROGRAM)
-            .context("the eBPF object has no sampling program")?
-            .try_into()?;
-        program
+        sample_program(&mut ebpf)?
             .load()
             .context("loading the sampling program (the verifier refused it)")?;
-        let mut btf = None;
-        if options.track_switches {
-            let kernel_btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
-            let program: &mut BtfTracePoint = ebpf
-                .program_mut(names::SWITCH_PROGRAM)
-                .context("the eBPF object has no sched_switch program")?
-                .try_into()?;
-            program
-                .load("sched_switch", &kernel_btf)
-                .context("loading the sched_switch program (the verifier refused it)")?;
-            program
-                .attach()
-                .context("attaching to the sched_switch tracepoint")?;
-            btf = Some(kernel_btf);
-        }
-
-        // Sampling starts last, once everything it feeds is in place.
-        let (event, fallback_reason) = if options.sample_on_cpu {
-            let program: &mut PerfEvent = ebpf
-                .program_mut(names::SAMPLE_PROGRAM)
-                .context("the eBPF object has no sampling program")?
-                .try_into()?;
-            attach_all_cpus(program, options.frequency)?
-        } else {
-            (SamplingEvent::CpuClock, None)
+        let btf = match options.track_switches {
+            true => Some(attach_switches(&mut ebpf)?),
+            false => None,
         };
-
+        // Sampling starts last, once everything it feeds is in place.
+        let (event, fallback_reason) = match options.sample_on_cpu {
+            true => attach_all_cpus(sample_program(&mut ebpf)?, options.frequency)?,
+            false => (SamplingEvent::CpuClock, None),
+        };
         Ok(Sampler {
             ebpf,
             btf,
@@ -228,6 +160,86 @@ impl Sampler {
             counts_in_kernel: options.sample_on_cpu && !options.copy_user_stack,
         })
     }
+}
+
+/// The eBPF object, configured and sized for `options`, loaded into the
+/// kernel (its programs are loaded one by one later).
+fn load(options: &SamplerOptions) -> Result<Ebpf> {
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(path, error)| anyhow::anyhow!("reading {path}: {error}"))? as u32;
+    let config = SamplerConfig {
+        all_processes: options.targets.is_none().into(),
+        include_idle: options.include_idle.into(),
+        self_tgid: std::process::id(),
+        collect_user: options.stacks.user().into(),
+        collect_kernel: options.stacks.kernel().into(),
+        copy_user_stack: options.copy_user_stack.into(),
+        stack_copy_bytes: options.stack_copy_bytes,
+        track_switches: options.track_switches.into(),
+        possible_cpus: cpus,
+        task_offsets: btf::task_offsets()?,
+    };
+    let mut loader = EbpfLoader::new();
+    loader.override_global(names::CONFIG, &config, true);
+    for generation in 0..2 {
+        loader.map_max_entries(names::STACKS[generation], options.stack_storage_size);
+        loader.map_max_entries(names::COUNTS[generation], options.count_map_size);
+    }
+    // For a ring buffer, max_entries is its size in bytes.
+    loader.map_max_entries(names::STACK_COPIES, options.ring_buffer_size);
+    loader.map_max_entries(names::SCRATCH, ScratchSlot::len(cpus));
+    // The object is embedded so the binary runs on its own, from any directory.
+    loader
+        .load(aya::include_bytes_aligned!(concat!(
+            env!("OUT_DIR"),
+            "/tripod"
+        )))
+        .context("loading the eBPF program into the kernel")
+}
+
+/// Writes the targets and the Python processes known at the start into
+/// their maps; returns the targets map, which grows during the run.
+fn fill_maps(ebpf: &mut Ebpf, options: &SamplerOptions) -> Result<HashMap<MapData, u32, u8>> {
+    let mut targets: HashMap<MapData, u32, u8> = take_map(ebpf, names::TARGETS)?;
+    for &pid in options.targets.iter().flatten() {
+        targets
+            .insert(pid, 1, 0)
+            .with_context(|| format!("adding pid {pid} to the targets"))?;
+    }
+    let mut python: HashMap<&mut MapData, u32, PythonProcess> = HashMap::try_from(
+        ebpf.map_mut(names::PYTHON_PROCESSES)
+            .context("the eBPF object has no map PYTHON_PROCESSES")?,
+    )?;
+    for (pid, process) in &options.python_processes {
+        python
+            .insert(pid, process, 0)
+            .with_context(|| format!("adding Python process {pid}"))?;
+    }
+    Ok(targets)
+}
+
+fn sample_program(ebpf: &mut Ebpf) -> Result<&mut PerfEvent> {
+    Ok(ebpf
+        .program_mut(names::SAMPLE_PROGRAM)
+        .context("the eBPF object has no sampling program")?
+        .try_into()?)
+}
+
+/// Loads and attaches the `sched_switch` program (`off-cpu` and `wall`);
+/// returns the kernel's BTF it was loaded against, which dumps reuse.
+fn attach_switches(ebpf: &mut Ebpf) -> Result<Btf> {
+    let kernel_btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(names::SWITCH_PROGRAM)
+        .context("the eBPF object has no sched_switch program")?
+        .try_into()?;
+    program
+        .load("sched_switch", &kernel_btf)
+        .context("loading the sched_switch program (the verifier refused it)")?;
+    program
+        .attach()
+        .context("attaching to the sched_switch tracepoint")?;
+    Ok(kernel_btf)
 }
 
 /// Attaches `program` on every online CPU: hardware cycles when the machine

@@ -366,7 +366,10 @@ mod tests {
         let Some(Record::Stack(sample)) = parse_record(&bytes) else {
             panic!("not a stack record");
         };
-        assert_eq!(sample.user, UserStack::Walked(StackRead::Addresses(vec![0x10, 0x20, 0x30])));
+        assert_eq!(
+            sample.user,
+            UserStack::Walked(StackRead::Addresses(vec![0x10, 0x20, 0x30]))
+        );
         assert_eq!(sample.kernel, StackRead::Addresses(vec![]));
         assert_eq!(sample.python, PythonSample::default());
     }
