@@ -41,6 +41,14 @@ pub struct Pipeline {
     locals: Option<HashMap<u32, Vec<FrameLocals>>>,
 }
 
+/// What a sample taken in is counted as.
+enum Taken {
+    /// This many samples (a counted sample's count, else 1).
+    Weight(u64),
+    /// The start of a wait, at this CLOCK_MONOTONIC time: counted when it ends.
+    WaitSince(u64),
+}
+
 /// What a pipeline starts from.
 pub struct PipelineOptions {
     pub rules: Arc<Rules>,
@@ -97,7 +105,7 @@ impl Pipeline {
     pub async fn pull_counted(&mut self, source: &mut dyn SampleSource) -> Result<()> {
         for sample in drain_counted(source).await? {
             let weight = sample.count;
-            self.take(sample, TaskState::Running, weight);
+            self.take(sample, TaskState::Running, Taken::Weight(weight));
         }
         self.locate_new_stacks();
         self.forget_exited();
@@ -109,7 +117,7 @@ impl Pipeline {
     fn take_record(&mut self, record: Record<'_>) {
         match record {
             Record::Stack(sample) if sample.kind == RecordKind::Blocked => self.begin_wait(sample),
-            Record::Stack(sample) => self.take(sample, TaskState::Running, 1),
+            Record::Stack(sample) => self.take(sample, TaskState::Running, Taken::Weight(1)),
             Record::Woke(wake) => {
                 let processes = &mut self.processes;
                 let comm = || processes.observe(wake.tgid, "").comm.clone();
@@ -118,8 +126,8 @@ impl Pipeline {
         }
     }
 
-    /// Unwinds and counts one sample, `weight` times, in `state`.
-    fn take(&mut self, sample: Sample<'_>, state: TaskState, weight: u64) {
+    /// Unwinds one sample and counts it in `state`, as `what` says.
+    fn take(&mut self, sample: Sample<'_>, state: TaskState, what: Taken) {
         let (tgid, tid) = (sample.tgid, sample.tid);
         let (raw, comm) = self.ingest.unwind(sample, &mut self.processes);
         let counted = Counted {
@@ -129,29 +137,23 @@ impl Pipeline {
             raw: &raw,
             state,
         };
-        if self.counting.count(counted, weight) {
+        let new_process = match what {
+            Taken::Weight(weight) => self.counting.count(counted, weight),
+            Taken::WaitSince(since_ns) => self.counting.begin_wait(counted, since_ns),
+        };
+        if new_process {
             self.ingest.check_python_later(tgid);
         }
     }
 
     fn begin_wait(&mut self, sample: Sample<'_>) {
-        let (tgid, tid, since_ns) = (sample.tgid, sample.tid, sample.time_ns);
         // Switched out while runnable: preempted, waiting for a CPU.
         let state = match TaskState::from_kernel(sample.state) {
             TaskState::Running => TaskState::Runnable,
             state => state,
         };
-        let (raw, comm) = self.ingest.unwind(sample, &mut self.processes);
-        let counted = Counted {
-            tgid,
-            tid,
-            comm: &comm,
-            raw: &raw,
-            state,
-        };
-        if self.counting.begin_wait(counted, since_ns) {
-            self.ingest.check_python_later(tgid);
-        }
+        let since_ns = sample.time_ns;
+        self.take(sample, state, Taken::WaitSince(since_ns));
     }
 
     /// Threads that were already waiting when tracking switches started are
@@ -380,7 +382,7 @@ impl Pipeline {
             locals.insert(sample.tid, found);
         }
         let state = TaskState::from_kernel(sample.state);
-        self.take(sample, state, 1);
+        self.take(sample, state, Taken::Weight(1));
     }
 }
 
