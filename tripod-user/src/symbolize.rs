@@ -37,6 +37,7 @@ use blazesym::symbolize::{
 use object::{Object as _, ObjectSection as _};
 
 use crate::{
+    messages,
     model::Unknown,
     process::Module,
     target_file::{self, Refusal, Why},
@@ -149,11 +150,11 @@ impl Symbolizer {
         if let Some(refusal) = answer.refused_debug {
             if self.warned.insert(refusal.clone()) {
                 // Both paths are the target's to choose: escaped like any name.
-                eprintln!(
-                    "[tripod] warning: debug information of {} not read: {}; its symbol table is used",
+                messages::warn(&format!(
+                    "warning: debug information of {} not read: {}; its symbol table is used",
                     escape_controls(&module.path),
                     escape_controls(&refusal)
-                );
+                ));
             }
         }
         answer.results
@@ -284,7 +285,9 @@ impl Worker {
             });
         if let Err(error) = spawned {
             // Without the thread every lookup gives up at once, with a reason.
-            log::warn!("cannot start the symbolizer thread: {error}");
+            messages::warn(&format!(
+                "warning: cannot start the symbolizer thread: {error}"
+            ));
         }
         Worker { jobs, answers }
     }
