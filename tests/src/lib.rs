@@ -735,6 +735,111 @@ pub fn wait_until_all_threads_block(pid: u32) {
     }
 }
 
+/// How long a test waits for something it can observe (a process's CPU time, a signal
+/// disposition, a file's content) before it fails: generous, so that a machine busy with
+/// other builds slows a test down rather than failing it.
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Polls `probe` until it returns `Ok`, and returns that value. `probe` says what it saw
+/// otherwise (`Err`); after [`WAIT_TIMEOUT`] the test fails naming `what` it waited for
+/// and what was seen last.
+pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + WAIT_TIMEOUT;
+    loop {
+        let seen = match probe() {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "waited {WAIT_TIMEOUT:?} for {what} in vain; last seen: {seen}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The CPU time `pid` has used so far, all its threads together (user and system time
+/// of `/proc/PID/stat`); `None` once it is gone.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised comm: state (field 3), ..., utime (14), stime (15).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_millis(ticks * 1000 / per_second))
+}
+
+/// Waits until `pid` has run for `amount` on a CPU from now: a sampler that samples it
+/// meanwhile takes as many samples as that time is worth, however loaded the machine.
+pub fn wait_for_cpu_time(pid: u32, amount: Duration) {
+    let start = cpu_time(pid).unwrap_or_else(|| panic!("pid {pid} is gone"));
+    wait_for(
+        &format!("pid {pid} to run {amount:?} on a CPU"),
+        || match cpu_time(pid).map(|now| now.saturating_sub(start)) {
+            Some(ran) if ran >= amount => Ok(()),
+            Some(ran) => Err(format!("it ran {ran:?}")),
+            None => panic!("pid {pid} exited before it ran {amount:?} on a CPU"),
+        },
+    )
+}
+
+/// A signal set of `pid` from `/proc/PID/status` (`field` is `SigBlk`, `SigIgn`,
+/// `SigCgt`, ...), as a bit mask: bit `n - 1` for signal `n`.
+pub fn signal_set(pid: u32, field: &str) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} line in {path}"));
+    u64::from_str_radix(mask.trim(), 16).expect("a hex mask")
+}
+
+/// Waits until `pid` catches `sig` with a handler of its own (`SigCgt`): a program that
+/// handles the signal is ready for it, one that has not installed its handler yet would
+/// die of it.
+pub fn wait_until_catches(pid: u32, sig: libc::c_int) {
+    wait_for(&format!("pid {pid} to catch signal {sig}"), || {
+        let caught = signal_set(pid, "SigCgt");
+        if caught & (1 << (sig - 1)) != 0 {
+            Ok(())
+        } else {
+            Err(format!("SigCgt {caught:#x}"))
+        }
+    })
+}
+
+/// The temporary file tripod-bpf writes beside `path` (named with `-o`) until the end of
+/// the run, when it renames it over `path`: `.NAME.tripod-XXXXXX` in the same directory.
+pub fn staged_output(path: &Path) -> Option<PathBuf> {
+    let dir = path.parent()?;
+    let prefix = format!(".{}.tripod-", path.file_name()?.to_str()?);
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .find(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|entry| entry.path())
+}
+
+/// Waits until what tripod-bpf has written so far for `path` (its staged file, see
+/// [`staged_output`]) satisfies `done`, described by `what`: each report and dump is
+/// flushed there as it ends.
+pub fn wait_for_staged_output(path: &Path, what: &str, done: impl Fn(&str) -> bool) {
+    wait_for(
+        &format!("{what} in the output for {}", path.display()),
+        || {
+            let staged = staged_output(path).ok_or_else(|| "no staged file yet".to_string())?;
+            let text = std::fs::read_to_string(&staged).unwrap_or_default();
+            if done(&text) {
+                Ok(())
+            } else {
+                Err(format!("{} holds {} bytes", staged.display(), text.len()))
+            }
+        },
+    )
+}
+
 /// The `go` command, whose `go tool pprof` reads our pprof files (`cargo xtask test` installs
 /// Debian's golang-go). `None` outside CI when it is missing; in CI a missing `go` fails.
 pub fn go_tool() -> Option<PathBuf> {

@@ -160,7 +160,7 @@ fn output_files_are_private_and_replaced_whole() {
     fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
     let old_inode = fs::metadata(&file).unwrap().ino();
 
-    let run = Tripod::spawn(tripod_command(&[
+    let mut run = Tripod::spawn(tripod_command(&[
         "--pid",
         &pid,
         "-d",
@@ -173,10 +173,11 @@ fn output_files_are_private_and_replaced_whole() {
         "-o",
         file.to_str().unwrap(),
     ]));
-    // Reports are due every 0.5 s from the start; none may show before the end.
+    // Reports are due every 0.5 s from the start; none may show before the end. The
+    // file is read every 100 ms for as long as the run lasts, however long it takes to start.
     let mut seen = Vec::new();
-    let until = Instant::now() + Duration::from_millis(2500);
-    while Instant::now() < until {
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while run.is_running() && Instant::now() < deadline {
         seen.push(fs::read_to_string(&file).unwrap());
         thread::sleep(Duration::from_millis(100));
     }

@@ -225,7 +225,8 @@ fn stops_on_signal(sig: libc::c_int) {
         file.to_str().unwrap(),
     ]));
     run.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(2));
+    // Two seconds of the target's running, sampled: however slow the machine.
+    wait_for_cpu_time(fx.pid(), Duration::from_secs(2));
     run.signal(sig);
     let out = run.wait(Duration::from_secs(30));
     assert_success(&out);

@@ -114,16 +114,19 @@ fn command_pid(sampling_line: &str) -> u32 {
         .unwrap_or_else(|_| panic!("no pid in {sampling_line:?}"))
 }
 
-/// Starts `tripod-bpf ARGS`, waits until it samples and a second more, calls `meanwhile`
-/// with the `Sampling at` line and sends `sig`; returns its output and that line.
+/// Starts `tripod-bpf ARGS`, waits until it samples and the process it samples (`target`,
+/// or with `None` the command the `Sampling at` line names) has run a second on a CPU,
+/// calls `meanwhile` with that line and sends `sig`; returns its output and that line.
 fn signal_while_sampling(
     args: &[&str],
+    target: Option<u32>,
     sig: libc::c_int,
     meanwhile: impl FnOnce(&str),
 ) -> (std::process::Output, String) {
     let mut run = Tripod::spawn(tripod_command(args));
     let sampling = run.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(1));
+    let target = target.unwrap_or_else(|| command_pid(&sampling));
+    wait_for_cpu_time(target, Duration::from_secs(1));
     meanwhile(&sampling);
     run.signal(sig);
     (run.wait(Duration::from_secs(30)), sampling)
@@ -131,12 +134,7 @@ fn signal_while_sampling(
 
 /// The signals blocked by thread `pid` (`SigBlk` of its status), as a bit mask.
 fn blocked_signals(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading status");
-    let mask = status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigBlk:"))
-        .expect("a SigBlk line");
-    u64::from_str_radix(mask.trim(), 16).expect("a hex mask")
+    signal_set(pid, "SigBlk")
 }
 
 /// A closed terminal or dropped ssh session (SIGHUP) ends the run like SIGTERM: what was
@@ -152,7 +150,7 @@ fn sighup_writes_what_was_sampled() {
     let file = dir.path().join("out.folded");
     let pid = fx.pid().to_string();
     let args = ["--pid", &pid, "-f", "folded", "-o", file.to_str().unwrap()];
-    let (out, _) = signal_while_sampling(&args, libc::SIGHUP, |_| {});
+    let (out, _) = signal_while_sampling(&args, Some(fx.pid()), libc::SIGHUP, |_| {});
     assert_success(&out);
     assert!(
         stderr_text(&out).contains("stopped by SIGHUP"),
@@ -176,7 +174,7 @@ fn sighup_stops_the_command() {
     let args = ["-f", "folded", "-o", file.to_str().unwrap(), "--", CHAIN_FP];
     // tripod-bpf's own threads block the signals it reads on a thread of its own; the
     // command starts with none blocked, as from a shell.
-    let (out, sampling) = signal_while_sampling(&args, libc::SIGHUP, |sampling| {
+    let (out, sampling) = signal_while_sampling(&args, None, libc::SIGHUP, |sampling| {
         let child = command_pid(sampling);
         assert_eq!(
             blocked_signals(child),
@@ -195,8 +193,9 @@ fn sighup_stops_the_command() {
     assert_chain(&folded, "chain_fp", CHAIN, 20, 0.9);
 }
 
-/// SIGINT 50 ms after the start, while the BPF programs load or before: the run still
-/// ends with status 0 and a valid (empty) output file, and does not hang.
+/// SIGINT as soon as tripod-bpf handles it (its handlers are installed first thing), while
+/// the BPF programs load or before: the run still ends with status 0 and a valid (empty)
+/// output file, and does not hang.
 #[test]
 fn sigint_at_start_writes_a_valid_output() {
     let _guard = serial();
@@ -218,7 +217,7 @@ fn sigint_at_start_writes_a_valid_output() {
         file.to_str().unwrap(),
     ];
     let run = Tripod::spawn(tripod_command(&args));
-    std::thread::sleep(Duration::from_millis(50));
+    wait_until_catches(run.pid(), libc::SIGINT);
     run.signal(libc::SIGINT);
     // Far less than the 30 s duration: the signal ended the run.
     let out = run.wait(Duration::from_secs(20));
@@ -303,7 +302,8 @@ fn sigint_aborts_a_stuck_final_write() {
         }
         let mut run = Tripod::spawn_with_stdout(tripod_command(&args), stdout);
         run.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
-        std::thread::sleep(Duration::from_secs(1));
+        // Something sampled, so the end of the run has something to write.
+        wait_for_cpu_time(fx.pid(), Duration::from_secs(1));
         if first_stop == "SIGINT" {
             run.signal(libc::SIGINT);
         }
@@ -464,7 +464,7 @@ fn sighup_after_the_terminal_is_gone_still_writes_the_output() {
     });
     rx.recv_timeout(Duration::from_secs(30))
         .expect("tripod-bpf did not start sampling on the terminal");
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for_cpu_time(fx.pid(), Duration::from_secs(1));
     send_signal(child.id(), libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -485,7 +485,7 @@ fn sighup_after_the_terminal_is_gone_still_writes_the_output() {
     assert_chain(&folded, "chain_fp", CHAIN, 20, 0.9);
 }
 
-/// A command that ignores SIGTERM holds up the end of a run for the 2 s grace before its
+/// A command that survives SIGTERM holds up the end of a run for the 2 s grace before its
 /// SIGKILL; a second Ctrl-C then aborts at once, and the command is killed and reaped
 /// all the same: it does not outlive tripod-bpf.
 #[test]
@@ -494,16 +494,29 @@ fn sigint_abort_kills_the_command() {
     if !require_bpf() {
         return;
     }
-    let stubborn = "trap '' TERM; while :; do :; done";
-    let args = ["-f", "folded", "-o", "-", "--", "sh", "-c", stubborn];
+    // The command notes each SIGTERM in a file (its `$0`) and goes on.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("got-sigterm");
+    let stubborn = "trap 'echo >\"$0\"' TERM; while :; do :; done";
+    let marker_arg = marker.to_str().unwrap();
+    let args = [
+        "-f", "folded", "-o", "-", "--", "sh", "-c", stubborn, marker_arg,
+    ];
     let mut run = Tripod::spawn(tripod_command(&args));
     let sampling = run.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
     let child = command_pid(&sampling);
-    std::thread::sleep(Duration::from_secs(1));
+    // Its trap set: a SIGTERM before that would end it.
+    wait_until_catches(child, libc::SIGTERM);
     run.signal(libc::SIGINT);
-    // Well inside the grace the command's SIGTERM gets, and apart from the first
-    // SIGINT, so the two are not merged into one.
-    std::thread::sleep(Duration::from_millis(500));
+    // Once the command has its SIGTERM, the first SIGINT has been handled (a second
+    // cannot merge with it) and the run is inside the grace the command gets.
+    wait_for("the command to get its SIGTERM", || {
+        if marker.exists() {
+            Ok(())
+        } else {
+            Err(format!("no {}", marker.display()))
+        }
+    });
     assert!(
         run.is_running(),
         "the command ignoring SIGTERM did not hold up the end of the run"

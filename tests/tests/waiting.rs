@@ -2,10 +2,12 @@
 //! time and wall-clock sampling, and targets whose threads come and go.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde_json::Value;
 use tripod_tests::*;
+
+/// The line each thread dump in the log starts with.
+const DUMP_HEADER: &str = "[tripod] ===== thread dump";
 
 /// The functions of population.c; stacks are compared on these.
 const POPULATION_FUNCTIONS: &[&str] = &[
@@ -247,7 +249,9 @@ fn dump_every_appends_until_interrupted_then_until_the_process_exits() {
         "dump", "-p", &pid, "--every", "0.3", "-o", log_arg,
     ]));
     tripod.wait_for_stderr("[tripod] Writing output to:", RUN_TIMEOUT);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for_staged_output(&log, "2 dumps", |text| {
+        text.matches(DUMP_HEADER).count() >= 2
+    });
     tripod.signal(libc::SIGINT);
     let out = tripod.wait(RUN_TIMEOUT);
     assert_success(&out);
@@ -257,7 +261,7 @@ fn dump_every_appends_until_interrupted_then_until_the_process_exits() {
         stderr_text(&out)
     );
     let text = std::fs::read_to_string(&log).unwrap();
-    let dumps = text.matches("[tripod] ===== thread dump").count();
+    let dumps = text.matches(DUMP_HEADER).count();
     assert!(
         dumps >= 2,
         "expected at least 2 dumps, got {dumps}:\n{text}"
@@ -268,7 +272,10 @@ fn dump_every_appends_until_interrupted_then_until_the_process_exits() {
         "dump", "-p", &pid, "--every", "0.2", "-o", log_arg,
     ]));
     tripod.wait_for_stderr("[tripod] Writing output to:", RUN_TIMEOUT);
-    std::thread::sleep(Duration::from_millis(500));
+    // Watching: it has dumped the live process, and goes on.
+    wait_for_staged_output(&log, "2 dumps", |text| {
+        text.matches(DUMP_HEADER).count() >= 2
+    });
     drop(fx);
     let out = tripod.wait(RUN_TIMEOUT);
     assert_success(&out);

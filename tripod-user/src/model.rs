@@ -1,10 +1,15 @@
 //! The shared model every stage works with: frames as reports show them,
-//! the local variables of Python frames, the kernel's counters, and the pid
-//! exited processes are merged under. A leaf: it imports nothing from the
+//! why a frame is unknown, the local variables of Python frames, the
+//! kernel's counters, and the pid exited processes are merged under. A leaf: it imports nothing from the
 //! rest of the crate, so that the sampler, the unwinder, the aggregator, the
 //! resolver, the report and the outputs can all speak of the same frame
 //! without depending on each other.
-use tripod_common::Counter;
+use std::{fmt, time::Duration};
+
+use tripod_common::{
+    errno::{EEXIST, EFAULT, ENOMEM},
+    Counter,
+};
 
 /// The pid under which processes that exited during the run are reported:
 /// their stacks are merged by process name (see [`crate::aggregate`]), so a
@@ -54,7 +59,7 @@ pub struct Frame {
     /// True for a function inlined into the frame before it.
     pub inlined: bool,
     /// Why `function` is missing, or what is missing for a marker frame.
-    pub unknown: Option<String>,
+    pub unknown: Option<Unknown>,
     /// Python frames: the line of source at `line`, stripped and escaped,
     /// when the file could be read (shown under the frame in the log).
     pub source: Option<String>,
@@ -62,7 +67,7 @@ pub struct Frame {
 
 impl Frame {
     /// A marker frame for a stack part that could not be collected.
-    pub fn missing(kernel: bool, why: String) -> Frame {
+    pub fn missing(kernel: bool, why: Unknown) -> Frame {
         Frame {
             kind: FrameKind::Missing,
             unknown: Some(why),
@@ -131,6 +136,179 @@ impl Frame {
     }
 }
 
+/// Why a frame has no function name, or what a marker frame stands for:
+/// the `[unknown: ...]` of the log. Kept as data, as blazesym keeps its own
+/// `Reason`, so that stages can tell the reasons apart; [`fmt::Display`]
+/// gives the text every output shows. Paths and error messages in it come
+/// from the target's files: whoever builds the reason escapes them (see
+/// [`crate::text`]), as for any name entering the model.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Unknown {
+    // What the symbolizer said about one address (blazesym's `Reason`).
+    /// The address is in no mapping of the process.
+    Unmapped,
+    /// The file offset is in no section of code or data.
+    InvalidFileOffset,
+    /// The mapping has no file behind it.
+    MissingComponent,
+    /// The file has no symbols (or only irrelevant ones): stripped.
+    MissingSyms,
+    /// The address belongs to a kind of module that cannot be symbolized.
+    Unsupported,
+    /// No symbol of the file covers the address.
+    UnknownAddr,
+    /// Symbolizing this address failed; the rest of its batch did not.
+    IgnoredError,
+    /// A reason the symbolizer gained after this was written.
+    OtherSymbolizerReason,
+
+    // Where the address lies, found before anything is symbolized.
+    /// A mapping without a file: `[anon:NAME]`, `[heap]`, JIT code.
+    NoFile,
+    /// The address is in no executable mapping of the process.
+    NotExecutable,
+    /// The process exited before its mappings could be read.
+    ProcessExited,
+    /// The address was not symbolized (none was asked for it).
+    NotSymbolized,
+
+    // The module's file.
+    /// The file at `path` was refused by the policy for target files
+    /// (`crate::target_file`): its frames are not looked up at all.
+    NotRead { path: String, why: FileRefused },
+    /// No file of the module (this is its mapped path) could be opened.
+    CannotOpen { path: String },
+    /// The symbolizer failed on the whole file, with `error`.
+    CannotRead { path: String, error: String },
+    /// A lookup in the module at `path` took longer than `after` (a file it
+    /// needs never answered): the module is not tried again.
+    GaveUp { path: String, after: Duration },
+
+    // Parts of a stack that were not collected (markers, not addresses).
+    /// `bpf_get_stackid` failed with this errno (positive; see
+    /// [`tripod_common::errno`]).
+    StackNotCollected(i32),
+    /// The stack id was valid when sampled but gone from the map when read.
+    StackEvicted,
+    /// The record carrying the stack was dropped: the ring buffer was full.
+    StackDropped,
+    /// The interpreter's memory could not be read past this point.
+    PythonUnreadable,
+    /// The Python frame chain led back into itself here.
+    PythonLoop,
+    /// The code object of a Python frame, at this address, could not be read.
+    PythonCodeUnreadable(u64),
+
+    /// A reason as read back from a JSON report: only its text is known.
+    Text(String),
+}
+
+impl fmt::Display for Unknown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fixed = match self {
+            Unknown::Unmapped => "not mapped",
+            Unknown::InvalidFileOffset => "offset not in any code section",
+            Unknown::MissingComponent | Unknown::NoFile => "no file behind the mapping",
+            Unknown::MissingSyms => "no symbols (stripped)",
+            Unknown::Unsupported => "unsupported module type",
+            Unknown::UnknownAddr => "no symbol covers the address",
+            Unknown::IgnoredError => "symbolization failed",
+            Unknown::OtherSymbolizerReason => "unknown",
+            Unknown::NotExecutable => "not in any executable mapping",
+            Unknown::ProcessExited => "process exited",
+            Unknown::NotSymbolized => "not symbolized",
+            Unknown::StackEvicted => "stack evicted before it was read",
+            Unknown::StackDropped => "stack dropped: ring buffer full",
+            Unknown::PythonUnreadable => "Python frames unreadable",
+            Unknown::PythonLoop => "Python frames unreadable: the frame chain loops",
+            Unknown::Text(text) => text.as_str(),
+            Unknown::NotRead { path, why } => {
+                f.write_str("not read: ")?;
+                return why.describe(path, f);
+            }
+            Unknown::CannotOpen { path } => return write!(f, "cannot open {path}"),
+            Unknown::CannotRead { path, error } => return write!(f, "cannot read {path}: {error}"),
+            Unknown::GaveUp { path, after } => {
+                return write!(
+                    f,
+                    "gave up on {path} after {} s (a file it needs did not answer)",
+                    after.as_secs()
+                )
+            }
+            Unknown::StackNotCollected(errno) => return stack_error(*errno, f),
+            Unknown::PythonCodeUnreadable(address) => {
+                return write!(f, "code object at {address:#x} unreadable")
+            }
+        };
+        f.write_str(fixed)
+    }
+}
+
+/// What a failed `bpf_get_stackid` means, for the errno values it is known
+/// to return.
+fn stack_error(errno: i32, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match errno {
+        EFAULT => f.write_str("stack not readable (EFAULT)"),
+        EEXIST => f.write_str("stack not stored: hash collision (EEXIST)"),
+        ENOMEM => f.write_str("stack not stored: stack map full (ENOMEM)"),
+        errno => write!(f, "stack not collected: errno {errno}"),
+    }
+}
+
+/// Why a target's file was not read: the policy of `crate::target_file`,
+/// which names this type `Why`. Here because frames of the file carry it
+/// ([`Unknown::NotRead`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FileRefused {
+    /// A FIFO, device, socket or directory: reading it could block or never end.
+    NotRegular(&'static str),
+    /// Larger than `--max-file-size` (`max`).
+    TooLarge { size: u64, max: u64 },
+    /// A symbolic link where the file itself was expected.
+    Symlink,
+    /// Another file than the one the process maps (replaced since).
+    Replaced,
+    /// The open or stat failed.
+    Unreadable(String),
+}
+
+impl FileRefused {
+    /// The refusal of the file at `path` as one phrase: `PATH is a FIFO, not
+    /// a regular file`. One wording for errors and for frames.
+    pub fn describe(&self, path: impl fmt::Display, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileRefused::NotRegular(kind) => write!(f, "{path} is {kind}, not a regular file"),
+            FileRefused::TooLarge { size, max } => write!(
+                f,
+                "{path} is {}, more than --max-file-size {}",
+                human_size(*size),
+                human_size(*max)
+            ),
+            FileRefused::Symlink => write!(f, "{path} is a symbolic link"),
+            FileRefused::Replaced => write!(f, "{path} is no longer the mapped file"),
+            FileRefused::Unreadable(error) => write!(f, "{path}: {error}"),
+        }
+    }
+}
+
+/// `1.5 GiB`, `20 KiB`, `512 B`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else if value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// The local variables of one Python frame of a dumped thread.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrameLocals {
@@ -187,5 +365,85 @@ mod tests {
             "site-packages/x/y.py"
         );
         assert_eq!(short_file("/srv/app.py"), "/srv/app.py");
+    }
+
+    /// The texts of the reasons are the ones reports showed when reasons
+    /// were strings: logs, folded stacks and JSON stay the same.
+    #[test]
+    fn reasons_show_as_they_always_did() {
+        let path = || "/srv/lib.so".to_string();
+        for (reason, text) in [
+            (Unknown::NoFile, "no file behind the mapping"),
+            (Unknown::NotExecutable, "not in any executable mapping"),
+            (Unknown::ProcessExited, "process exited"),
+            (Unknown::NotSymbolized, "not symbolized"),
+            (Unknown::OtherSymbolizerReason, "unknown"),
+            (
+                Unknown::CannotOpen { path: path() },
+                "cannot open /srv/lib.so",
+            ),
+            (
+                Unknown::CannotRead {
+                    path: "/proc/kallsyms".into(),
+                    error: "permission denied".into(),
+                },
+                "cannot read /proc/kallsyms: permission denied",
+            ),
+            (
+                Unknown::GaveUp {
+                    path: path(),
+                    after: Duration::from_millis(30_500),
+                },
+                "gave up on /srv/lib.so after 30 s (a file it needs did not answer)",
+            ),
+            (
+                Unknown::StackNotCollected(EFAULT),
+                "stack not readable (EFAULT)",
+            ),
+            (
+                Unknown::StackNotCollected(7),
+                "stack not collected: errno 7",
+            ),
+            (Unknown::StackDropped, "stack dropped: ring buffer full"),
+            (
+                Unknown::PythonCodeUnreadable(0x7f00),
+                "code object at 0x7f00 unreadable",
+            ),
+            (Unknown::Text("anything at all".into()), "anything at all"),
+        ] {
+            assert_eq!(reason.to_string(), text, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn refused_files_are_named_with_why() {
+        let not_read = |why| Unknown::NotRead {
+            path: "/srv/x".into(),
+            why,
+        };
+        for (why, text) in [
+            (
+                FileRefused::NotRegular("a FIFO"),
+                "not read: /srv/x is a FIFO, not a regular file",
+            ),
+            (
+                FileRefused::TooLarge {
+                    size: 3 << 29,
+                    max: 1 << 30,
+                },
+                "not read: /srv/x is 1.5 GiB, more than --max-file-size 1 GiB",
+            ),
+            (FileRefused::Symlink, "not read: /srv/x is a symbolic link"),
+            (
+                FileRefused::Replaced,
+                "not read: /srv/x is no longer the mapped file",
+            ),
+            (
+                FileRefused::Unreadable("Permission denied (os error 13)".into()),
+                "not read: /srv/x: Permission denied (os error 13)",
+            ),
+        ] {
+            assert_eq!(not_read(why).to_string(), text);
+        }
     }
 }

@@ -27,7 +27,7 @@ pub struct Module {
     pub open_path: Option<PathBuf>,
     /// Why the file is not read (see [`crate::target_file`]): frames in it
     /// stay unknown with this reason.
-    pub refused: Option<String>,
+    pub refused: Option<Refusal>,
     _keep_open: Option<File>,
 }
 
@@ -446,7 +446,7 @@ fn open_module(id: usize, pid: u32, entry: &MapsLine<'_>, path: &str) -> Module 
         id,
         path: display,
         open_path: None,
-        refused: refusal.map(|r| r.to_string()),
+        refused: refusal,
         _keep_open: None,
     }
 }

@@ -21,7 +21,7 @@ use std::{
 
 use crate::{
     aggregate::{StackId, StackTable},
-    model::Frame,
+    model::{Frame, Unknown},
     process::{Location, ProcessTable},
     python::Python,
     stack::{Gap, RawFrame, Space},
@@ -231,8 +231,7 @@ impl Resolver {
     fn frames(&self, raw: &RawFrame, location: Option<Location>) -> Arc<[Arc<Frame>]> {
         let kernel = raw.space() == Space::Kernel;
         let frame = match *raw {
-            RawFrame::Gap(_, Gap::Truncated) => return one(Frame::truncated(kernel)),
-            RawFrame::Gap(_, gap) => return one(Frame::missing(kernel, gap.describe())),
+            RawFrame::Gap(_, gap) => return one(gap_frame(kernel, gap)),
             // Named by the caller, from the Python frame table.
             RawFrame::Python(_) => return one(Frame::python()),
             RawFrame::InstructionPointer(_, address) | RawFrame::ReturnAddress(_, address) => {
@@ -255,23 +254,22 @@ impl Resolver {
                 return expand(frame, self.symbolizer.user(&module, file_offset));
             }
             Some(Location::Special(name)) => {
-                let reason = "no file behind the mapping".to_string();
                 return one(Frame {
                     // `[anon:NAME]`: the target names its own mappings.
                     module: Some(escape_controls_owned(name)),
-                    unknown: Some(reason),
+                    unknown: Some(Unknown::NoFile),
                     ..frame
                 });
             }
             Some(Location::Unmapped) => {
                 return one(Frame {
-                    unknown: Some("not in any executable mapping".into()),
+                    unknown: Some(Unknown::NotExecutable),
                     ..frame
                 })
             }
             Some(Location::ProcessExited) => {
                 return one(Frame {
-                    unknown: Some("process exited".into()),
+                    unknown: Some(Unknown::ProcessExited),
                     ..frame
                 })
             }
@@ -298,6 +296,19 @@ fn one(frame: Frame) -> Arc<[Arc<Frame>]> {
     Arc::from(vec![Arc::new(frame)])
 }
 
+/// The marker frame of a part of the stack that was not collected.
+fn gap_frame(kernel: bool, gap: Gap) -> Frame {
+    let why = match gap {
+        Gap::Truncated => return Frame::truncated(kernel),
+        Gap::Failed(errno) => Unknown::StackNotCollected(errno),
+        Gap::Vanished => Unknown::StackEvicted,
+        Gap::Dropped => Unknown::StackDropped,
+        Gap::PythonUnreadable => Unknown::PythonUnreadable,
+        Gap::PythonLoop => Unknown::PythonLoop,
+    };
+    Frame::missing(kernel, why)
+}
+
 /// One frame per function at the address: the real one, then inlined calls.
 fn expand(base: Frame, resolved: Option<Arc<Resolved>>) -> Arc<[Arc<Frame>]> {
     match resolved.as_deref() {
@@ -313,13 +324,13 @@ fn expand(base: Frame, resolved: Option<Arc<Resolved>>) -> Arc<[Arc<Frame>]> {
                 })
             })
             .collect(),
-        // Reasons can name the target's files.
+        // Escaped by the symbolizer, which made the reason from the target's files.
         Some(Resolved::Unknown(reason)) => one(Frame {
-            unknown: Some(shown(reason)),
+            unknown: Some(reason.clone()),
             ..base
         }),
         None => one(Frame {
-            unknown: Some("not symbolized".into()),
+            unknown: Some(Unknown::NotSymbolized),
             ..base
         }),
     }
@@ -432,7 +443,7 @@ mod tests {
     }
 
     #[test]
-    fn symbols_and_reasons_from_target_files_are_escaped() {
+    fn symbols_from_target_files_are_escaped() {
         let base = Frame::code(false, Some(0x1000));
         let symbols = Resolved::Symbols(vec![Symbol {
             function: "evil\x1b]0;pwned\x07\r\nFAKE".into(),
@@ -446,11 +457,44 @@ mod tests {
             Some("evil\\x1b]0;pwned\\x07\\x0d\\x0aFAKE")
         );
         assert_eq!(frames[0].file.as_deref(), Some("/src/x\\x1b[2J.c"));
-        let unknown = Resolved::Unknown("no symbols in /tmp/a\nb".into());
-        let frames = expand(base, Some(Arc::new(unknown)));
-        assert_eq!(
-            frames[0].unknown.as_deref(),
-            Some("no symbols in /tmp/a\\x0ab")
-        );
+        // Reasons are escaped where the symbolizer makes them (see its tests).
+        let unknown = Resolved::Unknown(Unknown::MissingSyms);
+        let frames = expand(base.clone(), Some(Arc::new(unknown)));
+        assert_eq!(frames[0].unknown, Some(Unknown::MissingSyms));
+        let frames = expand(base, None);
+        assert_eq!(frames[0].unknown, Some(Unknown::NotSymbolized));
+    }
+
+    /// Parts of stacks that were not collected become marker frames whose
+    /// reasons read as they did when they were strings.
+    #[test]
+    fn gaps_become_markers_with_their_reasons() {
+        use tripod_common::errno::{EEXIST, EFAULT, ENOMEM};
+        assert_eq!(gap_frame(true, Gap::Truncated), Frame::truncated(true));
+        for (gap, text) in [
+            (Gap::Failed(EFAULT), "stack not readable (EFAULT)"),
+            (
+                Gap::Failed(EEXIST),
+                "stack not stored: hash collision (EEXIST)",
+            ),
+            (
+                Gap::Failed(ENOMEM),
+                "stack not stored: stack map full (ENOMEM)",
+            ),
+            (Gap::Failed(22), "stack not collected: errno 22"),
+            (Gap::Vanished, "stack evicted before it was read"),
+            (Gap::Dropped, "stack dropped: ring buffer full"),
+            (Gap::PythonUnreadable, "Python frames unreadable"),
+            (
+                Gap::PythonLoop,
+                "Python frames unreadable: the frame chain loops",
+            ),
+        ] {
+            let frame = gap_frame(false, gap);
+            assert_eq!(frame.kind, crate::model::FrameKind::Missing);
+            assert_eq!(frame.unknown.map(|u| u.to_string()).as_deref(), Some(text));
+            // `Gap::describe` still spells the same texts: they must not drift apart.
+            assert_eq!(gap.describe(), text);
+        }
     }
 }

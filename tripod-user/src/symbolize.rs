@@ -5,7 +5,9 @@
 //! symbolized once for every process that maps it, and a process that has
 //! exited can still be symbolized from its files. Each address is looked up
 //! once per run and cached. An address that cannot be resolved is not an
-//! error: it becomes [`Resolved::Unknown`] with the reason.
+//! error: it becomes [`Resolved::Unknown`] with the reason, blazesym's
+//! `Reason` or ours, as a [`crate::model::Unknown`] (this is where blazesym's
+//! reasons become the model's).
 //!
 //! Target files are hostile (see [`crate::target_file`]). blazesym opens the
 //! files a binary links to (`.gnu_debuglink`, `.gnu_debugaltlink`,
@@ -35,6 +37,8 @@ use blazesym::symbolize::{
 use object::{Object as _, ObjectSection as _};
 
 use crate::{
+    messages,
+    model::Unknown,
     process::Module,
     target_file::{self, Refusal, Why},
     text::escape_controls,
@@ -58,8 +62,8 @@ pub enum Resolved {
     /// The functions at the address, outermost (the real frame) first, then
     /// each inlined call in nesting order.
     Symbols(Vec<Symbol>),
-    /// No symbol; why.
-    Unknown(String),
+    /// No symbol; why (its paths and messages escaped).
+    Unknown(Unknown),
 }
 
 /// How long one batch of lookups may take before its thread is given up.
@@ -114,10 +118,13 @@ impl Symbolizer {
             return;
         }
         let results = match (&module.open_path, &module.refused) {
-            (_, Some(refused)) => unknown(&format!("not read: {refused}"), new.len()),
-            (None, None) => unknown(&format!("cannot open {}", module.path), new.len()),
+            (_, Some(refused)) => unknown(not_read(refused), new.len()),
+            (None, None) => {
+                let path = shown(&module.path);
+                unknown(Unknown::CannotOpen { path }, new.len())
+            }
             (_, _) if self.given_up.contains(&module.id) => {
-                unknown(&self.gave_up(&module.path), new.len())
+                unknown(self.gave_up(&module.path), new.len())
             }
             (Some(path), None) => self.resolve_module(module, path, &new),
         };
@@ -135,7 +142,7 @@ impl Symbolizer {
         let Some(answer) = self.worker.ask(job, self.budget) else {
             self.given_up.insert(module.id);
             self.worker = Worker::start();
-            return unknown(&self.gave_up(&module.path), offsets.len());
+            return unknown(self.gave_up(&module.path), offsets.len());
         };
         if let Some(id) = answer.build_id {
             self.build_ids.insert(module.id, id);
@@ -143,11 +150,11 @@ impl Symbolizer {
         if let Some(refusal) = answer.refused_debug {
             if self.warned.insert(refusal.clone()) {
                 // Both paths are the target's to choose: escaped like any name.
-                eprintln!(
-                    "[tripod] warning: debug information of {} not read: {}; its symbol table is used",
+                messages::warn(&format!(
+                    "warning: debug information of {} not read: {}; its symbol table is used",
                     escape_controls(&module.path),
                     escape_controls(&refusal)
-                );
+                ));
             }
         }
         answer.results
@@ -163,7 +170,7 @@ impl Symbolizer {
             Some(answer) => answer.results,
             None => {
                 self.worker = Worker::start();
-                unknown(&self.gave_up("/proc/kallsyms"), new.len())
+                unknown(self.gave_up("/proc/kallsyms"), new.len())
             }
         };
         for (address, resolved) in new.into_iter().zip(results) {
@@ -188,11 +195,11 @@ impl Symbolizer {
         new
     }
 
-    fn gave_up(&self, path: &str) -> String {
-        format!(
-            "gave up on {path} after {} s (a file it needs did not answer)",
-            self.budget.as_secs()
-        )
+    fn gave_up(&self, path: &str) -> Unknown {
+        Unknown::GaveUp {
+            path: shown(path),
+            after: self.budget,
+        }
     }
 
     /// A user address resolved earlier by [`Self::resolve_user`].
@@ -211,8 +218,26 @@ impl Symbolizer {
     }
 }
 
-fn unknown(reason: &str, count: usize) -> Vec<Resolved> {
-    vec![Resolved::Unknown(reason.to_string()); count]
+fn unknown(reason: Unknown, count: usize) -> Vec<Resolved> {
+    vec![Resolved::Unknown(reason); count]
+}
+
+/// A path or message from the target's files, as reports show it: reasons
+/// enter the model here, escaped once like any name (see [`crate::text`]).
+fn shown(text: &str) -> String {
+    escape_controls(text).into_owned()
+}
+
+/// The reason of every frame of a module whose file was refused.
+fn not_read(refusal: &Refusal) -> Unknown {
+    let why = match &refusal.why {
+        Why::Unreadable(error) => Why::Unreadable(shown(error)),
+        why => why.clone(),
+    };
+    Unknown::NotRead {
+        path: shown(&refusal.path.display().to_string()),
+        why,
+    }
 }
 
 /// Work for the blazesym thread.
@@ -260,7 +285,9 @@ impl Worker {
             });
         if let Err(error) = spawned {
             // Without the thread every lookup gives up at once, with a reason.
-            log::warn!("cannot start the symbolizer thread: {error}");
+            messages::warn(&format!(
+                "warning: cannot start the symbolizer thread: {error}"
+            ));
         }
         Worker { jobs, answers }
     }
@@ -354,8 +381,11 @@ impl WorkerState {
             Ok(symbolized) => symbolized.into_iter().map(convert).collect(),
             Err(error) => {
                 // The whole source failed (unreadable file): every address says so.
-                let reason = format!("cannot read {}: {error}", what.display());
-                vec![Resolved::Unknown(reason); count]
+                let reason = Unknown::CannotRead {
+                    path: shown(&what.display().to_string()),
+                    error: shown(&error.to_string()),
+                };
+                unknown(reason, count)
             }
         }
     }
@@ -500,7 +530,7 @@ fn path_of(bytes: &[u8]) -> PathBuf {
 fn convert(symbolized: Symbolized<'_>) -> Resolved {
     match symbolized {
         Symbolized::Sym(sym) => Resolved::Symbols(symbols(sym)),
-        Symbolized::Unknown(reason) => Resolved::Unknown(describe(reason).to_string()),
+        Symbolized::Unknown(reason) => Resolved::Unknown(unknown_because(reason)),
     }
 }
 
@@ -531,16 +561,18 @@ fn symbols(sym: Sym<'_>) -> Vec<Symbol> {
     out
 }
 
-fn describe(reason: Reason) -> &'static str {
+/// blazesym's reason as the model's: one variant each, kept as data.
+fn unknown_because(reason: Reason) -> Unknown {
     match reason {
-        Reason::Unmapped => "not mapped",
-        Reason::InvalidFileOffset => "offset not in any code section",
-        Reason::MissingComponent => "no file behind the mapping",
-        Reason::MissingSyms => "no symbols (stripped)",
-        Reason::Unsupported => "unsupported module type",
-        Reason::UnknownAddr => "no symbol covers the address",
-        Reason::IgnoredError => "symbolization failed",
-        _ => "unknown",
+        Reason::Unmapped => Unknown::Unmapped,
+        Reason::InvalidFileOffset => Unknown::InvalidFileOffset,
+        Reason::MissingComponent => Unknown::MissingComponent,
+        Reason::MissingSyms => Unknown::MissingSyms,
+        Reason::Unsupported => Unknown::Unsupported,
+        Reason::UnknownAddr => Unknown::UnknownAddr,
+        Reason::IgnoredError => Unknown::IgnoredError,
+        // `Reason` is non-exhaustive: a newer blazesym may add reasons.
+        _ => Unknown::OtherSymbolizerReason,
     }
 }
 
@@ -596,7 +628,16 @@ mod tests {
         let started = std::time::Instant::now();
         symbolizer.resolve_user(&stuck, &[0x1000]);
         match &*symbolizer.user(&stuck, 0x1000).unwrap() {
-            Resolved::Unknown(why) => assert!(why.starts_with("gave up on /hostile/prog"), "{why}"),
+            Resolved::Unknown(why) => {
+                assert!(
+                    matches!(why, Unknown::GaveUp { path, .. } if path == "/hostile/prog"),
+                    "{why:?}"
+                );
+                assert_eq!(
+                    why.to_string(),
+                    "gave up on /hostile/prog after 0 s (a file it needs did not answer)"
+                );
+            }
             other => panic!("unexpected {other:?}"),
         }
         // Not tried again, and the next module gets a fresh thread.
@@ -638,5 +679,106 @@ mod tests {
             &*symbolizer.kernel(1).unwrap(),
             Resolved::Unknown(_)
         ));
+    }
+
+    #[test]
+    fn blazesyms_reasons_become_the_models_with_their_texts() {
+        for (reason, model, text) in [
+            (Reason::Unmapped, Unknown::Unmapped, "not mapped"),
+            (
+                Reason::InvalidFileOffset,
+                Unknown::InvalidFileOffset,
+                "offset not in any code section",
+            ),
+            (
+                Reason::MissingComponent,
+                Unknown::MissingComponent,
+                "no file behind the mapping",
+            ),
+            (
+                Reason::MissingSyms,
+                Unknown::MissingSyms,
+                "no symbols (stripped)",
+            ),
+            (
+                Reason::Unsupported,
+                Unknown::Unsupported,
+                "unsupported module type",
+            ),
+            (
+                Reason::UnknownAddr,
+                Unknown::UnknownAddr,
+                "no symbol covers the address",
+            ),
+            (
+                Reason::IgnoredError,
+                Unknown::IgnoredError,
+                "symbolization failed",
+            ),
+        ] {
+            assert_eq!(unknown_because(reason), model);
+            assert_eq!(model.to_string(), text);
+        }
+    }
+
+    /// Paths and messages in reasons are the target's to choose: escaped as
+    /// they enter the model, in the same text as before they were typed.
+    #[test]
+    fn reasons_from_target_files_are_escaped() {
+        let refusal = Refusal {
+            path: PathBuf::from("/tmp/a\nb"),
+            why: Why::Unreadable("gone\x1b[2J".into()),
+        };
+        let reason = not_read(&refusal);
+        assert_eq!(reason.to_string(), "not read: /tmp/a\\x0ab: gone\\x1b[2J");
+        let refusal = Refusal {
+            path: PathBuf::from("/big\r"),
+            why: Why::TooLarge {
+                size: 3 << 30,
+                max: 1 << 30,
+            },
+        };
+        assert_eq!(
+            not_read(&refusal),
+            Unknown::NotRead {
+                path: "/big\\x0d".into(),
+                why: Why::TooLarge {
+                    size: 3 << 30,
+                    max: 1 << 30
+                }
+            }
+        );
+
+        let unopened = Module::for_test(9, "/lib/x\x07.so", None);
+        let mut symbolizer = Symbolizer::with_budget(Duration::from_secs(5));
+        symbolizer.resolve_user(&unopened, &[0x10]);
+        match &*symbolizer.user(&unopened, 0x10).unwrap() {
+            Resolved::Unknown(why) => assert_eq!(why.to_string(), "cannot open /lib/x\\x07.so"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// A file blazesym cannot read at all fails every address of its batch,
+    /// with the path and blazesym's error.
+    #[test]
+    fn an_unreadable_file_is_a_reason_for_each_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let state = WorkerState::new();
+        let results = state.lookup(
+            &Source::Elf(Elf::new(&gone)),
+            Input::FileOffset(&[0x10, 0x20]),
+            &gone,
+        );
+        assert_eq!(results.len(), 2);
+        for result in results {
+            match result {
+                Resolved::Unknown(Unknown::CannotRead { path, error }) => {
+                    assert_eq!(path, gone.display().to_string());
+                    assert!(!error.is_empty());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
     }
 }

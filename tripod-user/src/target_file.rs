@@ -22,6 +22,10 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
+/// The model's type, under the name this module's callers know it by:
+/// frames of a refused file carry it (see [`crate::model::Unknown::NotRead`]).
+pub use crate::model::FileRefused as Why;
+
 /// Default for [`max_file_size`]: larger than any shipped library or debug
 /// file we know of (libLLVM's debug file is about 700 MiB), small enough that
 /// a planted sparse file cannot make a recording read for minutes.
@@ -69,35 +73,9 @@ pub struct Refusal {
     pub why: Why,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Why {
-    /// A FIFO, device, socket or directory: reading it could block or never end.
-    NotRegular(&'static str),
-    /// Larger than [`max_file_size`].
-    TooLarge { size: u64, max: u64 },
-    /// A symbolic link where the file itself was expected.
-    Symlink,
-    /// Another file than the one the process maps (replaced since).
-    Replaced,
-    /// The open or stat failed.
-    Unreadable(String),
-}
-
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = self.path.display();
-        match &self.why {
-            Why::NotRegular(kind) => write!(f, "{path} is {kind}, not a regular file"),
-            Why::TooLarge { size, max } => write!(
-                f,
-                "{path} is {}, more than --max-file-size {}",
-                human_size(*size),
-                human_size(*max)
-            ),
-            Why::Symlink => write!(f, "{path} is a symbolic link"),
-            Why::Replaced => write!(f, "{path} is no longer the mapped file"),
-            Why::Unreadable(error) => write!(f, "{path}: {error}"),
-        }
+        self.why.describe(self.path.display(), f)
     }
 }
 
@@ -289,24 +267,6 @@ mod open_in_root_tests {
     }
 }
 
-/// `1.5 GiB`, `20 KiB`, `512 B`.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else if value.fract() == 0.0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 /// Parses `--max-file-size`: bytes, or a number with K, M, G or T (powers of 1024).
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
@@ -333,6 +293,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::human_size;
     use std::os::unix::fs::symlink;
 
     fn mkfifo(path: &Path) {

@@ -13,7 +13,7 @@ use super::Render;
 use crate::{
     config::Mode,
     error::UsageError,
-    model::{Frame, FrameKind, FrameLocals},
+    model::{Frame, FrameKind, FrameLocals, Unknown},
     report::{
         DumpedThread, Losses, ProcessReport, Report, RunInfo, StackErrors, StackReport, Summary,
         ThreadDump, ThreadGroup, ThreadReport,
@@ -417,7 +417,7 @@ impl From<&Frame> for JsonFrame {
             file: frame.file.clone(),
             line: frame.line,
             inlined: frame.inlined,
-            unknown: frame.unknown.clone(),
+            unknown: frame.unknown.as_ref().map(ToString::to_string),
             source: frame.source.clone(),
         }
     }
@@ -625,7 +625,8 @@ impl TryFrom<&JsonFrame> for Frame {
             file: shown_opt(&frame.file),
             line: frame.line,
             inlined: frame.inlined,
-            unknown: shown_opt(&frame.unknown),
+            // Only the text is known: it may come from any version, or from a hand.
+            unknown: shown_opt(&frame.unknown).map(Unknown::Text),
             source: shown_opt(&frame.source),
         })
     }

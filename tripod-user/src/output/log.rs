@@ -263,11 +263,9 @@ fn write_locals(
 /// One frame as a traceback line.
 pub fn frame_line(frame: &Frame) -> String {
     let inlined = if frame.inlined { " [inlined]" } else { "" };
-    let unknown = || {
-        format!(
-            "[unknown: {}]",
-            frame.unknown.as_deref().unwrap_or("no symbol")
-        )
+    let unknown = || match &frame.unknown {
+        Some(why) => format!("[unknown: {why}]"),
+        None => "[unknown: no symbol]".to_string(),
     };
     match frame.kind {
         FrameKind::Truncated => return "[truncated]".to_string(),

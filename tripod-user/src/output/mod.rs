@@ -37,6 +37,7 @@ pub use self::{
 };
 use crate::{
     config::{OutputDest, OutputFormat},
+    messages,
     report::{Report, Summary, ThreadDump},
 };
 
@@ -189,7 +190,8 @@ impl Drop for Output {
             return;
         }
         if let Err(error) = self.finish() {
-            eprintln!("tripod-bpf: error: {error:#}");
+            // Nothing is left to return it to: the run is ending with another error.
+            messages::error(&format!("{error:#}"));
         }
     }
 }

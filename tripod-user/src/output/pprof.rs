@@ -339,7 +339,8 @@ impl<'a> Builder<'a> {
                 .to_string(),
             (FrameKind::Code, Some(function)) => function.clone(),
             (FrameKind::Missing, _) => {
-                format!("[missing: {}]", frame.unknown.as_deref().unwrap_or("?"))
+                let why = frame.unknown.as_ref().map(ToString::to_string);
+                format!("[missing: {}]", why.as_deref().unwrap_or("?"))
             }
             _ => frame.short_name(),
         };

@@ -20,6 +20,7 @@ use ureq::unversioned::multipart::{Form, Part};
 use super::{folded::frames_line, pprof};
 use crate::{
     config::{Mode, PushConfig, PushFormat},
+    messages,
     report::Report,
 };
 
@@ -204,7 +205,9 @@ impl Client {
                     }
                 }
                 Err(Failure::Rejected(why)) => {
-                    log::warn!("the push server rejected a profile: {why}");
+                    messages::warn(&format!(
+                        "warning: the push server rejected a profile: {why}"
+                    ));
                     if still_queued {
                         state.stats.rejected += 1;
                     }

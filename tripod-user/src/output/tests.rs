@@ -8,7 +8,7 @@ use super::{
 };
 use crate::{
     config::Mode,
-    model::{Frame, FrameLocals},
+    model::{Frame, FrameLocals, Unknown},
     report::{
         Completeness, DumpedThread, Duplicate, Losses, ProcessReport, Report, RunInfo, StackErrors,
         StackReport, Summary, ThreadDump, ThreadGroup, ThreadReport,
@@ -70,7 +70,7 @@ fn report(per_thread: bool) -> Report {
         Arc::new(Frame {
             module: Some(libc.to_string()),
             offset: Some(0x2a1b0),
-            unknown: Some("no symbols (stripped)".into()),
+            unknown: Some(Unknown::MissingSyms),
             ..Frame::code(false, Some(0x7f00_0002_a1b0))
         }),
         Arc::new(Frame::truncated(false)),
@@ -772,7 +772,25 @@ fn json_reads_back_into_the_same_report_and_dump() {
         .unwrap()
         .into_report()
         .unwrap();
-    // RFC 3339 keeps the instant; the sizes of kernel maps are not in the JSON.
+    // RFC 3339 keeps the instant; the sizes of kernel maps are not in the JSON,
+    // and of the reasons of unknown frames only their texts.
+    let reasons_as_text = |frames: &Arc<[Arc<Frame>]>| -> Arc<[Arc<Frame>]> {
+        frames
+            .iter()
+            .map(|frame| {
+                Arc::new(Frame {
+                    unknown: frame.unknown.as_ref().map(|u| Unknown::Text(u.to_string())),
+                    ..Frame::clone(frame)
+                })
+            })
+            .collect()
+    };
+    let stacks = (original.stacks.iter())
+        .map(|stack| StackReport {
+            frames: reasons_as_text(&stack.frames),
+            ..stack.clone()
+        })
+        .collect();
     let expected = Report {
         run: RunInfo {
             stack_storage_size: 0,
@@ -780,6 +798,7 @@ fn json_reads_back_into_the_same_report_and_dump() {
             ring_buffer_size: 0,
             ..original.run.clone()
         },
+        stacks,
         ..original
     };
     assert_eq!(back, expected);

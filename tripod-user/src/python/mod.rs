@@ -32,7 +32,7 @@ use tripod_common::{PythonFrame, PythonProcess, PythonStatus};
 
 use crate::{
     config::PythonFrames,
-    model::{Frame, FrameKind, FrameLocals},
+    model::{Frame, FrameKind, FrameLocals, Unknown},
     process::{MappingView, ProcessTable},
     stack::{Gap, RawFrame, Space},
 };
@@ -527,7 +527,7 @@ fn describe(interpreter: &mut Interpreter, frame: &PythonFrame) -> Frame {
             ..Frame::python()
         },
         None => Frame {
-            unknown: Some(format!("code object at {:#x} unreadable", frame.code)),
+            unknown: Some(Unknown::PythonCodeUnreadable(frame.code)),
             ..Frame::python()
         },
     }
@@ -790,8 +790,9 @@ mod tests {
             RawFrame::Python(id) => id,
             _ => unreachable!(),
         });
+        assert_eq!(shown.unknown, Some(Unknown::PythonCodeUnreadable(0x1000)));
         assert_eq!(
-            shown.unknown.as_deref(),
+            shown.unknown.as_ref().map(ToString::to_string).as_deref(),
             Some("code object at 0x1000 unreadable")
         );
     }
