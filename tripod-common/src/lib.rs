@@ -44,7 +44,7 @@ pub mod names {
 /// the eBPF programs store as is (a [`SampleKey`] stack id, a
 /// [`StackCopyHeader::kernel_error`]) or count by kind
 /// ([`Counter::for_stack_error`]); userspace names them back
-/// (`tripod-user`'s `Gap::describe`) and meets `EEXIST` again when it adds
+/// (`tripod-user`'s `model::Unknown`) and meets `EEXIST` again when it adds
 /// a key that the kernel added first. Values from
 /// `include/uapi/asm-generic/errno-base.h`, the same on every architecture;
 /// `no_std` has no libc to take them from.

@@ -493,8 +493,6 @@ mod tests {
             let frame = gap_frame(false, gap);
             assert_eq!(frame.kind, crate::model::FrameKind::Missing);
             assert_eq!(frame.unknown.map(|u| u.to_string()).as_deref(), Some(text));
-            // `Gap::describe` still spells the same texts: they must not drift apart.
-            assert_eq!(gap.describe(), text);
         }
     }
 }

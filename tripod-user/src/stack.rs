@@ -6,8 +6,6 @@
 //! line (the call may be the last instruction of a function), so lookups use
 //! `address - 1`, as samply and framehop do.
 
-use tripod_common::errno::{EEXIST, EFAULT, ENOMEM};
-
 /// User space or kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Space {
@@ -32,23 +30,6 @@ pub enum Gap {
     PythonUnreadable,
     /// The Python frame chain led back into itself here.
     PythonLoop,
-}
-
-impl Gap {
-    /// A short description, as shown in `[unknown: ...]`.
-    pub fn describe(self) -> String {
-        match self {
-            Gap::Failed(EFAULT) => "stack not readable (EFAULT)".into(),
-            Gap::Failed(EEXIST) => "stack not stored: hash collision (EEXIST)".into(),
-            Gap::Failed(ENOMEM) => "stack not stored: stack map full (ENOMEM)".into(),
-            Gap::Failed(errno) => format!("stack not collected: errno {errno}"),
-            Gap::Vanished => "stack evicted before it was read".into(),
-            Gap::Truncated => "truncated".into(),
-            Gap::Dropped => "stack dropped: ring buffer full".into(),
-            Gap::PythonUnreadable => "Python frames unreadable".into(),
-            Gap::PythonLoop => "Python frames unreadable: the frame chain loops".into(),
-        }
-    }
 }
 
 /// One entry of a sampled stack.
@@ -145,6 +126,8 @@ pub fn combine(kernel: StackRead, user: StackRead, max_depth: usize) -> Vec<RawF
 
 #[cfg(test)]
 mod tests {
+    use tripod_common::errno::EEXIST;
+
     use super::*;
 
     #[test]
@@ -180,22 +163,5 @@ mod tests {
             combine(StackRead::NotCollected, StackRead::NotCollected, 3),
             vec![]
         );
-    }
-
-    #[test]
-    fn stack_errors_are_named_from_the_errno_table() {
-        assert_eq!(
-            Gap::Failed(EFAULT).describe(),
-            "stack not readable (EFAULT)"
-        );
-        assert_eq!(
-            Gap::Failed(EEXIST).describe(),
-            "stack not stored: hash collision (EEXIST)"
-        );
-        assert_eq!(
-            Gap::Failed(ENOMEM).describe(),
-            "stack not stored: stack map full (ENOMEM)"
-        );
-        assert_eq!(Gap::Failed(22).describe(), "stack not collected: errno 22");
     }
 }
