@@ -133,9 +133,13 @@ impl Sampler {
             take_map(&mut ebpf, names::STACKS[1])?,
         ];
         let copies = take_map(&mut ebpf, names::STACK_COPIES)?;
-        sample_program(&mut ebpf)?
-            .load()
-            .context("loading the sampling program (the verifier refused it)")?;
+        // Only a run that samples on CPUs needs it: its verification takes a
+        // third of a second, most of a dump's start (`off-cpu` and dumps skip it).
+        if options.sample_on_cpu {
+            sample_program(&mut ebpf)?
+                .load()
+                .context("loading the sampling program (the verifier refused it)")?;
+        }
         let btf = match options.track_switches {
             true => Some(attach_switches(&mut ebpf)?),
             false => None,
