@@ -103,12 +103,22 @@ impl Pipeline {
     /// their processes are most likely still alive, and retires the
     /// processes that exited. Symbols wait for the next report.
     pub async fn pull_counted(&mut self, source: &mut dyn SampleSource) -> Result<()> {
-        for sample in drain_counted(source).await? {
+        let started = Instant::now();
+        let samples = drain_counted(source).await?;
+        let drained = started.elapsed();
+        let count = samples.len();
+        for sample in samples {
             let weight = sample.count;
             self.take(sample, TaskState::Running, Taken::Weight(weight));
         }
+        let taken = started.elapsed();
         self.locate_new_stacks();
         self.forget_exited();
+        log::debug!(
+            "pulled {count} counted samples: drained in {drained:?}, taken by {taken:?}, \
+             located by {:?}",
+            started.elapsed()
+        );
         Ok(())
     }
 
