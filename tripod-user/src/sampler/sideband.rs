@@ -31,7 +31,7 @@
 //! without a system call, then hands the records over merged by time, only
 //! those older than a watermark (see [`Drained::watermark_ns`]), so that
 //! records arrive in time order across CPUs and across drains. Records are
-//! parsed by [`records`] from bytes, the ring is walked by [`ring`], both
+//! parsed by `records.rs` from bytes, the ring is walked by `ring.rs`, both
 //! pure and tested on hand-built bytes; this file holds the system calls.
 mod records;
 mod ring;
