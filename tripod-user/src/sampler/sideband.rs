@@ -166,7 +166,11 @@ impl Sideband {
         }
         // Enabled only once every ring is mapped: a record written to an
         // event without a ring is dropped without a trace.
-        for ring in &rings {
+        // A loss before the first record read from a ring began no earlier
+        // than this.
+        let enabled_ns = monotonic_ns();
+        for ring in &mut rings {
+            ring.last_time_ns = enabled_ns;
             // SAFETY: an ioctl on a perf event descriptor we own.
             if unsafe { ioctls::ENABLE(ring.fd.as_raw_fd(), 0) } != 0 {
                 return Err(std::io::Error::last_os_error())
