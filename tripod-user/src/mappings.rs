@@ -83,6 +83,16 @@ pub struct Located<'a> {
     pub file_offset: u64,
 }
 
+/// One image of one process: what a sample's stack must be keyed by, next
+/// to its addresses, so that stacks of two programs that ran under the same
+/// pid are never merged (the same address means different code in each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageId {
+    pub pid: u32,
+    /// When the image began: its fork or exec; 0 for one from before the run.
+    pub since_ns: u64,
+}
+
 /// Why an address was not located.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NotLocated {
@@ -666,6 +676,18 @@ impl MappingHistory {
         Ok((image.generation, in_force))
     }
 
+    /// The image of `pid` in force at `time_ns`.
+    pub fn image_id(&self, pid: u32, time_ns: u64) -> Result<ImageId, NotLocated> {
+        let process = self.processes.get(&pid).ok_or(NotLocated::UnknownProcess)?;
+        let (image, _) = process
+            .image_at(time_ns)
+            .ok_or(NotLocated::BeforeFirstRecord)?;
+        Ok(ImageId {
+            pid,
+            since_ns: image.since_ns,
+        })
+    }
+
     /// The process name (main thread's comm) in force at `time_ns`.
     pub fn comm(&self, pid: u32, time_ns: u64) -> Option<&[u8]> {
         let (image, _) = self.processes.get(&pid)?.image_at(time_ns)?;
@@ -885,6 +907,20 @@ mod tests {
         assert_eq!(before.file_offset, 0x1800);
         // Between the exec and the program's mmap, nothing was mapped there.
         assert_eq!(h.locate(11, 0x1800, 305), Err(NotLocated::Unmapped));
+        assert_eq!(
+            h.image_id(11, 250),
+            Ok(ImageId {
+                pid: 11,
+                since_ns: 200
+            })
+        );
+        assert_eq!(
+            h.image_id(11, 400),
+            Ok(ImageId {
+                pid: 11,
+                since_ns: 300
+            })
+        );
         assert_eq!(h.comm(11, 250), Some(&b"sh"[..]));
         assert_eq!(h.comm(11, 400), Some(&b"true"[..]));
         // Before its fork the pid was someone else's.
