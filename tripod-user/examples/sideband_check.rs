@@ -7,6 +7,7 @@
 //! sudo target/release/examples/sideband_check --shell-loop 1000
 //! sudo target/release/examples/sideband_check --rate 100 --seconds 10
 //! sudo target/release/examples/sideband_check --mmap-cost 200000
+//! sudo target/release/examples/sideband_check --runs 200 --pages 1   # losses
 //! ```
 //!
 //! - Default: opens the sideband events for every process (as `--all`
@@ -61,7 +62,17 @@ fn main() -> ExitCode {
 }
 
 fn open() -> Result<Sideband, String> {
-    let sideband = Sideband::open(&SidebandOptions::default())
+    // `--pages N`: a smaller ring, to see losses counted.
+    let args: Vec<String> = std::env::args().collect();
+    let pages = args
+        .iter()
+        .position(|a| a == "--pages")
+        .and_then(|i| args.get(i + 1)?.parse().ok());
+    let options = SidebandOptions {
+        pages_per_cpu: pages.unwrap_or(SidebandOptions::default().pages_per_cpu),
+        ..SidebandOptions::default()
+    };
+    let sideband = Sideband::open(&options)
         .map_err(|e| format!("cannot open the sideband events (root needed): {e:#}"))?;
     println!("kernel accepted build_id: {}", sideband.build_ids());
     Ok(sideband)
@@ -136,6 +147,18 @@ fn burst(sideband: &mut Sideband, runs: usize, show: bool) -> ExitCode {
         cost += started.elapsed();
         std::thread::sleep(Duration::from_millis(5));
     }
+    // A ring that was full reports its loss with the next record written
+    // to it: a few more programs, so that each CPU writes one.
+    for _ in 0..8 {
+        let _ = Command::new("/bin/true").status();
+    }
+    std::thread::sleep(Duration::from_millis(5));
+    let started = Instant::now();
+    sideband.drain(|record| {
+        all += 1;
+        history.apply(record);
+    });
+    cost += started.elapsed();
     report(&pids, &seen, &history, all, cost, sideband)
 }
 
