@@ -31,6 +31,7 @@ pub mod error;
 pub mod ingest;
 pub mod input;
 pub mod live;
+pub mod mappings;
 pub mod messages;
 pub mod model;
 #[cfg(test)]

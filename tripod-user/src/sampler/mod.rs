@@ -11,6 +11,7 @@ mod btf;
 mod drain;
 pub mod records;
 mod replay;
+pub mod sideband;
 mod source;
 
 pub use drain::{Flip, Settled};
