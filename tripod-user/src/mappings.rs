@@ -367,7 +367,8 @@ impl MappingHistory {
         }
     }
 
-    fn tracked(&self, pid: u32) -> bool {
+    /// Whether the records of `pid` are kept (see [`Scope`]).
+    pub fn tracked(&self, pid: u32) -> bool {
         match &self.scope {
             Scope::All => true,
             Scope::Pids(pids) => pids.contains(&pid),
@@ -676,6 +677,27 @@ impl MappingHistory {
         Ok((image.generation, in_force))
     }
 
+    /// [`Self::mappings_at`], only when they are all known: the image began
+    /// in the run (a fork of a known image, or an `exec`) and no record of
+    /// it was lost by `time_ns`. Else why not, as [`Self::locate`] says it.
+    pub fn complete_mappings_at(
+        &self,
+        pid: u32,
+        time_ns: u64,
+    ) -> Result<(u64, Vec<&Mapping>), NotLocated> {
+        let process = self.processes.get(&pid).ok_or(NotLocated::UnknownProcess)?;
+        let (image, current) = process
+            .image_at(time_ns)
+            .ok_or(NotLocated::BeforeFirstRecord)?;
+        let tainted = image.tainted_since.is_some_and(|t| time_ns >= t);
+        match (image.complete && !tainted, current) {
+            (true, _) => self.mappings_at(pid, time_ns),
+            (false, true) if tainted => Err(NotLocated::RecordsLost),
+            (false, true) => Err(NotLocated::NotSeeded),
+            (false, false) => Err(NotLocated::ImageReplaced),
+        }
+    }
+
     /// The image of `pid` in force at `time_ns`.
     pub fn image_id(&self, pid: u32, time_ns: u64) -> Result<ImageId, NotLocated> {
         let process = self.processes.get(&pid).ok_or(NotLocated::UnknownProcess)?;
@@ -757,6 +779,38 @@ impl MappingHistory {
             path_bytes: self.path_bytes,
             dropped: self.dropped,
             rejected: self.rejected,
+        }
+    }
+}
+
+/// What the `/proc` reader checks an opened file against, from a record's
+/// identity of it.
+pub fn file_check(identity: &FileIdentity) -> crate::process::FileCheck {
+    use crate::process::FileCheck;
+    match *identity {
+        FileIdentity::BuildId(id) => FileCheck::BuildId(id.as_bytes().into()),
+        FileIdentity::Inode {
+            major,
+            minor,
+            inode,
+            ..
+        } => FileCheck::Inode {
+            major,
+            minor,
+            inode,
+        },
+    }
+}
+
+impl Mapping {
+    /// This mapping of process `pid`, as the `/proc` reader opens its file.
+    pub fn recorded(&self, pid: u32) -> crate::process::RecordedMapping<'_> {
+        crate::process::RecordedMapping {
+            pid,
+            start: self.start,
+            end: self.end,
+            path: &self.file.path,
+            identity: self.file.identity.as_ref().map(file_check),
         }
     }
 }
