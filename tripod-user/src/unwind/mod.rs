@@ -233,8 +233,12 @@ impl Unwinder {
         processes: &mut ProcessTable,
         history: &MappingHistory,
     ) -> bool {
-        let Ok((generation, mappings)) = history.complete_mappings_at(pid, time_ns) else {
-            return false;
+        let (generation, mappings) = match history.complete_mappings_at(pid, time_ns) {
+            Ok(found) => found,
+            Err(why) => {
+                log::trace!("pid {pid} at {time_ns}: no complete mappings ({why:?})");
+                return false;
+            }
         };
         if self.state(pid).generation == Some(Built::History(generation)) {
             return true;
