@@ -130,14 +130,17 @@ fn try_sample_stack(ctx: &PerfEventContext) -> Result<u32, u32> {
         // SAFETY: no preconditions.
         let cpu = unsafe { bpf_get_smp_processor_id() };
         let who = Thread { tgid, tid, python };
-        // Samples carry no time: they are counted, not timed.
+        // Timed so userspace locates the stack in the mappings in force
+        // then (the sideband's records carry the same clock).
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
         if let Some(copy) = current_thread_copy(
             ctx.as_ptr(),
             &config,
             ScratchSlot::sample(cpu),
             RecordKind::Sample,
             &who,
-            0,
+            now,
         ) {
             send(copy);
         }

@@ -15,9 +15,24 @@ use crate::{model::EXITED_PID, stack::RawFrame, task::TaskState};
 /// Index of a distinct stack in a [`StackTable`].
 pub type StackId = u32;
 
+/// Which program image of its process a stack was sampled in, and when it
+/// was first sampled: with the sideband, a pid may run two programs in turn
+/// (an `exec`), whose equal addresses mean different code, and the stack is
+/// located in the mappings in force when it was sampled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// When the image began (see [`crate::mappings::ImageId`]); 0 for one
+    /// from before the run, or when no records tell.
+    pub image: u64,
+    /// CLOCK_MONOTONIC ns of the first sample of the stack; 0 when samples
+    /// carry no time (counted in the kernel): located in the latest image.
+    pub time_ns: u64,
+}
+
 /// A distinct stack of one process.
 pub struct StackEntry {
     pub tgid: u32,
+    pub origin: Origin,
     /// Innermost first, as sampled; empty for merged stacks of exited
     /// processes, which only the resolver's frames describe.
     pub raw: Arc<[RawFrame]>,
@@ -29,26 +44,35 @@ pub struct StackEntry {
 pub struct StackTable {
     /// Per process, so a lookup can borrow the frames: known stacks (every
     /// sample but the first) cost no allocation.
-    ids: HashMap<u32, HashMap<Arc<[RawFrame]>, StackId>>,
+    /// Keyed by image as well ([`Origin::image`]): one pid, two programs.
+    ids: HashMap<u32, HashMap<u64, HashMap<Arc<[RawFrame]>, StackId>>>,
     /// Indexed by id; `None` once freed (its id is then reused).
     entries: Vec<Option<StackEntry>>,
     free: Vec<StackId>,
 }
 
 impl StackTable {
-    /// The id of this stack, and whether it is new.
+    /// The id of this stack, and whether it is new (in no image known).
     pub fn intern(&mut self, tgid: u32, raw: &[RawFrame]) -> (StackId, bool) {
-        let ids = self.ids.entry(tgid).or_default();
-        if let Some(&id) = ids.get(raw) {
+        self.intern_from(tgid, Origin::default(), raw)
+    }
+
+    /// The id of this stack of image `origin.image`, and whether it is new
+    /// (then `origin` is kept with it).
+    pub fn intern_from(&mut self, tgid: u32, origin: Origin, raw: &[RawFrame]) -> (StackId, bool) {
+        let ids = self.ids.entry(tgid).or_default().entry(origin.image);
+        if let Some(&id) = ids.or_default().get(raw) {
             return (id, false);
         }
         let raw: Arc<[RawFrame]> = raw.into();
         let entry = StackEntry {
             tgid,
+            origin,
             raw: raw.clone(),
         };
         let id = self.insert(entry);
-        self.ids.entry(tgid).or_default().insert(raw, id);
+        let ids = self.ids.entry(tgid).or_default().entry(origin.image);
+        ids.or_default().insert(raw, id);
         (id, true)
     }
 
@@ -78,6 +102,7 @@ impl StackTable {
     pub fn add_merged(&mut self) -> StackId {
         self.insert(StackEntry {
             tgid: EXITED_PID,
+            origin: Origin::default(),
             raw: Arc::from(Vec::new()),
         })
     }
@@ -85,7 +110,8 @@ impl StackTable {
     /// Frees every stack of `tgid`; returns their ids, which are reused.
     fn remove_process(&mut self, tgid: u32) -> Vec<StackId> {
         let mut freed = Vec::new();
-        for (_, id) in self.ids.remove(&tgid).unwrap_or_default() {
+        let images = self.ids.remove(&tgid).unwrap_or_default();
+        for (_, id) in images.into_values().flatten() {
             self.entries[id as usize] = None;
             self.free.push(id);
             freed.push(id);
@@ -143,7 +169,21 @@ impl Aggregator {
         state: TaskState,
         count: u64,
     ) -> (StackId, bool) {
-        let (stack, new) = self.stacks.intern(tgid, raw);
+        self.add_from(Origin::default(), tgid, tid, thread_name, raw, state, count)
+    }
+
+    /// [`Self::add`] for a stack sampled in image `origin.image`.
+    pub fn add_from(
+        &mut self,
+        origin: Origin,
+        tgid: u32,
+        tid: u32,
+        thread_name: &str,
+        raw: &[RawFrame],
+        state: TaskState,
+        count: u64,
+    ) -> (StackId, bool) {
+        let (stack, new) = self.stacks.intern_from(tgid, origin, raw);
         let key = ThreadStack {
             tgid,
             tid,

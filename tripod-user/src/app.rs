@@ -25,6 +25,7 @@ use crate::{
         push::{PushStats, Pusher},
         Output, StatusLine,
     },
+    mappings::Scope,
     pipeline::{Pipeline, PipelineOptions, Recording},
     preflight,
     process::{self, ProcessTable},
@@ -86,6 +87,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
     let mut pipeline = new_pipeline(&config, run_info, rules, processes, python, counters);
     // Other processes are checked for Python as they are sampled.
     if let Some(child) = &child {
+        pipeline.track(child.pid);
         pipeline.check_python(child.pid);
         pipeline.tell_python(source);
     }
@@ -167,6 +169,8 @@ fn sampler_options(config: &Config, python: &mut Python) -> SamplerOptions {
                 _ => None,
             })
             .collect(),
+        // Locating user frames is what the records are for.
+        sideband: config.stacks.user(),
     }
 }
 
@@ -197,9 +201,17 @@ fn new_pipeline(
     python: Python,
     counters: Counters,
 ) -> Pipeline {
+    // Only the processes sampled: the named ones, or the command (added
+    // with `Pipeline::track` once started).
+    let history = match &config.target {
+        Target::All => Scope::All,
+        Target::Pids(pids) => Scope::Pids(pids.iter().copied().collect()),
+        Target::Command(_) => Scope::Pids(Default::default()),
+    };
     Pipeline::new(PipelineOptions {
         rules,
         processes,
+        history,
         python,
         collect_user: config.stacks.user(),
         counters,
@@ -259,7 +271,7 @@ async fn write_the_rest(
     output: &mut Output,
     pusher: Option<Pusher>,
 ) -> Result<(Summary, Result<()>)> {
-    pipeline.pull(source);
+    pipeline.pull_last(source);
     let last_drain = pipeline.pull_counted(source).await;
     pipeline.stop_tracking();
     // Unreadable counters cost only the loss figures of the report.

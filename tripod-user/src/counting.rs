@@ -11,7 +11,7 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 use chrono::{DateTime, Local};
 
 use crate::{
-    aggregate::{Aggregator, StackId, StackTable, ThreadStack},
+    aggregate::{Aggregator, Origin, StackId, StackTable, ThreadStack},
     model::Counters,
     retire::{Check, Retirement},
     sampler::Wake,
@@ -38,6 +38,8 @@ pub struct Counted<'a> {
     pub comm: &'a str,
     pub raw: &'a [RawFrame],
     pub state: TaskState,
+    /// The image it was sampled in, and when.
+    pub origin: Origin,
 }
 
 impl Counting {
@@ -62,9 +64,12 @@ impl Counting {
             comm,
             raw,
             state,
+            origin,
         } = sample;
         self.tally.add(weight);
-        let (stack, new) = self.aggregator.add(tgid, tid, comm, raw, state, weight);
+        let (stack, new) = self
+            .aggregator
+            .add_from(origin, tgid, tid, comm, raw, state, weight);
         if new {
             self.new_stacks.push(stack);
         }
@@ -74,7 +79,12 @@ impl Counting {
     /// Thread `tid` was switched out at `since_ns`; true when its process
     /// was not counted before.
     pub fn begin_wait(&mut self, sample: Counted<'_>, since_ns: u64) -> bool {
-        let stack = self.intern(sample.tgid, sample.raw);
+        let stack = intern(
+            &mut self.aggregator.stacks,
+            &mut self.new_stacks,
+            (sample.tgid, sample.origin),
+            sample.raw,
+        );
         if let Some(waits) = &mut self.waits {
             let wait = Wait::new(
                 sample.tgid,
@@ -103,7 +113,7 @@ impl Counting {
                 let stack = intern(
                     &mut self.aggregator.stacks,
                     &mut self.new_stacks,
-                    wake.tgid,
+                    (wake.tgid, Origin::default()),
                     &raw,
                 );
                 Wait::new(wake.tgid, comm(), stack, TaskState::Unknown, wake.start_ns)
@@ -193,20 +203,16 @@ impl Counting {
             self.waits.as_ref().map_or(0, Waits::len),
         )
     }
-
-    fn intern(&mut self, tgid: u32, raw: &[RawFrame]) -> StackId {
-        intern(&mut self.aggregator.stacks, &mut self.new_stacks, tgid, raw)
-    }
 }
 
 /// Interns a stack; a new one is noted in `new_stacks`.
 fn intern(
     stacks: &mut StackTable,
     new_stacks: &mut Vec<StackId>,
-    tgid: u32,
+    (tgid, origin): (u32, Origin),
     raw: &[RawFrame],
 ) -> StackId {
-    let (stack, new) = stacks.intern(tgid, raw);
+    let (stack, new) = stacks.intern_from(tgid, origin, raw);
     if new {
         new_stacks.push(stack);
     }
@@ -346,6 +352,7 @@ mod tests {
             comm: "t",
             raw,
             state: TaskState::Running,
+            origin: Origin::default(),
         }
     }
 

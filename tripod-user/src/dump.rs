@@ -12,6 +12,7 @@ use crate::{
     live::{self, start_sampler},
     messages::{note, warn},
     output::Output,
+    mappings::Scope,
     pipeline::{Pipeline, PipelineOptions},
     preflight,
     process::{self, ProcessTable},
@@ -43,6 +44,8 @@ pub async fn run(config: DumpConfig, shutdown: Shutdown) -> Result<u8> {
     let mut pipeline = Pipeline::new(PipelineOptions {
         rules,
         processes,
+        // A dump has no sideband: its threads live, `/proc` shows them.
+        history: Scope::Pids(Default::default()),
         python: Python::new(config.python),
         collect_user: config.stacks.user(),
         counters: source.counters()?,

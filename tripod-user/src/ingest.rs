@@ -7,6 +7,7 @@
 use tripod_common::{errno::EFAULT, MAX_STACK_DEPTH};
 
 use crate::{
+    mappings::MappingHistory,
     process::ProcessTable,
     python::{Python, PythonChange},
     sampler::{Sample, UserStack},
@@ -58,21 +59,25 @@ impl Ingest {
         self.python.take_changes()
     }
 
-    /// A sample's stacks as typed frames, innermost first, and the thread's name.
+    /// A sample's stacks as typed frames, innermost first, and the thread's
+    /// name. A copied stack is unwound with the mappings `history` says were
+    /// in force when it was sampled, if it knows them, else `/proc`'s.
     pub fn unwind(
         &mut self,
         sample: Sample<'_>,
         processes: &mut ProcessTable,
+        history: &MappingHistory,
     ) -> (Vec<RawFrame>, String) {
         let user = match sample.user {
             UserStack::Copy {
                 regs: (ip, sp, bp),
                 stack,
-            } => StackRead::Unwound(self.unwinder.unwind(
-                sample.tgid,
+            } => StackRead::Unwound(self.unwinder.unwind_at(
+                (sample.tgid, sample.time_ns),
                 UserRegs { ip, sp, bp },
                 stack,
                 processes,
+                history,
             )),
             UserStack::Walked(read) => read,
             UserStack::Absent if self.collect_user => StackRead::Missing(Gap::Failed(EFAULT)),
@@ -158,8 +163,13 @@ mod tests {
     fn a_missing_user_stack_of_a_user_process_is_shown() {
         let mut ingest = Ingest::new(Python::new(PythonFrames::Off), true);
         let mut processes = ProcessTable::new();
+        let history = MappingHistory::new(crate::mappings::Scope::All);
         let kernel = StackRead::Addresses(vec![0xffff_8000_0000_0010]);
-        let (raw, comm) = ingest.unwind(sample(UserStack::Absent, kernel), &mut processes);
+        let (raw, comm) = ingest.unwind(
+            sample(UserStack::Absent, kernel),
+            &mut processes,
+            &history,
+        );
         assert_eq!(comm, "worker");
         assert_eq!(
             raw,
@@ -170,7 +180,8 @@ mod tests {
         );
         // `--kernel-only`: not collected, so nothing to show.
         let mut kernel_only = Ingest::new(Python::new(PythonFrames::Off), false);
-        let (raw, _) = kernel_only.unwind(sample(UserStack::Absent, UNREADABLE), &mut processes);
+        let absent = sample(UserStack::Absent, UNREADABLE);
+        let (raw, _) = kernel_only.unwind(absent, &mut processes, &history);
         assert!(raw.is_empty());
     }
 
@@ -178,8 +189,10 @@ mod tests {
     fn kernel_walked_user_addresses_are_kept_as_sampled() {
         let mut ingest = Ingest::new(Python::new(PythonFrames::Merged), true);
         let mut processes = ProcessTable::new();
+        let history = MappingHistory::new(crate::mappings::Scope::All);
         let user = UserStack::Walked(StackRead::Addresses(vec![0x1000, 0x2000]));
-        let (raw, _) = ingest.unwind(sample(user, StackRead::NotCollected), &mut processes);
+        let walked = sample(user, StackRead::NotCollected);
+        let (raw, _) = ingest.unwind(walked, &mut processes, &history);
         assert_eq!(
             raw,
             [

@@ -28,9 +28,11 @@ pub mod dump;
 #[cfg(test)]
 mod elf_corpus_tests;
 pub mod error;
+pub mod held;
 pub mod ingest;
 pub mod input;
 pub mod live;
+pub mod mappings;
 pub mod messages;
 pub mod model;
 #[cfg(test)]

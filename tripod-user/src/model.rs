@@ -169,6 +169,9 @@ pub enum Unknown {
     NotExecutable,
     /// The process exited before its mappings could be read.
     ProcessExited,
+    /// Sampled in a program the process has replaced since (`exec`), whose
+    /// mappings are not known.
+    ImageReplaced,
     /// The address was not symbolized (none was asked for it).
     NotSymbolized,
 
@@ -216,6 +219,7 @@ impl fmt::Display for Unknown {
             Unknown::OtherSymbolizerReason => "unknown",
             Unknown::NotExecutable => "not in any executable mapping",
             Unknown::ProcessExited => "process exited",
+            Unknown::ImageReplaced => "program replaced by exec before its mappings were known",
             Unknown::NotSymbolized => "not symbolized",
             Unknown::StackEvicted => "stack evicted before it was read",
             Unknown::StackDropped => "stack dropped: ring buffer full",

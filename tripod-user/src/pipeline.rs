@@ -13,17 +13,20 @@ use chrono::Local;
 use tripod_common::RecordKind;
 
 use crate::{
+    aggregate::Origin,
     annotate::Rules,
     counting::{Counted, Counting},
+    held::Held,
     ingest::Ingest,
+    mappings::{self, MappingHistory, Scope},
     messages,
     model::{Counters, FrameLocals},
     output::{push::Pusher, Output, Progress},
-    process::{self, ProcessTable},
+    process::{self, ProcessTable, RecordedMapping},
     python::{Python, PythonChange},
     report::{self, Inputs, Losses, RunInfo, ThreadDump},
     resolve::Resolver,
-    sampler::{drain_counted, Record, Sample, SampleSource},
+    sampler::{drain_counted, sideband::SideRecord, Record, Sample, SampleSource},
     task::TaskState,
     wait::Weight,
 };
@@ -34,6 +37,15 @@ pub struct Pipeline {
     rules: Arc<Rules>,
     /// What is known of each process: its name, its mappings.
     processes: ProcessTable,
+    /// What each process mapped and when, from the sideband's records.
+    history: MappingHistory,
+    /// Records younger than the sideband's watermark, until it passes them.
+    held: Held,
+    /// The sideband watermark of the last pull; `None` without a sideband.
+    watermark: Option<u64>,
+    /// How far the history may be released once this pull's stacks are
+    /// located: every sample older than this was taken in.
+    release_at: u64,
     ingest: Ingest,
     counting: Counting,
     resolver: Resolver,
@@ -54,6 +66,8 @@ pub struct PipelineOptions {
     pub rules: Arc<Rules>,
     /// Processes known already (named targets, read before sampling starts).
     pub processes: ProcessTable,
+    /// Whose mappings the sideband's records are kept for.
+    pub history: Scope,
     pub python: Python,
     /// Collect user stacks at all (not `--kernel-only`).
     pub collect_user: bool,
@@ -83,6 +97,10 @@ impl Pipeline {
             run: options.recording.map(|r| r.run),
             rules: options.rules,
             processes: options.processes,
+            history: MappingHistory::new(options.history),
+            held: Held::default(),
+            watermark: None,
+            release_at: 0,
             ingest: Ingest::new(options.python, options.collect_user),
             counting: Counting::new(weight, options.counters),
             resolver: Resolver::new(),
@@ -93,9 +111,76 @@ impl Pipeline {
     /// Takes every record waiting in `source` (samples with their stacks,
     /// threads switching out and back in), then tells it about the Python
     /// processes found or gone.
+    ///
+    /// With a sideband, its records come first (a sample is located in the
+    /// mappings they tell), and records younger than its watermark wait for
+    /// a later pull: the records that locate them may not be handed over yet.
     pub fn pull(&mut self, source: &mut dyn SampleSource) {
-        source.drain_copies(&mut |record| self.take_record(record));
+        match self.apply_sideband(source) {
+            None => source.drain_copies(&mut |record| self.take_record(record)),
+            Some(watermark) => {
+                let mut held = std::mem::take(&mut self.held);
+                held.release(watermark, &mut |record| self.take_record(record));
+                source.drain_copies(&mut |record| {
+                    held.take(record, watermark, &mut |r| self.take_record(r))
+                });
+                self.held = held;
+                let oldest = self.held.oldest_ns().unwrap_or(u64::MAX);
+                self.release_at = self.release_at.min(oldest);
+            }
+        }
+        // Now, while the history still holds what locates them.
+        self.locate_new_stacks();
         self.tell_python(source);
+    }
+
+    /// [`Self::pull`], and the records still waiting taken as they are: the
+    /// run ends, no record that would locate them can come any more.
+    pub fn pull_last(&mut self, source: &mut dyn SampleSource) {
+        self.pull(source);
+        let mut held = std::mem::take(&mut self.held);
+        held.flush(&mut |record| self.take_record(record));
+        self.held = held;
+        self.locate_new_stacks();
+        if self.held_stats().0 > 0 {
+            log::debug!(
+                "{} samples waited for sideband records, {} did not (too many waiting)",
+                self.held.waited,
+                self.held.overflowed
+            );
+        }
+    }
+
+    /// Records that waited for a later pull, and that were taken early
+    /// because too many waited.
+    pub fn held_stats(&self) -> (u64, u64) {
+        (self.held.waited, self.held.overflowed)
+    }
+
+    /// Applies the sideband's new records to the history; returns its
+    /// watermark, `None` without a sideband.
+    fn apply_sideband(&mut self, source: &mut dyn SampleSource) -> Option<u64> {
+        let (history, processes) = (&mut self.history, &mut self.processes);
+        let watermark = source.drain_sideband(&mut |record| {
+            // Opened now, while the process may still live and the file is
+            // most likely the one mapped.
+            if let SideRecord::Mmap(m) = &record {
+                if history.tracked(m.pid) {
+                    processes.recorded_module(&RecordedMapping {
+                        pid: m.pid,
+                        start: m.start,
+                        end: m.start.saturating_add(m.len),
+                        path: &m.path,
+                        identity: Some(mappings::file_check(&m.identity)),
+                    });
+                }
+            }
+            history.apply(record);
+        })?;
+        // Samples older than the last pull's watermark were all taken by
+        // now, but for the ones still held (see `pull`).
+        self.release_at = self.watermark.replace(watermark).unwrap_or(0);
+        Some(watermark)
     }
 
     /// Takes what the kernel counted since the last call (`--unwind fp`),
@@ -113,6 +198,9 @@ impl Pipeline {
         }
         let taken = started.elapsed();
         self.locate_new_stacks();
+        // Every stack taken so far is located: what only older samples
+        // could ask about goes.
+        self.history.release_up_to(self.release_at);
         self.forget_exited();
         log::debug!(
             "pulled {count} counted samples: drained in {drained:?}, taken by {taken:?}, \
@@ -139,13 +227,17 @@ impl Pipeline {
     /// Unwinds one sample and counts it in `state`, as `what` says.
     fn take(&mut self, sample: Sample<'_>, state: TaskState, what: Taken) {
         let (tgid, tid) = (sample.tgid, sample.tid);
-        let (raw, comm) = self.ingest.unwind(sample, &mut self.processes);
+        let origin = self.origin(tgid, sample.time_ns);
+        let (raw, comm) = self
+            .ingest
+            .unwind(sample, &mut self.processes, &self.history);
         let counted = Counted {
             tgid,
             tid,
             comm: &comm,
             raw: &raw,
             state,
+            origin,
         };
         let new_process = match what {
             Taken::Weight(weight) => self.counting.count(counted, weight),
@@ -154,6 +246,17 @@ impl Pipeline {
         if new_process {
             self.ingest.check_python_later(tgid);
         }
+    }
+
+    /// The image of `tgid` a sample taken at `time_ns` (0: a count, which
+    /// keeps no time: the latest) belongs to; all one image without a sideband.
+    fn origin(&self, tgid: u32, time_ns: u64) -> Origin {
+        if self.watermark.is_none() {
+            return Origin::default();
+        }
+        let at = if time_ns == 0 { u64::MAX - 1 } else { time_ns };
+        let image = self.history.image_id(tgid, at).map_or(0, |i| i.since_ns);
+        Origin { image, time_ns }
     }
 
     fn begin_wait(&mut self, sample: Sample<'_>) {
@@ -199,6 +302,12 @@ impl Pipeline {
                 messages::warn(&format!("warning: {error:#}"));
             }
         }
+    }
+
+    /// Keeps the mapping history of `pid` from now on (a command started
+    /// after the pipeline was set up).
+    pub fn track(&mut self, pid: u32) {
+        self.history.track(pid);
     }
 
     /// Checks `pid` for Python now (a target named on the command line);
@@ -263,7 +372,9 @@ impl Pipeline {
         let new = self.counting.take_new_stacks();
         if !new.is_empty() {
             let stacks = &self.counting.aggregator().stacks;
-            self.resolver.locate(stacks, &new, &mut self.processes);
+            let history = &self.history;
+            self.resolver
+                .locate(stacks, &new, &mut self.processes, history);
         }
     }
 

@@ -43,6 +43,7 @@ fn options(mode: Mode) -> PipelineOptions {
     PipelineOptions {
         rules: Arc::new(Rules::builtin()),
         processes: ProcessTable::new(),
+        history: crate::mappings::Scope::All,
         python: Python::new(crate::config::PythonFrames::Off),
         collect_user: true,
         counters: Counters::default(),
@@ -196,4 +197,112 @@ fn a_replayed_dump_groups_threads_by_stack_with_their_state_and_syscall() {
     );
     // No second dump in the replay: no threads, as for a process that is gone.
     assert!(pipeline.dump(&mut replay, pid).unwrap().is_none());
+}
+
+/// A pid no process has (above the kernel's largest pid_max).
+const GONE_PID: u32 = 4_200_000_001;
+
+/// The executable mapping of this test binary's code, as an MMAP2 record
+/// of process `pid` at `time_ns` would tell it.
+fn our_code_mapping(pid: u32, time_ns: u64) -> crate::sampler::sideband::MmapRecord {
+    use std::os::unix::fs::MetadataExt as _;
+    let exe = std::env::current_exe().unwrap();
+    let here = replayed_leaf as *const () as u64;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let line = maps
+        .lines()
+        .find(|l| {
+            let (range, _) = l.split_once(' ').unwrap();
+            let (start, end) = range.split_once('-').unwrap();
+            let hex = |s| u64::from_str_radix(s, 16).unwrap();
+            (hex(start)..hex(end)).contains(&here)
+        })
+        .expect("our code is mapped");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (start, end) = fields[0].split_once('-').unwrap();
+    let hex = |s| u64::from_str_radix(s, 16).unwrap();
+    let meta = std::fs::metadata(&exe).unwrap();
+    crate::sampler::sideband::MmapRecord {
+        pid,
+        tid: pid,
+        time_ns,
+        start: hex(start),
+        len: hex(end) - hex(start),
+        pgoff: hex(fields[2]),
+        prot: 5,
+        flags: 2,
+        identity: crate::sampler::sideband::FileIdentity::Inode {
+            major: libc::major(meta.dev()),
+            minor: libc::minor(meta.dev()),
+            inode: meta.ino(),
+            generation: Some(0),
+        },
+        path: exe.as_os_str().as_encoded_bytes().into(),
+    }
+}
+
+/// A sample of process `pid` with `words` as its kernel-walked user stack.
+fn record_of(pid: u32, words: &[u64], time_ns: u64) -> Vec<u8> {
+    let mut head = header(RecordKind::Sample, pid, pid, b"shortlived", time_ns);
+    head.user_frames = words.len() as u32;
+    let stack: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    encode_copy(&head, &[], &stack, &[] as &[PythonFrame])
+}
+
+/// A process that existed only between two drains: its exec, its code
+/// mapped, its samples and its exit, all told by the sideband.
+fn short_lived_process(replay: &mut Replay, pid: u32) {
+    use crate::sampler::sideband::{CommRecord, SideRecord, TaskRecord};
+    replay.push_side_record(SideRecord::Comm(CommRecord {
+        pid,
+        tid: pid,
+        time_ns: 50,
+        exec: true,
+        comm: b"shortlived".as_slice().into(),
+    }));
+    replay.push_side_record(SideRecord::Mmap(our_code_mapping(pid, 100)));
+    let exit = TaskRecord {
+        pid,
+        ppid: 1,
+        tid: pid,
+        ptid: 1,
+        time_ns: 300,
+    };
+    replay.push_side_record(SideRecord::Exit(exit));
+}
+
+#[test]
+fn a_process_gone_before_the_drain_is_named_from_the_sideband() {
+    let mut replay = Replay::new();
+    short_lived_process(&mut replay, GONE_PID);
+    for time_ns in [200, 250] {
+        replay.push_record(record_of(GONE_PID, &walked_stack(), time_ns));
+    }
+    let mut pipeline = pipeline(Mode::Cpu);
+    pipeline.pull(&mut replay);
+    block_on(pipeline.pull_counted(&mut replay)).unwrap();
+    let (stack, count) = replayed_line(&folded_report(&mut pipeline));
+    assert_eq!(count, 2);
+    assert!(stack.starts_with("shortlived;"), "{stack}");
+    assert!(stack.contains("replayed_caller"), "{stack}");
+}
+
+#[test]
+fn samples_younger_than_the_watermark_wait_for_their_records() {
+    let mut replay = Replay::new();
+    replay.set_side_watermark(150);
+    short_lived_process(&mut replay, GONE_PID);
+    replay.push_record(record_of(GONE_PID, &walked_stack(), 200));
+    let mut pipeline = pipeline(Mode::Cpu);
+    pipeline.pull(&mut replay);
+    block_on(pipeline.pull_counted(&mut replay)).unwrap();
+    assert!(!pipeline.has_unreported_samples(), "the sample waits");
+    assert_eq!(pipeline.held_stats(), (1, 0));
+    // The next drain hands over the rest, the exit included.
+    replay.set_side_watermark(1_000);
+    pipeline.pull(&mut replay);
+    block_on(pipeline.pull_counted(&mut replay)).unwrap();
+    let (stack, count) = replayed_line(&folded_report(&mut pipeline));
+    assert_eq!(count, 1);
+    assert!(stack.contains("replayed_caller"), "{stack}");
 }

@@ -13,6 +13,10 @@ use std::{
     sync::Arc,
 };
 
+mod recorded;
+
+pub use recorded::{FileCheck, RecordedMapping};
+
 use crate::target_file::{self, Links, Refusal, Why};
 
 /// An executable file mapped by one or more processes.
@@ -79,6 +83,9 @@ pub enum Location {
     Unmapped,
     /// The process was gone before its mappings could be read.
     ProcessExited,
+    /// Sampled in a program image the process has replaced (`exec`) and
+    /// whose mappings no record told: `/proc` shows a later program.
+    ImageReplaced,
 }
 
 /// A sampled process.
@@ -114,7 +121,14 @@ pub struct MappingView {
 #[derive(Debug, Default)]
 pub struct ProcessTable {
     processes: HashMap<u32, Process>,
+    /// Files opened, by (device, inode): one module per file, whether
+    /// `/proc` or a sideband record named it.
     modules: HashMap<(u64, u64), Arc<Module>>,
+    /// The module of each file a sideband record identified, refused ones
+    /// included (the same record again is refused again).
+    recorded: HashMap<FileCheck, Arc<Module>>,
+    /// Module ids given out: unique over the run.
+    next_module_id: usize,
 }
 
 impl ProcessTable {
@@ -161,7 +175,7 @@ impl ProcessTable {
         if let Some(location) = found {
             return location;
         }
-        let fresh = read_mappings(pid, &mut self.modules);
+        let fresh = read_mappings(pid, &mut self.modules, &mut self.next_module_id);
         let Some(process) = self.processes.get_mut(&pid) else {
             return Location::ProcessExited;
         };
@@ -223,6 +237,48 @@ impl ProcessTable {
         Some((generation, views))
     }
 
+    /// Where `file_offset` of a mapping a sideband record told of lies: in
+    /// its file, opened and checked the first time the file is seen (see
+    /// [`recorded`]), or in a mapping without a file.
+    pub fn locate_recorded(&mut self, mapping: &RecordedMapping<'_>, file_offset: u64) -> Location {
+        if let Some(name) = mapping.special() {
+            return Location::Special(name);
+        }
+        Location::File {
+            module: self.recorded_module(mapping),
+            file_offset,
+        }
+    }
+
+    /// The module of a recorded mapping's file: opened now if it was not
+    /// before, and shared with `/proc`'s by (device, inode).
+    pub fn recorded_module(&mut self, mapping: &RecordedMapping<'_>) -> Arc<Module> {
+        if let Some(module) = mapping.identity.as_ref().and_then(|i| self.recorded.get(i)) {
+            return module.clone();
+        }
+        let opened = recorded::open(mapping);
+        let key = opened
+            .as_ref()
+            .ok()
+            .and_then(|file| file.metadata().ok())
+            .map(|meta| (device_number(meta.dev()), meta.ino()));
+        let module = match (key.and_then(|k| self.modules.get(&k)), opened) {
+            (Some(known), _) => known.clone(),
+            (None, opened) => {
+                self.next_module_id += 1;
+                let module = Arc::new(recorded_module(self.next_module_id, mapping, opened));
+                if let Some(key) = key {
+                    self.modules.insert(key, module.clone());
+                }
+                module
+            }
+        };
+        if let Some(identity) = &mapping.identity {
+            self.recorded.insert(identity.clone(), module.clone());
+        }
+        module
+    }
+
     fn read_process(&mut self, pid: u32, thread_comm: &str) -> Process {
         // The idle task (pid 0) has no /proc entry and no user space.
         let kernel_thread =
@@ -230,7 +286,7 @@ impl ProcessTable {
         let mappings = if kernel_thread {
             Some(Vec::new())
         } else {
-            read_mappings(pid, &mut self.modules)
+            read_mappings(pid, &mut self.modules, &mut self.next_module_id)
         };
         // Names after mappings: exec renames the task before it maps the new
         // program, so mappings of the new program never pair with the old name.
@@ -362,7 +418,11 @@ fn find(mappings: &[Mapping], address: u64) -> Option<Location> {
 }
 
 /// The executable mappings of `pid`, sorted by address; `None` if it is gone.
-fn read_mappings(pid: u32, modules: &mut HashMap<(u64, u64), Arc<Module>>) -> Option<Vec<Mapping>> {
+fn read_mappings(
+    pid: u32,
+    modules: &mut HashMap<(u64, u64), Arc<Module>>,
+    next_id: &mut usize,
+) -> Option<Vec<Mapping>> {
     let maps = read_process_file(pid, "maps", |path| {
         fs::read_to_string(path)
             .ok()
@@ -384,7 +444,8 @@ fn read_mappings(pid: u32, modules: &mut HashMap<(u64, u64), Arc<Module>>) -> Op
                 let module = match modules.get(&key) {
                     Some(module) => module.clone(),
                     None => {
-                        let module = Arc::new(open_module(modules.len(), pid, &entry, path));
+                        *next_id += 1;
+                        let module = Arc::new(open_module(*next_id, pid, &entry, path));
                         modules.insert(key, module.clone());
                         module
                     }
@@ -448,6 +509,27 @@ fn open_module(id: usize, pid: u32, entry: &MapsLine<'_>, path: &str) -> Module 
         open_path: None,
         refused: refusal,
         _keep_open: None,
+    }
+}
+
+/// The module of a recorded mapping, from the file [`recorded::open`] gave.
+fn recorded_module(id: usize, mapping: &RecordedMapping<'_>, opened: Result<File, Refusal>) -> Module {
+    let path = mapping.display_path();
+    match opened {
+        Ok(file) => Module {
+            id,
+            path,
+            open_path: Some(target_file::fd_path(&file)),
+            refused: None,
+            _keep_open: Some(file),
+        },
+        Err(refusal) => Module {
+            id,
+            path,
+            open_path: None,
+            refused: Some(refusal),
+            _keep_open: None,
+        },
     }
 }
 

@@ -20,7 +20,8 @@ use std::{
 };
 
 use crate::{
-    aggregate::{StackId, StackTable},
+    aggregate::{Origin, StackEntry, StackId, StackTable},
+    mappings::{MappingHistory, NotLocated},
     model::{Frame, Unknown},
     process::{Location, ProcessTable},
     python::Python,
@@ -102,10 +103,10 @@ fn without_addresses(frames: Option<&Frames>, pool: &mut HashSet<Arc<Frame>>) ->
 #[derive(Default)]
 pub struct Resolver {
     symbolizer: Symbolizer,
-    /// Frames for (process, raw frame); kernel frames use process 0.
-    cache: HashMap<(u32, RawFrame), Arc<[Arc<Frame>]>>,
+    /// Frames for (process, image, raw frame); kernel frames use process 0.
+    cache: HashMap<CacheKey, Arc<[Arc<Frame>]>>,
     /// Addresses located but not yet symbolized (None: a kernel address or a gap).
-    located: HashMap<(u32, RawFrame), Option<Location>>,
+    located: HashMap<CacheKey, Option<Location>>,
     /// Stacks whose frames are not assembled yet.
     waiting: Vec<StackId>,
     /// The frames of the stacks assembled.
@@ -118,17 +119,27 @@ impl Resolver {
     }
 
     /// Locates every address of the given new stacks in its process's
-    /// mappings. Call it while the processes are likely alive.
-    pub fn locate(&mut self, stacks: &StackTable, ids: &[StackId], processes: &mut ProcessTable) {
+    /// mappings at the time it was sampled: from the sideband's `history`
+    /// when it knows them, else from `/proc`. Call it while the processes
+    /// are likely alive, and before the history is released past the stacks.
+    pub fn locate(
+        &mut self,
+        stacks: &StackTable,
+        ids: &[StackId],
+        processes: &mut ProcessTable,
+        history: &MappingHistory,
+    ) {
         for &id in ids {
             let entry = stacks.get(id);
             for raw in entry.raw.iter() {
-                let key = cache_key(entry.tgid, raw);
+                let key = cache_key(entry, raw);
                 if self.cache.contains_key(&key) || self.located.contains_key(&key) {
                     continue;
                 }
                 let location = match (raw.space(), raw.lookup_address()) {
-                    (Space::User, Some(address)) => Some(processes.locate(entry.tgid, address)),
+                    (Space::User, Some(address)) => {
+                        Some(locate_user(processes, history, entry, address))
+                    }
                     _ => None,
                 };
                 self.located.insert(key, location);
@@ -153,8 +164,8 @@ impl Resolver {
     pub fn forget(&mut self, gone: impl Fn(u32) -> bool, freed: &[StackId]) {
         self.stacks.forget(freed);
         // Kernel frames are cached under pid 0, which never exits.
-        self.cache.retain(|(pid, _), _| *pid == 0 || !gone(*pid));
-        self.located.retain(|(pid, _), _| *pid == 0 || !gone(*pid));
+        self.cache.retain(|(pid, _, _), _| *pid == 0 || !gone(*pid));
+        self.located.retain(|(pid, _, _), _| *pid == 0 || !gone(*pid));
     }
 
     /// The sizes of the caches, for debug logs.
@@ -179,7 +190,7 @@ impl Resolver {
         // 2. Symbolize in batches: one per module, one for the kernel.
         let mut by_module: HashMap<usize, (Arc<crate::process::Module>, Vec<u64>)> = HashMap::new();
         let mut kernel = Vec::new();
-        for ((_, raw), location) in &pending {
+        for ((_, _, raw), location) in &pending {
             match location {
                 Some(Location::File {
                     module,
@@ -202,7 +213,7 @@ impl Resolver {
 
         // 3. Build and cache the frames of each address.
         for (key, location) in pending {
-            let frames = match key.1 {
+            let frames = match key.2 {
                 RawFrame::Python(id) => Arc::from(vec![python.frame(id)]),
                 raw => self.frames(&raw, location),
             };
@@ -215,7 +226,7 @@ impl Resolver {
             let mut frames = Vec::new();
             for space in [Space::User, Space::Kernel] {
                 for raw in entry.raw.iter().rev().filter(|r| r.space() == space) {
-                    frames.extend(self.cache[&cache_key(entry.tgid, raw)].iter().cloned());
+                    frames.extend(self.cache[&cache_key(entry, raw)].iter().cloned());
                 }
             }
             // Stacks taken in a tracepoint end in the machinery that ran tripod's
@@ -273,6 +284,12 @@ impl Resolver {
                     ..frame
                 })
             }
+            Some(Location::ImageReplaced) => {
+                return one(Frame {
+                    unknown: Some(Unknown::ImageReplaced),
+                    ..frame
+                })
+            }
         };
         expand(
             Frame {
@@ -284,11 +301,45 @@ impl Resolver {
     }
 }
 
+/// (process, image, frame): user addresses mean something in one image of
+/// one process only.
+type CacheKey = (u32, u64, RawFrame);
+
 /// Kernel addresses mean the same in every process.
-fn cache_key(tgid: u32, raw: &RawFrame) -> (u32, RawFrame) {
+fn cache_key(entry: &StackEntry, raw: &RawFrame) -> CacheKey {
     match raw.space() {
-        Space::Kernel => (0, *raw),
-        Space::User => (tgid, *raw),
+        Space::Kernel => (0, 0, *raw),
+        Space::User => (entry.tgid, entry.origin.image, *raw),
+    }
+}
+
+/// The time a stack is located at: when it was first sampled, or, for
+/// samples counted in the kernel (which keep no time), the latest image.
+fn located_at(origin: Origin) -> u64 {
+    match origin.time_ns {
+        0 => u64::MAX - 1,
+        time_ns => time_ns,
+    }
+}
+
+/// Where a user address of `entry` lay when it was sampled. The history
+/// answers when its records tell; `/proc` when the history says it may
+/// (a process from before the run, records lost, no sideband); never for
+/// an image an `exec` replaced since, which `/proc` no longer shows.
+fn locate_user(
+    processes: &mut ProcessTable,
+    history: &MappingHistory,
+    entry: &StackEntry,
+    address: u64,
+) -> Location {
+    match history.locate(entry.tgid, address, located_at(entry.origin)) {
+        Ok(found) => {
+            let mapping = found.mapping.recorded(entry.tgid);
+            processes.locate_recorded(&mapping, found.file_offset)
+        }
+        Err(why) if why.may_read_proc() => processes.locate(entry.tgid, address),
+        Err(NotLocated::Unmapped) => Location::Unmapped,
+        Err(_) => Location::ImageReplaced,
     }
 }
 
@@ -380,7 +431,8 @@ mod tests {
         let (id, new) = aggregator.add(pid, pid, "test", &raw, TaskState::Running, 1);
         assert!(new);
         let mut resolver = Resolver::new();
-        resolver.locate(&aggregator.stacks, &[id], &mut processes);
+        let history = MappingHistory::new(crate::mappings::Scope::All);
+        resolver.locate(&aggregator.stacks, &[id], &mut processes, &history);
         assert!(resolver.has_waiting());
         assert!(resolver.stack_frames().get(id).is_none());
         let python = Python::new(PythonFrames::Off);

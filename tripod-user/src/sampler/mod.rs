@@ -11,6 +11,7 @@ mod btf;
 mod drain;
 pub mod records;
 mod replay;
+pub mod sideband;
 mod source;
 
 pub use drain::{Flip, Settled};
@@ -56,6 +57,11 @@ pub struct SamplerOptions {
     pub track_switches: bool,
     /// Python processes whose frames are collected from the first sample.
     pub python_processes: Vec<(u32, PythonProcess)>,
+    /// Open the sideband ([`sideband`]): the kernel's records of mappings,
+    /// execs, forks and exits, so that processes gone before their samples
+    /// are drained are still located. Recordings only (a dump reads live
+    /// threads, whose `/proc` is there).
+    pub sideband: bool,
 }
 
 impl SamplerOptions {
@@ -74,6 +80,7 @@ impl SamplerOptions {
             sample_on_cpu: false,
             track_switches: false,
             python_processes: Vec::new(),
+            sideband: false,
         }
     }
 }
@@ -114,6 +121,10 @@ pub struct Sampler {
     /// Whether the `perf_event` program writes the count maps (not when
     /// every sample's stack is copied to the ring buffer).
     counts_in_kernel: bool,
+    /// The kernel's records of mappings, execs, forks and exits; `None`
+    /// when not asked for or when the kernel refused it (then processes are
+    /// located from `/proc` only, as without it).
+    sideband: Option<sideband::Sideband>,
 }
 
 impl Sampler {
@@ -144,6 +155,9 @@ impl Sampler {
             true => Some(attach_switches(&mut ebpf)?),
             false => None,
         };
+        // Before sampling: every sample then finds the records of mappings
+        // made after this point.
+        let sideband = options.sideband.then(open_sideband).flatten();
         // Sampling starts last, once everything it feeds is in place.
         let (event, fallback_reason) = match options.sample_on_cpu {
             true => attach_all_cpus(sample_program(&mut ebpf)?, options.frequency)?,
@@ -162,7 +176,22 @@ impl Sampler {
             copies,
             generation: 0,
             counts_in_kernel: options.sample_on_cpu && !options.copy_user_stack,
+            sideband,
         })
+    }
+}
+
+/// The sideband events, or `None` with a warning: without them a run still
+/// works, as before them (short-lived processes stay unnamed).
+fn open_sideband() -> Option<sideband::Sideband> {
+    match sideband::Sideband::open(&sideband::SidebandOptions::default()) {
+        Ok(sideband) => Some(sideband),
+        Err(error) => {
+            crate::messages::warn(&format!(
+                "warning: {error:#}; short-lived processes may stay unnamed"
+            ));
+            None
+        }
     }
 }
 

@@ -16,7 +16,10 @@
 //! ```
 //!
 //! Counted samples (`--unwind fp`) are read from maps, not records: they
-//! are given in code ([`Replay::push_counted`]).
+//! are given in code ([`Replay::push_counted`]). So are sideband records
+//! ([`Replay::push_side_record`]), already parsed: the file format stays
+//! version 1, and a replay without them has no sideband, as a run whose
+//! kernel refused it.
 use std::collections::VecDeque;
 
 use anyhow::{bail, Context as _, Result};
@@ -25,6 +28,7 @@ use tripod_common::PythonProcess;
 use super::{
     drain::{Flip, Settled},
     records::{parse_record, parse_snapshots, Record, Sample},
+    sideband::{SideRecord, SidebandCounters},
     SampleSource, SamplingEvent,
 };
 use crate::model::Counters;
@@ -48,6 +52,12 @@ pub struct Replay {
     counted: VecDeque<Vec<Sample<'static>>>,
     records: VecDeque<Vec<u8>>,
     dumps: VecDeque<Vec<u8>>,
+    /// Sideband records; `None` for a replay without a sideband.
+    side: Option<VecDeque<SideRecord>>,
+    /// The watermark each sideband drain returns (see
+    /// [`SampleSource::drain_sideband`]): every record handed over at once
+    /// unless a test sets it.
+    side_watermark_ns: u64,
     counters: Counters,
     event: SamplingEvent,
     told: Vec<Told>,
@@ -59,6 +69,8 @@ impl Default for Replay {
             counted: VecDeque::new(),
             records: VecDeque::new(),
             dumps: VecDeque::new(),
+            side: None,
+            side_watermark_ns: u64::MAX,
             counters: Counters::default(),
             event: SamplingEvent::CpuClock,
             told: Vec::new(),
@@ -80,6 +92,19 @@ impl Replay {
     /// One ring-buffer record, for the next [`SampleSource::drain_copies`].
     pub fn push_record(&mut self, record: Vec<u8>) {
         self.records.push_back(record);
+    }
+
+    /// One sideband record, for the next [`SampleSource::drain_sideband`]
+    /// (records older than its watermark are handed over, in time order).
+    pub fn push_side_record(&mut self, record: SideRecord) {
+        self.side.get_or_insert_with(VecDeque::new).push_back(record);
+    }
+
+    /// What every [`SampleSource::drain_sideband`] from now on returns as
+    /// its watermark; gives the replay a sideband if it had none.
+    pub fn set_side_watermark(&mut self, watermark_ns: u64) {
+        self.side.get_or_insert_with(VecDeque::new);
+        self.side_watermark_ns = watermark_ns;
     }
 
     /// One dump: records back to back, as a task iterator writes them; for
@@ -161,6 +186,20 @@ impl SampleSource for Replay {
                 handle(record);
             }
         }
+    }
+
+    fn drain_sideband(&mut self, handle: &mut dyn FnMut(SideRecord)) -> Option<u64> {
+        let side = self.side.as_mut()?;
+        let watermark = self.side_watermark_ns;
+        side.make_contiguous().sort_by_key(SideRecord::time_ns);
+        while side.front().is_some_and(|r| r.time_ns() < watermark) {
+            handle(side.pop_front().expect("checked"));
+        }
+        Some(watermark)
+    }
+
+    fn sideband_counters(&self) -> Option<SidebandCounters> {
+        self.side.as_ref().map(|_| SidebandCounters::default())
     }
 
     fn snapshot(&mut self, handle: &mut dyn FnMut(Sample<'_>)) -> Result<()> {

@@ -12,6 +12,7 @@ use tripod_common::{names, Counter, PythonProcess};
 use super::{
     drain::{Flip, Settled},
     records::{parse_snapshots, Record, Sample},
+    sideband::{SideRecord, SidebandCounters},
     Sampler, SamplingEvent,
 };
 use crate::model::Counters;
@@ -34,6 +35,18 @@ pub trait SampleSource {
     /// first: samples with their stack copies, threads switching out
     /// ([`tripod_common::RecordKind::Blocked`]) and back in ([`Record::Woke`]).
     fn drain_copies(&mut self, handle: &mut dyn FnMut(Record<'_>));
+
+    /// Hands `handle` the sideband records (mappings, execs, forks, exits)
+    /// not handed over yet that are older than the returned watermark, in
+    /// time order; younger ones wait for the next call. Every record timed
+    /// before the watermark (CLOCK_MONOTONIC ns) has been handed over, by
+    /// this call or an earlier one. `None`: there is no sideband, and
+    /// processes are located from `/proc` only.
+    fn drain_sideband(&mut self, handle: &mut dyn FnMut(SideRecord)) -> Option<u64>;
+
+    /// The sideband's totals (records lost when a ring was full among them);
+    /// `None` without a sideband.
+    fn sideband_counters(&self) -> Option<SidebandCounters>;
 
     /// Every thread of the targets as it is now, one
     /// [`tripod_common::RecordKind::Snapshot`] record each: a dump.
@@ -83,6 +96,15 @@ impl SampleSource for Sampler {
 
     fn drain_copies(&mut self, handle: &mut dyn FnMut(Record<'_>)) {
         self.drain_ring(handle)
+    }
+
+    fn drain_sideband(&mut self, handle: &mut dyn FnMut(SideRecord)) -> Option<u64> {
+        let sideband = self.sideband.as_mut()?;
+        Some(sideband.drain(handle).watermark_ns)
+    }
+
+    fn sideband_counters(&self) -> Option<SidebandCounters> {
+        self.sideband.as_ref().map(|s| s.counters())
     }
 
     fn event(&self) -> SamplingEvent {

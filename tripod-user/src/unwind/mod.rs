@@ -51,6 +51,7 @@ use framehop::{
 };
 
 use crate::{
+    mappings::MappingHistory,
     process::{MappingView, ProcessTable},
     stack::{Gap, RawFrame, Space},
 };
@@ -84,11 +85,21 @@ pub struct Unwinder {
     processes: HashMap<u32, ProcessUnwinder>,
 }
 
+/// Where the mappings an unwinder was built from came from, and their
+/// generation there: it is rebuilt when they change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Built {
+    /// [`ProcessTable::mappings_generation`]: `/proc` as read.
+    Proc(u64),
+    /// [`MappingHistory::complete_mappings_at`]: the sideband's records, the
+    /// image in force at the sample's time (unique over the run).
+    History(u64),
+}
+
 /// The unwinding state of one process.
 struct ProcessUnwinder {
-    /// The [`ProcessTable::mappings_generation`] this was built from;
-    /// `None` while the mappings are unknown.
-    generation: Option<u64>,
+    /// What this was built from; `None` while the mappings are unknown.
+    generation: Option<Built>,
     unwinder: UnwinderX86_64<Bytes>,
     /// Every executable mapping (with or without a file), sorted by address.
     code: Vec<Range<u64>>,
@@ -137,12 +148,33 @@ impl Unwinder {
         stack: &[u8],
         processes: &mut ProcessTable,
     ) -> Vec<RawFrame> {
+        let none = MappingHistory::new(crate::mappings::Scope::Pids(Default::default()));
+        self.unwind_at((pid, 0), regs, stack, processes, &none)
+    }
+
+    /// [`Self::unwind`] of a stack sampled at `time_ns`: with the mappings
+    /// `history` says were in force then when it knows them all (a process
+    /// started in the run, perhaps gone already), else with `/proc`'s.
+    pub fn unwind_at(
+        &mut self,
+        (pid, time_ns): (u32, u64),
+        regs: UserRegs,
+        stack: &[u8],
+        processes: &mut ProcessTable,
+        history: &MappingHistory,
+    ) -> Vec<RawFrame> {
         // Room for most stacks without growing.
         let mut frames = Vec::with_capacity(32);
         if stack.is_empty() {
             // Nothing to walk: even the first return address is missing.
             frames.push(RawFrame::InstructionPointer(Space::User, regs.ip));
             frames.push(RawFrame::Gap(Space::User, Gap::Truncated));
+            return frames;
+        }
+        if self.sync_history(pid, time_ns, processes, history) {
+            let state = &self.processes[&pid];
+            // Every mapping is known: an address outside them is garbage.
+            walk(state, &mut self.cache, regs, stack, &mut frames);
             return frames;
         }
         self.sync(pid, processes);
@@ -180,9 +212,58 @@ impl Unwinder {
     /// Makes the state of `pid` match the process table's mappings,
     /// rebuilding it when they changed.
     fn sync(&mut self, pid: u32, processes: &mut ProcessTable) {
-        let generation = processes.mappings_generation(pid);
-        let state = self
-            .processes
+        let generation = processes.mappings_generation(pid).map(Built::Proc);
+        let state = self.state(pid);
+        if generation.is_none() || generation == state.generation {
+            // Unknown mappings keep whatever we had (nothing, or the last snapshot).
+            return;
+        }
+        let Some((generation, views)) = processes.mappings(pid) else {
+            return;
+        };
+        self.rebuild(pid, Built::Proc(generation), &views);
+    }
+
+    /// Makes the state of `pid` match the mappings `history` says were in
+    /// force at `time_ns`, if it knows them all; returns whether it does.
+    fn sync_history(
+        &mut self,
+        pid: u32,
+        time_ns: u64,
+        processes: &mut ProcessTable,
+        history: &MappingHistory,
+    ) -> bool {
+        let (generation, mappings) = match history.complete_mappings_at(pid, time_ns) {
+            Ok(found) => found,
+            Err(why) => {
+                log::trace!("pid {pid} at {time_ns}: no complete mappings ({why:?})");
+                return false;
+            }
+        };
+        if self.state(pid).generation == Some(Built::History(generation)) {
+            return true;
+        }
+        let views: Vec<MappingView> = mappings
+            .iter()
+            .map(|m| {
+                let recorded = m.recorded(pid);
+                let special = recorded.special();
+                MappingView {
+                    start: m.start,
+                    end: m.end,
+                    file_offset: m.pgoff,
+                    module: special.is_none().then(|| processes.recorded_module(&recorded)),
+                    special,
+                }
+            })
+            .collect();
+        self.rebuild(pid, Built::History(generation), &views);
+        true
+    }
+
+    /// The state of `pid`, empty if it had none.
+    fn state(&mut self, pid: u32) -> &mut ProcessUnwinder {
+        self.processes
             .entry(pid)
             .or_insert_with(|| ProcessUnwinder {
                 generation: None,
@@ -191,18 +272,16 @@ impl Unwinder {
                 last_refresh: None,
                 modules: 0,
                 builds: 0,
-            });
-        if generation.is_none() || generation == state.generation {
-            // Unknown mappings keep whatever we had (nothing, or the last snapshot).
-            return;
-        }
-        let Some((generation, views)) = processes.mappings(pid) else {
-            return;
-        };
+            })
+    }
+
+    /// Builds the state of `pid` from `views`, the mappings of `generation`.
+    fn rebuild(&mut self, pid: u32, generation: Built, views: &[MappingView]) {
         let vdso = self
             .vdso
             .get_or_insert_with(|| UnwindFile::vdso().map(Arc::new));
-        let (unwinder, modules, code) = build(&mut self.files, vdso.as_ref(), &views);
+        let (unwinder, modules, code) = build(&mut self.files, vdso.as_ref(), views);
+        let state = self.state(pid);
         state.generation = Some(generation);
         state.unwinder = unwinder;
         state.modules = modules;
