@@ -372,3 +372,50 @@ fn exited_processes_are_merged_with_their_symbols() {
         "only {with_chain} of {total} merged samples contain the chain:\n{text}"
     );
 }
+
+/// Processes that live 4 ms are gone before `/proc/PID/maps` could be read;
+/// the kernel's sideband records name them all the same. Among the samples
+/// in the fixture's own code (`spin` on the stack: ld.so's start and the
+/// exit have no chain to show), nine in ten show the whole chain, unwound
+/// with DWARF (no frame pointers) and walked by the kernel (`--unwind fp`).
+#[test]
+fn millisecond_processes_show_their_chain() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    for (fixture, comm, unwind) in [
+        (CHAIN_NOFP, "chain_nofp", "dwarf"),
+        (CHAIN_FP, "chain_fp", "fp"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("out.folded");
+        let args = [
+            "--all", "-F", "999", "-d", "6", "--unwind", unwind, "-f", "folded",
+        ];
+        let mut command = args.to_vec();
+        command.extend(["-o", file.to_str().unwrap()]);
+        let mut tripod = Tripod::spawn(tripod_command(&command));
+        tripod.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
+        let mut runs = 0;
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            let status = std::process::Command::new(fixture)
+                .args(["--seconds", "0.004"])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("running the fixture");
+            assert!(status.success(), "{comm} failed: {status}");
+            runs += 1;
+        }
+        assert_success(&tripod.wait(RUN_TIMEOUT));
+        let folded = std::fs::read_to_string(&file).expect("reading the folded output");
+        let in_own_code: String = folded
+            .lines()
+            .filter(|line| line.starts_with(comm) && line.contains(";spin"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        println!("{runs} runs of {comm} ({unwind})");
+        assert_chain(&in_own_code, comm, CHAIN, 100, 0.9);
+    }
+}

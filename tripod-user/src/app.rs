@@ -18,6 +18,7 @@ use crate::{
     annotate::Rules,
     config::{Config, Mode, OutputFormat, Target},
     live::{self, start_sampler},
+    mappings::Scope,
     messages::{self, note, warn},
     model::Counters,
     output::{
@@ -25,7 +26,6 @@ use crate::{
         push::{PushStats, Pusher},
         Output, StatusLine,
     },
-    mappings::Scope,
     pipeline::{Pipeline, PipelineOptions, Recording},
     preflight,
     process::{self, ProcessTable},

@@ -10,9 +10,9 @@ use anyhow::{Context as _, Result};
 use crate::{
     config::DumpConfig,
     live::{self, start_sampler},
+    mappings::Scope,
     messages::{note, warn},
     output::Output,
-    mappings::Scope,
     pipeline::{Pipeline, PipelineOptions},
     preflight,
     process::{self, ProcessTable},

@@ -107,7 +107,11 @@ pub struct Held {
 impl Held {
     /// Hands `handle` the records older than `watermark_ns`, oldest first.
     pub fn release(&mut self, watermark_ns: u64, handle: &mut dyn FnMut(Record<'_>)) {
-        while self.queue.front().is_some_and(|r| r.time_ns() < watermark_ns) {
+        while self
+            .queue
+            .front()
+            .is_some_and(|r| r.time_ns() < watermark_ns)
+        {
             let record = self.queue.pop_front().expect("checked");
             record.hand_over(handle);
         }
@@ -116,7 +120,12 @@ impl Held {
     /// Takes `record` if it must wait for `watermark_ns` (it is younger, or
     /// older ones wait: the order of records is kept); else hands it to
     /// `handle` at once.
-    pub fn take(&mut self, record: Record<'_>, watermark_ns: u64, handle: &mut dyn FnMut(Record<'_>)) {
+    pub fn take(
+        &mut self,
+        record: Record<'_>,
+        watermark_ns: u64,
+        handle: &mut dyn FnMut(Record<'_>),
+    ) {
         if self.queue.is_empty() && record_time_ns(&record) < watermark_ns {
             handle(record);
             return;

@@ -165,11 +165,8 @@ mod tests {
         let mut processes = ProcessTable::new();
         let history = MappingHistory::new(crate::mappings::Scope::All);
         let kernel = StackRead::Addresses(vec![0xffff_8000_0000_0010]);
-        let (raw, comm) = ingest.unwind(
-            sample(UserStack::Absent, kernel),
-            &mut processes,
-            &history,
-        );
+        let (raw, comm) =
+            ingest.unwind(sample(UserStack::Absent, kernel), &mut processes, &history);
         assert_eq!(comm, "worker");
         assert_eq!(
             raw,

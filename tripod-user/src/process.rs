@@ -513,7 +513,11 @@ fn open_module(id: usize, pid: u32, entry: &MapsLine<'_>, path: &str) -> Module 
 }
 
 /// The module of a recorded mapping, from the file [`recorded::open`] gave.
-fn recorded_module(id: usize, mapping: &RecordedMapping<'_>, opened: Result<File, Refusal>) -> Module {
+fn recorded_module(
+    id: usize,
+    mapping: &RecordedMapping<'_>,
+    opened: Result<File, Refusal>,
+) -> Module {
     let path = mapping.display_path();
     match opened {
         Ok(file) => Module {

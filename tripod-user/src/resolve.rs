@@ -165,7 +165,8 @@ impl Resolver {
         self.stacks.forget(freed);
         // Kernel frames are cached under pid 0, which never exits.
         self.cache.retain(|(pid, _, _), _| *pid == 0 || !gone(*pid));
-        self.located.retain(|(pid, _, _), _| *pid == 0 || !gone(*pid));
+        self.located
+            .retain(|(pid, _, _), _| *pid == 0 || !gone(*pid));
     }
 
     /// The sizes of the caches, for debug logs.

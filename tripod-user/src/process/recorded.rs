@@ -166,7 +166,10 @@ mod tests {
             assert!(open(&ours(path, Some(id))).is_ok());
         }
         let wrong = FileCheck::BuildId([1; 20].into());
-        assert_eq!(open(&ours(path, Some(wrong))).unwrap_err().why, Why::Replaced);
+        assert_eq!(
+            open(&ours(path, Some(wrong))).unwrap_err().why,
+            Why::Replaced
+        );
     }
 
     #[test]
@@ -174,6 +177,9 @@ mod tests {
         assert_eq!(ours(b"[vdso]", None).special().as_deref(), Some("[vdso]"));
         assert_eq!(ours(b"//anon", None).special().as_deref(), Some("[anon]"));
         assert_eq!(ours(b"/usr/bin/x (deleted)", None).special(), None);
-        assert_eq!(ours(b"/usr/bin/x (deleted)", None).display_path(), "/usr/bin/x");
+        assert_eq!(
+            ours(b"/usr/bin/x (deleted)", None).display_path(),
+            "/usr/bin/x"
+        );
     }
 }

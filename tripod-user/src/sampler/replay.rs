@@ -97,7 +97,9 @@ impl Replay {
     /// One sideband record, for the next [`SampleSource::drain_sideband`]
     /// (records older than its watermark are handed over, in time order).
     pub fn push_side_record(&mut self, record: SideRecord) {
-        self.side.get_or_insert_with(VecDeque::new).push_back(record);
+        self.side
+            .get_or_insert_with(VecDeque::new)
+            .push_back(record);
     }
 
     /// What every [`SampleSource::drain_sideband`] from now on returns as

@@ -252,7 +252,9 @@ impl Unwinder {
                     start: m.start,
                     end: m.end,
                     file_offset: m.pgoff,
-                    module: special.is_none().then(|| processes.recorded_module(&recorded)),
+                    module: special
+                        .is_none()
+                        .then(|| processes.recorded_module(&recorded)),
                     special,
                 }
             })
