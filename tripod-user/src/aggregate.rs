@@ -158,8 +158,10 @@ impl Aggregator {
         Self::default()
     }
 
-    /// Counts `count` of `raw` on thread `tid` in `state`; returns the stack
-    /// id and whether the stack is new (and so needs symbolizing).
+    /// Counts `count` of `raw` on thread `tid` in `state`, in the one image
+    /// a run without a sideband knows; returns the stack id and whether the
+    /// stack is new. For tests: the pipeline uses [`Self::add_from`].
+    #[cfg(test)]
     pub fn add(
         &mut self,
         tgid: u32,
@@ -172,7 +174,9 @@ impl Aggregator {
         self.add_from(Origin::default(), tgid, tid, thread_name, raw, state, count)
     }
 
-    /// [`Self::add`] for a stack sampled in image `origin.image`.
+    /// Counts `count` of `raw` on thread `tid` in `state`, for a stack
+    /// sampled in image `origin.image`; returns the stack id and whether the
+    /// stack is new (and so needs symbolizing).
     pub fn add_from(
         &mut self,
         origin: Origin,

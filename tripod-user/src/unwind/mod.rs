@@ -140,7 +140,9 @@ impl Unwinder {
     /// `regs.sp`, `regs.sp + 1`, ... Returns frames innermost first: the
     /// instruction pointer, then one return address per caller, then
     /// [`Gap::Truncated`] if the walk stopped before the root of the stack.
-    /// Never fails: garbage in gives a short, truncated stack.
+    /// Never fails: garbage in gives a short, truncated stack. For tests,
+    /// with `/proc`'s mappings only: the pipeline uses [`Self::unwind_at`].
+    #[cfg(test)]
     pub fn unwind(
         &mut self,
         pid: u32,
