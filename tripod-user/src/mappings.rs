@@ -75,6 +75,17 @@ impl Mapping {
     }
 }
 
+/// Names the set of mappings of one process in force at some time (see
+/// [`MappingHistory::mappings_at`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InForceKey {
+    /// The image's generation: it changes with every record about it.
+    generation: u64,
+    /// The last time at or before the asked one at which a mapping of the
+    /// image began or ended: between two such times the set is the same.
+    changed_ns: u64,
+}
+
 /// Where an address lay at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Located<'a> {
@@ -654,27 +665,39 @@ impl MappingHistory {
         })
     }
 
-    /// Every mapping of `pid` in force at `time_ns`, by address, with the
-    /// generation of its image: it changes whenever the image's mappings
-    /// change, so an unwinder built from them can be kept until it does.
-    pub fn mappings_at(&self, pid: u32, time_ns: u64) -> Result<(u64, Vec<&Mapping>), NotLocated> {
+    /// Every mapping of `pid` in force at `time_ns`, by address, with a key
+    /// that names that set: equal keys, equal mappings. An unwinder built
+    /// from them can be kept while the key stays the same.
+    pub fn mappings_at(
+        &self,
+        pid: u32,
+        time_ns: u64,
+    ) -> Result<(InForceKey, Vec<&Mapping>), NotLocated> {
         let process = self.processes.get(&pid).ok_or(NotLocated::UnknownProcess)?;
         let (image, _) = process
             .image_at(time_ns)
             .ok_or(NotLocated::BeforeFirstRecord)?;
-        let mut in_force: Vec<&Mapping> = image
-            .live
-            .values()
-            .filter(|m| m.since_ns <= time_ns)
-            .collect();
-        in_force.extend(
-            image
-                .retired
-                .iter()
-                .filter(|m| (m.since_ns..m.until_ns).contains(&time_ns)),
-        );
+        // The set changes only at a mapping's start or end: the last change
+        // at or before `time_ns` tells two times of one image apart.
+        let mut changed_ns = image.since_ns;
+        let mut in_force: Vec<&Mapping> = Vec::with_capacity(image.live.len());
+        for m in image.live.values().chain(&image.retired) {
+            if m.since_ns <= time_ns {
+                changed_ns = changed_ns.max(m.since_ns);
+            }
+            if m.until_ns <= time_ns {
+                changed_ns = changed_ns.max(m.until_ns);
+            }
+            if (m.since_ns..m.until_ns).contains(&time_ns) {
+                in_force.push(m);
+            }
+        }
         in_force.sort_by_key(|m| m.start);
-        Ok((image.generation, in_force))
+        let key = InForceKey {
+            generation: image.generation,
+            changed_ns,
+        };
+        Ok((key, in_force))
     }
 
     /// [`Self::mappings_at`], only when they are all known: the image began
@@ -684,7 +707,7 @@ impl MappingHistory {
         &self,
         pid: u32,
         time_ns: u64,
-    ) -> Result<(u64, Vec<&Mapping>), NotLocated> {
+    ) -> Result<(InForceKey, Vec<&Mapping>), NotLocated> {
         let process = self.processes.get(&pid).ok_or(NotLocated::UnknownProcess)?;
         let (image, current) = process
             .image_at(time_ns)
@@ -1090,6 +1113,17 @@ mod tests {
         assert_eq!(
             at_600.iter().map(|m| m.start).collect::<Vec<_>>(),
             [0x1000, 0x7000, 0x8000, 0x9000]
+        );
+        // Nothing began or ended between 140 and 150: the same set.
+        assert_eq!(
+            h.mappings_at(10, 150).unwrap().0,
+            h.mappings_at(10, 140).unwrap().0
+        );
+        // Between 140 and 600 /opt/other.so began: two sets of one image,
+        // though no record came between the two questions.
+        assert_ne!(
+            h.mappings_at(10, 140).unwrap().0,
+            h.mappings_at(10, 600).unwrap().0
         );
         // At 140 the replaced part of libc is the retired one.
         let (_, again) = h.mappings_at(10, 140).unwrap();

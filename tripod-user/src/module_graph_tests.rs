@@ -78,7 +78,10 @@ fn graph() -> Graph {
             .to_string_lossy()
             .trim_end_matches(".rs")
             .to_owned();
-        if matches!(top.as_str(), "lib" | "main") || top.ends_with("_tests") {
+        // Test modules in files of their own (`x_tests.rs`, `x/tests.rs`)
+        // are not part of the graph, like those inside a file.
+        let test_file = file.file_stem().is_some_and(|s| s == "tests");
+        if matches!(top.as_str(), "lib" | "main") || top.ends_with("_tests") || test_file {
             continue;
         }
         let text = fs::read_to_string(file).expect("readable source");

@@ -51,7 +51,7 @@ use framehop::{
 };
 
 use crate::{
-    mappings::MappingHistory,
+    mappings::{InForceKey, MappingHistory},
     process::{MappingView, ProcessTable},
     stack::{Gap, RawFrame, Space},
 };
@@ -92,8 +92,8 @@ enum Built {
     /// [`ProcessTable::mappings_generation`]: `/proc` as read.
     Proc(u64),
     /// [`MappingHistory::complete_mappings_at`]: the sideband's records, the
-    /// image in force at the sample's time (unique over the run).
-    History(u64),
+    /// mappings in force at the sample's time.
+    History(InForceKey),
 }
 
 /// The unwinding state of one process.

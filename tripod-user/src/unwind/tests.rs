@@ -107,6 +107,12 @@ fn function_names(frames: &[RawFrame], processes: &mut ProcessTable) -> Vec<Stri
 }
 
 fn assert_chain(names: &[String]) {
+    let test = "unwind::tests::unwinds_our_own_thread_without_frame_pointers";
+    assert_chain_in(names, test);
+}
+
+/// `names` begins with capture, its three levels, then `test`.
+fn assert_chain_in(names: &[String], test: &str) {
     let expected = ["capture", "level3", "level2", "level1"];
     assert!(names.len() > expected.len(), "too short: {names:?}");
     for (name, suffix) in names.iter().zip(expected) {
@@ -115,7 +121,6 @@ fn assert_chain(names: &[String]) {
             "expected {expected:?} innermost first, got {names:?}"
         );
     }
-    let test = "unwind::tests::unwinds_our_own_thread_without_frame_pointers";
     assert!(names[4].ends_with(test), "caller of level1: {names:?}");
 }
 
@@ -420,4 +425,65 @@ fn a_new_mapping_rebuilds_the_process_state() {
 fn the_unwinder_can_move_between_threads() {
     fn send<T: Send>() {}
     send::<Unwinder>();
+}
+
+/// Our own mappings as sideband records: an exec at 100, our binary mapped
+/// at 110, every other file (libc among them) at 200.
+fn our_history(pid: u32, processes: &mut ProcessTable) -> MappingHistory {
+    use crate::sampler::sideband::{CommRecord, FileIdentity, MmapRecord, SideRecord};
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    let (_, views) = processes.mappings(pid).unwrap();
+    let mut history = MappingHistory::new(crate::mappings::Scope::All);
+    history.apply(SideRecord::Comm(CommRecord {
+        pid,
+        tid: pid,
+        time_ns: 100,
+        exec: true,
+        comm: b"tests".as_slice().into(),
+    }));
+    for seed in crate::mappings::seeds_from_views(&views) {
+        let ours = seed.path.as_ref() == exe.as_os_str().as_encoded_bytes();
+        let no_file = FileIdentity::Inode {
+            major: 0,
+            minor: 0,
+            inode: 0,
+            generation: None,
+        };
+        history.apply(SideRecord::Mmap(MmapRecord {
+            pid,
+            tid: pid,
+            time_ns: if ours { 110 } else { 200 },
+            start: seed.start,
+            len: seed.end - seed.start,
+            pgoff: seed.pgoff,
+            prot: 5,
+            flags: 2,
+            identity: seed.identity.unwrap_or(no_file),
+            path: seed.path,
+        }));
+    }
+    history
+}
+
+#[test]
+fn samples_of_one_image_at_two_times_are_walked_in_their_own_mappings() {
+    let pid = std::process::id();
+    let mut processes = ProcessTable::new();
+    let history = our_history(pid, &mut processes);
+    let mut unwinder = Unwinder::new();
+    let (captured, _) = level1(black_box(4));
+    let (regs, stack) = (captured.regs, &captured.stack[..]);
+    // At 150 only our binary was mapped: the walk stops where the thread
+    // entered it from libc.
+    let early = unwinder.unwind_at((pid, 150), regs, stack, &mut processes, &history);
+    // At 300 libc is mapped too, though no record came between the two
+    // samples: the state is rebuilt, and the walk goes on into libc.
+    let late = unwinder.unwind_at((pid, 300), regs, stack, &mut processes, &history);
+    assert_eq!(unwinder.processes[&pid].builds, 2);
+    assert!(late.len() > early.len(), "early {early:?}\nlate {late:?}");
+    let test = "samples_of_one_image_at_two_times_are_walked_in_their_own_mappings";
+    assert_chain_in(&function_names(&late, &mut processes), test);
+    // Again at 150: rebuilt to the early mappings.
+    let again = unwinder.unwind_at((pid, 150), regs, stack, &mut processes, &history);
+    assert_eq!(again, early);
 }
