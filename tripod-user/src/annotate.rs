@@ -331,7 +331,7 @@ impl Rules {
             .iter()
             .rev()
             .map(|frame| match &frame.function {
-                Some(function) => Cow::Borrowed(function.as_str()),
+                Some(function) => Cow::Borrowed(&**function),
                 None => Cow::Owned(frame.short_name()),
             })
             .collect();
@@ -547,7 +547,7 @@ mod tests {
                     None => (false, *name),
                 };
                 Arc::new(Frame {
-                    function: Some(function.to_string()),
+                    function: Some(function.into()),
                     ..Frame::code(kernel, Some(0x1000 + i as u64))
                 })
             })

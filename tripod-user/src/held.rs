@@ -4,7 +4,8 @@
 //! trails the drain by the time a record may be in flight). Such records
 //! wait here, in the order they came, until a watermark passes them.
 //!
-//! Bounded: past [`MAX_HELD`] records the oldest is handed on at once (it is
+//! Bounded: past [`MAX_HELD`] records, or [`MAX_HELD_BYTES`] of stack
+//! copies, the oldest is handed on at once (it is
 //! then located as well as the records known allow, as without a sideband),
 //! and counted.
 use std::collections::VecDeque;
@@ -14,6 +15,10 @@ use crate::sampler::{Record, Sample, UserStack, Wake};
 /// Records held at most. A 50 ms drain period at 999 Hz on 64 CPUs is some
 /// 3,200 samples; a held sample with an 8 KiB stack copy costs about 8 KiB.
 pub const MAX_HELD: usize = 16_384;
+
+/// Bytes of stack copies held at most: a machine too busy to drain in time
+/// must not grow the sampler by the size of every stack it copied.
+pub const MAX_HELD_BYTES: usize = 16 << 20;
 
 /// A record kept past its drain: its stack copy owned.
 enum HeldRecord {
@@ -26,6 +31,17 @@ enum HeldRecord {
 }
 
 impl HeldRecord {
+    /// The bytes of its stack copy.
+    fn bytes(&self) -> usize {
+        match self {
+            HeldRecord::Stack {
+                copy: Some((_, stack)),
+                ..
+            } => stack.len(),
+            _ => 0,
+        }
+    }
+
     fn time_ns(&self) -> u64 {
         match self {
             HeldRecord::Stack { sample, .. } => sample.time_ns,
@@ -98,6 +114,8 @@ pub fn record_time_ns(record: &Record<'_>) -> u64 {
 #[derive(Default)]
 pub struct Held {
     queue: VecDeque<HeldRecord>,
+    /// Bytes of stack copies in `queue`.
+    bytes: usize,
     /// Records that waited for a later drain.
     pub waited: u64,
     /// Records handed on before their watermark because the queue was full.
@@ -112,7 +130,7 @@ impl Held {
             .front()
             .is_some_and(|r| r.time_ns() < watermark_ns)
         {
-            let record = self.queue.pop_front().expect("checked");
+            let record = self.pop_oldest().expect("checked");
             record.hand_over(handle);
         }
     }
@@ -130,13 +148,23 @@ impl Held {
             handle(record);
             return;
         }
-        if self.queue.len() >= MAX_HELD {
+        let record = HeldRecord::keep(record);
+        while self.queue.len() >= MAX_HELD || self.bytes + record.bytes() > MAX_HELD_BYTES {
+            let Some(oldest) = self.pop_oldest() else {
+                break;
+            };
             self.overflowed += 1;
-            let oldest = self.queue.pop_front().expect("full");
             oldest.hand_over(handle);
         }
         self.waited += 1;
-        self.queue.push_back(HeldRecord::keep(record));
+        self.bytes += record.bytes();
+        self.queue.push_back(record);
+    }
+
+    fn pop_oldest(&mut self) -> Option<HeldRecord> {
+        let oldest = self.queue.pop_front()?;
+        self.bytes -= oldest.bytes();
+        Some(oldest)
     }
 
     /// Hands over everything held (the run ends: no later record will come).
@@ -204,5 +232,19 @@ mod tests {
         }
         assert_eq!(held.len(), MAX_HELD);
         assert_eq!((count, held.overflowed), (2, 2));
+    }
+
+    #[test]
+    fn stack_copies_are_held_up_to_their_byte_limit() {
+        let mut held = Held::default();
+        let mut count = 0;
+        let copy = vec![0u8; MAX_HELD_BYTES / 4];
+        for time in 0..6 {
+            held.take(sample(100 + time, &copy), 10, &mut |_| count += 1);
+        }
+        assert_eq!((held.len(), held.bytes), (4, MAX_HELD_BYTES));
+        assert_eq!((count, held.overflowed), (2, 2));
+        held.flush(&mut |_| count += 1);
+        assert_eq!((held.len(), held.bytes, count), (0, 0, 6));
     }
 }

@@ -90,6 +90,11 @@ impl Ingest {
         (raw, sample.comm)
     }
 
+    /// How much is kept, for a debug log.
+    pub fn sizes(&self) -> String {
+        self.unwinder.sizes()
+    }
+
     /// Forgets what was kept for process `pid`, which has exited.
     pub fn forget(&mut self, pid: u32) {
         self.unwinder.forget(pid);

@@ -4,7 +4,7 @@
 //! rest of the crate, so that the sampler, the unwinder, the aggregator, the
 //! resolver, the report and the outputs can all speak of the same frame
 //! without depending on each other.
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use tripod_common::{
     errno::{EEXIST, EFAULT, ENOMEM},
@@ -48,13 +48,13 @@ pub struct Frame {
     pub address: Option<u64>,
     pub kernel: bool,
     /// The file (or `[vdso]`-style name) the address is in.
-    pub module: Option<String>,
+    pub module: Option<Arc<str>>,
     /// Offset of the address in `module`'s file.
     pub offset: Option<u64>,
     /// The GNU build id of `module`'s file, in hex, when it has one.
-    pub build_id: Option<String>,
-    pub function: Option<String>,
-    pub file: Option<String>,
+    pub build_id: Option<Arc<str>>,
+    pub function: Option<Arc<str>>,
+    pub file: Option<Arc<str>>,
     pub line: Option<u32>,
     /// True for a function inlined into the frame before it.
     pub inlined: bool,
@@ -126,10 +126,10 @@ impl Frame {
                     format!("{function} ({}:{line})", short_file(file))
                 }
                 (Some(file), None) => format!("{function} ({})", short_file(file)),
-                (None, _) => function.clone(),
+                (None, _) => function.to_string(),
             },
             (FrameKind::Python, None, _) => "[unknown Python frame]".into(),
-            (_, Some(function), _) => function.clone(),
+            (_, Some(function), _) => function.to_string(),
             (_, None, Some(module)) => format!("[{module}]"),
             (_, None, None) => "[unknown]".into(),
         }

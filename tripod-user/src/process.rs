@@ -24,8 +24,9 @@ use crate::target_file::{self, Links, Refusal, Why};
 pub struct Module {
     /// Unique for the run; symbol caches are keyed by it.
     pub id: usize,
-    /// The path as the process saw it (`/proc/PID/maps`), for display.
-    pub path: String,
+    /// The path as the process saw it (`/proc/PID/maps`), for display;
+    /// shared by every frame in the file.
+    pub path: Arc<str>,
     /// A path that opens the mapped file now and later: `/proc/self/fd/N` of
     /// a descriptor we keep. `None` when the file was refused or unreadable.
     pub open_path: Option<PathBuf>,
@@ -41,7 +42,7 @@ impl Module {
     pub(crate) fn for_test(id: usize, path: &str, open_path: Option<PathBuf>) -> Module {
         Module {
             id,
-            path: path.to_string(),
+            path: path.into(),
             open_path,
             refused: None,
             _keep_open: None,
@@ -489,7 +490,7 @@ fn open_module(id: usize, pid: u32, entry: &MapsLine<'_>, path: &str) -> Module 
             Ok(file) => {
                 return Module {
                     id,
-                    path: display,
+                    path: display.into(),
                     open_path: Some(target_file::fd_path(&file)),
                     refused: None,
                     _keep_open: Some(file),
@@ -505,7 +506,7 @@ fn open_module(id: usize, pid: u32, entry: &MapsLine<'_>, path: &str) -> Module 
     }
     Module {
         id,
-        path: display,
+        path: display.into(),
         open_path: None,
         refused: refusal,
         _keep_open: None,
@@ -522,14 +523,14 @@ fn recorded_module(
     match opened {
         Ok(file) => Module {
             id,
-            path,
+            path: path.into(),
             open_path: Some(target_file::fd_path(&file)),
             refused: None,
             _keep_open: Some(file),
         },
         Err(refusal) => Module {
             id,
-            path,
+            path: path.into(),
             open_path: None,
             refused: Some(refusal),
             _keep_open: None,

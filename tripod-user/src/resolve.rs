@@ -27,8 +27,12 @@ use crate::{
     python::Python,
     stack::{Gap, RawFrame, Space},
     symbolize::{Resolved, Symbolizer},
-    text::{escape_controls, escape_controls_owned},
+    text::{escape_controls_owned, escape_controls_shared},
 };
+
+/// The module of every kernel frame, allocated once.
+static KERNEL_MODULE: std::sync::LazyLock<Arc<str>> =
+    std::sync::LazyLock::new(|| "[kernel]".into());
 
 /// Frames, outermost first, symbolized.
 pub type Frames = Arc<[Arc<Frame>]>;
@@ -77,16 +81,21 @@ impl StackFrames {
 }
 
 /// The frames as every process would show them: addresses differ between
-/// runs of the same program (ASLR), file offsets and names do not. Each
-/// distinct frame is allocated once, in `pool`.
+/// runs of the same program (ASLR), file offsets and names do not. A named
+/// frame is kept as its function, file and line, without its offset: the
+/// instructions of one line would otherwise keep a merged stack each, and
+/// under churn their number grows with the run. Each distinct frame is
+/// allocated once, in `pool`.
 fn without_addresses(frames: Option<&Frames>, pool: &mut HashSet<Arc<Frame>>) -> Frames {
     frames
         .map(|f| &f[..])
         .unwrap_or_default()
         .iter()
         .map(|frame| {
+            let named = frame.function.is_some();
             let frame = Frame {
                 address: None,
+                offset: if named { None } else { frame.offset },
                 ..Frame::clone(frame)
             };
             if let Some(shared) = pool.get(&frame) {
@@ -258,7 +267,7 @@ impl Resolver {
                 file_offset,
             }) => {
                 let frame = Frame {
-                    module: Some(shown(&module.path)),
+                    module: Some(escape_controls_shared(&module.path)),
                     offset: Some(file_offset),
                     build_id: self.symbolizer.build_id(&module),
                     ..frame.clone()
@@ -268,7 +277,7 @@ impl Resolver {
             Some(Location::Special(name)) => {
                 return one(Frame {
                     // `[anon:NAME]`: the target names its own mappings.
-                    module: Some(escape_controls_owned(name)),
+                    module: Some(escape_controls_owned(name).into()),
                     unknown: Some(Unknown::NoFile),
                     ..frame
                 });
@@ -294,7 +303,7 @@ impl Resolver {
         };
         expand(
             Frame {
-                module: kernel.then(|| "[kernel]".to_string()),
+                module: kernel.then(|| KERNEL_MODULE.clone()),
                 ..frame
             },
             resolved,
@@ -368,8 +377,8 @@ fn expand(base: Frame, resolved: Option<Arc<Resolved>>) -> Arc<[Arc<Frame>]> {
             .iter()
             .map(|s| {
                 Arc::new(Frame {
-                    function: Some(shown(&s.function)),
-                    file: s.file.as_deref().map(shown),
+                    function: Some(escape_controls_shared(&s.function)),
+                    file: s.file.as_ref().map(escape_controls_shared),
                     line: s.line,
                     inlined: s.inlined,
                     ..base.clone()
@@ -386,11 +395,6 @@ fn expand(base: Frame, resolved: Option<Arc<Resolved>>) -> Arc<[Arc<Frame>]> {
             ..base
         }),
     }
-}
-
-/// A name or path from the target's files, as reports show it.
-fn shown(text: &str) -> String {
-    escape_controls(text).into_owned()
 }
 
 /// Kernel frames of the BPF tracing path itself (`bpf_prog_<tag>_track_switch`,
@@ -461,9 +465,11 @@ mod tests {
 
     #[test]
     fn exited_stacks_merge_by_name_and_frames_without_addresses() {
-        let frame = |address, function: &str| {
+        // Two instructions of one line of `work`, at their own offsets.
+        let frame = |address: u64, function: &str| {
             Arc::new(Frame {
                 function: Some(function.into()),
+                offset: Some(address + 4),
                 ..Frame::code(false, Some(address))
             })
         };
@@ -488,11 +494,29 @@ mod tests {
         assert_eq!(a, b);
         assert!(c != a && d != a && d != c);
         let merged = table.get(a).unwrap();
-        assert_eq!(merged[0].address, None);
+        assert_eq!((merged[0].address, merged[0].offset), (None, None));
         assert_eq!(merged[0].function.as_deref(), Some("work"));
         // Merged stacks share their frames.
         assert!(Arc::ptr_eq(&merged[0], &table.get(d).unwrap()[0]));
-        assert_eq!(stacks.len(), 6);
+        // An unnamed frame has only its offset to tell it apart: kept.
+        let mut unnamed = |tgid: u32, offset| {
+            let (id, _) = stacks.intern(tgid, &[RawFrame::ReturnAddress(Space::User, 0x9000)]);
+            let frame = Frame {
+                offset: Some(offset),
+                ..Frame::code(false, Some(0x9000))
+            };
+            (id, frame)
+        };
+        let (e, frame_e) = unnamed(40, 0x10);
+        let (f, frame_f) = unnamed(50, 0x20);
+        table.insert(e, Arc::from(vec![Arc::new(frame_e)]));
+        table.insert(f, Arc::from(vec![Arc::new(frame_f)]));
+        let (e, f) = (
+            table.merged(&mut stacks, &job, e),
+            table.merged(&mut stacks, &job, f),
+        );
+        assert_ne!(e, f);
+        assert_eq!(table.get(e).unwrap()[0].offset, Some(0x10));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::{
 /// retired if they have exited. Longer than a drain interval, so no samples
 /// of them are still on their way; short, because on a machine that starts
 /// thousands of processes a second, memory grows with this window.
-pub const FORGET_AFTER: Duration = Duration::from_secs(2);
+pub const FORGET_AFTER: Duration = Duration::from_secs(1);
 
 /// The processes sampled so far, and when each was last sampled.
 pub struct Retirement {

@@ -47,10 +47,10 @@ use crate::{
 /// One function at an address; several when calls were inlined.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Symbol {
-    /// Demangled function name.
-    pub function: String,
+    /// Demangled function name (shared by every frame that shows it).
+    pub function: Arc<str>,
     /// Source file, when debug info has it.
-    pub file: Option<String>,
+    pub file: Option<Arc<str>>,
     pub line: Option<u32>,
     /// True for a function inlined into the one before it.
     pub inlined: bool,
@@ -81,7 +81,7 @@ pub struct Symbolizer {
     user: HashMap<(usize, u64), Arc<Resolved>>,
     kernel: HashMap<u64, Arc<Resolved>>,
     /// Each module's build id in hex, read once (pprof mappings carry it).
-    build_ids: HashMap<usize, Option<String>>,
+    build_ids: HashMap<usize, Option<Arc<str>>>,
     /// Modules whose lookups ran out of [`WORKER_BUDGET`]: not tried again.
     given_up: HashSet<usize>,
     /// Debug files refused so far, each named once on stderr.
@@ -145,7 +145,7 @@ impl Symbolizer {
             return unknown(self.gave_up(&module.path), offsets.len());
         };
         if let Some(id) = answer.build_id {
-            self.build_ids.insert(module.id, id);
+            self.build_ids.insert(module.id, id.map(Arc::from));
         }
         if let Some(refusal) = answer.refused_debug {
             if self.warned.insert(refusal.clone()) {
@@ -208,7 +208,7 @@ impl Symbolizer {
     }
 
     /// The build id of a module passed to [`Self::resolve_user`], in hex.
-    pub fn build_id(&self, module: &Module) -> Option<String> {
+    pub fn build_id(&self, module: &Module) -> Option<Arc<str>> {
         self.build_ids.get(&module.id).cloned().flatten()
     }
 
@@ -536,15 +536,12 @@ fn convert(symbolized: Symbolized<'_>) -> Resolved {
 
 fn symbols(sym: Sym<'_>) -> Vec<Symbol> {
     let location = |info: Option<&blazesym::symbolize::CodeInfo<'_>>| match info {
-        Some(info) => (
-            Some(info.to_path().to_string_lossy().into_owned()),
-            info.line,
-        ),
+        Some(info) => (Some(info.to_path().to_string_lossy().into()), info.line),
         None => (None, None),
     };
     let (file, line) = location(sym.code_info.as_deref());
     let mut out = vec![Symbol {
-        function: sym.name.into_owned(),
+        function: sym.name.as_ref().into(),
         file,
         line,
         inlined: false,
@@ -552,7 +549,7 @@ fn symbols(sym: Sym<'_>) -> Vec<Symbol> {
     for inlined in sym.inlined.iter() {
         let (file, line) = location(inlined.code_info.as_ref());
         out.push(Symbol {
-            function: inlined.name.to_string(),
+            function: inlined.name.as_ref().into(),
             file,
             line,
             inlined: true,
@@ -604,7 +601,7 @@ mod tests {
         symbolizer.resolve_user(&module, &[file_offset, file_offset]);
         match &*symbolizer.user(&module, file_offset).unwrap() {
             Resolved::Symbols(symbols) => {
-                assert_eq!(symbols[0].function, "tripod_symbolize_test_marker");
+                assert_eq!(&*symbols[0].function, "tripod_symbolize_test_marker");
                 // Test binaries carry line info only in debug builds.
                 if let Some(file) = &symbols[0].file {
                     assert!(file.ends_with("symbolize.rs"), "{file}");

@@ -8,7 +8,7 @@
 //! per sample), and every renderer gets visible escapes instead.
 //!
 //! This module is a leaf: it depends on nothing else in the crate.
-use std::{borrow::Cow, fmt::Write as _};
+use std::{borrow::Cow, fmt::Write as _, sync::Arc};
 
 /// Whether `c` is a control character: C0 (U+0000 to U+001F, including tab,
 /// CR and LF), DEL (U+007F) or C1 (U+0080 to U+009F, which some terminals
@@ -73,6 +73,15 @@ fn first_control(text: &str) -> Option<usize> {
 
 /// [`escape_controls`] for a string already owned: returned as it is when
 /// it holds no control character.
+/// [`escape_controls`] of a shared string: the same allocation when there
+/// is nothing to escape, as for almost every name.
+pub fn escape_controls_shared(text: &Arc<str>) -> Arc<str> {
+    match escape_controls(text) {
+        Cow::Borrowed(_) => text.clone(),
+        Cow::Owned(escaped) => escaped.into(),
+    }
+}
+
 pub fn escape_controls_owned(text: String) -> String {
     if first_control(&text).is_some() {
         escape_controls(&text).into_owned()

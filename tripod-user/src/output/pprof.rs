@@ -291,13 +291,13 @@ impl<'a> Builder<'a> {
     fn mapping(&mut self, frame: &Frame, address: u64) -> u64 {
         let name = match (&frame.module, frame.kernel) {
             (_, true) => "[kernel.kallsyms]".to_string(),
-            (Some(module), false) => module.clone(),
+            (Some(module), false) => module.to_string(),
             (None, false) => "[unknown]".to_string(),
         };
         let base = frame.offset.map(|offset| address.wrapping_sub(offset));
         let key = MappingKey {
             name,
-            build_id: frame.build_id.clone(),
+            build_id: frame.build_id.as_deref().map(str::to_owned),
             base,
         };
         if let Some(&id) = self.mapping_ids.get(&key) {
@@ -337,7 +337,7 @@ impl<'a> Builder<'a> {
                 .and_then(|f| f.strip_suffix('>'))
                 .unwrap_or(function)
                 .to_string(),
-            (FrameKind::Code, Some(function)) => function.clone(),
+            (FrameKind::Code, Some(function)) => function.to_string(),
             (FrameKind::Missing, _) => {
                 let why = frame.unknown.as_ref().map(ToString::to_string);
                 format!("[missing: {}]", why.as_deref().unwrap_or("?"))

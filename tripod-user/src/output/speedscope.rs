@@ -128,7 +128,10 @@ impl<'a> FileBuilder<'a> {
         // Native frames are named by function alone: one node per function,
         // as in the other formats. Python frames keep their line, as py-spy's do.
         let mut name = match frame.kind {
-            FrameKind::Python => frame.function.clone().unwrap_or_else(|| frame.short_name()),
+            FrameKind::Python => frame
+                .function
+                .as_deref()
+                .map_or_else(|| frame.short_name(), str::to_owned),
             _ => frame.short_name(),
         };
         if frame.kernel {

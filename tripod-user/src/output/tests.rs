@@ -18,10 +18,10 @@ use crate::{
 
 fn user(function: &str, file: Option<(&str, u32)>, module: &str) -> Arc<Frame> {
     Arc::new(Frame {
-        module: Some(module.to_string()),
+        module: Some(module.into()),
         offset: Some(0x1130),
-        function: Some(function.to_string()),
-        file: file.map(|(f, _)| f.to_string()),
+        function: Some(function.into()),
+        file: file.map(|(f, _)| f.into()),
         line: file.map(|(_, l)| l),
         ..Frame::code(false, Some(0x5555_5555_5130))
     })
@@ -30,7 +30,7 @@ fn user(function: &str, file: Option<(&str, u32)>, module: &str) -> Arc<Frame> {
 fn kernel(function: &str) -> Arc<Frame> {
     Arc::new(Frame {
         module: Some("[kernel]".into()),
-        function: Some(function.to_string()),
+        function: Some(function.into()),
         ..Frame::code(true, Some(0xffff_ffff_8100_0000))
     })
 }
@@ -68,7 +68,7 @@ fn report(per_thread: bool) -> Report {
     ]);
     let unknown: Arc<[Arc<Frame>]> = Arc::from(vec![
         Arc::new(Frame {
-            module: Some(libc.to_string()),
+            module: Some(libc.into()),
             offset: Some(0x2a1b0),
             unknown: Some(Unknown::MissingSyms),
             ..Frame::code(false, Some(0x7f00_0002_a1b0))

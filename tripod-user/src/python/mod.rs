@@ -157,7 +157,7 @@ impl Python {
                 continue;
             };
             let file_name = module.path.rsplit('/').next().unwrap_or(&module.path);
-            if !detect::is_candidate(file_name, exe == Some(module.path.as_str())) {
+            if !detect::is_candidate(file_name, exe == Some(&*module.path)) {
                 continue;
             }
             let binary = self
@@ -377,7 +377,7 @@ impl Python {
         let in_interpreter = frame
             .module
             .as_ref()
-            .is_some_and(|module| self.interpreter_paths.contains(module));
+            .is_some_and(|module| self.interpreter_paths.contains(&**module));
         if frame.kernel || frame.kind != FrameKind::Code || !in_interpreter {
             return false;
         }
@@ -521,8 +521,8 @@ fn describe(interpreter: &mut Interpreter, frame: &PythonFrame) -> Frame {
     let layout = interpreter.layout.clone();
     match code_of(interpreter, frame.code, frame.code_identity) {
         Some(code) => Frame {
-            function: Some(code.name.to_string()),
-            file: Some(code.file.to_string()),
+            function: Some(code.name.clone()),
+            file: Some(code.file.clone()),
             line: code.line(&layout, frame.instruction),
             ..Frame::python()
         },
@@ -568,7 +568,7 @@ fn frame_id(
     }
     let mut shown = describe(interpreter, frame);
     if let (Some(file), Some(line)) = (&shown.file, shown.line) {
-        shown.source = sources.line(interpreter.memory.pid, &Arc::from(file.as_str()), line);
+        shown.source = sources.line(interpreter.memory.pid, file, line);
     }
     let id = table.intern(shown);
     interpreter.frames.insert(key, id);
@@ -594,8 +594,8 @@ fn frame_locals(interpreter: &mut Interpreter, frame: &PythonFrame) -> FrameLoca
         }
     }
     FrameLocals {
-        function: shown.function.unwrap_or_else(|| "[unknown]".into()),
-        file: shown.file.unwrap_or_default(),
+        function: shown.function.as_deref().unwrap_or("[unknown]").to_owned(),
+        file: shown.file.as_deref().unwrap_or_default().to_owned(),
         line: shown.line,
         variables,
     }
@@ -799,15 +799,15 @@ mod tests {
 
     fn native(function: Option<&str>, module: &str) -> Arc<Frame> {
         Arc::new(Frame {
-            function: function.map(str::to_owned),
-            module: Some(module.to_owned()),
+            function: function.map(Into::into),
+            module: Some(module.into()),
             ..Frame::code(false, Some(0x10))
         })
     }
 
     fn python_frame(function: &str) -> Arc<Frame> {
         Arc::new(Frame {
-            function: Some(function.to_owned()),
+            function: Some(function.into()),
             ..Frame::python()
         })
     }
@@ -830,7 +830,7 @@ mod tests {
         let names = |frames: &[Arc<Frame>]| -> Vec<String> {
             frames
                 .iter()
-                .map(|f| f.function.clone().unwrap_or_else(|| "?".into()))
+                .map(|f| f.function.as_deref().unwrap_or("?").to_owned())
                 .collect()
         };
         let mut frames = stack.clone();

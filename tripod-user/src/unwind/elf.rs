@@ -70,6 +70,14 @@ pub(crate) struct UnwindFile {
 }
 
 impl UnwindFile {
+    /// Bytes of unwind tables kept (for a debug log).
+    pub fn size(&self) -> usize {
+        let section = |s: &Option<Section>| s.as_ref().map_or(0, |s| s.data.len());
+        section(&self.eh_frame)
+            + section(&self.eh_frame_hdr)
+            + self.debug_frame.as_ref().map_or(0, |d| d.len())
+    }
+
     /// Reads the unwind data of an x86_64 ELF file. `None` when it cannot
     /// be read, is not a 64-bit x86_64 ELF, or has no unwind data.
     pub fn read(file: File) -> Option<UnwindFile> {

@@ -205,6 +205,17 @@ impl Unwinder {
         frames
     }
 
+    /// How much is kept, for a debug log.
+    pub fn sizes(&self) -> String {
+        let unwind_bytes: usize = self.files.values().flatten().map(|f| f.size()).sum();
+        format!(
+            "{} processes, {} files ({} KiB of unwind tables)",
+            self.processes.len(),
+            self.files.len(),
+            unwind_bytes / 1024
+        )
+    }
+
     /// Drops per-process state (the process exited); the per-file data stays
     /// cached. State of processes never forgotten lives until the unwinder is dropped.
     pub fn forget(&mut self, pid: u32) {
@@ -326,7 +337,7 @@ fn build(
                     }
                     file.map(Arc::new)
                 });
-                (module.path.as_str(), Some(module.id), file.as_ref())
+                (&*module.path, Some(module.id), file.as_ref())
             }
             (None, Some(name @ "[vdso]")) => (name, None, vdso),
             (None, _) => continue,

@@ -80,30 +80,34 @@ fn level1(x: u64) -> (Captured, u64) {
     (captured, black_box(y).wrapping_mul(7))
 }
 
-/// The outermost function name at each frame, `?` when unknown.
+/// The function names at each frame, innermost first (a function inlined
+/// into its caller before it), `?` when unknown.
 fn function_names(frames: &[RawFrame], processes: &mut ProcessTable) -> Vec<String> {
     let pid = std::process::id();
     let mut symbolizer = Symbolizer::new();
-    frames
-        .iter()
-        .map(|frame| {
-            let Some(address) = frame.lookup_address() else {
-                return "[gap]".to_string();
-            };
-            let Location::File {
-                module,
-                file_offset,
-            } = processes.locate(pid, address)
-            else {
-                return "?".to_string();
-            };
-            symbolizer.resolve_user(&module, &[file_offset]);
-            match symbolizer.user(&module, file_offset).as_deref() {
-                Some(Resolved::Symbols(symbols)) => symbols[0].function.clone(),
-                _ => "?".to_string(),
+    let mut names = Vec::new();
+    for frame in frames {
+        let Some(address) = frame.lookup_address() else {
+            names.push("[gap]".to_string());
+            continue;
+        };
+        let Location::File {
+            module,
+            file_offset,
+        } = processes.locate(pid, address)
+        else {
+            names.push("?".to_string());
+            continue;
+        };
+        symbolizer.resolve_user(&module, &[file_offset]);
+        match symbolizer.user(&module, file_offset).as_deref() {
+            Some(Resolved::Symbols(symbols)) => {
+                names.extend(symbols.iter().rev().map(|s| s.function.to_string()))
             }
-        })
-        .collect()
+            _ => names.push("?".to_string()),
+        }
+    }
+    names
 }
 
 fn assert_chain(names: &[String]) {
