@@ -67,6 +67,9 @@ pub(crate) struct UnwindFile {
     pub eh_frame_hdr: Option<Section>,
     /// Only read when there is no `.eh_frame` (framehop prefers `.eh_frame`).
     pub debug_frame: Option<Bytes>,
+    /// The ELF entry point (`e_entry`), if the file has one: where the first
+    /// thread of a program (and the dynamic loader before it) begins.
+    pub entry_svma: Option<u64>,
 }
 
 impl UnwindFile {
@@ -152,6 +155,7 @@ impl UnwindFile {
             eh_frame,
             eh_frame_hdr,
             debug_frame,
+            entry_svma: Some(header.e_entry(endian)).filter(|&entry| entry != 0),
         })
     }
 
@@ -210,6 +214,7 @@ mod tests {
             eh_frame: None,
             eh_frame_hdr: None,
             debug_frame: None,
+            entry_svma: None,
         }
     }
 

@@ -103,6 +103,9 @@ struct ProcessUnwinder {
     unwinder: UnwinderX86_64<Bytes>,
     /// Every executable mapping (with or without a file), sorted by address.
     code: Vec<Range<u64>>,
+    /// The first bytes of each file's entry point: a walk that ends there
+    /// reached the root of the program's first thread.
+    entries: Vec<Range<u64>>,
     /// When an address outside `code` last made us re-read the mappings.
     last_refresh: Option<Instant>,
     /// How many framehop modules `unwinder` has, and how many times this
@@ -284,6 +287,7 @@ impl Unwinder {
                 generation: None,
                 unwinder: UnwinderX86_64::new(),
                 code: Vec::new(),
+                entries: Vec::new(),
                 last_refresh: None,
                 modules: 0,
                 builds: 0,
@@ -295,23 +299,39 @@ impl Unwinder {
         let vdso = self
             .vdso
             .get_or_insert_with(|| UnwindFile::vdso().map(Arc::new));
-        let (unwinder, modules, code) = build(&mut self.files, vdso.as_ref(), views);
+        let built = build(&mut self.files, vdso.as_ref(), views);
         let state = self.state(pid);
         state.generation = Some(generation);
-        state.unwinder = unwinder;
-        state.modules = modules;
-        state.code = code;
+        state.unwinder = built.unwinder;
+        state.modules = built.modules;
+        state.code = built.code;
+        state.entries = built.entries;
         state.builds += 1;
     }
 }
 
-/// A framehop unwinder for one process's mappings, its number of modules,
-/// and the process's executable ranges.
+/// What [`build`] makes of one process's mappings.
+struct BuiltState {
+    unwinder: UnwinderX86_64<Bytes>,
+    /// How many framehop modules `unwinder` has.
+    modules: usize,
+    /// The executable ranges, sorted.
+    code: Vec<Range<u64>>,
+    /// See [`ProcessUnwinder::entries`].
+    entries: Vec<Range<u64>>,
+}
+
+/// How far past an entry point a walk may end and still have reached the
+/// root: `_start` calls on within its first few instructions (the dynamic
+/// loader's at +8, glibc's program entry at about +0x25).
+const ENTRY_SPAN: u64 = 64;
+
+/// A framehop unwinder for one process's mappings.
 fn build(
     files: &mut HashMap<usize, Option<Arc<UnwindFile>>>,
     vdso: Option<&Arc<UnwindFile>>,
     views: &[MappingView],
-) -> (UnwinderX86_64<Bytes>, usize, Vec<Range<u64>>) {
+) -> BuiltState {
     // One framehop module per file and load bias, spanning all its executable mappings.
     struct Placed<'a> {
         name: &'a str,
@@ -361,7 +381,12 @@ fn build(
     }
     let mut unwinder = UnwinderX86_64::new();
     let modules = placed.len();
+    let mut entries = Vec::new();
     for p in placed {
+        if let Some(entry) = p.file.entry_svma {
+            let entry = p.bias.wrapping_add(entry);
+            entries.push(entry..entry.saturating_add(ENTRY_SPAN));
+        }
         let base_avma = p.bias.wrapping_add(p.file.base_svma);
         unwinder.add_module(framehop::Module::new(
             p.name.to_string(),
@@ -371,7 +396,12 @@ fn build(
         ));
     }
     code.sort_by_key(|r| r.start);
-    (unwinder, modules, code)
+    BuiltState {
+        unwinder,
+        modules,
+        code,
+        entries,
+    }
 }
 
 /// Walks `stack` from `regs`, appending frames innermost first.
@@ -414,7 +444,9 @@ fn walk(
             }
             Ok(None) => return Walk::Done,
             Err(_) => {
-                frames.push(truncated);
+                if !state.ends_at_entry(frames) {
+                    frames.push(truncated);
+                }
                 return Walk::Done;
             }
         };
@@ -426,6 +458,9 @@ fn walk(
             if frames.is_empty() {
                 frames.push(frame);
             }
+            if state.ends_at_entry(frames) {
+                return Walk::Done;
+            }
             frames.push(truncated);
             return Walk::Outside(address);
         }
@@ -434,6 +469,17 @@ fn walk(
 }
 
 impl ProcessUnwinder {
+    /// True if the last frame of `frames` is a call made by an entry point:
+    /// the walk ended at the root even though nothing marked it as such
+    /// (the dynamic loader's `_start` has no unwind info saying so).
+    fn ends_at_entry(&self, frames: &[RawFrame]) -> bool {
+        let Some(RawFrame::ReturnAddress(_, ra)) = frames.last() else {
+            return false;
+        };
+        let lookup = ra.saturating_sub(1);
+        self.entries.iter().any(|entry| entry.contains(&lookup))
+    }
+
     /// True if `address` is in an executable mapping of the snapshot.
     fn covers(&self, address: u64) -> bool {
         let index = self.code.partition_point(|r| r.end <= address);

@@ -491,3 +491,25 @@ fn samples_of_one_image_at_two_times_are_walked_in_their_own_mappings() {
     let again = unwinder.unwind_at((pid, 150), regs, stack, &mut processes, &history);
     assert_eq!(again, early);
 }
+
+#[test]
+fn a_walk_that_ends_in_an_entry_point_reached_the_root() {
+    let state = ProcessUnwinder {
+        generation: None,
+        unwinder: UnwinderX86_64::new(),
+        code: vec![0x1000..0x2000],
+        entries: vec![0x1040..0x1040 + ENTRY_SPAN],
+        last_refresh: None,
+        modules: 0,
+        builds: 0,
+    };
+    let ra = |a| RawFrame::ReturnAddress(Space::User, a);
+    let ip = RawFrame::InstructionPointer(Space::User, 0x1500);
+    // The dynamic loader's `_start` calls `_dl_start` 3 bytes in: it returns to +8.
+    assert!(state.ends_at_entry(&[ip, ra(0x1500), ra(0x1048)]));
+    // A return to the first byte after the span, or before the entry, is not the root.
+    assert!(!state.ends_at_entry(&[ip, ra(0x1040 + ENTRY_SPAN + 1)]));
+    assert!(!state.ends_at_entry(&[ip, ra(0x1040)]));
+    // The sampled ip alone says nothing of the root.
+    assert!(!state.ends_at_entry(&[RawFrame::InstructionPointer(Space::User, 0x1048)]));
+}
