@@ -35,6 +35,9 @@ pub struct Run {
     pub samples: u64,
     /// Samples of the churn processes whose stack names their work (`child_main;child_work`).
     pub named: Share,
+    /// Samples of the churn processes whose every user frame is named (start-up and exit
+    /// included: a process spends about half its life there).
+    pub all_named: Share,
 }
 
 /// Why perf's dwarf mode is left out of the long run.
@@ -113,6 +116,7 @@ fn run_once(bench: &Bench, sampler: Sampler, seconds: f64) -> Result<Run> {
     let name = comm(&bench.fixtures.churn);
     run.samples = folded.of_comm(name).map(|(_, n)| n).sum();
     run.named = folded.chain_share(name, &["child_main", "child_work"]);
+    run.all_named = folded.named_share(name);
     ensure!(
         run.samples > 0,
         "{sampler} recorded no samples of the churn processes"

@@ -128,6 +128,20 @@ impl Folded {
         share
     }
 
+    /// Samples of `comm`, and how many of them name every frame of their user stack (none
+    /// `[unknown]`, `[truncated]`, `[missing…]` or a bare `[module]`); at least one user frame.
+    pub fn named_share(&self, comm: &str) -> Share {
+        let mut share = Share::default();
+        for (frames, count) in self.of_comm(comm) {
+            share.of += count;
+            let mut user = frames.iter().filter(|f| !f.ends_with("_[k]")).peekable();
+            if user.peek().is_some() && user.all(|f| !f.starts_with('[')) {
+                share.hits += count;
+            }
+        }
+        share
+    }
+
     /// All samples, and how many of them contain `chain` contiguously, in order, among their
     /// Python frames (native frames in between do not break it).
     pub fn python_chain_share(&self, chain: &[&str]) -> Share {
@@ -218,6 +232,19 @@ mod tests {
             7
         );
         assert_eq!(folded.samples(), 152);
+    }
+
+    #[test]
+    fn named_share_counts_stacks_whose_every_user_frame_is_named() {
+        let folded = Folded::parse(
+            "churn;_start;main;work;irq_[k] 5\n\
+             churn;[truncated];_exit;do_exit_[k] 3\n\
+             churn;main;[libc.so.6] 2\n\
+             churn;do_exit_[k] 1\n\
+             other;main 7\n",
+        );
+        let share = folded.named_share("churn");
+        assert_eq!((share.hits, share.of), (5, 11));
     }
 
     // Indentation matters in this format, hence a raw string.
