@@ -20,6 +20,7 @@ const FIXTURES: &[(&str, &str, &[&str], &[&str])] = &[
     ("chain_fp", "chain.c", FP, &[]),
     ("chain_nofp", "chain.c", NOFP, &[]),
     ("other_fp", "other.c", FP, &[]),
+    ("execs", "execs.c", NOFP, &[]),
     ("syscalls_fp", "syscalls.c", FP, &[]),
     ("threads_fp", "threads.c", FP, &["-pthread"]),
     ("threads_nofp", "threads.c", NOFP, &["-pthread"]),

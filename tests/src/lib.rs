@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub const CHAIN_FP: &str = env!("FIXTURE_CHAIN_FP");
 pub const CHAIN_NOFP: &str = env!("FIXTURE_CHAIN_NOFP");
 pub const OTHER_FP: &str = env!("FIXTURE_OTHER_FP");
+/// Runs `main -> before_exec -> spin_before`, then execs into another program.
+pub const EXECS: &str = env!("FIXTURE_EXECS");
 pub const SYSCALLS_FP: &str = env!("FIXTURE_SYSCALLS_FP");
 pub const THREADS_FP: &str = env!("FIXTURE_THREADS_FP");
 pub const THREADS_NOFP: &str = env!("FIXTURE_THREADS_NOFP");

@@ -419,3 +419,114 @@ fn millisecond_processes_show_their_chain() {
         assert_chain(&in_own_code, comm, CHAIN, 100, 0.9);
     }
 }
+
+/// The lines of `folded` of process name `comm` with `leaf` on the stack: the samples
+/// taken in that program's own code (exec, start-up and exit have no chain to show).
+fn in_own_code(folded: &str, comm: &str, leaf: &str) -> String {
+    folded
+        .lines()
+        .filter(|line| line.starts_with(&format!("{comm};")) && line.contains(leaf))
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+#[test]
+fn a_process_that_execs_names_both_images() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    // One pid: 0.4 s in execs' chain, then exec into other_fp for 0.4 s. The samples of
+    // each half must be named from the program that ran then, though the first program's
+    // mappings were gone long before the report.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("out.folded");
+    for unwind in ["dwarf", "auto"] {
+        let out = run_tripod(&[
+            "-F",
+            "999",
+            "--unwind",
+            unwind,
+            "-f",
+            "folded",
+            "-o",
+            file.to_str().unwrap(),
+            "--",
+            EXECS,
+            "0.4",
+            OTHER_FP,
+            "--seconds",
+            "0.4",
+        ]);
+        assert_success(&out);
+        let folded = std::fs::read_to_string(&file).expect("reading the folded output");
+        println!("--unwind {unwind}");
+        // Both halves are one process, reported under one name, its first program's
+        // (names are per process, not per image, in this version).
+        let before = ["main", "before_exec", "spin_before"];
+        let after = ["main", "other_work", "other_spin"];
+        let first = in_own_code(&folded, "execs", ";spin_before");
+        assert_chain(&first, "execs", &before, 100, 0.9);
+        let second = in_own_code(&folded, "execs", ";other_spin");
+        assert_chain(&second, "execs", &after, 100, 0.9);
+        // Never a frame of one program in a stack of the other.
+        for line in folded.lines() {
+            let mixed = line.contains("before_exec") && line.contains("other_");
+            assert!(
+                !mixed,
+                "a frame named from the wrong image: {line}\n{folded}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_binary_replaced_after_it_ran_is_not_named_from_the_new_file() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    // `victim` is chain_nofp's code. It runs and exits; then its file is deleted and
+    // other_fp's code written under the same name, before anything is symbolized. Its
+    // samples must show chain's functions (from the file as it was mapped, kept open) or
+    // be marked unknown, never other's functions.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let victim = dir.path().join("victim");
+    std::fs::copy(CHAIN_NOFP, &victim).expect("copying the fixture");
+    let file = dir.path().join("out.folded");
+    let mut tripod = Tripod::spawn(tripod_command(&[
+        "--all",
+        "-F",
+        "999",
+        "-f",
+        "folded",
+        "-o",
+        file.to_str().unwrap(),
+    ]));
+    tripod.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
+    let status = std::process::Command::new(&victim)
+        .args(["--seconds", "0.5"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("running the victim");
+    assert!(status.success(), "victim failed: {status}");
+    std::fs::remove_file(&victim).expect("deleting the victim");
+    std::fs::copy(OTHER_FP, &victim).expect("replacing the victim");
+    std::thread::sleep(Duration::from_millis(300));
+    tripod.signal(libc::SIGINT);
+    assert_success(&tripod.wait(RUN_TIMEOUT));
+    let folded = std::fs::read_to_string(&file).expect("reading the folded output");
+    let victim_lines = in_own_code(&folded, "victim", "");
+    assert!(
+        !victim_lines.contains("other_"),
+        "named from the replacing file:\n{victim_lines}"
+    );
+    // The file opened when its mappings were recorded is the one that ran.
+    assert_chain(
+        &in_own_code(&folded, "victim", ";spin"),
+        "victim",
+        CHAIN,
+        100,
+        0.9,
+    );
+}

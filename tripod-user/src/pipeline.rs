@@ -24,9 +24,13 @@ use crate::{
     output::{push::Pusher, Output, Progress},
     process::{self, ProcessTable, RecordedMapping},
     python::{Python, PythonChange},
-    report::{self, Inputs, Losses, RunInfo, ThreadDump},
+    report::{self, Inputs, Losses, MappingRecordLosses, RunInfo, ThreadDump},
     resolve::Resolver,
-    sampler::{drain_counted, sideband::SideRecord, Record, Sample, SampleSource},
+    sampler::{
+        drain_counted,
+        sideband::{SideRecord, SidebandCounters},
+        Record, Sample, SampleSource,
+    },
     task::TaskState,
     wait::Weight,
 };
@@ -43,6 +47,8 @@ pub struct Pipeline {
     held: Held,
     /// The sideband watermark of the last pull; `None` without a sideband.
     watermark: Option<u64>,
+    /// The sideband's counters at the last pull.
+    sideband_seen: Option<SidebandCounters>,
     /// How far the history may be released once this pull's stacks are
     /// located: every sample older than this was taken in.
     release_at: u64,
@@ -100,6 +106,7 @@ impl Pipeline {
             history: MappingHistory::new(options.history),
             held: Held::default(),
             watermark: None,
+            sideband_seen: None,
             release_at: 0,
             ingest: Ingest::new(options.python, options.collect_user),
             counting: Counting::new(weight, options.counters),
@@ -177,6 +184,7 @@ impl Pipeline {
             }
             history.apply(record);
         })?;
+        self.sideband_seen = source.sideband_counters();
         // Samples older than the last pull's watermark were all taken by
         // now, but for the ones still held (see `pull`).
         self.release_at = self.watermark.replace(watermark).unwrap_or(0);
@@ -460,11 +468,16 @@ impl Pipeline {
     pub fn summary(&mut self, counters: &Counters) -> report::Summary {
         self.symbolize();
         let (span, grown) = self.counting.tally().run(Local::now(), counters);
+        let mapping_records = MappingRecordLosses {
+            lost: self.sideband_seen.map_or(0, |c| c.lost),
+            unreadable: self.sideband_seen.map_or(0, |c| c.malformed),
+            samples_not_waited: self.held.overflowed,
+        };
         report::build_summary(
             self.run(),
             self.inputs(),
             span,
-            Losses::from_counters(&grown),
+            (Losses::from_counters(&grown), mapping_records),
         )
     }
 

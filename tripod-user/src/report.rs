@@ -31,6 +31,19 @@ pub struct Losses {
     pub kernel: StackErrors,
 }
 
+/// Mapping records (mmap, exec, fork, exit) the run missed, and samples
+/// that could not wait for theirs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MappingRecordLosses {
+    /// Records the kernel dropped: a sideband ring was full.
+    pub lost: u64,
+    /// Records that could not be read.
+    pub unreadable: u64,
+    /// Samples handed on before the records that locate them could come
+    /// (too many were waiting).
+    pub samples_not_waited: u64,
+}
+
 /// Stacks that `bpf_get_stackid` could not store, by reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StackErrors {
@@ -224,6 +237,9 @@ pub struct Summary {
     pub processes: usize,
     pub threads: usize,
     pub losses: Losses,
+    /// What the kernel's mapping records (the sideband) missed; all zero
+    /// without a sideband.
+    pub mapping_records: MappingRecordLosses,
     /// Most samples first.
     pub duplicates: Vec<Duplicate>,
     /// Per process, most samples first.
@@ -256,6 +272,22 @@ impl Summary {
                 "{storage} stack traces could not be stored (hash collision or full stack map); \
                  consider --stack-storage-size {}",
                 self.run.stack_storage_size.saturating_mul(2)
+            ));
+        }
+        let records = &self.mapping_records;
+        if records.lost + records.unreadable > 0 {
+            hints.push(format!(
+                "{} mapping records were lost (processes started or mapped files faster than \
+                 they could be read); samples of those processes were located from /proc \
+                 while they ran, else marked unknown",
+                records.lost + records.unreadable
+            ));
+        }
+        if records.samples_not_waited > 0 {
+            hints.push(format!(
+                "{} samples could not wait for their mapping records (too many waiting) and \
+                 may show unknown frames; the machine was too busy to drain in time",
+                records.samples_not_waited
             ));
         }
         hints
@@ -523,7 +555,7 @@ pub fn build_summary(
     run: &RunInfo,
     inputs: Inputs<'_>,
     (start, end): (DateTime<Local>, DateTime<Local>),
-    losses: Losses,
+    (losses, mapping_records): (Losses, MappingRecordLosses),
 ) -> Summary {
     let aggregator = inputs.aggregator;
     let counts = aggregator.run();
@@ -546,6 +578,7 @@ pub fn build_summary(
             .collect::<BTreeSet<_>>()
             .len(),
         losses,
+        mapping_records,
         duplicates: duplicates(inputs.frames, counts),
         completeness: completeness(inputs, counts),
     }
@@ -793,7 +826,12 @@ mod tests {
         fixture.add((20, 20), &["clone3", "start_thread", "work"], 1);
         fixture.add((20, 20), &["lost"], 2);
         let now = Local::now();
-        let summary = build_summary(&run(false), fixture.inputs(), (now, now), Losses::default());
+        let summary = build_summary(
+            &run(false),
+            fixture.inputs(),
+            (now, now),
+            Default::default(),
+        );
         assert_eq!(summary.samples, 10);
         assert_eq!((summary.processes, summary.threads), (2, 3));
         assert_eq!(summary.distinct_stacks, 3);

@@ -11,10 +11,12 @@ use std::{
 };
 
 /// How often processes not sampled since the previous check are checked, and
-/// retired if they have exited. Longer than a drain interval, so no samples
-/// of them are still on their way; short, because on a machine that starts
-/// thousands of processes a second, memory grows with this window.
-pub const FORGET_AFTER: Duration = Duration::from_secs(1);
+/// retired if they have exited. Each check follows a drain, and every sample
+/// is drained by the first drain after it was taken, so a process quiet for
+/// a whole period has no samples on their way. Short, because on a machine
+/// that starts thousands of processes a second, memory grows with this
+/// window: one drain period (500 ms).
+pub const FORGET_AFTER: Duration = Duration::from_millis(500);
 
 /// The processes sampled so far, and when each was last sampled.
 pub struct Retirement {

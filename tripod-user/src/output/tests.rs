@@ -10,8 +10,8 @@ use crate::{
     config::Mode,
     model::{Frame, FrameLocals, Unknown},
     report::{
-        Completeness, DumpedThread, Duplicate, Losses, ProcessReport, Report, RunInfo, StackErrors,
-        StackReport, Summary, ThreadDump, ThreadGroup, ThreadReport,
+        Completeness, DumpedThread, Duplicate, Losses, MappingRecordLosses, ProcessReport, Report,
+        RunInfo, StackErrors, StackReport, Summary, ThreadDump, ThreadGroup, ThreadReport,
     },
     task::TaskState,
 };
@@ -140,6 +140,10 @@ fn summary() -> Summary {
         distinct_stacks: 2,
         processes: 1,
         threads: 3,
+        mapping_records: MappingRecordLosses {
+            lost: 3,
+            ..Default::default()
+        },
         losses: Losses {
             count_map_full: 2,
             user: StackErrors {
@@ -197,6 +201,7 @@ Traceback (most recent call last):
 [tripod] pid 4242 (worker): 87.3% of 1000 samples reached the thread root, 127 truncated
 [tripod] 2 samples were lost because the count map was full; consider --count-map-size 131072
 [tripod] 1 stack traces could not be stored (hash collision or full stack map); consider --stack-storage-size 32768
+[tripod] 3 mapping records were lost (processes started or mapped files faster than they could be read); samples of those processes were located from /proc while they ran, else marked unknown
 
 Duplicated stacks (the same frames in more than one thread):
   127 samples in 2 threads of 1 process: main, spin
