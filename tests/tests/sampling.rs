@@ -461,17 +461,17 @@ fn a_process_that_execs_names_both_images() {
         assert_success(&out);
         let folded = std::fs::read_to_string(&file).expect("reading the folded output");
         println!("--unwind {unwind}");
-        // Both halves are one process, reported under one name, its first program's
-        // (names are per process, not per image, in this version).
+        // Each half under the name of the program that ran it, with its own chain.
         let before = ["main", "before_exec", "spin_before"];
         let after = ["main", "other_work", "other_spin"];
         let first = in_own_code(&folded, "execs", ";spin_before");
         assert_chain(&first, "execs", &before, 100, 0.9);
-        let second = in_own_code(&folded, "execs", ";other_spin");
-        assert_chain(&second, "execs", &after, 100, 0.9);
-        // Never a frame of one program in a stack of the other.
+        let second = in_own_code(&folded, "other_fp", ";other_spin");
+        assert_chain(&second, "other_fp", &after, 100, 0.9);
+        // Never a frame of one program under the other's name or in its stacks.
         for line in folded.lines() {
-            let mixed = line.contains("before_exec") && line.contains("other_");
+            let mixed = (line.starts_with("execs;") && line.contains("other_"))
+                || (line.starts_with("other_fp;") && line.contains("before_exec"));
             assert!(
                 !mixed,
                 "a frame named from the wrong image: {line}\n{folded}"

@@ -149,6 +149,10 @@ pub struct Aggregator {
     thread_names: HashMap<u32, String>,
     /// The process name of each merged stack.
     exited_names: HashMap<StackId, Arc<str>>,
+    /// The process name in each program image that began during the run
+    /// (an exec), by (pid, [`Origin::image`]): a process that exec'd is
+    /// named after the program each stack was sampled in.
+    image_names: HashMap<(u32, u64), Arc<str>>,
     /// How many processes were merged so far.
     exited_processes: usize,
 }
@@ -231,6 +235,25 @@ impl Aggregator {
         self.exited_names.get(&stack).map(|name| &**name)
     }
 
+    /// Whether the image `image` of process `tgid` has a name already.
+    pub fn has_image_name(&self, tgid: u32, image: u64) -> bool {
+        self.image_names.contains_key(&(tgid, image))
+    }
+
+    /// Names the image `image` of process `tgid` (its main thread's name
+    /// after the exec that began it).
+    pub fn name_image(&mut self, tgid: u32, image: u64, name: &str) {
+        self.image_names.insert((tgid, image), name.into());
+    }
+
+    /// The process name in the image stack `stack` was sampled in, when
+    /// that image began during the run.
+    pub fn image_name(&self, stack: StackId) -> Option<&str> {
+        let entry = self.stacks.get(stack);
+        let name = self.image_names.get(&(entry.tgid, entry.origin.image))?;
+        Some(name)
+    }
+
     /// Merges the counts of processes that exited (pid -> process name) into
     /// [`EXITED_PID`] stacks and frees what was kept for them; returns the
     /// ids of the stacks freed. `merged` names the stack each of their
@@ -255,7 +278,11 @@ impl Aggregator {
             for key in keys {
                 let count = counts.remove(&key).unwrap_or(0);
                 tids.insert(key.tid);
-                let name: Arc<str> = exited[&key.tgid].as_str().into();
+                let image = self.stacks.get(key.stack).origin.image;
+                let name: Arc<str> = match self.image_names.get(&(key.tgid, image)) {
+                    Some(name) => name.clone(),
+                    None => exited[&key.tgid].as_str().into(),
+                };
                 let stack = merged(&mut self.stacks, &name, key.stack);
                 self.exited_names.insert(stack, name);
                 let merged_key = ThreadStack {
@@ -274,6 +301,8 @@ impl Aggregator {
         for tid in tids {
             self.thread_names.remove(&tid);
         }
+        self.image_names
+            .retain(|(tgid, _), _| !exited.contains_key(tgid));
         self.exited_processes += exited.len();
         freed
     }
@@ -359,6 +388,38 @@ mod tests {
         assert_eq!(agg.take_interval()[&running], 2);
         assert_eq!(agg.run()[&running], 6);
         assert_eq!(agg.run().values().sum::<u64>(), 10);
+    }
+
+    #[test]
+    fn stacks_of_an_image_begun_in_the_run_carry_its_name() {
+        let mut agg = Aggregator::new();
+        let before = Origin {
+            image: 0,
+            time_ns: 50,
+        };
+        let after = Origin {
+            image: 100,
+            time_ns: 150,
+        };
+        let (old, _) = agg.add_from(before, 10, 10, "sh", &stack(&[1]), RUNNING, 1);
+        let (new, _) = agg.add_from(after, 10, 10, "worker", &stack(&[1]), RUNNING, 1);
+        assert!(!agg.has_image_name(10, 100));
+        agg.name_image(10, 100, "worker");
+        assert_eq!(
+            (agg.image_name(old), agg.image_name(new)),
+            (None, Some("worker"))
+        );
+        // Retired: each stack merges under the name of its own image.
+        let exited = HashMap::from([(10, "sh".to_string())]);
+        agg.retire(&exited, |stacks, _, _| stacks.add_merged());
+        let mut names: Vec<&str> = agg
+            .run()
+            .keys()
+            .filter_map(|k| agg.exited_name(k.stack))
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, ["sh", "worker"]);
+        assert!(!agg.has_image_name(10, 100), "freed with its process");
     }
 
     #[test]

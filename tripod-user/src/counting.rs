@@ -165,6 +165,11 @@ impl Counting {
         }
     }
 
+    /// The aggregator, to name the images of its stacks.
+    pub fn aggregator_mut(&mut self) -> &mut Aggregator {
+        &mut self.aggregator
+    }
+
     pub fn aggregator(&self) -> &Aggregator {
         &self.aggregator
     }

@@ -32,6 +32,7 @@ use crate::{
         Record, Sample, SampleSource,
     },
     task::TaskState,
+    text::escape_controls,
     wait::Weight,
 };
 
@@ -236,6 +237,7 @@ impl Pipeline {
     fn take(&mut self, sample: Sample<'_>, state: TaskState, what: Taken) {
         let (tgid, tid) = (sample.tgid, sample.tid);
         let origin = self.origin(tgid, sample.time_ns);
+        self.name_image(tgid, origin);
         let (raw, comm) = self
             .ingest
             .unwind(sample, &mut self.processes, &self.history);
@@ -256,13 +258,28 @@ impl Pipeline {
         }
     }
 
+    /// Names the image `origin` of `tgid` from the history, the first time
+    /// one of its samples comes, if it began during the run (after an exec,
+    /// the process has another name than the one `/proc` showed first).
+    fn name_image(&mut self, tgid: u32, origin: Origin) {
+        let aggregator = self.counting.aggregator_mut();
+        if origin.image == 0 || aggregator.has_image_name(tgid, origin.image) {
+            return;
+        }
+        let at = located_time(origin.time_ns);
+        if let Some(comm) = self.history.comm(tgid, at) {
+            let comm = String::from_utf8_lossy(comm);
+            aggregator.name_image(tgid, origin.image, &escape_controls(comm.trim_end()));
+        }
+    }
+
     /// The image of `tgid` a sample taken at `time_ns` (0: a count, which
     /// keeps no time: the latest) belongs to; all one image without a sideband.
     fn origin(&self, tgid: u32, time_ns: u64) -> Origin {
         if self.watermark.is_none() {
             return Origin::default();
         }
-        let at = if time_ns == 0 { u64::MAX - 1 } else { time_ns };
+        let at = located_time(time_ns);
         let image = self.history.image_id(tgid, at).map_or(0, |i| i.since_ns);
         Origin { image, time_ns }
     }
@@ -521,6 +538,16 @@ impl Pipeline {
         }
         let state = TaskState::from_kernel(sample.state);
         self.take(sample, state, Taken::Weight(1));
+    }
+}
+
+/// The time a sample is located at: its own, or for a count, which keeps no
+/// time, the latest.
+fn located_time(time_ns: u64) -> u64 {
+    if time_ns == 0 {
+        u64::MAX - 1
+    } else {
+        time_ns
     }
 }
 

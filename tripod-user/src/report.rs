@@ -321,6 +321,9 @@ impl Inputs<'_> {
             let name = stack.and_then(|s| self.aggregator.exited_name(s));
             return name.unwrap_or("exited processes").to_string();
         }
+        if let Some(name) = stack.and_then(|s| self.aggregator.image_name(s)) {
+            return name.to_string();
+        }
         self.processes
             .get(pid)
             .map(|p| p.comm.clone())
