@@ -76,7 +76,7 @@ impl Mapping {
 }
 
 /// Names the set of mappings of one process in force at some time (see
-/// [`MappingHistory::mappings_at`]).
+/// [`MappingHistory::in_force_at`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct InForceKey {
     /// The image's generation: it changes with every record about it.
@@ -84,6 +84,54 @@ pub struct InForceKey {
     /// The last time at or before the asked one at which a mapping of the
     /// image began or ended: between two such times the set is the same.
     changed_ns: u64,
+}
+
+/// The mappings of one image in force at one time (see
+/// [`MappingHistory::in_force_at`]).
+pub struct InForce<'a> {
+    /// Names the set: equal keys, equal mappings. An unwinder built from
+    /// them can be kept while the key stays the same.
+    pub key: InForceKey,
+    image: &'a Image,
+    time_ns: u64,
+}
+
+impl<'a> InForce<'a> {
+    fn new(image: &'a Image, time_ns: u64) -> Self {
+        // The set changes only at a mapping's start or end: the last change
+        // at or before `time_ns` tells two times of one image apart.
+        let mut changed_ns = image.since_ns;
+        for m in image.live.values().chain(&image.retired) {
+            if m.since_ns <= time_ns {
+                changed_ns = changed_ns.max(m.since_ns);
+            }
+            if m.until_ns <= time_ns {
+                changed_ns = changed_ns.max(m.until_ns);
+            }
+        }
+        let key = InForceKey {
+            generation: image.generation,
+            changed_ns,
+        };
+        InForce {
+            key,
+            image,
+            time_ns,
+        }
+    }
+
+    /// Every mapping in force, by address.
+    pub fn mappings(&self) -> Vec<&'a Mapping> {
+        let image = self.image;
+        let mut in_force: Vec<&Mapping> = image
+            .live
+            .values()
+            .chain(&image.retired)
+            .filter(|m| (m.since_ns..m.until_ns).contains(&self.time_ns))
+            .collect();
+        in_force.sort_by_key(|m| m.start);
+        in_force
+    }
 }
 
 /// Where an address lay at a time.
@@ -640,10 +688,7 @@ impl MappingHistory {
 
     /// The mapping that held `address` in process `pid` at `time_ns`.
     pub fn locate(&self, pid: u32, address: u64, time_ns: u64) -> Result<Located<'_>, NotLocated> {
-        let process = self.processes.get(&pid).ok_or(NotLocated::UnknownProcess)?;
-        let (image, current) = process
-            .image_at(time_ns)
-            .ok_or(NotLocated::BeforeFirstRecord)?;
+        let (image, current) = self.image_at(pid, time_ns)?;
         if image.tainted_since.is_some_and(|t| time_ns >= t) {
             return Err(if current {
                 NotLocated::RecordsLost
@@ -665,56 +710,30 @@ impl MappingHistory {
         })
     }
 
-    /// Every mapping of `pid` in force at `time_ns`, by address, with a key
-    /// that names that set: equal keys, equal mappings. An unwinder built
-    /// from them can be kept while the key stays the same.
-    pub fn mappings_at(
-        &self,
-        pid: u32,
-        time_ns: u64,
-    ) -> Result<(InForceKey, Vec<&Mapping>), NotLocated> {
+    /// The image of `pid` in force at `time_ns`, and whether it is the
+    /// current one.
+    fn image_at(&self, pid: u32, time_ns: u64) -> Result<(&Image, bool), NotLocated> {
         let process = self.processes.get(&pid).ok_or(NotLocated::UnknownProcess)?;
-        let (image, _) = process
+        process
             .image_at(time_ns)
-            .ok_or(NotLocated::BeforeFirstRecord)?;
-        // The set changes only at a mapping's start or end: the last change
-        // at or before `time_ns` tells two times of one image apart.
-        let mut changed_ns = image.since_ns;
-        let mut in_force: Vec<&Mapping> = Vec::with_capacity(image.live.len());
-        for m in image.live.values().chain(&image.retired) {
-            if m.since_ns <= time_ns {
-                changed_ns = changed_ns.max(m.since_ns);
-            }
-            if m.until_ns <= time_ns {
-                changed_ns = changed_ns.max(m.until_ns);
-            }
-            if (m.since_ns..m.until_ns).contains(&time_ns) {
-                in_force.push(m);
-            }
-        }
-        in_force.sort_by_key(|m| m.start);
-        let key = InForceKey {
-            generation: image.generation,
-            changed_ns,
-        };
-        Ok((key, in_force))
+            .ok_or(NotLocated::BeforeFirstRecord)
     }
 
-    /// [`Self::mappings_at`], only when they are all known: the image began
+    /// The mappings of `pid` in force at `time_ns`: their key at once (one
+    /// pass, no allocation), the mappings themselves only when asked.
+    pub fn in_force_at(&self, pid: u32, time_ns: u64) -> Result<InForce<'_>, NotLocated> {
+        let (image, _) = self.image_at(pid, time_ns)?;
+        Ok(InForce::new(image, time_ns))
+    }
+
+    /// [`Self::in_force_at`], only when they are all known: the image began
     /// in the run (a fork of a known image, or an `exec`) and no record of
     /// it was lost by `time_ns`. Else why not, as [`Self::locate`] says it.
-    pub fn complete_mappings_at(
-        &self,
-        pid: u32,
-        time_ns: u64,
-    ) -> Result<(InForceKey, Vec<&Mapping>), NotLocated> {
-        let process = self.processes.get(&pid).ok_or(NotLocated::UnknownProcess)?;
-        let (image, current) = process
-            .image_at(time_ns)
-            .ok_or(NotLocated::BeforeFirstRecord)?;
+    pub fn complete_in_force_at(&self, pid: u32, time_ns: u64) -> Result<InForce<'_>, NotLocated> {
+        let (image, current) = self.image_at(pid, time_ns)?;
         let tainted = image.tainted_since.is_some_and(|t| time_ns >= t);
         match (image.complete && !tainted, current) {
-            (true, _) => self.mappings_at(pid, time_ns),
+            (true, _) => Ok(InForce::new(image, time_ns)),
             (false, true) if tainted => Err(NotLocated::RecordsLost),
             (false, true) => Err(NotLocated::NotSeeded),
             (false, false) => Err(NotLocated::ImageReplaced),
@@ -723,10 +742,7 @@ impl MappingHistory {
 
     /// The image of `pid` in force at `time_ns`.
     pub fn image_id(&self, pid: u32, time_ns: u64) -> Result<ImageId, NotLocated> {
-        let process = self.processes.get(&pid).ok_or(NotLocated::UnknownProcess)?;
-        let (image, _) = process
-            .image_at(time_ns)
-            .ok_or(NotLocated::BeforeFirstRecord)?;
+        let (image, _) = self.image_at(pid, time_ns)?;
         Ok(ImageId {
             pid,
             since_ns: image.since_ns,
@@ -1102,13 +1118,15 @@ mod tests {
     #[test]
     fn mappings_in_force_and_their_generation() {
         let mut h = history(shell_runs_true());
-        let (generation, at_140) = h.mappings_at(10, 140).unwrap();
+        let early = h.in_force_at(10, 140).unwrap();
+        let (generation, at_140) = (early.key, early.mappings());
         assert_eq!(
             at_140.iter().map(|m| m.start).collect::<Vec<_>>(),
             [0x1000, 0x7000]
         );
         h.apply(mmap(10, 500, 0x8000, 0x1000, 0, "/opt/other.so"));
-        let (later, at_600) = h.mappings_at(10, 600).unwrap();
+        let late = h.in_force_at(10, 600).unwrap();
+        let (later, at_600) = (late.key, late.mappings());
         assert_ne!(generation, later);
         assert_eq!(
             at_600.iter().map(|m| m.start).collect::<Vec<_>>(),
@@ -1116,17 +1134,17 @@ mod tests {
         );
         // Nothing began or ended between 140 and 150: the same set.
         assert_eq!(
-            h.mappings_at(10, 150).unwrap().0,
-            h.mappings_at(10, 140).unwrap().0
+            h.in_force_at(10, 150).unwrap().key,
+            h.in_force_at(10, 140).unwrap().key
         );
         // Between 140 and 600 /opt/other.so began: two sets of one image,
         // though no record came between the two questions.
         assert_ne!(
-            h.mappings_at(10, 140).unwrap().0,
-            h.mappings_at(10, 600).unwrap().0
+            h.in_force_at(10, 140).unwrap().key,
+            h.in_force_at(10, 600).unwrap().key
         );
         // At 140 the replaced part of libc is the retired one.
-        let (_, again) = h.mappings_at(10, 140).unwrap();
+        let again = h.in_force_at(10, 140).unwrap().mappings();
         let starts: Vec<_> = again.iter().map(|m| (m.start, m.end)).collect();
         assert_eq!(
             starts,

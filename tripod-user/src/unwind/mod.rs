@@ -91,7 +91,7 @@ pub struct Unwinder {
 enum Built {
     /// [`ProcessTable::mappings_generation`]: `/proc` as read.
     Proc(u64),
-    /// [`MappingHistory::complete_mappings_at`]: the sideband's records, the
+    /// [`MappingHistory::complete_in_force_at`]: the sideband's records, the
     /// mappings in force at the sample's time.
     History(InForceKey),
 }
@@ -249,17 +249,19 @@ impl Unwinder {
         processes: &mut ProcessTable,
         history: &MappingHistory,
     ) -> bool {
-        let (generation, mappings) = match history.complete_mappings_at(pid, time_ns) {
+        let in_force = match history.complete_in_force_at(pid, time_ns) {
             Ok(found) => found,
             Err(why) => {
                 log::trace!("pid {pid} at {time_ns}: no complete mappings ({why:?})");
                 return false;
             }
         };
+        let generation = in_force.key;
         if self.state(pid).generation == Some(Built::History(generation)) {
             return true;
         }
-        let views: Vec<MappingView> = mappings
+        let views: Vec<MappingView> = in_force
+            .mappings()
             .iter()
             .map(|m| {
                 let recorded = m.recorded(pid);

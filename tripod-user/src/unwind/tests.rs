@@ -497,8 +497,8 @@ fn a_walk_that_ends_in_an_entry_point_reached_the_root() {
     let state = ProcessUnwinder {
         generation: None,
         unwinder: UnwinderX86_64::new(),
-        code: vec![0x1000..0x2000],
-        entries: vec![0x1040..0x1040 + ENTRY_SPAN],
+        code: std::iter::once(0x1000..0x2000).collect(),
+        entries: std::iter::once(0x1040..0x1040 + ENTRY_SPAN).collect(),
         last_refresh: None,
         modules: 0,
         builds: 0,
