@@ -21,6 +21,7 @@ const FIXTURES: &[(&str, &str, &[&str], &[&str])] = &[
     ("chain_nofp", "chain.c", NOFP, &[]),
     ("other_fp", "other.c", FP, &[]),
     ("execs", "execs.c", NOFP, &[]),
+    ("execs_fp", "execs.c", FP, &[]),
     ("syscalls_fp", "syscalls.c", FP, &[]),
     ("threads_fp", "threads.c", FP, &["-pthread"]),
     ("threads_nofp", "threads.c", NOFP, &["-pthread"]),

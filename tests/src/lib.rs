@@ -17,6 +17,7 @@ pub const CHAIN_NOFP: &str = env!("FIXTURE_CHAIN_NOFP");
 pub const OTHER_FP: &str = env!("FIXTURE_OTHER_FP");
 /// Runs `main -> before_exec -> spin_before`, then execs into another program.
 pub const EXECS: &str = env!("FIXTURE_EXECS");
+pub const EXECS_FP: &str = env!("FIXTURE_EXECS_FP");
 pub const SYSCALLS_FP: &str = env!("FIXTURE_SYSCALLS_FP");
 pub const THREADS_FP: &str = env!("FIXTURE_THREADS_FP");
 pub const THREADS_NOFP: &str = env!("FIXTURE_THREADS_NOFP");

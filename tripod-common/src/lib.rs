@@ -417,6 +417,22 @@ pub struct SampleKey {
     pub _reserved: [u32; 2],
 }
 
+/// Value of the count maps: how often a [`SampleKey`] was seen in one
+/// generation, and when first.
+///
+/// The first time locates the key's addresses in the mappings in force
+/// then (a process that exec'd within a drain period has two images; the
+/// comm in the key tells their samples apart). Only the first sample of a
+/// key reads the clock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampleCount {
+    /// Samples of the key in this generation.
+    pub count: u64,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the first of them.
+    pub first_ns: u64,
+}
+
 /// What a record of the `STACK_COPIES` ring buffer (or of a dump) is; the
 /// first `u32` of every record.
 #[repr(u32)]
@@ -619,6 +635,8 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` data without padding; any bit pattern is valid.
     unsafe impl aya::Pod for super::SampleKey {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::SampleCount {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::SamplerConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::StackCopyHeader {}
@@ -638,6 +656,7 @@ mod tests {
     #[test]
     fn wire_types_have_no_padding() {
         assert_eq!(core::mem::size_of::<SampleKey>(), 4 * 4 + COMM_LEN + 8);
+        assert_eq!(core::mem::size_of::<SampleCount>(), 16);
         assert_eq!(core::mem::size_of::<SamplerConfig>(), 9 * 4 + 6 * 4);
         assert_eq!(core::mem::size_of::<StackCopyHeader>(), 96);
         assert_eq!(core::mem::size_of::<WakeRecord>(), 32);

@@ -43,10 +43,10 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tripod_common::{
-    Counter, PythonProcess, RecordKind, SampleKey, SamplerConfig, ScratchSlot, StackCopy,
-    WakeRecord, CONTROL_GENERATION, CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE,
-    DEFAULT_STACK_STORAGE_SIZE, MAX_BLOCKED_THREADS, MAX_DUMP_STACK_COPY, MAX_PYTHON_FRAMES,
-    MAX_STACK_COPY, MAX_STACK_DEPTH, MAX_TARGETS, STACK_NOT_COLLECTED,
+    Counter, PythonProcess, RecordKind, SampleCount, SampleKey, SamplerConfig, ScratchSlot,
+    StackCopy, WakeRecord, CONTROL_GENERATION, CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE,
+    DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_STORAGE_SIZE, MAX_BLOCKED_THREADS, MAX_DUMP_STACK_COPY,
+    MAX_PYTHON_FRAMES, MAX_STACK_COPY, MAX_STACK_DEPTH, MAX_TARGETS, STACK_NOT_COLLECTED,
 };
 
 /// Set by the loader before the program is loaded; read-only afterwards.
@@ -65,9 +65,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::LEN, 
 // Two generations of counts and stacks, see `tripod_common::CONTROL_GENERATION`.
 // Sizes are defaults; the loader overrides them from the command line.
 #[map]
-static COUNTS_0: HashMap<SampleKey, u64> = HashMap::with_max_entries(DEFAULT_COUNT_MAP_SIZE, 0);
+static COUNTS_0: HashMap<SampleKey, SampleCount> =
+    HashMap::with_max_entries(DEFAULT_COUNT_MAP_SIZE, 0);
 #[map]
-static COUNTS_1: HashMap<SampleKey, u64> = HashMap::with_max_entries(DEFAULT_COUNT_MAP_SIZE, 0);
+static COUNTS_1: HashMap<SampleKey, SampleCount> =
+    HashMap::with_max_entries(DEFAULT_COUNT_MAP_SIZE, 0);
 #[map]
 static STACKS_0: StackTrace = StackTrace::with_max_entries(DEFAULT_STACK_STORAGE_SIZE, 0);
 #[map]
@@ -164,7 +166,7 @@ fn record(
     tgid: u32,
     tid: u32,
     stacks: &StackTrace,
-    counts: &HashMap<SampleKey, u64>,
+    counts: &HashMap<SampleKey, SampleCount>,
 ) {
     let user_stack_id = if config.collect_user != 0 {
         stack_id(ctx, stacks, false)
@@ -189,7 +191,12 @@ fn record(
     }
     // First sample of this key. Another CPU may insert it at the same moment:
     // NOEXIST makes that a clean EEXIST, after which the increment succeeds.
-    if counts.insert(key, 1, BPF_NOEXIST as u64).is_err() && !increment(counts, &key) {
+    let first = SampleCount {
+        count: 1,
+        // SAFETY: no preconditions.
+        first_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if counts.insert(key, first, BPF_NOEXIST as u64).is_err() && !increment(counts, &key) {
         bump(Counter::CountMapFull);
     }
 }
@@ -666,13 +673,13 @@ fn stack_id(ctx: &PerfEventContext, stacks: &StackTrace, kernel: bool) -> i32 {
 }
 
 #[inline(always)]
-fn increment(counts: &HashMap<SampleKey, u64>, key: &SampleKey) -> bool {
+fn increment(counts: &HashMap<SampleKey, SampleCount>, key: &SampleKey) -> bool {
     match counts.get_ptr_mut(key) {
         Some(count) => {
             // SAFETY: the pointer is to a live map value. A plain add is exact:
             // the key holds the thread id, and a thread is sampled only on the
             // CPU it runs on (the idle tasks differ by comm, `swapper/N`).
-            unsafe { *count += 1 };
+            unsafe { (*count).count += 1 };
             true
         }
         None => false,

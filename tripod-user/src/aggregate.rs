@@ -24,9 +24,26 @@ pub struct Origin {
     /// When the image began (see [`crate::mappings::ImageId`]); 0 for one
     /// from before the run, or when no records tell.
     pub image: u64,
-    /// CLOCK_MONOTONIC ns of the first sample of the stack; 0 when samples
-    /// carry no time (counted in the kernel): located in the latest image.
+    /// CLOCK_MONOTONIC ns of the first sample of the stack (for samples
+    /// counted in the kernel, of the first of their count); 0 for a sample
+    /// that carries no time: located in the latest image.
     pub time_ns: u64,
+}
+
+impl Origin {
+    /// The time the stack's addresses are located at (see [`located_time`]).
+    pub fn located_at(self) -> u64 {
+        located_time(self.time_ns)
+    }
+}
+
+/// The time a sample taken at `time_ns` is located at: then, or for a
+/// sample without a time, in the latest image.
+pub fn located_time(time_ns: u64) -> u64 {
+    match time_ns {
+        0 => u64::MAX - 1,
+        time_ns => time_ns,
+    }
 }
 
 /// A distinct stack of one process.
@@ -38,6 +55,9 @@ pub struct StackEntry {
     pub raw: Arc<[RawFrame]>,
 }
 
+/// The stacks of one image of one process, by their frames.
+type StacksOfImage = HashMap<Arc<[RawFrame]>, StackId>;
+
 /// Each distinct (process, stack) once. User addresses mean nothing outside
 /// their process, so the process is part of the identity.
 #[derive(Default)]
@@ -45,7 +65,7 @@ pub struct StackTable {
     /// Per process, so a lookup can borrow the frames: known stacks (every
     /// sample but the first) cost no allocation.
     /// Keyed by image as well ([`Origin::image`]): one pid, two programs.
-    ids: HashMap<u32, HashMap<u64, HashMap<Arc<[RawFrame]>, StackId>>>,
+    ids: HashMap<u32, HashMap<u64, StacksOfImage>>,
     /// Indexed by id; `None` once freed (its id is then reused).
     entries: Vec<Option<StackEntry>>,
     free: Vec<StackId>,
@@ -175,7 +195,14 @@ impl Aggregator {
         state: TaskState,
         count: u64,
     ) -> (StackId, bool) {
-        self.add_from(Origin::default(), tgid, tid, thread_name, raw, state, count)
+        self.add_from(
+            Origin::default(),
+            (tgid, tid),
+            thread_name,
+            raw,
+            state,
+            count,
+        )
     }
 
     /// Counts `count` of `raw` on thread `tid` in `state`, for a stack
@@ -184,8 +211,7 @@ impl Aggregator {
     pub fn add_from(
         &mut self,
         origin: Origin,
-        tgid: u32,
-        tid: u32,
+        (tgid, tid): (u32, u32),
         thread_name: &str,
         raw: &[RawFrame],
         state: TaskState,
@@ -401,8 +427,8 @@ mod tests {
             image: 100,
             time_ns: 150,
         };
-        let (old, _) = agg.add_from(before, 10, 10, "sh", &stack(&[1]), RUNNING, 1);
-        let (new, _) = agg.add_from(after, 10, 10, "worker", &stack(&[1]), RUNNING, 1);
+        let (old, _) = agg.add_from(before, (10, 10), "sh", &stack(&[1]), RUNNING, 1);
+        let (new, _) = agg.add_from(after, (10, 10), "worker", &stack(&[1]), RUNNING, 1);
         assert!(!agg.has_image_name(10, 100));
         agg.name_image(10, 100, "worker");
         assert_eq!(

@@ -69,7 +69,7 @@ impl Counting {
         self.tally.add(weight);
         let (stack, new) = self
             .aggregator
-            .add_from(origin, tgid, tid, comm, raw, state, weight);
+            .add_from(origin, (tgid, tid), comm, raw, state, weight);
         if new {
             self.new_stacks.push(stack);
         }

@@ -20,12 +20,14 @@ pub const MAX_HELD: usize = 16_384;
 /// must not grow the sampler by the size of every stack it copied.
 pub const MAX_HELD_BYTES: usize = 16 << 20;
 
+/// The user registers (ip, sp, bp) and stack bytes of a copied stack.
+type CopiedUserStack = ((u64, u64, u64), Box<[u8]>);
+
 /// A record kept past its drain: its stack copy owned.
 enum HeldRecord {
     Stack {
         sample: Sample<'static>,
-        /// The user registers and stack bytes of a copied stack.
-        copy: Option<((u64, u64, u64), Box<[u8]>)>,
+        copy: Option<CopiedUserStack>,
     },
     Woke(Wake),
 }

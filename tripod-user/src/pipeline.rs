@@ -13,7 +13,7 @@ use chrono::Local;
 use tripod_common::RecordKind;
 
 use crate::{
-    aggregate::Origin,
+    aggregate::{located_time, Origin},
     annotate::Rules,
     counting::{Counted, Counting},
     held::Held,
@@ -538,16 +538,6 @@ impl Pipeline {
         }
         let state = TaskState::from_kernel(sample.state);
         self.take(sample, state, Taken::Weight(1));
-    }
-}
-
-/// The time a sample is located at: its own, or for a count, which keeps no
-/// time, the latest.
-fn located_time(time_ns: u64) -> u64 {
-    if time_ns == 0 {
-        u64::MAX - 1
-    } else {
-        time_ns
     }
 }
 

@@ -20,7 +20,7 @@ use std::{
 };
 
 use crate::{
-    aggregate::{Origin, StackEntry, StackId, StackTable},
+    aggregate::{StackEntry, StackId, StackTable},
     mappings::{MappingHistory, NotLocated},
     model::{Frame, Unknown},
     process::{Location, ProcessTable},
@@ -323,15 +323,6 @@ fn cache_key(entry: &StackEntry, raw: &RawFrame) -> CacheKey {
     }
 }
 
-/// The time a stack is located at: when it was first sampled, or, for
-/// samples counted in the kernel (which keep no time), the latest image.
-fn located_at(origin: Origin) -> u64 {
-    match origin.time_ns {
-        0 => u64::MAX - 1,
-        time_ns => time_ns,
-    }
-}
-
 /// Where a user address of `entry` lay when it was sampled. The history
 /// answers when its records tell; `/proc` when the history says it may
 /// (a process from before the run, records lost, no sideband); never for
@@ -342,7 +333,7 @@ fn locate_user(
     entry: &StackEntry,
     address: u64,
 ) -> Location {
-    match history.locate(entry.tgid, address, located_at(entry.origin)) {
+    match history.locate(entry.tgid, address, entry.origin.located_at()) {
         Ok(found) => {
             let mapping = found.mapping.recorded(entry.tgid);
             processes.locate_recorded(&mapping, found.file_offset)

@@ -10,7 +10,7 @@ use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::MapError;
-use tripod_common::{SampleKey, CONTROL_GENERATION, STACK_NOT_COLLECTED};
+use tripod_common::{SampleCount, SampleKey, CONTROL_GENERATION, STACK_NOT_COLLECTED};
 
 use super::{
     records::{comm_string, parse_record, Record, Sample, UserStack},
@@ -101,7 +101,7 @@ impl Sampler {
     ) -> Result<Vec<Sample<'static>>> {
         let idle = flip.idle as usize;
         let counts = &mut self.counts[idle];
-        let entries: Vec<(SampleKey, u64)> = counts
+        let entries: Vec<(SampleKey, SampleCount)> = counts
             .iter()
             .collect::<Result<_, MapError>>()
             .context("reading counts")?;
@@ -151,14 +151,17 @@ impl Sampler {
     }
 }
 
-/// One entry of the count map as a sample taken on a CPU, `count` times.
+/// One entry of the count map as a sample taken on a CPU, `count` times,
+/// timed at the first of them: every sample of a key has the same comm and
+/// addresses, so the same image.
 fn counted_sample(
     key: &SampleKey,
-    count: u64,
+    count: SampleCount,
     stack: &mut impl FnMut(i32) -> StackRead,
 ) -> Sample<'static> {
     Sample {
-        count,
+        count: count.count,
+        time_ns: count.first_ns,
         user: UserStack::Walked(stack(key.user_stack_id)),
         kernel: stack(key.kernel_stack_id),
         ..Sample::on_cpu(key.tgid, key.tid, &comm_string(&key.comm))

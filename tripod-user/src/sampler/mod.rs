@@ -29,7 +29,7 @@ use aya::{
     util::online_cpus,
     Btf, Ebpf, EbpfLoader,
 };
-use tripod_common::{names, PythonProcess, SampleKey, SamplerConfig, ScratchSlot};
+use tripod_common::{names, PythonProcess, SampleCount, SampleKey, SamplerConfig, ScratchSlot};
 
 use crate::config::StackSelection;
 
@@ -114,7 +114,7 @@ pub struct Sampler {
     targets: HashMap<MapData, u32, u8>,
     control: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
-    counts: [HashMap<MapData, SampleKey, u64>; 2],
+    counts: [HashMap<MapData, SampleKey, SampleCount>; 2],
     stacks: [StackTraceMap<MapData>; 2],
     copies: RingBuf<MapData>,
     generation: u32,
