@@ -226,6 +226,11 @@ impl fmt::Display for Unknown {
             Unknown::PythonUnreadable => "Python frames unreadable",
             Unknown::PythonLoop => "Python frames unreadable: the frame chain loops",
             Unknown::Text(text) => text.as_str(),
+            // The marker for a binary replaced on disk since it ran.
+            Unknown::NotRead {
+                path,
+                why: FileRefused::Replaced,
+            } => return write!(f, "file changed: {path} is no longer the mapped file"),
             Unknown::NotRead { path, why } => {
                 f.write_str("not read: ")?;
                 return why.describe(path, f);
@@ -440,7 +445,7 @@ mod tests {
             (FileRefused::Symlink, "not read: /srv/x is a symbolic link"),
             (
                 FileRefused::Replaced,
-                "not read: /srv/x is no longer the mapped file",
+                "file changed: /srv/x is no longer the mapped file",
             ),
             (
                 FileRefused::Unreadable("Permission denied (os error 13)".into()),

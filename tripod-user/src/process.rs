@@ -11,6 +11,7 @@ use std::{
     os::unix::fs::MetadataExt,
     path::PathBuf,
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 mod recorded;
@@ -126,8 +127,8 @@ pub struct ProcessTable {
     /// `/proc` or a sideband record named it.
     modules: HashMap<(u64, u64), Arc<Module>>,
     /// The module of each file a sideband record identified, refused ones
-    /// included (the same record again is refused again).
-    recorded: HashMap<FileCheck, Arc<Module>>,
+    /// included.
+    recorded: HashMap<FileCheck, RecordedFile>,
     /// Module ids given out: unique over the run.
     next_module_id: usize,
 }
@@ -254,28 +255,58 @@ impl ProcessTable {
     /// The module of a recorded mapping's file: opened now if it was not
     /// before, and shared with `/proc`'s by (device, inode).
     pub fn recorded_module(&mut self, mapping: &RecordedMapping<'_>) -> Arc<Module> {
-        if let Some(module) = mapping.identity.as_ref().and_then(|i| self.recorded.get(i)) {
-            return module.clone();
+        self.recorded_module_at(mapping, Instant::now())
+    }
+
+    /// [`Self::recorded_module`] at `now`. A file refused for a reason that
+    /// may pass (opened too late, replaced at its path) is tried again for a
+    /// later record, at most once per [`RETRY_REFUSED_AFTER`]: another
+    /// process mapping it may still live, and its `map_files` opens it.
+    fn recorded_module_at(&mut self, mapping: &RecordedMapping<'_>, now: Instant) -> Arc<Module> {
+        let identity = mapping.identity.as_ref();
+        if let Some(known) = identity.and_then(|i| self.recorded.get_mut(i)) {
+            match known.retry_at {
+                Some(at) if at <= now => {}
+                _ => return known.module.clone(),
+            }
         }
         let opened = recorded::open(mapping);
+        if let (Err(_), Some(known)) = (&opened, identity.and_then(|i| self.recorded.get_mut(i))) {
+            known.retry_at = Some(now + RETRY_REFUSED_AFTER);
+            return known.module.clone();
+        }
+        let module = self.module_of_opened(mapping, opened);
+        if let Some(identity) = identity {
+            let retry_at = match &module.refused {
+                Some(refusal) if may_pass(&refusal.why) => Some(now + RETRY_REFUSED_AFTER),
+                _ => None,
+            };
+            let module = module.clone();
+            self.recorded
+                .insert(identity.clone(), RecordedFile { module, retry_at });
+        }
+        module
+    }
+
+    /// The module of a recorded mapping's file as [`recorded::open`] gave
+    /// it: the one of that (device, inode) if it is open already.
+    fn module_of_opened(
+        &mut self,
+        mapping: &RecordedMapping<'_>,
+        opened: Result<File, Refusal>,
+    ) -> Arc<Module> {
         let key = opened
             .as_ref()
             .ok()
             .and_then(|file| file.metadata().ok())
             .map(|meta| (device_number(meta.dev()), meta.ino()));
-        let module = match (key.and_then(|k| self.modules.get(&k)), opened) {
-            (Some(known), _) => known.clone(),
-            (None, opened) => {
-                self.next_module_id += 1;
-                let module = Arc::new(recorded_module(self.next_module_id, mapping, opened));
-                if let Some(key) = key {
-                    self.modules.insert(key, module.clone());
-                }
-                module
-            }
-        };
-        if let Some(identity) = &mapping.identity {
-            self.recorded.insert(identity.clone(), module.clone());
+        if let Some(known) = key.and_then(|k| self.modules.get(&k)) {
+            return known.clone();
+        }
+        self.next_module_id += 1;
+        let module = Arc::new(recorded_module(self.next_module_id, mapping, opened));
+        if let Some(key) = key {
+            self.modules.insert(key, module.clone());
         }
         module
     }
@@ -513,6 +544,24 @@ fn open_module(id: usize, pid: u32, entry: &MapsLine<'_>, path: &str) -> Module 
     }
 }
 
+/// How long a refused recorded file stays refused before a later record of
+/// it is opened again.
+const RETRY_REFUSED_AFTER: Duration = Duration::from_secs(1);
+
+/// A file a sideband record identified: its module, and while it is
+/// refused for a reason that may pass, when it may be opened again.
+#[derive(Debug)]
+struct RecordedFile {
+    module: Arc<Module>,
+    retry_at: Option<Instant>,
+}
+
+/// Whether a refusal may not hold for a later record of the same file: a
+/// file too large or not regular is that by any path.
+fn may_pass(why: &Why) -> bool {
+    !matches!(why, Why::TooLarge { .. } | Why::NotRegular(_))
+}
+
 /// The module of a recorded mapping, from the file [`recorded::open`] gave.
 fn recorded_module(
     id: usize,
@@ -625,6 +674,46 @@ mod tests {
         let anon = MapsLine::parse("7ffd1b3e4000-7ffd1b3e6000 rw-p 00000000 00:00 0 ").unwrap();
         assert!(!anon.executable);
         assert_eq!(anon.path, None);
+    }
+
+    #[test]
+    fn a_recorded_file_refused_once_is_opened_again_for_a_later_record() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (right, wrong) = (dir.path().join("right"), dir.path().join("wrong"));
+        fs::write(&right, b"the mapped file").unwrap();
+        fs::write(&wrong, b"another file").unwrap();
+        let meta = fs::metadata(&right).unwrap();
+        let identity = FileCheck::Inode {
+            major: libc::major(meta.dev()),
+            minor: libc::minor(meta.dev()),
+            inode: meta.ino(),
+        };
+        fn record<'a>(path: &'a std::path::Path, identity: &FileCheck) -> RecordedMapping<'a> {
+            RecordedMapping {
+                // Not a live pid: only the path in our root can open it.
+                pid: u32::MAX,
+                start: 0x1000,
+                end: 0x2000,
+                path: path.as_os_str().as_bytes(),
+                identity: Some(identity.clone()),
+            }
+        }
+        let mut table = ProcessTable::new();
+        let now = Instant::now();
+        // The first record's path holds another file by then: refused.
+        let first = table.recorded_module_at(&record(&wrong, &identity), now);
+        assert_eq!(first.refused.as_ref().map(|r| &r.why), Some(&Why::Replaced));
+        // Within the retry period the refusal stands, nothing is opened.
+        let soon =
+            table.recorded_module_at(&record(&right, &identity), now + Duration::from_millis(10));
+        assert!(Arc::ptr_eq(&first, &soon));
+        // After it, a record that opens the mapped file is accepted, and kept.
+        let later = table.recorded_module_at(&record(&right, &identity), now + RETRY_REFUSED_AFTER);
+        assert!(later.refused.is_none() && later.open_path.is_some());
+        let again =
+            table.recorded_module_at(&record(&wrong, &identity), now + 10 * RETRY_REFUSED_AFTER);
+        assert!(Arc::ptr_eq(&later, &again));
     }
 
     #[test]
