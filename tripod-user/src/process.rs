@@ -104,6 +104,8 @@ pub struct Process {
     mappings: Option<Vec<Mapping>>,
     /// Bumped each time a re-read finds mappings that differ from the last ones.
     mappings_generation: u64,
+    /// When the mappings were last read.
+    mappings_read_at: Instant,
 }
 
 /// One executable mapping of a process, as [`ProcessTable::mappings`] returns it.
@@ -170,29 +172,49 @@ impl ProcessTable {
     /// Where `address` lies in process `pid`, re-reading its mappings once if
     /// the address is outside the snapshot (a library loaded since).
     pub fn locate(&mut self, pid: u32, address: u64) -> Location {
-        let found = match self.processes.get(&pid).and_then(|p| p.mappings.as_ref()) {
-            Some(mappings) => find(mappings, address),
-            None => None,
-        };
-        if let Some(location) = found {
-            return location;
-        }
-        let fresh = read_mappings(pid, &mut self.modules, &mut self.next_module_id);
-        let Some(process) = self.processes.get_mut(&pid) else {
+        self.locate_at(pid, address, Instant::now())
+    }
+
+    /// [`Self::locate`] at `now`. The mappings are read again at most once
+    /// per [`REREAD_MAPPINGS_AFTER`]: frame-pointer walks through code built
+    /// without them yield stray addresses, and each used to cost a whole
+    /// `/proc/PID/maps` (a compiler's maps, hundreds of times a second).
+    fn locate_at(&mut self, pid: u32, address: u64, now: Instant) -> Location {
+        let Some(process) = self.processes.get(&pid) else {
             return Location::ProcessExited;
         };
-        if let Some(mappings) = fresh {
-            if process.set_mappings(mappings) {
-                // New mappings are often a new program (an exec), which
-                // renames the process: read its name and executable again.
-                let (comm, exe) = read_names(pid, &process.comm);
-                process.comm = comm;
-                process.exe = exe;
+        if let Some(location) = process.mappings.as_ref().and_then(|m| find(m, address)) {
+            return location;
+        }
+        let read_lately =
+            now.saturating_duration_since(process.mappings_read_at) < REREAD_MAPPINGS_AFTER;
+        if !read_lately {
+            let fresh = read_mappings(pid, &mut self.modules, &mut self.next_module_id);
+            let process = self.processes.get_mut(&pid).expect("looked up above");
+            process.mappings_read_at = now;
+            if let Some(mappings) = fresh {
+                if process.set_mappings(mappings) {
+                    // New mappings are often a new program (an exec), which
+                    // renames the process: read its name and executable again.
+                    let (comm, exe) = read_names(pid, &process.comm);
+                    process.comm = comm;
+                    process.exe = exe;
+                }
             }
         }
-        match &process.mappings {
+        match &self.processes[&pid].mappings {
             None => Location::ProcessExited,
             Some(mappings) => find(mappings, address).unwrap_or(Location::Unmapped),
+        }
+    }
+
+    /// Makes the mappings of `pid` due for a re-read (see [`Self::locate`]),
+    /// as if read a period ago.
+    #[cfg(test)]
+    pub(crate) fn age_mappings(&mut self, pid: u32) {
+        if let Some(process) = self.processes.get_mut(&pid) {
+            let then = process.mappings_read_at.checked_sub(REREAD_MAPPINGS_AFTER);
+            process.mappings_read_at = then.expect("the clock runs longer than a period");
         }
     }
 
@@ -330,6 +352,7 @@ impl ProcessTable {
             kernel_thread,
             mappings,
             mappings_generation: 0,
+            mappings_read_at: Instant::now(),
         }
     }
 }
@@ -544,6 +567,12 @@ fn open_module(id: usize, pid: u32, entry: &MapsLine<'_>, path: &str) -> Module 
     }
 }
 
+/// How often at most a process's mappings are read again for an address
+/// outside them. With the sideband, what a process maps during the run is
+/// in the mapping history: this only serves runs without it, or that lost
+/// its records.
+const REREAD_MAPPINGS_AFTER: Duration = Duration::from_millis(250);
+
 /// How long a refused recorded file stays refused before a later record of
 /// it is opened again.
 const RETRY_REFUSED_AFTER: Duration = Duration::from_secs(1);
@@ -714,6 +743,38 @@ mod tests {
         let again =
             table.recorded_module_at(&record(&wrong, &identity), now + 10 * RETRY_REFUSED_AFTER);
         assert!(Arc::ptr_eq(&later, &again));
+    }
+
+    #[test]
+    fn mappings_are_read_again_for_an_address_outside_them_at_most_once_a_period() {
+        let mut table = ProcessTable::new();
+        let pid = std::process::id();
+        table.observe(pid, "x");
+        let now = Instant::now();
+        // SAFETY: a fresh anonymous mapping, unmapped below; nothing else uses it.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(page, libc::MAP_FAILED);
+        let address = page as u64;
+        // Mapped after the snapshot: not read again so soon after it.
+        assert!(matches!(
+            table.locate_at(pid, address, now),
+            Location::Unmapped
+        ));
+        // Once the period is over, it is.
+        let later = now + REREAD_MAPPINGS_AFTER;
+        let found = table.locate_at(pid, address, later);
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(page, 4096) };
+        assert!(matches!(found, Location::Special(_)), "{found:?}");
     }
 
     #[test]

@@ -401,7 +401,9 @@ fn a_new_mapping_rebuilds_the_process_state() {
     assert!(!unwinder.processes[&pid].covers(address));
 
     // An ip in the new mapping is outside the snapshot: the unwinder re-reads
-    // the mappings, gets a new generation and rebuilds.
+    // the mappings (due, as a while after the first read), gets a new
+    // generation and rebuilds.
+    processes.age_mappings(pid);
     let regs = UserRegs {
         ip: address + 0x10,
         ..captured.regs
