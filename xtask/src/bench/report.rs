@@ -799,9 +799,10 @@ fn shortlived_table(
          records the whole machine (`--all`, `-a`) at {hz} Hz for {} s; other processes are \
          sampled too and left out here (perf's recording is read with `perf script --comms` \
          and the fixture's name, so that it unwinds only those samples: over the whole \
-         machine, `--call-graph dwarf` took `perf script` more than 5 minutes). The machine was not idle: the 1-minute load average \
-         at the end of the runs was {} (median; {} CPUs), which costs samples but should not \
-         change their shares much. Medians of {} alternating rounds.\n",
+         machine, `--call-graph dwarf` took `perf script` more than 5 minutes). The 1-minute load average at the end of the runs was \
+         {} (median; {} CPUs). Load lowers every sampler's share alike: the 4 ms are wall \
+         time (a timer), so a process that waits for a CPU spends less of its life in spin, \
+         while start-up and exit cost the same. Medians of {} alternating rounds.\n",
         r.options.shortlived_seconds,
         fmt(median(&loads), 1),
         r.machine.cpus,
@@ -827,21 +828,46 @@ fn shortlived_table(
         shortlived::PERF_REFERENCE_PERCENT
     );
     out.push_str(
-        "The last three columns split the incomplete samples, rounds pooled, by the first \
-         rule that applies, as a share of all counted: *unnamed*, a user frame is \
-         `[unknown]`, `[truncated]`, `[missing]` or a bare `[module]`; *broken*, every frame \
-         named and spin on the stack but not the whole chain; *elsewhere*, every frame named \
-         and spin absent (the dynamic loader, libc start-up, main's own calls, exit). A \
-         process spends part of its short life elsewhere, so no sampler reaches 100% by this \
-         rule. The commonest incomplete stacks of each configuration's last round are kept \
-         in `target/bench/shortlived/`.\n\n",
+        "The last four columns split the incomplete samples, rounds pooled, by the first \
+         rule that applies, as a share of all counted: *exec/exit*, a kernel frame is the \
+         execve or exit path (`*execve*`, `do_exit`), where the user stack is being replaced \
+         or torn down; *unnamed*, a user frame is `[unknown]`, `[truncated]`, `[missing]` or \
+         a bare `[module]`; *broken*, every frame named and spin on the stack but not the \
+         whole chain; *elsewhere*, every frame named and spin absent (the dynamic loader, \
+         libc start-up, main's own calls, exit handlers). A process spends part of its short \
+         life elsewhere, so no sampler reaches 100% by this rule. Samplers differ in exec and \
+         exit: perf mostly records those samples without a user stack (so they are not \
+         counted), tripod-bpf with the user frame it can see, then `[truncated]` or \
+         `[unknown]`; the column *without exec/exit* is the share with them left out \
+         (median). The commonest incomplete stacks of each configuration's last round are \
+         kept in `target/bench/shortlived/`.\n\n",
     );
-    out.push_str("| sampler | fixture | processes per run | samples counted | complete | rounds | against the goal | unnamed | broken | elsewhere |\n");
-    out.push_str("|---|---|---:|---:|---:|---|---|---:|---:|---:|\n");
+    out.push_str("| sampler | fixture | processes per run | samples counted | complete | rounds | against the goal | without exec/exit | exec/exit | unnamed | broken | elsewhere |\n");
+    out.push_str("|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|\n");
     for (config, runs) in results {
         shortlived_line(out, *config, runs);
     }
-    out.push('\n');
+    // Losses explain `[missing]` frames: quote the samplers' own words.
+    let mut losses = String::new();
+    for (config, runs) in results {
+        let lossy = runs.iter().filter(|r| !r.losses.is_empty()).count();
+        if let Some(last) = runs.iter().rev().find(|r| !r.losses.is_empty()) {
+            let _ = writeln!(
+                losses,
+                "- {}, in {lossy} of {} rounds; the last said: {}",
+                config.describe(),
+                runs.len(),
+                last.losses.join(" / ")
+            );
+        }
+    }
+    if losses.is_empty() {
+        out.push_str("\nNo sampler reported lost or dropped samples.\n\n");
+    } else {
+        out.push_str("\nWhat the samplers said they lost or dropped:\n\n");
+        out.push_str(&losses);
+        out.push('\n');
+    }
 }
 
 fn shortlived_line(out: &mut String, config: shortlived::Config, runs: &[shortlived::Run]) {
@@ -884,7 +910,7 @@ fn shortlived_line(out: &mut String, config: shortlived::Config, runs: &[shortli
     };
     let _ = writeln!(
         out,
-        "| {} | {} | {} | {} | {} | {} | {against} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {against} | {} | {} | {} | {} | {} |",
         config.describe(),
         if config.fp_build {
             "`chain_fp`"
@@ -895,6 +921,9 @@ fn shortlived_line(out: &mut String, config: shortlived::Config, runs: &[shortli
         fmt(col(|r| Some(r.breakdown.samples() as f64)), 0),
         complete.map_or("–".into(), |c| format!("{c:.1}%")),
         rounds.join(", "),
+        col(|r| r.breakdown.share_outside_exec_exit().percent())
+            .map_or("–".into(), |c| format!("{c:.1}%")),
+        part(pooled.exec_exit),
         part(pooled.unnamed),
         part(pooled.broken),
         part(pooled.elsewhere)

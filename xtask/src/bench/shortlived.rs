@@ -70,13 +70,15 @@ impl Config {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Run {
     /// Processes the loop ran to the end, from its own count.
     pub processes: Option<u64>,
     /// The 1-minute load average as the loop stopped: other work on the machine.
     pub load: Option<f64>,
     pub breakdown: ChainBreakdown,
+    /// What the sampler said it lost or dropped, in its own words.
+    pub losses: Vec<String>,
 }
 
 pub fn measure(bench: &mut Bench, options: &Options) -> Result<Vec<(Config, Vec<Run>)>> {
@@ -151,6 +153,7 @@ fn run_once(bench: &Bench, config: Config, seconds: f64) -> Result<Run> {
         .and_then(|line| line.strip_prefix("runs ")?.parse().ok());
     shell.stop()?;
     let stopped = running.stop()?;
+    let losses = stopped.loss_reports();
     let name = comm(fixture);
     let (folded, _) = stopped.folded_of(&bench.tools, Some(name))?;
     let breakdown = folded.chain_breakdown(name, WORK_CHAIN);
@@ -167,6 +170,7 @@ fn run_once(bench: &Bench, config: Config, seconds: f64) -> Result<Run> {
         processes,
         load,
         breakdown,
+        losses,
     })
 }
 

@@ -140,6 +140,8 @@ impl Folded {
                 continue;
             } else if holds_chain(frames, chain) {
                 &mut breakdown.complete
+            } else if frames.iter().any(|f| in_exec_or_exit(f)) {
+                &mut breakdown.exec_exit
             } else if user.iter().any(|f| f.starts_with('[')) {
                 &mut breakdown.unnamed
             } else if leaf.is_some_and(|leaf| user.contains(&leaf)) {
@@ -210,6 +212,14 @@ fn user_frames(frames: &[String]) -> impl Iterator<Item = &str> {
     frames.iter().map(String::as_str).filter(|f| !is_kernel(f))
 }
 
+/// Whether a folded frame is the kernel's execve or exit path (`__x64_sys_execve`,
+/// `bprm_execve`, `do_exit`, ...).
+fn in_exec_or_exit(frame: &str) -> bool {
+    frame
+        .strip_suffix("_[k]")
+        .is_some_and(|name| name.contains("execve") || name == "do_exit")
+}
+
 /// Whether the user frames of a stack hold `chain` contiguously, outermost first.
 pub fn holds_chain(frames: &[String], chain: &[&str]) -> bool {
     let user: Vec<&str> = user_frames(frames).collect();
@@ -254,6 +264,9 @@ impl Share {
 pub struct ChainBreakdown {
     /// The whole chain, contiguous and in order, among the user frames.
     pub complete: u64,
+    /// In the kernel's execve or exit path, where the user stack is being replaced or torn
+    /// down: samplers differ in whether they give such a sample a user frame at all.
+    pub exec_exit: u64,
     /// Not complete, and some user frame is not a function: `[unknown]`, `[truncated]`,
     /// `[missing…]` or a bare `[module]`.
     pub unnamed: u64,
@@ -267,7 +280,7 @@ pub struct ChainBreakdown {
 
 impl ChainBreakdown {
     pub fn samples(&self) -> u64 {
-        self.complete + self.unnamed + self.broken + self.elsewhere
+        self.complete + self.exec_exit + self.unnamed + self.broken + self.elsewhere
     }
 
     /// The complete ones out of all.
@@ -278,10 +291,20 @@ impl ChainBreakdown {
         }
     }
 
+    /// The complete ones out of all but those in exec or exit: what the unwinder got right
+    /// where there was a stack to unwind.
+    pub fn share_outside_exec_exit(&self) -> Share {
+        Share {
+            hits: self.complete,
+            of: self.samples() - self.exec_exit,
+        }
+    }
+
     /// The sum of two breakdowns (rounds pooled).
     pub fn add(&self, other: &ChainBreakdown) -> ChainBreakdown {
         ChainBreakdown {
             complete: self.complete + other.complete,
+            exec_exit: self.exec_exit + other.exec_exit,
             unnamed: self.unnamed + other.unnamed,
             broken: self.broken + other.broken,
             elsewhere: self.elsewhere + other.elsewhere,
@@ -394,6 +417,8 @@ mod tests {
              chain_nofp;_dl_start;_dl_sysdep_start 6\n\
              chain_nofp;main;fixture_setup;setitimer;hrtimer_[k] 2\n\
              chain_nofp;execve_[k];do_exit_[k] 9\n\
+             chain_nofp;[truncated];__GI__exit;x64_sys_call_[k];do_exit_[k];exit_mmap_[k] 7\n\
+             chain_nofp;[truncated];[unknown];__x64_sys_execve_[k];load_elf_binary_[k] 3\n\
              other;main;alpha;beta;gamma;spin 50\n",
         );
         let breakdown = folded.chain_breakdown("chain_nofp", WORK_CHAIN);
@@ -401,14 +426,19 @@ mod tests {
             breakdown,
             ChainBreakdown {
                 complete: 84,
+                exec_exit: 10,
                 unnamed: 5,
                 broken: 6,
                 elsewhere: 8,
             }
         );
         // Kernel-only samples count nowhere, not even in the total.
-        assert_eq!(breakdown.share(), Share { hits: 84, of: 103 });
-        assert_eq!(breakdown.add(&breakdown).samples(), 206);
+        assert_eq!(breakdown.share(), Share { hits: 84, of: 113 });
+        assert_eq!(
+            breakdown.share_outside_exec_exit(),
+            Share { hits: 84, of: 103 }
+        );
+        assert_eq!(breakdown.add(&breakdown).samples(), 226);
         assert_eq!(
             folded
                 .chain_breakdown("missing", WORK_CHAIN)
