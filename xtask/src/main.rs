@@ -49,7 +49,7 @@ struct BenchArgs {
     /// Rounds of each overhead configuration (the tables show medians)
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Rounds of the stack quality, accuracy and latency runs
+    /// Rounds of the stack quality, accuracy, latency and short-lived-processes runs
     #[arg(long, default_value_t = 3)]
     short_runs: usize,
     /// Seconds of work per fixture thread in the overhead runs
@@ -88,6 +88,7 @@ impl BenchArgs {
                 self.churn_seconds.max(10.0)
             },
             python_seconds: if quick { 2.0 } else { 5.0 },
+            shortlived_seconds: if quick { 3.0 } else { 10.0 },
             only: self.only,
             output: self.output,
             command,

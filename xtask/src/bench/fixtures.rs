@@ -32,6 +32,11 @@ pub struct Fixtures {
     pub paths: PathBuf,
     /// Short-lived processes, started continuously.
     pub churn: PathBuf,
+    /// The end-to-end tests' chain.c: main;alpha;beta;gamma;spin for `--seconds S`, then
+    /// exit; run over and over for milliseconds each, with frame pointers.
+    pub chain_fp: PathBuf,
+    /// The same source without frame pointers.
+    pub chain_nofp: PathBuf,
     /// Two threads passing a byte back and forth: a context switch every few microseconds.
     pub pingpong: PathBuf,
     /// 1,000 threads parked in three kinds of wait.
@@ -40,7 +45,7 @@ pub struct Fixtures {
     pub hot_py: PathBuf,
 }
 
-/// The chain every `work` sample should show, outermost first.
+/// The chain every `work` sample should show, outermost first (`chain` has the same one).
 pub const WORK_CHAIN: &[&str] = &["main", "alpha", "beta", "gamma", "spin"];
 
 /// The Python chain every `hot.py` sample should show, outermost first.
@@ -55,7 +60,8 @@ impl Fixtures {
             let src = workspace_root().join("tests/fixtures").join(source);
             run(Command::new("gcc")
                 .args(flags)
-                // -fno-builtin: work.c defines `gamma`, which gcc treats as libm's otherwise.
+                // -fno-builtin: work.c and chain.c define `gamma`, which gcc treats as libm's
+                // otherwise.
                 .args(["-g", "-pthread", "-fno-builtin", "-Wall", "-Wextra", "-o"])
                 .arg(&out)
                 .arg(&src))?;
@@ -67,6 +73,9 @@ impl Fixtures {
             split: compile("split", "split.c", FP)?,
             paths: compile("paths", "paths.c", FP)?,
             churn: compile("churn", "churn.c", FP)?,
+            // The tests' names and flags: the bench measures what the end-to-end test asserts.
+            chain_fp: compile("chain_fp", "chain.c", FP)?,
+            chain_nofp: compile("chain_nofp", "chain.c", NOFP)?,
             // These two time the samplers and dumpers, not their stacks: built as shipped.
             pingpong: compile("pingpong", "pingpong.c", NOFP)?,
             manythreads: compile("manythreads", "manythreads.c", NOFP)?,

@@ -68,28 +68,53 @@ pub fn merge(old: &str, new: &str, run: &str) -> String {
         names.join("; ")
     ));
     out.push(String::new());
+    // Sections the old file lacks (a measurement added since) follow its last measurement.
+    let mut added: Vec<&Section<'_>> = measured
+        .iter()
+        .copied()
+        .filter(|new| !old_sections.iter().any(|old| old.heading == new.heading))
+        .collect();
+    let mut after_measurement = false;
     for section in &old_sections {
-        out.push(section.heading.to_string());
+        let is_measured = is_measurement(section.heading);
+        if after_measurement && !is_measured {
+            added
+                .drain(..)
+                .for_each(|new| push_measured(&mut out, new, run));
+        }
+        after_measurement |= is_measured;
         let replacement = measured.iter().find(|s| s.heading == section.heading);
         match replacement {
-            Some(new) => {
-                out.push(String::new());
-                out.push(format!("This section comes from {run}."));
-                out.extend(new.body.iter().map(|l| l.to_string()));
-            }
+            Some(new) => push_measured(&mut out, new, run),
             None if section.heading == STANDING => {
+                out.push(section.heading.to_string());
                 let new_table = new_sections.iter().find(|s| s.heading == STANDING);
                 out.extend(standing(&section.body, new_table.map(|s| &s.body[..])));
             }
-            None => out.extend(section.body.iter().map(|l| l.to_string())),
+            None => {
+                out.push(section.heading.to_string());
+                out.extend(section.body.iter().map(|l| l.to_string()));
+            }
         }
     }
+    added
+        .drain(..)
+        .for_each(|new| push_measured(&mut out, new, run));
     let mut text = out.join("\n");
     text.push('\n');
     text
 }
 
-/// The old targets table, with each row the partial run measured taken from it.
+/// A section of the partial run `run`, marked as such.
+fn push_measured(out: &mut Vec<String>, section: &Section<'_>, run: &str) {
+    out.push(section.heading.to_string());
+    out.push(String::new());
+    out.push(format!("This section comes from {run}."));
+    out.extend(section.body.iter().map(|l| l.to_string()));
+}
+
+/// The old targets table, with each row the partial run measured taken from it, and its
+/// measured rows the old table lacks (a target added since) at the end.
 fn standing(old: &[&str], new: Option<&[&str]>) -> Vec<String> {
     let target = |row: &str| {
         row.split('|')
@@ -98,18 +123,34 @@ fn standing(old: &[&str], new: Option<&[&str]>) -> Vec<String> {
             .unwrap_or("")
             .to_string()
     };
-    old.iter()
+    let measured = |r: &&&str| r.starts_with("| ") && !r.trim_end().ends_with(NOT_MEASURED);
+    let mut table: Vec<String> = old
+        .iter()
         .map(|row| {
             let fresh = new.and_then(|rows| {
-                rows.iter().find(|r| {
-                    r.starts_with("| ")
-                        && target(r) == target(row)
-                        && !r.trim_end().ends_with(NOT_MEASURED)
-                })
+                rows.iter()
+                    .filter(measured)
+                    .find(|r| target(r) == target(row))
             });
             fresh.unwrap_or(row).to_string()
         })
-        .collect()
+        .collect();
+    let added: Vec<String> = new
+        .unwrap_or_default()
+        .iter()
+        .filter(measured)
+        .filter(|r| {
+            !old.iter()
+                .any(|row| row.starts_with("| ") && target(row) == target(r))
+        })
+        .map(|r| r.to_string())
+        .collect();
+    let end = table
+        .iter()
+        .rposition(|l| l.starts_with("| "))
+        .map_or(table.len(), |last| last + 1);
+    table.splice(end..end, added);
+    table
 }
 
 fn trim_blank_end(lines: &mut Vec<String>) {
@@ -139,5 +180,19 @@ mod tests {
         let twice = merge(&merged, NEW, "`bench --only b` again");
         assert_eq!(twice.matches("Sections measured again").count(), 1);
         assert_eq!(twice.matches("This section comes from").count(), 1);
+    }
+
+    #[test]
+    fn a_new_section_follows_the_last_measurement_and_its_target_ends_the_table() {
+        let new = "# t\n\n## Where we stand against the targets\n\n| target | measured | status |\n|---|---|---|\n| a | – | not measured |\n| c | 9 | met |\n\n## 10. C\n\nnew c\n\n## How the runs are made\n\nrules\n";
+        let merged = merge(OLD, new, "`bench --only c`");
+        assert!(merged.contains("| b | 2 | met |\n| c | 9 | met |\n\n## 1. A"));
+        assert!(merged.contains(
+            "old b\n\n## 10. C\n\nThis section comes from `bench --only c`.\n\nnew c\n\n## How the runs"
+        ));
+        // Once there, it is replaced like any other.
+        let again = merge(&merged, new, "`bench --only c` again");
+        assert_eq!(again.matches("## 10. C").count(), 1);
+        assert_eq!(again.matches("| c | 9 | met |").count(), 1);
     }
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: tripod-bpf side by side with perf, bpftrace and py-spy on this machine.
 //!
-//! Nine measurements (see BENCHMARKS.md for what each means), each run for every sampler
+//! Ten measurements (see BENCHMARKS.md for what each means), each run for every sampler
 //! (or dump tool) found here, in rounds that visit every configuration once so that machine
 //! drift hits them all alike. The results go to stdout and into BENCHMARKS.md. The bench
 //! reports; it does not judge, except that a sampler that crashes or records nothing makes
@@ -18,6 +18,7 @@ mod python;
 mod quality;
 mod report;
 mod samplers;
+mod shortlived;
 mod stacks;
 mod stats;
 
@@ -58,6 +59,9 @@ pub enum Measurement {
     Dump,
     /// Target slowdown and sampler cost on a CPU-bound Python program, next to py-spy
     Python,
+    /// Complete chains of 4 ms processes run back to back, next to perf
+    #[value(name = "shortlived")]
+    ShortLived,
 }
 
 /// How much to measure.
@@ -66,7 +70,7 @@ pub struct Options {
     /// Rounds of each overhead, off-CPU and dump configuration; the tables show medians
     /// over them.
     pub runs: usize,
-    /// Rounds of the quality, accuracy and latency runs.
+    /// Rounds of the quality, accuracy, latency and short-lived-processes runs.
     pub short_runs: usize,
     /// Seconds of CPU work each fixture thread does in an overhead run, and seconds of
     /// ping-pong in an off-CPU run (both without a sampler).
@@ -79,6 +83,8 @@ pub struct Options {
     pub churn_seconds: f64,
     /// Seconds of Python work in a Python run (without a sampler).
     pub python_seconds: f64,
+    /// Seconds each short-lived-processes run samples for.
+    pub shortlived_seconds: f64,
     pub only: Vec<Measurement>,
     pub output: PathBuf,
     /// The command line, for BENCHMARKS.md.
@@ -214,6 +220,9 @@ pub fn main(options: Options) -> Result<()> {
     }
     if options.wants(Measurement::Python) {
         results.python = Some(python::measure(&mut bench, &options)?);
+    }
+    if options.wants(Measurement::ShortLived) {
+        results.shortlived = Some(shortlived::measure(&mut bench, &options)?);
     }
     results.failures = bench.failures.clone();
     results.duration = started.elapsed();

@@ -11,7 +11,8 @@ use super::{
     python::{self, Python},
     quality::{self, Quality},
     samplers::{Format, Found, Sampler, Tools, Unwind},
-    stacks::Share,
+    shortlived,
+    stacks::{ChainBreakdown, Share},
     stats::{fmt, median, mib, range, ratio, slowdown},
     Machine, Options,
 };
@@ -33,6 +34,7 @@ pub struct Results {
     pub off_cpu: Option<OffCpu>,
     pub dump: Option<Dumps>,
     pub python: Option<Python>,
+    pub shortlived: Option<Vec<(shortlived::Config, Vec<shortlived::Run>)>>,
     pub failures: Vec<String>,
     pub duration: Duration,
 }
@@ -55,6 +57,7 @@ impl Results {
             off_cpu: None,
             dump: None,
             python: None,
+            shortlived: None,
             failures: Vec::new(),
             duration: Duration::ZERO,
         }
@@ -89,6 +92,9 @@ pub fn render(r: &Results) -> String {
     }
     if let Some(python) = &r.python {
         python_table(&mut out, r, python);
+    }
+    if let Some(shortlived) = &r.shortlived {
+        shortlived_table(&mut out, r, shortlived);
     }
     method(&mut out);
     if !r.failures.is_empty() {
@@ -292,6 +298,7 @@ fn standing(out: &mut String, r: &Results) {
         text.zip(dumps)
             .map(|(t, d)| t < 1.0 && found == Some(d.threads)),
     );
+    shortlived_row(&mut row, r);
     out.push('\n');
 }
 
@@ -738,11 +745,196 @@ fn python_table(out: &mut String, r: &Results, python: &Python) {
     out.push('\n');
 }
 
+/// The median share of complete chains over a configuration's rounds, in percent.
+fn shortlived_median(runs: &[shortlived::Run]) -> Option<f64> {
+    median(
+        &runs
+            .iter()
+            .filter_map(|r| r.breakdown.share().percent())
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The targets-table row of issue 16's goal: tripod-bpf's dwarf and fp rows, perf's beside.
+fn shortlived_row(row: &mut impl FnMut(&str, String, Option<bool>), r: &Results) {
+    let of = |sampler: Sampler| {
+        r.shortlived.as_ref().and_then(|s| {
+            s.iter()
+                .find(|(c, _)| c.sampler == sampler)
+                .and_then(|(_, runs)| shortlived_median(runs))
+        })
+    };
+    let pct = |p: Option<f64>| p.map_or("–".into(), |p| format!("{p:.1}%"));
+    let (dwarf, fp) = (of(DWARF), of(Sampler::Tripod(Unwind::Fp)));
+    row(
+        "≥ 95% of 4 ms processes' samples with their whole chain (dwarf without frame pointers, fp with)",
+        format!(
+            "{} (dwarf), {} (fp); perf `-g` {}, perf dwarf {}",
+            pct(dwarf),
+            pct(fp),
+            pct(of(Sampler::PerfFp)),
+            pct(of(Sampler::PerfDwarf))
+        ),
+        dwarf
+            .zip(fp)
+            .map(|(d, f)| d >= shortlived::GOAL_PERCENT && f >= shortlived::GOAL_PERCENT),
+    );
+}
+
+fn shortlived_table(
+    out: &mut String,
+    r: &Results,
+    results: &[(shortlived::Config, Vec<shortlived::Run>)],
+) {
+    out.push_str("## 10. Short-lived processes\n\n");
+    let loads: Vec<f64> = results
+        .iter()
+        .flat_map(|(_, runs)| runs.iter().filter_map(|r| r.load))
+        .collect();
+    let _ = writeln!(
+        out,
+        "A shell loop runs `chain_nofp --seconds {secs}` (or `chain_fp`) over and over: the \
+         end-to-end tests' fixture `tests/fixtures/chain.c`, main;alpha;beta;gamma;spin for \
+         {ms} ms, then exit, each run a new process (fork, exec, dynamic loader). The sampler \
+         records the whole machine (`--all`, `-a`) at {hz} Hz for {} s; other processes are \
+         sampled too and left out here (perf's recording is read with `perf script --comms` \
+         and the fixture's name, so that it unwinds only those samples: over the whole \
+         machine, `--call-graph dwarf` took `perf script` more than 5 minutes). The 1-minute load average at the end of the runs was \
+         {} (median; {} CPUs). Load lowers every sampler's share alike: the 4 ms are wall \
+         time (a timer), so a process that waits for a CPU spends less of its life in spin, \
+         while start-up and exit cost the same. Medians of {} alternating rounds.\n",
+        r.options.shortlived_seconds,
+        fmt(median(&loads), 1),
+        r.machine.cpus,
+        r.options.short_runs,
+        secs = shortlived::PROCESS_SECONDS,
+        ms = shortlived::PROCESS_SECONDS
+            .parse::<f64>()
+            .map_or(0.0, |s| s * 1e3),
+        hz = shortlived::HZ,
+    );
+    let _ = writeln!(
+        out,
+        "*The rule.* A sample counts when its process name is the fixture's and its stack has \
+         at least one user (non-kernel) frame; it is complete when its user frames hold \
+         main;alpha;beta;gamma;spin contiguously and in that order (frames inside spin, kernel \
+         ones included, may follow). The share is complete over counted. *The goal* (issue \
+         16): at least {:.0}% complete for tripod-bpf with `--unwind dwarf` on the build \
+         without frame pointers and with `--unwind fp` on the frame-pointer build (`auto`, \
+         the default, is shown on the former). perf reached {:.0}% in the manual run the \
+         issue quotes, with `-g` on the frame-pointer build and `--call-graph dwarf` on the \
+         other.\n",
+        shortlived::GOAL_PERCENT,
+        shortlived::PERF_REFERENCE_PERCENT
+    );
+    out.push_str(
+        "The last four columns split the incomplete samples, rounds pooled, by the first \
+         rule that applies, as a share of all counted: *exec/exit*, a kernel frame is the \
+         execve or exit path (`*execve*`, `do_exit`), where the user stack is being replaced \
+         or torn down; *unnamed*, a user frame is `[unknown]`, `[truncated]`, `[missing]` or \
+         a bare `[module]`; *broken*, every frame named and spin on the stack but not the \
+         whole chain; *elsewhere*, every frame named and spin absent (the dynamic loader, \
+         libc start-up, main's own calls, exit handlers). A process spends part of its short \
+         life elsewhere, so no sampler reaches 100% by this rule. Samplers differ in exec and \
+         exit: perf mostly records those samples without a user stack (so they are not \
+         counted), tripod-bpf with the user frame it can see, then `[truncated]` or \
+         `[unknown]`; the column *without exec/exit* is the share with them left out \
+         (median). The commonest incomplete stacks of each configuration's last round are \
+         kept in `target/bench/shortlived/`.\n\n",
+    );
+    out.push_str("| sampler | fixture | processes per run | samples counted | complete | rounds | against the goal | without exec/exit | exec/exit | unnamed | broken | elsewhere |\n");
+    out.push_str("|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|\n");
+    for (config, runs) in results {
+        shortlived_line(out, *config, runs);
+    }
+    // Losses explain `[missing]` frames: quote the samplers' own words.
+    let mut losses = String::new();
+    for (config, runs) in results {
+        let lossy = runs.iter().filter(|r| !r.losses.is_empty()).count();
+        if let Some(last) = runs.iter().rev().find(|r| !r.losses.is_empty()) {
+            let _ = writeln!(
+                losses,
+                "- {}, in {lossy} of {} rounds; the last said: {}",
+                config.describe(),
+                runs.len(),
+                last.losses.join(" / ")
+            );
+        }
+    }
+    if losses.is_empty() {
+        out.push_str("\nNo sampler reported lost or dropped samples.\n\n");
+    } else {
+        out.push_str("\nWhat the samplers said they lost or dropped:\n\n");
+        out.push_str(&losses);
+        out.push('\n');
+    }
+}
+
+fn shortlived_line(out: &mut String, config: shortlived::Config, runs: &[shortlived::Run]) {
+    let col = |f: fn(&shortlived::Run) -> Option<f64>| {
+        median(&runs.iter().filter_map(f).collect::<Vec<_>>())
+    };
+    let complete = shortlived_median(runs);
+    let rounds: Vec<String> = runs
+        .iter()
+        .filter_map(|r| r.breakdown.share().percent())
+        .map(|p| format!("{p:.1}%"))
+        .collect();
+    let against = match (config.has_goal(), complete) {
+        (_, None) => "–".to_owned(),
+        (true, Some(c)) => format!(
+            "≥ {:.0}%: {}",
+            shortlived::GOAL_PERCENT,
+            status(Some(c >= shortlived::GOAL_PERCENT))
+        ),
+        (false, Some(c)) => format!(
+            "issue's {:.0}%: {}",
+            shortlived::PERF_REFERENCE_PERCENT,
+            if c >= shortlived::PERF_REFERENCE_PERCENT {
+                "reached"
+            } else {
+                "**not reached**"
+            }
+        ),
+    };
+    let pooled = runs
+        .iter()
+        .fold(ChainBreakdown::default(), |sum, r| sum.add(&r.breakdown));
+    let part = |n: u64| {
+        Share {
+            hits: n,
+            of: pooled.samples(),
+        }
+        .percent()
+        .map_or("–".into(), |p| format!("{p:.1}%"))
+    };
+    let _ = writeln!(
+        out,
+        "| {} | {} | {} | {} | {} | {} | {against} | {} | {} | {} | {} | {} |",
+        config.describe(),
+        if config.fp_build {
+            "`chain_fp`"
+        } else {
+            "`chain_nofp`"
+        },
+        fmt(col(|r| r.processes.map(|n| n as f64)), 0),
+        fmt(col(|r| Some(r.breakdown.samples() as f64)), 0),
+        complete.map_or("–".into(), |c| format!("{c:.1}%")),
+        rounds.join(", "),
+        col(|r| r.breakdown.share_outside_exec_exit().percent())
+            .map_or("–".into(), |c| format!("{c:.1}%")),
+        part(pooled.exec_exit),
+        part(pooled.unnamed),
+        part(pooled.broken),
+        part(pooled.elsewhere)
+    );
+}
+
 fn method(out: &mut String) {
     out.push_str(
         "## How the runs are made\n\n\
          - Fixtures are C programs in `tests/fixtures/` (`work.c`, `split.c`, `paths.c`, \
-           `churn.c`, `pingpong.c`, `manythreads.c`), compiled by the bench into \
+           `churn.c`, `pingpong.c`, `manythreads.c`, and the end-to-end tests' `chain.c`), compiled by the bench into \
            `target/bench/fixtures`. `pingpong` and `manythreads` time the tools, not their \
            stacks, and are built `-O2` without frame pointers, like distribution binaries. \
            The Python fixture, `hot.py`, is in `xtask/bench-fixtures/` and runs as it is.\n\

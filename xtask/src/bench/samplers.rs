@@ -589,6 +589,15 @@ impl Stopped {
 
     /// The output as folded stacks, and what producing them cost beyond the sampler itself.
     pub fn folded(&self, tools: &Tools) -> Result<(Folded, PostCost)> {
+        self.folded_of(tools, None)
+    }
+
+    /// As [`Stopped::folded`], with perf's stacks of processes named `comm` only (others may
+    /// be left in for other samplers). `perf script --comms` skips the other samples before
+    /// unwinding them: after a whole-machine `--call-graph dwarf` recording on a machine
+    /// busy compiling, unwinding every sample takes `perf script` longer than
+    /// [`STOP_TIMEOUT`].
+    pub fn folded_of(&self, tools: &Tools, comm: Option<&str>) -> Result<(Folded, PostCost)> {
         let folded = match self.sampler {
             Sampler::Tripod(_) | Sampler::TripodNoPython => {
                 if self.format != Format::Folded {
@@ -605,7 +614,7 @@ impl Stopped {
                 PostCost::default(),
             ),
             Sampler::PySpy { .. } => (Folded::parse(&read(&self.output)?), PostCost::default()),
-            Sampler::PerfFp | Sampler::PerfDwarf => self.perf_folded(tools)?,
+            Sampler::PerfFp | Sampler::PerfDwarf => self.perf_folded(tools, comm)?,
         };
         if folded.0.samples() == 0 {
             bail!(
@@ -657,11 +666,17 @@ impl Stopped {
     }
 
     /// `perf script` into a file, then inferno's collapse-perf (what stackcollapse-perf.pl does).
-    fn perf_folded(&self, tools: &Tools) -> Result<(Folded, PostCost)> {
+    fn perf_folded(&self, tools: &Tools, comm: Option<&str>) -> Result<(Folded, PostCost)> {
         let script = self.output.with_extension("script");
         let started = Instant::now();
-        let child = Command::new(tools.perf())
-            .args(["script", "-i"])
+        let mut cmd = Command::new(tools.perf());
+        if let Some(comm) = comm {
+            cmd.args(["script", "--comms", comm]);
+        } else {
+            cmd.arg("script");
+        }
+        let child = cmd
+            .arg("-i")
             .arg(&self.output)
             // The fields collapsing needs, without the period: with it, inferno (like
             // stackcollapse-perf.pl) weighs each sample by its nanoseconds, not as one.

@@ -128,6 +128,32 @@ impl Folded {
         share
     }
 
+    /// The samples of `comm` that have a user frame, sorted by how they show `chain`: see
+    /// [`ChainBreakdown`]. Samples with kernel frames only (exec, exit, page faults before
+    /// the first user instruction) are left out: no user stack can show the chain there.
+    pub fn chain_breakdown(&self, comm: &str, chain: &[&str]) -> ChainBreakdown {
+        let mut breakdown = ChainBreakdown::default();
+        let leaf = chain.last().copied();
+        for (frames, count) in self.of_comm(comm) {
+            let user: Vec<&str> = user_frames(frames).collect();
+            let slot = if user.is_empty() {
+                continue;
+            } else if holds_chain(frames, chain) {
+                &mut breakdown.complete
+            } else if frames.iter().any(|f| in_exec_or_exit(f)) {
+                &mut breakdown.exec_exit
+            } else if user.iter().any(|f| f.starts_with('[')) {
+                &mut breakdown.unnamed
+            } else if leaf.is_some_and(|leaf| user.contains(&leaf)) {
+                &mut breakdown.broken
+            } else {
+                &mut breakdown.elsewhere
+            };
+            *slot += count;
+        }
+        breakdown
+    }
+
     /// Samples of `comm`, and how many of them name every frame of their user stack (none
     /// `[unknown]`, `[truncated]`, `[missing…]` or a bare `[module]`); at least one user frame.
     pub fn named_share(&self, comm: &str) -> Share {
@@ -177,6 +203,29 @@ impl Folded {
     }
 }
 
+/// Whether a folded frame is a kernel one (`_[k]`, as stackcollapse-perf.pl marks them).
+pub fn is_kernel(frame: &str) -> bool {
+    frame.ends_with("_[k]")
+}
+
+fn user_frames(frames: &[String]) -> impl Iterator<Item = &str> {
+    frames.iter().map(String::as_str).filter(|f| !is_kernel(f))
+}
+
+/// Whether a folded frame is the kernel's execve or exit path (`__x64_sys_execve`,
+/// `bprm_execve`, `do_exit`, ...).
+fn in_exec_or_exit(frame: &str) -> bool {
+    frame
+        .strip_suffix("_[k]")
+        .is_some_and(|name| name.contains("execve") || name == "do_exit")
+}
+
+/// Whether the user frames of a stack hold `chain` contiguously, outermost first.
+pub fn holds_chain(frames: &[String], chain: &[&str]) -> bool {
+    let user: Vec<&str> = user_frames(frames).collect();
+    user.windows(chain.len()).any(|w| w == chain)
+}
+
 /// `name` from Python's printout of bytes, `b'name'`; anything else as it is.
 fn unquote_bytes(text: &str) -> &str {
     text.strip_prefix("b'")
@@ -209,9 +258,64 @@ impl Share {
     }
 }
 
+/// The samples of a process that have a user frame, by how their stack shows a known
+/// chain; each sample counts in the first field that applies, in this order.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ChainBreakdown {
+    /// The whole chain, contiguous and in order, among the user frames.
+    pub complete: u64,
+    /// In the kernel's execve or exit path, where the user stack is being replaced or torn
+    /// down: samplers differ in whether they give such a sample a user frame at all.
+    pub exec_exit: u64,
+    /// Not complete, and some user frame is not a function: `[unknown]`, `[truncated]`,
+    /// `[missing…]` or a bare `[module]`.
+    pub unnamed: u64,
+    /// Every user frame named and the chain's innermost function on the stack, but not the
+    /// whole chain: frames lost or made up by the unwinder.
+    pub broken: u64,
+    /// Every user frame named and the innermost function absent: the process was elsewhere
+    /// (the dynamic loader, libc start-up, main's own calls, exit).
+    pub elsewhere: u64,
+}
+
+impl ChainBreakdown {
+    pub fn samples(&self) -> u64 {
+        self.complete + self.exec_exit + self.unnamed + self.broken + self.elsewhere
+    }
+
+    /// The complete ones out of all.
+    pub fn share(&self) -> Share {
+        Share {
+            hits: self.complete,
+            of: self.samples(),
+        }
+    }
+
+    /// The complete ones out of all but those in exec or exit: what the unwinder got right
+    /// where there was a stack to unwind.
+    pub fn share_outside_exec_exit(&self) -> Share {
+        Share {
+            hits: self.complete,
+            of: self.samples() - self.exec_exit,
+        }
+    }
+
+    /// The sum of two breakdowns (rounds pooled).
+    pub fn add(&self, other: &ChainBreakdown) -> ChainBreakdown {
+        ChainBreakdown {
+            complete: self.complete + other.complete,
+            exec_exit: self.exec_exit + other.exec_exit,
+            unnamed: self.unnamed + other.unnamed,
+            broken: self.broken + other.broken,
+            elsewhere: self.elsewhere + other.elsewhere,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::fixtures::WORK_CHAIN;
 
     const BPFTRACE: &str = "Attaching 1 probe...\n\n\n\
 @[work_fp, \n    asm_sysvec_apic_timer_interrupt+26\n, \n    spin+31\n    gamma+27\n    main+407\n]: 2\n\
@@ -299,6 +403,58 @@ mod tests {
             Share { hits: 95, of: 99 }
         );
         assert_eq!(folded.chain_share("missing", &chain).percent(), None);
+    }
+
+    #[test]
+    fn chain_breakdown_sorts_user_stacks_by_the_first_rule_that_applies() {
+        let folded = Folded::parse(
+            "chain_nofp;_start;__libc_start_main;main;alpha;beta;gamma;spin 80\n\
+             chain_nofp;main;alpha;beta;gamma;spin;fixture_done;irq_[k] 4\n\
+             chain_nofp;[unknown];beta;gamma;spin 3\n\
+             chain_nofp;[truncated];_dl_relocate_object 2\n\
+             chain_nofp;main;beta;gamma;spin 5\n\
+             chain_nofp;main;alpha;gamma;beta;spin 1\n\
+             chain_nofp;_dl_start;_dl_sysdep_start 6\n\
+             chain_nofp;main;fixture_setup;setitimer;hrtimer_[k] 2\n\
+             chain_nofp;execve_[k];do_exit_[k] 9\n\
+             chain_nofp;[truncated];__GI__exit;x64_sys_call_[k];do_exit_[k];exit_mmap_[k] 7\n\
+             chain_nofp;[truncated];[unknown];__x64_sys_execve_[k];load_elf_binary_[k] 3\n\
+             other;main;alpha;beta;gamma;spin 50\n",
+        );
+        let breakdown = folded.chain_breakdown("chain_nofp", WORK_CHAIN);
+        assert_eq!(
+            breakdown,
+            ChainBreakdown {
+                complete: 84,
+                exec_exit: 10,
+                unnamed: 5,
+                broken: 6,
+                elsewhere: 8,
+            }
+        );
+        // Kernel-only samples count nowhere, not even in the total.
+        assert_eq!(breakdown.share(), Share { hits: 84, of: 113 });
+        assert_eq!(
+            breakdown.share_outside_exec_exit(),
+            Share { hits: 84, of: 103 }
+        );
+        assert_eq!(breakdown.add(&breakdown).samples(), 226);
+        assert_eq!(
+            folded
+                .chain_breakdown("missing", WORK_CHAIN)
+                .share()
+                .percent(),
+            None
+        );
+    }
+
+    #[test]
+    fn the_chain_must_run_from_caller_to_callee() {
+        // The same functions the other way round are frames put in the wrong places.
+        let folded =
+            Folded::parse("c;main;alpha;beta;gamma;spin 1\nc;spin;gamma;beta;alpha;main 1\n");
+        let breakdown = folded.chain_breakdown("c", WORK_CHAIN);
+        assert_eq!((breakdown.complete, breakdown.broken), (1, 1));
     }
 
     #[test]
