@@ -165,7 +165,8 @@ impl ProcessTable {
     /// a process moved to another cgroup (`systemd-run --scope`, a runtime
     /// placing its container's first process) is shown where it is now.
     /// `resolve` names the cgroup, and is called only when the id changes;
-    /// an id of 0 (unknown) changes nothing.
+    /// an id of 0 (unknown) changes nothing, an id `resolve` cannot name
+    /// (a cgroup removed already) leaves the process without one.
     pub fn set_cgroup(
         &mut self,
         pid: u32,
@@ -179,7 +180,7 @@ impl ProcessTable {
             return;
         }
         process.cgroup_id = id;
-        process.cgroup = resolve(id).or(process.cgroup.take());
+        process.cgroup = resolve(id);
     }
 
     /// Names the cgroup of `pid` when no sample has (a dump's records carry
@@ -739,6 +740,40 @@ mod tests {
         assert_eq!(ns_pid(std::process::id()), None);
         let status = read_proc_text(std::process::id(), "status", 64).unwrap();
         assert_eq!(status.len(), 64);
+    }
+
+    #[test]
+    fn a_process_is_in_the_cgroup_of_its_latest_sample() {
+        let mut table = ProcessTable::new();
+        let pid = std::process::id();
+        table.observe(pid, "x");
+        let named = |path: &str| {
+            Some(Arc::new(Cgroup {
+                path: path.into(),
+                container: None,
+            }))
+        };
+        let path = |table: &ProcessTable| {
+            table
+                .get(pid)
+                .unwrap()
+                .cgroup
+                .clone()
+                .map(|c| c.path.clone())
+        };
+        table.set_cgroup(pid, 5, |_| named("/a"));
+        assert_eq!(path(&table).as_deref(), Some("/a"));
+        // The same id is not named again; 0 says nothing.
+        table.set_cgroup(pid, 5, |_| panic!("resolved twice"));
+        table.set_cgroup(pid, 0, |_| panic!("0 is unknown"));
+        table.set_cgroup(pid, 6, |_| named("/b"));
+        assert_eq!(path(&table).as_deref(), Some("/b"));
+        table.set_cgroup(pid, 7, |_| None);
+        assert_eq!(path(&table), None);
+        // A dump's default does not override what samples said.
+        table.set_cgroup(pid, 8, |_| named("/c"));
+        table.default_cgroup(pid, || named("/d"));
+        assert_eq!(path(&table).as_deref(), Some("/c"));
     }
 
     #[test]
