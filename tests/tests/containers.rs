@@ -31,7 +31,12 @@ struct TestCgroup {
 
 impl TestCgroup {
     fn create(name: &str) -> TestCgroup {
-        let dir = cgroup_mount().join(format!("tripod-e2e-{name}-{}", std::process::id()));
+        TestCgroup::named(&format!("tripod-e2e-{name}-{}", std::process::id()))
+    }
+
+    /// A cgroup with exactly this directory name, below the root.
+    fn named(name: &str) -> TestCgroup {
+        let dir = cgroup_mount().join(name);
         // A leftover of an interrupted run.
         let _ = fs::remove_dir(&dir);
         fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
@@ -137,6 +142,41 @@ fn off_cpu_time_is_filtered_by_cgroup() {
     let _ = sleeper.wait();
     let pids: Vec<u64> = processes.iter().filter_map(|p| p["pid"].as_u64()).collect();
     assert_eq!(pids, [u64::from(inside.pid())], "{processes:?}");
+    assert_eq!(processes[0]["cgroup"], cgroup.path());
+}
+
+/// A cgroup shaped like Docker's (`docker-ID.scope`) names a container in
+/// the JSON and the log, also for a process that only waits (its cgroup is
+/// then read from /proc: the task iterator's records carry no cgroup id).
+#[test]
+fn a_docker_shaped_cgroup_is_named_as_a_container() {
+    if !require_bpf() {
+        return;
+    }
+    let _guard = serial();
+    let id = format!("{:064x}", u64::from(std::process::id()) << 8 | 0xcd);
+    let cgroup = TestCgroup::named(&format!("docker-{id}.scope"));
+    let mut sleeper = Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("starting sleep");
+    cgroup.add(sleeper.id());
+    let processes = cgroup_run(&cgroup, &["--mode", "wall"]);
+    let path = cgroup.path();
+    let log = run_tripod(&["--cgroup", &path, "--mode", "wall", "-d", "1", "-o", "-"]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(processes.len(), 1, "{processes:?}");
+    assert_eq!(processes[0]["comm"], "sleep");
+    assert_eq!(processes[0]["cgroup"], path);
+    assert_eq!(
+        processes[0]["container"],
+        serde_json::json!({"runtime": "docker", "id": id})
+    );
+    assert_success(&log);
+    let text = stdout_text(&log);
+    let short = format!("(sleep) in docker:{}", &id[..12]);
+    assert!(text.contains(&short), "{text}");
 }
 
 /// pprof samples carry the cgroup as a label, and folded lines can start with it.

@@ -236,7 +236,8 @@ impl Default for CgroupNames {
 const MAX_PROC_CGROUP: u64 = 16 * 1024;
 
 /// The cgroup v2 path of `pid` from `/proc/PID/cgroup` (the `0::PATH`
-/// line), read bounded: for dumps, whose records carry no cgroup id.
+/// line), read bounded: for records of the task iterator (dumps, waits in
+/// progress when tracking starts), which carry no cgroup id.
 pub fn of_process(pid: u32) -> Option<Arc<Cgroup>> {
     let text = crate::process::read_proc_text(pid, "cgroup", MAX_PROC_CGROUP)?;
     let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;

@@ -258,9 +258,17 @@ impl Pipeline {
             .ingest
             .unwind(sample, &mut self.processes, &self.history);
         // The unwinding noted the process; its cgroup is the latest sample's.
+        // Records of the task iterator (dumps, and waits already in progress
+        // when tracking starts) carry no cgroup id: /proc says, once.
         let cgroups = &mut self.cgroups;
-        self.processes
-            .set_cgroup(tgid, cgroup_id, |id| cgroups.resolve(id));
+        match cgroup_id {
+            0 => self
+                .processes
+                .default_cgroup(tgid, || crate::cgroup::of_process(tgid)),
+            id => self
+                .processes
+                .set_cgroup(tgid, id, |id| cgroups.resolve(id)),
+        }
         let counted = Counted {
             tgid,
             tid,
@@ -544,9 +552,6 @@ impl Pipeline {
         if threads == 0 {
             return Ok(None);
         }
-        // A dump's records carry no cgroup id: /proc says, while it lives.
-        self.processes
-            .default_cgroup(pid, || crate::cgroup::of_process(pid));
         self.symbolize();
         let interval = self
             .counting

@@ -183,8 +183,8 @@ impl ProcessTable {
         process.cgroup = resolve(id);
     }
 
-    /// Names the cgroup of `pid` when no sample has (a dump's records carry
-    /// no cgroup id).
+    /// Names the cgroup of `pid` when no sample has (records of the task
+    /// iterator carry no cgroup id); `cgroup` is asked only then.
     pub fn default_cgroup(&mut self, pid: u32, cgroup: impl FnOnce() -> Option<Arc<Cgroup>>) {
         if let Some(process) = self.processes.get_mut(&pid) {
             if process.cgroup.is_none() {
