@@ -56,6 +56,19 @@ fn nonexistent_pid() {
 }
 
 #[test]
+fn cgroup_that_does_not_exist() {
+    expect_error_line(
+        &["--cgroup", "/nonexistent", "-d", "1"],
+        "not a cgroup v2 directory",
+    );
+}
+
+#[test]
+fn cgroup_that_is_not_a_cgroup() {
+    expect_error_line(&["--cgroup", "/tmp", "-d", "1"], "/tmp");
+}
+
+#[test]
 fn pid_conflicts_with_all() {
     expect_error_line(&["--pid", "1", "--all", "-d", "1"], "--all");
 }

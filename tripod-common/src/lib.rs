@@ -32,6 +32,8 @@ pub mod names {
     pub const BLOCKED_SINCE: &str = "BLOCKED_SINCE";
     /// The task iterator behind `tripod-bpf dump`.
     pub const DUMP_PROGRAM: &str = "dump_threads";
+    /// The cgroups `--cgroup` selects, by cgroup id (see [`crate::SamplerConfig::cgroup_filter`]).
+    pub const CGROUPS: &str = "CGROUPS";
     /// Python processes whose frames are collected: tgid -> [`crate::PythonProcess`].
     pub const PYTHON_PROCESSES: &str = "PYTHON_PROCESSES";
     /// Where each thread's `PyThreadState` is: tid -> [`crate::PythonThread`].
@@ -74,6 +76,15 @@ pub const DEFAULT_COUNT_MAP_SIZE: u32 = 65536;
 
 /// Most processes that can be named with `--pid`.
 pub const MAX_TARGETS: u32 = 4096;
+
+/// Most cgroups that can be named with `--cgroup`.
+pub const MAX_CGROUPS: u32 = 64;
+
+/// Deepest cgroup level the eBPF programs look at when `--cgroup` filters:
+/// a thread whose cgroup is nested deeper is still matched against its
+/// ancestors up to this level (levels count from the root, 0). Real
+/// hierarchies (Kubernetes pods, nested systemd slices) stay under 10.
+pub const MAX_CGROUP_LEVEL: u32 = 32;
 
 /// The stack id stored in a [`SampleKey`] when that stack was not asked for
 /// (`--user-only` or `--kernel-only`). Real failures store the negative errno
@@ -308,6 +319,13 @@ pub struct SamplerConfig {
     pub track_switches: u32,
     /// Number of possible CPUs, which sizes the scratch map (see [`ScratchSlot`]).
     pub possible_cpus: u32,
+    /// Non-zero (`--cgroup`): only threads whose cgroup, or one of its
+    /// ancestors, is in the `CGROUPS` map are sampled, on top of the
+    /// process filter above. Checked for the current task only (samples on a
+    /// CPU and threads switching out), through
+    /// `bpf_get_current_ancestor_cgroup_id`; the task iterator of a dump does
+    /// not filter by cgroup.
+    pub cgroup_filter: u32,
     /// Byte offsets in the running kernel's `struct task_struct`, read from
     /// its BTF by the loader: Rust eBPF programs have no CO-RE relocations.
     pub task_offsets: TaskOffsets,
@@ -382,6 +400,7 @@ impl SamplerConfig {
         stack_copy_bytes: DEFAULT_STACK_COPY,
         track_switches: 0,
         possible_cpus: 1,
+        cgroup_filter: 0,
         task_offsets: TaskOffsets::UNKNOWN,
     };
 }
@@ -396,9 +415,10 @@ pub const CONTROL_GENERATION: u32 = 0;
 /// Number of slots in the `CONTROL` array.
 pub const CONTROL_LEN: u32 = 1;
 
-/// Key of the count maps: one entry per distinct (thread, stacks) seen.
+/// Key of the count maps: one entry per distinct (thread, cgroup, stacks) seen.
 ///
-/// 40 bytes, no padding: four `u32`/`i32` fields then the 16-byte comm.
+/// 48 bytes, no padding: four `u32`/`i32` fields, the 16-byte comm, the
+/// 8-byte cgroup id (at offset 32, aligned), then 8 reserved bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SampleKey {
@@ -413,6 +433,9 @@ pub struct SampleKey {
     pub kernel_stack_id: i32,
     /// The thread's name, NUL-padded.
     pub comm: [u8; COMM_LEN],
+    /// The thread's cgroup v2 id when sampled (`bpf_get_current_cgroup_id`):
+    /// the inode number of its directory under the cgroup2 mount.
+    pub cgroup_id: u64,
     /// Reserved, zero. Keeps the size a multiple of 8 for the hash map.
     pub _reserved: [u32; 2],
 }
@@ -463,7 +486,7 @@ impl RecordKind {
 
 /// The fixed part of a [`StackCopy`] record.
 ///
-/// 12 × u32, 4 × u64, comm: 96 bytes, no padding.
+/// 12 × u32, 5 × u64, comm: 104 bytes, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackCopyHeader {
@@ -500,6 +523,10 @@ pub struct StackCopyHeader {
     pub bp: u64,
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the record was taken.
     pub time_ns: u64,
+    /// The thread's cgroup v2 id (`bpf_get_current_cgroup_id`): the inode
+    /// number of its directory under the cgroup2 mount. 0 when unknown (the
+    /// task iterator of a dump, which does not run as the task).
+    pub cgroup_id: u64,
     /// The thread's name, NUL-padded.
     pub comm: [u8; COMM_LEN],
 }
@@ -655,12 +682,12 @@ mod tests {
 
     #[test]
     fn wire_types_have_no_padding() {
-        assert_eq!(core::mem::size_of::<SampleKey>(), 4 * 4 + COMM_LEN + 8);
+        assert_eq!(core::mem::size_of::<SampleKey>(), 4 * 4 + COMM_LEN + 8 + 8);
         assert_eq!(core::mem::size_of::<SampleCount>(), 16);
-        assert_eq!(core::mem::size_of::<SamplerConfig>(), 9 * 4 + 6 * 4);
-        assert_eq!(core::mem::size_of::<StackCopyHeader>(), 96);
+        assert_eq!(core::mem::size_of::<SamplerConfig>(), 10 * 4 + 6 * 4);
+        assert_eq!(core::mem::size_of::<StackCopyHeader>(), 104);
         assert_eq!(core::mem::size_of::<WakeRecord>(), 32);
-        assert_eq!(StackCopy::STACK_OFFSET, 96 + 8 * MAX_STACK_DEPTH);
+        assert_eq!(StackCopy::STACK_OFFSET, 104 + 8 * MAX_STACK_DEPTH);
         assert_eq!(core::mem::size_of::<PythonOffsets>(), 18 * 4);
         assert_eq!(core::mem::size_of::<PythonProcess>(), 8 + 18 * 4);
         assert_eq!(core::mem::size_of::<PythonThread>(), 16);

@@ -32,9 +32,10 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
-            bpf_copy_from_user_task, bpf_get_current_task, bpf_get_current_task_btf,
-            bpf_get_smp_processor_id, bpf_get_stack, bpf_get_task_stack, bpf_ktime_get_ns,
-            bpf_probe_read_user, bpf_seq_write, bpf_task_pt_regs,
+            bpf_copy_from_user_task, bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
+            bpf_get_current_task, bpf_get_current_task_btf, bpf_get_smp_processor_id,
+            bpf_get_stack, bpf_get_task_stack, bpf_ktime_get_ns, bpf_probe_read_user,
+            bpf_seq_write, bpf_task_pt_regs,
         },
     },
     macros::{btf_tracepoint, map, perf_event},
@@ -45,8 +46,9 @@ use aya_ebpf::{
 use tripod_common::{
     Counter, PythonProcess, RecordKind, SampleCount, SampleKey, SamplerConfig, ScratchSlot,
     StackCopy, WakeRecord, CONTROL_GENERATION, CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE,
-    DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_STORAGE_SIZE, MAX_BLOCKED_THREADS, MAX_DUMP_STACK_COPY,
-    MAX_PYTHON_FRAMES, MAX_STACK_COPY, MAX_STACK_DEPTH, MAX_TARGETS, STACK_NOT_COLLECTED,
+    DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_STORAGE_SIZE, MAX_BLOCKED_THREADS, MAX_CGROUPS,
+    MAX_CGROUP_LEVEL, MAX_DUMP_STACK_COPY, MAX_PYTHON_FRAMES, MAX_STACK_COPY, MAX_STACK_DEPTH,
+    MAX_TARGETS, STACK_NOT_COLLECTED,
 };
 
 /// Set by the loader before the program is loaded; read-only afterwards.
@@ -55,6 +57,10 @@ static CONFIG: SamplerConfig = SamplerConfig::EMPTY;
 
 #[map]
 static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// The cgroups `--cgroup` selects, by cgroup id (see [`in_selected_cgroup`]).
+#[map]
+static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_CGROUPS, 0);
 
 #[map]
 static CONTROL: Array<u32> = Array::with_max_entries(CONTROL_LEN, 0);
@@ -117,12 +123,43 @@ fn is_target(config: &SamplerConfig, tgid: u32, tid: u32) -> bool {
     config.all_processes != 0 || TARGETS.get_ptr(tgid).is_some()
 }
 
+/// Whether the current task passes `--cgroup`: its cgroup, or one of its
+/// ancestors, is in `CGROUPS`. Each level's ancestor id is asked for from
+/// the root down (`bpf_get_current_ancestor_cgroup_id` answers 0 past the
+/// task's own level), so the cost is the depth of the task's cgroup, however
+/// many cgroups were selected. Only for the current task: the task iterator
+/// of a dump does not run as the task it reads.
+#[inline(always)]
+fn in_selected_cgroup(config: &SamplerConfig) -> bool {
+    if config.cgroup_filter == 0 {
+        return true;
+    }
+    for level in 0..MAX_CGROUP_LEVEL {
+        // SAFETY: no preconditions; an out-of-range level gives 0.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            return false;
+        }
+        if CGROUPS.get_ptr(&id).is_some() {
+            return true;
+        }
+    }
+    false
+}
+
+/// The current task's cgroup v2 id.
+#[inline(always)]
+fn current_cgroup() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
 fn try_sample_stack(ctx: &PerfEventContext) -> Result<u32, u32> {
     let config = config();
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
-    if !is_target(&config, tgid, tid) {
+    if !is_target(&config, tgid, tid) || !in_selected_cgroup(&config) {
         return Ok(0);
     }
     bump(Counter::Samples);
@@ -184,6 +221,7 @@ fn record(
         user_stack_id,
         kernel_stack_id,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        cgroup_id: current_cgroup(),
         _reserved: [0; 2],
     };
     if increment(counts, &key) {
@@ -229,6 +267,7 @@ fn current_thread_copy(
     let copy = unsafe { &mut *copy };
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     begin_record(copy, kind, thread.tgid, thread.tid, comm, 0, time_ns);
+    copy.header.cgroup_id = current_cgroup();
 
     if config.collect_kernel != 0 {
         let size = (8 * MAX_STACK_DEPTH) as u32;
@@ -330,6 +369,7 @@ fn begin_record(
     header.python_frames = 0;
     header.syscall = -1;
     header.time_ns = time_ns;
+    header.cgroup_id = 0;
 }
 
 #[inline(always)]
@@ -464,7 +504,7 @@ fn switched_out(ctx: &BtfTracePointContext, config: &SamplerConfig) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
-    if tid == 0 || !is_target(config, tgid, tid) {
+    if tid == 0 || !is_target(config, tgid, tid) || !in_selected_cgroup(config) {
         return;
     }
     let preempted: u64 = ctx.arg(0);

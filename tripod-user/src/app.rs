@@ -16,6 +16,7 @@ use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
 
 use crate::{
     annotate::Rules,
+    cgroup::Selected,
     config::{Config, Mode, OutputFormat, Target},
     live::{self, start_sampler},
     mappings::Scope,
@@ -56,15 +57,25 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
     messages::set_quiet(config.quiet);
     let rules = Arc::new(load_rules(config.rules.as_deref())?);
     preflight::check(&config)?;
+    let cgroups = preflight::check_cgroups(&config.cgroups)?;
     live::prepare_target_files(config.max_file_size);
     let mut output = open_output(&config.output, config.format, &shutdown)?;
+    output.set_folded_prefix(config.folded_prefix);
     let (mut processes, mut python) = read_named_targets(&config, &shutdown);
     if let Some(signal) = shutdown.requested() {
-        let run = run_info(&config, "none", None);
-        let pipeline = new_pipeline(&config, run, rules, processes, python, Counters::default());
+        let run = run_info(&config, &cgroups, "none", None);
+        let pipeline = new_pipeline(
+            &config,
+            &cgroups,
+            run,
+            rules,
+            processes,
+            python,
+            Counters::default(),
+        );
         return write_unsampled(&config, pipeline, &mut output, signal);
     }
-    let mut source = start_sampler(&sampler_options(&config, &mut python))?;
+    let mut source = start_sampler(&sampler_options(&config, &cgroups, &mut python))?;
     let source = source.as_mut();
     if let (Some(reason), true) = (source.fallback_reason(), config.mode.samples_on_cpu()) {
         log::debug!("hardware cycles event: {reason}");
@@ -77,6 +88,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
 
     let run_info = run_info(
         &config,
+        &cgroups,
         source.event().name(),
         child.as_ref().map(|c| c.pid),
     );
@@ -84,7 +96,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
     let pusher = start_pusher(&config);
     let mut status = StatusLine::new(config.quiet);
     let counters = source.counters()?;
-    let mut pipeline = new_pipeline(&config, run_info, rules, processes, python, counters);
+    let mut pipeline = new_pipeline(
+        &config, &cgroups, run_info, rules, processes, python, counters,
+    );
     // Other processes are checked for Python as they are sampled.
     if let Some(child) = &child {
         pipeline.track(child.pid);
@@ -144,7 +158,7 @@ fn read_named_targets(config: &Config, shutdown: &Shutdown) -> (ProcessTable, Py
 }
 
 /// What the kernel side is asked for; the Python found so far is handed over.
-fn sampler_options(config: &Config, python: &mut Python) -> SamplerOptions {
+fn sampler_options(config: &Config, cgroups: &[Selected], python: &mut Python) -> SamplerOptions {
     SamplerOptions {
         frequency: config.frequency,
         targets: match &config.target {
@@ -152,6 +166,7 @@ fn sampler_options(config: &Config, python: &mut Python) -> SamplerOptions {
             Target::Pids(pids) => Some(pids.clone()),
             Target::Command(_) => Some(Vec::new()),
         },
+        cgroups: cgroups.iter().map(|c| c.id).collect(),
         include_idle: config.include_idle,
         stacks: config.stacks,
         stack_storage_size: config.stack_storage_size,
@@ -195,6 +210,7 @@ async fn start_command(
 /// The stages after the sampler, for this configuration.
 fn new_pipeline(
     config: &Config,
+    cgroups: &[Selected],
     run: RunInfo,
     rules: Arc<Rules>,
     processes: ProcessTable,
@@ -218,6 +234,7 @@ fn new_pipeline(
         recording: Some(Recording {
             run,
             min_block_us: config.min_block_us,
+            cgroups: cgroups.iter().map(|c| c.path.clone()).collect(),
         }),
     })
 }
@@ -343,9 +360,19 @@ fn report_push(config: &Config, stats: PushStats) {
 }
 
 /// What the reports say about the run; `event` is the sampler's.
-fn run_info(config: &Config, event: &str, child: Option<u32>) -> RunInfo {
+fn run_info(config: &Config, cgroups: &[Selected], event: &str, child: Option<u32>) -> RunInfo {
+    let mut target = describe_target(&config.target, child);
+    if !cgroups.is_empty() {
+        let paths: Vec<&str> = cgroups.iter().map(|c| c.path.as_str()).collect();
+        let noun = if paths.len() == 1 {
+            "cgroup"
+        } else {
+            "cgroups"
+        };
+        target = format!("{target} in {noun} {}", paths.join(", "));
+    }
     RunInfo {
-        target: describe_target(&config.target, child),
+        target,
         mode: config.mode,
         frequency: config.frequency,
         event: event.to_string(),

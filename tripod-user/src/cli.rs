@@ -10,10 +10,10 @@ use tripod_common::{
 
 use crate::{
     config::{
-        Command, Config, DumpConfig, Mode, OutputDest, OutputFormat, PushConfig, PushFormat,
-        PythonFrames, ReportConfig, StackSelection, Target, UnwindMode, DEFAULT_FREQUENCY,
-        DEFAULT_MIN_BLOCK_US, DEFAULT_PUSH_INTERVAL, MAX_COUNT_MAP_SIZE, MAX_RING_BUFFER_SIZE,
-        MAX_SECONDS, MAX_STACK_STORAGE_SIZE,
+        Command, Config, DumpConfig, FoldedPrefix, Mode, OutputDest, OutputFormat, PushConfig,
+        PushFormat, PythonFrames, ReportConfig, StackSelection, Target, UnwindMode,
+        DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US, DEFAULT_PUSH_INTERVAL, MAX_COUNT_MAP_SIZE,
+        MAX_RING_BUFFER_SIZE, MAX_SECONDS, MAX_STACK_STORAGE_SIZE,
     },
     error::UsageError,
 };
@@ -97,6 +97,10 @@ struct ReportArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = FormatArg::Log)]
     format: FormatArg,
+
+    /// What each folded line starts with, before the frames.
+    #[arg(long, value_enum, default_value_t = FoldedPrefixArg::Process)]
+    folded_prefix: FoldedPrefixArg,
 
     /// Write to PATH [default: stdout].
     #[arg(short, long, value_name = "PATH")]
@@ -214,6 +218,13 @@ struct RecordArgs {
     #[arg(short, long)]
     all: bool,
 
+    /// Sample only processes in this cgroup v2 or below it (filtered in the kernel); repeat
+    /// it for more. PATH is a directory under /sys/fs/cgroup or a path as /proc/PID/cgroup
+    /// shows it (/system.slice/docker-ID.scope). Alone it samples every process there; with
+    /// --pid or a command, only those that are also in it.
+    #[arg(long, value_name = "PATH")]
+    cgroup: Vec<PathBuf>,
+
     /// Samples per second on each CPU.
     #[arg(short = 'F', long, value_name = "HZ", env = "TRIPOD_FREQUENCY", default_value_t = DEFAULT_FREQUENCY)]
     frequency: u64,
@@ -235,6 +246,12 @@ struct RecordArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = FormatArg::Log)]
     format: FormatArg,
+
+    /// What each folded line (-f folded) starts with: `process` (the process name, as
+    /// always), `container` (the container, else the cgroup, then the process name) or
+    /// `cgroup` (the cgroup path, then the process name).
+    #[arg(long, value_enum, default_value_t = FoldedPrefixArg::Process)]
+    folded_prefix: FoldedPrefixArg,
 
     /// What to measure: `cpu` samples threads on CPUs; `off-cpu` counts the microseconds
     /// threads spend switched out, by the stack they wait in; `wall` samples every thread at
@@ -366,6 +383,23 @@ enum ModeArg {
     Cpu,
     OffCpu,
     Wall,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FoldedPrefixArg {
+    Process,
+    Container,
+    Cgroup,
+}
+
+impl FoldedPrefixArg {
+    fn prefix(self) -> FoldedPrefix {
+        match self {
+            FoldedPrefixArg::Process => FoldedPrefix::Process,
+            FoldedPrefixArg::Container => FoldedPrefix::Container,
+            FoldedPrefixArg::Cgroup => FoldedPrefix::Cgroup,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -503,6 +537,7 @@ impl ReportArgs {
         ReportConfig {
             input: self.input,
             format: self.format.format(),
+            folded_prefix: self.folded_prefix.prefix(),
             output: output_dest(self.output, OutputDest::Stdout),
             rules: self.rules,
         }
@@ -583,6 +618,8 @@ impl RecordArgs {
         let mode = self.mode()?;
         Ok(Config {
             target,
+            cgroups: self.cgroup,
+            folded_prefix: self.folded_prefix.prefix(),
             mode,
             min_block_us: self.min_block_us,
             rules: self.rules,
@@ -611,14 +648,16 @@ impl RecordArgs {
         })
     }
 
-    /// Exactly one of `--pid`, `--all` and `-- COMMAND`.
+    /// Exactly one of `--pid`, `--all` and `-- COMMAND`; `--cgroup` alone
+    /// stands for `--all` (in those cgroups).
     fn target(&self) -> Result<Target, UsageError> {
         match (self.pid.is_empty(), self.all, self.command.is_empty()) {
             (false, false, true) => Ok(Target::Pids(self.pid.clone())),
             (true, true, true) => Ok(Target::All),
             (true, false, false) => Ok(Target::Command(self.command.clone())),
+            (true, false, true) if !self.cgroup.is_empty() => Ok(Target::All),
             (true, false, true) => Err(UsageError::new(
-                "no target given; pass --pid PID, --all, or -- COMMAND [ARGS...]",
+                "no target given; pass --pid PID, --all, --cgroup PATH, or -- COMMAND [ARGS...]",
             )),
             _ => Err(UsageError::new(
                 "choose one target: --pid, --all and -- COMMAND cannot be combined",
@@ -1009,6 +1048,32 @@ mod tests {
             config("tripod-bpf -- dump").target,
             Target::Command(vec!["dump".into()])
         );
+    }
+
+    #[test]
+    fn cgroups_and_folded_prefixes() {
+        let alone = config("tripod-bpf --cgroup /system.slice --cgroup /sys/fs/cgroup/user.slice");
+        assert_eq!(alone.target, Target::All);
+        assert_eq!(
+            alone.cgroups,
+            [
+                PathBuf::from("/system.slice"),
+                PathBuf::from("/sys/fs/cgroup/user.slice")
+            ]
+        );
+        assert_eq!(alone.folded_prefix, FoldedPrefix::Process);
+        let with_pid = config("tripod-bpf -p 7 --cgroup /x -f folded --folded-prefix container");
+        assert_eq!(with_pid.target, Target::Pids(vec![7]));
+        assert_eq!(with_pid.folded_prefix, FoldedPrefix::Container);
+        assert!(config("tripod-bpf -a").cgroups.is_empty());
+        match parse_command("tripod-bpf report r.json -f folded --folded-prefix cgroup") {
+            Ok(Command::Report(report)) => assert_eq!(report.folded_prefix, FoldedPrefix::Cgroup),
+            other => panic!("{other:?}"),
+        }
+        let e = parse("tripod-bpf -a --folded-prefix pod")
+            .unwrap_err()
+            .clap();
+        assert_eq!(e.kind(), ErrorKind::InvalidValue);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct ReportConfig {
     /// The JSON file (`-` for stdin): one or more documents, one per line.
     pub input: PathBuf,
     pub format: OutputFormat,
+    /// `--folded-prefix`: what `-f folded` lines start with.
+    pub folded_prefix: FoldedPrefix,
     pub output: OutputDest,
     /// Annotation rules tried before the built-in ones, applied again.
     pub rules: Option<PathBuf>,
@@ -174,6 +176,19 @@ impl OutputFormat {
     }
 }
 
+/// What folded stacks start with, before the frames (`--folded-prefix`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FoldedPrefix {
+    /// The process name (with `--per-thread`, `name-pid/tid`): as always.
+    #[default]
+    Process,
+    /// The container (`docker:0123456789ab`), else the cgroup path, then
+    /// the process name.
+    Container,
+    /// The cgroup path, then the process name.
+    Cgroup,
+}
+
 /// Where reports are written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OutputDest {
@@ -258,6 +273,11 @@ impl UnwindMode {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub target: Target,
+    /// `--cgroup`: only processes in these cgroup subtrees (paths as given,
+    /// checked by `crate::preflight`), on top of `target`; empty: no filter.
+    pub cgroups: Vec<PathBuf>,
+    /// `--folded-prefix`: what `-f folded` lines start with.
+    pub folded_prefix: FoldedPrefix,
     pub mode: Mode,
     /// `--mode off-cpu`: waits shorter than this are not counted.
     pub min_block_us: u32,
@@ -299,6 +319,8 @@ impl Config {
     pub fn new(target: Target) -> Self {
         Config {
             target,
+            cgroups: Vec::new(),
+            folded_prefix: FoldedPrefix::Process,
             mode: Mode::Cpu,
             min_block_us: DEFAULT_MIN_BLOCK_US,
             rules: None,

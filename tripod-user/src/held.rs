@@ -95,6 +95,7 @@ fn with_user<'a>(sample: Sample<'_>, user: UserStack<'a>) -> Sample<'a> {
         tgid: sample.tgid,
         tid: sample.tid,
         comm: sample.comm,
+        cgroup_id: sample.cgroup_id,
         state: sample.state,
         syscall: sample.syscall,
         time_ns: sample.time_ns,

@@ -13,7 +13,8 @@
 //! [`pipeline`] connects the stages; [`app`] runs a recording and [`dump`] a
 //! thread dump (both through [`live`]); [`session`] holds what they and the
 //! offline `report` share; [`model`] is the leaf every stage speaks;
-//! [`signals`] tells the runs when to stop.
+//! [`signals`] tells the runs when to stop; [`cgroup`] names the cgroup and
+//! container of each sampled process.
 //! Everything said to the user on stderr goes through [`messages`].
 //! Names that come from targets are escaped by [`text`] where they enter;
 //! every file read for a target is opened by [`target_file`], and the files
@@ -21,6 +22,7 @@
 pub mod aggregate;
 pub mod annotate;
 pub mod app;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod counting;

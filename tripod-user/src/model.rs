@@ -26,6 +26,69 @@ pub fn process_label(pid: u32, comm: &str) -> String {
     }
 }
 
+/// The cgroup (v2) a process was last sampled in, and the container its
+/// path names, if any. Built by `crate::cgroup`, its text escaped there.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Cgroup {
+    /// The path below the cgroup2 mount, as `/proc/PID/cgroup` shows it:
+    /// `/system.slice/docker-<id>.scope`; `/` for the root.
+    pub path: String,
+    pub container: Option<Container>,
+}
+
+/// A container, as a cgroup path names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Container {
+    /// `docker`, `podman`, `containerd`, `cri-o`, `kubernetes` (a pod's
+    /// container under the cgroupfs driver, whose runtime the path does not
+    /// say), `lxc`, `nspawn`.
+    pub runtime: String,
+    /// The container id (64 hex digits for OCI runtimes), or its name
+    /// (`lxc`, `nspawn`).
+    pub id: String,
+    /// The Kubernetes pod UID, with dashes, when the path is under a pod.
+    pub pod: Option<String>,
+}
+
+impl Container {
+    /// `docker:0123456789ab`: the runtime and the id, shortened to 12
+    /// characters as `docker ps` shows it.
+    pub fn short(&self) -> String {
+        let id: String = self.id.chars().take(12).collect();
+        format!("{}:{id}", self.runtime)
+    }
+}
+
+impl Cgroup {
+    /// What names the process's place: its container, else its cgroup path.
+    pub fn label(&self) -> String {
+        match &self.container {
+            Some(container) => container.short(),
+            None => self.path.clone(),
+        }
+    }
+}
+
+/// `pid 42 (name)` as [`process_label`], with what else is known of the
+/// process: its pid in its own namespace and its container or cgroup,
+/// `pid 42 (name; ns pid 1) in docker:0123456789ab`.
+pub fn process_header(
+    pid: u32,
+    comm: &str,
+    ns_pid: Option<u32>,
+    cgroup: Option<&Cgroup>,
+) -> String {
+    let mut header = match ns_pid {
+        Some(ns_pid) if pid != EXITED_PID => format!("pid {pid} ({comm}; ns pid {ns_pid})"),
+        _ => process_label(pid, comm),
+    };
+    if let Some(cgroup) = cgroup {
+        header.push_str(" in ");
+        header.push_str(&cgroup.label());
+    }
+    header
+}
+
 /// What a frame is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FrameKind {

@@ -53,6 +53,7 @@ pub fn run(config: ReportConfig) -> Result<u8> {
         None => None,
     };
     let mut output = Output::open(&config.output, config.format)?;
+    output.set_folded_prefix(config.folded_prefix);
     let documents = Documents::new(reader, MAX_LINE_BYTES);
     match render(documents, &config, rules.as_ref(), &mut output) {
         Ok(()) => {

@@ -15,6 +15,7 @@ use tripod_common::RecordKind;
 use crate::{
     aggregate::{located_time, Origin},
     annotate::Rules,
+    cgroup::CgroupNames,
     counting::{Counted, Counting},
     held::Held,
     ingest::Ingest,
@@ -40,8 +41,10 @@ pub struct Pipeline {
     /// What reports say about the run: recordings only (dumps have none).
     run: Option<RunInfo>,
     rules: Arc<Rules>,
-    /// What is known of each process: its name, its mappings.
+    /// What is known of each process: its name, its mappings, its cgroup.
     processes: ProcessTable,
+    /// The cgroup ids samples carry, named.
+    cgroups: CgroupNames,
     /// What each process mapped and when, from the sideband's records.
     history: MappingHistory,
     /// Records younger than the sideband's watermark, until it passes them.
@@ -58,6 +61,8 @@ pub struct Pipeline {
     resolver: Resolver,
     /// `dump --locals`: each dumped thread's Python local variables, by tid.
     locals: Option<HashMap<u32, Vec<FrameLocals>>>,
+    /// `--cgroup`: the selected cgroups' paths, see [`Recording::cgroups`].
+    selected_cgroups: Vec<String>,
 }
 
 /// What a sample taken in is counted as.
@@ -91,6 +96,10 @@ pub struct Recording {
     pub run: RunInfo,
     /// `--mode off-cpu`: shorter waits are not counted, in microseconds.
     pub min_block_us: u32,
+    /// `--cgroup`: the selected cgroups' paths (empty: no filter). The
+    /// kernel filters samples and switches; the snapshot that seeds the
+    /// waits in progress is filtered here (see [`Pipeline::seed_waits`]).
+    pub cgroups: Vec<String>,
 }
 
 impl Pipeline {
@@ -100,10 +109,17 @@ impl Pipeline {
             .recording
             .as_ref()
             .map(|r| Weight::for_mode(r.run.mode, r.run.frequency, r.min_block_us));
+        let selected_cgroups = options
+            .recording
+            .as_ref()
+            .map(|r| r.cgroups.clone())
+            .unwrap_or_default();
         Pipeline {
+            selected_cgroups,
             run: options.recording.map(|r| r.run),
             rules: options.rules,
             processes: options.processes,
+            cgroups: CgroupNames::new(),
             history: MappingHistory::new(options.history),
             held: Held::default(),
             watermark: None,
@@ -235,12 +251,24 @@ impl Pipeline {
 
     /// Unwinds one sample and counts it in `state`, as `what` says.
     fn take(&mut self, sample: Sample<'_>, state: TaskState, what: Taken) {
-        let (tgid, tid) = (sample.tgid, sample.tid);
+        let (tgid, tid, cgroup_id) = (sample.tgid, sample.tid, sample.cgroup_id);
         let origin = self.origin(tgid, sample.time_ns);
         self.name_image(tgid, origin);
         let (raw, comm) = self
             .ingest
             .unwind(sample, &mut self.processes, &self.history);
+        // The unwinding noted the process; its cgroup is the latest sample's.
+        // Records of the task iterator (dumps, and waits already in progress
+        // when tracking starts) carry no cgroup id: /proc says, once.
+        let cgroups = &mut self.cgroups;
+        match cgroup_id {
+            0 => self
+                .processes
+                .default_cgroup(tgid, || crate::cgroup::of_process(tgid)),
+            id => self
+                .processes
+                .set_cgroup(tgid, id, |id| cgroups.resolve(id)),
+        }
         let counted = Counted {
             tgid,
             tid,
@@ -298,14 +326,24 @@ impl Pipeline {
     /// never seen switching out: they are taken from a snapshot, counted
     /// from now as if they had just switched out, and the kernel is asked
     /// to report when they run again.
+    ///
+    /// The task iterator does not run as the threads it reads, so the kernel
+    /// cannot check their cgroups: with `--cgroup`, threads of processes
+    /// outside the selected cgroups (by `/proc/PID/cgroup`) are left out here.
     pub fn seed_waits(&mut self, source: &mut dyn SampleSource) -> Result<()> {
         let mut waiting = Vec::new();
+        let mut selected: HashMap<u32, bool> = HashMap::new();
+        let wanted = std::mem::take(&mut self.selected_cgroups);
         source.snapshot(&mut |thread| {
-            if TaskState::from_kernel(thread.state).is_waiting() {
+            let inside = *selected
+                .entry(thread.tgid)
+                .or_insert_with(|| in_cgroups(&wanted, thread.tgid));
+            if inside && TaskState::from_kernel(thread.state).is_waiting() {
                 waiting.push((thread.tid, thread.time_ns));
                 self.begin_wait(thread);
             }
         })?;
+        self.selected_cgroups = wanted;
         for (tid, since) in waiting {
             source.mark_blocked(tid, since)?;
         }
@@ -539,6 +577,20 @@ impl Pipeline {
         let state = TaskState::from_kernel(sample.state);
         self.take(sample, state, Taken::Weight(1));
     }
+}
+
+/// Whether process `pid` is in one of the cgroups `paths` or below one;
+/// always with no paths (no `--cgroup`).
+fn in_cgroups(paths: &[String], pid: u32) -> bool {
+    if paths.is_empty() {
+        return true;
+    }
+    let Some(cgroup) = crate::cgroup::of_process(pid) else {
+        return false;
+    };
+    paths
+        .iter()
+        .any(|path| crate::cgroup::is_within(&cgroup.path, path))
 }
 
 /// Gives the pages of memory freed by retiring back to the system. glibc's

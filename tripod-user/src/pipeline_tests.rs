@@ -60,6 +60,7 @@ fn options(mode: Mode) -> PipelineOptions {
                 ring_buffer_size: 8 << 20,
             },
             min_block_us: 0,
+            cgroups: Vec::new(),
         }),
     }
 }

@@ -23,6 +23,26 @@ pub fn check(config: &Config) -> Result<()> {
     }
 }
 
+/// Checks each `--cgroup PATH` (a cgroup v2 directory) and gives the
+/// cgroups it names, in order, without repeats.
+pub fn check_cgroups(paths: &[std::path::PathBuf]) -> Result<Vec<crate::cgroup::Selected>> {
+    let mut selected: Vec<crate::cgroup::Selected> = Vec::new();
+    for path in paths {
+        let cgroup = crate::cgroup::select(path)?;
+        if !selected.iter().any(|s| s.id == cgroup.id) {
+            selected.push(cgroup);
+        }
+    }
+    if selected.len() > tripod_common::MAX_CGROUPS as usize {
+        usage_error!(
+            "--cgroup names {} cgroups, more than the {} the kernel side holds; name a common parent",
+            selected.len(),
+            tripod_common::MAX_CGROUPS
+        );
+    }
+    Ok(selected)
+}
+
 /// The checks for `tripod-bpf dump`.
 pub fn check_dump(config: &DumpConfig) -> Result<()> {
     check_privileges()?;

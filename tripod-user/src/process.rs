@@ -18,7 +18,10 @@ mod recorded;
 
 pub use recorded::{FileCheck, RecordedMapping};
 
-use crate::target_file::{self, Links, Refusal, Why};
+use crate::{
+    model::Cgroup,
+    target_file::{self, Links, Refusal, Why},
+};
 
 /// An executable file mapped by one or more processes.
 #[derive(Debug)]
@@ -100,6 +103,13 @@ pub struct Process {
     pub exe: Option<String>,
     /// Kernel threads have no user stack; a failed user stack is expected there.
     pub kernel_thread: bool,
+    /// Its pid in its own pid namespace, when that is not ours (a
+    /// container's process): the last `NSpid` of `/proc/PID/status`.
+    pub ns_pid: Option<u32>,
+    /// The cgroup it was last sampled in (see [`ProcessTable::set_cgroup`]).
+    pub cgroup: Option<Arc<Cgroup>>,
+    /// The kernel's id of that cgroup; 0 before any sample said.
+    cgroup_id: u64,
     /// `None` until the mappings were read; stays `None` if the process exited first.
     mappings: Option<Vec<Mapping>>,
     /// Bumped each time a re-read finds mappings that differ from the last ones.
@@ -152,6 +162,38 @@ impl ProcessTable {
 
     pub fn get(&self, pid: u32) -> Option<&Process> {
         self.processes.get(&pid)
+    }
+
+    /// Notes that `pid` was sampled in cgroup `id`. The latest sample wins:
+    /// a process moved to another cgroup (`systemd-run --scope`, a runtime
+    /// placing its container's first process) is shown where it is now.
+    /// `resolve` names the cgroup, and is called only when the id changes;
+    /// an id of 0 (unknown) changes nothing, an id `resolve` cannot name
+    /// (a cgroup removed already) leaves the process without one.
+    pub fn set_cgroup(
+        &mut self,
+        pid: u32,
+        id: u64,
+        resolve: impl FnOnce(u64) -> Option<Arc<Cgroup>>,
+    ) {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        if id == 0 || process.cgroup_id == id {
+            return;
+        }
+        process.cgroup_id = id;
+        process.cgroup = resolve(id);
+    }
+
+    /// Names the cgroup of `pid` when no sample has (records of the task
+    /// iterator carry no cgroup id); `cgroup` is asked only then.
+    pub fn default_cgroup(&mut self, pid: u32, cgroup: impl FnOnce() -> Option<Arc<Cgroup>>) {
+        if let Some(process) = self.processes.get_mut(&pid) {
+            if process.cgroup.is_none() {
+                process.cgroup = cgroup();
+            }
+        }
     }
 
     /// Processes known.
@@ -350,6 +392,9 @@ impl ProcessTable {
             comm,
             exe,
             kernel_thread,
+            ns_pid: if pid == 0 { None } else { ns_pid(pid) },
+            cgroup: None,
+            cgroup_id: 0,
             mappings,
             mappings_generation: 0,
             mappings_read_at: Instant::now(),
@@ -392,6 +437,38 @@ impl Mapping {
         };
         kind && (self.start, self.end, self.file_offset)
             == (other.start, other.end, other.file_offset)
+    }
+}
+
+/// Reads `/proc/PID/NAME` as text, at most `limit` bytes: `/proc` files of
+/// a target are small, and never block, but some (`status`, `cgroup`) hold
+/// names the target chose. `None` once the process is gone.
+pub fn read_proc_text(pid: u32, name: &str, limit: u64) -> Option<String> {
+    use std::io::Read as _;
+    let file = File::open(format!("/proc/{pid}/{name}")).ok()?;
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Most bytes of `/proc/PID/status` read: about 1.5 KiB in practice.
+const MAX_STATUS: u64 = 16 * 1024;
+
+/// The pid of `pid` in its own pid namespace, when that namespace is not
+/// ours: the last field of the `NSpid` line, if there is more than one.
+fn ns_pid(pid: u32) -> Option<u32> {
+    let status = read_proc_text(pid, "status", MAX_STATUS)?;
+    parse_ns_pid(&status)
+}
+
+/// The innermost pid of an `NSpid:` line of `/proc/PID/status`, when it
+/// lists more than one (the process lives in a nested pid namespace).
+fn parse_ns_pid(status: &str) -> Option<u32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    let pids: Vec<&str> = line.split_whitespace().collect();
+    match pids.as_slice() {
+        [_, .., last] => last.parse().ok(),
+        _ => None,
     }
 }
 
@@ -800,6 +877,53 @@ mod tests {
         }
         assert!(matches!(table.locate(pid, 8), Location::Unmapped));
         assert!(is_alive(pid));
+    }
+
+    #[test]
+    fn namespace_pids_are_the_innermost_of_several() {
+        let status = "Name:\tsh\nTgid:\t4242\nNSpid:\t4242\t17\t1\nNSpgid:\t4242\n";
+        assert_eq!(parse_ns_pid(status), Some(1));
+        assert_eq!(parse_ns_pid("NSpid:\t4242\n"), None);
+        assert_eq!(parse_ns_pid("Name:\tx\n"), None);
+        assert_eq!(parse_ns_pid("NSpid:\t4242\tjunk\n"), None);
+        // Our own process shares our namespace.
+        assert_eq!(ns_pid(std::process::id()), None);
+        let status = read_proc_text(std::process::id(), "status", 64).unwrap();
+        assert_eq!(status.len(), 64);
+    }
+
+    #[test]
+    fn a_process_is_in_the_cgroup_of_its_latest_sample() {
+        let mut table = ProcessTable::new();
+        let pid = std::process::id();
+        table.observe(pid, "x");
+        let named = |path: &str| {
+            Some(Arc::new(Cgroup {
+                path: path.into(),
+                container: None,
+            }))
+        };
+        let path = |table: &ProcessTable| {
+            table
+                .get(pid)
+                .unwrap()
+                .cgroup
+                .clone()
+                .map(|c| c.path.clone())
+        };
+        table.set_cgroup(pid, 5, |_| named("/a"));
+        assert_eq!(path(&table).as_deref(), Some("/a"));
+        // The same id is not named again; 0 says nothing.
+        table.set_cgroup(pid, 5, |_| panic!("resolved twice"));
+        table.set_cgroup(pid, 0, |_| panic!("0 is unknown"));
+        table.set_cgroup(pid, 6, |_| named("/b"));
+        assert_eq!(path(&table).as_deref(), Some("/b"));
+        table.set_cgroup(pid, 7, |_| None);
+        assert_eq!(path(&table), None);
+        // A dump's default does not override what samples said.
+        table.set_cgroup(pid, 8, |_| named("/c"));
+        table.default_cgroup(pid, || named("/d"));
+        assert_eq!(path(&table).as_deref(), Some("/c"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::{
     aggregate::{Aggregator, StackId, ThreadStack},
     annotate::Rules,
     config::Mode,
-    model::{Counters, Frame, FrameKind, FrameLocals, EXITED_PID},
+    model::{Cgroup, Counters, Frame, FrameKind, FrameLocals, EXITED_PID},
     process::ProcessTable,
     resolve::{Frames, StackFrames},
     task::TaskState,
@@ -138,6 +138,10 @@ pub struct StackReport {
     pub pid: u32,
     /// The process name.
     pub comm: String,
+    /// The process's pid in its own pid namespace, when not tripod-bpf's.
+    pub ns_pid: Option<u32>,
+    /// The process's cgroup and container (none for merged exited processes).
+    pub cgroup: Option<Arc<Cgroup>>,
     /// With `--per-thread`: the thread and its name.
     pub thread: Option<(u32, String)>,
     /// Threads whose samples were merged into this stack.
@@ -162,8 +166,12 @@ pub struct ThreadReport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessReport {
     pub pid: u32,
+    /// Its pid in its own pid namespace, when that is not tripod-bpf's.
+    pub ns_pid: Option<u32>,
     pub comm: String,
     pub exe: Option<String>,
+    /// The cgroup it was last sampled in, and the container that names.
+    pub cgroup: Option<Arc<Cgroup>>,
     pub samples: u64,
     pub threads: Vec<ThreadReport>,
 }
@@ -330,6 +338,11 @@ impl Inputs<'_> {
             .unwrap_or_else(|| format!("pid {pid}"))
     }
 
+    /// The cgroup of a process still in the table.
+    fn cgroup(&self, pid: u32) -> Option<Arc<Cgroup>> {
+        self.processes.get(pid).and_then(|p| p.cgroup.clone())
+    }
+
     fn thread_name(&self, tid: u32) -> String {
         self.aggregator.thread_name(tid).unwrap_or("?").to_string()
     }
@@ -391,6 +404,8 @@ fn stack_reports(
             StackReport {
                 pid,
                 comm: inputs.process_name(pid, Some(stack)),
+                ns_pid: inputs.processes.get(pid).and_then(|p| p.ns_pid),
+                cgroup: inputs.cgroup(pid),
                 thread: per_thread.then(|| (tid, inputs.thread_name(tid))),
                 tids: tids.into_iter().collect(),
                 count,
@@ -419,13 +434,13 @@ fn process_reports(
                 })
                 .collect();
             threads.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.tid.cmp(&b.tid)));
+            let process = inputs.processes.get(pid);
             ProcessReport {
                 pid,
+                ns_pid: process.and_then(|p| p.ns_pid),
                 comm: inputs.process_name(pid, None),
-                exe: inputs
-                    .processes
-                    .get(pid)
-                    .and_then(|p| shown_exe(p.exe.as_deref())),
+                exe: process.and_then(|p| shown_exe(p.exe.as_deref())),
+                cgroup: inputs.cgroup(pid),
                 samples: threads.iter().map(|t| t.samples).sum(),
                 threads,
             }
@@ -479,8 +494,12 @@ pub struct ThreadGroup {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadDump {
     pub pid: u32,
+    /// Its pid in its own pid namespace, when that is not tripod-bpf's.
+    pub ns_pid: Option<u32>,
     pub comm: String,
     pub exe: Option<String>,
+    /// Its cgroup and container, from `/proc/PID/cgroup`.
+    pub cgroup: Option<Arc<Cgroup>>,
     pub time: DateTime<Local>,
     /// By tid.
     pub threads: Vec<DumpedThread>,
@@ -536,8 +555,10 @@ pub fn build_dump(
     let process = inputs.processes.get(pid);
     ThreadDump {
         pid,
+        ns_pid: process.and_then(|p| p.ns_pid),
         comm: process.map(|p| p.comm.clone()).unwrap_or_default(),
         exe: process.and_then(|p| shown_exe(p.exe.as_deref())),
+        cgroup: process.and_then(|p| p.cgroup.clone()),
         time,
         threads,
         groups,

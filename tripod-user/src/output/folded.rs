@@ -3,22 +3,34 @@
 //! suffix, as stackcollapse-perf.pl writes them, so flame graphs colour them apart.
 //! Counts are samples, or microseconds with `--mode off-cpu` (the format has
 //! no header to say so); in a dump, the number of threads with that stack.
+//! `--folded-prefix container` or `cgroup` puts the process's container or
+//! cgroup first (`docker:0123456789ab;comm;...`), so a flame graph of a
+//! whole machine splits by container first.
 use std::{
     collections::BTreeMap,
     io::{self, Write},
+    sync::Arc,
 };
 
 use super::Render;
 use crate::{
-    model::Frame,
+    config::FoldedPrefix,
+    model::{Cgroup, Frame},
     report::{Report, StackReport, Summary, ThreadDump},
 };
 
-pub struct Folded;
+#[derive(Default)]
+pub struct Folded {
+    pub prefix: FoldedPrefix,
+}
 
 impl Render for Folded {
     fn report(&mut self, report: &Report, out: &mut dyn Write) -> io::Result<()> {
-        write_lines(report_lines(report), out)
+        let lines = report
+            .stacks
+            .iter()
+            .map(|s| (self.prefixed(s.cgroup.as_ref(), folded_stack(s)), s.count));
+        write_lines(sorted(lines), out)
     }
 
     fn summary(&mut self, _summary: &Summary, _out: &mut dyn Write) -> io::Result<()> {
@@ -26,7 +38,27 @@ impl Render for Folded {
     }
 
     fn dump(&mut self, dump: &ThreadDump, out: &mut dyn Write) -> io::Result<()> {
-        write_lines(dump_lines(dump), out)
+        let lines = dump_lines(dump)
+            .into_iter()
+            .map(|(line, count)| (self.prefixed(dump.cgroup.as_ref(), line), count));
+        write_lines(sorted(lines), out)
+    }
+}
+
+/// What a line starts with when the process's cgroup is unknown (merged
+/// exited processes, a cgroup removed before it was read).
+const NO_CGROUP: &str = "[unknown cgroup]";
+
+impl Folded {
+    /// `line` with the frame `--folded-prefix` asks for in front.
+    fn prefixed(&self, cgroup: Option<&Arc<Cgroup>>, line: String) -> String {
+        let first = match (self.prefix, cgroup) {
+            (FoldedPrefix::Process, _) => return line,
+            (FoldedPrefix::Container, Some(cgroup)) => cgroup.label(),
+            (FoldedPrefix::Cgroup, Some(cgroup)) => cgroup.path.clone(),
+            (_, None) => NO_CGROUP.to_string(),
+        };
+        format!("{};{line}", clean(&first))
     }
 }
 

@@ -13,7 +13,7 @@ use super::Render;
 use crate::{
     config::Mode,
     error::UsageError,
-    model::{Frame, FrameKind, FrameLocals, Unknown},
+    model::{Cgroup, Container, Frame, FrameKind, FrameLocals, Unknown},
     report::{
         DumpedThread, Losses, ProcessReport, Report, RunInfo, StackErrors, StackReport, Summary,
         ThreadDump, ThreadGroup, ThreadReport,
@@ -129,10 +129,58 @@ pub struct JsonStackErrors {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JsonProcess {
     pub pid: u32,
+    /// Its pid in its own pid namespace, when that is not tripod-bpf's
+    /// (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
     pub comm: String,
     pub exe: Option<String>,
+    /// The cgroup v2 path it was last sampled in, below the cgroup2 mount
+    /// (absent when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The container that cgroup names (absent when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<JsonContainer>,
     pub samples: u64,
     pub threads: Vec<JsonThread>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JsonContainer {
+    /// `docker`, `podman`, `containerd`, `cri-o`, `kubernetes`, `oci`, `lxc`, `nspawn`.
+    pub runtime: String,
+    /// The full container id (or name, for `lxc` and `nspawn`).
+    pub id: String,
+    /// The Kubernetes pod UID (absent outside pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
+/// A cgroup as its two JSON fields.
+fn json_cgroup(cgroup: Option<&Arc<Cgroup>>) -> (Option<String>, Option<JsonContainer>) {
+    let Some(cgroup) = cgroup else {
+        return (None, None);
+    };
+    let container = cgroup.container.as_ref().map(|c| JsonContainer {
+        runtime: c.runtime.clone(),
+        id: c.id.clone(),
+        pod: c.pod.clone(),
+    });
+    (Some(cgroup.path.clone()), container)
+}
+
+/// The two JSON fields read back as a cgroup, escaped.
+fn read_cgroup(path: &Option<String>, container: &Option<JsonContainer>) -> Option<Arc<Cgroup>> {
+    let path = shown_opt(path)?;
+    Some(Arc::new(Cgroup {
+        path,
+        container: container.as_ref().map(|c| Container {
+            runtime: shown(&c.runtime),
+            id: shown(&c.id),
+            pod: shown_opt(&c.pod),
+        }),
+    }))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -224,20 +272,26 @@ impl Document {
             processes: report
                 .processes
                 .iter()
-                .map(|p| JsonProcess {
-                    pid: p.pid,
-                    comm: p.comm.clone(),
-                    exe: p.exe.clone(),
-                    samples: p.samples,
-                    threads: p
-                        .threads
-                        .iter()
-                        .map(|t| JsonThread {
-                            tid: t.tid,
-                            comm: t.comm.clone(),
-                            samples: t.samples,
-                        })
-                        .collect(),
+                .map(|p| {
+                    let (cgroup, container) = json_cgroup(p.cgroup.as_ref());
+                    JsonProcess {
+                        pid: p.pid,
+                        ns_pid: p.ns_pid,
+                        comm: p.comm.clone(),
+                        exe: p.exe.clone(),
+                        cgroup,
+                        container,
+                        samples: p.samples,
+                        threads: p
+                            .threads
+                            .iter()
+                            .map(|t| JsonThread {
+                                tid: t.tid,
+                                comm: t.comm.clone(),
+                                samples: t.samples,
+                            })
+                            .collect(),
+                    }
                 })
                 .collect(),
             frames: table.frames,
@@ -255,8 +309,17 @@ pub struct DumpDocument {
     pub kind: String,
     pub tool: String,
     pub pid: u32,
+    /// Its pid in its own pid namespace, when that is not tripod-bpf's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
     pub comm: String,
     pub exe: Option<String>,
+    /// Its cgroup v2 path, below the cgroup2 mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The container that cgroup names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<JsonContainer>,
     /// RFC 3339 time of the snapshot.
     pub time: String,
     /// Every thread, by tid.
@@ -354,13 +417,17 @@ impl DumpDocument {
                 }),
             })
             .collect();
+        let (cgroup, container) = json_cgroup(dump.cgroup.as_ref());
         DumpDocument {
             version: VERSION,
             kind: "dump".into(),
             tool: tool(),
             pid: dump.pid,
+            ns_pid: dump.ns_pid,
             comm: dump.comm.clone(),
             exe: dump.exe.clone(),
+            cgroup,
+            container,
             time: dump.time.to_rfc3339(),
             threads,
             groups,
@@ -445,13 +512,21 @@ impl Document {
             .iter()
             .flat_map(|p| p.threads.iter().map(|t| (t.tid, t.comm.as_str())))
             .collect();
+        let processes: std::collections::HashMap<u32, (Option<u32>, Option<Arc<Cgroup>>)> = self
+            .processes
+            .iter()
+            .map(|p| (p.pid, (p.ns_pid, read_cgroup(&p.cgroup, &p.container))))
+            .collect();
         let stacks = self
             .stacks
             .iter()
             .map(|stack| {
+                let (ns_pid, cgroup) = processes.get(&stack.pid).cloned().unwrap_or_default();
                 Ok(StackReport {
                     pid: stack.pid,
                     comm: shown(&stack.comm),
+                    ns_pid,
+                    cgroup,
                     thread: stack.tid.map(|tid| {
                         let name = thread_names.get(&tid).copied().unwrap_or("?");
                         (tid, shown(name))
@@ -493,8 +568,10 @@ impl Document {
                 .into_iter()
                 .map(|p| ProcessReport {
                     pid: p.pid,
+                    ns_pid: p.ns_pid,
                     comm: shown(&p.comm),
                     exe: shown_opt(&p.exe),
+                    cgroup: read_cgroup(&p.cgroup, &p.container),
                     samples: p.samples,
                     threads: p
                         .threads
@@ -555,8 +632,10 @@ impl DumpDocument {
             .collect::<Result<_, UsageError>>()?;
         Ok(ThreadDump {
             pid: self.pid,
+            ns_pid: self.ns_pid,
             comm: shown(&self.comm),
             exe: shown_opt(&self.exe),
+            cgroup: read_cgroup(&self.cgroup, &self.container),
             time: time(&self.time)?,
             threads,
             groups,

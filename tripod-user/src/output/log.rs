@@ -9,7 +9,7 @@ use chrono::{DateTime, Local};
 use super::Render;
 use crate::{
     config::Mode,
-    model::{process_label, Frame, FrameKind, FrameLocals},
+    model::{process_header, process_label, Frame, FrameKind, FrameLocals},
     report::{
         Completeness, Losses, Report, RunInfo, StackReport, Summary, ThreadDump, ThreadGroup,
     },
@@ -45,7 +45,7 @@ impl Render for Log {
             out,
             "[tripod] ===== thread dump {}  {}  {}  {}, {} distinct stacks =====",
             dump.time.format("%Y-%m-%d %H:%M:%S%.3f"),
-            process_label(dump.pid, &dump.comm),
+            process_header(dump.pid, &dump.comm, dump.ns_pid, dump.cgroup.as_deref()),
             dump.exe.as_deref().unwrap_or("?"),
             plural(dump.threads.len(), "thread", "threads"),
             dump.groups.len()
@@ -163,7 +163,12 @@ fn write_stack(
     writeln!(
         out,
         "[tripod] {range}  {}  {thread}  {} ({share:.1}%){state}{annotation}",
-        process_label(stack.pid, &stack.comm),
+        process_header(
+            stack.pid,
+            &stack.comm,
+            stack.ns_pid,
+            stack.cgroup.as_deref()
+        ),
         run.weight(stack.count)
     )?;
     write_traceback(out, &stack.frames)

@@ -36,7 +36,7 @@ pub use self::{
     svg::Svg,
 };
 use crate::{
-    config::{OutputDest, OutputFormat},
+    config::{FoldedPrefix, OutputDest, OutputFormat},
     messages,
     report::{Report, Summary, ThreadDump},
 };
@@ -54,7 +54,7 @@ pub trait Render {
 pub fn renderer(format: OutputFormat) -> Box<dyn Render> {
     match format {
         OutputFormat::Log => Box::new(Log),
-        OutputFormat::Folded => Box::new(Folded),
+        OutputFormat::Folded => Box::<Folded>::default(),
         OutputFormat::Json => Box::new(Json),
         OutputFormat::Svg => Box::new(Svg),
         OutputFormat::Pprof => Box::new(Pprof),
@@ -65,6 +65,7 @@ pub fn renderer(format: OutputFormat) -> Box<dyn Render> {
 /// An opened destination with its renderer.
 pub struct Output {
     renderer: Box<dyn Render>,
+    format: OutputFormat,
     sink: Sink,
     /// Whether a whole report, summary or dump has been written: a run that
     /// fails after that still keeps its file (nothing sampled is lost).
@@ -111,10 +112,19 @@ impl Output {
         };
         Ok(Output {
             renderer: renderer(format),
+            format,
             sink,
             complete: Arc::new(AtomicBool::new(false)),
             name,
         })
+    }
+
+    /// `--folded-prefix`: what folded lines start with (other formats
+    /// have their own place for cgroups and containers).
+    pub fn set_folded_prefix(&mut self, prefix: FoldedPrefix) {
+        if self.format == OutputFormat::Folded {
+            self.renderer = Box::new(Folded { prefix });
+        }
     }
 
     pub fn report(&mut self, report: &Report) -> io::Result<()> {

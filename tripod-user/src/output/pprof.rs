@@ -7,7 +7,8 @@
 //! ones first as pprof orders them. Python frames are locations without an
 //! address. Sample values follow the mode: samples and CPU (or wall)
 //! nanoseconds, nanoseconds off-CPU, or threads in a dump. Each sample is
-//! labelled with its process, thread (when known) and the state it was in.
+//! labelled with its process, thread (when known) and the state it was in,
+//! and with its cgroup and container when known ([`cgroup_labels`]).
 use std::{
     collections::HashMap,
     io::{self, Write},
@@ -20,7 +21,7 @@ use prost::Message as _;
 use super::Render;
 use crate::{
     config::Mode,
-    model::{Frame, FrameKind},
+    model::{Cgroup, Frame, FrameKind},
     report::{Report, Summary, ThreadDump},
 };
 
@@ -49,6 +50,21 @@ fn gzipped(profile: &proto::Profile) -> io::Result<Vec<u8>> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
     encoder.write_all(&profile.encode_to_vec())?;
     encoder.finish()
+}
+
+/// The labels that place a process: `cgroup` (its path), and when the
+/// path names a container `container_id`, `container_runtime` and
+/// `pod_uid` (Kubernetes), the names Parca and the OpenTelemetry profiler use.
+pub(super) fn cgroup_labels(cgroup: &Cgroup) -> Vec<(&'static str, String)> {
+    let mut labels = vec![("cgroup", cgroup.path.clone())];
+    if let Some(container) = &cgroup.container {
+        labels.push(("container_id", container.id.clone()));
+        labels.push(("container_runtime", container.runtime.clone()));
+        if let Some(pod) = &container.pod {
+            labels.push(("pod_uid", pod.clone()));
+        }
+    }
+    labels
 }
 
 /// The sample types of a recording in this mode, with how to turn a count into each value.
@@ -84,6 +100,14 @@ fn report_profile(report: &Report) -> proto::Profile {
                 builder.label("pid", &stack.pid.to_string()),
                 builder.label("process", &stack.comm),
             ];
+            for (key, value) in stack
+                .cgroup
+                .as_deref()
+                .map(cgroup_labels)
+                .unwrap_or_default()
+            {
+                labels.push(builder.label(key, &value));
+            }
             let thread = match (&stack.thread, stack.tids.as_slice()) {
                 (Some((tid, name)), _) => Some((*tid, Some(name.as_str()))),
                 (None, [tid]) => Some((*tid, None)),
@@ -159,6 +183,14 @@ fn dump_profile(dump: &ThreadDump) -> proto::Profile {
                 builder.label("state", group.state.name()),
                 builder.label("tids", &tids.join(",")),
             ];
+            for (key, value) in dump
+                .cgroup
+                .as_deref()
+                .map(cgroup_labels)
+                .unwrap_or_default()
+            {
+                labels.push(builder.label(key, &value));
+            }
             if let Some(annotation) = &group.annotation {
                 labels.push(builder.label("annotation", annotation));
             }

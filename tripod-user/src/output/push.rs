@@ -334,6 +334,14 @@ impl Client {
                     let mut labels = base_labels.clone();
                     labels.push(("pid".into(), stack.pid.to_string()));
                     labels.push(("process".into(), stack.comm.clone()));
+                    for (key, value) in stack
+                        .cgroup
+                        .as_deref()
+                        .map(pprof::cgroup_labels)
+                        .unwrap_or_default()
+                    {
+                        labels.push((key.into(), value));
+                    }
                     if let Some((tid, thread)) = &stack.thread {
                         labels.push(("tid".into(), tid.to_string()));
                         labels.push(("thread".into(), thread.clone()));

@@ -92,6 +92,8 @@ fn report(per_thread: bool) -> Report {
             StackReport {
                 pid: 4242,
                 comm: "worker".into(),
+                ns_pid: None,
+                cgroup: None,
                 thread: per_thread.then(|| (4243, "worker-1".to_string())),
                 tids: vec![4243],
                 count: 873,
@@ -102,6 +104,8 @@ fn report(per_thread: bool) -> Report {
             StackReport {
                 pid: 4242,
                 comm: "worker".into(),
+                ns_pid: None,
+                cgroup: None,
                 thread: per_thread.then(|| (4244, "worker-2".to_string())),
                 tids: vec![4244, 4245],
                 count: 127,
@@ -112,8 +116,10 @@ fn report(per_thread: bool) -> Report {
         ],
         processes: vec![ProcessReport {
             pid: 4242,
+            ns_pid: None,
             comm: "worker".into(),
             exe: Some("/src/app/worker".into()),
+            cgroup: None,
             samples: 1000,
             threads: vec![
                 ThreadReport {
@@ -224,12 +230,15 @@ fn folded_puts_kernel_frames_last_and_sorts() {
 worker;[libc.so.6];[truncated] 127
 worker;__libc_start_call_main;main;read_request;parse;ksys_read_[k];tcp_recvmsg_[k] 873
 ";
-    assert_eq!(render(Folded, &report(false), Some(&summary())), expected);
+    assert_eq!(
+        render(Folded::default(), &report(false), Some(&summary())),
+        expected
+    );
 }
 
 #[test]
 fn folded_per_thread_names_pid_and_tid() {
-    let text = render(Folded, &report(true), None);
+    let text = render(Folded::default(), &report(true), None);
     assert!(
         text.starts_with("worker-4242/4243;__libc_start_call_main;"),
         "{text}"
@@ -248,7 +257,7 @@ fn folded_names_cannot_break_the_format() {
         ..Frame::code(false, Some(1))
     });
     r.stacks[0].frames = Arc::from(vec![odd]);
-    assert!(render(Folded, &r, None).contains("worker;a:b c 873\n"));
+    assert!(render(Folded::default(), &r, None).contains("worker;a:b c 873\n"));
 }
 
 #[test]
@@ -337,8 +346,10 @@ fn dump() -> ThreadDump {
     };
     ThreadDump {
         pid: 4242,
+        ns_pid: None,
         comm: "worker".into(),
         exe: Some("/src/app/worker".into()),
+        cgroup: None,
         time: Local.with_ymd_and_hms(2026, 11, 21, 10, 0, 5).unwrap(),
         threads: vec![
             thread(4242, "worker", TaskState::Running, None),
@@ -409,7 +420,7 @@ fn json_dump_round_trips_and_points_threads_at_groups() {
 #[test]
 fn folded_dump_counts_threads() {
     assert_eq!(
-        render_dump(Folded),
+        render_dump(Folded::default()),
         "worker;[libc.so.6];[truncated] 1\n\
          worker;__libc_start_call_main;main;read_request;parse;ksys_read_[k];tcp_recvmsg_[k] 2\n"
     );
@@ -434,8 +445,10 @@ fn python_dump() -> ThreadDump {
     kernel.function = Some("hrtimer_nanosleep".into());
     ThreadDump {
         pid: 7,
+        ns_pid: None,
         comm: "python3".into(),
         exe: Some("/usr/bin/python3.11".into()),
+        cgroup: None,
         time: Local.with_ymd_and_hms(2026, 11, 21, 10, 0, 5).unwrap(),
         threads: vec![DumpedThread {
             tid: 7,
@@ -498,7 +511,7 @@ Local variables of tid 7 (python3), most recent call last:
 #[test]
 fn python_frames_in_folded_and_json() {
     let mut out = Vec::new();
-    Folded.dump(&python_dump(), &mut out).unwrap();
+    Folded::default().dump(&python_dump(), &mut out).unwrap();
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "python3;Py_RunMain;<module> (/srv/app.py:30);paused_here (/srv/app.py:20);hrtimer_nanosleep_[k] 1\n"
@@ -988,7 +1001,7 @@ fn documents_read_back_show_crafted_names_escaped() {
     let document: Document = serde_json::from_value(value).unwrap();
     let report = document.into_report().expect("a valid document");
     assert_no_controls("log", &render(Log, &report, None), &[]);
-    assert_no_controls("folded", &render(Folded, &report, None), &[]);
+    assert_no_controls("folded", &render(Folded::default(), &report, None), &[]);
     // JSON escapes controls itself; what a reader decodes must be clean too.
     let json = render(Json, &report, None);
     let decoded = serde_json::from_str(&json).unwrap();
@@ -1010,8 +1023,183 @@ fn documents_read_back_show_crafted_names_escaped() {
     Log.dump(&dump, &mut out).unwrap();
     assert_no_controls("log dump", &String::from_utf8(out).unwrap(), &[]);
     let mut out = Vec::new();
-    Folded.dump(&dump, &mut out).unwrap();
+    Folded::default().dump(&dump, &mut out).unwrap();
     assert_no_controls("folded dump", &String::from_utf8(out).unwrap(), &[]);
     let locals = dump.threads[0].locals.as_ref().unwrap();
     assert!(locals[1].variables[1].1.ends_with("\\x00"), "{locals:?}");
+}
+
+const CONTAINER_ID: &str = "3f2a1b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708";
+
+/// [`report`] of a process in a Kubernetes pod's container, pid 1 in its
+/// own pid namespace.
+fn containerised_report() -> Report {
+    let path = format!(
+        "/kubepods.slice/kubepods-pod0a1b2c3d_4e5f_6789_abcd_ef0123456789.slice/cri-containerd-{CONTAINER_ID}.scope"
+    );
+    let cgroup = Arc::new(crate::model::Cgroup {
+        container: crate::cgroup::container_of(&path),
+        path,
+    });
+    let mut report = report(false);
+    for stack in &mut report.stacks {
+        stack.ns_pid = Some(1);
+        stack.cgroup = Some(cgroup.clone());
+    }
+    report.processes[0].ns_pid = Some(1);
+    report.processes[0].cgroup = Some(cgroup);
+    report
+}
+
+#[test]
+fn log_headers_name_the_container_and_the_namespace_pid() {
+    let text = render(Log, &containerised_report(), None);
+    let expected = "[tripod] 2026-11-21 10:00:05..10:00:10  pid 4242 (worker; ns pid 1) in \
+                    containerd:3f2a1b4c5d6e  tid 4243  873 samples (87.3%): running on CPU\n";
+    assert!(text.contains(expected), "{text}");
+    let mut plain = containerised_report();
+    plain.stacks[1].cgroup = Some(Arc::new(crate::model::Cgroup {
+        path: "/system.slice/cron.service".into(),
+        container: None,
+    }));
+    plain.stacks[1].ns_pid = None;
+    let text = render(Log, &plain, None);
+    assert!(
+        text.contains("  pid 4242 (worker) in /system.slice/cron.service  2 threads  127 samples"),
+        "{text}"
+    );
+
+    let mut dump = dump();
+    dump.ns_pid = Some(1);
+    dump.cgroup = containerised_report().processes[0].cgroup.clone();
+    let text = render_dump(Log);
+    assert!(
+        text.contains("  pid 4242 (worker)  /src/app/worker  "),
+        "{text}"
+    );
+    let mut out = Vec::new();
+    Log.dump(&dump, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains(
+            "  pid 4242 (worker; ns pid 1) in containerd:3f2a1b4c5d6e  /src/app/worker  "
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn json_processes_carry_cgroup_container_and_namespace_pid() {
+    let report = containerised_report();
+    let text = render(Json, &report, None);
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let process = &value["processes"][0];
+    assert_eq!(process["ns_pid"], 1);
+    assert_eq!(
+        process["cgroup"],
+        format!(
+            "/kubepods.slice/kubepods-pod0a1b2c3d_4e5f_6789_abcd_ef0123456789.slice/cri-containerd-{CONTAINER_ID}.scope"
+        )
+    );
+    assert_eq!(
+        process["container"],
+        serde_json::json!({
+            "runtime": "containerd",
+            "id": CONTAINER_ID,
+            "pod": "0a1b2c3d-4e5f-6789-abcd-ef0123456789",
+        })
+    );
+    // Absent, not null, when unknown: documents of processes outside
+    // containers look as they always did.
+    let plain: serde_json::Value =
+        serde_json::from_str(&render(Json, &super::tests::report(false), None)).unwrap();
+    let fields: Vec<&String> = plain["processes"][0].as_object().unwrap().keys().collect();
+    assert_eq!(fields, ["comm", "exe", "pid", "samples", "threads"]);
+    // Read back, every stack of the process gets its cgroup again.
+    let back = Document::from_report(&report).into_report().unwrap();
+    assert_eq!(back.processes[0].cgroup, report.processes[0].cgroup);
+    assert_eq!(back.stacks[1].cgroup, report.stacks[1].cgroup);
+    assert_eq!(back.stacks[1].ns_pid, Some(1));
+    let mut dump = dump();
+    dump.cgroup = report.processes[0].cgroup.clone();
+    dump.ns_pid = Some(1);
+    let back = DumpDocument::from_dump(&dump).into_dump().unwrap();
+    assert_eq!((back.ns_pid, back.cgroup), (dump.ns_pid, dump.cgroup));
+}
+
+#[test]
+fn folded_prefixes_put_the_container_or_cgroup_first() {
+    use crate::config::FoldedPrefix;
+    let report = containerised_report();
+    let folded = |prefix| render(Folded { prefix }, &report, None);
+    assert_eq!(
+        folded(FoldedPrefix::Process),
+        render(Folded::default(), &report, None)
+    );
+    assert!(folded(FoldedPrefix::Process).starts_with("worker;[libc.so.6]"));
+    let expected = "\
+containerd:3f2a1b4c5d6e;worker;[libc.so.6];[truncated] 127
+containerd:3f2a1b4c5d6e;worker;__libc_start_call_main;main;read_request;parse;ksys_read_[k];tcp_recvmsg_[k] 873
+";
+    assert_eq!(folded(FoldedPrefix::Container), expected);
+    let cgroup = folded(FoldedPrefix::Cgroup);
+    assert!(
+        cgroup.starts_with(&format!(
+            "/kubepods.slice/kubepods-pod0a1b2c3d_4e5f_6789_abcd_ef0123456789.slice/cri-containerd-{CONTAINER_ID}.scope;worker;[libc.so.6]"
+        )),
+        "{cgroup}"
+    );
+    // Unknown cgroups (merged exited processes) say so.
+    let text = render(
+        Folded {
+            prefix: FoldedPrefix::Container,
+        },
+        &super::tests::report(false),
+        None,
+    );
+    assert!(text.starts_with("[unknown cgroup];worker;"), "{text}");
+}
+
+#[test]
+fn pprof_and_push_label_samples_with_the_container() {
+    use super::push::Client;
+    let report = containerised_report();
+    let profile = pprof_of(&render_bytes(Pprof, &report));
+    let labels: Vec<(String, String)> = profile.sample[0]
+        .label
+        .iter()
+        .map(|l| {
+            (
+                profile.string_table[l.key as usize].clone(),
+                profile.string_table[l.str as usize].clone(),
+            )
+        })
+        .collect();
+    let get = |key: &str| {
+        labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(get("container_id"), Some(CONTAINER_ID));
+    assert_eq!(get("container_runtime"), Some("containerd"));
+    assert_eq!(get("pod_uid"), Some("0a1b2c3d-4e5f-6789-abcd-ef0123456789"));
+    assert!(get("cgroup").is_some_and(|c| c.starts_with("/kubepods.slice/")));
+    // Not there for processes outside any known cgroup.
+    let plain = pprof_of(&render_bytes(Pprof, &super::tests::report(false)));
+    assert!(!plain
+        .string_table
+        .iter()
+        .any(|s| s == "container_id" || s == "cgroup"));
+
+    let client = Client::new(push_config("http://x", crate::config::PushFormat::Folded));
+    let requests = client.requests(&report);
+    let query: std::collections::HashMap<_, _> = requests[0].query.iter().cloned().collect();
+    assert!(
+        query["name"].contains(&format!(
+            ",container_id={CONTAINER_ID},container_runtime=containerd,"
+        )),
+        "{}",
+        query["name"]
+    );
 }

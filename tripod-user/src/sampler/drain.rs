@@ -164,6 +164,7 @@ fn counted_sample(
         time_ns: count.first_ns,
         user: UserStack::Walked(stack(key.user_stack_id)),
         kernel: stack(key.kernel_stack_id),
+        cgroup_id: key.cgroup_id,
         ..Sample::on_cpu(key.tgid, key.tid, &comm_string(&key.comm))
     }
 }

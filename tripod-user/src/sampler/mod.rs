@@ -40,6 +40,9 @@ pub struct SamplerOptions {
     pub frequency: u64,
     /// `None`: every process; `Some`: these tgids (more can be added later).
     pub targets: Option<Vec<u32>>,
+    /// `--cgroup`: the cgroup ids whose subtrees are sampled, on top of
+    /// `targets`; empty: no cgroup filter.
+    pub cgroups: Vec<u64>,
     pub include_idle: bool,
     pub stacks: StackSelection,
     pub stack_storage_size: u32,
@@ -70,6 +73,7 @@ impl SamplerOptions {
         SamplerOptions {
             frequency: 1,
             targets: Some(vec![pid]),
+            cgroups: Vec::new(),
             include_idle: false,
             stacks,
             stack_storage_size: 1,
@@ -210,6 +214,7 @@ fn load(options: &SamplerOptions) -> Result<Ebpf> {
         stack_copy_bytes: options.stack_copy_bytes,
         track_switches: options.track_switches.into(),
         possible_cpus: cpus,
+        cgroup_filter: (!options.cgroups.is_empty()).into(),
         task_offsets: btf::task_offsets()?,
     };
     let mut loader = EbpfLoader::new();
@@ -230,14 +235,23 @@ fn load(options: &SamplerOptions) -> Result<Ebpf> {
         .context("loading the eBPF program into the kernel")
 }
 
-/// Writes the targets and the Python processes known at the start into
-/// their maps; returns the targets map, which grows during the run.
+/// Writes the targets, the selected cgroups and the Python processes known
+/// at the start into their maps; returns the targets map, which grows during the run.
 fn fill_maps(ebpf: &mut Ebpf, options: &SamplerOptions) -> Result<HashMap<MapData, u32, u8>> {
     let mut targets: HashMap<MapData, u32, u8> = take_map(ebpf, names::TARGETS)?;
     for &pid in options.targets.iter().flatten() {
         targets
             .insert(pid, 1, 0)
             .with_context(|| format!("adding pid {pid} to the targets"))?;
+    }
+    let mut cgroups: HashMap<&mut MapData, u64, u8> = HashMap::try_from(
+        ebpf.map_mut(names::CGROUPS)
+            .context("the eBPF object has no map CGROUPS")?,
+    )?;
+    for &id in &options.cgroups {
+        cgroups
+            .insert(id, 1, 0)
+            .with_context(|| format!("adding cgroup id {id} to the selected cgroups"))?;
     }
     let mut python: HashMap<&mut MapData, u32, PythonProcess> = HashMap::try_from(
         ebpf.map_mut(names::PYTHON_PROCESSES)

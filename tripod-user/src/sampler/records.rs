@@ -30,6 +30,9 @@ pub struct Sample<'a> {
     pub tid: u32,
     /// The thread's name when the record was taken.
     pub comm: String,
+    /// The thread's cgroup v2 id when the record was taken; 0 when unknown
+    /// (dumps: the task iterator does not run as the thread).
+    pub cgroup_id: u64,
     /// The raw `task_struct.__state` (0 for samples taken on a CPU, and for
     /// threads preempted while runnable).
     pub state: u32,
@@ -54,6 +57,7 @@ impl Sample<'_> {
             tgid,
             tid,
             comm: comm.to_string(),
+            cgroup_id: 0,
             state: 0,
             syscall: None,
             time_ns: 0,
@@ -175,6 +179,7 @@ pub fn parse_copy(record: &[u8]) -> Option<(Sample<'_>, usize)> {
         tgid: header.tgid,
         tid: header.tid,
         comm: comm_string(&header.comm),
+        cgroup_id: header.cgroup_id,
         state: header.state,
         syscall: (header.syscall >= 0).then_some(header.syscall),
         time_ns: header.time_ns,
@@ -288,6 +293,7 @@ pub fn header(kind: RecordKind, tgid: u32, tid: u32, comm: &[u8], time_ns: u64) 
         sp: 0,
         bp: 0,
         time_ns,
+        cgroup_id: 0,
         comm: name,
     }
 }
@@ -314,6 +320,7 @@ mod tests {
     fn sample_bytes() -> Vec<u8> {
         let mut header = header(RecordKind::Sample, 100, 101, b"worker", 0);
         (header.ip, header.sp, header.bp) = (0x4010, 0x7ffc_0000, 0x7ffc_0040);
+        header.cgroup_id = 0x1234;
         header.python_status = PythonStatus::Frames as u32;
         let stack: Vec<u8> = (0..20).collect();
         encode_copy(
@@ -334,6 +341,7 @@ mod tests {
         assert_eq!(sample.kind, RecordKind::Sample);
         assert_eq!((sample.tgid, sample.tid), (100, 101));
         assert_eq!(sample.comm, "worker");
+        assert_eq!(sample.cgroup_id, 0x1234);
         assert_eq!((sample.state, sample.syscall, sample.time_ns), (0, None, 0));
         let expected_stack: Vec<u8> = (0..20).collect();
         assert_eq!(
