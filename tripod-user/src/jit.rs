@@ -3,7 +3,8 @@
 //! per function, as Node's `--perf-basic-prof`, CPython's `-X perf` and
 //! Java's `jcmd PID Compiler.perfmap` write it (the format of the kernel's
 //! `tools/perf/Documentation/jit-interface.txt`, which perf, samply and
-//! blazesym read).
+//! blazesym read), or from the jitdump it maps ([`dump`]; opened by the
+//! process table like every mapped file).
 //!
 //! The map is the target's file, in a directory every user can write, so it
 //! is read as hostile input:
@@ -133,10 +134,14 @@ impl PerfMap {
         if line.iter().all(u8::is_ascii_whitespace) {
             return;
         }
-        let Some((start, size, name)) = parse_line(line) else {
-            self.skipped += 1;
-            return;
-        };
+        match parse_line(line) {
+            Some((start, size, name)) => self.add(start, size, name),
+            None => self.skipped += 1,
+        }
+    }
+
+    /// Adds the function `name` at `start..start + size`.
+    fn add(&mut self, start: u64, size: u64, name: &str) {
         let Some(end) = start.checked_add(size).filter(|_| size > 0) else {
             // Empty or wrapping: covers no address a sample can have.
             self.skipped += 1;
@@ -199,6 +204,14 @@ pub fn parse_line(line: &[u8]) -> Option<(u64, u64, &str)> {
     Some((hex(start)?, hex(size)?, name))
 }
 
+/// Whether a mapped file is a jitdump: named `jit-PID.dump`, in any directory.
+pub fn is_jitdump(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.strip_prefix("jit-")
+        .and_then(|rest| rest.strip_suffix(".dump"))
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Who the process is, from `/proc/PID/status`: the pid it sees itself as
 /// (the last of `NStgid`) and its real and effective uids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,6 +268,24 @@ struct ProcessMap {
     last_read: Option<Instant>,
     /// Why the last read failed, if it did.
     failed: Option<NotRead>,
+    /// The jitdump the process maps, if it maps one.
+    dump: Option<DumpState>,
+}
+
+/// A jitdump file as the process maps it: opened (under the policy, by
+/// the process table, as every mapped file), and its path for display.
+pub struct DumpFile {
+    pub file: File,
+    pub shown: Arc<str>,
+}
+
+/// A jitdump, as read so far.
+struct DumpState {
+    shown: Arc<str>,
+    /// The (device, inode) read; another file starts over.
+    file: (u64, u64),
+    reader: dump::DumpReader,
+    map: PerfMap,
 }
 
 /// The perf maps of every process, read as their samples need them.
@@ -269,20 +300,22 @@ impl JitMaps {
     }
 
     /// The function of process `pid` at `address` (in code without a file),
-    /// reading the process's perf map when it does not cover the address.
-    pub fn lookup(&mut self, pid: u32, address: u64) -> Option<JitSymbol> {
+    /// reading the process's perf map, and the jitdump `dump` opens if it
+    /// maps one, when neither covers the address.
+    pub fn lookup(
+        &mut self,
+        pid: u32,
+        address: u64,
+        dump: impl FnOnce() -> Option<DumpFile>,
+    ) -> Option<JitSymbol> {
         let process = self
             .processes
             .entry(pid)
             .or_insert_with(|| ProcessMap::of(pid));
-        if process.map.lookup(address).is_none() {
-            process.refresh(Instant::now());
+        if process.lookup(address).is_none() {
+            process.refresh(Instant::now(), dump);
         }
-        let function = process.map.lookup(address)?.clone();
-        Some(JitSymbol {
-            function,
-            map: process.shown.clone(),
-        })
+        process.lookup(address)
     }
 
     /// Drops what was read for `pid` (it exited and was reported).
@@ -297,10 +330,16 @@ impl JitMaps {
 
     /// Lines skipped, and maps capped, over all processes (for debug logs).
     pub fn sizes(&self) -> String {
-        let functions: usize = self.processes.values().map(|p| p.map.len()).sum();
-        let skipped: u64 = self.processes.values().map(|p| p.map.skipped).sum();
+        let maps = || {
+            self.processes
+                .values()
+                .flat_map(|p| [Some(&p.map), p.dump.as_ref().map(|d| &d.map)])
+                .flatten()
+        };
+        let functions: usize = maps().map(PerfMap::len).sum();
+        let skipped: u64 = maps().map(|m| m.skipped).sum();
         format!(
-            "{} perf maps, {functions} functions, {skipped} lines skipped",
+            "{} processes' perf maps and jitdumps, {functions} functions, {skipped} lines or records skipped",
             self.processes.len()
         )
     }
@@ -322,12 +361,29 @@ impl ProcessMap {
             map: PerfMap::default(),
             last_read: None,
             failed: None,
+            dump: None,
         }
+    }
+
+    /// The function at `address`, from the perf map or the jitdump.
+    fn lookup(&self, address: u64) -> Option<JitSymbol> {
+        let from_dump = || {
+            let dump = self.dump.as_ref()?;
+            Some((dump.map.lookup(address)?, &dump.shown))
+        };
+        let (function, map) = match self.map.lookup(address) {
+            Some(function) => (function, &self.shown),
+            None => from_dump()?,
+        };
+        Some(JitSymbol {
+            function: function.clone(),
+            map: map.clone(),
+        })
     }
 
     /// Reads what was appended since the last read, unless that was less
     /// than [`REREAD_INTERVAL`] ago.
-    fn refresh(&mut self, now: Instant) {
+    fn refresh(&mut self, now: Instant, dump: impl FnOnce() -> Option<DumpFile>) {
         if self
             .last_read
             .is_some_and(|last| now.duration_since(last) < REREAD_INTERVAL)
@@ -335,6 +391,9 @@ impl ProcessMap {
             return;
         }
         self.last_read = Some(now);
+        if let Some(found) = dump() {
+            read_dump(found, &mut self.dump);
+        }
         let Some(identity) = self.identity else {
             return;
         };
@@ -402,6 +461,46 @@ pub fn read_more(
     Ok(())
 }
 
+/// Reads what was appended to the jitdump `found` since `state` was read.
+fn read_dump(found: DumpFile, state: &mut Option<DumpState>) {
+    let DumpFile { mut file, shown } = found;
+    let Ok(meta) = file.metadata() else {
+        return;
+    };
+    let id = (meta.dev(), meta.ino());
+    let state = match state {
+        Some(known) if known.file == id => known,
+        _ => state.insert(DumpState {
+            shown,
+            file: id,
+            reader: dump::DumpReader::default(),
+            map: PerfMap::default(),
+        }),
+    };
+    let end = meta.size().min(MAX_MAP_BYTES);
+    let mut chunk = Vec::new();
+    while !state.reader.broken && !state.map.capped && state.reader.consumed < end {
+        let from = state.reader.consumed;
+        chunk.clear();
+        let read = file.seek(SeekFrom::Start(from)).and_then(|_| {
+            (&mut file)
+                .take(CHUNK.min(end - from))
+                .read_to_end(&mut chunk)
+        });
+        if read.is_err() || chunk.is_empty() {
+            break;
+        }
+        state.reader.feed(&chunk, &mut state.map);
+        if state.reader.consumed == from {
+            // A record still being written.
+            break;
+        }
+    }
+    if state.reader.consumed >= MAX_MAP_BYTES {
+        state.map.capped = true;
+    }
+}
+
 /// Whether `file` still starts with `head`.
 fn same_head(file: &mut File, head: &[u8]) -> bool {
     let mut now = Vec::with_capacity(head.len());
@@ -429,5 +528,6 @@ fn unreadable(path: &Path, error: std::io::Error) -> NotRead {
     })
 }
 
+mod dump;
 #[cfg(test)]
 mod tests;

@@ -21,7 +21,7 @@ use std::{
 
 use crate::{
     aggregate::{Origin, StackEntry, StackId, StackTable},
-    jit::JitMaps,
+    jit::{self, DumpFile, JitMaps},
     mappings::{MappingHistory, NotLocated},
     model::{Frame, Unknown},
     process::{Location, ProcessTable},
@@ -151,7 +151,7 @@ impl Resolver {
                 let location = match (raw.space(), raw.lookup_address()) {
                     (Space::User, Some(address)) => {
                         let location = locate_user(processes, history, entry, address);
-                        Some(self.name_jit_code(entry.tgid, address, location))
+                        Some(self.name_jit_code(processes, entry.tgid, address, location))
                     }
                     _ => None,
                 };
@@ -161,13 +161,20 @@ impl Resolver {
         self.waiting.extend_from_slice(ids);
     }
 
-    /// Code without a file named by the process's perf map, if it names it:
-    /// now, while the process (and its `/tmp`) is most likely still there.
-    fn name_jit_code(&mut self, pid: u32, address: u64, location: Location) -> Location {
+    /// Code without a file named by the process's perf map or jitdump, if
+    /// one names it: now, while the process (and its `/tmp`) is most likely
+    /// still there.
+    fn name_jit_code(
+        &mut self,
+        processes: &mut ProcessTable,
+        pid: u32,
+        address: u64,
+        location: Location,
+    ) -> Location {
         match &location {
             Location::Special { name, .. } if may_hold_jit_code(name) => self
                 .jit
-                .lookup(pid, address)
+                .lookup(pid, address, || jit_dump(processes, pid))
                 .map_or(location, Location::Jit),
             _ => location,
         }
@@ -381,6 +388,20 @@ fn locate_user(
         Err(NotLocated::Unmapped) => Location::Unmapped,
         Err(_) => Location::ImageReplaced,
     }
+}
+
+/// The jitdump process `pid` maps, if any: a file it maps executable, opened
+/// like every mapped file (see [`crate::process`]).
+fn jit_dump(processes: &mut ProcessTable, pid: u32) -> Option<DumpFile> {
+    let (_, views) = processes.mappings(pid)?;
+    let module = views
+        .iter()
+        .filter_map(|view| view.module.as_ref())
+        .find(|module| jit::is_jitdump(&module.path))?;
+    Some(DumpFile {
+        file: module.open()?,
+        shown: escape_controls_shared(&module.path),
+    })
 }
 
 /// The name of the vDSO's mapping.

@@ -274,17 +274,55 @@ fn a_process_map_is_found_and_read_again_for_new_code() {
     let _remove = Remove(path.clone());
     fs::write(&path, b"1000 10 JS:*first /srv/a.js:1:1\n").unwrap();
     let mut maps = JitMaps::new();
-    let symbol = maps.lookup(pid, 0x1004).unwrap();
+    let symbol = maps.lookup(pid, 0x1004, || None).unwrap();
     assert_eq!(&*symbol.function, "JS:*first /srv/a.js:1:1");
     assert_eq!(&*symbol.map, path.to_str().unwrap());
-    assert_eq!(maps.lookup(pid, 0x2000), None);
+    assert_eq!(maps.lookup(pid, 0x2000, || None), None);
     let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
     file.write_all(b"2000 10 second\n").unwrap();
     std::thread::sleep(REREAD_INTERVAL);
-    assert_eq!(&*maps.lookup(pid, 0x2000).unwrap().function, "second");
+    assert_eq!(
+        &*maps.lookup(pid, 0x2000, || None).unwrap().function,
+        "second"
+    );
     // Kept after the file is gone, until the process is forgotten.
     fs::remove_file(&path).unwrap();
-    assert!(maps.lookup(pid, 0x1000).is_some());
+    assert!(maps.lookup(pid, 0x1000, || None).is_some());
     maps.forget(pid);
-    assert_eq!(maps.lookup(pid, 0x1000), None);
+    assert_eq!(maps.lookup(pid, 0x1000, || None), None);
+}
+
+/// A jitdump the process maps names code the perf map does not.
+#[test]
+fn a_jitdump_names_code_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jit-7.dump");
+    let mut bytes = Vec::new();
+    for word in [dump::MAGIC, 1, 40, 62, 0, 7] {
+        bytes.extend(word.to_le_bytes());
+    }
+    bytes.extend([0u8; 16]);
+    let name = b"JS:*fromdump /srv/a.js:1:1\0";
+    bytes.extend(0u32.to_le_bytes());
+    bytes.extend(((16 + 40 + name.len()) as u32).to_le_bytes());
+    bytes.extend(0u64.to_le_bytes());
+    bytes.extend([0u8; 8]);
+    for word in [0x9000u64, 0x9000, 0x40, 1] {
+        bytes.extend(word.to_le_bytes());
+    }
+    bytes.extend(name);
+    fs::write(&path, &bytes).unwrap();
+    assert!(is_jitdump(path.to_str().unwrap()));
+    assert!(!is_jitdump("/tmp/jit-x.dump") && !is_jitdump("/tmp/perf-7.map"));
+    let opened = || {
+        Some(DumpFile {
+            file: fs::File::open(&path).unwrap(),
+            shown: "/srv/jit-7.dump".into(),
+        })
+    };
+    let mut maps = JitMaps::new();
+    // Pid 0 has no perf map (and no /proc entry): the dump alone names.
+    let symbol = maps.lookup(0, 0x9010, opened).unwrap();
+    assert_eq!(&*symbol.function, "JS:*fromdump /srv/a.js:1:1");
+    assert_eq!(&*symbol.map, "/srv/jit-7.dump");
 }
