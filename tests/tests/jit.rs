@@ -121,6 +121,55 @@ fn node_functions_are_named_from_its_perf_map() {
     assert!(!folded.contains("[[anon"), "{folded}");
 }
 
+/// `node --perf-prof` writes no perf map but a jitdump (`jit-PID.dump`, in
+/// its current directory), which it maps so that profilers find it. It
+/// writes the dump through a large buffer, so its newest functions (here
+/// hotInner's optimized code) reach the file only later: the frames asked
+/// for are those of functions compiled early, main and hotOuter.
+#[test]
+fn node_functions_are_named_from_its_jitdump() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let Some(node) = program("node") else {
+        return;
+    };
+    let script = jit_fixture("hot.js");
+    let cwd = tempfile::tempdir().unwrap();
+    let fx = Fixture::start_in(
+        cwd.path(),
+        node.to_str().unwrap(),
+        &[
+            "--perf-prof",
+            "--interpreted-frames-native-stack",
+            "--max-inlined-bytecode-size=0",
+            &script,
+        ],
+    );
+    wait_for_cpu_time(fx.pid(), Duration::from_secs(1));
+    let dump = cwd.path().join(format!("jit-{}.dump", fx.pid()));
+    assert!(dump.is_file(), "node wrote no {}", dump.display());
+    let map = format!("/tmp/perf-{}.map", fx.pid());
+    assert!(!Path::new(&map).exists(), "{map}: not from the dump alone");
+    let folded = sample_folded(fx.pid(), "4", &[]);
+    assert_share(
+        &folded,
+        "node",
+        "with main -> hotOuter from the jitdump, from _start",
+        |f| {
+            let main = |frame: &str| frame.starts_with("JS:") && frame.contains("main /");
+            let Some(at) = f.iter().position(|frame| main(frame)) else {
+                return false;
+            };
+            reaches_main(f, main)
+                && f[at + 1..]
+                    .iter()
+                    .any(|frame| frame.starts_with("JS:") && frame.contains("hotOuter /"))
+        },
+    );
+}
+
 /// CPython 3.12 and 3.13 with `-X perf` run each Python function through a
 /// trampoline in anonymous memory that sets up no frame pointer: the stack
 /// still reaches `main`, and the trampolines are not shown.
