@@ -30,6 +30,7 @@ const FIXTURES: &[(&str, &str, &[&str], &[&str])] = &[
     ("wall", "wall.c", NOFP, &["-pthread"]),
     ("comings", "comings.c", NOFP, &["-pthread"]),
     ("leaderless", "leaderless.c", FP, &["-pthread"]),
+    ("clocks", "clocks.c", NOFP, &[]),
 ];
 
 /// (output name, input fixture): copies with every symbol and all debug info

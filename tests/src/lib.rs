@@ -41,6 +41,8 @@ pub const LEADERLESS_CHAIN: &[&str] = &[
 ];
 /// `chain_nofp` with every symbol and all debug info stripped; `.eh_frame` stays.
 pub const CHAIN_STRIP: &str = env!("FIXTURE_CHAIN_STRIP");
+/// Reads the clock in a loop, through the vDSO: `main -> read_clocks -> clock_gettime`.
+pub const CLOCKS: &str = env!("FIXTURE_CLOCKS");
 
 /// The call chain of chain.c, outermost first.
 pub const CHAIN: &[&str] = &["main", "alpha", "beta", "gamma", "spin"];
@@ -155,8 +157,17 @@ pub struct Fixture {
 impl Fixture {
     /// Starts `path` with `args` and waits for its `ready <pid>` line.
     pub fn start(path: &str, args: &[&str]) -> Fixture {
-        let mut child = Command::new(path)
-            .args(args)
+        Self::start_command(Command::new(path).args(args), path)
+    }
+
+    /// [`Fixture::start`] in the directory `dir` (for runtimes that write
+    /// files in their current directory).
+    pub fn start_in(dir: &Path, path: &str, args: &[&str]) -> Fixture {
+        Self::start_command(Command::new(path).args(args).current_dir(dir), path)
+    }
+
+    fn start_command(command: &mut Command, path: &str) -> Fixture {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -608,6 +619,43 @@ pub fn python_interpreters() -> Vec<String> {
     }
     interpreters.extend(debian_python());
     interpreters
+}
+
+/// pyenv's CPython `minor` (`3.12`) as the path of its executable. Missing: a panic in
+/// CI, else None after printing why.
+pub fn pyenv_interpreter(minor: &str) -> Option<String> {
+    match pyenv_version(minor) {
+        Some(exe) => Some(exe),
+        None => skip_or_panic(&format!(
+            "no pyenv Python {minor} in {}/versions (pyenv install {minor})",
+            pyenv_root().display()
+        )),
+    }
+}
+
+/// The program `name` found on PATH (`node`, `java`, `javac`, `jcmd`). Missing: a panic
+/// in CI, else None after printing why.
+pub fn program(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    match found {
+        Some(path) => Some(path),
+        None => skip_or_panic(&format!(
+            "no {name} on PATH (apt-get install nodejs openjdk-17-jdk-headless)"
+        )),
+    }
+}
+
+/// The fixture `name` in `fixtures/jit/` (JavaScript, Java), as an absolute path.
+pub fn jit_fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/jit")
+        .join(name);
+    assert!(path.is_file(), "no JIT fixture {}", path.display());
+    path.to_str().expect("UTF-8 fixture path").to_owned()
 }
 
 /// The minor version (`3.8`) of an interpreter [`python_interpreters`] returned.

@@ -14,6 +14,9 @@ mod hostile_files;
 // Names a target chooses (Python functions and files, threads, processes) never reach
 // any output raw: control characters show as visible escapes.
 mod hostile_names;
+// JIT code: names from runtimes' perf maps (Node, CPython's -X perf, Java), stacks
+// unwound through code that has no unwind information, the vDSO named.
+mod jit;
 // The output files and formats: the default log file, JSON, interval reports.
 mod output;
 // Output files among other users' files, and report's input as a stream.

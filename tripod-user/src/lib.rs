@@ -7,8 +7,8 @@
 //! seam) -> [`ingest`] ([`unwind`]: copied user stacks to addresses, the only
 //! framehop user; [`python`] puts the interpreter's frames in place of its
 //! native ones) -> [`aggregate`] (counts, addresses only) -> [`resolve`]
-//! (symbols in its own table, through [`process`] and [`symbolize`], the only
-//! blazesym user) -> [`annotate`] -> [`report`] -> [`output`] (the only
+//! (symbols in its own table, through [`process`], [`jit`] (perf maps of
+//! JIT code) and [`symbolize`], the only blazesym user) -> [`annotate`] -> [`report`] -> [`output`] (the only
 //! writers). [`wait`] accounts waits, [`retire`] retires exited processes,
 //! [`pipeline`] connects the stages; [`app`] runs a recording and [`dump`] a
 //! thread dump (both through [`live`]); [`session`] holds what they and the
@@ -33,6 +33,7 @@ pub mod error;
 pub mod held;
 pub mod ingest;
 pub mod input;
+pub mod jit;
 pub mod live;
 pub mod mappings;
 pub mod messages;

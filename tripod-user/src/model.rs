@@ -171,11 +171,16 @@ impl Frame {
         }
     }
 
-    /// The file name of the module, without its directory.
+    /// The file name of the module, without its directory; a mapping
+    /// without a file (`[vdso]`, `[anon:NAME]`) as it is.
     pub fn module_name(&self) -> Option<&str> {
-        self.module
-            .as_deref()
-            .map(|m| m.rsplit('/').next().unwrap_or(m))
+        self.module.as_deref().map(|m| {
+            if m.starts_with('[') {
+                m
+            } else {
+                m.rsplit('/').next().unwrap_or(m)
+            }
+        })
     }
 
     /// A short name for flame graphs and summaries: the function, else
@@ -193,6 +198,8 @@ impl Frame {
             },
             (FrameKind::Python, None, _) => "[unknown Python frame]".into(),
             (_, Some(function), _) => function.to_string(),
+            // `[anon]` is already bracketed.
+            (_, None, Some(module)) if module.starts_with('[') => module.to_string(),
             (_, None, Some(module)) => format!("[{module}]"),
             (_, None, None) => "[unknown]".into(),
         }
@@ -425,6 +432,19 @@ pub fn short_file(file: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frame in a mapping without a file is named once, not `[[anon]]`.
+    #[test]
+    fn unnamed_frames_show_their_module_in_one_pair_of_brackets() {
+        let frame = |module: &str| Frame {
+            module: Some(module.into()),
+            ..Frame::code(false, Some(1))
+        };
+        assert_eq!(frame("[anon]").short_name(), "[anon]");
+        assert_eq!(frame("[anon:v8/code]").short_name(), "[anon:v8/code]");
+        assert_eq!(frame("[vdso]").short_name(), "[vdso]");
+        assert_eq!(frame("/usr/lib/libc.so.6").short_name(), "[libc.so.6]");
+    }
 
     #[test]
     fn file_names_are_shortened_below_the_standard_library() {

@@ -20,6 +20,7 @@ pub use recorded::{FileCheck, RecordedMapping};
 
 use crate::{
     model::Cgroup,
+    jit::JitSymbol,
     target_file::{self, Links, Refusal, Why},
 };
 
@@ -82,8 +83,11 @@ pub enum Location {
         module: Arc<Module>,
         file_offset: u64,
     },
-    /// In a mapping without a file, such as `[vdso]` or anonymous memory.
-    Special(String),
+    /// In a mapping without a file, such as `[vdso]` or anonymous memory,
+    /// `offset` bytes from its start.
+    Special { name: String, offset: u64 },
+    /// In code a runtime compiled (anonymous memory), named by its perf map.
+    Jit(JitSymbol),
     /// Not in any executable mapping we saw.
     Unmapped,
     /// The process was gone before its mappings could be read.
@@ -306,9 +310,14 @@ impl ProcessTable {
     /// Where `file_offset` of a mapping a sideband record told of lies: in
     /// its file, opened and checked the first time the file is seen (see
     /// [`recorded`]), or in a mapping without a file.
-    pub fn locate_recorded(&mut self, mapping: &RecordedMapping<'_>, file_offset: u64) -> Location {
+    pub fn locate_recorded(
+        &mut self,
+        mapping: &RecordedMapping<'_>,
+        (address, file_offset): (u64, u64),
+    ) -> Location {
         if let Some(name) = mapping.special() {
-            return Location::Special(name);
+            let offset = address.saturating_sub(mapping.start);
+            return Location::Special { name, offset };
         }
         Location::File {
             module: self.recorded_module(mapping),
@@ -545,7 +554,10 @@ fn find(mappings: &[Mapping], address: u64) -> Option<Location> {
             module: module.clone(),
             file_offset: address - mapping.start + mapping.file_offset,
         },
-        MappingKind::Special(name) => Location::Special(name.clone()),
+        MappingKind::Special(name) => Location::Special {
+            name: name.clone(),
+            offset: address - mapping.start,
+        },
     })
 }
 

@@ -21,6 +21,7 @@ use std::{
 
 use crate::{
     aggregate::{StackEntry, StackId, StackTable},
+    jit::{self, DumpFile, JitMaps},
     mappings::{MappingHistory, NotLocated},
     model::{Frame, Unknown},
     process::{Location, ProcessTable},
@@ -118,6 +119,8 @@ pub struct Resolver {
     located: HashMap<CacheKey, Option<Location>>,
     /// Stacks whose frames are not assembled yet.
     waiting: Vec<StackId>,
+    /// Names of JIT code, from the perf maps of the processes.
+    jit: JitMaps,
     /// The frames of the stacks assembled.
     stacks: StackFrames,
 }
@@ -147,7 +150,8 @@ impl Resolver {
                 }
                 let location = match (raw.space(), raw.lookup_address()) {
                     (Space::User, Some(address)) => {
-                        Some(locate_user(processes, history, entry, address))
+                        let location = locate_user(processes, history, entry, address);
+                        Some(self.name_jit_code(processes, entry.tgid, address, location))
                     }
                     _ => None,
                 };
@@ -155,6 +159,25 @@ impl Resolver {
             }
         }
         self.waiting.extend_from_slice(ids);
+    }
+
+    /// Code without a file named by the process's perf map or jitdump, if
+    /// one names it: now, while the process (and its `/tmp`) is most likely
+    /// still there.
+    fn name_jit_code(
+        &mut self,
+        processes: &mut ProcessTable,
+        pid: u32,
+        address: u64,
+        location: Location,
+    ) -> Location {
+        match &location {
+            Location::Special { name, .. } if may_hold_jit_code(name) => self
+                .jit
+                .lookup(pid, address, || jit_dump(processes, pid))
+                .map_or(location, Location::Jit),
+            _ => location,
+        }
     }
 
     /// The frames of every stack symbolized so far.
@@ -176,15 +199,17 @@ impl Resolver {
         self.cache.retain(|(pid, _, _), _| *pid == 0 || !gone(*pid));
         self.located
             .retain(|(pid, _, _), _| *pid == 0 || !gone(*pid));
+        self.jit.retain(|pid| !gone(pid));
     }
 
     /// The sizes of the caches, for debug logs.
     pub fn sizes(&self) -> String {
         format!(
-            "{} cached addresses, {} located, {} stacks waiting",
+            "{} cached addresses, {} located, {} stacks waiting, {}",
             self.cache.len(),
             self.located.len(),
-            self.waiting.len()
+            self.waiting.len(),
+            self.jit.sizes()
         )
     }
 
@@ -200,6 +225,7 @@ impl Resolver {
         // 2. Symbolize in batches: one per module, one for the kernel.
         let mut by_module: HashMap<usize, (Arc<crate::process::Module>, Vec<u64>)> = HashMap::new();
         let mut kernel = Vec::new();
+        let mut vdso = Vec::new();
         for ((_, _, raw), location) in &pending {
             match location {
                 Some(Location::File {
@@ -212,10 +238,12 @@ impl Resolver {
                         .1
                         .push(*file_offset);
                 }
+                Some(Location::Special { name, offset }) if name == VDSO => vdso.push(*offset),
                 None if raw.space() == Space::Kernel => kernel.extend(raw.lookup_address()),
                 _ => {}
             }
         }
+        self.symbolizer.resolve_vdso(&vdso);
         for (module, offsets) in by_module.values() {
             self.symbolizer.resolve_user(module, offsets);
         }
@@ -259,55 +287,64 @@ impl Resolver {
                 Frame::code(kernel, Some(address))
             }
         };
-        let lookup = raw.lookup_address().unwrap_or_default();
-        let resolved = match location {
-            None => self.symbolizer.kernel(lookup),
-            Some(Location::File {
+        match location {
+            Some(location) => self.user_frames(frame, location),
+            None => {
+                let lookup = raw.lookup_address().unwrap_or_default();
+                let frame = Frame {
+                    module: kernel.then(|| KERNEL_MODULE.clone()),
+                    ..frame
+                };
+                expand(frame, self.symbolizer.kernel(lookup))
+            }
+        }
+    }
+
+    /// The frames of a user address, from where it lies.
+    fn user_frames(&self, frame: Frame, location: Location) -> Arc<[Arc<Frame>]> {
+        let unknown = |why| {
+            one(Frame {
+                unknown: Some(why),
+                ..frame.clone()
+            })
+        };
+        match location {
+            Location::File {
                 module,
                 file_offset,
-            }) => {
+            } => {
                 let frame = Frame {
                     module: Some(escape_controls_shared(&module.path)),
                     offset: Some(file_offset),
                     build_id: self.symbolizer.build_id(&module),
-                    ..frame.clone()
+                    ..frame
                 };
-                return expand(frame, self.symbolizer.user(&module, file_offset));
+                expand(frame, self.symbolizer.user(&module, file_offset))
             }
-            Some(Location::Special(name)) => {
-                return one(Frame {
-                    // `[anon:NAME]`: the target names its own mappings.
-                    module: Some(escape_controls_owned(name).into()),
-                    unknown: Some(Unknown::NoFile),
+            Location::Special { name, offset } if name == VDSO => {
+                let frame = Frame {
+                    module: Some(VDSO.into()),
+                    offset: Some(offset),
                     ..frame
-                });
+                };
+                expand(frame, self.symbolizer.vdso(offset))
             }
-            Some(Location::Unmapped) => {
-                return one(Frame {
-                    unknown: Some(Unknown::NotExecutable),
-                    ..frame
-                })
-            }
-            Some(Location::ProcessExited) => {
-                return one(Frame {
-                    unknown: Some(Unknown::ProcessExited),
-                    ..frame
-                })
-            }
-            Some(Location::ImageReplaced) => {
-                return one(Frame {
-                    unknown: Some(Unknown::ImageReplaced),
-                    ..frame
-                })
-            }
-        };
-        expand(
-            Frame {
-                module: kernel.then(|| KERNEL_MODULE.clone()),
+            Location::Special { name, .. } => one(Frame {
+                // `[anon:NAME]`: the target names its own mappings.
+                module: Some(escape_controls_owned(name).into()),
+                unknown: Some(Unknown::NoFile),
                 ..frame
-            },
-            resolved,
-        )
+            }),
+            // Escaped by the perf map's reader.
+            Location::Jit(symbol) => one(Frame {
+                module: Some(symbol.map),
+                function: Some(symbol.function),
+                ..frame
+            }),
+            Location::Unmapped => unknown(Unknown::NotExecutable),
+            Location::ProcessExited => unknown(Unknown::ProcessExited),
+            Location::ImageReplaced => unknown(Unknown::ImageReplaced),
+        }
     }
 }
 
@@ -336,12 +373,35 @@ fn locate_user(
     match history.locate(entry.tgid, address, entry.origin.located_at()) {
         Ok(found) => {
             let mapping = found.mapping.recorded(entry.tgid);
-            processes.locate_recorded(&mapping, found.file_offset)
+            processes.locate_recorded(&mapping, (address, found.file_offset))
         }
         Err(why) if why.may_read_proc() => processes.locate(entry.tgid, address),
         Err(NotLocated::Unmapped) => Location::Unmapped,
         Err(_) => Location::ImageReplaced,
     }
+}
+
+/// The jitdump process `pid` maps, if any: a file it maps executable, opened
+/// like every mapped file (see [`crate::process`]).
+fn jit_dump(processes: &mut ProcessTable, pid: u32) -> Option<DumpFile> {
+    let (_, views) = processes.mappings(pid)?;
+    let module = views
+        .iter()
+        .filter_map(|view| view.module.as_ref())
+        .find(|module| jit::is_jitdump(&module.path))?;
+    Some(DumpFile {
+        file: module.open()?,
+        shown: escape_controls_shared(&module.path),
+    })
+}
+
+/// The name of the vDSO's mapping.
+const VDSO: &str = "[vdso]";
+
+/// Whether code in a mapping without a file may be a runtime's JIT code:
+/// anonymous memory, not the kernel's own pages.
+fn may_hold_jit_code(name: &str) -> bool {
+    !matches!(name, VDSO | "[vsyscall]" | "[uprobes]")
 }
 
 fn one(frame: Frame) -> Arc<[Arc<Frame>]> {

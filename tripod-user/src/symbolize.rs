@@ -30,9 +30,12 @@ use std::{
     time::Duration,
 };
 
-use blazesym::symbolize::{
-    source::{Elf, Kernel, Source},
-    Input, Reason, Sym, Symbolized, Symbolizer as Blazesym,
+use blazesym::{
+    symbolize::{
+        source::{Elf, Kernel, Process, Source},
+        Input, Reason, Sym, Symbolized, Symbolizer as Blazesym,
+    },
+    Pid,
 };
 use object::{Object as _, ObjectSection as _};
 
@@ -80,6 +83,8 @@ pub struct Symbolizer {
     budget: Duration,
     user: HashMap<(usize, u64), Arc<Resolved>>,
     kernel: HashMap<u64, Arc<Resolved>>,
+    /// vDSO addresses by offset in the vDSO (the same image in every process).
+    vdso: HashMap<u64, Arc<Resolved>>,
     /// Each module's build id in hex, read once (pprof mappings carry it).
     build_ids: HashMap<usize, Option<Arc<str>>>,
     /// Modules whose lookups ran out of [`WORKER_BUDGET`]: not tried again.
@@ -105,6 +110,7 @@ impl Symbolizer {
             budget,
             user: HashMap::new(),
             kernel: HashMap::new(),
+            vdso: HashMap::new(),
             build_ids: HashMap::new(),
             given_up: HashSet::new(),
             warned: HashSet::new(),
@@ -176,6 +182,31 @@ impl Symbolizer {
         for (address, resolved) in new.into_iter().zip(results) {
             self.kernel.insert(address, Arc::new(resolved));
         }
+    }
+
+    /// Resolves the vDSO offsets not seen before. The vDSO is the kernel's,
+    /// the same image in every 64-bit process: it is read from tripod's own
+    /// memory, never from the target's.
+    pub fn resolve_vdso(&mut self, offsets: &[u64]) {
+        let new = self.unseen(offsets, |o| o, |s| &s.vdso);
+        if new.is_empty() {
+            return;
+        }
+        let results = match self.worker.ask(Job::Vdso(new.clone()), self.budget) {
+            Some(answer) => answer.results,
+            None => {
+                self.worker = Worker::start();
+                unknown(self.gave_up("[vdso]"), new.len())
+            }
+        };
+        for (offset, resolved) in new.into_iter().zip(results) {
+            self.vdso.insert(offset, Arc::new(resolved));
+        }
+    }
+
+    /// A vDSO offset resolved earlier by [`Self::resolve_vdso`].
+    pub fn vdso(&self, offset: u64) -> Option<Arc<Resolved>> {
+        self.vdso.get(&offset).cloned()
     }
 
     /// The sorted, distinct `values` whose key is not in the cache yet.
@@ -250,6 +281,8 @@ enum Job {
         build_id: bool,
     },
     Kernel(Vec<u64>),
+    /// Offsets in the vDSO.
+    Vdso(Vec<u64>),
 }
 
 struct Answer {
@@ -332,12 +365,44 @@ impl WorkerState {
                 build_id: None,
                 refused_debug: None,
             },
+            Job::Vdso(offsets) => Answer {
+                results: self.run_vdso(&offsets),
+                build_id: None,
+                refused_debug: None,
+            },
             Job::Module {
                 path,
                 offsets,
                 build_id,
             } => self.run_module(&path, &offsets, build_id),
         }
+    }
+
+    /// Offsets in the vDSO, looked up in our own: blazesym reads it from
+    /// this process's memory, and nothing else (no files, no perf map).
+    fn run_vdso(&self, offsets: &[u64]) -> Vec<Resolved> {
+        let Some(vdso) = own_vdso() else {
+            return unknown(Unknown::Unmapped, offsets.len());
+        };
+        let addresses: Vec<u64> = offsets
+            .iter()
+            .map(|&offset| {
+                let address = vdso.start.saturating_add(offset);
+                // An offset past our vDSO asks blazesym about nothing.
+                if address < vdso.end {
+                    address
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let mut own = Process::new(Pid::Slf);
+        own.debug_syms = false;
+        own.perf_map = false;
+        own.map_files = false;
+        own.vdso = true;
+        let what = Path::new("[vdso]");
+        self.lookup(&Source::Process(own), Input::AbsAddr(&addresses), what)
     }
 
     fn run_module(&mut self, path: &Path, offsets: &[u64], build_id: bool) -> Answer {
@@ -389,6 +454,15 @@ impl WorkerState {
             }
         }
     }
+}
+
+/// The address range of this process's vDSO, from `/proc/self/maps`.
+fn own_vdso() -> Option<std::ops::Range<u64>> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let line = maps.lines().find(|l| l.ends_with(" [vdso]"))?;
+    let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+    let hex = |s| u64::from_str_radix(s, 16).ok();
+    Some(hex(start)?..hex(end)?)
 }
 
 /// Checks every file blazesym could open to read the debug information of
@@ -642,6 +716,36 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         symbolizer.resolve_kernel(&[1]);
         assert!(symbolizer.kernel(1).is_some());
+    }
+
+    /// The vDSO is named from tripod's own: an offset of a function in it
+    /// gives that function, one past it nothing.
+    #[test]
+    fn vdso_offsets_are_named_from_our_own_vdso() {
+        use object::{ObjectSegment as _, ObjectSymbol as _};
+        let range = own_vdso().expect("a vDSO");
+        let length = usize::try_from(range.end - range.start).unwrap();
+        // SAFETY: the vDSO is mapped readable for the life of the process.
+        let image = unsafe { std::slice::from_raw_parts(range.start as *const u8, length) };
+        let elf = object::File::parse(image).unwrap();
+        let base = elf.segments().map(|s| s.address()).min().unwrap();
+        let symbol = elf
+            .dynamic_symbols()
+            .find(|s| s.name() == Ok("__vdso_clock_gettime"))
+            .expect("clock_gettime in the vDSO");
+        let offset = symbol.address() - base + 1;
+        let mut symbolizer = Symbolizer::new();
+        symbolizer.resolve_vdso(&[offset, 1 << 40]);
+        match &*symbolizer.vdso(offset).unwrap() {
+            Resolved::Symbols(symbols) => {
+                assert!(symbols[0].function.contains("clock_gettime"), "{symbols:?}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            &*symbolizer.vdso(1 << 40).unwrap(),
+            Resolved::Unknown(_)
+        ));
     }
 
     #[test]

@@ -122,8 +122,9 @@ pub fn open_limited(path: &Path, links: Links, max: u64) -> Result<File, Refusal
 /// `/proc/PID/root`) sees it: every component, `..` and symbolic links
 /// included, is resolved inside that root (`openat2` with
 /// `RESOLVE_IN_ROOT`), so a link the target planted cannot lead to one of
-/// the host's files. Then the same checks as [`open`], with `max` bytes.
-pub fn open_in_root(root: &Path, path: &Path, max: u64) -> Result<File, Refusal> {
+/// the host's files; with [`Links::Refuse`], a link in the last component
+/// is refused. Then the same checks as [`open`], with `max` bytes.
+pub fn open_in_root(root: &Path, path: &Path, links: Links, max: u64) -> Result<File, Refusal> {
     use std::os::fd::{AsRawFd as _, FromRawFd as _};
     let refusal = |why| Refusal {
         path: path.to_path_buf(),
@@ -139,7 +140,11 @@ pub fn open_in_root(root: &Path, path: &Path, max: u64) -> Result<File, Refusal>
         .map_err(|_| refusal(Why::Unreadable("a NUL byte in the path".into())))?;
     // SAFETY: zeroed is a valid `open_how` (every field a plain integer).
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) as u64;
+    let mut flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+    if links == Links::Refuse {
+        flags |= libc::O_NOFOLLOW;
+    }
+    how.flags = flags as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: a valid directory descriptor, a NUL-terminated path and an
     // `open_how` of the size passed; the result is a new descriptor or -1.
@@ -153,7 +158,11 @@ pub fn open_in_root(root: &Path, path: &Path, max: u64) -> Result<File, Refusal>
         )
     };
     if fd < 0 {
-        return Err(unreadable(io::Error::last_os_error()));
+        let error = io::Error::last_os_error();
+        if links == Links::Refuse && error.raw_os_error() == Some(libc::ELOOP) {
+            return Err(refusal(Why::Symlink));
+        }
+        return Err(unreadable(error));
     }
     // SAFETY: `fd` was just opened and is owned by nothing else.
     let file = unsafe { File::from_raw_fd(fd as i32) };
@@ -234,8 +243,11 @@ mod open_in_root_tests {
         std::os::unix::fs::symlink("/../../../shadow", dir.join("up.py")).unwrap();
         let read = |path: &str| {
             let mut text = String::new();
-            io::Read::read_to_string(&mut open_in_root(dir, Path::new(path), 1024)?, &mut text)
-                .unwrap();
+            io::Read::read_to_string(
+                &mut open_in_root(dir, Path::new(path), Links::Follow, 1024)?,
+                &mut text,
+            )
+            .unwrap();
             Ok::<_, Refusal>(text)
         };
         assert_eq!(read("/app.py").unwrap(), "print(1)\n");
@@ -261,6 +273,28 @@ mod open_in_root_tests {
             read("/big.py"),
             Err(Refusal {
                 why: Why::TooLarge { .. },
+                ..
+            })
+        ));
+    }
+
+    /// With `Links::Refuse` a link in the last component is refused; the
+    /// directories before it still resolve inside the root.
+    #[test]
+    fn a_link_at_the_end_can_be_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        fs::create_dir(dir.join("tmp")).unwrap();
+        fs::write(dir.join("tmp/real.map"), "1 1 f\n").unwrap();
+        std::os::unix::fs::symlink("/tmp/real.map", dir.join("tmp/link.map")).unwrap();
+        std::os::unix::fs::symlink("/tmp", dir.join("t")).unwrap();
+        let open = |path: &str| open_in_root(dir, Path::new(path), Links::Refuse, 1024);
+        assert!(open("/tmp/real.map").is_ok());
+        assert!(open("/t/real.map").is_ok());
+        assert!(matches!(
+            open("/tmp/link.map"),
+            Err(Refusal {
+                why: Why::Symlink,
                 ..
             })
         ));

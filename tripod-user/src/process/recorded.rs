@@ -70,7 +70,7 @@ pub fn open(mapping: &RecordedMapping<'_>) -> Result<File, Refusal> {
         &|| target_file::open(&map_files(pid, start, end), Links::Follow),
         &|| {
             let root = PathBuf::from(format!("/proc/{pid}/root"));
-            target_file::open_in_root(&root, path, target_file::max_file_size())
+            target_file::open_in_root(&root, path, Links::Follow, target_file::max_file_size())
         },
         // The printed path is canonical: a link in its last component is a swap.
         &|| target_file::open(path, Links::Refuse),

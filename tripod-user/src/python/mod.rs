@@ -350,7 +350,9 @@ impl Python {
     /// machinery, as py-spy's `--native` does: they only say how CPython
     /// got from one Python function to the next. C functions called from
     /// Python (`time_sleep`, `builtin_sorted`, an extension's) stay, and so
-    /// does everything with `--all-native-frames`.
+    /// does everything with `--all-native-frames`. The trampolines of
+    /// `-X perf` (3.12 and later) go wherever they are: each only repeats
+    /// the Python frame it starts.
     pub fn leave_out_call_machinery(&self, frames: &mut Vec<Arc<Frame>>) {
         if self.shown != PythonFrames::Merged {
             return;
@@ -362,6 +364,11 @@ impl Python {
         ) else {
             return;
         };
+        frames.retain(|frame| !is_perf_trampoline(frame));
+        let (first, last) = (
+            frames.iter().position(is_python).unwrap_or(first),
+            frames.iter().rposition(is_python).unwrap_or(last),
+        );
         let mut index = 0;
         frames.retain(|frame| {
             let between = index > first && index < last;
@@ -386,6 +393,19 @@ impl Python {
             .as_ref()
             .is_some_and(|name| CALL_MACHINERY.iter().any(|prefix| name.starts_with(prefix)))
     }
+}
+
+/// A trampoline CPython 3.12 and later run each Python function through
+/// with `-X perf`: code without a file that its perf map names
+/// `py::FUNCTION:FILE`.
+fn is_perf_trampoline(frame: &Frame) -> bool {
+    frame.kind == FrameKind::Code
+        && !frame.kernel
+        && frame.offset.is_none()
+        && frame
+            .function
+            .as_deref()
+            .is_some_and(|name| name.starts_with("py::"))
 }
 
 /// Name prefixes of the functions CPython 3.6 to 3.13 go through to call a
@@ -420,6 +440,8 @@ const CALL_MACHINERY: &[&str] = &[
     "_PyGen_Send",
     "type_call",
     "slot_tp_init",
+    // 3.12 and later with `-X perf`: calls each Python function through a trampoline.
+    "py_trampoline_evaluator",
 ];
 
 /// The layout of the Python `placed` runs in process `pid`: from 3.13 on
@@ -847,6 +869,39 @@ mod tests {
                 "PyObject_Call"
             ]
         );
+        let mut frames = stack.clone();
+        python_with_interpreter(PythonFrames::MergedAll).leave_out_call_machinery(&mut frames);
+        assert_eq!(frames, stack);
+    }
+
+    /// `-X perf`'s trampolines, named by the perf map, are left out
+    /// wherever they are; with `--all-native-frames` they stay.
+    #[test]
+    fn perf_trampolines_are_left_out() {
+        let lib = "/lib/libpython.so";
+        let trampoline = |name: &str| {
+            Arc::new(Frame {
+                function: Some(name.into()),
+                module: Some("/tmp/perf-7.map".into()),
+                ..Frame::code(false, Some(0x7f00))
+            })
+        };
+        let stack = vec![
+            native(Some("_PyEval_EvalCode"), lib),
+            trampoline("py::<module>:/srv/app.py"),
+            python_frame("main"),
+            trampoline("py::main:/srv/app.py"),
+            native(Some("_PyEval_EvalFrameDefault"), lib),
+            trampoline("py::work:/srv/app.py"),
+            python_frame("work"),
+        ];
+        let mut frames = stack.clone();
+        python_with_interpreter(PythonFrames::Merged).leave_out_call_machinery(&mut frames);
+        let names: Vec<&str> = frames
+            .iter()
+            .map(|f| f.function.as_deref().unwrap_or("?"))
+            .collect();
+        assert_eq!(names, ["_PyEval_EvalCode", "main", "work"]);
         let mut frames = stack.clone();
         python_with_interpreter(PythonFrames::MergedAll).leave_out_call_machinery(&mut frames);
         assert_eq!(frames, stack);

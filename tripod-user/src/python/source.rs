@@ -53,9 +53,10 @@ impl Sources {
             return None;
         }
         let (root, path) = where_to_open(pid, file)?;
-        let mut opened = target_file::open_in_root(&root, &path, MAX_FILE)
-            .map_err(|refusal| log::debug!("no source lines: {refusal}"))
-            .ok()?;
+        let mut opened =
+            target_file::open_in_root(&root, &path, target_file::Links::Follow, MAX_FILE)
+                .map_err(|refusal| log::debug!("no source lines: {refusal}"))
+                .ok()?;
         let mut bytes = Vec::new();
         // The size was checked on the descriptor; `take` bounds a file that grows.
         (&mut opened).take(MAX_FILE).read_to_end(&mut bytes).ok()?;

@@ -27,13 +27,18 @@
 //! [`Gap::Truncated`]: framehop failed (typically a read past the copied
 //! bytes), a return address fell outside every executable mapping of the
 //! process (it is then dropped: it was read from garbage), or the stack was
-//! deeper than [`MAX_UNWIND_DEPTH`]. A file that cannot be
-//! parsed simply has no unwind data: framehop falls back to frame pointers
-//! there, and the walk usually stops soon after.
+//! deeper than [`MAX_UNWIND_DEPTH`].
+//!
+//! **Code without unwind information** (JIT code in anonymous memory, a
+//! file whose unwind sections cannot be parsed) is in no framehop module.
+//! The walk steps over such a frame itself ([`bridge`]: the frame pointer,
+//! else a short scan above `sp`, each checked by unwinding on from the
+//! caller it finds) and resumes with framehop in the caller's module.
 //!
 //! A library loaded after the snapshot shows up as an address outside every
 //! mapping; the mappings are then re-read (at most once per
 //! [`REFRESH_INTERVAL`] per process) and the stack unwound again.
+pub(crate) mod bridge;
 pub(crate) mod elf;
 #[cfg(test)]
 mod tests;
@@ -55,6 +60,7 @@ use crate::{
     process::{MappingView, ProcessTable},
     stack::{Gap, RawFrame, Space},
 };
+use bridge::{Regs, Stack};
 pub(crate) use elf::{load_bias, LoadSegment};
 use elf::{Bytes, UnwindFile};
 
@@ -103,6 +109,10 @@ struct ProcessUnwinder {
     unwinder: UnwinderX86_64<Bytes>,
     /// Every executable mapping (with or without a file), sorted by address.
     code: Vec<Range<u64>>,
+    /// The address ranges of framehop's modules (files with unwind
+    /// information, the vDSO), sorted: code outside them is stepped over
+    /// by [`bridge::step`].
+    unwound: Vec<Range<u64>>,
     /// The first bytes of each file's entry point: a walk that ends there
     /// reached the root of the program's first thread.
     entries: Vec<Range<u64>>,
@@ -289,6 +299,7 @@ impl Unwinder {
                 generation: None,
                 unwinder: UnwinderX86_64::new(),
                 code: Vec::new(),
+                unwound: Vec::new(),
                 entries: Vec::new(),
                 last_refresh: None,
                 modules: 0,
@@ -307,6 +318,7 @@ impl Unwinder {
         state.unwinder = built.unwinder;
         state.modules = built.modules;
         state.code = built.code;
+        state.unwound = built.unwound;
         state.entries = built.entries;
         state.builds += 1;
     }
@@ -319,6 +331,8 @@ struct BuiltState {
     modules: usize,
     /// The executable ranges, sorted.
     code: Vec<Range<u64>>,
+    /// See [`ProcessUnwinder::unwound`].
+    unwound: Vec<Range<u64>>,
     /// See [`ProcessUnwinder::entries`].
     entries: Vec<Range<u64>>,
 }
@@ -384,7 +398,9 @@ fn build(
     let mut unwinder = UnwinderX86_64::new();
     let modules = placed.len();
     let mut entries = Vec::new();
+    let mut unwound = Vec::with_capacity(placed.len());
     for p in placed {
+        unwound.push(p.avma.clone());
         if let Some(entry) = p.file.entry_svma {
             let entry = p.bias.wrapping_add(entry);
             entries.push(entry..entry.saturating_add(ENTRY_SPAN));
@@ -398,15 +414,19 @@ fn build(
         ));
     }
     code.sort_by_key(|r| r.start);
+    unwound.sort_by_key(|r| r.start);
     BuiltState {
         unwinder,
         modules,
         code,
+        unwound,
         entries,
     }
 }
 
-/// Walks `stack` from `regs`, appending frames innermost first.
+/// Walks `stack` from `regs`, appending frames innermost first: with
+/// framehop where a module has unwind information, with [`bridge::step`]
+/// over code that has none (JIT code), then framehop again in its caller.
 fn walk(
     state: &ProcessUnwinder,
     cache: &mut CacheX86_64,
@@ -414,22 +434,18 @@ fn walk(
     stack: &[u8],
     frames: &mut Vec<RawFrame>,
 ) -> Walk {
-    let mut read_stack = |address: u64| -> Result<u64, ()> {
-        let start = usize::try_from(address.checked_sub(regs.sp).ok_or(())?).map_err(|_| ())?;
-        let bytes = stack
-            .get(start..start.checked_add(8).ok_or(())?)
-            .ok_or(())?;
-        Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
+    let copy = Stack {
+        sp: regs.sp,
+        bytes: stack,
     };
-    let mut iter = state.unwinder.iter_frames(
-        regs.ip,
-        UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp),
-        cache,
-        &mut read_stack,
-    );
+    let mut current = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
+    let mut address = FrameAddress::InstructionPointer(regs.ip);
     let truncated = RawFrame::Gap(Space::User, Gap::Truncated);
+    if let Some(end) = state.push(RawFrame::InstructionPointer(Space::User, regs.ip), frames) {
+        return end;
+    }
     loop {
-        let next = iter.next();
+        let next = state.step(cache, copy, address, &mut current);
         if frames.len() == MAX_UNWIND_DEPTH {
             // Complete only if the root is right there.
             if !matches!(next, Ok(None)) {
@@ -437,40 +453,119 @@ fn walk(
             }
             return Walk::Done;
         }
-        let frame = match next {
-            Ok(Some(FrameAddress::InstructionPointer(ip))) => {
-                RawFrame::InstructionPointer(Space::User, ip)
-            }
-            Ok(Some(FrameAddress::ReturnAddress(ra))) => {
-                RawFrame::ReturnAddress(Space::User, ra.get())
-            }
+        let return_address = match next {
+            Ok(Some(ra)) => ra,
             Ok(None) => return Walk::Done,
-            Err(_) => {
+            Err(()) => {
                 if !state.ends_at_entry(frames) {
                     frames.push(truncated);
                 }
                 return Walk::Done;
             }
         };
-        // The call instruction, not the one after it, must be in a mapping.
-        let address = frame.lookup_address().unwrap_or_default();
-        if state.generation.is_some() && !state.covers(address) {
-            // The sampled ip is kept whatever it is; a return address outside
-            // every mapping is garbage read from the stack, and is dropped.
-            if frames.is_empty() {
-                frames.push(frame);
-            }
-            if state.ends_at_entry(frames) {
-                return Walk::Done;
-            }
-            frames.push(truncated);
-            return Walk::Outside(address);
+        address = return_address;
+        let frame = RawFrame::ReturnAddress(Space::User, return_address.address());
+        if let Some(end) = state.push(frame, frames) {
+            return end;
         }
-        frames.push(frame);
     }
 }
 
+/// How many frames past a candidate caller [`ProcessUnwinder::plausible`]
+/// unwinds before it believes it.
+const PLAUSIBLE_STEPS: usize = 2;
+
 impl ProcessUnwinder {
+    /// Appends `frame`, unless its address is in no executable mapping:
+    /// then how the walk ends (a sampled ip is kept whatever it is; a
+    /// return address outside every mapping is garbage read from the
+    /// stack, and is dropped).
+    fn push(&self, frame: RawFrame, frames: &mut Vec<RawFrame>) -> Option<Walk> {
+        // The call instruction, not the one after it, must be in a mapping.
+        let address = frame.lookup_address().unwrap_or_default();
+        if self.generation.is_none() || self.covers(address) {
+            frames.push(frame);
+            return None;
+        }
+        if frames.is_empty() {
+            frames.push(frame);
+        }
+        if self.ends_at_entry(frames) {
+            return Some(Walk::Done);
+        }
+        frames.push(RawFrame::Gap(Space::User, Gap::Truncated));
+        Some(Walk::Outside(address))
+    }
+
+    /// One frame up from `address`: the caller's return address, `None` at
+    /// the root, `Err` where the walk cannot go on.
+    fn step(
+        &self,
+        cache: &mut CacheX86_64,
+        stack: Stack<'_>,
+        address: FrameAddress,
+        regs: &mut UnwindRegsX86_64,
+    ) -> Result<Option<FrameAddress>, ()> {
+        let lookup = address.address_for_lookup();
+        if self.generation.is_none() || self.has_unwind_info(lookup) {
+            let mut read = |a| stack.read(a).ok_or(());
+            let next = self.unwinder.unwind_frame(address, regs, cache, &mut read);
+            return match next.map_err(drop)? {
+                Some(ra) => FrameAddress::from_return_address(ra).ok_or(()).map(Some),
+                None => Ok(None),
+            };
+        }
+        let from = Regs {
+            ip: address.address(),
+            sp: regs.sp(),
+            bp: regs.bp(),
+        };
+        let caller = bridge::step(from, stack, |c| self.plausible(cache, stack, c)).ok_or(())?;
+        *regs = UnwindRegsX86_64::new(caller.ip, caller.sp, caller.bp);
+        FrameAddress::from_return_address(caller.ip)
+            .ok_or(())
+            .map(Some)
+    }
+
+    /// Whether `caller` can be where a frame without unwind information
+    /// returns to: its return address is in code, and the walk goes on
+    /// from there, [`PLAUSIBLE_STEPS`] frames by framehop (or up to the
+    /// root), or by a frame pointer that leads up the stack when it is
+    /// more code without unwind information.
+    fn plausible(&self, cache: &mut CacheX86_64, stack: Stack<'_>, caller: Regs) -> bool {
+        let mut regs = UnwindRegsX86_64::new(caller.ip, caller.sp, caller.bp);
+        let mut read = |a| stack.read(a).ok_or(());
+        let mut address = caller.ip;
+        for _ in 0..PLAUSIBLE_STEPS {
+            let lookup = address.wrapping_sub(1);
+            if address == 0 || !self.covers(lookup) {
+                return false;
+            }
+            if !self.has_unwind_info(lookup) {
+                return stack.holds_frame(regs.bp(), regs.sp());
+            }
+            let Some(frame) = FrameAddress::from_return_address(address) else {
+                return false;
+            };
+            let sp = regs.sp();
+            match self
+                .unwinder
+                .unwind_frame(frame, &mut regs, cache, &mut read)
+            {
+                Ok(None) => return true,
+                Ok(Some(ra)) if regs.sp() > sp => address = ra,
+                _ => return false,
+            }
+        }
+        address != 0 && self.covers(address.wrapping_sub(1))
+    }
+
+    /// True if `address` is in a module framehop has unwind information for.
+    fn has_unwind_info(&self, address: u64) -> bool {
+        let index = self.unwound.partition_point(|r| r.end <= address);
+        self.unwound.get(index).is_some_and(|r| r.start <= address)
+    }
+
     /// True if the last frame of `frames` is a call made by an entry point:
     /// the walk ended at the root even though nothing marked it as such
     /// (the dynamic loader's `_start` has no unwind info saying so).

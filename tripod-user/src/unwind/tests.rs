@@ -500,6 +500,7 @@ fn a_walk_that_ends_in_an_entry_point_reached_the_root() {
         generation: None,
         unwinder: UnwinderX86_64::new(),
         code: std::iter::once(0x1000..0x2000).collect(),
+        unwound: Vec::new(),
         entries: std::iter::once(0x1040..0x1040 + ENTRY_SPAN).collect(),
         last_refresh: None,
         modules: 0,
@@ -514,4 +515,51 @@ fn a_walk_that_ends_in_an_entry_point_reached_the_root() {
     assert!(!state.ends_at_entry(&[ip, ra(0x1040)]));
     // The sampled ip alone says nothing of the root.
     assert!(!state.ends_at_entry(&[RawFrame::InstructionPointer(Space::User, 0x1048)]));
+}
+
+/// JIT code (here all of 0x1000..0x2000, in no module with unwind
+/// information) is walked by its frame pointers, each caller checked: the
+/// walk ends, marked truncated, where a return address leads out of code.
+#[test]
+fn code_without_unwind_information_is_walked_by_its_frame_pointers() {
+    const SP: u64 = 0x7ffd_0000_0000;
+    let state = ProcessUnwinder {
+        generation: Some(Built::Proc(1)),
+        unwinder: UnwinderX86_64::new(),
+        code: std::iter::once(0x1000..0x2000).collect(),
+        unwound: Vec::new(),
+        entries: Vec::new(),
+        last_refresh: None,
+        modules: 0,
+        builds: 0,
+    };
+    let mut words = [0u64; 12];
+    // The sampled frame: bp at +0x10 -> [caller's bp][return into B].
+    words[2] = SP + 0x30;
+    words[3] = 0x1800;
+    // B: bp at +0x30 -> [C's bp][return into C].
+    words[6] = SP + 0x50;
+    words[7] = 0x1900;
+    // C: its frame pointer leads to a return address outside any code.
+    words[10] = SP + 0x58;
+    words[11] = 0x7000;
+    let stack: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let regs = UserRegs {
+        ip: 0x1100,
+        sp: SP,
+        bp: SP + 0x10,
+    };
+    let mut frames = Vec::new();
+    let mut cache = CacheX86_64::new();
+    walk(&state, &mut cache, regs, &stack, &mut frames);
+    let ra = |a| RawFrame::ReturnAddress(Space::User, a);
+    assert_eq!(
+        frames,
+        [
+            RawFrame::InstructionPointer(Space::User, 0x1100),
+            ra(0x1800),
+            ra(0x1900),
+            RawFrame::Gap(Space::User, Gap::Truncated),
+        ]
+    );
 }
