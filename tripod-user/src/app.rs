@@ -63,17 +63,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
     output.set_folded_prefix(config.folded_prefix);
     let (mut processes, mut python) = read_named_targets(&config, &shutdown);
     if let Some(signal) = shutdown.requested() {
-        let run = run_info(&config, &cgroups, "none", None);
-        let pipeline = new_pipeline(
-            &config,
-            &cgroups,
-            run,
-            rules,
-            processes,
-            python,
-            Counters::default(),
-        );
-        return write_unsampled(&config, pipeline, &mut output, signal);
+        let parts = (rules, processes, python);
+        return write_unsampled(&config, &cgroups, parts, &mut output, signal);
     }
     let mut source = start_sampler(&sampler_options(&config, &cgroups, &mut python))?;
     let source = source.as_mut();
@@ -389,11 +380,14 @@ fn run_info(config: &Config, cgroups: &[Selected], event: &str, child: Option<u3
 /// run ends as one stopped by that signal would.
 fn write_unsampled(
     config: &Config,
-    mut pipeline: Pipeline,
+    cgroups: &[Selected],
+    (rules, processes, python): (Arc<Rules>, ProcessTable, Python),
     output: &mut Output,
     signal: &str,
 ) -> Result<u8> {
     let counters = Counters::default();
+    let run = run_info(config, cgroups, "none", None);
+    let mut pipeline = new_pipeline(config, cgroups, run, rules, processes, python, counters);
     if config.interval.is_none() {
         pipeline.write_report(output, None, &counters)?;
     }

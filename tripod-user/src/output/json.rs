@@ -170,6 +170,17 @@ fn json_cgroup(cgroup: Option<&Arc<Cgroup>>) -> (Option<String>, Option<JsonCont
     (Some(cgroup.path.clone()), container)
 }
 
+/// Where each process of a document is: its namespace pid and its cgroup,
+/// by pid (its stacks get them back).
+type Places = HashMap<u32, (Option<u32>, Option<Arc<Cgroup>>)>;
+
+fn process_places(processes: &[JsonProcess]) -> Places {
+    processes
+        .iter()
+        .map(|p| (p.pid, (p.ns_pid, read_cgroup(&p.cgroup, &p.container))))
+        .collect()
+}
+
 /// The two JSON fields read back as a cgroup, escaped.
 fn read_cgroup(path: &Option<String>, container: &Option<JsonContainer>) -> Option<Arc<Cgroup>> {
     let path = shown_opt(path)?;
@@ -512,11 +523,7 @@ impl Document {
             .iter()
             .flat_map(|p| p.threads.iter().map(|t| (t.tid, t.comm.as_str())))
             .collect();
-        let processes: std::collections::HashMap<u32, (Option<u32>, Option<Arc<Cgroup>>)> = self
-            .processes
-            .iter()
-            .map(|p| (p.pid, (p.ns_pid, read_cgroup(&p.cgroup, &p.container))))
-            .collect();
+        let processes = process_places(&self.processes);
         let stacks = self
             .stacks
             .iter()

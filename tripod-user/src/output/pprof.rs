@@ -22,7 +22,7 @@ use super::Render;
 use crate::{
     config::Mode,
     model::{Cgroup, Frame, FrameKind},
-    report::{Report, Summary, ThreadDump},
+    report::{Report, StackReport, Summary, ThreadDump},
 };
 
 pub struct Pprof;
@@ -96,35 +96,7 @@ fn report_profile(report: &Report) -> proto::Profile {
         .stacks
         .iter()
         .map(|stack| {
-            let mut labels = vec![
-                builder.label("pid", &stack.pid.to_string()),
-                builder.label("process", &stack.comm),
-            ];
-            for (key, value) in stack
-                .cgroup
-                .as_deref()
-                .map(cgroup_labels)
-                .unwrap_or_default()
-            {
-                labels.push(builder.label(key, &value));
-            }
-            let thread = match (&stack.thread, stack.tids.as_slice()) {
-                (Some((tid, name)), _) => Some((*tid, Some(name.as_str()))),
-                (None, [tid]) => Some((*tid, None)),
-                _ => None,
-            };
-            if let Some((tid, name)) = thread {
-                labels.push(builder.label("tid", &tid.to_string()));
-                if let Some(name) = name {
-                    labels.push(builder.label("thread", name));
-                }
-            }
-            if run.mode != Mode::Cpu {
-                labels.push(builder.label("state", stack.state.name()));
-            }
-            if let Some(annotation) = &stack.annotation {
-                labels.push(builder.label("annotation", annotation));
-            }
+            let labels = stack_labels(&mut builder, run.mode, stack);
             proto::Sample {
                 location_id: builder.locations(&stack.frames),
                 value: types
@@ -165,6 +137,41 @@ fn report_profile(report: &Report) -> proto::Profile {
             ..Default::default()
         },
     )
+}
+
+/// The labels of one stack's sample: its process (and cgroup), its thread
+/// when known, the state outside `cpu` mode, and its annotation.
+fn stack_labels(builder: &mut Builder<'_>, mode: Mode, stack: &StackReport) -> Vec<proto::Label> {
+    let mut labels = vec![
+        builder.label("pid", &stack.pid.to_string()),
+        builder.label("process", &stack.comm),
+    ];
+    for (key, value) in stack
+        .cgroup
+        .as_deref()
+        .map(cgroup_labels)
+        .unwrap_or_default()
+    {
+        labels.push(builder.label(key, &value));
+    }
+    let thread = match (&stack.thread, stack.tids.as_slice()) {
+        (Some((tid, name)), _) => Some((*tid, Some(name.as_str()))),
+        (None, [tid]) => Some((*tid, None)),
+        _ => None,
+    };
+    if let Some((tid, name)) = thread {
+        labels.push(builder.label("tid", &tid.to_string()));
+        if let Some(name) = name {
+            labels.push(builder.label("thread", name));
+        }
+    }
+    if mode != Mode::Cpu {
+        labels.push(builder.label("state", stack.state.name()));
+    }
+    if let Some(annotation) = &stack.annotation {
+        labels.push(builder.label("annotation", annotation));
+    }
+    labels
 }
 
 /// A dump as a profile of threads, like Go's goroutine profile: each group

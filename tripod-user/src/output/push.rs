@@ -21,7 +21,7 @@ use super::{folded::frames_line, pprof};
 use crate::{
     config::{Mode, PushConfig, PushFormat},
     messages,
-    report::Report,
+    report::{Report, StackReport},
 };
 
 /// Intervals kept while the server does not answer: a minute at the default 10 s.
@@ -331,23 +331,8 @@ impl Client {
                 let mut bodies: BTreeMap<Vec<(String, String)>, BTreeMap<String, u64>> =
                     BTreeMap::new();
                 for stack in &report.stacks {
-                    let mut labels = base_labels.clone();
-                    labels.push(("pid".into(), stack.pid.to_string()));
-                    labels.push(("process".into(), stack.comm.clone()));
-                    for (key, value) in stack
-                        .cgroup
-                        .as_deref()
-                        .map(pprof::cgroup_labels)
-                        .unwrap_or_default()
-                    {
-                        labels.push((key.into(), value));
-                    }
-                    if let Some((tid, thread)) = &stack.thread {
-                        labels.push(("tid".into(), tid.to_string()));
-                        labels.push(("thread".into(), thread.clone()));
-                    }
                     *bodies
-                        .entry(labels)
+                        .entry(folded_labels(&base_labels, stack))
                         .or_default()
                         .entry(frames_line(&stack.frames))
                         .or_default() += stack.count;
@@ -370,6 +355,27 @@ impl Client {
             }
         }
     }
+}
+
+/// The labels of a folded request: `base`, then the stack's process (pid,
+/// name, cgroup and container) and thread (with `--per-thread`).
+fn folded_labels(base: &[(String, String)], stack: &StackReport) -> Vec<(String, String)> {
+    let mut labels = base.to_vec();
+    labels.push(("pid".into(), stack.pid.to_string()));
+    labels.push(("process".into(), stack.comm.clone()));
+    for (key, value) in stack
+        .cgroup
+        .as_deref()
+        .map(pprof::cgroup_labels)
+        .unwrap_or_default()
+    {
+        labels.push((key.into(), value));
+    }
+    if let Some((tid, thread)) = &stack.thread {
+        labels.push(("tid".into(), tid.to_string()));
+        labels.push(("thread".into(), thread.clone()));
+    }
+    labels
 }
 
 /// `{key=value,...}`, with the characters the name syntax reserves replaced.
