@@ -863,7 +863,7 @@ mod tests {
         let found = table.locate_at(pid, address, later);
         // SAFETY: the mapping made above.
         unsafe { libc::munmap(page, 4096) };
-        assert!(matches!(found, Location::Special(_)), "{found:?}");
+        assert!(matches!(found, Location::Special { .. }), "{found:?}");
     }
 
     #[test]
