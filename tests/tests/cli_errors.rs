@@ -291,8 +291,8 @@ fn report_of_bad_input_exits_2() {
     )
     .unwrap();
     expect_error_line(&["report", not_json.to_str().unwrap()], "line 1");
-    fs::write(&not_json, "\n{\"version\": 1}\nnot json\n").unwrap();
-    expect_error_line(&["report", not_json.to_str().unwrap()], "line 3: not JSON");
+    fs::write(&not_json, "\n{ not json\n").unwrap();
+    expect_error_line(&["report", not_json.to_str().unwrap()], "line 2: not JSON");
     // A file of no kind it reads: one line listing the kinds understood.
     fs::write(&not_json, "\nhello\nworld\n").unwrap();
     expect_error_line(
