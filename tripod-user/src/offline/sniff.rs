@@ -23,7 +23,7 @@ pub fn sniff(head: &[u8]) -> Option<InputKind> {
     {
         return Some(InputKind::PySpy);
     }
-    if lines().any(|l| is_eu_stack_header(l)) {
+    if lines().any(is_eu_stack_header) {
         return Some(InputKind::EuStack);
     }
     if lines().any(|l| l.starts_with("Thread ") && l.contains("(LWP "))

@@ -55,109 +55,144 @@ pub struct Parsed {
 }
 
 pub fn parse(lines: &mut TextLines<impl BufRead>) -> Result<Parsed, UsageError> {
-    let mut groups: HashMap<Vec<Exception>, (u64, usize)> = HashMap::new();
-    let mut skipped = Skipped::default();
-    let mut within = Within::Outside;
-    let mut prefix = String::new();
-    let mut current = Occurrence::default();
-    let mut finish = |current: &mut Occurrence, skipped: &mut Skipped| {
-        let occurrence = std::mem::take(current);
+    let mut reader = Reader::default();
+    while let Some(line) = lines.next_line()? {
+        reader.line(line.number, &line.text);
+    }
+    Ok(reader.finish())
+}
+
+/// The tracebacks read so far, and where the reader is in the current one.
+struct Reader {
+    groups: HashMap<Vec<Exception>, (u64, usize)>,
+    skipped: Skipped,
+    within: Within,
+    /// The shape of the current traceback's prefix.
+    prefix: String,
+    current: Occurrence,
+}
+
+impl Default for Reader {
+    fn default() -> Reader {
+        Reader {
+            groups: HashMap::new(),
+            skipped: Skipped::default(),
+            within: Within::Outside,
+            prefix: String::new(),
+            current: Occurrence::default(),
+        }
+    }
+}
+
+impl Reader {
+    fn line(&mut self, number: usize, text: &str) {
+        if let Some(at) = text.find(START) {
+            // A chain goes on after its sentence; anything else starts anew.
+            if self.within != Within::Raised || self.current.link.is_none() {
+                self.end_occurrence();
+                self.current.first_line = number;
+            }
+            self.prefix = shape(&text[..at]);
+            self.within = Within::Frames;
+            self.current.frames.clear();
+            return;
+        }
+        if self.within == Within::Outside {
+            return;
+        }
+        let text = strip_prefix(text, &self.prefix);
+        if self.within == Within::Raised {
+            let trimmed = text.trim();
+            if let Some(link) = [Link::Context, Link::Cause]
+                .into_iter()
+                .find(|l| l.sentence() == trimmed)
+            {
+                self.current.link = Some(link);
+            } else if !trimmed.is_empty() {
+                self.end_occurrence();
+            }
+            return;
+        }
+        match frames_line(text, &mut self.current.frames) {
+            Step::More => {}
+            Step::Raised(kind, message) => {
+                let current = &mut self.current;
+                current.chain.push(Exception {
+                    link: current.link.take(),
+                    kind,
+                    message,
+                    frames: current.frames.drain(..).map(Arc::new).collect(),
+                });
+                self.within = Within::Raised;
+            }
+            Step::NotATraceback => {
+                self.skipped.add(number);
+                self.current = Occurrence::default();
+                self.within = Within::Outside;
+            }
+        }
+    }
+
+    /// Counts the traceback just read, if it reached its exception; one cut
+    /// off before it is counted as skipped.
+    fn end_occurrence(&mut self) {
+        let occurrence = std::mem::take(&mut self.current);
+        let within = std::mem::replace(&mut self.within, Within::Outside);
+        if within == Within::Frames {
+            self.skipped.add(occurrence.first_line);
+            return;
+        }
         if occurrence.chain.is_empty() {
             return;
         }
-        let room = groups.len() < MAX_DISTINCT;
-        match groups.get_mut(&occurrence.chain) {
+        let room = self.groups.len() < MAX_DISTINCT;
+        match self.groups.get_mut(&occurrence.chain) {
             Some(group) => group.0 += 1,
             None if room => {
-                groups.insert(occurrence.chain, (1, occurrence.first_line));
+                self.groups
+                    .insert(occurrence.chain, (1, occurrence.first_line));
             }
-            None => skipped.add(occurrence.first_line),
-        }
-    };
-    while let Some(line) = lines.next_line()? {
-        if let Some(at) = line.text.find(START) {
-            if within != Within::Raised || current.link.is_none() {
-                if within == Within::Frames {
-                    // A traceback cut off before its exception.
-                    skipped.add(current.first_line);
-                    current = Occurrence::default();
-                }
-                finish(&mut current, &mut skipped);
-                current.first_line = line.number;
-            }
-            prefix = shape(&line.text[..at]);
-            within = Within::Frames;
-            current.frames.clear();
-            continue;
-        }
-        if within == Within::Outside {
-            continue;
-        }
-        let text = strip_prefix(&line.text, &prefix);
-        match within {
-            Within::Frames => {
-                if let Some(exception) = frames_line(text, &mut current.frames) {
-                    match exception {
-                        Some((kind, message)) => {
-                            current.chain.push(Exception {
-                                link: current.link.take(),
-                                kind,
-                                message,
-                                frames: current.frames.drain(..).map(Arc::new).collect(),
-                            });
-                            within = Within::Raised;
-                        }
-                        None => {
-                            skipped.add(line.number);
-                            current = Occurrence::default();
-                            within = Within::Outside;
-                        }
-                    }
-                }
-            }
-            Within::Raised => {
-                let trimmed = text.trim();
-                if let Some(link) = [Link::Context, Link::Cause]
-                    .into_iter()
-                    .find(|l| l.sentence() == trimmed)
-                {
-                    current.link = Some(link);
-                } else if !trimmed.is_empty() {
-                    finish(&mut current, &mut skipped);
-                    within = Within::Outside;
-                }
-            }
-            Within::Outside => {}
+            None => self.skipped.add(occurrence.first_line),
         }
     }
-    if within == Within::Frames {
-        skipped.add(current.first_line);
-    } else {
-        finish(&mut current, &mut skipped);
+
+    fn finish(mut self) -> Parsed {
+        self.end_occurrence();
+        let groups = self
+            .groups
+            .into_iter()
+            .map(|(chain, (count, first_line))| ExceptionGroup {
+                count,
+                first_line,
+                chain,
+            })
+            .collect();
+        Parsed {
+            groups,
+            skipped: self.skipped,
+        }
     }
-    let groups = groups
-        .into_iter()
-        .map(|(chain, (count, first_line))| ExceptionGroup {
-            count,
-            first_line,
-            chain,
-        })
-        .collect();
-    Ok(Parsed { groups, skipped })
 }
 
-/// One line between `Traceback` and the exception: a frame or its source
-/// (None: more to come), or the exception line (`Some(Some)`), or neither
-/// (`Some(None)`: not a traceback after all).
-#[allow(clippy::option_option)]
-fn frames_line(text: &str, frames: &mut Vec<Frame>) -> Option<Option<(String, Option<String>)>> {
+/// What a line between `Traceback` and the exception was.
+enum Step {
+    /// A frame or its source: more to come.
+    More,
+    /// The exception line: its type and message.
+    Raised(String, Option<String>),
+    /// Neither: not a traceback after all.
+    NotATraceback,
+}
+
+/// One line between `Traceback` and the exception.
+fn frames_line(text: &str, frames: &mut Vec<Frame>) -> Step {
     if let Some(rest) = text.strip_prefix("  File \"") {
         return match frame(rest) {
             Some(frame) => {
                 frames.push(frame);
-                None
+                Step::More
             }
-            None => Some(None),
+            None => Step::NotATraceback,
         };
     }
     if text.starts_with("    ") {
@@ -166,12 +201,15 @@ fn frames_line(text: &str, frames: &mut Vec<Frame>) -> Option<Option<(String, Op
         if let (false, Some(last)) = (marker, frames.last_mut()) {
             last.source.get_or_insert_with(|| shown(source).to_string());
         }
-        return None;
+        return Step::More;
     }
     if text.trim_start().starts_with("[Previous line repeated") {
-        return None;
+        return Step::More;
     }
-    Some(exception_line(text))
+    match exception_line(text) {
+        Some((kind, message)) => Step::Raised(kind, message),
+        None => Step::NotATraceback,
+    }
 }
 
 /// `  File "app.py", line 9, in parse` after its `  File "`.
