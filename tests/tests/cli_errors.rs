@@ -304,8 +304,26 @@ fn report_of_bad_input_exits_2() {
     )
     .unwrap();
     expect_error_line(&["report", not_json.to_str().unwrap()], "line 1");
-    fs::write(&not_json, "\nTraceback (most recent call last):\n").unwrap();
+    fs::write(&not_json, "\n{ not json\n").unwrap();
     expect_error_line(&["report", not_json.to_str().unwrap()], "line 2: not JSON");
+    // A file of no kind it reads: one line listing the kinds understood.
+    fs::write(&not_json, "\nhello\nworld\n").unwrap();
+    expect_error_line(
+        &["report", not_json.to_str().unwrap()],
+        "it understands json (",
+    );
+    // A traceback cut before its exception is no traceback.
+    fs::write(&not_json, "\nTraceback (most recent call last):\n").unwrap();
+    expect_error_line(
+        &["report", not_json.to_str().unwrap()],
+        "no Python tracebacks found",
+    );
+    // Forced to a kind it is not.
+    fs::write(&not_json, "{\"version\": 1}\n").unwrap();
+    expect_error_line(
+        &["report", "--input", "gdb", not_json.to_str().unwrap()],
+        "no threads found in it as gdb",
+    );
     fs::write(&not_json, "").unwrap();
     expect_error_line(&["report", not_json.to_str().unwrap()], "empty");
     let fifo = dir.path().join("in.fifo");

@@ -215,10 +215,10 @@ fn pprof_recording_and_report_errors() {
     let newer = dir.path().join("newer.json");
     fs::write(&newer, "{\"version\": 99, \"kind\": \"recording\"}\n").unwrap();
     let not_json = dir.path().join("not.json");
-    fs::write(&not_json, "Traceback (most recent call last):\n").unwrap();
+    fs::write(&not_json, "{ Traceback (most recent call last):\n").unwrap();
     for (file, expected) in [
         (&newer, "newer tripod-bpf"),
-        (&not_json, "not JSON"),
+        (&not_json, "line 1: not JSON"),
         (&dir.path().join("missing.json"), "cannot read"),
     ] {
         let out = run_tripod(&["report", file.to_str().unwrap()]);

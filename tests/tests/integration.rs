@@ -25,6 +25,8 @@ mod output_files;
 mod push;
 // CPython 3.11 targets: Python frames in place of the interpreter loop, locals, py-spy's view.
 mod python;
+// `report` of other tools' stacks: gdb, eu-stack, py-spy dumps and Python tracebacks.
+mod report_sources;
 // Signals (SIGHUP, early and repeated ones), processes whose main thread exited, odd dumps.
 mod signals;
 // What gets sampled: call chains, target selection, kernel frames, threads, how runs end.

@@ -10,7 +10,8 @@ use tripod_common::{
 
 use crate::{
     config::{
-        Command, Config, DumpConfig, FoldedPrefix, Mode, OutputDest, OutputFormat, PushConfig,
+        Command, Config, DumpConfig, FoldedPrefix, InputKind, Mode, OutputDest, OutputFormat,
+        PushConfig,
         PushFormat, PythonFrames, ReportConfig, StackSelection, Target, UnwindMode,
         DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US, DEFAULT_PUSH_INTERVAL, MAX_COUNT_MAP_SIZE,
         MAX_RING_BUFFER_SIZE, MAX_SECONDS, MAX_STACK_STORAGE_SIZE,
@@ -90,9 +91,19 @@ enum Subcommands {
 
 #[derive(Debug, Args)]
 struct ReportArgs {
-    /// A file written with `-f json` or `dump --json` (`-` for stdin).
-    #[arg(value_name = "FILE")]
-    input: PathBuf,
+    /// Files to read (`-` for stdin): `-f json` or `dump --json` output, gdb `thread apply all
+    /// bt [full]` or pstack output, `eu-stack -p PID`, `py-spy dump [--json]`, or any log with
+    /// Python tracebacks (and tripod-bpf's own `-f log` of them).
+    #[arg(value_name = "FILE", required = true)]
+    inputs: Vec<PathBuf>,
+
+    /// What the files hold [default: told from each file's first KiB].
+    #[arg(long, value_enum, value_name = "KIND")]
+    input: Option<InputArg>,
+
+    /// Say nothing of lines that could not be read.
+    #[arg(short, long)]
+    quiet: bool,
 
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = FormatArg::Log)]
@@ -532,10 +543,39 @@ fn output_dest(path: Option<PathBuf>, default: OutputDest) -> OutputDest {
     }
 }
 
+/// `--input`: the kinds `report` reads.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum InputArg {
+    Json,
+    Gdb,
+    #[value(name = "eu-stack")]
+    EuStack,
+    #[value(name = "py-spy")]
+    PySpy,
+    #[value(name = "py-spy-json")]
+    PySpyJson,
+    Traceback,
+}
+
+impl InputArg {
+    fn kind(self) -> InputKind {
+        match self {
+            InputArg::Json => InputKind::Json,
+            InputArg::Gdb => InputKind::Gdb,
+            InputArg::EuStack => InputKind::EuStack,
+            InputArg::PySpy => InputKind::PySpy,
+            InputArg::PySpyJson => InputKind::PySpyJson,
+            InputArg::Traceback => InputKind::Traceback,
+        }
+    }
+}
+
 impl ReportArgs {
     fn into_config(self) -> ReportConfig {
         ReportConfig {
-            input: self.input,
+            inputs: self.inputs,
+            kind: self.input.map(InputArg::kind),
+            quiet: self.quiet,
             format: self.format.format(),
             folded_prefix: self.folded_prefix.prefix(),
             output: output_dest(self.output, OutputDest::Stdout),
@@ -1259,7 +1299,7 @@ mod tests {
             Ok(Command::Report(report)) => report,
             other => panic!("{other:?}"),
         };
-        assert_eq!(report.input, PathBuf::from("run.json"));
+        assert_eq!(report.inputs, [PathBuf::from("run.json")]);
         assert_eq!(report.format, OutputFormat::Pprof);
         assert_eq!(report.output, OutputDest::File("run.pb.gz".into()));
         assert_eq!(report.rules, Some(PathBuf::from("r.toml")));

@@ -30,17 +30,89 @@ pub enum Command {
     Print(Vec<u8>),
 }
 
-/// `tripod-bpf report FILE`: a saved JSON recording or dump, rendered again.
+/// `tripod-bpf report FILE...`: saved recordings and dumps, other tools'
+/// dumps and logs with Python tracebacks, rendered again.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReportConfig {
-    /// The JSON file (`-` for stdin): one or more documents, one per line.
-    pub input: PathBuf,
+    /// The files (`-` for stdin), each read in turn into the same output.
+    pub inputs: Vec<PathBuf>,
+    /// What the files hold; None: told from each file's first KiB.
+    pub kind: Option<InputKind>,
+    /// `-q`: no note of lines skipped.
+    pub quiet: bool,
     pub format: OutputFormat,
     /// `--folded-prefix`: what `-f folded` lines start with.
     pub folded_prefix: FoldedPrefix,
     pub output: OutputDest,
     /// Annotation rules tried before the built-in ones, applied again.
     pub rules: Option<PathBuf>,
+}
+
+/// The kinds of input `report` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    /// tripod-bpf's own `-f json` recordings and dumps.
+    Json,
+    /// gdb's `thread apply all bt [full]` (also pstack, and gdb logs with prompts).
+    Gdb,
+    /// elfutils' `eu-stack -p PID`.
+    EuStack,
+    /// `py-spy dump`.
+    PySpy,
+    /// `py-spy dump --json`.
+    PySpyJson,
+    /// Python tracebacks anywhere in a log.
+    Traceback,
+}
+
+impl InputKind {
+    pub const ALL: [InputKind; 6] = [
+        InputKind::Json,
+        InputKind::Gdb,
+        InputKind::EuStack,
+        InputKind::PySpy,
+        InputKind::PySpyJson,
+        InputKind::Traceback,
+    ];
+
+    /// The name `--input` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            InputKind::Json => "json",
+            InputKind::Gdb => "gdb",
+            InputKind::EuStack => "eu-stack",
+            InputKind::PySpy => "py-spy",
+            InputKind::PySpyJson => "py-spy-json",
+            InputKind::Traceback => "traceback",
+        }
+    }
+
+    /// What produces it, for the list of kinds understood.
+    pub fn described(self) -> &'static str {
+        match self {
+            InputKind::Json => "tripod-bpf -f json",
+            InputKind::Gdb => "gdb `thread apply all bt [full]` or pstack",
+            InputKind::EuStack => "eu-stack -p PID",
+            InputKind::PySpy => "py-spy dump",
+            InputKind::PySpyJson => "py-spy dump --json",
+            InputKind::Traceback => "logs with Python tracebacks",
+        }
+    }
+
+    /// `json (tripod-bpf -f json), gdb (...), ...`.
+    pub fn understood() -> String {
+        InputKind::ALL
+            .iter()
+            .map(|k| format!("{} ({})", k.name(), k.described()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl std::fmt::Display for InputKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// What recorded counts measure.

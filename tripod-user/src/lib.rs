@@ -30,6 +30,7 @@ pub mod dump;
 #[cfg(test)]
 mod elf_corpus_tests;
 pub mod error;
+pub mod exceptions;
 pub mod held;
 pub mod ingest;
 pub mod input;

@@ -7,6 +7,23 @@
 //!
 //! The input is read as a stream, one document per line: memory follows the
 //! largest line (at most [`MAX_LINE_BYTES`]), not the file.
+//!
+//! Other tools' stacks are read too, each kind by its own module, the kind
+//! told from the first KiB ([`sniff`]): gdb's and pstack's thread backtraces
+//! ([`gdb`]), eu-stack's ([`eustack`]), py-spy's dumps ([`pyspy`]) become a
+//! [`ThreadDump`], grouped and annotated as a live one ([`threads`]); Python
+//! tracebacks in logs ([`traceback`]) become [`exceptions::Tracebacks`]. Text
+//! is read line by line with a cap on the line ([`lines`]); lines that do not
+//! parse are counted and named in one note, and what parsed is shown.
+pub mod eustack;
+pub mod gdb;
+pub mod lines;
+pub mod pyspy;
+pub mod sniff;
+pub mod threads;
+pub mod traceback;
+
+use lines::TextLines;
 use std::{
     collections::{BTreeSet, HashMap},
     io::{self, BufRead, BufReader, Read as _},
@@ -15,13 +32,14 @@ use std::{
 };
 
 use anyhow::Result;
+use chrono::{DateTime, Local};
 use serde::Deserialize;
 
 use crate::{
     annotate::Rules,
-    config::ReportConfig,
+    config::{InputKind, ReportConfig},
     error::UsageError,
-    input,
+    exceptions, input,
     model::Frame,
     output::{json, Document, DumpDocument, Output},
     report::{Losses, ProcessReport, Report, StackReport, ThreadDump, ThreadReport},
@@ -40,49 +58,157 @@ pub enum Saved {
     Dump(ThreadDump),
 }
 
-/// Renders the file as configured; returns the exit status. Bad input is a
-/// usage error (exit 2) naming the line, and leaves a file named with -o as
-/// it was.
+/// Renders the files as configured; returns the exit status. Bad input is a
+/// usage error (exit 2) naming the file and line, and leaves a file named
+/// with -o as it was.
 pub fn run(config: ReportConfig) -> Result<u8> {
-    let name = config.input.display().to_string();
-    let reader = open_input(&config.input)?;
-    // Rules are applied again only when asked: by default the annotations
-    // made where the profile was recorded are kept.
+    crate::messages::set_quiet(config.quiet);
+    // Rules are applied again to saved JSON only when asked: by default the
+    // annotations made where the profile was recorded are kept. Other tools'
+    // dumps are annotated like a live dump, with the built-in rules too.
     let rules = match &config.rules {
         Some(path) => Some(load_rules(Some(path))?),
         None => None,
     };
     let mut output = Output::open(&config.output, config.format)?;
     output.set_folded_prefix(config.folded_prefix);
-    let documents = Documents::new(reader, MAX_LINE_BYTES);
-    match render(documents, &config, rules.as_ref(), &mut output) {
-        Ok(()) => {
-            output.finish()?;
-            Ok(0)
-        }
-        Err(error) => {
+    for input in &config.inputs {
+        let name = input.display().to_string();
+        if let Err(error) = render_input(input, &config, rules.as_ref(), &mut output) {
             output.discard();
-            Err(match error.downcast::<UsageError>() {
+            return Err(match error.downcast::<UsageError>() {
                 Ok(usage) => UsageError(format!("{name}: {usage}")).into(),
                 Err(other) => other,
-            })
+            });
         }
+    }
+    output.finish()?;
+    Ok(0)
+}
+
+/// One file: its kind told (or forced with --input), then read as that kind.
+fn render_input(
+    path: &Path,
+    config: &ReportConfig,
+    rules: Option<&Rules>,
+    output: &mut Output,
+) -> Result<()> {
+    let (reader, time) = open_input(path)?;
+    let (kind, reader) = match config.kind {
+        Some(kind) => (kind, reader),
+        None => sniffed(reader)?,
+    };
+    if config.format.single_profile() && output.has_written() {
+        return Err(UsageError(format!(
+            "a second profile, and a {} file holds one; give one FILE, or use -f log, folded or json",
+            config.format.name()
+        ))
+        .into());
+    }
+    let name = path.display().to_string();
+    let builtin;
+    let dump_rules = match rules {
+        Some(rules) => rules,
+        None => {
+            builtin = Rules::builtin();
+            &builtin
+        }
+    };
+    let parsed = match kind {
+        InputKind::Json => {
+            return render(
+                Documents::new(reader, MAX_LINE_BYTES),
+                config,
+                rules,
+                output,
+            )
+        }
+        InputKind::Traceback => {
+            let parsed = traceback::parse(&mut TextLines::new(reader))?;
+            if parsed.groups.is_empty() {
+                return Err(nothing_found(kind));
+            }
+            note_skipped(&parsed.skipped, &name);
+            let tracebacks = exceptions::build(name, time, parsed.groups);
+            return Ok(output.tracebacks(&tracebacks)?);
+        }
+        InputKind::Gdb => gdb::parse(&mut TextLines::new(reader))?,
+        InputKind::EuStack => eustack::parse(&mut TextLines::new(reader))?,
+        InputKind::PySpy => pyspy::parse_text(&mut TextLines::new(reader))?,
+        InputKind::PySpyJson => pyspy::parse_json(reader, MAX_LINE_BYTES)?,
+    };
+    if parsed.threads.is_empty() {
+        return Err(nothing_found(kind));
+    }
+    note_skipped(&parsed.skipped, &name);
+    Ok(output.dump(&threads::to_dump(parsed, dump_rules, time))?)
+}
+
+fn note_skipped(skipped: &lines::Skipped, name: &str) {
+    if let Some(message) = skipped.message(name) {
+        crate::messages::note(&message);
     }
 }
 
+fn nothing_found(kind: InputKind) -> anyhow::Error {
+    let what = if kind == InputKind::Traceback {
+        "Python tracebacks"
+    } else {
+        "threads"
+    };
+    UsageError(format!(
+        "no {what} found in it as {} ({}); is it the right file?",
+        kind.name(),
+        kind.described()
+    ))
+    .into()
+}
+
+/// The kind told from the first [`sniff::SNIFF_BYTES`], and the whole input
+/// again (those bytes put back in front).
+fn sniffed(mut reader: Box<dyn BufRead>) -> Result<(InputKind, Box<dyn BufRead>)> {
+    let mut head = Vec::new();
+    (&mut reader)
+        .take(sniff::SNIFF_BYTES as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| UsageError(format!("cannot read: {e}")))?;
+    if sniff::is_own_log(&head) {
+        return Err(UsageError::new(
+            "tripod-bpf's own log (-f log) is not read back; save with -f json or dump --json \
+             and report that file",
+        )
+        .into());
+    }
+    // An empty file is left to the JSON reader, which says so.
+    let empty = head.iter().all(u8::is_ascii_whitespace);
+    let Some(kind) = sniff::sniff(&head).or(empty.then_some(InputKind::Json)) else {
+        return Err(UsageError(format!(
+            "not stacks tripod-bpf reads; it understands {}; force a kind with --input KIND",
+            InputKind::understood()
+        ))
+        .into());
+    };
+    Ok((kind, Box::new(io::Cursor::new(head).chain(reader))))
+}
+
 /// stdin (`-`, which may be a pipe), or a regular file: never a FIFO or a
-/// device, which could block or never end.
-fn open_input(path: &Path) -> Result<Box<dyn BufRead>> {
+/// device, which could block or never end. With the time the stacks were
+/// taken as far as we know: the file's modification time (now for a pipe).
+fn open_input(path: &Path) -> Result<(Box<dyn BufRead>, DateTime<Local>)> {
     if path.as_os_str() == "-" {
-        return Ok(Box::new(io::stdin().lock()));
+        return Ok((Box::new(io::stdin().lock()), Local::now()));
     }
     let file = input::open_regular(
         path,
         "input",
         u64::MAX,
-        "pass a file written by `tripod-bpf -f json`, or - to read a pipe on stdin",
+        "pass a saved dump, recording or log, or - to read a pipe on stdin",
     )?;
-    Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
+    let time = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .map_or_else(|_| Local::now(), DateTime::<Local>::from);
+    Ok((Box::new(BufReader::with_capacity(1 << 20, file)), time))
 }
 
 /// Writes each document as it is read; formats that hold one profile get the

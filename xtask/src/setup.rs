@@ -145,12 +145,13 @@ fn gcc(apt: &mut Apt) -> Result<()> {
     apt_tool(apt, "gcc", "gcc")
 }
 
-/// What only the tests need: gdb, whose thread backtraces the dump tests compare with;
-/// Go, whose `go tool pprof` reads our pprof files; and py-spy, whose Python stacks the
+/// What only the tests need: gdb, whose thread backtraces the dump tests compare with
+/// and `report` reads back; elfutils' eu-stack, whose dumps `report` reads too; Go, whose `go tool pprof` reads our pprof files; and py-spy, whose Python stacks the
 /// Python tests compare with. Returns py-spy's path.
 pub fn test_tools() -> Result<std::path::PathBuf> {
     let mut apt = Apt { updated: false };
     apt_tool(&mut apt, "gdb", "gdb")?;
+    apt_tool(&mut apt, "eu-stack", "elfutils")?;
     // GNU time measures the peak memory of `report` in the streaming test.
     apt_tool(&mut apt, "/usr/bin/time", "time")?;
     go(&mut apt)?;

@@ -9,6 +9,7 @@ use chrono::{DateTime, Local};
 use super::Render;
 use crate::{
     config::Mode,
+    exceptions::Tracebacks,
     model::{process_header, process_label, Frame, FrameKind, FrameLocals},
     report::{
         Completeness, Losses, Report, RunInfo, StackReport, Summary, ThreadDump, ThreadGroup,
@@ -55,6 +56,10 @@ impl Render for Log {
             write_group(out, dump, group)?;
         }
         writeln!(out)
+    }
+
+    fn tracebacks(&mut self, tracebacks: &Tracebacks, out: &mut dyn Write) -> io::Result<()> {
+        write_tracebacks(tracebacks, out)
     }
 
     fn summary(&mut self, summary: &Summary, out: &mut dyn Write) -> io::Result<()> {
@@ -183,6 +188,50 @@ fn write_traceback(out: &mut dyn Write, frames: &[std::sync::Arc<Frame>]) -> io:
         }
     }
     Ok(())
+}
+
+/// Each distinct traceback once, most logged first, as Python printed it
+/// (chain included), then the stacktraces tool's two summaries: repeated
+/// messages and repeated stacks of the raised exceptions.
+fn write_tracebacks(tracebacks: &Tracebacks, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "[tripod] ===== {}, {} distinct, in {} =====",
+        plural(
+            tracebacks.total as usize,
+            "Python traceback",
+            "Python tracebacks"
+        ),
+        tracebacks.groups.len(),
+        tracebacks.source
+    )?;
+    for group in &tracebacks.groups {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{} * {} (first at line {})",
+            group.count,
+            group.raised().title(),
+            group.first_line
+        )?;
+        for (at, exception) in group.chain.iter().enumerate() {
+            if let Some(link) = exception.link.filter(|_| at > 0) {
+                writeln!(out, "\n{}\n", link.sentence())?;
+            }
+            write_traceback(out, &exception.frames)?;
+            writeln!(out, "{}", exception.title())?;
+        }
+    }
+    writeln!(out)?;
+    writeln!(out, "Duplicated error messages:")?;
+    for (count, message) in &tracebacks.duplicated_messages {
+        writeln!(out, "  {count}: {message}")?;
+    }
+    writeln!(out, "Duplicated stacktraces:")?;
+    for (count, functions) in &tracebacks.duplicated_stacks {
+        writeln!(out, "  {count}: {}", functions.join(", "))?;
+    }
+    writeln!(out)
 }
 
 /// `4 * [11, 12, 13, 14] waiting on a condition variable`, what the threads

@@ -37,6 +37,7 @@ pub use self::{
 };
 use crate::{
     config::{FoldedPrefix, OutputDest, OutputFormat},
+    exceptions::Tracebacks,
     messages,
     report::{Report, Summary, ThreadDump},
 };
@@ -49,6 +50,11 @@ pub trait Render {
     fn summary(&mut self, summary: &Summary, out: &mut dyn Write) -> io::Result<()>;
     /// Writes one snapshot of every thread of a process.
     fn dump(&mut self, dump: &ThreadDump, out: &mut dyn Write) -> io::Result<()>;
+    /// Writes the Python tracebacks of a log: by default as a recording
+    /// with one stack per distinct traceback, counted once per time logged.
+    fn tracebacks(&mut self, tracebacks: &Tracebacks, out: &mut dyn Write) -> io::Result<()> {
+        self.report(&crate::exceptions::to_report(tracebacks), out)
+    }
 }
 
 pub fn renderer(format: OutputFormat) -> Box<dyn Render> {
@@ -144,6 +150,14 @@ impl Output {
     pub fn dump(&mut self, dump: &ThreadDump) -> io::Result<()> {
         let out = self.sink.writer()?;
         self.renderer.dump(dump, out)?;
+        out.flush()?;
+        self.complete.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn tracebacks(&mut self, tracebacks: &Tracebacks) -> io::Result<()> {
+        let out = self.sink.writer()?;
+        self.renderer.tracebacks(tracebacks, out)?;
         out.flush()?;
         self.complete.store(true, Ordering::SeqCst);
         Ok(())
