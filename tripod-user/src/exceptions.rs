@@ -144,6 +144,9 @@ pub fn to_report(tracebacks: &Tracebacks) -> Report {
             let raised = group.raised();
             StackReport {
                 pid: 0,
+                // Nothing in a log tells the namespace or the cgroup.
+                ns_pid: None,
+                cgroup: None,
                 comm: raised.kind.clone(),
                 thread: None,
                 tids: Vec::new(),

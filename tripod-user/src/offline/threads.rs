@@ -74,6 +74,9 @@ pub fn to_dump(parsed: Parsed, rules: &Rules, time: DateTime<Local>) -> ThreadDu
     groups.sort_by(|a, b| b.tids.len().cmp(&a.tids.len()).then(a.tids.cmp(&b.tids)));
     ThreadDump {
         pid: parsed.pid.unwrap_or(0),
+        // Not in any of these tools' dumps.
+        ns_pid: None,
+        cgroup: None,
         comm: parsed.comm.unwrap_or_else(|| "?".into()),
         exe: parsed.exe,
         time,
