@@ -11,7 +11,7 @@
 //! blazesym user) -> [`annotate`] -> [`report`] -> [`output`] (the only
 //! writers). [`wait`] accounts waits, [`retire`] retires exited processes,
 //! [`pipeline`] connects the stages; [`app`] runs a recording and [`dump`] a
-//! thread dump (both through [`live`]); [`session`] holds what they and the
+//! thread dump (both through [`live`]; a core file's through [`corefile`]); [`session`] holds what they and the
 //! offline `report` share; [`model`] is the leaf every stage speaks;
 //! [`signals`] tells the runs when to stop.
 //! Everything said to the user on stderr goes through [`messages`].
@@ -23,6 +23,7 @@ pub mod annotate;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod corefile;
 pub mod counting;
 pub mod dump;
 #[cfg(test)]
