@@ -155,7 +155,14 @@ pub struct Fixture {
 impl Fixture {
     /// Starts `path` with `args` and waits for its `ready <pid>` line.
     pub fn start(path: &str, args: &[&str]) -> Fixture {
-        let mut child = Command::new(path)
+        Self::start_with(path, args, |_| {})
+    }
+
+    /// [`Fixture::start`], with the command prepared by `prepare` first (limits, `pre_exec`).
+    pub fn start_with(path: &str, args: &[&str], prepare: impl FnOnce(&mut Command)) -> Fixture {
+        let mut command = Command::new(path);
+        prepare(&mut command);
+        let mut child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

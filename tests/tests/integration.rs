@@ -5,6 +5,8 @@
 
 // Bad command lines and missing privileges: exit status 2 and a single error line.
 mod cli_errors;
+// Core files (gdb's gcore, the kernel's core dumps) dumped like the live processes.
+mod cores;
 // Every output format from one recorded profile, read by tools that did not come from us.
 mod formats;
 // Files a target controls (debug links to FIFOs and giants, corrupt DWARF) cannot hang us.
