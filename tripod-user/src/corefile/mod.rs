@@ -116,8 +116,8 @@ pub struct Core {
 pub struct NotACore(pub String);
 
 impl Core {
-    /// Opens and parses the core at `path`; `Err(NotACore)` for a file that
-    /// is not an x86_64 ELF core (or unreadable), other errors for I/O.
+    /// Parses the core `file` opened at `path`; `Err(NotACore)` for a file
+    /// that is not an x86_64 ELF core, or that has no thread left to dump.
     pub fn open(path: &Path, file: File) -> Result<Core, NotACore> {
         let shown = crate::text::escape_controls_owned(path.display().to_string());
         let not = |why: &str| NotACore(format!("{shown} is not an ELF core file: {why}"));
