@@ -159,8 +159,14 @@ fn dump_of_what_is_no_core() {
         &["dump", "--core", text.to_str().unwrap()],
         "is not an ELF core file",
     );
-    expect_error_line(&["dump", "--core", tripod_bin().to_str().unwrap()], "not a core");
-    expect_error_line(&["dump", "--core", "/nonexistent/core.1"], "/nonexistent/core.1");
+    expect_error_line(
+        &["dump", "--core", tripod_bin().to_str().unwrap()],
+        "not a core",
+    );
+    expect_error_line(
+        &["dump", "--core", "/nonexistent/core.1"],
+        "/nonexistent/core.1",
+    );
     expect_error_line(&["dump", "--core", "/dev/null"], "not a regular file");
 }
 

@@ -60,7 +60,11 @@ fn groups(dump: &Value) -> Vec<(String, usize, Vec<String>)> {
                 .map(String::from)
                 .collect();
             let annotation = group["annotation"].as_str().unwrap_or("").to_string();
-            (annotation, group["tids"].as_array().unwrap().len(), functions)
+            (
+                annotation,
+                group["tids"].as_array().unwrap().len(),
+                functions,
+            )
         })
         .collect()
 }
@@ -75,10 +79,17 @@ fn assert_population(core: &Value, live: Option<&Value>) {
             .iter()
             .find(|(a, ..)| a == annotation)
             .unwrap_or_else(|| panic!("no group {annotation:?} in {core:#}"));
-        assert_eq!((n, functions), (count, &chain.iter().map(|f| f.to_string()).collect()));
+        assert_eq!(
+            (n, functions),
+            (count, &chain.iter().map(|f| f.to_string()).collect())
+        );
     }
     if let Some(live) = live {
-        assert_eq!(found, groups(live), "the core's groups against the live dump's");
+        assert_eq!(
+            found,
+            groups(live),
+            "the core's groups against the live dump's"
+        );
     }
 }
 
@@ -96,7 +107,12 @@ fn dump_core(core: &Path, extra: &[&str]) -> (Value, String) {
 /// gdb's `gcore` of `pid` into `dir`; `None` (said why) when gdb is missing outside CI.
 fn gcore(pid: u32, dir: &Path) -> Option<PathBuf> {
     let prefix = dir.join("core");
-    match Command::new("gcore").arg("-o").arg(&prefix).arg(pid.to_string()).output() {
+    match Command::new("gcore")
+        .arg("-o")
+        .arg(&prefix)
+        .arg(pid.to_string())
+        .output()
+    {
         Err(_) if in_ci() => panic!("gcore (gdb) is missing in CI; .ci/run installs it"),
         Err(e) => {
             eprintln!("skipped: gcore (gdb) is not installed: {e}");
@@ -104,7 +120,11 @@ fn gcore(pid: u32, dir: &Path) -> Option<PathBuf> {
         }
         Ok(out) => {
             let path = dir.join(format!("core.{pid}"));
-            assert!(path.exists(), "no core: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                path.exists(),
+                "no core: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             Some(path)
         }
     }
@@ -143,15 +163,22 @@ fn a_gcore_is_grouped_like_the_live_dump_and_reported_again() {
         .iter()
         .filter_map(|t| t["syscall"].as_str())
         .collect();
-    assert_eq!(syscalls.iter().filter(|s| **s == "read").count(), 2, "{syscalls:?}");
+    assert_eq!(
+        syscalls.iter().filter(|s| **s == "read").count(),
+        2,
+        "{syscalls:?}"
+    );
 
     // `report` reads the saved dump back, in another format.
     let saved = dir.path().join("dump.json");
     fs::write(&saved, dump.to_string()).unwrap();
     let out = run_tripod(&["report", saved.to_str().unwrap(), "-f", "folded"]);
     assert_success(&out);
-    assert!(stdout_text(&out).contains("wait_for_work"), "{}", stdout_text(&out));
-
+    assert!(
+        stdout_text(&out).contains("wait_for_work"),
+        "{}",
+        stdout_text(&out)
+    );
 }
 
 /// Points the kernel's core dumps at a file pattern while alive; puts the old one back on
@@ -232,7 +259,11 @@ fn a_kernel_core_of_an_aborted_process_is_grouped_like_the_live_dump() {
         stderr.contains("the core is truncated") && stderr.lines().count() == 1,
         "{stderr}"
     );
-    assert!(stdout_text(&out).contains("9 threads"), "{}", stdout_text(&out));
+    assert!(
+        stdout_text(&out).contains("9 threads"),
+        "{}",
+        stdout_text(&out)
+    );
 }
 
 #[test]
@@ -258,11 +289,21 @@ fn a_moved_executable_is_named_with_a_hint_and_found_with_exe() {
         .iter()
         .filter_map(|f| f["unknown"].as_str())
         .collect();
-    assert!(unknowns.contains(&marker.as_str()), "{marker:?} not in {unknowns:?}");
+    assert!(
+        unknowns.contains(&marker.as_str()),
+        "{marker:?} not in {unknowns:?}"
+    );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("--exe") && stderr.contains(&copy.display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains("--exe") && stderr.contains(&copy.display().to_string()),
+        "{stderr}"
+    );
     let out = run_tripod(&["dump", "--core", core.to_str().unwrap()]);
-    assert!(stdout_text(&out).contains(&format!("[unknown: {marker}]")), "{}", stdout_text(&out));
+    assert!(
+        stdout_text(&out).contains(&format!("[unknown: {marker}]")),
+        "{}",
+        stdout_text(&out)
+    );
 
     let (dump, stderr) = dump_core(&core, &["--exe", moved.to_str().unwrap()]);
     assert!(stderr.trim().is_empty(), "{stderr}");
@@ -275,5 +316,8 @@ fn a_moved_executable_is_named_with_a_hint_and_found_with_exe() {
     fs::copy(&moved, &inside).unwrap();
     let (_, stderr) = dump_core(&core, &["--sysroot", root.to_str().unwrap()]);
     // The system's libraries are not in that root: only they are missing.
-    assert!(stderr.contains("--sysroot") && !stderr.contains("population"), "{stderr}");
+    assert!(
+        stderr.contains("--sysroot") && !stderr.contains("population"),
+        "{stderr}"
+    );
 }

@@ -10,10 +10,10 @@ use tripod_common::{
 
 use crate::{
     config::{
-        Command, Config, CoreDumpConfig, DumpConfig, Mode, OutputDest, OutputFormat, PushConfig, PushFormat,
-        PythonFrames, ReportConfig, StackSelection, Target, UnwindMode, DEFAULT_FREQUENCY,
-        DEFAULT_MIN_BLOCK_US, DEFAULT_PUSH_INTERVAL, MAX_COUNT_MAP_SIZE, MAX_RING_BUFFER_SIZE,
-        MAX_SECONDS, MAX_STACK_STORAGE_SIZE,
+        Command, Config, CoreDumpConfig, DumpConfig, Mode, OutputDest, OutputFormat, PushConfig,
+        PushFormat, PythonFrames, ReportConfig, StackSelection, Target, UnwindMode,
+        DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US, DEFAULT_PUSH_INTERVAL, MAX_COUNT_MAP_SIZE,
+        MAX_RING_BUFFER_SIZE, MAX_SECONDS, MAX_STACK_STORAGE_SIZE,
     },
     error::UsageError,
 };
@@ -1041,7 +1041,10 @@ mod tests {
             let e = parse_command(line).unwrap_err().clap();
             assert_eq!(e.kind(), ErrorKind::ArgumentConflict, "{line}");
         }
-        for line in ["tripod-bpf dump -p 1 --exe ./a", "tripod-bpf dump -p 1 --sysroot /r"] {
+        for line in [
+            "tripod-bpf dump -p 1 --exe ./a",
+            "tripod-bpf dump -p 1 --sysroot /r",
+        ] {
             assert!(usage_error_of(line).contains("--core FILE"), "{line}");
         }
     }

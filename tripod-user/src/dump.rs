@@ -143,7 +143,11 @@ pub fn run_core(config: CoreDumpConfig, shutdown: Shutdown) -> Result<u8> {
             "{} {} of the core not found ({}{}): their frames are unknown; pass --exe PATH for \
              the executable, or --sysroot DIR to look the core's paths up under DIR",
             not_found.len(),
-            if not_found.len() == 1 { "file" } else { "files" },
+            if not_found.len() == 1 {
+                "file"
+            } else {
+                "files"
+            },
             crate::text::escape_controls(first),
             if not_found.len() > 1 { ", ..." } else { "" },
         ));

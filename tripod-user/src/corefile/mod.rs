@@ -202,7 +202,8 @@ impl Core {
             return;
         }
         let endian = Endianness::Little;
-        let Ok(mut notes) = NoteIterator::<elf::FileHeader64<Endianness>>::new(endian, align, &data)
+        let Ok(mut notes) =
+            NoteIterator::<elf::FileHeader64<Endianness>>::new(endian, align, &data)
         else {
             self.missing.push("notes with an invalid alignment".into());
             return;
@@ -227,7 +228,9 @@ impl Core {
         match kind {
             elf::NT_PRSTATUS => match prstatus(desc) {
                 Some(thread) => self.threads.push(thread),
-                None => self.missing.push("a thread's registers (NT_PRSTATUS too short)".into()),
+                None => self
+                    .missing
+                    .push("a thread's registers (NT_PRSTATUS too short)".into()),
             },
             elf::NT_PRPSINFO if desc.len() >= 56 => {
                 self.pid = u32_at(desc, 24).unwrap_or(0);
@@ -237,7 +240,9 @@ impl Core {
             }
             NT_FILE => match mapped_files(desc) {
                 Some(files) => self.files = files,
-                None => self.missing.push("the mapped files (NT_FILE malformed)".into()),
+                None => self
+                    .missing
+                    .push("the mapped files (NT_FILE malformed)".into()),
             },
             elf::NT_AUXV => {
                 for pair in desc.chunks_exact(16) {
@@ -385,7 +390,9 @@ pub fn open_file(path: &Path) -> Result<File> {
     let links = crate::target_file::Links::Follow;
     crate::target_file::open_limited(path, links, u64::MAX).map_err(|refusal| {
         let shown = crate::text::escape_controls_owned(refusal.to_string());
-        anyhow!(crate::error::UsageError(format!("cannot read the core: {shown}")))
+        anyhow!(crate::error::UsageError(format!(
+            "cannot read the core: {shown}"
+        )))
     })
 }
 

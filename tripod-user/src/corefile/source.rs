@@ -118,7 +118,10 @@ fn open_mapped(path: &str, is_exe: bool, lookup: &Lookup) -> Result<std::fs::Fil
             let opened = target_file::open_in_root(root, Path::new(path), max);
             (root.join(inside), opened)
         }
-        _ => (PathBuf::from(path), target_file::open(Path::new(path), Links::Follow)),
+        _ => (
+            PathBuf::from(path),
+            target_file::open(Path::new(path), Links::Follow),
+        ),
     };
     opened.map_err(|refusal| {
         // open_in_root does not say why in a way we can match on: look.
@@ -172,7 +175,11 @@ impl SampleSource for CoreSource {
                 comm: self.comm.clone(),
                 // A thread stopped in a system call was waiting in it; one
                 // stopped in its own code was running. The core says no more.
-                state: if thread.syscall.is_some() { SLEEPING } else { 0 },
+                state: if thread.syscall.is_some() {
+                    SLEEPING
+                } else {
+                    0
+                },
                 syscall: thread.syscall,
                 time_ns: 0,
                 user: UserStack::Copy {

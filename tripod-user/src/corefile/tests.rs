@@ -72,12 +72,18 @@ fn a_gcore_gives_its_thread_name_files_and_stack() {
         .iter()
         .find(|f| String::from_utf8_lossy(&f.path).contains("libc.so"))
         .expect("libc is mapped");
-    assert!(core.files.iter().any(|f| f.path == libc.path && f.executable));
+    assert!(core
+        .files
+        .iter()
+        .any(|f| f.path == libc.path && f.executable));
     assert!(core.files.iter().all(|f| f.start < f.end));
     // The stack is in the core, read from the stack pointer up.
     let stack = core.read_memory(thread.sp, 4096);
     assert_eq!(stack.len(), 4096);
-    assert!(core.read_memory(0, 16).is_empty(), "page zero is mapped by nobody");
+    assert!(
+        core.read_memory(0, 16).is_empty(),
+        "page zero is mapped by nobody"
+    );
     assert!(core.vdso.is_some_and(|(start, end)| start < end));
 }
 
