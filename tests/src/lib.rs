@@ -157,17 +157,23 @@ pub struct Fixture {
 impl Fixture {
     /// Starts `path` with `args` and waits for its `ready <pid>` line.
     pub fn start(path: &str, args: &[&str]) -> Fixture {
-        Self::start_command(Command::new(path).args(args), path)
+        Self::start_with(path, args, |_| {})
     }
 
     /// [`Fixture::start`] in the directory `dir` (for runtimes that write
     /// files in their current directory).
     pub fn start_in(dir: &Path, path: &str, args: &[&str]) -> Fixture {
-        Self::start_command(Command::new(path).args(args).current_dir(dir), path)
+        Self::start_with(path, args, |command| {
+            command.current_dir(dir);
+        })
     }
 
-    fn start_command(command: &mut Command, path: &str) -> Fixture {
+    /// [`Fixture::start`], with the command prepared by `prepare` first (limits, `pre_exec`).
+    pub fn start_with(path: &str, args: &[&str], prepare: impl FnOnce(&mut Command)) -> Fixture {
+        let mut command = Command::new(path);
+        prepare(&mut command);
         let mut child = command
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()

@@ -162,6 +162,27 @@ fn malformed_rules_file_names_its_line() {
     );
 }
 
+/// A file that is not an ELF core, or no file: one line, exit 2, no root needed.
+#[test]
+fn dump_of_what_is_no_core() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    fs::write(&text, "not a core\n").unwrap();
+    expect_error_line(
+        &["dump", "--core", text.to_str().unwrap()],
+        "is not an ELF core file",
+    );
+    expect_error_line(
+        &["dump", "--core", tripod_bin().to_str().unwrap()],
+        "not a core",
+    );
+    expect_error_line(
+        &["dump", "--core", "/nonexistent/core.1"],
+        "/nonexistent/core.1",
+    );
+    expect_error_line(&["dump", "--core", "/dev/null"], "not a regular file");
+}
+
 #[test]
 fn dump_of_a_missing_process() {
     expect_error_line(&["dump", "--pid", "999999999"], "999999999");

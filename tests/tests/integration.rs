@@ -7,6 +7,8 @@
 mod cli_errors;
 // Cgroups and namespaces: --cgroup filtering, cgroups in the outputs, namespace pids.
 mod containers;
+// Core files (gdb's gcore, the kernel's core dumps) dumped like the live processes.
+mod cores;
 // Every output format from one recorded profile, read by tools that did not come from us.
 mod formats;
 // Files a target controls (debug links to FIFOs and giants, corrupt DWARF) cannot hang us.

@@ -10,8 +10,8 @@ use tripod_common::{
 
 use crate::{
     config::{
-        Command, Config, DumpConfig, FoldedPrefix, InputKind, Mode, OutputDest, OutputFormat,
-        PushConfig,
+        Command, Config, CoreDumpConfig, DumpConfig, FoldedPrefix, InputKind, Mode, OutputDest,
+        OutputFormat, PushConfig,
         PushFormat, PythonFrames, ReportConfig, StackSelection, Target, UnwindMode,
         DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US, DEFAULT_PUSH_INTERVAL, MAX_COUNT_MAP_SIZE,
         MAX_RING_BUFFER_SIZE, MAX_SECONDS, MAX_STACK_STORAGE_SIZE,
@@ -125,8 +125,22 @@ struct ReportArgs {
 #[derive(Debug, Args)]
 struct DumpArgs {
     /// The process to dump.
-    #[arg(short, long, value_name = "PID")]
-    pid: u32,
+    #[arg(short, long, value_name = "PID", required_unless_present = "core")]
+    pid: Option<u32>,
+
+    /// Dump the threads of a core file (a kernel core dump or gdb's gcore) instead of a
+    /// process; needs no root. Native stacks only.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "every", "locals", "kernel_only", "user_only"])]
+    core: Option<PathBuf>,
+
+    /// With --core: the core's executable, when it is not at the path the core names.
+    #[arg(long, value_name = "PATH")]
+    exe: Option<PathBuf>,
+
+    /// With --core: look the core's files up under DIR, as if it were `/` (a copy of the
+    /// machine's files the core was made on).
+    #[arg(long, value_name = "DIR")]
+    sysroot: Option<PathBuf>,
 
     /// Write JSON (the same as --format json).
     #[arg(long, conflicts_with = "format")]
@@ -461,7 +475,7 @@ where
 {
     let cli = Cli::try_parse_from(args)?;
     Ok(match cli.subcommand {
-        Some(Subcommands::Dump(dump)) => Command::Dump(dump.into_config()?),
+        Some(Subcommands::Dump(dump)) => dump.into_command()?,
         Some(Subcommands::Report(report)) => Command::Report(report.into_config()),
         Some(Subcommands::Completions { shell }) => Command::Print(completion_script(shell)),
         Some(Subcommands::Man) => Command::Print(man_page()?),
@@ -585,8 +599,34 @@ impl ReportArgs {
 }
 
 impl DumpArgs {
+    /// A dump of a process, or of a core file.
+    fn into_command(self) -> Result<Command, UsageError> {
+        let Some(core) = self.core else {
+            if self.exe.is_some() || self.sysroot.is_some() {
+                return Err(UsageError::new(
+                    "--exe and --sysroot name a core file's files; pass the core with --core FILE",
+                ));
+            }
+            return Ok(Command::Dump(self.into_config()?));
+        };
+        Ok(Command::DumpCore(CoreDumpConfig {
+            core,
+            exe: self.exe,
+            sysroot: self.sysroot,
+            format: if self.json {
+                OutputFormat::Json
+            } else {
+                self.format.format()
+            },
+            output: output_dest(self.output, OutputDest::Stdout),
+            rules: self.rules,
+            max_file_size: self.files.max_file_size,
+        }))
+    }
+
     fn into_config(self) -> Result<DumpConfig, UsageError> {
-        if self.pid == 0 {
+        let pid = self.pid.expect("clap requires --pid without --core");
+        if pid == 0 {
             return Err(UsageError::new(
                 "pid 0 is the idle task, not a process; pass the pid of a running process",
             ));
@@ -610,7 +650,7 @@ impl DumpArgs {
             OutputDest::Stdout
         };
         Ok(DumpConfig {
-            pid: self.pid,
+            pid,
             format: if self.json {
                 OutputFormat::Json
             } else {
@@ -1053,6 +1093,39 @@ mod tests {
             config("tripod-bpf -a --rules r.toml").rules,
             Some(PathBuf::from("r.toml"))
         );
+    }
+
+    #[test]
+    fn dump_of_a_core_file() {
+        let line = "tripod-bpf dump --core c.1 --exe ./a --sysroot /r -f folded -o x";
+        let Ok(Command::DumpCore(core)) = parse_command(line) else {
+            panic!("{line}: expected a core dump");
+        };
+        assert_eq!(core.core, PathBuf::from("c.1"));
+        assert_eq!(core.exe, Some(PathBuf::from("./a")));
+        assert_eq!(core.sysroot, Some(PathBuf::from("/r")));
+        assert_eq!(core.format, OutputFormat::Folded);
+        assert_eq!(core.output, OutputDest::File("x".into()));
+        let Ok(Command::DumpCore(json)) = parse_command("tripod-bpf dump --core c.1 --json") else {
+            panic!("expected a core dump");
+        };
+        assert_eq!((json.format, json.exe), (OutputFormat::Json, None));
+        // A core is no process: nothing to watch, no live-only choices.
+        for line in [
+            "tripod-bpf dump --core c.1 -p 42",
+            "tripod-bpf dump --core c.1 --every 2",
+            "tripod-bpf dump --core c.1 --locals",
+            "tripod-bpf dump --core c.1 --kernel-only",
+        ] {
+            let e = parse_command(line).unwrap_err().clap();
+            assert_eq!(e.kind(), ErrorKind::ArgumentConflict, "{line}");
+        }
+        for line in [
+            "tripod-bpf dump -p 1 --exe ./a",
+            "tripod-bpf dump -p 1 --sysroot /r",
+        ] {
+            assert!(usage_error_of(line).contains("--core FILE"), "{line}");
+        }
     }
 
     #[test]

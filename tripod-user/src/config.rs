@@ -24,6 +24,8 @@ pub enum Command {
     Record(Config),
     /// Take snapshots of every thread of one process.
     Dump(DumpConfig),
+    /// Dump every thread of a core file.
+    DumpCore(CoreDumpConfig),
     /// Render a JSON recording or dump made earlier, maybe on another machine.
     Report(ReportConfig),
     /// Print a shell completion script or the man page (ready to write).
@@ -180,6 +182,21 @@ pub struct DumpConfig {
     pub python: PythonFrames,
     /// Show the local variables of Python frames (`--locals`).
     pub locals: bool,
+    /// The largest target file read (`--max-file-size`), see [`crate::target_file`].
+    pub max_file_size: u64,
+}
+
+/// `tripod-bpf dump --core FILE`: the threads of a core file, dumped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CoreDumpConfig {
+    pub core: PathBuf,
+    /// The executable, in place of the path the core names (`--exe`).
+    pub exe: Option<PathBuf>,
+    /// Where the core's paths are looked up, as if it were `/` (`--sysroot`).
+    pub sysroot: Option<PathBuf>,
+    pub format: OutputFormat,
+    pub output: OutputDest,
+    pub rules: Option<PathBuf>,
     /// The largest target file read (`--max-file-size`), see [`crate::target_file`].
     pub max_file_size: u64,
 }

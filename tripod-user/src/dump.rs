@@ -2,16 +2,23 @@
 //! or blocked, grouped by stack. The process is neither stopped nor signalled:
 //! a task iterator reads each thread's stacks in the kernel, and they are
 //! unwound and symbolized like recorded ones. With `--every`, a watchdog that
-//! appends a dump to the log until Ctrl-C or the process exits.
+//! appends a dump to the log until Ctrl-C or the process exits. With
+//! `--core`, the threads of a core file instead, through the same pipeline
+//! ([`crate::corefile`]): no root, no sampler.
 use std::{sync::Arc, time::Instant};
 
 use anyhow::{Context as _, Result};
 
 use crate::{
-    config::DumpConfig,
+    config::{CoreDumpConfig, DumpConfig},
+    corefile::{
+        source::{CoreSource, Lookup},
+        Core,
+    },
     live::{self, start_sampler},
     mappings::Scope,
     messages::{note, warn},
+    model::Counters,
     output::Output,
     pipeline::{Pipeline, PipelineOptions},
     preflight,
@@ -102,6 +109,71 @@ pub async fn run(config: DumpConfig, shutdown: Shutdown) -> Result<u8> {
         if dumps == 1 { "dump" } else { "dumps" },
         output.name
     ));
+    Ok(0)
+}
+
+/// Dumps the threads of a core file as [`run`] dumps a live process's:
+/// grouped by stack, annotated, in any format. Files the core names that are
+/// not found get one line saying how to point at them.
+pub fn run_core(config: CoreDumpConfig, shutdown: Shutdown) -> Result<u8> {
+    let rules = Arc::new(load_rules(config.rules.as_deref())?);
+    live::prepare_target_files(config.max_file_size);
+    let started = Instant::now();
+    let file = crate::corefile::open_file(&config.core)?;
+    let core = match Core::open(&config.core, file) {
+        Ok(core) => core,
+        Err(not_a_core) => usage_error!("{}", not_a_core.0),
+    };
+    if !core.missing.is_empty() {
+        warn(&format!(
+            "the core is truncated, dumped what it holds: {}",
+            core.missing.join("; ")
+        ));
+    }
+    let pid = core.pid;
+    let mut source = CoreSource::new(core);
+    let mut processes = ProcessTable::new();
+    let lookup = Lookup {
+        exe: config.exe,
+        sysroot: config.sysroot,
+    };
+    let not_found = source.give_process(&mut processes, &lookup);
+    if let Some(first) = not_found.first() {
+        warn(&format!(
+            "{} {} of the core not found ({}{}): their frames are unknown; pass --exe PATH for \
+             the executable, or --sysroot DIR to look the core's paths up under DIR",
+            not_found.len(),
+            if not_found.len() == 1 {
+                "file"
+            } else {
+                "files"
+            },
+            crate::text::escape_controls(first),
+            if not_found.len() > 1 { ", ..." } else { "" },
+        ));
+    }
+    let mut output = open_output(&config.output, config.format, &shutdown)?;
+    let mut pipeline = Pipeline::new(PipelineOptions {
+        rules,
+        processes,
+        // The core's mappings are all there is: no sideband, no `/proc`.
+        history: Scope::Pids(Default::default()),
+        python: Python::new(crate::config::PythonFrames::Off),
+        collect_user: true,
+        counters: Counters::default(),
+        recording: None,
+    });
+    shutdown.begin();
+    let Some(dump) = pipeline.dump(&mut source, pid)? else {
+        anyhow::bail!("the core has no thread to dump");
+    };
+    output.dump(&dump).context("writing the dump")?;
+    output.finish()?;
+    log::debug!(
+        "dumped {} threads of a core in {:?}",
+        dump.threads.len(),
+        started.elapsed()
+    );
     Ok(0)
 }
 

@@ -11,7 +11,7 @@
 //! JIT code) and [`symbolize`], the only blazesym user) -> [`annotate`] -> [`report`] -> [`output`] (the only
 //! writers). [`wait`] accounts waits, [`retire`] retires exited processes,
 //! [`pipeline`] connects the stages; [`app`] runs a recording and [`dump`] a
-//! thread dump (both through [`live`]); [`session`] holds what they and the
+//! thread dump (both through [`live`]; a core file's through [`corefile`]); [`session`] holds what they and the
 //! offline `report` share; [`model`] is the leaf every stage speaks;
 //! [`signals`] tells the runs when to stop; [`cgroup`] names the cgroup and
 //! container of each sampled process.
@@ -25,6 +25,7 @@ pub mod app;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+pub mod corefile;
 pub mod counting;
 pub mod dump;
 #[cfg(test)]

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     // before anything slow: a signal during start-up still ends in a written
     // output, never in a kill by the default action.
     let shutdown = match &command {
-        Command::Record(_) | Command::Dump(_) => match Shutdown::install() {
+        Command::Record(_) | Command::Dump(_) | Command::DumpCore(_) => match Shutdown::install() {
             Ok(shutdown) => shutdown,
             Err(error) => {
                 messages::error(&format!("{error:#}"));
@@ -49,6 +49,7 @@ fn main() -> ExitCode {
             match command {
                 Command::Record(config) => app::run(config, shutdown).await,
                 Command::Dump(config) => dump::run(config, shutdown).await,
+                Command::DumpCore(config) => dump::run_core(config, shutdown),
                 Command::Report(config) => offline::run(config),
                 Command::Print(_) => Ok(0),
             }

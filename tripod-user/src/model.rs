@@ -251,6 +251,9 @@ pub enum Unknown {
     NotRead { path: String, why: FileRefused },
     /// No file of the module (this is its mapped path) could be opened.
     CannotOpen { path: String },
+    /// The module's file is not there: a core file's executable or library
+    /// looked up at `path` (on this machine, or under `--sysroot`).
+    FileNotFound { path: String },
     /// The symbolizer failed on the whole file, with `error`.
     CannotRead { path: String, error: String },
     /// A lookup in the module at `path` took longer than `after` (a file it
@@ -306,6 +309,7 @@ impl fmt::Display for Unknown {
                 return why.describe(path, f);
             }
             Unknown::CannotOpen { path } => return write!(f, "cannot open {path}"),
+            Unknown::FileNotFound { path } => return write!(f, "file not found: {path}"),
             Unknown::CannotRead { path, error } => return write!(f, "cannot read {path}: {error}"),
             Unknown::GaveUp { path, after } => {
                 return write!(
@@ -349,6 +353,8 @@ pub enum FileRefused {
     Replaced,
     /// The open or stat failed.
     Unreadable(String),
+    /// There is no file at the path (a core file's mapped file looked up).
+    NotFound,
 }
 
 impl FileRefused {
@@ -366,6 +372,7 @@ impl FileRefused {
             FileRefused::Symlink => write!(f, "{path} is a symbolic link"),
             FileRefused::Replaced => write!(f, "{path} is no longer the mapped file"),
             FileRefused::Unreadable(error) => write!(f, "{path}: {error}"),
+            FileRefused::NotFound => write!(f, "{path} not found"),
         }
     }
 }
@@ -473,6 +480,10 @@ mod tests {
             (
                 Unknown::CannotOpen { path: path() },
                 "cannot open /srv/lib.so",
+            ),
+            (
+                Unknown::FileNotFound { path: path() },
+                "file not found: /srv/lib.so",
             ),
             (
                 Unknown::CannotRead {

@@ -120,6 +120,9 @@ pub struct Process {
     mappings_generation: u64,
     /// When the mappings were last read.
     mappings_read_at: Instant,
+    /// The mappings were given (a core file's), not read from `/proc`:
+    /// they are never read again, whatever process has the pid now.
+    given: bool,
 }
 
 /// One executable mapping of a process, as [`ProcessTable::mappings`] returns it.
@@ -133,6 +136,29 @@ pub struct MappingView {
     pub module: Option<Arc<Module>>,
     /// The name of a mapping without a file, such as `[vdso]` or `[anon]`.
     pub special: Option<String>,
+}
+
+/// A mapping of a process whose mappings are given rather than read from
+/// `/proc` (a core file's, see [`ProcessTable::insert_given`]).
+#[derive(Debug)]
+pub struct GivenMapping {
+    pub start: u64,
+    pub end: u64,
+    pub file_offset: u64,
+    pub what: Given,
+}
+
+/// What a [`GivenMapping`] maps.
+#[derive(Debug)]
+pub enum Given {
+    /// A file, shown as `path` (raw, as the process saw it), opened (or
+    /// refused) from wherever it was looked up.
+    File {
+        path: String,
+        opened: Result<File, Refusal>,
+    },
+    /// A mapping without a file, such as `[vdso]`.
+    Special(String),
 }
 
 /// Every process seen during the run, and the modules they map.
@@ -162,6 +188,72 @@ impl ProcessTable {
             self.processes.insert(pid, process);
         }
         &self.processes[&pid]
+    }
+
+    /// Process `pid` with the name `comm`, the executable `exe` and the
+    /// executable `mappings` given: a core file's, not read from `/proc`
+    /// and never re-read (the pid may be another process's by now). A file
+    /// mapped several times is one module.
+    pub fn insert_given(
+        &mut self,
+        pid: u32,
+        comm: String,
+        exe: Option<String>,
+        given: Vec<GivenMapping>,
+    ) {
+        let mut by_path: HashMap<String, Arc<Module>> = HashMap::new();
+        let mut mappings = Vec::with_capacity(given.len());
+        for mapping in given {
+            let kind = match mapping.what {
+                Given::Special(name) => MappingKind::Special(name),
+                Given::File { path, opened } => {
+                    let module = match by_path.get(&path) {
+                        Some(module) => module.clone(),
+                        None => {
+                            self.next_module_id += 1;
+                            let module = Arc::new(file_module(self.next_module_id, &path, opened));
+                            by_path.insert(path, module.clone());
+                            module
+                        }
+                    };
+                    MappingKind::File(module)
+                }
+            };
+            mappings.push(Mapping {
+                start: mapping.start,
+                end: mapping.end,
+                file_offset: mapping.file_offset,
+                kind,
+            });
+        }
+        mappings.sort_by_key(|m| m.start);
+        let process = Process {
+            pid,
+            comm,
+            exe,
+            kernel_thread: false,
+            mappings: Some(mappings),
+            mappings_generation: 0,
+            mappings_read_at: Instant::now(),
+            given: true,
+        };
+        self.processes.insert(pid, process);
+    }
+
+    /// The modules of every process, each once, in no order.
+    pub fn modules(&self) -> Vec<Arc<Module>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut modules = Vec::new();
+        for process in self.processes.values() {
+            for mapping in process.mappings.iter().flatten() {
+                if let MappingKind::File(module) = &mapping.kind {
+                    if seen.insert(module.id) {
+                        modules.push(module.clone());
+                    }
+                }
+            }
+        }
+        modules
     }
 
     pub fn get(&self, pid: u32) -> Option<&Process> {
@@ -232,8 +324,8 @@ impl ProcessTable {
         if let Some(location) = process.mappings.as_ref().and_then(|m| find(m, address)) {
             return location;
         }
-        let read_lately =
-            now.saturating_duration_since(process.mappings_read_at) < REREAD_MAPPINGS_AFTER;
+        let read_lately = process.given
+            || now.saturating_duration_since(process.mappings_read_at) < REREAD_MAPPINGS_AFTER;
         if !read_lately {
             let fresh = read_mappings(pid, &mut self.modules, &mut self.next_module_id);
             let process = self.processes.get_mut(&pid).expect("looked up above");
@@ -407,6 +499,7 @@ impl ProcessTable {
             mappings,
             mappings_generation: 0,
             mappings_read_at: Instant::now(),
+            given: false,
         }
     }
 }
@@ -686,7 +779,11 @@ fn recorded_module(
     mapping: &RecordedMapping<'_>,
     opened: Result<File, Refusal>,
 ) -> Module {
-    let path = mapping.display_path();
+    file_module(id, &mapping.display_path(), opened)
+}
+
+/// The module of a file shown as `path`, opened (or refused) already.
+fn file_module(id: usize, path: &str, opened: Result<File, Refusal>) -> Module {
     match opened {
         Ok(file) => Module {
             id,

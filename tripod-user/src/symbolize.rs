@@ -261,6 +261,10 @@ fn shown(text: &str) -> String {
 
 /// The reason of every frame of a module whose file was refused.
 fn not_read(refusal: &Refusal) -> Unknown {
+    if refusal.why == Why::NotFound {
+        let path = shown(&refusal.path.display().to_string());
+        return Unknown::FileNotFound { path };
+    }
     let why = match &refusal.why {
         Why::Unreadable(error) => Why::Unreadable(shown(error)),
         why => why.clone(),

@@ -1,0 +1,223 @@
+//! A core file as the pipeline's [`SampleSource`]: its threads are one
+//! dump's snapshot, each with its registers and the stack bytes from its
+//! stack pointer up, unwound and symbolized as a live thread's copied stack.
+//! The process's mappings come from `NT_FILE`, given to the
+//! [`ProcessTable`] in place of `/proc`'s, their files opened through
+//! [`crate::target_file`] (from `--exe` for the executable, under
+//! `--sysroot` for every other file, else where the core says).
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use tripod_common::{PythonProcess, RecordKind};
+
+use super::{Core, MAX_STACK_BYTES};
+use crate::{
+    model::Counters,
+    process::{Given, GivenMapping, ProcessTable},
+    python::PythonSample,
+    sampler::{
+        sideband::{SideRecord, SidebandCounters},
+        Flip, Record, Sample, SampleSource, SamplingEvent, Settled, UserStack,
+    },
+    stack::StackRead,
+    target_file::{self, Links, Refusal, Why},
+    text::escape_controls_owned,
+};
+
+/// `TASK_INTERRUPTIBLE`: what a thread in a system call is shown as.
+const SLEEPING: u32 = 1;
+
+/// Where the files a core names are looked up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lookup {
+    /// The executable (`--exe`), in place of the path in the core.
+    pub exe: Option<PathBuf>,
+    /// A directory the core's paths are resolved in (`--sysroot`), as if it
+    /// were `/`: a link in it cannot lead out.
+    pub sysroot: Option<PathBuf>,
+}
+
+/// The threads of a core, for one dump.
+pub struct CoreSource {
+    core: Core,
+    /// The process name, escaped.
+    comm: String,
+    dumped: bool,
+}
+
+impl CoreSource {
+    pub fn new(core: Core) -> Self {
+        let name = core.name.as_deref().unwrap_or(b"core");
+        let comm = escape_controls_owned(String::from_utf8_lossy(name).into_owned());
+        CoreSource {
+            core,
+            comm,
+            dumped: false,
+        }
+    }
+
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// Tells `processes` the core's process: its name and its executable
+    /// mappings, each file opened as `lookup` says. Returns the paths of
+    /// the files that were not found, each once.
+    pub fn give_process(&self, processes: &mut ProcessTable, lookup: &Lookup) -> Vec<String> {
+        let core = &self.core;
+        let exe = core.executable_path().map(lossy);
+        let mut not_found: Vec<String> = Vec::new();
+        let mut given = Vec::new();
+        for file in core.files.iter().filter(|f| f.executable) {
+            let path = lossy(&file.path);
+            let path = path.strip_suffix(" (deleted)").unwrap_or(&path).to_string();
+            let is_exe = core.executable_path() == Some(file.path.as_slice());
+            let opened = open_mapped(&path, is_exe, lookup);
+            if let Err(Refusal {
+                path: missing,
+                why: Why::NotFound,
+            }) = &opened
+            {
+                let missing = missing.display().to_string();
+                if !not_found.contains(&missing) {
+                    not_found.push(missing);
+                }
+            }
+            given.push(GivenMapping {
+                start: file.start,
+                end: file.end,
+                file_offset: file.file_offset,
+                what: Given::File { path, opened },
+            });
+        }
+        if let Some((start, end)) = core.vdso {
+            given.push(GivenMapping {
+                start,
+                end,
+                file_offset: 0,
+                what: Given::Special("[vdso]".into()),
+            });
+        }
+        processes.insert_given(core.pid, self.comm.clone(), exe, given);
+        not_found
+    }
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Opens the file a core maps at `path` as `lookup` says; a path where
+/// nothing is is [`Why::NotFound`], named as it was looked up.
+fn open_mapped(path: &str, is_exe: bool, lookup: &Lookup) -> Result<std::fs::File, Refusal> {
+    let max = target_file::max_file_size();
+    let (looked_at, opened) = match (&lookup.exe, &lookup.sysroot) {
+        (Some(exe), _) if is_exe => (exe.clone(), target_file::open(exe, Links::Follow)),
+        (_, Some(root)) => {
+            let inside = Path::new(path).strip_prefix("/").unwrap_or(Path::new(path));
+            let opened = target_file::open_in_root(root, Path::new(path), max);
+            (root.join(inside), opened)
+        }
+        _ => (
+            PathBuf::from(path),
+            target_file::open(Path::new(path), Links::Follow),
+        ),
+    };
+    opened.map_err(|refusal| {
+        // open_in_root does not say why in a way we can match on: look.
+        let gone = matches!(refusal.why, Why::Unreadable(_))
+            && std::fs::symlink_metadata(&looked_at)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        if gone {
+            Refusal {
+                path: looked_at,
+                why: Why::NotFound,
+            }
+        } else {
+            refusal
+        }
+    })
+}
+
+/// A core has no kernel, no ring buffer and nothing to count: only the
+/// snapshot is real. What the pipeline tells it is of no use to it.
+impl SampleSource for CoreSource {
+    fn flip(&mut self) -> Result<Flip> {
+        Ok(Flip::without_kernel())
+    }
+
+    fn read_flipped(&mut self, _: Settled) -> Result<Vec<Sample<'static>>> {
+        Ok(Vec::new())
+    }
+
+    fn drain_copies(&mut self, _: &mut dyn FnMut(Record<'_>)) {}
+
+    fn drain_sideband(&mut self, _: &mut dyn FnMut(SideRecord)) -> Option<u64> {
+        None
+    }
+
+    fn sideband_counters(&self) -> Option<SidebandCounters> {
+        None
+    }
+
+    /// Every thread of the core, once: the core does not change.
+    fn snapshot(&mut self, handle: &mut dyn FnMut(Sample<'_>)) -> Result<()> {
+        if std::mem::replace(&mut self.dumped, true) {
+            return Ok(());
+        }
+        for thread in &self.core.threads {
+            let stack = self.core.read_memory(thread.sp, MAX_STACK_BYTES);
+            handle(Sample {
+                kind: RecordKind::Snapshot,
+                count: 1,
+                tgid: self.core.pid,
+                tid: thread.tid,
+                comm: self.comm.clone(),
+                // A thread stopped in a system call was waiting in it; one
+                // stopped in its own code was running. The core says no more.
+                state: if thread.syscall.is_some() {
+                    SLEEPING
+                } else {
+                    0
+                },
+                syscall: thread.syscall,
+                time_ns: 0,
+                user: UserStack::Copy {
+                    regs: (thread.ip, thread.sp, thread.bp),
+                    stack: &stack,
+                },
+                kernel: StackRead::NotCollected,
+                python: PythonSample::default(),
+            });
+        }
+        Ok(())
+    }
+
+    fn counters(&self) -> Result<Counters> {
+        Ok(Counters::default())
+    }
+
+    fn event(&self) -> SamplingEvent {
+        SamplingEvent::CpuClock
+    }
+
+    fn fallback_reason(&self) -> Option<&str> {
+        None
+    }
+
+    fn add_target(&mut self, pid: u32) -> Result<()> {
+        bail!("a core file has no process {pid} to add")
+    }
+
+    fn set_python_process(&mut self, _: u32, _: Option<&PythonProcess>) -> Result<()> {
+        Ok(())
+    }
+
+    fn forget_python_threads(&mut self, _: &[u32]) -> Result<()> {
+        Ok(())
+    }
+
+    fn mark_blocked(&mut self, _: u32, _: u64) -> Result<()> {
+        Ok(())
+    }
+}
