@@ -11,10 +11,9 @@ use tripod_common::{
 use crate::{
     config::{
         Command, Config, CoreDumpConfig, DumpConfig, FoldedPrefix, InputKind, Mode, OutputDest,
-        OutputFormat, PushConfig,
-        PushFormat, PythonFrames, ReportConfig, StackSelection, Target, UnwindMode,
-        DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US, DEFAULT_PUSH_INTERVAL, MAX_COUNT_MAP_SIZE,
-        MAX_RING_BUFFER_SIZE, MAX_SECONDS, MAX_STACK_STORAGE_SIZE,
+        OutputFormat, PushConfig, PushFormat, PythonFrames, ReportConfig, StackSelection, Target,
+        UnwindMode, DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US, DEFAULT_PUSH_INTERVAL,
+        MAX_COUNT_MAP_SIZE, MAX_RING_BUFFER_SIZE, MAX_SECONDS, MAX_STACK_STORAGE_SIZE,
     },
     error::UsageError,
 };

@@ -19,8 +19,8 @@ mod recorded;
 pub use recorded::{FileCheck, RecordedMapping};
 
 use crate::{
-    model::Cgroup,
     jit::JitSymbol,
+    model::Cgroup,
     target_file::{self, Links, Refusal, Why},
 };
 
@@ -232,6 +232,10 @@ impl ProcessTable {
             comm,
             exe,
             kernel_thread: false,
+            // Neither is in a core.
+            ns_pid: None,
+            cgroup: None,
+            cgroup_id: 0,
             mappings: Some(mappings),
             mappings_generation: 0,
             mappings_read_at: Instant::now(),

@@ -115,7 +115,9 @@ fn open_mapped(path: &str, is_exe: bool, lookup: &Lookup) -> Result<std::fs::Fil
         (Some(exe), _) if is_exe => (exe.clone(), target_file::open(exe, Links::Follow)),
         (_, Some(root)) => {
             let inside = Path::new(path).strip_prefix("/").unwrap_or(Path::new(path));
-            let opened = target_file::open_in_root(root, Path::new(path), max);
+            // Libraries are often links (libfoo.so.1 -> libfoo.so.1.2): resolved
+            // inside the sysroot, never out of it.
+            let opened = target_file::open_in_root(root, Path::new(path), Links::Follow, max);
             (root.join(inside), opened)
         }
         _ => (
@@ -182,6 +184,8 @@ impl SampleSource for CoreSource {
                 },
                 syscall: thread.syscall,
                 time_ns: 0,
+                // A core says nothing of cgroups.
+                cgroup_id: 0,
                 user: UserStack::Copy {
                     regs: (thread.ip, thread.sp, thread.bp),
                     stack: &stack,
