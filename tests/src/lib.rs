@@ -446,6 +446,29 @@ pub fn stacks_of<'a>(stacks: &'a [FoldedStack], comm_prefix: &str) -> Vec<&'a Fo
         .collect()
 }
 
+/// The user frames of a folded stack (kernel frames dropped), outermost first.
+pub fn user_frames(frames: &[String]) -> Vec<&str> {
+    frames
+        .iter()
+        .skip(1)
+        .filter(|f| !f.ends_with("_[k]"))
+        .map(String::as_str)
+        .collect()
+}
+
+/// Samples of `comm` whose user frames satisfy `complete`, and all samples of `comm`.
+pub fn share_where(folded: &str, comm: &str, complete: impl Fn(&[&str]) -> bool) -> (u64, u64) {
+    let stacks = parse_folded(folded);
+    let mine = stacks_of(&stacks, comm);
+    let total = mine.iter().map(|(_, n)| n).sum();
+    let good = mine
+        .iter()
+        .filter(|(f, _)| complete(&user_frames(f)))
+        .map(|(_, n)| n)
+        .sum();
+    (good, total)
+}
+
 /// (samples containing `chain`, all samples) among the lines of `comm_prefix`.
 pub fn chain_share(folded: &str, comm_prefix: &str, chain: &[&str]) -> (u64, u64) {
     let stacks = parse_folded(folded);

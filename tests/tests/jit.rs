@@ -9,32 +9,8 @@ use std::time::Duration;
 
 use tripod_tests::*;
 
-/// The user frames of a folded stack (the process name and kernel frames
-/// dropped), outermost first.
-fn user_frames(frames: &[String]) -> Vec<&str> {
-    frames
-        .iter()
-        .skip(1)
-        .filter(|f| !f.ends_with("_[k]"))
-        .map(String::as_str)
-        .collect()
-}
-
-/// Samples of `comm` whose user frames satisfy `good`, and all of its samples.
-fn share(folded: &str, comm: &str, good: impl Fn(&[&str]) -> bool) -> (u64, u64) {
-    let stacks = parse_folded(folded);
-    let mine = stacks_of(&stacks, comm);
-    let total = mine.iter().map(|(_, n)| n).sum();
-    let good = mine
-        .iter()
-        .filter(|(f, _)| good(&user_frames(f)))
-        .map(|(_, n)| n)
-        .sum();
-    (good, total)
-}
-
 fn assert_share(folded: &str, comm: &str, what: &str, good: impl Fn(&[&str]) -> bool) {
-    let (good, total) = share(folded, comm, good);
+    let (good, total) = share_where(folded, comm, good);
     println!("{comm}: {good}/{total} samples {what}");
     assert!(
         total >= 50,
@@ -123,9 +99,10 @@ fn node_functions_are_named_from_its_perf_map() {
 
 /// `node --perf-prof` writes no perf map but a jitdump (`jit-PID.dump`, in
 /// its current directory), which it maps so that profilers find it. It
-/// writes the dump through a large buffer, so its newest functions (here
-/// hotInner's optimized code) reach the file only later: the frames asked
-/// for are those of functions compiled early, main and hotOuter.
+/// writes the dump through a large buffer, so its newest code (hotInner's
+/// optimized code, hotOuter's later tiers) reaches the file only later: the
+/// stacks asked for go through main, compiled first; hotOuter is asked to be
+/// named at all.
 #[test]
 fn node_functions_are_named_from_its_jitdump() {
     let _guard = serial();
@@ -153,20 +130,23 @@ fn node_functions_are_named_from_its_jitdump() {
     let map = format!("/tmp/perf-{}.map", fx.pid());
     assert!(!Path::new(&map).exists(), "{map}: not from the dump alone");
     let folded = sample_folded(fx.pid(), "4", &[]);
+    // node writes its jitdump through a buffer: code compiled (or compiled
+    // again, when a function tiers up) after the last flush is not in the
+    // file while it runs. main's code is there from the start; hotOuter's
+    // first code too, its later tiers maybe not yet.
+    let js = |frame: &str, name: &str| frame.starts_with("JS:") && frame.contains(name);
     assert_share(
         &folded,
         "node",
-        "with main -> hotOuter from the jitdump, from _start",
-        |f| {
-            let main = |frame: &str| frame.starts_with("JS:") && frame.contains("main /");
-            let Some(at) = f.iter().position(|frame| main(frame)) else {
-                return false;
-            };
-            reaches_main(f, main)
-                && f[at + 1..]
-                    .iter()
-                    .any(|frame| frame.starts_with("JS:") && frame.contains("hotOuter /"))
-        },
+        "through main from the jitdump, from _start",
+        |f| reaches_main(f, |frame| js(frame, "main /")),
+    );
+    let (outer, _) = share_where(&folded, "node", |f| {
+        f.iter().any(|frame| js(frame, "hotOuter /"))
+    });
+    assert!(
+        outer > 0,
+        "hotOuter never named from the jitdump:\n{folded}"
     );
 }
 
@@ -268,7 +248,7 @@ fn java_methods_are_named_after_jcmd_writes_the_perf_map() {
     let map = format!("/tmp/perf-{}.map", fx.pid());
     let _remove = RemoveOnDrop(map.clone());
     let folded = sample_folded(fx.pid(), "4", &[]);
-    let (hot, total) = share(&folded, "java", |f| {
+    let (hot, total) = share_where(&folded, "java", |f| {
         f.iter().any(|frame| frame.contains("Hot.hotInner"))
     });
     println!("java: {hot}/{total} samples in Hot.hotInner");
@@ -301,7 +281,7 @@ fn vdso_frames_are_named() {
     }
     let fx = Fixture::start(CLOCKS, &[]);
     let folded = sample_folded(fx.pid(), "4", &[]);
-    let (named, total) = share(&folded, "clocks", |f| {
+    let (named, total) = share_where(&folded, "clocks", |f| {
         let Some(at) = f.iter().position(|frame| *frame == "read_clocks") else {
             return false;
         };

@@ -13,29 +13,6 @@ fn sample_dwarf(pid: u32, seconds: &str, extra: &[&str]) -> String {
     sample_folded(pid, seconds, &[&["--unwind", "dwarf"], extra].concat())
 }
 
-/// The user frames of a folded stack (kernel frames dropped), outermost first.
-fn user_frames(frames: &[String]) -> Vec<&str> {
-    frames
-        .iter()
-        .skip(1)
-        .filter(|f| !f.ends_with("_[k]"))
-        .map(String::as_str)
-        .collect()
-}
-
-/// Samples of `comm` whose user frames satisfy `complete`, and all samples of `comm`.
-fn share_where(folded: &str, comm: &str, complete: impl Fn(&[&str]) -> bool) -> (u64, u64) {
-    let stacks = parse_folded(folded);
-    let mine = stacks_of(&stacks, comm);
-    let total = mine.iter().map(|(_, n)| n).sum();
-    let good = mine
-        .iter()
-        .filter(|(f, _)| complete(&user_frames(f)))
-        .map(|(_, n)| n)
-        .sum();
-    (good, total)
-}
-
 fn assert_share(
     folded: &str,
     comm: &str,

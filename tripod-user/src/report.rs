@@ -490,6 +490,30 @@ pub struct ThreadGroup {
     pub frames: Arc<[Arc<Frame>]>,
 }
 
+impl ThreadGroup {
+    /// The threads `tids` in `state` at `frames`, annotated by `rules`.
+    pub fn new(
+        rules: &Rules,
+        mut tids: Vec<u32>,
+        state: TaskState,
+        frames: Arc<[Arc<Frame>]>,
+    ) -> ThreadGroup {
+        tids.sort_unstable();
+        ThreadGroup {
+            annotation: rules.annotate(&frames, state).map(str::to_string),
+            tids,
+            state,
+            frames,
+        }
+    }
+
+    /// Orders a dump's groups as every dump shows them: the largest first,
+    /// then by their first thread.
+    pub fn largest_first(groups: &mut [ThreadGroup]) {
+        groups.sort_by(|a, b| b.tids.len().cmp(&a.tids.len()).then(a.tids.cmp(&b.tids)));
+    }
+}
+
 /// A snapshot of every thread of one process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadDump {
@@ -540,18 +564,9 @@ pub fn build_dump(
     threads.sort_by_key(|t| t.tid);
     let mut groups: Vec<ThreadGroup> = by_stack
         .into_iter()
-        .map(|((stack, state), mut tids)| {
-            tids.sort_unstable();
-            let frames = inputs.frames(stack);
-            ThreadGroup {
-                annotation: rules.annotate(&frames, state).map(str::to_string),
-                tids,
-                state,
-                frames,
-            }
-        })
+        .map(|((stack, state), tids)| ThreadGroup::new(rules, tids, state, inputs.frames(stack)))
         .collect();
-    groups.sort_by(|a, b| b.tids.len().cmp(&a.tids.len()).then(a.tids.cmp(&b.tids)));
+    ThreadGroup::largest_first(&mut groups);
     let process = inputs.processes.get(pid);
     ThreadDump {
         pid,

@@ -60,18 +60,9 @@ pub fn to_dump(parsed: Parsed, rules: &Rules, time: DateTime<Local>) -> ThreadDu
     threads.sort_by_key(|t| t.tid);
     let mut groups: Vec<ThreadGroup> = by_stack
         .into_iter()
-        .map(|((frames, state), mut tids)| {
-            tids.sort_unstable();
-            let frames: Arc<[Arc<Frame>]> = frames.into();
-            ThreadGroup {
-                annotation: rules.annotate(&frames, state).map(str::to_string),
-                tids,
-                state,
-                frames,
-            }
-        })
+        .map(|((frames, state), tids)| ThreadGroup::new(rules, tids, state, frames.into()))
         .collect();
-    groups.sort_by(|a, b| b.tids.len().cmp(&a.tids.len()).then(a.tids.cmp(&b.tids)));
+    ThreadGroup::largest_first(&mut groups);
     ThreadDump {
         pid: parsed.pid.unwrap_or(0),
         // Not in any of these tools' dumps.
