@@ -128,8 +128,9 @@ struct DumpArgs {
     pid: Option<u32>,
 
     /// Dump the threads of a core file (a kernel core dump or gdb's gcore) instead of a
-    /// process; needs no root. Native stacks only.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "every", "locals", "kernel_only", "user_only"])]
+    /// process; needs no root. Native stacks, with Python frames (and --locals) read from
+    /// the core's memory.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["pid", "every", "kernel_only", "user_only"])]
     core: Option<PathBuf>,
 
     /// With --core: the core's executable, when it is not at the path the core names.
@@ -568,6 +569,7 @@ enum InputArg {
     #[value(name = "py-spy-json")]
     PySpyJson,
     Traceback,
+    Log,
 }
 
 impl InputArg {
@@ -579,6 +581,7 @@ impl InputArg {
             InputArg::PySpy => InputKind::PySpy,
             InputArg::PySpyJson => InputKind::PySpyJson,
             InputArg::Traceback => InputKind::Traceback,
+            InputArg::Log => InputKind::Log,
         }
     }
 }
@@ -620,6 +623,8 @@ impl DumpArgs {
             output: output_dest(self.output, OutputDest::Stdout),
             rules: self.rules,
             max_file_size: self.files.max_file_size,
+            python: self.python.frames(),
+            locals: self.locals,
         }))
     }
 
@@ -1109,11 +1114,21 @@ mod tests {
             panic!("expected a core dump");
         };
         assert_eq!((json.format, json.exe), (OutputFormat::Json, None));
+        assert_eq!((json.python, json.locals), (PythonFrames::Merged, false));
+        // Python frames and their locals are read from the core.
+        let Ok(Command::DumpCore(python)) =
+            parse_command("tripod-bpf dump --core c.1 --locals --all-native-frames")
+        else {
+            panic!("expected a core dump");
+        };
+        assert_eq!(
+            (python.python, python.locals),
+            (PythonFrames::MergedAll, true)
+        );
         // A core is no process: nothing to watch, no live-only choices.
         for line in [
             "tripod-bpf dump --core c.1 -p 42",
             "tripod-bpf dump --core c.1 --every 2",
-            "tripod-bpf dump --core c.1 --locals",
             "tripod-bpf dump --core c.1 --kernel-only",
         ] {
             let e = parse_command(line).unwrap_err().clap();

@@ -65,11 +65,14 @@ pub enum InputKind {
     PySpyJson,
     /// Python tracebacks anywhere in a log.
     Traceback,
+    /// tripod-bpf's own `-f log`.
+    Log,
 }
 
 impl InputKind {
-    pub const ALL: [InputKind; 6] = [
+    pub const ALL: [InputKind; 7] = [
         InputKind::Json,
+        InputKind::Log,
         InputKind::Gdb,
         InputKind::EuStack,
         InputKind::PySpy,
@@ -86,6 +89,7 @@ impl InputKind {
             InputKind::PySpy => "py-spy",
             InputKind::PySpyJson => "py-spy-json",
             InputKind::Traceback => "traceback",
+            InputKind::Log => "log",
         }
     }
 
@@ -98,6 +102,7 @@ impl InputKind {
             InputKind::PySpy => "py-spy dump",
             InputKind::PySpyJson => "py-spy dump --json",
             InputKind::Traceback => "logs with Python tracebacks",
+            InputKind::Log => "tripod-bpf -f log",
         }
     }
 
@@ -199,6 +204,10 @@ pub struct CoreDumpConfig {
     pub rules: Option<PathBuf>,
     /// The largest target file read (`--max-file-size`), see [`crate::target_file`].
     pub max_file_size: u64,
+    /// Python frames, read from the core's memory.
+    pub python: PythonFrames,
+    /// Python frames' local variables (`--locals`).
+    pub locals: bool,
 }
 
 /// Whether and how Python frames are shown.

@@ -10,9 +10,9 @@ use std::{sync::Arc, time::Instant};
 use anyhow::{Context as _, Result};
 
 use crate::{
-    config::{CoreDumpConfig, DumpConfig},
+    config::{CoreDumpConfig, DumpConfig, PythonFrames},
     corefile::{
-        source::{CoreSource, Lookup},
+        source::{CoreSource, Lookup, MissingFiles},
         Core,
     },
     live::{self, start_sampler},
@@ -137,32 +137,30 @@ pub fn run_core(config: CoreDumpConfig, shutdown: Shutdown) -> Result<u8> {
         exe: config.exe,
         sysroot: config.sysroot,
     };
-    let not_found = source.give_process(&mut processes, &lookup);
-    if let Some(first) = not_found.first() {
-        warn(&format!(
-            "{} {} of the core not found ({}{}): their frames are unknown; pass --exe PATH for \
-             the executable, or --sysroot DIR to look the core's paths up under DIR",
-            not_found.len(),
-            if not_found.len() == 1 {
-                "file"
-            } else {
-                "files"
-            },
-            crate::text::escape_controls(first),
-            if not_found.len() > 1 { ", ..." } else { "" },
-        ));
-    }
+    let missing = source.give_process(&mut processes, &lookup);
+    warn_missing(&missing);
     let mut output = open_output(&config.output, config.format, &shutdown)?;
     let mut pipeline = Pipeline::new(PipelineOptions {
         rules,
         processes,
         // The core's mappings are all there is: no sideband, no `/proc`.
         history: Scope::Pids(Default::default()),
-        python: Python::new(crate::config::PythonFrames::Off),
+        python: match config.python {
+            PythonFrames::Off => Python::new(PythonFrames::Off),
+            shown => Python::for_core(shown, source.python_memory(&lookup)),
+        },
         collect_user: true,
         counters: Counters::default(),
         recording: None,
     });
+    // Its Python found in its mappings, its threads' frames read in the snapshot.
+    pipeline.check_python(pid);
+    if config.locals {
+        if !pipeline.is_python(pid) {
+            warn("the core is not of a Python process tripod-bpf can read; --locals shows nothing");
+        }
+        pipeline.collect_locals();
+    }
     shutdown.begin();
     let Some(dump) = pipeline.dump(&mut source, pid)? else {
         anyhow::bail!("the core has no thread to dump");
@@ -175,6 +173,41 @@ pub fn run_core(config: CoreDumpConfig, shutdown: Shutdown) -> Result<u8> {
         started.elapsed()
     );
     Ok(0)
+}
+
+/// One line for files of the core that changed since, and one for those not
+/// found, each saying how to point at the right ones.
+fn warn_missing(missing: &MissingFiles) {
+    let files = |list: &[String]| {
+        format!(
+            "{} {} of the core",
+            list.len(),
+            if list.len() == 1 { "file" } else { "files" }
+        )
+    };
+    let first = |list: &[String]| {
+        format!(
+            "{}{}",
+            crate::text::escape_controls(&list[0]),
+            if list.len() > 1 { ", ..." } else { "" }
+        )
+    };
+    if !missing.changed.is_empty() {
+        warn(&format!(
+            "{} changed since it was dumped ({}): their frames are unknown; pass --exe PATH or \
+             --sysroot DIR to point at the files the process ran",
+            files(&missing.changed),
+            first(&missing.changed)
+        ));
+    }
+    if !missing.not_found.is_empty() {
+        warn(&format!(
+            "{} not found ({}): their frames are unknown; pass --exe PATH for the executable, or \
+             --sysroot DIR to look the core's paths up under DIR",
+            files(&missing.not_found),
+            first(&missing.not_found)
+        ));
+    }
 }
 
 /// Writes one dump; false when the process is gone.

@@ -15,9 +15,12 @@
 //! tracebacks in logs ([`traceback`]) become [`exceptions::Tracebacks`]. Text
 //! is read line by line with a cap on the line ([`lines`]); lines that do not
 //! parse are counted and named in one note, and what parsed is shown.
+//! tripod-bpf's own log is read back too ([`ownlog`]), as recordings and
+//! dumps like its JSON.
 pub mod eustack;
 pub mod gdb;
 pub mod lines;
+pub mod ownlog;
 pub mod pyspy;
 pub mod sniff;
 pub mod threads;
@@ -117,11 +120,17 @@ fn render_input(
     let parsed = match kind {
         InputKind::Json => {
             return render(
-                Documents::new(reader, MAX_LINE_BYTES),
+                &mut Documents::new(reader, MAX_LINE_BYTES),
                 config,
                 rules,
                 output,
             )
+        }
+        InputKind::Log => {
+            let mut documents = ownlog::LogDocuments::new(reader);
+            let rendered = render(&mut documents, config, rules, output);
+            note_skipped(&documents.skipped(), &name);
+            return rendered;
         }
         InputKind::Traceback => {
             let parsed = traceback::parse(&mut TextLines::new(reader))?;
@@ -172,13 +181,6 @@ fn sniffed(mut reader: Box<dyn BufRead>) -> Result<(InputKind, Box<dyn BufRead>)
         .take(sniff::SNIFF_BYTES as u64)
         .read_to_end(&mut head)
         .map_err(|e| UsageError(format!("cannot read: {e}")))?;
-    if sniff::is_own_log(&head) {
-        return Err(UsageError::new(
-            "tripod-bpf's own log (-f log) is not read back; save with -f json or dump --json \
-             and report that file",
-        )
-        .into());
-    }
     // An empty file is left to the JSON reader, which says so.
     let empty = head.iter().all(u8::is_ascii_whitespace);
     let Some(kind) = sniff::sniff(&head).or(empty.then_some(InputKind::Json)) else {
@@ -214,7 +216,7 @@ fn open_input(path: &Path) -> Result<(Box<dyn BufRead>, DateTime<Local>)> {
 /// Writes each document as it is read; formats that hold one profile get the
 /// recordings merged and written at the end.
 fn render(
-    documents: Documents<'_>,
+    documents: &mut dyn Iterator<Item = Result<(usize, Saved), UsageError>>,
     config: &ReportConfig,
     rules: Option<&Rules>,
     output: &mut Output,

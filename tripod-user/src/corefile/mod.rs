@@ -14,6 +14,7 @@
 //! A core is the target's data, and so hostile: every size read from it is
 //! bounded, and what it cuts short (a truncated file) is reported, not fatal.
 //! [`source`] hands the threads to the pipeline as a dump's snapshot.
+pub mod memory;
 pub mod source;
 
 use std::{fs::File, os::unix::fs::FileExt as _, path::Path};
@@ -34,6 +35,10 @@ const MAX_NOTES_BYTES: u64 = 64 << 20;
 /// stack pointer to the top, is rarely more than a few KiB).
 pub const MAX_STACK_BYTES: u64 = 1 << 20;
 
+/// How much of the start of a mapped file is compared with the file found
+/// for it ([`Core::file_head`], [`same_head`]): one page.
+const FILE_HEAD_BYTES: u64 = 4096;
+
 /// `NT_FILE` ("CORE"): the mapped files. Not in `object::elf`.
 const NT_FILE: u32 = 0x4649_4c45;
 
@@ -49,6 +54,7 @@ const REG_RBP: usize = 4;
 const REG_ORIG_RAX: usize = 15;
 const REG_RIP: usize = 16;
 const REG_RSP: usize = 19;
+const REG_FS_BASE: usize = 21;
 const USER_REGS: usize = 27;
 
 /// One thread of the core.
@@ -58,6 +64,9 @@ pub struct CoreThread {
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
+    /// Its TLS base, which glibc's `pthread_self()` returns: how CPython
+    /// 3.6 and 3.7 name their threads.
+    pub fs_base: u64,
     /// The system call the thread was in (`orig_rax`), if any.
     pub syscall: Option<i32>,
 }
@@ -313,6 +322,22 @@ impl Core {
         bytes
     }
 
+    /// The start of the file mapped at `path` (its first page: the ELF
+    /// header, program headers and build-id note) as the core holds it:
+    /// the kernel dumps it for every ELF mapping by default (bit 4 of
+    /// `coredump_filter`), gdb for those it dumps at all. Empty when the
+    /// core holds none.
+    pub fn file_head(&self, path: &[u8]) -> Vec<u8> {
+        let Some(first) = self
+            .files
+            .iter()
+            .find(|f| f.path == path && f.file_offset == 0)
+        else {
+            return Vec::new();
+        };
+        self.read_memory(first.start, FILE_HEAD_BYTES.min(first.end - first.start))
+    }
+
     /// The path of the executable: the file whose mapping holds the entry
     /// point, else the first one mapped.
     pub fn executable_path(&self) -> Option<&[u8]> {
@@ -349,6 +374,7 @@ fn prstatus(desc: &[u8]) -> Option<CoreThread> {
         ip: reg(REG_RIP)?,
         sp: reg(REG_RSP)?,
         bp: reg(REG_RBP)?,
+        fs_base: reg(REG_FS_BASE)?,
         syscall: i32::try_from(orig_rax).ok().filter(|n| *n >= 0),
     })
 }
@@ -381,6 +407,17 @@ fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
 
 fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Whether `file` starts with `head`, the start of the file a core maps
+/// ([`Core::file_head`]). Those bytes hold its ELF header, program headers
+/// and build-id note, which any rebuild changes: a file that differs there
+/// is not the one the process mapped, and its symbols would name its frames
+/// wrongly. (One that does not differ may still, in theory, differ further
+/// on; with a build id it does not.) An unreadable file differs.
+pub fn same_head(file: &File, head: &[u8]) -> bool {
+    let mut bytes = vec![0; head.len()];
+    file.read_exact_at(&mut bytes, 0).is_ok() && bytes == head
 }
 
 /// The core's file, under the policy for target files but for its size (a

@@ -5,12 +5,15 @@
 //! [`ProcessTable`] in place of `/proc`'s, their files opened through
 //! [`crate::target_file`] (from `--exe` for the executable, under
 //! `--sysroot` for every other file, else where the core says).
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::{bail, Result};
-use tripod_common::{PythonProcess, RecordKind};
+use tripod_common::{PythonProcess, RecordKind, PYTHON_THREAD_MATCH_PTHREAD};
 
-use super::{Core, MAX_STACK_BYTES};
+use super::{memory::CoreMemory, Core, MAX_STACK_BYTES};
 use crate::{
     model::Counters,
     process::{Given, GivenMapping, ProcessTable},
@@ -39,7 +42,11 @@ pub struct Lookup {
 
 /// The threads of a core, for one dump.
 pub struct CoreSource {
-    core: Core,
+    core: Arc<Core>,
+    /// Its memory with its files', for Python frames ([`Self::python_memory`]).
+    memory: Option<Arc<CoreMemory>>,
+    /// Where its interpreter is, when it ran a Python the pipeline found.
+    python: Option<PythonProcess>,
     /// The process name, escaped.
     comm: String,
     dumped: bool,
@@ -50,7 +57,9 @@ impl CoreSource {
         let name = core.name.as_deref().unwrap_or(b"core");
         let comm = escape_controls_owned(String::from_utf8_lossy(name).into_owned());
         CoreSource {
-            core,
+            core: Arc::new(core),
+            memory: None,
+            python: None,
             comm,
             dumped: false,
         }
@@ -60,27 +69,72 @@ impl CoreSource {
         &self.core
     }
 
+    /// The core's memory, its file mappings read from the files `lookup`
+    /// finds: what Python frames are read from (see [`crate::python`]).
+    pub fn python_memory(&mut self, lookup: &Lookup) -> Arc<CoreMemory> {
+        let exe = self.core.executable_path().map(<[u8]>::to_vec);
+        let memory = Arc::new(CoreMemory::new(self.core.clone(), |path| {
+            let shown = lossy(path);
+            let shown = shown.strip_suffix(" (deleted)").unwrap_or(&shown);
+            let is_exe = exe.as_deref() == Some(path);
+            open_mapped(shown, is_exe, lookup)
+                .ok()
+                .map(|(file, _)| file)
+        }));
+        self.memory = Some(memory.clone());
+        memory
+    }
+
+    /// The Python frames of `thread`, read from the core, when its process
+    /// ran a Python the pipeline found.
+    fn python_frames(&self, thread: &super::CoreThread) -> PythonSample {
+        let (Some(process), Some(memory)) = (&self.python, &self.memory) else {
+            return PythonSample::default();
+        };
+        let key = if process.offsets.thread_match == PYTHON_THREAD_MATCH_PTHREAD {
+            thread.fs_base
+        } else {
+            u64::from(thread.tid)
+        };
+        crate::python::thread_frames(&**memory, process, key)
+    }
+
     /// Tells `processes` the core's process: its name and its executable
-    /// mappings, each file opened as `lookup` says. Returns the paths of
-    /// the files that were not found, each once.
-    pub fn give_process(&self, processes: &mut ProcessTable, lookup: &Lookup) -> Vec<String> {
+    /// mappings, each file opened as `lookup` says and checked against the
+    /// start of it the core holds ([`super::same_head`]). Returns the paths
+    /// of the files that were not found, and of those found changed, each once.
+    pub fn give_process(&self, processes: &mut ProcessTable, lookup: &Lookup) -> MissingFiles {
         let core = &self.core;
         let exe = core.executable_path().map(lossy);
-        let mut not_found: Vec<String> = Vec::new();
+        let mut missing = MissingFiles::default();
         let mut given = Vec::new();
         for file in core.files.iter().filter(|f| f.executable) {
             let path = lossy(&file.path);
             let path = path.strip_suffix(" (deleted)").unwrap_or(&path).to_string();
             let is_exe = core.executable_path() == Some(file.path.as_slice());
-            let opened = open_mapped(&path, is_exe, lookup);
-            if let Err(Refusal {
-                path: missing,
-                why: Why::NotFound,
-            }) = &opened
-            {
-                let missing = missing.display().to_string();
-                if !not_found.contains(&missing) {
-                    not_found.push(missing);
+            let head = core.file_head(&file.path);
+            let opened = open_mapped(&path, is_exe, lookup).and_then(|(opened, looked_at)| {
+                if head.is_empty() || super::same_head(&opened, &head) {
+                    return Ok(opened);
+                }
+                Err(Refusal {
+                    path: looked_at,
+                    why: Why::Replaced,
+                })
+            });
+            let list = match &opened {
+                Err(Refusal {
+                    why: Why::NotFound, ..
+                }) => Some(&mut missing.not_found),
+                Err(Refusal {
+                    why: Why::Replaced, ..
+                }) => Some(&mut missing.changed),
+                _ => None,
+            };
+            if let (Some(list), Err(refusal)) = (list, &opened) {
+                let path = refusal.path.display().to_string();
+                if !list.contains(&path) {
+                    list.push(path);
                 }
             }
             given.push(GivenMapping {
@@ -99,17 +153,30 @@ impl CoreSource {
             });
         }
         processes.insert_given(core.pid, self.comm.clone(), exe, given);
-        not_found
+        missing
     }
+}
+
+/// Files a core names that are not the ones it mapped, by path as looked up.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MissingFiles {
+    /// Nothing at the path.
+    pub not_found: Vec<String>,
+    /// Another file at the path than the one mapped (rebuilt, replaced).
+    pub changed: Vec<String>,
 }
 
 fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Opens the file a core maps at `path` as `lookup` says; a path where
-/// nothing is is [`Why::NotFound`], named as it was looked up.
-fn open_mapped(path: &str, is_exe: bool, lookup: &Lookup) -> Result<std::fs::File, Refusal> {
+/// Opens the file a core maps at `path` as `lookup` says, with where it was
+/// looked up; a path where nothing is is [`Why::NotFound`], named so.
+fn open_mapped(
+    path: &str,
+    is_exe: bool,
+    lookup: &Lookup,
+) -> Result<(std::fs::File, PathBuf), Refusal> {
     let max = target_file::max_file_size();
     let (looked_at, opened) = match (&lookup.exe, &lookup.sysroot) {
         (Some(exe), _) if is_exe => (exe.clone(), target_file::open(exe, Links::Follow)),
@@ -125,7 +192,8 @@ fn open_mapped(path: &str, is_exe: bool, lookup: &Lookup) -> Result<std::fs::Fil
             target_file::open(Path::new(path), Links::Follow),
         ),
     };
-    opened.map_err(|refusal| {
+    let shown = looked_at.clone();
+    opened.map(|file| (file, shown)).map_err(|refusal| {
         // open_in_root does not say why in a way we can match on: look.
         let gone = matches!(refusal.why, Why::Unreadable(_))
             && std::fs::symlink_metadata(&looked_at)
@@ -191,7 +259,7 @@ impl SampleSource for CoreSource {
                     stack: &stack,
                 },
                 kernel: StackRead::NotCollected,
-                python: PythonSample::default(),
+                python: self.python_frames(thread),
             });
         }
         Ok(())
@@ -213,7 +281,10 @@ impl SampleSource for CoreSource {
         bail!("a core file has no process {pid} to add")
     }
 
-    fn set_python_process(&mut self, _: u32, _: Option<&PythonProcess>) -> Result<()> {
+    /// The pipeline found the core's Python: its threads' frames are read
+    /// in [`Self::snapshot`].
+    fn set_python_process(&mut self, _: u32, process: Option<&PythonProcess>) -> Result<()> {
+        self.python = process.copied();
         Ok(())
     }
 

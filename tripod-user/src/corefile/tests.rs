@@ -113,3 +113,70 @@ fn a_cut_core_says_what_it_lacks_and_other_files_are_no_core() {
     let why = Core::open(&text, File::open(&text).unwrap()).unwrap_err().0;
     assert!(why.contains("is not an ELF core file"), "{why}");
 }
+
+/// The start of each mapped file, as the core holds it, tells the file the process
+/// mapped from another one put at its path since.
+#[test]
+fn mapped_files_are_checked_against_the_start_the_core_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((path, _)) = gcore_of_sleep(dir.path()) else {
+        return;
+    };
+    let core = Core::open(&path, File::open(&path).unwrap()).expect("a core");
+    let exe = core.executable_path().expect("an executable").to_vec();
+    let head = core.file_head(&exe);
+    assert!(head.starts_with(b"\x7fELF"), "{} bytes", head.len());
+    let exe_path = String::from_utf8(exe).unwrap();
+    assert!(same_head(&File::open(&exe_path).unwrap(), &head));
+    // Another program, and a file shorter than the head.
+    assert!(!same_head(&File::open("/proc/self/exe").unwrap(), &head));
+    let short = dir.path().join("short");
+    std::fs::write(&short, &head[..16]).unwrap();
+    assert!(!same_head(&File::open(&short).unwrap(), &head));
+    // A path the core does not map has no head.
+    assert!(core.file_head(b"/nowhere").is_empty());
+}
+
+/// The core's memory as the Python readers see it: dumped segments, and the files
+/// where the core holds nothing (gcore leaves read-only mappings of files out).
+#[test]
+fn core_memory_reads_segments_and_mapped_files() {
+    use crate::python::Memory as _;
+    use std::os::unix::fs::FileExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let Some((path, _)) = gcore_of_sleep(dir.path()) else {
+        return;
+    };
+    let core = std::sync::Arc::new(Core::open(&path, File::open(&path).unwrap()).unwrap());
+    let thread = core.threads[0].clone();
+    let libc = core
+        .files
+        .iter()
+        .find(|f| String::from_utf8_lossy(&f.path).contains("libc.so") && f.file_offset > 0)
+        .expect("libc is mapped")
+        .clone();
+    let libc_path = String::from_utf8(libc.path.clone()).unwrap();
+    let memory = memory::CoreMemory::new(core.clone(), |path| File::open(lossy_path(path)).ok());
+    // The stack, from the core.
+    let mut stack = [0; 64];
+    memory.read(thread.sp, &mut stack).unwrap();
+    assert_eq!(stack.to_vec(), core.read_memory(thread.sp, 64));
+    // A mapping of libc, as its file has it.
+    let mut bytes = [0; 32];
+    memory.read(libc.start, &mut bytes).unwrap();
+    let mut expected = [0; 32];
+    File::open(&libc_path)
+        .unwrap()
+        .read_exact_at(&mut expected, libc.file_offset)
+        .unwrap();
+    assert_eq!(bytes, expected);
+    // Nothing at page zero; and without the files, only what the core holds.
+    assert!(memory.read(0, &mut bytes).is_err());
+    let bare = memory::CoreMemory::new(core.clone(), |_| None);
+    let dumped = !core.read_memory(libc.start, 32).is_empty();
+    assert_eq!(bare.read(libc.start, &mut bytes).is_ok(), dumped);
+}
+
+fn lossy_path(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}

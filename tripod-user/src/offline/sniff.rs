@@ -8,6 +8,11 @@ pub const SNIFF_BYTES: usize = 16 << 10;
 pub fn sniff(head: &[u8]) -> Option<InputKind> {
     let text = String::from_utf8_lossy(head);
     let trimmed = text.trim_start();
+    // Its report of Python tracebacks is a profile of them too: as Python
+    // wrote them, they are read as tracebacks.
+    if is_own_log(head) && !text.contains(" Python traceback") {
+        return Some(InputKind::Log);
+    }
     if trimmed.starts_with('{') {
         return Some(InputKind::Json);
     }
@@ -39,7 +44,8 @@ pub fn sniff(head: &[u8]) -> Option<InputKind> {
 }
 
 /// tripod-bpf's own log: its headers start `[tripod] =====`. Its tracebacks
-/// are not Python's (no exception line), so it is not read as a log of them.
+/// are not Python's (no exception line), so it is not read as a log of them;
+/// but a log of Python tracebacks tripod-bpf wrote is (see [`sniff`]).
 pub fn is_own_log(head: &[u8]) -> bool {
     String::from_utf8_lossy(head)
         .lines()
@@ -96,7 +102,12 @@ mod tests {
         for (text, kind) in cases {
             assert_eq!(sniff(text.as_bytes()), *kind, "{text}");
         }
-        assert!(InputKind::understood().starts_with("json (tripod-bpf -f json), gdb ("));
+        assert!(InputKind::understood()
+            .starts_with("json (tripod-bpf -f json), log (tripod-bpf -f log), gdb ("));
+        assert_eq!(
+            sniff(b"[tripod] ===== thread dump 2026-12-05 00:00:00.000  pid 1 (x)  ?  1 thread, 1 distinct stacks =====\n"),
+            Some(InputKind::Log)
+        );
         assert!(is_own_log(
             b"[tripod] ===== thread dump 2026-12-05\n\n4 * [1, 2] x\n"
         ));

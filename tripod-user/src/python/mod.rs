@@ -20,6 +20,10 @@ mod lines;
 mod memory;
 mod objects;
 mod source;
+mod walk;
+
+pub use memory::Memory;
+pub use walk::thread_frames;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -39,7 +43,7 @@ use crate::{
 use code::Code;
 use detect::{Binary, Placed};
 use layout::{EntryMarker, Layout};
-use memory::{Memory as _, ProcessMemory};
+use memory::ProcessMemory;
 
 /// The Python frames of one record, as the kernel sent them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,7 +71,12 @@ struct Interpreter {
     /// Where `_PyRuntime` is.
     runtime: u64,
     eval: Range<u64>,
-    memory: ProcessMemory,
+    /// The process's memory: live, or a core's.
+    memory: SharedMemory,
+    /// The process, whose files source lines are read from while it runs.
+    pid: u32,
+    /// Whether it runs (source lines are read from its files) or is a core.
+    live: bool,
     /// Code objects read so far, by address and identity (see
     /// [`PythonFrame::code_identity`]).
     codes: HashMap<(u64, u64), Arc<Code>>,
@@ -77,8 +86,14 @@ struct Interpreter {
     threads: HashSet<u32>,
 }
 
+/// Memory the interpreters are read from.
+pub type SharedMemory = Arc<dyn Memory + Send + Sync>;
+
 /// Every Python process of the run, and every distinct Python frame seen.
 pub struct Python {
+    /// The memory of a core file, which every process is read from; else
+    /// each process's own, while it runs.
+    core: Option<SharedMemory>,
     /// What to do with Python frames; `Off` checks no process.
     shown: PythonFrames,
     /// Python binaries by module id; `None` for files that are not.
@@ -102,6 +117,7 @@ pub struct Python {
 impl Python {
     pub fn new(shown: PythonFrames) -> Self {
         Python {
+            core: None,
             shown,
             binaries: HashMap::new(),
             interpreters: HashMap::new(),
@@ -111,6 +127,23 @@ impl Python {
             interpreter_paths: HashSet::new(),
             table: FrameTable::default(),
             sources: source::Sources::default(),
+        }
+    }
+
+    /// Python frames of a core file: its interpreter and frames read from
+    /// `memory`, which holds the core's memory and mapped files.
+    pub fn for_core(shown: PythonFrames, memory: SharedMemory) -> Self {
+        Python {
+            core: Some(memory),
+            ..Python::new(shown)
+        }
+    }
+
+    /// The memory of process `pid`: the core's, else its own.
+    fn memory_of(&self, pid: u32) -> SharedMemory {
+        match &self.core {
+            Some(core) => core.clone(),
+            None => Arc::new(ProcessMemory { pid }),
         }
     }
 
@@ -168,7 +201,7 @@ impl Python {
             let Some(placed) = binary.and_then(|b| b.place(mapping)) else {
                 continue;
             };
-            let Some(layout) = layout_of(pid, &placed) else {
+            let Some(layout) = layout_of(pid, &placed, &*self.memory_of(pid)) else {
                 if self.unsupported.insert((placed.major, placed.minor)) {
                     crate::messages::warn(&format!(
                         "pid {pid} runs Python {}.{}, whose frames tripod-bpf cannot read (supported: {}); its native stacks are sampled",
@@ -201,7 +234,9 @@ impl Python {
                 layout,
                 runtime: placed.runtime,
                 eval: placed.eval,
-                memory: ProcessMemory { pid },
+                memory: self.memory_of(pid),
+                pid,
+                live: self.core.is_none(),
                 codes: HashMap::new(),
                 frames: HashMap::new(),
                 threads: HashSet::new(),
@@ -448,12 +483,11 @@ const CALL_MACHINERY: &[&str] = &[
 /// the offsets the interpreter publishes at the start of `_PyRuntime` (so
 /// a later version whose structures only moved needs no new table), over
 /// the table of that version or the newest one; before 3.13 the table.
-fn layout_of(pid: u32, placed: &Placed) -> Option<Arc<Layout>> {
+fn layout_of(pid: u32, placed: &Placed, memory: &dyn Memory) -> Option<Arc<Layout>> {
     let table = layout::for_version(placed.major, placed.minor);
     if (placed.major, placed.minor) < (3, 13) {
         return table.map(|t| Arc::new(*t));
     }
-    let memory = ProcessMemory { pid };
     let published = memory
         .read_vec(placed.runtime, debug_offsets::READ_SIZE)
         .map_err(|e| format!("cannot read _PyRuntime: {e}"))
@@ -530,7 +564,7 @@ fn code_of(interpreter: &mut Interpreter, address: u64, identity: u64) -> Option
         return Some(code.clone());
     }
     let code = Arc::new(Code::read(
-        &interpreter.memory,
+        &*interpreter.memory,
         &interpreter.layout,
         address,
     )?);
@@ -589,8 +623,9 @@ fn frame_id(
         return id;
     }
     let mut shown = describe(interpreter, frame);
-    if let (Some(file), Some(line)) = (&shown.file, shown.line) {
-        shown.source = sources.line(interpreter.memory.pid, file, line);
+    // A core's files are not where its process saw them.
+    if let (Some(file), Some(line), true) = (&shown.file, shown.line, interpreter.live) {
+        shown.source = sources.line(interpreter.pid, file, line);
     }
     let id = table.intern(shown);
     interpreter.frames.insert(key, id);
@@ -602,7 +637,7 @@ fn frame_locals(interpreter: &mut Interpreter, frame: &PythonFrame) -> FrameLoca
     let shown = describe(interpreter, frame);
     let mut variables = Vec::new();
     if let Some(code) = code_of(interpreter, frame.code, frame.code_identity) {
-        let memory = &interpreter.memory;
+        let memory = &*interpreter.memory;
         let names = code::local_names(memory, &layout, code.address).unwrap_or_default();
         let slots = frame.frame + layout.frame.localsplus as u64;
         let values = memory.read_vec(slots, 8 * names.len()).unwrap_or_default();
@@ -774,7 +809,9 @@ mod tests {
                 layout: Arc::new(*layout::for_version(3, 10).unwrap()),
                 runtime: 0,
                 eval: 0x100..0x200,
-                memory: ProcessMemory { pid: u32::MAX },
+                memory: Arc::new(ProcessMemory { pid: u32::MAX }),
+                pid: u32::MAX,
+                live: true,
                 codes: HashMap::new(),
                 frames: HashMap::new(),
                 threads: HashSet::new(),
