@@ -321,3 +321,135 @@ fn a_moved_executable_is_named_with_a_hint_and_found_with_exe() {
         "{stderr}"
     );
 }
+
+/// A rebuilt or replaced executable is not trusted to name the frames of a core of the
+/// old one: the start of the file the core holds (ELF header, build id) tells them apart.
+#[test]
+fn a_replaced_executable_is_marked_changed_not_used() {
+    let _guard = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("population");
+    fs::copy(POPULATION, &copy).unwrap();
+    let fx = Fixture::start(copy.to_str().unwrap(), &[]);
+    settle();
+    let Some(core) = gcore(fx.pid(), dir.path()) else {
+        return;
+    };
+    drop(fx);
+    // Another program at the same path, as a rebuild leaves it.
+    fs::remove_file(&copy).unwrap();
+    fs::copy(CHAIN_FP, &copy).unwrap();
+
+    let (dump, stderr) = dump_core(&core, &[]);
+    let marker = format!(
+        "file changed: {} is no longer the mapped file",
+        copy.display()
+    );
+    let unknowns: Vec<&str> = dump["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["unknown"].as_str())
+        .collect();
+    assert!(
+        unknowns.contains(&marker.as_str()),
+        "{marker:?} not in {unknowns:?}"
+    );
+    let functions: Vec<&str> = dump["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["function"].as_str())
+        .collect();
+    assert!(
+        !functions.iter().any(|f| POPULATION_FUNCTIONS.contains(f)),
+        "frames named from the replaced file: {functions:?}"
+    );
+    assert!(
+        stderr.contains("changed") && stderr.contains(&copy.display().to_string()),
+        "{stderr}"
+    );
+    // The original, pointed at with --exe, names them again.
+    let (dump, _) = dump_core(&core, &["--exe", POPULATION]);
+    assert_population(&dump, None);
+}
+
+/// `dump --core --locals` of a Python process (gcore'd while paused_here sleeps): its
+/// Python frames in order among the native ones, and paused_here's local variables.
+#[test]
+fn a_python_core_shows_python_frames_and_locals() {
+    let _guard = serial();
+    let script = python_fixture("paused.py");
+    for minor in ["3.11", "3.9"] {
+        let Some(python) = pyenv_interpreter(minor) else {
+            continue;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let fx = Fixture::start(&python, &[&script]);
+        let pid = fx.pid();
+        wait_until_all_threads_block(pid);
+        let Some(core) = gcore(pid, dir.path()) else {
+            return;
+        };
+        drop(fx);
+
+        let (dump, stderr) = dump_core(&core, &["--locals"]);
+        let group = &dump["groups"][0];
+        let python_functions: Vec<&str> = group["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| &dump["frames"][i.as_u64().unwrap() as usize])
+            .filter(|f| f["kind"] == "python")
+            .filter_map(|f| f["function"].as_str())
+            .collect();
+        assert_eq!(
+            python_functions,
+            ["<module>", "main", "paused_here"],
+            "{minor}: the Python frames, outermost first ({stderr}):\n{dump:#}"
+        );
+        let locals = dump["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tid"] == pid)
+            .and_then(|t| t["locals"].as_array())
+            .unwrap_or_else(|| panic!("{minor}: no locals for {pid}:\n{dump:#}"));
+        let functions: Vec<&str> = locals
+            .iter()
+            .filter_map(|f| f["function"].as_str())
+            .collect();
+        assert_eq!(functions, ["<module>", "main", "paused_here"], "{minor}");
+        let variables: Vec<(&str, &str)> = locals[2]["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["name"].as_str().unwrap(), v["value"].as_str().unwrap()))
+            .collect();
+        for expected in [
+            ("count", "3"),
+            ("name", "'tripod'"),
+            ("items", "<list of 3 items>"),
+            ("ratio", "0.5"),
+            ("flag", "True"),
+            ("nothing", "None"),
+            ("data", "b'xy'"),
+            ("mapping", "<dict of 1 item>"),
+        ] {
+            assert!(
+                variables.contains(&expected),
+                "{minor}: {expected:?} not in {variables:?}"
+            );
+        }
+        // --no-python: the native stack only.
+        let (dump, _) = dump_core(&core, &["--no-python"]);
+        assert!(
+            !dump["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["kind"] == "python"),
+            "{minor}: Python frames with --no-python"
+        );
+    }
+}

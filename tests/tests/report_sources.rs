@@ -282,3 +282,106 @@ fn the_kind_is_told_from_the_content_or_forced() {
     assert_success(&two);
     assert_eq!(stdout_text(&two).matches("9 Python tracebacks").count(), 2);
 }
+
+/// tripod-bpf's own log read back. A recording of the chain fixture written straight to
+/// `-f log` shows the chain in order from `report`; and a recording saved as JSON, its
+/// log read back, gives the same stacks (frames in order) and the same counts in JSON
+/// and folded as the JSON recording itself. The dump of a Python fixture with --locals
+/// keeps its Python frames and variables through the log.
+#[test]
+fn its_own_log_reads_back_as_the_recording() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("chain.log");
+    record_chain_to(&log, "log");
+    let out = run_tripod(&["report", log.to_str().unwrap(), "-f", "folded"]);
+    assert_success(&out);
+    assert_chain(&stdout_text(&out), "chain", CHAIN, 10, 0.5);
+
+    let json = dir.path().join("chain.json");
+    record_chain_to(&json, "json");
+    let out = run_tripod(&["report", json.to_str().unwrap(), "-f", "log"]);
+    assert_success(&out);
+    let log = dir.path().join("from-json.log");
+    fs::write(&log, &out.stdout).unwrap();
+    let folded = |file: &Path| {
+        let out = run_tripod(&["report", file.to_str().unwrap(), "-f", "folded"]);
+        assert_success(&out);
+        assert!(stderr_text(&out).trim().is_empty(), "{}", stderr_text(&out));
+        stdout_text(&out)
+    };
+    assert_eq!(folded(&log), folded(&json));
+    let stacks = |file: &Path| -> Vec<(u64, Vec<String>)> {
+        let out = run_tripod(&["report", file.to_str().unwrap(), "-f", "json"]);
+        assert_success(&out);
+        let document: Value = serde_json::from_str(&stdout_text(&out)).unwrap();
+        document["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|stack| {
+                let frames = stack["frames"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| {
+                        let frame = &document["frames"][i.as_u64().unwrap() as usize];
+                        frame["function"].as_str().unwrap_or("?").to_string()
+                    })
+                    .collect();
+                (stack["count"].as_u64().unwrap(), frames)
+            })
+            .collect()
+    };
+    let from_log = stacks(&log);
+    assert_eq!(from_log, stacks(&json));
+    assert!(
+        from_log.iter().any(|(_, frames)| frames
+            .windows(CHAIN.len())
+            .any(|w| w.iter().map(String::as_str).eq(CHAIN.iter().copied()))),
+        "{from_log:?}"
+    );
+
+    // A dump with Python frames and locals.
+    let Some(python) = pyenv_interpreter("3.11") else {
+        return;
+    };
+    let fx = Fixture::start(&python, &[&python_fixture("paused.py")]);
+    wait_until_all_threads_block(fx.pid());
+    let pid = fx.pid().to_string();
+    let out = run_tripod(&["dump", "--pid", &pid, "--locals"]);
+    assert_success(&out);
+    let log = dir.path().join("dump.log");
+    fs::write(&log, &out.stdout).unwrap();
+    let dump = report_json(&log, &[]);
+    let thread = dump["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tid"] == fx.pid())
+        .unwrap_or_else(|| panic!("no thread {pid}:\n{dump:#}"));
+    let locals = thread["locals"].as_array().expect("locals");
+    assert_eq!(locals.len(), 3, "{dump:#}");
+    assert!(
+        locals[2]["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "name" && v["value"] == "'tripod'"),
+        "{dump:#}"
+    );
+    let python_frames: Vec<&str> = dump["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "python")
+        .filter_map(|f| f["function"].as_str())
+        .collect();
+    for function in ["<module>", "main", "paused_here"] {
+        assert!(python_frames.contains(&function), "{python_frames:?}");
+    }
+    renders_in_every_format(&log, "paused_here");
+}
