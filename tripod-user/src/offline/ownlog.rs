@@ -261,11 +261,11 @@ fn processes_of(stacks: &[StackReport]) -> Vec<ProcessReport> {
         .into_values()
         .map(|(mut process, threads)| {
             process.threads = threads.into_values().collect();
-            process.threads.sort_by(|a, b| b.samples.cmp(&a.samples));
+            process.threads.sort_by_key(|t| std::cmp::Reverse(t.samples));
             process
         })
         .collect();
-    processes.sort_by(|a, b| b.samples.cmp(&a.samples));
+    processes.sort_by_key(|p| std::cmp::Reverse(p.samples));
     processes
 }
 
