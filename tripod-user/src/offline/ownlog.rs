@@ -261,7 +261,9 @@ fn processes_of(stacks: &[StackReport]) -> Vec<ProcessReport> {
         .into_values()
         .map(|(mut process, threads)| {
             process.threads = threads.into_values().collect();
-            process.threads.sort_by_key(|t| std::cmp::Reverse(t.samples));
+            process
+                .threads
+                .sort_by_key(|t| std::cmp::Reverse(t.samples));
             process
         })
         .collect();
