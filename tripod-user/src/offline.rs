@@ -130,6 +130,9 @@ fn render_input(
             let mut documents = ownlog::LogDocuments::new(reader);
             let rendered = render(&mut documents, config, rules, output);
             note_skipped(&documents.skipped(), &name);
+            if documents.read() == 0 {
+                return Err(nothing_found(kind));
+            }
             return rendered;
         }
         InputKind::Traceback => {
@@ -160,10 +163,10 @@ fn note_skipped(skipped: &lines::Skipped, name: &str) {
 }
 
 fn nothing_found(kind: InputKind) -> anyhow::Error {
-    let what = if kind == InputKind::Traceback {
-        "Python tracebacks"
-    } else {
-        "threads"
+    let what = match kind {
+        InputKind::Traceback => "Python tracebacks",
+        InputKind::Log => "recordings or dumps",
+        _ => "threads",
     };
     UsageError(format!(
         "no {what} found in it as {} ({}); is it the right file?",

@@ -40,6 +40,8 @@ pub struct LogDocuments<R> {
     lines: TextLines<R>,
     current: Section,
     skipped: Skipped,
+    /// Documents handed on so far.
+    read: usize,
     done: bool,
 }
 
@@ -59,6 +61,7 @@ impl<R: BufRead> LogDocuments<R> {
             lines: TextLines::new(reader),
             current: Section::None,
             skipped: Skipped::default(),
+            read: 0,
             done: false,
         }
     }
@@ -68,14 +71,21 @@ impl<R: BufRead> LogDocuments<R> {
         self.skipped
     }
 
+    /// Recordings and dumps read so far.
+    pub fn read(&self) -> usize {
+        self.read
+    }
+
     /// The section read so far as a document, if it is one; a new section
     /// starts with `next`.
     fn finish(&mut self, next: Section) -> Option<(usize, Saved)> {
-        match std::mem::replace(&mut self.current, next) {
-            Section::Recording(recording) => Some((recording.line, recording.finish())),
-            Section::Dump(dump) => Some((dump.line, dump.finish())),
-            Section::None | Section::PassedOver => None,
-        }
+        let document = match std::mem::replace(&mut self.current, next) {
+            Section::Recording(recording) => (recording.line, recording.finish()),
+            Section::Dump(dump) => (dump.line, dump.finish()),
+            Section::None | Section::PassedOver => return None,
+        };
+        self.read += 1;
+        Some(document)
     }
 
     /// One line: a header ends the section before it.

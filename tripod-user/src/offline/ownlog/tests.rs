@@ -172,6 +172,7 @@ fn log_of(saved: &Saved, format: OutputFormat) -> String {
 fn read_back(text: &str) -> (Vec<Saved>, Skipped) {
     let mut documents = LogDocuments::new(text.as_bytes());
     let saved = documents.by_ref().map(|d| d.unwrap().1).collect::<Vec<_>>();
+    assert_eq!(documents.read(), saved.len());
     (saved, documents.skipped())
 }
 
