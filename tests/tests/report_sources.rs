@@ -277,6 +277,13 @@ fn the_kind_is_told_from_the_content_or_forced() {
     let forced = run_tripod(&["report", "--input", "py-spy", file.to_str().unwrap()]);
     assert_eq!(forced.status.code(), Some(2), "{}", stderr_text(&forced));
     assert!(stderr_text(&forced).contains("no threads found in it as py-spy"));
+    let forced = run_tripod(&["report", "--input", "log", file.to_str().unwrap()]);
+    assert_eq!(forced.status.code(), Some(2), "{}", stderr_text(&forced));
+    assert!(
+        stderr_text(&forced).contains("no recordings or dumps found in it as log"),
+        "{}",
+        stderr_text(&forced)
+    );
     // Two files into one output.
     let two = run_tripod(&["report", file.to_str().unwrap(), file.to_str().unwrap()]);
     assert_success(&two);
