@@ -270,6 +270,14 @@ struct TopArgs {
     #[arg(long, value_enum, default_value_t = UnwindArg::Auto)]
     unwind: UnwindArg,
 
+    /// Collect only user-space stacks.
+    #[arg(long, conflicts_with = "kernel_only")]
+    user_only: bool,
+
+    /// Collect only kernel stacks.
+    #[arg(long)]
+    kernel_only: bool,
+
     #[command(flatten)]
     python: PythonArgs,
 
@@ -319,6 +327,7 @@ impl TopArgs {
             UnwindArg::Fp => UnwindMode::FramePointers,
             UnwindArg::Auto => UnwindMode::Auto,
         };
+        record.stacks = stack_selection(self.user_only, self.kernel_only);
         record.python = self.python.frames();
         record.max_file_size = self.files.max_file_size;
         // The view filters by thread, so stacks are kept per thread.
@@ -1358,6 +1367,31 @@ mod tests {
     }
 
     #[test]
+    fn top_subcommand() {
+        let Ok(Command::Top(top)) = parse_command("tripod-bpf top -p 42 -F 499 --delay 2") else {
+            panic!("not a top command");
+        };
+        assert_eq!(top.record.target, Target::Pids(vec![42]));
+        assert_eq!(top.record.frequency, 499);
+        assert_eq!(
+            (top.delay, top.window),
+            (Duration::from_secs(2), Duration::from_secs(2))
+        );
+        assert!(top.record.per_thread, "the view filters by thread");
+        assert_eq!(top.record.output, OutputDest::Discard);
+        let Ok(Command::Top(top)) = parse_command("tripod-bpf top --all --window 5 --python-only")
+        else {
+            panic!("not a top command");
+        };
+        assert_eq!(top.window, Duration::from_secs(5));
+        assert_eq!(top.record.python, PythonFrames::Only);
+        assert!(usage_error("tripod-bpf top --all --delay 2 --window 1").contains("--window"));
+        assert!(usage_error("tripod-bpf top --all --delay 0").contains("--delay"));
+        assert!(usage_error("tripod-bpf top").contains("no target"));
+        assert!(usage_error("tripod-bpf top -p 1 --all").contains("choose one target"));
+    }
+
+    #[test]
     fn completions_cover_every_subcommand_and_flag() {
         for shell in ["bash", "zsh", "fish"] {
             let line = format!("tripod-bpf completions {shell}");
@@ -1365,7 +1399,15 @@ mod tests {
                 Ok(Command::Print(script)) => String::from_utf8(script).unwrap(),
                 other => panic!("{line}: {other:?}"),
             };
-            for word in ["dump", "python-only", "locals", "mode", "svg"] {
+            for word in [
+                "dump",
+                "top",
+                "window",
+                "python-only",
+                "locals",
+                "mode",
+                "svg",
+            ] {
                 assert!(script.contains(word), "{shell}: no {word}");
             }
         }
