@@ -172,11 +172,8 @@ impl Viewer {
     /// A key, when there is a screen; never without one.
     async fn key(&mut self) -> char {
         match &mut self.out {
-            Out::Screen(_, keys) => match keys.recv().await {
-                Some(key) => key,
-                // The key thread ended: the terminal is gone.
-                None => 'q',
-            },
+            // None: the key thread ended, the terminal is gone.
+            Out::Screen(_, keys) => keys.recv().await.unwrap_or('q'),
             Out::Plain => std::future::pending().await,
         }
     }
@@ -212,10 +209,12 @@ impl Viewer {
             false => what,
         });
         self.show()?;
-        while on_screen {
-            tokio::select! {
-                signal = shutdown.signalled() => return Ok(Ended::Signal(signal)),
-                key = self.key() => if self.press(key)? { break },
+        if on_screen {
+            loop {
+                tokio::select! {
+                    signal = shutdown.signalled() => return Ok(Ended::Signal(signal)),
+                    key = self.key() => if self.press(key)? { break },
+                }
             }
         }
         Ok(Ended::TargetsExited(status))
