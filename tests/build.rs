@@ -31,6 +31,7 @@ const FIXTURES: &[(&str, &str, &[&str], &[&str])] = &[
     ("comings", "comings.c", NOFP, &["-pthread"]),
     ("leaderless", "leaderless.c", FP, &["-pthread"]),
     ("clocks", "clocks.c", NOFP, &[]),
+    ("split_fp", "split.c", FP, &[]),
 ];
 
 /// (output name, input fixture): copies with every symbol and all debug info

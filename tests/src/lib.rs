@@ -43,6 +43,8 @@ pub const LEADERLESS_CHAIN: &[&str] = &[
 pub const CHAIN_STRIP: &str = env!("FIXTURE_CHAIN_STRIP");
 /// Reads the clock in a loop, through the vDSO: `main -> read_clocks -> clock_gettime`.
 pub const CLOCKS: &str = env!("FIXTURE_CLOCKS");
+/// Spins in `main -> heavy` three times as long as in `main -> light` (see split.c).
+pub const SPLIT_FP: &str = env!("FIXTURE_SPLIT_FP");
 
 /// The call chain of chain.c, outermost first.
 pub const CHAIN: &[&str] = &["main", "alpha", "beta", "gamma", "spin"];

@@ -33,6 +33,8 @@ mod report_sources;
 mod signals;
 // What gets sampled: call chains, target selection, kernel frames, threads, how runs end.
 mod sampling;
+// `top`: the live view driven in a real terminal (tmux), and its plain table through a pipe.
+mod top;
 // Complete user stacks without frame pointers: copied stacks unwound with .eh_frame.
 mod unwinding;
 // Where threads wait: dumps, annotation rules, off-CPU and wall-clock time.

@@ -39,12 +39,12 @@ use crate::{
 
 /// How often the kernel maps are drained. Short enough that most processes
 /// are still alive to have their mappings read, long enough to be cheap.
-const DRAIN_PERIOD: Duration = Duration::from_millis(500);
+pub(crate) const DRAIN_PERIOD: Duration = Duration::from_millis(500);
 
 /// How often the ring buffer of stack copies is emptied. At 999 Hz on 2 CPUs
 /// with 16 KiB copies that is 1.6 MB a poll, well inside the default 8 MiB;
 /// an empty poll costs no system call.
-const COPY_POLL_PERIOD: Duration = Duration::from_millis(50);
+pub(crate) const COPY_POLL_PERIOD: Duration = Duration::from_millis(50);
 
 /// How long the command of `-- COMMAND` gets to exit after SIGTERM, and
 /// then after SIGKILL, when the run stops before it has exited.
@@ -135,7 +135,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
 /// that exits before the first drain is still symbolized), and finds their
 /// Python before sampling starts, so their first samples have its frames.
 /// A signal skips the rest.
-fn read_named_targets(config: &Config, shutdown: &Shutdown) -> (ProcessTable, Python) {
+pub(crate) fn read_named_targets(config: &Config, shutdown: &Shutdown) -> (ProcessTable, Python) {
     let mut processes = ProcessTable::new();
     let mut python = Python::new(config.python);
     for pid in pids_named(&config.target) {
@@ -149,7 +149,11 @@ fn read_named_targets(config: &Config, shutdown: &Shutdown) -> (ProcessTable, Py
 }
 
 /// What the kernel side is asked for; the Python found so far is handed over.
-fn sampler_options(config: &Config, cgroups: &[Selected], python: &mut Python) -> SamplerOptions {
+pub(crate) fn sampler_options(
+    config: &Config,
+    cgroups: &[Selected],
+    python: &mut Python,
+) -> SamplerOptions {
     SamplerOptions {
         frequency: config.frequency,
         targets: match &config.target {
@@ -183,7 +187,7 @@ fn sampler_options(config: &Config, cgroups: &[Selected], python: &mut Python) -
 /// `-- COMMAND`: starts the command at its gate, makes it a sampling target,
 /// lets it run and waits until it is the command. A signal during the load
 /// means the command never starts.
-async fn start_command(
+pub(crate) async fn start_command(
     config: &Config,
     shutdown: &Shutdown,
     source: &mut dyn SampleSource,
@@ -199,7 +203,7 @@ async fn start_command(
 }
 
 /// The stages after the sampler, for this configuration.
-fn new_pipeline(
+pub(crate) fn new_pipeline(
     config: &Config,
     cgroups: &[Selected],
     run: RunInfo,
@@ -351,7 +355,12 @@ fn report_push(config: &Config, stats: PushStats) {
 }
 
 /// What the reports say about the run; `event` is the sampler's.
-fn run_info(config: &Config, cgroups: &[Selected], event: &str, child: Option<u32>) -> RunInfo {
+pub(crate) fn run_info(
+    config: &Config,
+    cgroups: &[Selected],
+    event: &str,
+    child: Option<u32>,
+) -> RunInfo {
     let mut target = describe_target(&config.target, child);
     if !cgroups.is_empty() {
         let paths: Vec<&str> = cgroups.iter().map(|c| c.path.as_str()).collect();
@@ -400,7 +409,7 @@ fn write_unsampled(
     Ok(0)
 }
 
-fn pids_named(target: &Target) -> Vec<u32> {
+pub(crate) fn pids_named(target: &Target) -> Vec<u32> {
     match target {
         Target::Pids(pids) => pids.clone(),
         _ => Vec::new(),
@@ -489,9 +498,9 @@ async fn wait_for_stop(
 /// The child starts as `/bin/sh`, which waits for the gate pipe to close and
 /// then `exec`s the command: same pid, and `spawn()` can return (it waits for
 /// the first exec, so the gate cannot be in `pre_exec` itself).
-struct GatedChild {
-    child: tokio::process::Child,
-    pid: u32,
+pub(crate) struct GatedChild {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) pid: u32,
     gate: Option<OwnedFd>,
 }
 
@@ -607,7 +616,7 @@ impl GatedChild {
 
     /// Stops a command that is still running: SIGTERM, then SIGKILL after
     /// [`CHILD_GRACE`], and reaps it, each wait bounded.
-    async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         // No id once reaped: then the pid may be someone else's.
         let Some(pid) = self.child.id() else {
             return;
@@ -677,7 +686,7 @@ fn describe_target(target: &Target, child: Option<u32>) -> String {
 }
 
 /// The shell's convention: the exit code, or 128 + the signal that killed it.
-fn exit_code(status: ExitStatus) -> u8 {
+pub(crate) fn exit_code(status: ExitStatus) -> u8 {
     match (status.code(), status.signal()) {
         (Some(code), _) => code as u8,
         (None, Some(signal)) => 128u8.saturating_add(signal as u8),

@@ -12,7 +12,7 @@ use crate::{
     config::{
         Command, Config, CoreDumpConfig, DumpConfig, FoldedPrefix, InputKind, Mode, OutputDest,
         OutputFormat, PushConfig, PushFormat, PythonFrames, ReportConfig, StackSelection, Target,
-        UnwindMode, DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US, DEFAULT_PUSH_INTERVAL,
+        TopConfig, UnwindMode, DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US, DEFAULT_PUSH_INTERVAL,
         MAX_COUNT_MAP_SIZE, MAX_RING_BUFFER_SIZE, MAX_SECONDS, MAX_STACK_STORAGE_SIZE,
     },
     error::UsageError,
@@ -53,6 +53,14 @@ Examples:
   sudo tripod-bpf dump -p 4242 --every 5           append a dump to a log every 5 s (a watchdog)
   sudo tripod-bpf dump -p 4242 --rules rules.toml  with your own annotation rules first";
 
+const TOP_EXAMPLES: &str = "\
+Examples:
+  sudo tripod-bpf top -p 4242                      the hottest functions of one process, live
+  sudo tripod-bpf top --all --window 5             the whole machine, rates over the last 5 s
+  sudo tripod-bpf top -p 4242 | tee top.log        no terminal: a plain table every second
+Keys: 1-4 sort by own%, total%, own time, total time; s functions/stacks; p/t filter by
+process/thread; space pause; r reset; q or Ctrl-C quit.";
+
 /// Sample kernel and user stacks with eBPF and write Tripod-style tracebacks,
 /// folded stacks or JSON.
 #[derive(Debug, Parser)]
@@ -79,6 +87,9 @@ enum Subcommands {
     /// Render a JSON recording or dump made earlier (maybe on another machine) in any format.
     #[command(after_help = REPORT_EXAMPLES)]
     Report(ReportArgs),
+    /// Show the hottest functions (or stacks) live, refreshed every second, like py-spy top.
+    #[command(after_help = TOP_EXAMPLES)]
+    Top(TopArgs),
     /// Print a completion script for SHELL, e.g. `tripod-bpf completions bash > /etc/bash_completion.d/tripod-bpf`.
     Completions {
         #[arg(value_enum)]
@@ -230,6 +241,107 @@ impl PythonArgs {
             (false, false, true) => PythonFrames::MergedAll,
             (false, false, false) => PythonFrames::Merged,
         }
+    }
+}
+
+/// `tripod-bpf top`: what to sample, as for recording, and how to show it.
+#[derive(Debug, Args)]
+struct TopArgs {
+    /// Sample these processes (all their threads); comma-separated or repeated.
+    #[arg(short, long, value_name = "PID", value_delimiter = ',')]
+    pid: Vec<u32>,
+
+    /// Sample every process on the machine (except tripod-bpf itself).
+    #[arg(short, long)]
+    all: bool,
+
+    /// Sample only processes in this cgroup v2 or below it; repeat it for more.
+    #[arg(long, value_name = "PATH")]
+    cgroup: Vec<PathBuf>,
+
+    /// Samples per second on each CPU.
+    #[arg(short = 'F', long, value_name = "HZ", env = "TRIPOD_FREQUENCY", default_value_t = DEFAULT_FREQUENCY)]
+    frequency: u64,
+
+    /// What to measure: `cpu`, `off-cpu` or `wall` (see tripod-bpf --help).
+    #[arg(short, long, value_enum, default_value_t = ModeArg::Cpu)]
+    mode: ModeArg,
+
+    /// How to unwind user stacks: `dwarf`, `fp` or `auto` (dwarf).
+    #[arg(long, value_enum, default_value_t = UnwindArg::Auto)]
+    unwind: UnwindArg,
+
+    /// Collect only user-space stacks.
+    #[arg(long, conflicts_with = "kernel_only")]
+    user_only: bool,
+
+    /// Collect only kernel stacks.
+    #[arg(long)]
+    kernel_only: bool,
+
+    #[command(flatten)]
+    python: PythonArgs,
+
+    #[command(flatten)]
+    files: FileArgs,
+
+    /// Refresh the view every SECS seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    delay: f64,
+
+    /// Percentages and rates are over the last SECS seconds [default: the last refresh].
+    #[arg(long, value_name = "SECS")]
+    window: Option<f64>,
+
+    /// Start COMMAND and show it until it exits (then `q` quits).
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+impl TopArgs {
+    fn into_config(self) -> Result<TopConfig, UsageError> {
+        let target = choose_target(&self.pid, self.all, &self.cgroup, &self.command)?;
+        if self.frequency == 0 {
+            return Err(UsageError::new(
+                "frequency must be at least 1 Hz; pass -F 99 for example",
+            ));
+        }
+        let delay = positive_seconds(Some(self.delay), "--delay")?.expect("given");
+        let window = positive_seconds(self.window, "--window")?.unwrap_or(delay);
+        if window < delay {
+            return Err(UsageError::new(format!(
+                "--window ({} s) is shorter than one refresh (--delay {} s); pass a longer window",
+                window.as_secs_f64(),
+                delay.as_secs_f64()
+            )));
+        }
+        let mut record = Config::new(target);
+        record.cgroups = self.cgroup;
+        record.frequency = self.frequency;
+        record.mode = match self.mode {
+            ModeArg::Cpu => Mode::Cpu,
+            ModeArg::OffCpu => Mode::OffCpu,
+            ModeArg::Wall => Mode::Wall,
+        };
+        record.unwind = match self.unwind {
+            UnwindArg::Dwarf => UnwindMode::Dwarf,
+            UnwindArg::Fp => UnwindMode::FramePointers,
+            UnwindArg::Auto => UnwindMode::Auto,
+        };
+        record.stacks = stack_selection(self.user_only, self.kernel_only);
+        record.python = self.python.frames();
+        record.max_file_size = self.files.max_file_size;
+        // The view filters by thread, so stacks are kept per thread.
+        record.per_thread = true;
+        // Nothing is written: the view is the output, and the status line
+        // would scribble over it.
+        record.output = OutputDest::Discard;
+        record.quiet = true;
+        Ok(TopConfig {
+            record,
+            delay,
+            window,
+        })
     }
 }
 
@@ -477,6 +589,7 @@ where
     Ok(match cli.subcommand {
         Some(Subcommands::Dump(dump)) => dump.into_command()?,
         Some(Subcommands::Report(report)) => Command::Report(report.into_config()),
+        Some(Subcommands::Top(top)) => Command::Top(top.into_config()?),
         Some(Subcommands::Completions { shell }) => Command::Print(completion_script(shell)),
         Some(Subcommands::Man) => Command::Print(man_page()?),
         None => Command::Record(cli.record.into_config()?),
@@ -547,6 +660,28 @@ fn map_size(value: u32, flag: &str, max: u32) -> Result<u32, UsageError> {
     Err(UsageError::new(format!(
         "{flag} must be between 1 and {max}, got {value}; pass a smaller size"
     )))
+}
+
+/// Exactly one of `--pid`, `--all` and `-- COMMAND`; `--cgroup` alone
+/// stands for `--all` (in those cgroups).
+fn choose_target(
+    pids: &[u32],
+    all: bool,
+    cgroups: &[PathBuf],
+    command: &[OsString],
+) -> Result<Target, UsageError> {
+    match (pids.is_empty(), all, command.is_empty()) {
+        (false, false, true) => Ok(Target::Pids(pids.to_vec())),
+        (true, true, true) => Ok(Target::All),
+        (true, false, false) => Ok(Target::Command(command.to_vec())),
+        (true, false, true) if !cgroups.is_empty() => Ok(Target::All),
+        (true, false, true) => Err(UsageError::new(
+            "no target given; pass --pid PID, --all, --cgroup PATH, or -- COMMAND [ARGS...]",
+        )),
+        _ => Err(UsageError::new(
+            "choose one target: --pid, --all and -- COMMAND cannot be combined",
+        )),
+    }
 }
 
 fn output_dest(path: Option<PathBuf>, default: OutputDest) -> OutputDest {
@@ -735,18 +870,7 @@ impl RecordArgs {
     /// Exactly one of `--pid`, `--all` and `-- COMMAND`; `--cgroup` alone
     /// stands for `--all` (in those cgroups).
     fn target(&self) -> Result<Target, UsageError> {
-        match (self.pid.is_empty(), self.all, self.command.is_empty()) {
-            (false, false, true) => Ok(Target::Pids(self.pid.clone())),
-            (true, true, true) => Ok(Target::All),
-            (true, false, false) => Ok(Target::Command(self.command.clone())),
-            (true, false, true) if !self.cgroup.is_empty() => Ok(Target::All),
-            (true, false, true) => Err(UsageError::new(
-                "no target given; pass --pid PID, --all, --cgroup PATH, or -- COMMAND [ARGS...]",
-            )),
-            _ => Err(UsageError::new(
-                "choose one target: --pid, --all and -- COMMAND cannot be combined",
-            )),
-        }
+        choose_target(&self.pid, self.all, &self.cgroup, &self.command)
     }
 
     /// When reports are written and where: `--push` reports every
@@ -1258,6 +1382,31 @@ mod tests {
     }
 
     #[test]
+    fn top_subcommand() {
+        let Ok(Command::Top(top)) = parse_command("tripod-bpf top -p 42 -F 499 --delay 2") else {
+            panic!("not a top command");
+        };
+        assert_eq!(top.record.target, Target::Pids(vec![42]));
+        assert_eq!(top.record.frequency, 499);
+        assert_eq!(
+            (top.delay, top.window),
+            (Duration::from_secs(2), Duration::from_secs(2))
+        );
+        assert!(top.record.per_thread, "the view filters by thread");
+        assert_eq!(top.record.output, OutputDest::Discard);
+        let Ok(Command::Top(top)) = parse_command("tripod-bpf top --all --window 5 --python-only")
+        else {
+            panic!("not a top command");
+        };
+        assert_eq!(top.window, Duration::from_secs(5));
+        assert_eq!(top.record.python, PythonFrames::Only);
+        assert!(usage_error("tripod-bpf top --all --delay 2 --window 1").contains("--window"));
+        assert!(usage_error("tripod-bpf top --all --delay 0").contains("--delay"));
+        assert!(usage_error("tripod-bpf top").contains("no target"));
+        assert!(usage_error("tripod-bpf top -p 1 --all").contains("choose one target"));
+    }
+
+    #[test]
     fn completions_cover_every_subcommand_and_flag() {
         for shell in ["bash", "zsh", "fish"] {
             let line = format!("tripod-bpf completions {shell}");
@@ -1265,7 +1414,15 @@ mod tests {
                 Ok(Command::Print(script)) => String::from_utf8(script).unwrap(),
                 other => panic!("{line}: {other:?}"),
             };
-            for word in ["dump", "python-only", "locals", "mode", "svg"] {
+            for word in [
+                "dump",
+                "top",
+                "window",
+                "python-only",
+                "locals",
+                "mode",
+                "svg",
+            ] {
                 assert!(script.contains(word), "{shell}: no {word}");
             }
         }

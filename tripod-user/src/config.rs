@@ -28,6 +28,8 @@ pub enum Command {
     DumpCore(CoreDumpConfig),
     /// Render a JSON recording or dump made earlier, maybe on another machine.
     Report(ReportConfig),
+    /// Show the hottest functions live, refreshed in place (`tripod-bpf top`).
+    Top(TopConfig),
     /// Print a shell completion script or the man page (ready to write).
     Print(Vec<u8>),
 }
@@ -441,6 +443,18 @@ impl Config {
             quiet: false,
         }
     }
+}
+
+/// `tripod-bpf top`: sampling as a recording's, shown live instead of written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopConfig {
+    /// What to sample and how; its output settings are unused.
+    pub record: Config,
+    /// How often the view is refreshed (`--delay`).
+    pub delay: Duration,
+    /// What the percentages and rates are over (`--window`): the last
+    /// refreshes that fit in it, at least one.
+    pub window: Duration,
 }
 
 /// The longest `--duration`, `--interval`, `dump --every` (and `TRIPOD_INTERVAL`):

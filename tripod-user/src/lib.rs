@@ -11,7 +11,8 @@
 //! JIT code) and [`symbolize`], the only blazesym user) -> [`annotate`] -> [`report`] -> [`output`] (the only
 //! writers). [`wait`] accounts waits, [`retire`] retires exited processes,
 //! [`pipeline`] connects the stages; [`app`] runs a recording and [`dump`] a
-//! thread dump (both through [`live`]; a core file's through [`corefile`]); [`session`] holds what they and the
+//! thread dump (both through [`live`]; [`top`] shows a recording live, an
+//! output of its own; a core file's through [`corefile`]); [`session`] holds what they and the
 //! offline `report` share; [`model`] is the leaf every stage speaks;
 //! [`signals`] tells the runs when to stop; [`cgroup`] names the cgroup and
 //! container of each sampled process.
@@ -59,5 +60,6 @@ pub mod symbolize;
 pub mod target_file;
 pub mod task;
 pub mod text;
+pub mod top;
 pub mod unwind;
 pub mod wait;

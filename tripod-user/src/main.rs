@@ -8,6 +8,7 @@ use tripod_user::{
     error::UsageError,
     messages, offline,
     signals::Shutdown,
+    top,
 };
 
 fn main() -> ExitCode {
@@ -32,13 +33,15 @@ fn main() -> ExitCode {
     // before anything slow: a signal during start-up still ends in a written
     // output, never in a kill by the default action.
     let shutdown = match &command {
-        Command::Record(_) | Command::Dump(_) | Command::DumpCore(_) => match Shutdown::install() {
-            Ok(shutdown) => shutdown,
-            Err(error) => {
-                messages::error(&format!("{error:#}"));
-                return ExitCode::FAILURE;
+        Command::Record(_) | Command::Dump(_) | Command::DumpCore(_) | Command::Top(_) => {
+            match Shutdown::install() {
+                Ok(shutdown) => shutdown,
+                Err(error) => {
+                    messages::error(&format!("{error:#}"));
+                    return ExitCode::FAILURE;
+                }
             }
-        },
+        }
         _ => Shutdown::unwired(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
                 Command::Dump(config) => dump::run(config, shutdown).await,
                 Command::DumpCore(config) => dump::run_core(config, shutdown),
                 Command::Report(config) => offline::run(config),
+                Command::Top(config) => top::run(config, shutdown).await,
                 Command::Print(_) => Ok(0),
             }
         })

@@ -485,22 +485,28 @@ impl Pipeline {
         pusher: Option<&Pusher>,
         counters: &Counters,
     ) -> Result<()> {
+        let report = self.take_report(counters);
+        output.report(&report).context("writing the report")?;
+        if let Some(pusher) = pusher {
+            pusher.send(&report);
+        }
+        Ok(())
+    }
+
+    /// The report of the interval that ends now, named, for a caller that
+    /// shows it itself (`top`); the next interval starts empty.
+    pub fn take_report(&mut self, counters: &Counters) -> report::Report {
         self.counting.count_waits_in_progress();
         self.symbolize();
         let interval = self.counting.take_interval(Local::now(), counters);
-        let report = report::build_report(
+        report::build_report(
             self.run(),
             &self.rules,
             self.inputs(),
             &interval.counts,
             interval.span,
             Losses::from_counters(&interval.counters),
-        );
-        output.report(&report).context("writing the report")?;
-        if let Some(pusher) = pusher {
-            pusher.send(&report);
-        }
-        Ok(())
+        )
     }
 
     /// Ends tracking switches: waits still in progress are counted up to

@@ -146,7 +146,7 @@ fn gcc(apt: &mut Apt) -> Result<()> {
 }
 
 /// What only the tests need: gdb, whose thread backtraces the dump tests compare with
-/// and `report` reads back; elfutils' eu-stack, whose dumps `report` reads too; Go, whose `go tool pprof` reads our pprof files; and py-spy, whose Python stacks the
+/// and `report` reads back; elfutils' eu-stack, whose dumps `report` reads too; Go, whose `go tool pprof` reads our pprof files; tmux, the terminal the `top` tests drive; and py-spy, whose Python stacks the
 /// Python tests compare with. Returns py-spy's path.
 pub fn test_tools() -> Result<std::path::PathBuf> {
     let mut apt = Apt { updated: false };
@@ -154,8 +154,22 @@ pub fn test_tools() -> Result<std::path::PathBuf> {
     apt_tool(&mut apt, "eu-stack", "elfutils")?;
     // GNU time measures the peak memory of `report` in the streaming test.
     apt_tool(&mut apt, "/usr/bin/time", "time")?;
+    tmux(&mut apt)?;
     go(&mut apt)?;
     py_spy()
+}
+
+/// tmux gives the `top` tests a real terminal to drive: keys in, the screen read back.
+/// It has no `--version`: `tmux -V`.
+fn tmux(apt: &mut Apt) -> Result<()> {
+    let what = "tmux (for the top tests)";
+    let has = || probe(Command::new("tmux").arg("-V")).is_some();
+    if has() {
+        ok(what);
+        return Ok(());
+    }
+    apt.install(what, "tmux")?;
+    verify(what, has())
 }
 
 /// `go tool pprof` comes with Debian's Go (`go version`: Go has no `--version`).
