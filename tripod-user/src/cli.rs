@@ -318,16 +318,8 @@ impl TopArgs {
         let mut record = Config::new(target);
         record.cgroups = self.cgroup;
         record.frequency = self.frequency;
-        record.mode = match self.mode {
-            ModeArg::Cpu => Mode::Cpu,
-            ModeArg::OffCpu => Mode::OffCpu,
-            ModeArg::Wall => Mode::Wall,
-        };
-        record.unwind = match self.unwind {
-            UnwindArg::Dwarf => UnwindMode::Dwarf,
-            UnwindArg::Fp => UnwindMode::FramePointers,
-            UnwindArg::Auto => UnwindMode::Auto,
-        };
+        record.mode = self.mode.into();
+        record.unwind = self.unwind.into();
         record.stacks = stack_selection(self.user_only, self.kernel_only);
         record.python = self.python.frames();
         record.max_file_size = self.files.max_file_size;
@@ -520,6 +512,26 @@ enum ModeArg {
     Cpu,
     OffCpu,
     Wall,
+}
+
+impl From<UnwindArg> for UnwindMode {
+    fn from(arg: UnwindArg) -> UnwindMode {
+        match arg {
+            UnwindArg::Dwarf => UnwindMode::Dwarf,
+            UnwindArg::Fp => UnwindMode::FramePointers,
+            UnwindArg::Auto => UnwindMode::Auto,
+        }
+    }
+}
+
+impl From<ModeArg> for Mode {
+    fn from(arg: ModeArg) -> Mode {
+        match arg {
+            ModeArg::Cpu => Mode::Cpu,
+            ModeArg::OffCpu => Mode::OffCpu,
+            ModeArg::Wall => Mode::Wall,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -853,11 +865,7 @@ impl RecordArgs {
             include_idle: self.include_idle,
             stack_storage_size: sizes.stack_storage_size,
             count_map_size: sizes.count_map_size,
-            unwind: match self.unwind {
-                UnwindArg::Dwarf => UnwindMode::Dwarf,
-                UnwindArg::Fp => UnwindMode::FramePointers,
-                UnwindArg::Auto => UnwindMode::Auto,
-            },
+            unwind: self.unwind.into(),
             stack_copy_bytes: sizes.stack_copy_bytes,
             ring_buffer_size: sizes.ring_buffer_size,
             python: self.python.frames(),
@@ -939,11 +947,7 @@ impl RecordArgs {
 
     /// `--mode`, and `--min-block-us` only with the mode it applies to.
     fn mode(&self) -> Result<Mode, UsageError> {
-        let mode = match self.mode {
-            ModeArg::Cpu => Mode::Cpu,
-            ModeArg::OffCpu => Mode::OffCpu,
-            ModeArg::Wall => Mode::Wall,
-        };
+        let mode = Mode::from(self.mode);
         if mode != Mode::OffCpu && self.min_block_us != DEFAULT_MIN_BLOCK_US {
             return Err(UsageError::new(
                 "--min-block-us only applies to --mode off-cpu; add --mode off-cpu or drop it",
