@@ -177,6 +177,7 @@ fn sampler_options(config: &Config, cgroups: &[Selected], python: &mut Python) -
             .collect(),
         // Locating user frames is what the records are for.
         sideband: config.stacks.user(),
+        measure_sideband: config.measure_sideband,
     }
 }
 
