@@ -6,6 +6,8 @@
 //! back, and both sides must agree on every offset.
 #![no_std]
 
+pub mod probe;
+
 /// Names of the maps and programs in the eBPF object, so both sides spell them the same.
 pub mod names {
     /// The `perf_event` program attached to every CPU.

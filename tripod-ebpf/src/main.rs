@@ -20,9 +20,12 @@
 //!   thread's stacks as it is switched out, and when it runs again;
 //! - `dump_threads`, a sleepable task iterator (`tripod-bpf dump`): every
 //!   thread of a process, running or blocked, without stopping it.
+//!
+//! `probe.rs` holds programs only a measurement loads (see there).
 #![no_std]
 #![no_main]
 
+mod probe;
 mod python;
 
 use core::ffi::c_void;

@@ -181,6 +181,7 @@ pub(crate) fn sampler_options(
             .collect(),
         // Locating user frames is what the records are for.
         sideband: config.stacks.user(),
+        measure_sideband: config.measure_sideband,
     }
 }
 

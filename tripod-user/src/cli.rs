@@ -11,9 +11,10 @@ use tripod_common::{
 use crate::{
     config::{
         Command, Config, CoreDumpConfig, DumpConfig, FoldedPrefix, InputKind, Mode, OutputDest,
-        OutputFormat, PushConfig, PushFormat, PythonFrames, ReportConfig, StackSelection, Target,
-        TopConfig, UnwindMode, DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US, DEFAULT_PUSH_INTERVAL,
-        MAX_COUNT_MAP_SIZE, MAX_RING_BUFFER_SIZE, MAX_SECONDS, MAX_STACK_STORAGE_SIZE,
+        OutputFormat, PushConfig, PushFormat, PythonFrames, ReportConfig, SidebandSource,
+        StackSelection, Target, TopConfig, UnwindMode, DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US,
+        DEFAULT_PUSH_INTERVAL, MAX_COUNT_MAP_SIZE, MAX_RING_BUFFER_SIZE, MAX_SECONDS,
+        MAX_STACK_STORAGE_SIZE,
     },
     error::UsageError,
 };
@@ -495,9 +496,21 @@ struct RecordArgs {
     #[arg(short, long)]
     quiet: bool,
 
+    /// For `cargo xtask bench --only sideband` only: where the records of mappings come
+    /// from (the perf events, the eBPF probe, none), and a closing line measuring them.
+    #[arg(long, value_enum, hide = true)]
+    sideband_source: Option<SidebandSourceArg>,
+
     /// Start COMMAND, sample it until it exits, and exit with its status.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SidebandSourceArg {
+    Perf,
+    Ebpf,
+    None,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -872,6 +885,11 @@ impl RecordArgs {
             max_file_size: self.files.max_file_size,
             push,
             quiet: self.quiet,
+            measure_sideband: self.sideband_source.map(|source| match source {
+                SidebandSourceArg::Perf => SidebandSource::Perf,
+                SidebandSourceArg::Ebpf => SidebandSource::Ebpf,
+                SidebandSourceArg::None => SidebandSource::Off,
+            }),
         })
     }
 
@@ -1130,6 +1148,22 @@ mod tests {
         let c = config("tripod-bpf --all");
         assert_eq!(c, Config::new(Target::All));
         assert_eq!(c.frequency, 99);
+    }
+
+    #[test]
+    fn the_bench_only_sideband_source_is_hidden_and_off_by_default() {
+        assert_eq!(config("tripod-bpf --all").measure_sideband, None);
+        assert_eq!(
+            config("tripod-bpf --all --sideband-source ebpf").measure_sideband,
+            Some(SidebandSource::Ebpf)
+        );
+        assert_eq!(
+            config("tripod-bpf --all --sideband-source none").measure_sideband,
+            Some(SidebandSource::Off)
+        );
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--ring-buffer-size"), "{help}");
+        assert!(!help.contains("sideband-source"), "{help}");
     }
 
     #[test]

@@ -412,6 +412,22 @@ pub struct Config {
     pub push: Option<PushConfig>,
     /// No status line and no progress messages on stderr (`-q`).
     pub quiet: bool,
+    /// `--sideband-source` (hidden): the records of mappings come from this
+    /// source, and the run ends with a line measuring it; `None`: the perf
+    /// sideband, unmeasured.
+    pub measure_sideband: Option<SidebandSource>,
+}
+
+/// Where the records of mappings come from, for `cargo xtask bench --only sideband`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SidebandSource {
+    /// The perf sideband, as every run.
+    Perf,
+    /// The eBPF probe, read and counted but not used: samples are located
+    /// from `/proc`, as without a sideband.
+    Ebpf,
+    /// Neither.
+    Off,
 }
 
 impl Config {
@@ -441,6 +457,7 @@ impl Config {
             max_file_size: crate::target_file::DEFAULT_MAX_FILE_SIZE,
             push: None,
             quiet: false,
+            measure_sideband: None,
         }
     }
 }

@@ -307,3 +307,36 @@ fn samples_younger_than_the_watermark_wait_for_their_records() {
     assert_eq!(count, 1);
     assert!(stack.contains("replayed_caller"), "{stack}");
 }
+
+#[test]
+fn lost_sideband_records_are_counted_in_the_summary_with_what_to_expect() {
+    use crate::sampler::sideband::{LostRecord, SideRecord};
+    let mut replay = Replay::new();
+    short_lived_process(&mut replay, GONE_PID);
+    replay.push_side_record(SideRecord::Lost(LostRecord {
+        count: 7,
+        cpu: 1,
+        since_ns: 120,
+        time_ns: 130,
+    }));
+    replay.push_record(record_of(GONE_PID, &walked_stack(), 200));
+    let mut pipeline = pipeline(Mode::Cpu);
+    pipeline.pull(&mut replay);
+    block_on(pipeline.pull_counted(&mut replay)).unwrap();
+    let summary = pipeline.summary(&Counters::default());
+    assert_eq!(summary.mapping_records.lost, 7);
+    let hints = summary.hints();
+    assert!(
+        hints
+            .iter()
+            .any(|h| h.starts_with("7 mapping records were lost")),
+        "{hints:?}"
+    );
+    // The sample, taken after the loss, is still counted under its
+    // process's name; the history cannot vouch for its mappings and the
+    // process is gone from /proc, so its frames are unknown, never guessed.
+    assert_eq!(
+        folded_report(&mut pipeline).trim(),
+        "shortlived;[unknown];[unknown] 1"
+    );
+}

@@ -38,6 +38,39 @@ pub fn task_offsets() -> Result<TaskOffsets> {
     })
 }
 
+/// The offsets of the `struct file` fields the sideband probe reads (see
+/// `tripod_common::probe`): the inode, device and name of a mapped file.
+pub fn file_offsets() -> Result<tripod_common::probe::FileOffsets> {
+    let data = std::fs::read(VMLINUX)
+        .with_context(|| format!("reading the kernel's BTF from {VMLINUX}"))?;
+    let btf = Btf::parse(&data).with_context(|| format!("parsing {VMLINUX}"))?;
+    let field = |strukt: &str, name: &str| -> Result<u32> {
+        let members = btf
+            .struct_members(strukt)
+            .with_context(|| format!("finding struct {strukt} in {VMLINUX}"))?;
+        members
+            .get(name)
+            .copied()
+            .with_context(|| format!("struct {strukt} has no field {name} in {VMLINUX}"))
+    };
+    Ok(tripod_common::probe::FileOffsets {
+        file_inode: field("file", "f_inode")?,
+        file_dentry: field("file", "f_path")? + field("path", "dentry")?,
+        inode_ino: field("inode", "i_ino")?,
+        inode_sb: field("inode", "i_sb")?,
+        inode_generation: field("inode", "i_generation")?,
+        sb_dev: field("super_block", "s_dev")?,
+        dentry_name: field("dentry", "d_name")? + field("qstr", "name")?,
+        task_files: field("task_struct", "files")?,
+        files_fdt: field("files_struct", "fdt")?,
+        fdtable_fd: field("fdtable", "fd")?,
+        task_mm: field("task_struct", "mm")?,
+        mm_start_code: field("mm_struct", "start_code")?,
+        mm_end_code: field("mm_struct", "end_code")?,
+        bprm_file: field("linux_binprm", "file")?,
+    })
+}
+
 /// `task_struct.thread.fsbase` (x86_64): the TLS base, which CPython 3.6
 /// and 3.7 thread states are matched against. `None` on other kernels.
 fn fsbase(btf: &Btf, task_members: &HashMap<String, u32>) -> Option<u32> {

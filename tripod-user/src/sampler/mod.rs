@@ -9,6 +9,7 @@
 //! Both hand out records parsed by [`records`] from the kernel's bytes.
 mod btf;
 mod drain;
+pub mod probe;
 pub mod records;
 mod replay;
 pub mod sideband;
@@ -31,7 +32,7 @@ use aya::{
 };
 use tripod_common::{names, PythonProcess, SampleCount, SampleKey, SamplerConfig, ScratchSlot};
 
-use crate::config::StackSelection;
+use crate::config::{SidebandSource, StackSelection};
 
 /// What the sampler should watch and how much room its maps have.
 #[derive(Clone, Debug)]
@@ -65,6 +66,9 @@ pub struct SamplerOptions {
     /// are drained are still located. Recordings only (a dump reads live
     /// threads, whose `/proc` is there).
     pub sideband: bool,
+    /// `--sideband-source` (a measurement): which source, measured; `None`:
+    /// the perf sideband, unmeasured.
+    pub measure_sideband: Option<SidebandSource>,
 }
 
 impl SamplerOptions {
@@ -85,6 +89,7 @@ impl SamplerOptions {
             track_switches: false,
             python_processes: Vec::new(),
             sideband: false,
+            measure_sideband: None,
         }
     }
 }
@@ -129,6 +134,17 @@ pub struct Sampler {
     /// when not asked for or when the kernel refused it (then processes are
     /// located from `/proc` only, as without it).
     sideband: Option<sideband::Sideband>,
+    /// `--sideband-source`: what the sideband delivered, measured.
+    measured: Option<Measured>,
+}
+
+/// A sideband being measured (see [`probe`]).
+struct Measured {
+    source: SidebandSource,
+    /// The eBPF probe, with `--sideband-source ebpf`.
+    probe: Option<probe::Probe>,
+    /// What the perf sideband handed over.
+    perf: probe::SidebandTally,
 }
 
 impl Sampler {
@@ -161,7 +177,23 @@ impl Sampler {
         };
         // Before sampling: every sample then finds the records of mappings
         // made after this point.
-        let sideband = options.sideband.then(open_sideband).flatten();
+        let measured = options.measure_sideband.map(|source| Measured {
+            source,
+            probe: None,
+            perf: probe::SidebandTally::default(),
+        });
+        let perf_sideband = options.sideband
+            && measured
+                .as_ref()
+                .is_none_or(|m| m.source == SidebandSource::Perf);
+        let sideband = perf_sideband.then(open_sideband).flatten();
+        let measured = match measured {
+            Some(m) if m.source == SidebandSource::Ebpf => Some(Measured {
+                probe: Some(attach_probe(&mut ebpf)?),
+                ..m
+            }),
+            other => other,
+        };
         // Sampling starts last, once everything it feeds is in place.
         let (event, fallback_reason) = match options.sample_on_cpu {
             true => attach_all_cpus(sample_program(&mut ebpf)?, options.frequency)?,
@@ -181,7 +213,38 @@ impl Sampler {
             generation: 0,
             counts_in_kernel: options.sample_on_cpu && !options.copy_user_stack,
             sideband,
+            measured,
         })
+    }
+}
+
+/// The eBPF probe, loaded against the kernel's BTF.
+fn attach_probe(ebpf: &mut Ebpf) -> Result<probe::Probe> {
+    let kernel_btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    probe::Probe::attach(ebpf, &kernel_btf)
+}
+
+/// A measured run ends with a line on what its sideband delivered.
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        let Some(measured) = &self.measured else {
+            return;
+        };
+        let (name, tally) = match (measured.source, &measured.probe) {
+            (SidebandSource::Ebpf, Some(probe)) => ("ebpf", probe.tally()),
+            (SidebandSource::Perf, _) => {
+                let lost = self.sideband.as_ref().map_or(0, |s| s.counters().lost);
+                (
+                    "perf",
+                    probe::SidebandTally {
+                        lost,
+                        ..measured.perf
+                    },
+                )
+            }
+            _ => ("none", probe::SidebandTally::default()),
+        };
+        crate::messages::note(&tally.describe(name));
     }
 }
 
@@ -217,6 +280,10 @@ fn load(options: &SamplerOptions) -> Result<Ebpf> {
         cgroup_filter: (!options.cgroups.is_empty()).into(),
         task_offsets: btf::task_offsets()?,
     };
+    let probe_offsets = match options.measure_sideband {
+        Some(SidebandSource::Ebpf) => Some(probe::file_offsets()?),
+        _ => None,
+    };
     let mut loader = EbpfLoader::new();
     loader.override_global(names::CONFIG, &config, true);
     for generation in 0..2 {
@@ -226,6 +293,9 @@ fn load(options: &SamplerOptions) -> Result<Ebpf> {
     // For a ring buffer, max_entries is its size in bytes.
     loader.map_max_entries(names::STACK_COPIES, options.ring_buffer_size);
     loader.map_max_entries(names::SCRATCH, ScratchSlot::len(cpus));
+    if let Some(offsets) = &probe_offsets {
+        probe::configure(&mut loader, offsets, cpus);
+    }
     // The object is embedded so the binary runs on its own, from any directory.
     loader
         .load(aya::include_bytes_aligned!(concat!(

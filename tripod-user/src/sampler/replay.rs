@@ -58,6 +58,9 @@ pub struct Replay {
     /// [`SampleSource::drain_sideband`]): every record handed over at once
     /// unless a test sets it.
     side_watermark_ns: u64,
+    /// What the sideband handed over, lost records counted as the live
+    /// sideband counts them.
+    side_counters: SidebandCounters,
     counters: Counters,
     event: SamplingEvent,
     told: Vec<Told>,
@@ -71,6 +74,7 @@ impl Default for Replay {
             dumps: VecDeque::new(),
             side: None,
             side_watermark_ns: u64::MAX,
+            side_counters: SidebandCounters::default(),
             counters: Counters::default(),
             event: SamplingEvent::CpuClock,
             told: Vec::new(),
@@ -195,13 +199,18 @@ impl SampleSource for Replay {
         let watermark = self.side_watermark_ns;
         side.make_contiguous().sort_by_key(SideRecord::time_ns);
         while side.front().is_some_and(|r| r.time_ns() < watermark) {
-            handle(side.pop_front().expect("checked"));
+            let record = side.pop_front().expect("checked");
+            self.side_counters.records += 1;
+            if let SideRecord::Lost(lost) = &record {
+                self.side_counters.lost += lost.count;
+            }
+            handle(record);
         }
         Some(watermark)
     }
 
     fn sideband_counters(&self) -> Option<SidebandCounters> {
-        self.side.as_ref().map(|_| SidebandCounters::default())
+        self.side.as_ref().map(|_| self.side_counters)
     }
 
     fn snapshot(&mut self, handle: &mut dyn FnMut(Sample<'_>)) -> Result<()> {

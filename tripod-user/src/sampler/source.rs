@@ -76,6 +76,19 @@ pub trait SampleSource {
     fn mark_blocked(&mut self, tid: u32, since_ns: u64) -> Result<()>;
 }
 
+/// A drain of the perf sideband that only tallies what it hands over, and
+/// the reader's CPU time (`--sideband-source perf`).
+fn measured_drain(
+    sideband: &mut super::sideband::Sideband,
+    tally: &mut super::probe::SidebandTally,
+) {
+    use super::probe::{monotonic_ns, thread_cpu_ns};
+    let started = thread_cpu_ns();
+    let now = monotonic_ns();
+    sideband.drain(&mut |record| tally.note_perf(&record, now));
+    tally.read_cpu_ns += thread_cpu_ns().saturating_sub(started);
+}
+
 /// Everything counted in the kernel since the last call: flip, wait until
 /// nothing writes the old generation (off the runtime's thread), read it.
 pub async fn drain_counted(source: &mut dyn SampleSource) -> Result<Vec<Sample<'static>>> {
@@ -99,8 +112,19 @@ impl SampleSource for Sampler {
     }
 
     fn drain_sideband(&mut self, handle: &mut dyn FnMut(SideRecord)) -> Option<u64> {
-        let sideband = self.sideband.as_mut()?;
-        Some(sideband.drain(handle).watermark_ns)
+        let Some(measured) = self.measured.as_mut() else {
+            let sideband = self.sideband.as_mut()?;
+            return Some(sideband.drain(handle).watermark_ns);
+        };
+        // Measured: records are read and counted, never used, whatever the
+        // source, so the runs differ only in how records reach us.
+        if let Some(probe) = measured.probe.as_mut() {
+            probe.drain();
+        }
+        if let Some(sideband) = self.sideband.as_mut() {
+            measured_drain(sideband, &mut measured.perf);
+        }
+        None
     }
 
     fn sideband_counters(&self) -> Option<SidebandCounters> {

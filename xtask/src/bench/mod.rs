@@ -19,6 +19,7 @@ mod quality;
 mod report;
 mod samplers;
 mod shortlived;
+mod sideband;
 mod stacks;
 mod stats;
 
@@ -62,6 +63,8 @@ pub enum Measurement {
     /// Complete chains of 4 ms processes run back to back, next to perf
     #[value(name = "shortlived")]
     ShortLived,
+    /// Mapping records from the perf sideband or an eBPF probe, on the churn workload
+    Sideband,
 }
 
 /// How much to measure.
@@ -223,6 +226,9 @@ pub fn main(options: Options) -> Result<()> {
     }
     if options.wants(Measurement::ShortLived) {
         results.shortlived = Some(shortlived::measure(&mut bench, &options)?);
+    }
+    if options.wants(Measurement::Sideband) {
+        results.sideband = Some(sideband::measure(&mut bench, &options)?);
     }
     results.failures = bench.failures.clone();
     results.duration = started.elapsed();

@@ -277,6 +277,19 @@ impl Sampler {
         format: Format,
         dir: &Path,
     ) -> Result<Running> {
+        self.start_with(tools, scope, event, format, dir, &[])
+    }
+
+    /// [`Sampler::start`] with `extra` arguments at the end of the command line.
+    pub fn start_with(
+        self,
+        tools: &Tools,
+        scope: Scope,
+        event: Event,
+        format: Format,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Result<Running> {
         let log = dir.join("sampler.log");
         let output = dir.join(match self {
             Sampler::Tripod(_) | Sampler::TripodNoPython if format == Format::Log => "tripod.log",
@@ -383,6 +396,7 @@ impl Sampler {
                 cmd
             }
         };
+        cmd.args(extra);
         let log_file = fs::File::create(&log)?;
         cmd.stdin(Stdio::null()).stderr(log_file.try_clone()?);
         if self.prints_output() {
@@ -570,6 +584,15 @@ impl Stopped {
     /// Distinct stacks tripod-bpf counted (per process, kernel and user parts together).
     pub fn tripod_distinct_stacks(&self) -> Option<u64> {
         self.tripod_done_number(1)
+    }
+
+    /// The last line of the sampler's log that starts with `prefix`.
+    pub fn log_line(&self, prefix: &str) -> Option<String> {
+        let log = fs::read_to_string(&self.log).ok()?;
+        log.lines()
+            .rev()
+            .find(|line| line.starts_with(prefix))
+            .map(str::to_owned)
     }
 
     /// The `index`th comma-separated number of tripod-bpf's closing line.
