@@ -8,6 +8,7 @@ use tripod_common::{errno::EFAULT, MAX_STACK_DEPTH};
 
 use crate::{
     mappings::MappingHistory,
+    model::TableMapping,
     process::ProcessTable,
     python::{Python, PythonChange},
     sampler::{Sample, UserStack},
@@ -23,6 +24,9 @@ pub struct Ingest {
     python_candidates: Vec<u32>,
     /// Collect user stacks at all (not `--kernel-only`).
     collect_user: bool,
+    /// `--unwind tables`: processes whose rows the sampler needs (new ones,
+    /// ones that may have exec'd); `None` in other modes.
+    table_candidates: Option<Vec<u32>>,
 }
 
 impl Ingest {
@@ -32,7 +36,40 @@ impl Ingest {
             python,
             python_candidates: Vec::new(),
             collect_user,
+            table_candidates: None,
         }
+    }
+
+    /// `--unwind tables`: from now on, processes seen get their rows compiled
+    /// (see [`Ingest::table_changes`]).
+    pub fn compile_tables(&mut self) {
+        self.table_candidates.get_or_insert_with(Vec::new);
+    }
+
+    /// `--unwind tables`: the rows of the processes seen since the last call.
+    pub fn table_changes(&mut self, processes: &mut ProcessTable) -> Vec<(u32, Vec<TableMapping>)> {
+        let Some(candidates) = self.table_candidates.as_mut() else {
+            return Vec::new();
+        };
+        let mut pids = std::mem::take(candidates);
+        pids.sort_unstable();
+        pids.dedup();
+        pids.into_iter()
+            .filter_map(|pid| Some((pid, self.unwinder.tables(pid, processes)?)))
+            .collect()
+    }
+
+    /// `--unwind tables`: compile the rows of `pid` at the next [`Ingest::table_changes`].
+    pub fn queue_tables(&mut self, pid: u32) {
+        if let Some(candidates) = self.table_candidates.as_mut() {
+            candidates.push(pid);
+        }
+    }
+
+    /// Files whose call frame information could not be compiled:
+    /// (malformed, too many rows).
+    pub fn uncompilable_tables(&self) -> (usize, usize) {
+        self.unwinder.uncompilable()
     }
 
     /// What is known of Python processes: their frames' names, their locals.
@@ -48,6 +85,9 @@ impl Ingest {
     /// [`Ingest::python_changes`]: it is new, or may have exec'd.
     pub fn check_python_later(&mut self, pid: u32) {
         self.python_candidates.push(pid);
+        if let Some(candidates) = self.table_candidates.as_mut() {
+            candidates.push(pid);
+        }
     }
 
     /// Python processes found (with what the sampler needs to read their
