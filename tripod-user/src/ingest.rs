@@ -4,6 +4,11 @@
 //! the interpreter's frames of Python threads are merged in place of its
 //! native ones ([`crate::python`]). Counting the result is the aggregator's
 //! job; naming it the resolver's.
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
 use tripod_common::{errno::EFAULT, MAX_STACK_DEPTH};
 
 use crate::{
@@ -27,7 +32,15 @@ pub struct Ingest {
     /// `--unwind tables`: processes whose rows the sampler needs (new ones,
     /// ones that may have exec'd); `None` in other modes.
     table_candidates: Option<Vec<u32>>,
+    /// `--unwind tables`: when each process's rows were last sent again
+    /// because one of its stacks was copied (see [`Ingest::unwind`]).
+    tables_resent: HashMap<u32, Instant>,
 }
+
+/// How often, at most, a process's rows are rebuilt because its stacks
+/// are still copied (a library it loaded since, say).
+/// The same period as the process table's re-reads of `/proc/PID/maps`.
+const TABLES_RESEND_INTERVAL: Duration = Duration::from_millis(250);
 
 impl Ingest {
     pub fn new(python: Python, collect_user: bool) -> Self {
@@ -37,6 +50,7 @@ impl Ingest {
             python_candidates: Vec::new(),
             collect_user,
             table_candidates: None,
+            tables_resent: HashMap::new(),
         }
     }
 
@@ -63,6 +77,30 @@ impl Ingest {
     pub fn queue_tables(&mut self, pid: u32) {
         if let Some(candidates) = self.table_candidates.as_mut() {
             candidates.push(pid);
+        }
+    }
+
+    /// `--unwind tables`: a stack of `pid` was copied, so its rows lacked
+    /// something (a library mapped after they were built, typically: a
+    /// command's libraries are loaded after its exec); they are rebuilt
+    /// from the mappings as now known, at most once per
+    /// [`TABLES_RESEND_INTERVAL`].
+    fn resend_tables(&mut self, pid: u32, processes: &mut ProcessTable) {
+        if self.table_candidates.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let recent = self
+            .tables_resent
+            .get(&pid)
+            .is_some_and(|last| now.duration_since(*last) < TABLES_RESEND_INTERVAL);
+        if !recent {
+            self.tables_resent.insert(pid, now);
+            // No address is mapped at 0: the mappings are read again if
+            // they were not lately (off-CPU copies are unwound with the
+            // sideband's records, which leave `/proc`'s snapshot as it was).
+            processes.locate(pid, 0);
+            self.queue_tables(pid);
         }
     }
 
@@ -108,6 +146,9 @@ impl Ingest {
         processes: &mut ProcessTable,
         history: &MappingHistory,
     ) -> (Vec<RawFrame>, String) {
+        if matches!(sample.user, UserStack::Copy { .. }) {
+            self.resend_tables(sample.tgid, processes);
+        }
         let user = match sample.user {
             UserStack::Copy {
                 regs: (ip, sp, bp),
@@ -138,6 +179,7 @@ impl Ingest {
     /// Forgets what was kept for process `pid`, which has exited.
     pub fn forget(&mut self, pid: u32) {
         self.unwinder.forget(pid);
+        self.tables_resent.remove(&pid);
         self.python.forget(pid);
     }
 }
