@@ -1082,6 +1082,21 @@ mod tests {
             UnwindMode::Dwarf
         );
         assert_eq!(
+            config("tripod-bpf -a --unwind tables").unwind,
+            UnwindMode::Tables
+        );
+        assert_eq!(
+            config("tripod-bpf -a").unwind_table_rows,
+            32 * 1024 * 1024 / 16
+        );
+        assert_eq!(
+            config("tripod-bpf -a --unwind-table-size 1M").unwind_table_rows,
+            65536
+        );
+        assert!(usage_error("tripod-bpf -a --unwind-table-size 8")
+            .contains("--unwind-table-size must be between 16 bytes"));
+        assert!(usage_error("tripod-bpf -a --unwind-table-size 2G").contains("--unwind-table-size"));
+        assert_eq!(
             config("tripod-bpf -a --stack-copy-bytes 8192").stack_copy_bytes,
             8192
         );
