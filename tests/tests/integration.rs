@@ -37,5 +37,7 @@ mod sampling;
 mod top;
 // Complete user stacks without frame pointers: copied stacks unwound with .eh_frame.
 mod unwinding;
+// `--unwind tables`: user stacks walked in the kernel with compiled .eh_frame rows.
+mod unwinding_tables;
 // Where threads wait: dumps, annotation rules, off-CPU and wall-clock time.
 mod waiting;

@@ -40,6 +40,10 @@ pub mod names {
     pub const PYTHON_PROCESSES: &str = "PYTHON_PROCESSES";
     /// Where each thread's `PyThreadState` is: tid -> [`crate::PythonThread`].
     pub const PYTHON_THREADS: &str = "PYTHON_THREADS";
+    /// Compiled unwind rows of every file, one range per file (`--unwind tables`).
+    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    /// Each process's executable mappings and their rows: tgid -> [`crate::UnwindProcess`].
+    pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
 }
 
 /// The errno values the kernel side reports, by name.
@@ -331,6 +335,12 @@ pub struct SamplerConfig {
     /// Byte offsets in the running kernel's `struct task_struct`, read from
     /// its BTF by the loader: Rust eBPF programs have no CO-RE relocations.
     pub task_offsets: TaskOffsets,
+    /// Non-zero (`--unwind tables`): walk the user stack in the kernel with
+    /// the rows of `UNWIND_ROWS`; a stack they do not cover is copied as
+    /// with `copy_user_stack`, which must be set too.
+    pub walk_tables: u32,
+    /// Number of entries of `UNWIND_ROWS` (its size as loaded).
+    pub unwind_rows: u32,
 }
 
 /// Byte offsets of the `struct task_struct` fields the eBPF programs read.
@@ -404,7 +414,107 @@ impl SamplerConfig {
         possible_cpus: 1,
         cgroup_filter: 0,
         task_offsets: TaskOffsets::UNKNOWN,
+        walk_tables: 0,
+        unwind_rows: 1,
     };
+}
+
+/// How an [`UnwindRow`] finds the canonical frame address (CFA), the
+/// caller's stack pointer; the return address is always just below it
+/// (x86-64). Other values than these are treated as [`CFA_NONE`].
+pub mod cfa_rule {
+    /// No unwind information here: the stack is copied instead.
+    pub const CFA_NONE: u8 = 0;
+    /// CFA = rsp + offset.
+    pub const CFA_RSP: u8 = 1;
+    /// CFA = rbp + offset.
+    pub const CFA_RBP: u8 = 2;
+    /// A PLT entry's expression: CFA = rsp + 8, plus 8 more once the entry
+    /// has pushed: at offset `cfa_offset` (11, or 10) of its 16 bytes or later.
+    pub const CFA_PLT: u8 = 3;
+    /// The outermost frame (`_start`, a thread's `clone3`): the return
+    /// address is undefined, the walk is complete.
+    pub const CFA_END: u8 = 4;
+    /// A rule the kernel cannot follow (another expression, the return
+    /// address elsewhere than below the CFA): the stack is copied.
+    pub const CFA_UNSUPPORTED: u8 = 5;
+}
+
+/// How an [`UnwindRow`] restores the caller's rbp.
+pub mod rbp_rule {
+    /// rbp is not saved by this frame: the caller's is the same.
+    pub const RBP_SAME: u8 = 0;
+    /// The caller's rbp is saved at CFA + `rbp_offset`.
+    pub const RBP_AT_CFA: u8 = 1;
+    /// Any other rule: rbp is unknown from here on (a CFA based on it then
+    /// sends the stack to the copy path).
+    pub const RBP_UNKNOWN: u8 = 2;
+}
+
+/// One row of a file's compiled call frame information: from `pc` (an
+/// address as the file states it, SVMA) up to the next row's `pc`, how to
+/// find the caller's registers. Rows of a file are sorted by `pc`; a gap
+/// between two functions' information is a [`cfa_rule::CFA_NONE`] row.
+///
+/// u64, i32, i16, 2 × u8: 16 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnwindRow {
+    pub pc: u64,
+    /// Added to the CFA's base register.
+    pub cfa_offset: i32,
+    /// Where the caller's rbp is saved, from the CFA ([`rbp_rule::RBP_AT_CFA`]).
+    pub rbp_offset: i16,
+    /// A [`cfa_rule`] value.
+    pub cfa_rule: u8,
+    /// A [`rbp_rule`] value.
+    pub rbp_rule: u8,
+}
+
+/// One executable mapping of a process with its file's rows.
+///
+/// 3 × u64, 2 × u32: 32 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnwindMapping {
+    /// First address of the mapping in the process (AVMA).
+    pub start: u64,
+    /// One past its last address.
+    pub end: u64,
+    /// AVMA - SVMA: subtracted from an address to look it up in the rows.
+    pub bias: u64,
+    /// The file's first row in `UNWIND_ROWS`.
+    pub rows_start: u32,
+    /// How many rows the file has.
+    pub rows_len: u32,
+}
+
+/// Most executable mappings with rows one process can have; code in more
+/// is copied and unwound in userspace.
+pub const MAX_UNWIND_MAPPINGS: usize = 128;
+
+/// Most processes with rows at once (`--unwind tables`).
+pub const MAX_UNWIND_PROCESSES: u32 = 4096;
+
+/// Most rows one file may have: the kernel's binary search takes
+/// log2 of this many steps.
+pub const MAX_UNWIND_FILE_ROWS: u32 = 1 << 21;
+
+/// Default bytes of kernel memory for the rows of every file (`--unwind-table-size`).
+pub const DEFAULT_UNWIND_TABLE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Deepest user stack walked with rows; deeper ones are copied.
+pub const MAX_TABLE_FRAMES: usize = 96;
+
+/// The value of `UNWIND_PROCESSES`: a process's executable mappings that
+/// have rows, sorted by address, `len` of them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnwindProcess {
+    pub len: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    pub mappings: [UnwindMapping; MAX_UNWIND_MAPPINGS],
 }
 
 /// Index of the generation word in the `CONTROL` array.
@@ -621,11 +731,19 @@ pub enum Counter {
     RingBufferFull,
     /// Stack copies without user stack: the user registers were unreadable.
     UserRegsMissing,
+    /// `--unwind tables`: user stacks walked in the kernel with the rows.
+    TableUnwound,
+    /// `--unwind tables`: copied instead, an address had no rows (a file
+    /// not compiled yet or not compilable, JIT code, the table bound hit).
+    TableNotCovered,
+    /// `--unwind tables`: copied instead, the walk failed (unreadable
+    /// stack, unknown rbp, deeper than [`MAX_TABLE_FRAMES`]).
+    TableWalkFailed,
 }
 
 impl Counter {
     /// Number of counters, the size of the `COUNTERS` map.
-    pub const LEN: u32 = 12;
+    pub const LEN: u32 = 15;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::LEN as usize] = [
@@ -641,6 +759,9 @@ impl Counter {
         Counter::KernelStackOther,
         Counter::RingBufferFull,
         Counter::UserRegsMissing,
+        Counter::TableUnwound,
+        Counter::TableNotCovered,
+        Counter::TableWalkFailed,
     ];
 
     /// The counter for a failed `bpf_get_stackid` with this (negative) errno.
@@ -675,6 +796,10 @@ mod pod {
     unsafe impl aya::Pod for super::PythonProcess {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PythonThread {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UnwindRow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UnwindProcess {}
 }
 
 #[cfg(test)]
@@ -686,7 +811,16 @@ mod tests {
     fn wire_types_have_no_padding() {
         assert_eq!(core::mem::size_of::<SampleKey>(), 4 * 4 + COMM_LEN + 8 + 8);
         assert_eq!(core::mem::size_of::<SampleCount>(), 16);
-        assert_eq!(core::mem::size_of::<SamplerConfig>(), 10 * 4 + 6 * 4);
+        assert_eq!(
+            core::mem::size_of::<SamplerConfig>(),
+            10 * 4 + 6 * 4 + 2 * 4
+        );
+        assert_eq!(core::mem::size_of::<UnwindRow>(), 16);
+        assert_eq!(core::mem::size_of::<UnwindMapping>(), 32);
+        assert_eq!(
+            core::mem::size_of::<UnwindProcess>(),
+            8 + 32 * MAX_UNWIND_MAPPINGS
+        );
         assert_eq!(core::mem::size_of::<StackCopyHeader>(), 104);
         assert_eq!(core::mem::size_of::<WakeRecord>(), 32);
         assert_eq!(StackCopy::STACK_OFFSET, 104 + 8 * MAX_STACK_DEPTH);

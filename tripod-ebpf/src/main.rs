@@ -27,6 +27,7 @@
 
 mod probe;
 mod python;
+mod tables;
 
 use core::ffi::c_void;
 
@@ -92,7 +93,7 @@ static STACK_COPIES: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BUFFER_SIZE,
 /// stack, and per-CPU map values are capped at 32 KiB. Slots are handed out
 /// by [`ScratchSlot`]; the loader sizes the map from the number of CPUs.
 #[map]
-static SCRATCH: Array<StackCopy> = Array::with_max_entries(1, 0);
+pub(crate) static SCRATCH: Array<StackCopy> = Array::with_max_entries(1, 0);
 
 /// When each target thread that `track_switch` saw switched out stopped
 /// running, by tid. Removed when it runs again.
@@ -289,6 +290,8 @@ fn current_thread_copy(
     }
     if config.copy_user_stack == 0 {
         walk_user_frame_pointers(ctx, copy);
+    } else if config.walk_tables != 0 && tables::walk(copy, slot, thread.tgid) {
+        bump(Counter::TableUnwound);
     } else {
         let sp = copy.header.sp;
         // SAFETY: `copy_user_stack` calls `read` only with `dst` valid for `len` bytes.
@@ -320,7 +323,7 @@ fn current_thread_copy(
 /// them, on failure too, and the verifier only checks that they lie inside
 /// *some* object it knows, not inside the one the caller meant.
 #[inline(always)]
-unsafe fn read_user(dst: *mut c_void, len: u32, src: *const c_void) -> i64 {
+pub(crate) unsafe fn read_user(dst: *mut c_void, len: u32, src: *const c_void) -> i64 {
     // SAFETY: `dst` has `len` writable bytes (this function's contract).
     unsafe { bpf_probe_read_user(dst, len, src) }
 }
@@ -730,7 +733,7 @@ fn increment(counts: &HashMap<SampleKey, SampleCount>, key: &SampleKey) -> bool 
 }
 
 #[inline(always)]
-fn bump(counter: Counter) {
+pub(crate) fn bump(counter: Counter) {
     if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, and BPF programs are not preempted on their CPU.
         unsafe { *value += 1 };

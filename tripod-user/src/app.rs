@@ -17,7 +17,7 @@ use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
 use crate::{
     annotate::Rules,
     cgroup::Selected,
-    config::{Config, Mode, OutputFormat, Target},
+    config::{Config, Mode, OutputFormat, Target, UnwindMode},
     live::{self, start_sampler},
     mappings::Scope,
     messages::{self, note, warn},
@@ -90,6 +90,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
     let mut pipeline = new_pipeline(
         &config, &cgroups, run_info, rules, processes, python, counters,
     );
+    if config.unwind == UnwindMode::Tables {
+        let pids = match &config.target {
+            Target::Pids(pids) => pids.clone(),
+            _ => Vec::new(),
+        };
+        pipeline.unwind_in_kernel(&pids);
+        pipeline.tell_python(source);
+    }
     // Other processes are checked for Python as they are sampled.
     if let Some(child) = &child {
         pipeline.track(child.pid);
@@ -168,6 +176,7 @@ pub(crate) fn sampler_options(
         count_map_size: config.count_map_size,
         copy_user_stack: config.unwind.copies_stacks(),
         stack_copy_bytes: config.stack_copy_bytes,
+        table_rows: (config.unwind == UnwindMode::Tables).then_some(config.unwind_table_rows),
         ring_buffer_size: config.ring_buffer_size,
         sample_on_cpu: config.mode.samples_on_cpu(),
         track_switches: config.mode.tracks_switches(),
@@ -294,6 +303,9 @@ async fn write_the_rest(
     }
     let summary = pipeline.summary(&counters);
     output.summary(&summary)?;
+    if let Some(line) = pipeline.tables_summary(source, &counters) {
+        messages::warn(&line);
+    }
     // A file named with -o is put in place now, before the run's last words.
     output.finish()?;
     if let Some(pusher) = pusher {

@@ -14,7 +14,7 @@ use crate::{
         OutputFormat, PushConfig, PushFormat, PythonFrames, ReportConfig, SidebandSource,
         StackSelection, Target, TopConfig, UnwindMode, DEFAULT_FREQUENCY, DEFAULT_MIN_BLOCK_US,
         DEFAULT_PUSH_INTERVAL, MAX_COUNT_MAP_SIZE, MAX_RING_BUFFER_SIZE, MAX_SECONDS,
-        MAX_STACK_STORAGE_SIZE,
+        MAX_STACK_STORAGE_SIZE, MAX_UNWIND_TABLE_ROWS,
     },
     error::UsageError,
 };
@@ -433,9 +433,16 @@ struct RecordArgs {
 
     /// How to unwind user stacks: `dwarf` copies the top of each user stack and unwinds it
     /// with .eh_frame (complete stacks without frame pointers); `fp` walks frame pointers
-    /// in the kernel (cheaper, broken for code built without them); `auto` is dwarf.
+    /// in the kernel (cheaper, broken for code built without them); `tables` walks the
+    /// stack in the kernel with each file's .eh_frame compiled to rows, copying only the
+    /// stacks they do not cover; `auto` is dwarf.
     #[arg(long, value_enum, default_value_t = UnwindArg::Auto)]
     unwind: UnwindArg,
+
+    /// Kernel memory for the compiled unwind rows of `--unwind tables` (K, M, G suffixes; 16
+    /// bytes a row). Files that do not fit are unwound by copying; the summary says so.
+    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_file_size)]
+    unwind_table_size: u64,
 
     /// Bytes of user stack copied per sample for dwarf unwinding (at most 32768). Deeper
     /// stacks end in [truncated].
@@ -517,6 +524,7 @@ enum SidebandSourceArg {
 enum UnwindArg {
     Dwarf,
     Fp,
+    Tables,
     Auto,
 }
 
@@ -532,6 +540,7 @@ impl From<UnwindArg> for UnwindMode {
         match arg {
             UnwindArg::Dwarf => UnwindMode::Dwarf,
             UnwindArg::Fp => UnwindMode::FramePointers,
+            UnwindArg::Tables => UnwindMode::Tables,
             UnwindArg::Auto => UnwindMode::Auto,
         }
     }
@@ -838,6 +847,7 @@ struct KernelSizes {
     count_map_size: u32,
     stack_copy_bytes: u32,
     ring_buffer_size: u32,
+    unwind_table_rows: u32,
 }
 
 impl RecordArgs {
@@ -879,6 +889,7 @@ impl RecordArgs {
             stack_storage_size: sizes.stack_storage_size,
             count_map_size: sizes.count_map_size,
             unwind: self.unwind.into(),
+            unwind_table_rows: sizes.unwind_table_rows,
             stack_copy_bytes: sizes.stack_copy_bytes,
             ring_buffer_size: sizes.ring_buffer_size,
             python: self.python.frames(),
@@ -955,11 +966,20 @@ impl RecordArgs {
         )?
         .max(4096)
         .next_power_of_two();
+        // 16-byte rows; the kernel caps an array's memory well below 4G rows.
+        let rows = self.unwind_table_size / 16;
+        if rows == 0 || rows > MAX_UNWIND_TABLE_ROWS {
+            return Err(UsageError::new(format!(
+                "--unwind-table-size must be between 16 bytes and {} MiB",
+                MAX_UNWIND_TABLE_ROWS * 16 / (1024 * 1024)
+            )));
+        }
         Ok(KernelSizes {
             stack_storage_size,
             count_map_size,
             stack_copy_bytes: self.stack_copy_bytes,
             ring_buffer_size,
+            unwind_table_rows: rows as u32,
         })
     }
 
@@ -1227,6 +1247,21 @@ mod tests {
             config("tripod-bpf -a --unwind dwarf").unwind,
             UnwindMode::Dwarf
         );
+        assert_eq!(
+            config("tripod-bpf -a --unwind tables").unwind,
+            UnwindMode::Tables
+        );
+        assert_eq!(
+            config("tripod-bpf -a").unwind_table_rows,
+            32 * 1024 * 1024 / 16
+        );
+        assert_eq!(
+            config("tripod-bpf -a --unwind-table-size 1M").unwind_table_rows,
+            65536
+        );
+        assert!(usage_error("tripod-bpf -a --unwind-table-size 8")
+            .contains("--unwind-table-size must be between 16 bytes"));
+        assert!(usage_error("tripod-bpf -a --unwind-table-size 2G").contains("--unwind-table-size"));
         assert_eq!(
             config("tripod-bpf -a --stack-copy-bytes 8192").stack_copy_bytes,
             8192

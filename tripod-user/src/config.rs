@@ -3,7 +3,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use tripod_common::{
     DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_COPY,
-    DEFAULT_STACK_STORAGE_SIZE,
+    DEFAULT_STACK_STORAGE_SIZE, DEFAULT_UNWIND_TABLE_BYTES,
 };
 
 /// What to sample.
@@ -351,6 +351,10 @@ pub enum UnwindMode {
     /// The top of the user stack is copied and unwound in userspace with
     /// `.eh_frame`/`.debug_frame`: complete stacks without frame pointers.
     Dwarf,
+    /// The stack is walked in the kernel with each file's call frame
+    /// information compiled to rows; stacks the rows do not cover are
+    /// copied and unwound as with `Dwarf`.
+    Tables,
     /// The default: currently `Dwarf` for every process (see README.md).
     Auto,
 }
@@ -365,6 +369,7 @@ impl UnwindMode {
         match self {
             UnwindMode::FramePointers => "fp",
             UnwindMode::Dwarf => "dwarf",
+            UnwindMode::Tables => "tables",
             UnwindMode::Auto => "auto",
         }
     }
@@ -401,6 +406,8 @@ pub struct Config {
     /// Entries in each count map.
     pub count_map_size: u32,
     pub unwind: UnwindMode,
+    /// `--unwind-table-size` in 16-byte rows (`--unwind tables`).
+    pub unwind_table_rows: u32,
     /// Bytes of user stack copied per sample (dwarf unwinding).
     pub stack_copy_bytes: u32,
     /// Bytes of the ring buffer that carries stack copies (a power of two).
@@ -451,6 +458,7 @@ impl Config {
             stack_storage_size: DEFAULT_STACK_STORAGE_SIZE,
             count_map_size: DEFAULT_COUNT_MAP_SIZE,
             unwind: UnwindMode::Auto,
+            unwind_table_rows: (DEFAULT_UNWIND_TABLE_BYTES / 16) as u32,
             stack_copy_bytes: DEFAULT_STACK_COPY,
             ring_buffer_size: DEFAULT_RING_BUFFER_SIZE,
             python: PythonFrames::Merged,
@@ -492,6 +500,9 @@ pub const MAX_COUNT_MAP_SIZE: u32 = 1 << 22;
 /// below 4 GiB, but the buffer is allocated whole and mapped into tripod-bpf
 /// twice over (1 GiB costs 2 GiB of resident memory).
 pub const MAX_RING_BUFFER_SIZE: u32 = 1 << 28;
+
+/// Most rows `--unwind-table-size` may ask for: 1 GiB of 16-byte rows.
+pub const MAX_UNWIND_TABLE_ROWS: u64 = 1 << 26;
 
 /// 99 Hz, not 100, so sampling does not run in lockstep with periodic timers.
 pub const DEFAULT_FREQUENCY: u64 = 99;

@@ -4,10 +4,16 @@
 //! the interpreter's frames of Python threads are merged in place of its
 //! native ones ([`crate::python`]). Counting the result is the aggregator's
 //! job; naming it the resolver's.
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
 use tripod_common::{errno::EFAULT, MAX_STACK_DEPTH};
 
 use crate::{
     mappings::MappingHistory,
+    model::TableMapping,
     process::ProcessTable,
     python::{Python, PythonChange},
     sampler::{Sample, UserStack},
@@ -23,7 +29,18 @@ pub struct Ingest {
     python_candidates: Vec<u32>,
     /// Collect user stacks at all (not `--kernel-only`).
     collect_user: bool,
+    /// `--unwind tables`: processes whose rows the sampler needs (new ones,
+    /// ones that may have exec'd); `None` in other modes.
+    table_candidates: Option<Vec<u32>>,
+    /// `--unwind tables`: when each process's rows were last sent again
+    /// because one of its stacks was copied (see [`Ingest::unwind`]).
+    tables_resent: HashMap<u32, Instant>,
 }
+
+/// How often, at most, a process's rows are rebuilt because its stacks
+/// are still copied (a library it loaded since, say).
+/// The same period as the process table's re-reads of `/proc/PID/maps`.
+const TABLES_RESEND_INTERVAL: Duration = Duration::from_millis(250);
 
 impl Ingest {
     pub fn new(python: Python, collect_user: bool) -> Self {
@@ -32,7 +49,65 @@ impl Ingest {
             python,
             python_candidates: Vec::new(),
             collect_user,
+            table_candidates: None,
+            tables_resent: HashMap::new(),
         }
+    }
+
+    /// `--unwind tables`: from now on, processes seen get their rows compiled
+    /// (see [`Ingest::table_changes`]).
+    pub fn compile_tables(&mut self) {
+        self.table_candidates.get_or_insert_with(Vec::new);
+    }
+
+    /// `--unwind tables`: the rows of the processes seen since the last call.
+    pub fn table_changes(&mut self, processes: &mut ProcessTable) -> Vec<(u32, Vec<TableMapping>)> {
+        let Some(candidates) = self.table_candidates.as_mut() else {
+            return Vec::new();
+        };
+        let mut pids = std::mem::take(candidates);
+        pids.sort_unstable();
+        pids.dedup();
+        pids.into_iter()
+            .filter_map(|pid| Some((pid, self.unwinder.tables(pid, processes)?)))
+            .collect()
+    }
+
+    /// `--unwind tables`: compile the rows of `pid` at the next [`Ingest::table_changes`].
+    pub fn queue_tables(&mut self, pid: u32) {
+        if let Some(candidates) = self.table_candidates.as_mut() {
+            candidates.push(pid);
+        }
+    }
+
+    /// `--unwind tables`: a stack of `pid` was copied, so its rows lacked
+    /// something (a library mapped after they were built, typically: a
+    /// command's libraries are loaded after its exec); they are rebuilt
+    /// from the mappings as now known, at most once per
+    /// [`TABLES_RESEND_INTERVAL`].
+    fn resend_tables(&mut self, pid: u32, processes: &mut ProcessTable) {
+        if self.table_candidates.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let recent = self
+            .tables_resent
+            .get(&pid)
+            .is_some_and(|last| now.duration_since(*last) < TABLES_RESEND_INTERVAL);
+        if !recent {
+            self.tables_resent.insert(pid, now);
+            // No address is mapped at 0: the mappings are read again if
+            // they were not lately (off-CPU copies are unwound with the
+            // sideband's records, which leave `/proc`'s snapshot as it was).
+            processes.locate(pid, 0);
+            self.queue_tables(pid);
+        }
+    }
+
+    /// Files whose call frame information could not be compiled:
+    /// (malformed, too many rows).
+    pub fn uncompilable_tables(&self) -> (usize, usize) {
+        self.unwinder.uncompilable()
     }
 
     /// What is known of Python processes: their frames' names, their locals.
@@ -48,6 +123,9 @@ impl Ingest {
     /// [`Ingest::python_changes`]: it is new, or may have exec'd.
     pub fn check_python_later(&mut self, pid: u32) {
         self.python_candidates.push(pid);
+        if let Some(candidates) = self.table_candidates.as_mut() {
+            candidates.push(pid);
+        }
     }
 
     /// Python processes found (with what the sampler needs to read their
@@ -68,6 +146,9 @@ impl Ingest {
         processes: &mut ProcessTable,
         history: &MappingHistory,
     ) -> (Vec<RawFrame>, String) {
+        if matches!(sample.user, UserStack::Copy { .. }) {
+            self.resend_tables(sample.tgid, processes);
+        }
         let user = match sample.user {
             UserStack::Copy {
                 regs: (ip, sp, bp),
@@ -98,6 +179,7 @@ impl Ingest {
     /// Forgets what was kept for process `pid`, which has exited.
     pub fn forget(&mut self, pid: u32) {
         self.unwinder.forget(pid);
+        self.tables_resent.remove(&pid);
         self.python.forget(pid);
     }
 }

@@ -36,6 +36,47 @@ pub fn warn(message: &str) {
     line(&format!("[tripod] {message}"));
 }
 
+/// `--unwind tables`, at the end of a run: how user stacks were unwound
+/// (`[walked, not covered, walk failed]` from the kernel's counters), how
+/// much row memory was used, and which files were left out and why.
+pub fn unwind_tables_summary(
+    [walked, not_covered, failed]: [u64; 3],
+    usage: &crate::model::TableUse,
+    (malformed, too_many_rows): (usize, usize),
+) -> String {
+    let mut text = format!(
+        "unwind tables: {walked} stacks walked in the kernel, {} copied instead \
+         ({not_covered} with code the tables do not cover, {failed} whose walk failed); \
+         {} files, {} of {} rows ({} KiB of --unwind-table-size)",
+        not_covered + failed,
+        usage.files,
+        usage.rows,
+        usage.capacity_rows,
+        usage.capacity_rows * 16 / 1024
+    );
+    if malformed + too_many_rows > 0 {
+        text += &format!(
+            "; {} files not compilable ({malformed} unreadable call frame information, \
+             {too_many_rows} with too many rows), copied instead",
+            malformed + too_many_rows
+        );
+    }
+    if usage.files_over_bound > 0 {
+        text += &format!(
+            "; the bound was hit: {} files did not fit and were copied instead, \
+             consider a larger --unwind-table-size",
+            usage.files_over_bound
+        );
+    }
+    if usage.processes_with_too_many_mappings > 0 {
+        text += &format!(
+            "; {} processes had more executable mappings than the kernel holds",
+            usage.processes_with_too_many_mappings
+        );
+    }
+    text
+}
+
 /// The error that ends tripod-bpf, as `tripod-bpf: error: ...`.
 pub fn error(message: &str) {
     line(&format!("tripod-bpf: error: {message}"));

@@ -405,6 +405,34 @@ pub struct FrameLocals {
     pub variables: Vec<(String, String)>,
 }
 
+/// `--unwind tables`: one executable mapping of a process with its file's
+/// compiled unwind rows, as the unwinder hands it to the sampler.
+#[derive(Clone, Debug)]
+pub struct TableMapping {
+    pub start: u64,
+    pub end: u64,
+    /// What to subtract from an address to look it up in the rows.
+    pub bias: u64,
+    /// The file's id (shared by every process that maps it: its rows are
+    /// loaded once).
+    pub file: usize,
+    pub rows: Arc<[tripod_common::UnwindRow]>,
+}
+
+/// `--unwind tables`: how much of the kernel's row memory is used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableUse {
+    /// Files whose rows are loaded, and their rows.
+    pub files: u64,
+    pub rows: u64,
+    /// Rows `--unwind-table-size` allows.
+    pub capacity_rows: u64,
+    /// Files left out because their rows did not fit: the bound was hit.
+    pub files_over_bound: u64,
+    /// Processes with more executable mappings than the kernel's entry holds.
+    pub processes_with_too_many_mappings: u64,
+}
+
 /// Per-run totals of the kernel-side counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters(pub [u64; Counter::LEN as usize]);

@@ -355,6 +355,7 @@ impl Pipeline {
     /// last call: new processes seen since are checked first. A full map
     /// only costs those processes their Python frames.
     pub fn tell_python(&mut self, source: &mut dyn SampleSource) {
+        self.tell_tables(source);
         for change in self.ingest.python_changes(&mut self.processes) {
             let applied = match change {
                 PythonChange::Found(pid, process) => source.set_python_process(pid, Some(&process)),
@@ -367,6 +368,43 @@ impl Pipeline {
         }
     }
 
+    /// `--unwind tables`: compiles the rows of processes as they are seen,
+    /// starting with `pids` (the named targets), and hands them to the
+    /// source at each [`Self::tell_python`].
+    pub fn unwind_in_kernel(&mut self, pids: &[u32]) {
+        self.ingest.compile_tables();
+        for &pid in pids {
+            self.ingest.queue_tables(pid);
+        }
+    }
+
+    fn tell_tables(&mut self, source: &mut dyn SampleSource) {
+        for (pid, mappings) in self.ingest.table_changes(&mut self.processes) {
+            if let Err(error) = source.set_unwind_tables(pid, &mappings) {
+                messages::warn(&format!(
+                    "warning: {error:#}; its stacks are copied instead"
+                ));
+            }
+        }
+    }
+
+    /// `--unwind tables`: one line on how stacks were unwound and what
+    /// the row memory held; `None` in other modes.
+    pub fn tables_summary(&self, source: &dyn SampleSource, counters: &Counters) -> Option<String> {
+        use tripod_common::Counter;
+        let usage = source.unwind_table_use()?;
+        let (malformed, too_many) = self.ingest.uncompilable_tables();
+        Some(messages::unwind_tables_summary(
+            [
+                counters.get(Counter::TableUnwound),
+                counters.get(Counter::TableNotCovered),
+                counters.get(Counter::TableWalkFailed),
+            ],
+            &usage,
+            (malformed, too_many),
+        ))
+    }
+
     /// Keeps the mapping history of `pid` from now on (a command started
     /// after the pipeline was set up).
     pub fn track(&mut self, pid: u32) {
@@ -377,6 +415,7 @@ impl Pipeline {
     /// [`Self::tell_python`] tells the source.
     pub fn check_python(&mut self, pid: u32) {
         self.ingest.python_mut().check(pid, &mut self.processes);
+        self.ingest.queue_tables(pid);
     }
 
     /// Whether `pid` was found to run a Python whose frames can be read.

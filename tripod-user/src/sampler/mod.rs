@@ -14,6 +14,7 @@ pub mod records;
 mod replay;
 pub mod sideband;
 mod source;
+mod tables;
 
 pub use drain::{Flip, Settled};
 pub use records::{Record, Sample, UserStack, Wake};
@@ -53,6 +54,10 @@ pub struct SamplerOptions {
     pub copy_user_stack: bool,
     /// Bytes of user stack copied per sample.
     pub stack_copy_bytes: u32,
+    /// `--unwind tables`: walk user stacks in the kernel with compiled
+    /// rows, at most this many (`copy_user_stack` must be set: the
+    /// fallback); `None`: never.
+    pub table_rows: Option<u32>,
     /// Size of the ring buffer carrying the copies (a power of two, in bytes).
     pub ring_buffer_size: u32,
     /// Sample threads on CPUs with the perf event (`cpu` and `wall` modes).
@@ -84,6 +89,7 @@ impl SamplerOptions {
             count_map_size: 1,
             copy_user_stack: true,
             stack_copy_bytes,
+            table_rows: None,
             ring_buffer_size: 4096,
             sample_on_cpu: false,
             track_switches: false,
@@ -134,6 +140,8 @@ pub struct Sampler {
     /// when not asked for or when the kernel refused it (then processes are
     /// located from `/proc` only, as without it).
     sideband: Option<sideband::Sideband>,
+    /// `--unwind tables`: the rows loaded into the kernel.
+    tables: Option<tables::TableStore>,
     /// `--sideband-source`: what the sideband delivered, measured.
     measured: Option<Measured>,
 }
@@ -214,6 +222,7 @@ impl Sampler {
             counts_in_kernel: options.sample_on_cpu && !options.copy_user_stack,
             sideband,
             measured,
+            tables: options.table_rows.map(tables::TableStore::new),
         })
     }
 }
@@ -279,6 +288,8 @@ fn load(options: &SamplerOptions) -> Result<Ebpf> {
         possible_cpus: cpus,
         cgroup_filter: (!options.cgroups.is_empty()).into(),
         task_offsets: btf::task_offsets()?,
+        walk_tables: options.table_rows.is_some().into(),
+        unwind_rows: options.table_rows.unwrap_or(1),
     };
     let probe_offsets = match options.measure_sideband {
         Some(SidebandSource::Ebpf) => Some(probe::file_offsets()?),
@@ -296,6 +307,7 @@ fn load(options: &SamplerOptions) -> Result<Ebpf> {
     if let Some(offsets) = &probe_offsets {
         probe::configure(&mut loader, offsets, cpus);
     }
+    loader.map_max_entries(names::UNWIND_ROWS, options.table_rows.unwrap_or(1));
     // The object is embedded so the binary runs on its own, from any directory.
     loader
         .load(aya::include_bytes_aligned!(concat!(

@@ -15,7 +15,7 @@ use super::{
     sideband::{SideRecord, SidebandCounters},
     Sampler, SamplingEvent,
 };
-use crate::model::Counters;
+use crate::model::{Counters, TableMapping, TableUse};
 
 /// What the pipeline consumes from the sampler, and what it tells it back.
 ///
@@ -74,6 +74,18 @@ pub trait SampleSource {
     /// Reports thread `tid`, switched out since `since_ns`, when it runs
     /// again (threads already waiting when tracking started).
     fn mark_blocked(&mut self, tid: u32, since_ns: u64) -> Result<()>;
+
+    /// `--unwind tables`: walks the stacks of process `pid` in the kernel
+    /// with these mappings' rows from now on. Sources that unwind no
+    /// stacks themselves ignore it.
+    fn set_unwind_tables(&mut self, _pid: u32, _mappings: &[TableMapping]) -> Result<()> {
+        Ok(())
+    }
+
+    /// `--unwind tables`: how much of the row memory is used; `None` in other modes.
+    fn unwind_table_use(&self) -> Option<TableUse> {
+        None
+    }
 }
 
 /// A drain of the perf sideband that only tallies what it hands over, and
@@ -137,6 +149,17 @@ impl SampleSource for Sampler {
 
     fn fallback_reason(&self) -> Option<&str> {
         self.fallback_reason.as_deref()
+    }
+
+    fn set_unwind_tables(&mut self, pid: u32, mappings: &[TableMapping]) -> Result<()> {
+        match self.tables.as_mut() {
+            Some(tables) => tables.set_process(&mut self.ebpf, pid, mappings),
+            None => Ok(()),
+        }
+    }
+
+    fn unwind_table_use(&self) -> Option<TableUse> {
+        self.tables.as_ref().map(|t| t.usage())
     }
 
     fn add_target(&mut self, pid: u32) -> Result<()> {

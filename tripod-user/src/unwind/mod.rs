@@ -40,6 +40,7 @@
 //! [`REFRESH_INTERVAL`] per process) and the stack unwound again.
 pub(crate) mod bridge;
 pub(crate) mod elf;
+pub(crate) mod tables;
 #[cfg(test)]
 mod tests;
 
@@ -55,8 +56,11 @@ use framehop::{
     FrameAddress, Unwinder as _,
 };
 
+use tripod_common::UnwindRow;
+
 use crate::{
     mappings::{InForceKey, MappingHistory},
+    model::TableMapping,
     process::{MappingView, ProcessTable},
     stack::{Gap, RawFrame, Space},
 };
@@ -89,7 +93,13 @@ pub struct Unwinder {
     /// The vDSO's unwind data, read from our own process on first use.
     vdso: Option<Option<Arc<UnwindFile>>>,
     processes: HashMap<u32, ProcessUnwinder>,
+    /// `--unwind tables`: each file's rows by module id (the vDSO's under
+    /// [`VDSO_ID`]), or why it has none.
+    compiled: HashMap<usize, Result<Arc<[UnwindRow]>, tables::Uncompilable>>,
 }
+
+/// The key of the vDSO's rows among the files' (module ids count up from 0).
+const VDSO_ID: usize = usize::MAX;
 
 /// Where the mappings an unwinder was built from came from, and their
 /// generation there: it is rebuilt when they change.
@@ -146,7 +156,67 @@ impl Unwinder {
             files: HashMap::new(),
             vdso: None,
             processes: HashMap::new(),
+            compiled: HashMap::new(),
         }
+    }
+
+    /// `--unwind tables`: the executable mappings of `pid` (as `/proc`
+    /// shows them now) whose files' call frame information compiled, with
+    /// their rows; each file is compiled once per run. `None` when the
+    /// mappings are unknown.
+    pub fn tables(&mut self, pid: u32, processes: &mut ProcessTable) -> Option<Vec<TableMapping>> {
+        let (_, views) = processes.mappings(pid)?;
+        let vdso = self
+            .vdso
+            .get_or_insert_with(|| UnwindFile::vdso().map(Arc::new))
+            .clone();
+        let mut out = Vec::new();
+        for view in &views {
+            let (id, file) = match (&view.module, view.special.as_deref()) {
+                (Some(module), _) => {
+                    let file = self
+                        .files
+                        .entry(module.id)
+                        .or_insert_with(|| module.open().and_then(UnwindFile::read).map(Arc::new));
+                    (module.id, file.clone())
+                }
+                (None, Some("[vdso]")) => (VDSO_ID, vdso.clone()),
+                _ => continue,
+            };
+            let Some(file) = file else { continue };
+            let Some(bias) = file.bias(view.start, view.file_offset) else {
+                continue;
+            };
+            let compiled = self
+                .compiled
+                .entry(id)
+                .or_insert_with(|| tables::compile(&file).map(Arc::from));
+            if let Ok(rows) = compiled {
+                out.push(TableMapping {
+                    start: view.start,
+                    end: view.end,
+                    bias,
+                    file: id,
+                    rows: rows.clone(),
+                });
+            }
+        }
+        out.sort_by_key(|m| m.start);
+        Some(out)
+    }
+
+    /// Files whose call frame information could not be compiled, by reason.
+    pub fn uncompilable(&self) -> (usize, usize) {
+        let failed = |why| {
+            self.compiled
+                .values()
+                .filter(|c| c.as_ref().err() == Some(&why))
+                .count()
+        };
+        (
+            failed(tables::Uncompilable::Malformed),
+            failed(tables::Uncompilable::TooManyRows),
+        )
     }
 
     /// Unwinds one copied stack of process `pid`. `stack` holds the bytes at

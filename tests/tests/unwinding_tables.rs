@@ -1,0 +1,147 @@
+//! `--unwind tables`: user stacks walked in the kernel with each file's
+//! `.eh_frame` compiled to rows, for code built without frame pointers,
+//! through libc, off-CPU; and the copy fallback, counted, when the rows do
+//! not fit in `--unwind-table-size`.
+
+use tripod_tests::*;
+
+/// What the end-of-run line says: (stacks walked in the kernel, stacks copied).
+fn walked_and_copied(stderr: &str) -> (u64, u64) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("unwind tables: "))
+        .unwrap_or_else(|| panic!("no unwind tables line in stderr:\n{stderr}"));
+    let number_before = |marker: &str| -> u64 {
+        let head = &line[..line
+            .find(marker)
+            .unwrap_or_else(|| panic!("{marker} in {line}"))];
+        let word = head.split_whitespace().last().unwrap();
+        word.parse()
+            .unwrap_or_else(|_| panic!("a number before {marker} in {line}"))
+    };
+    (
+        number_before(" stacks walked in the kernel"),
+        number_before(" copied instead"),
+    )
+}
+
+/// Samples `pid` with `--unwind tables`: (folded output, stderr).
+fn sample_tables(pid: u32, extra: &[&str]) -> (String, String) {
+    let pid = pid.to_string();
+    let mut args = vec![
+        "--pid", &pid, "-d", "3", "-f", "folded", "-o", "-", "--unwind", "tables",
+    ];
+    args.extend_from_slice(extra);
+    let out = run_tripod(&args);
+    assert_success(&out);
+    (stdout_text(&out), stderr_text(&out))
+}
+
+fn assert_share(folded: &str, comm: &str, min_share: f64, complete: impl Fn(&[&str]) -> bool) {
+    let (good, total) = share_where(folded, comm, complete);
+    println!("{comm}: {good}/{total} samples complete");
+    assert!(
+        total >= 50,
+        "expected >= 50 samples of {comm}, got {total}:\n{folded}"
+    );
+    assert!(
+        good as f64 >= min_share * total as f64,
+        "expected >= {:.0}% of {comm} samples complete, got {good}/{total}:\n{folded}",
+        min_share * 100.0
+    );
+}
+
+fn full_chain_from_start(frames: &[&str]) -> bool {
+    frames.first() == Some(&"_start")
+        && frames.ends_with(&["main", "alpha", "beta", "gamma", "spin"])
+}
+
+/// The chain of a no-frame-pointer build is whole, and it was the kernel
+/// that walked it: only samples taken before the rows were loaded (the
+/// first pull, a few tens of milliseconds: up to 20% of a 3 s run with
+/// both CPUs busy) were copied.
+#[test]
+fn nofp_chain_is_walked_in_the_kernel() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let fx = Fixture::start(CHAIN_NOFP, &[]);
+    let (folded, stderr) = sample_tables(fx.pid(), &[]);
+    assert_share(&folded, "chain_nofp", 0.99, full_chain_from_start);
+    let (walked, copied) = walked_and_copied(&stderr);
+    println!("walked {walked}, copied {copied}");
+    assert!(
+        walked >= 50 && copied * 4 <= walked,
+        "expected nearly every stack walked in the kernel, got {walked} walked, {copied} copied:\n{stderr}"
+    );
+}
+
+/// Worker threads end at their root through libc's `start_thread` and `clone3`.
+#[test]
+fn threads_are_walked_through_libc_to_their_root() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let fx = Fixture::start(THREADS_NOFP, &[]);
+    let (folded, stderr) = sample_tables(fx.pid(), &[]);
+    assert_share(&folded, "threads_nofp", 0.99, |frames| {
+        let root = frames
+            .first()
+            .is_some_and(|f| ["clone3", "__clone3", "clone", "__clone"].contains(f));
+        root && frames.contains(&"start_thread")
+            && frames.ends_with(&["thread_main", "thread_spin"])
+    });
+    let (walked, copied) = walked_and_copied(&stderr);
+    // Samples before the rows were loaded (the first pull) are copied.
+    assert!(walked >= 50 && copied * 4 <= walked, "{stderr}");
+}
+
+/// Off-CPU: the naps are timed as with the other modes, with stacks the
+/// kernel walked from inside libc's nanosleep.
+#[test]
+fn off_cpu_waits_are_walked_in_the_kernel() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let out = run_tripod(&[
+        "--mode", "off-cpu", "--unwind", "tables", "-f", "folded", "-o", "-", "--", OFFCPU,
+    ]);
+    assert_success(&out);
+    let (folded, stderr) = (stdout_text(&out), stderr_text(&out));
+    let (blocked_us, _) = chain_share(&folded, "offcpu", &["main", "nap_in_known_place"]);
+    println!("offcpu: {blocked_us} µs blocked in nap_in_known_place (truth: 1000000)");
+    assert!(
+        (900_000..=1_100_000).contains(&blocked_us),
+        "expected 1 s ± 10% blocked in nap_in_known_place, got {blocked_us} µs:\n{folded}"
+    );
+    // The first waits come before the command's libraries are mapped and
+    // its rows rebuilt: they are copied.
+    let (walked, _) = walked_and_copied(&stderr);
+    assert!(
+        walked >= 5,
+        "expected the naps walked in the kernel:\n{stderr}"
+    );
+}
+
+/// Rows that do not fit in `--unwind-table-size` leave their files to the
+/// copy: stacks stay whole, the copies are counted and the bound is named.
+#[test]
+fn a_full_table_falls_back_to_copying_and_says_so() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let fx = Fixture::start(CHAIN_NOFP, &[]);
+    let (folded, stderr) = sample_tables(fx.pid(), &["--unwind-table-size", "16"]);
+    assert_share(&folded, "chain_nofp", 0.99, full_chain_from_start);
+    let (walked, copied) = walked_and_copied(&stderr);
+    assert!(walked == 0 && copied >= 50, "{stderr}");
+    assert!(
+        stderr.contains("the bound was hit")
+            && stderr.contains("consider a larger --unwind-table-size"),
+        "{stderr}"
+    );
+}
