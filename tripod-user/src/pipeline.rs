@@ -473,6 +473,12 @@ impl Pipeline {
             .expect("reports are written by the pipelines of recordings")
     }
 
+    /// Whether records wait for the sideband to locate them: the rings
+    /// are then read again soon even if nothing wakes them.
+    pub fn holds_records(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     pub fn has_unreported_samples(&self) -> bool {
         self.counting.has_unreported()
     }

@@ -341,6 +341,41 @@ struct WorkerState {
     blazesym: Blazesym,
     /// Per module path: why its debug files may not be read, if so.
     debug_refusals: HashMap<PathBuf, Option<String>>,
+    /// The kernel's symbols as they were at the first kernel lookup (see
+    /// [`KernelSymbols`]); `None` before it.
+    kernel: Option<KernelSymbols>,
+}
+
+/// A copy of `/proc/kallsyms` made once per run. blazesym keeps the symbols
+/// it parsed from a file until the file's metadata changes, and procfs
+/// files get a new modification time whenever their inode is evicted and
+/// made again: under process churn it parsed the 5 MB file again and again
+/// while sampling. Our copy never changes, so it is parsed once.
+struct KernelSymbols {
+    /// `None`: the copy could not be made; blazesym reads `/proc/kallsyms`.
+    copy: Option<tempfile::NamedTempFile>,
+}
+
+impl KernelSymbols {
+    fn copy() -> KernelSymbols {
+        let copy = (|| {
+            let mut copy = tempfile::Builder::new().prefix("tripod-kallsyms").tempfile()?;
+            std::io::copy(&mut File::open("/proc/kallsyms")?, copy.as_file_mut())?;
+            Ok::<_, std::io::Error>(copy)
+        })();
+        if let Err(error) = &copy {
+            log::debug!("copying /proc/kallsyms: {error}; blazesym reads it each time");
+        }
+        KernelSymbols { copy: copy.ok() }
+    }
+
+    fn source(&self) -> Kernel {
+        let mut kernel = Kernel::default();
+        if let Some(copy) = &self.copy {
+            kernel.kallsyms = copy.path().to_path_buf().into();
+        }
+        kernel
+    }
 }
 
 impl WorkerState {
@@ -355,20 +390,24 @@ impl WorkerState {
         WorkerState {
             blazesym,
             debug_refusals: HashMap::new(),
+            kernel: None,
         }
     }
 
     fn run(&mut self, job: Job) -> Answer {
         match job {
-            Job::Kernel(addresses) => Answer {
+            Job::Kernel(addresses) => {
+                let kernel = self.kernel.get_or_insert_with(KernelSymbols::copy).source();
+                Answer {
                 results: self.lookup(
-                    &Source::Kernel(Kernel::default()),
+                    &Source::Kernel(kernel),
                     Input::AbsAddr(&addresses),
                     Path::new("/proc/kallsyms"),
                 ),
                 build_id: None,
                 refused_debug: None,
-            },
+            }
+            }
             Job::Vdso(offsets) => Answer {
                 results: self.run_vdso(&offsets),
                 build_id: None,

@@ -7,17 +7,20 @@
 //!   root, for tests.
 //!
 //! Both hand out records parsed by [`records`] from the kernel's bytes.
+mod batch;
 mod btf;
 mod drain;
 pub mod records;
 mod replay;
 pub mod sideband;
 mod source;
+mod wakeup;
 
-pub use drain::{Flip, Settled};
+pub use drain::{count_drain_period, Flip, Settled};
 pub use records::{Record, Sample, UserStack, Wake};
 pub use replay::{Replay, Told};
 pub use source::{drain_counted, SampleSource};
+pub use wakeup::Wakeup;
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -125,6 +128,12 @@ pub struct Sampler {
     /// Whether the `perf_event` program writes the count maps (not when
     /// every sample's stack is copied to the ring buffer).
     counts_in_kernel: bool,
+    /// How often the count maps must be drained ([`count_drain_period`]);
+    /// `None` when the kernel counts nothing.
+    count_drain: Option<std::time::Duration>,
+    /// The kernel's count of samples lost to a full count map at the last
+    /// drain: a change means stacks no count names may be left behind.
+    count_map_full: u64,
     /// The kernel's records of mappings, execs, forks and exits; `None`
     /// when not asked for or when the kernel refused it (then processes are
     /// located from `/proc` only, as without it).
@@ -167,6 +176,12 @@ impl Sampler {
             true => attach_all_cpus(sample_program(&mut ebpf)?, options.frequency)?,
             false => (SamplingEvent::CpuClock, None),
         };
+        let counts_in_kernel = options.sample_on_cpu && !options.copy_user_stack;
+        let cpus = online_cpus().map_or(1, |cpus| cpus.len()) as u64;
+        let count_drain = counts_in_kernel.then(|| {
+            let rate = options.frequency.saturating_mul(cpus);
+            count_drain_period(options.count_map_size, options.stack_storage_size, rate)
+        });
         Ok(Sampler {
             ebpf,
             btf,
@@ -179,7 +194,9 @@ impl Sampler {
             stacks,
             copies,
             generation: 0,
-            counts_in_kernel: options.sample_on_cpu && !options.copy_user_stack,
+            counts_in_kernel,
+            count_drain,
+            count_map_full: 0,
             sideband,
         })
     }

@@ -1,0 +1,236 @@
+//! When a recording wakes up, and what it does then. Nothing runs at a
+//! fixed rate unless the user can see it: the rings are read when the
+//! kernel says they hold something, the kernel's counts when a report or
+//! the status line needs them or before its maps could fill. An idle
+//! machine leaves tripod-bpf asleep.
+//!
+//! Pure bookkeeping over instants, so it is tested without a clock; `app`
+//! does the waiting.
+use std::time::{Duration, Instant};
+
+/// How long records wait in the ring buffer after the first of a batch woke
+/// us. The kernel wakes the reader only for a record that finds the ring
+/// empty (or one that makes it a quarter full), so the records of these
+/// 250 ms cost no wake-up: at most four batches a second, whatever the
+/// sampling rate, and a lone sample is read within 250 ms.
+pub const BATCH_DELAY: Duration = Duration::from_millis(250);
+
+/// How often the status line is redrawn (only on a terminal).
+pub const STATUS_PERIOD: Duration = Duration::from_secs(1);
+
+/// How a recording is paced.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pacing {
+    /// Drain the kernel's counts at least this often (they would fill).
+    pub counts: Option<Duration>,
+    /// Redraw the status line every [`STATUS_PERIOD`].
+    pub status: bool,
+    /// Write a report this often (`--interval`).
+    pub report: Option<Duration>,
+    /// The source cannot wake us: read it every [`BATCH_DELAY`].
+    pub polled: bool,
+}
+
+/// What is due now (see [`Cadence::due`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Due {
+    /// Read the ring buffer and the sideband.
+    pub pull: bool,
+    /// Drain the counts kept in the kernel.
+    pub counts: bool,
+    /// Write a report.
+    pub report: bool,
+    /// Redraw the status line.
+    pub status: bool,
+}
+
+/// The next time each kind of work is due.
+#[derive(Debug)]
+pub struct Cadence {
+    pacing: Pacing,
+    pull_at: Option<Instant>,
+    counts_at: Option<Instant>,
+    status_at: Option<Instant>,
+    report_at: Option<Instant>,
+}
+
+impl Cadence {
+    pub fn new(now: Instant, pacing: Pacing) -> Cadence {
+        Cadence {
+            pacing,
+            pull_at: pacing.polled.then_some(now + BATCH_DELAY),
+            counts_at: pacing.counts.map(|every| now + every),
+            status_at: pacing.status.then_some(now + STATUS_PERIOD),
+            report_at: pacing.report.map(|every| now + every),
+        }
+    }
+
+    /// A ring woke us. The first wake-up of a batch waits [`BATCH_DELAY`]
+    /// for the records that follow; another one before that means a ring
+    /// is filling up, and it is read now.
+    pub fn woken(&mut self, now: Instant) {
+        self.pull_at = Some(match self.pull_at {
+            None => now + BATCH_DELAY,
+            Some(_) => now,
+        });
+    }
+
+    /// Records were held back (their processes' mappings not seen yet):
+    /// read again after [`BATCH_DELAY`], even if no ring wakes us.
+    pub fn pull_again(&mut self, now: Instant) {
+        let again = now + BATCH_DELAY;
+        self.pull_at = Some(self.pull_at.map_or(again, |at| at.min(again)));
+    }
+
+    /// When the next work is due; `None`: only a ring or the end wakes us.
+    pub fn next(&self) -> Option<Instant> {
+        [self.pull_at, self.counts_at, self.status_at, self.report_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// What is due at `now`, with each of it scheduled again. A report and
+    /// the status line drain the counts and read the rings first, so they
+    /// show everything sampled until now.
+    pub fn due(&mut self, now: Instant) -> Due {
+        let report = take_due(&mut self.report_at, now, self.pacing.report, true);
+        let status = take_due(&mut self.status_at, now, Some(STATUS_PERIOD), false);
+        let counts = take_due(&mut self.counts_at, now, self.pacing.counts, false);
+        let pull = take_due(&mut self.pull_at, now, None, false);
+        let counts = counts || report || status;
+        if counts {
+            self.counts_at = self.pacing.counts.map(|every| now + every);
+        }
+        if self.pacing.polled && self.pull_at.is_none() {
+            self.pull_at = Some(now + BATCH_DELAY);
+        }
+        Due {
+            pull: pull || counts,
+            counts,
+            report,
+            status,
+        }
+    }
+}
+
+/// Whether `at` has come by `now`; if so it moves on by `every` (from `at`
+/// when `steady`, keeping a report's rhythm; else from `now`), or is
+/// cleared without `every`.
+fn take_due(at: &mut Option<Instant>, now: Instant, every: Option<Duration>, steady: bool) -> bool {
+    let Some(when) = *at else { return false };
+    if when > now {
+        return false;
+    }
+    *at = every.map(|every| if steady { when + every } else { now + every });
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn an_idle_recording_without_a_terminal_never_wakes_on_its_own() {
+        let cadence = Cadence::new(Instant::now(), Pacing::default());
+        assert_eq!(cadence.next(), None);
+    }
+
+    #[test]
+    fn the_first_wake_up_of_a_batch_waits_and_the_next_reads_at_once() {
+        let start = Instant::now();
+        let mut cadence = Cadence::new(start, Pacing::default());
+        cadence.woken(start);
+        assert_eq!(cadence.next(), Some(start + BATCH_DELAY));
+        assert_eq!(cadence.due(start + ms(10)), Due::default());
+        // A ring filling up wakes us again within the batch: read now.
+        cadence.woken(start + ms(20));
+        assert_eq!(cadence.next(), Some(start + ms(20)));
+        let due = cadence.due(start + ms(20));
+        assert!(due.pull && !due.counts && !due.report && !due.status);
+        // Read: nothing is scheduled until the next wake-up.
+        assert_eq!(cadence.next(), None);
+    }
+
+    #[test]
+    fn a_lone_sample_is_read_within_the_batch_delay() {
+        let start = Instant::now();
+        let mut cadence = Cadence::new(start, Pacing::default());
+        cadence.woken(start + ms(3_000));
+        let at = cadence.next().unwrap();
+        assert_eq!(at, start + ms(3_000) + BATCH_DELAY);
+        assert!(cadence.due(at).pull);
+    }
+
+    #[test]
+    fn held_records_are_read_again_without_a_wake_up() {
+        let start = Instant::now();
+        let mut cadence = Cadence::new(start, Pacing::default());
+        cadence.pull_again(start);
+        assert_eq!(cadence.next(), Some(start + BATCH_DELAY));
+        // A pull already sooner stays sooner.
+        cadence.woken(start);
+        cadence.woken(start + ms(5));
+        cadence.pull_again(start + ms(5));
+        assert_eq!(cadence.next(), Some(start + ms(5)));
+    }
+
+    #[test]
+    fn counts_are_drained_at_their_period_and_with_each_report_and_status() {
+        let start = Instant::now();
+        let pacing = Pacing {
+            counts: Some(ms(5_000)),
+            status: true,
+            report: Some(ms(3_000)),
+            polled: false,
+        };
+        let mut cadence = Cadence::new(start, pacing);
+        assert_eq!(cadence.next(), Some(start + STATUS_PERIOD));
+        let due = cadence.due(start + STATUS_PERIOD);
+        assert_eq!(
+            due,
+            Due {
+                pull: true,
+                counts: true,
+                report: false,
+                status: true
+            }
+        );
+        // The status line drained them: their own timer starts again.
+        assert_eq!(cadence.counts_at, Some(start + STATUS_PERIOD + ms(5_000)));
+        let due = cadence.due(start + ms(3_010));
+        assert!(due.report && due.counts && due.pull);
+        // Reports keep their rhythm even when served late.
+        assert_eq!(cadence.report_at, Some(start + ms(6_000)));
+    }
+
+    #[test]
+    fn without_a_terminal_counts_wake_us_only_at_their_period() {
+        let start = Instant::now();
+        let pacing = Pacing {
+            counts: Some(ms(10_000)),
+            ..Pacing::default()
+        };
+        let mut cadence = Cadence::new(start, pacing);
+        assert_eq!(cadence.next(), Some(start + ms(10_000)));
+        assert!(cadence.due(start + ms(10_000)).counts);
+        assert_eq!(cadence.next(), Some(start + ms(20_000)));
+    }
+
+    #[test]
+    fn a_source_that_cannot_wake_us_is_read_on_a_timer() {
+        let start = Instant::now();
+        let pacing = Pacing {
+            polled: true,
+            ..Pacing::default()
+        };
+        let mut cadence = Cadence::new(start, pacing);
+        assert_eq!(cadence.next(), Some(start + BATCH_DELAY));
+        assert!(cadence.due(start + BATCH_DELAY).pull);
+        assert_eq!(cadence.next(), Some(start + BATCH_DELAY * 2));
+    }
+}
