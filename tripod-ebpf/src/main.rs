@@ -47,11 +47,11 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tripod_common::{
-    Counter, PythonProcess, RecordKind, SampleCount, SampleKey, SamplerConfig, ScratchSlot,
-    StackCopy, WakeRecord, CONTROL_GENERATION, CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE,
+    ring_wakeup_flags, Counter, PythonProcess, RecordKind, SampleCount, SampleKey, SamplerConfig,
+    ScratchSlot, StackCopy, WakeRecord, CONTROL_GENERATION, CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE,
     DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_STORAGE_SIZE, MAX_BLOCKED_THREADS, MAX_CGROUPS,
     MAX_CGROUP_LEVEL, MAX_DUMP_STACK_COPY, MAX_PYTHON_FRAMES, MAX_STACK_COPY, MAX_STACK_DEPTH,
-    MAX_TARGETS, STACK_NOT_COLLECTED, ring_wakeup_flags,
+    MAX_TARGETS, STACK_NOT_COLLECTED,
 };
 
 /// Set by the loader before the program is loaded; read-only afterwards.

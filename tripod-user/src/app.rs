@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use tokio::{
-    io::unix::AsyncFd,
+    io::{unix::AsyncFd, Interest},
     time::{sleep, sleep_until, timeout},
 };
 
@@ -525,7 +525,11 @@ async fn targets_exited(pids: Vec<u32>) {
         return std::future::pending().await;
     }
     for pid in pids {
-        let watched = PidFd::open(pid).and_then(|fd| AsyncFd::new(fd.0).ok());
+        // SAFETY: an OwnedFd stays open, and the same descriptor, for as
+        // long as the AsyncFd that owns it.
+        let watched = PidFd::open(pid).and_then(|fd| {
+            unsafe { AsyncFd::register_with_interest(fd.0, Interest::READABLE) }.ok()
+        });
         if let Some(fd) = watched {
             // An error from the runtime: fall back to checking.
             if fd.readable().await.is_ok() {

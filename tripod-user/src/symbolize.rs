@@ -359,7 +359,9 @@ struct KernelSymbols {
 impl KernelSymbols {
     fn copy() -> KernelSymbols {
         let copy = (|| {
-            let mut copy = tempfile::Builder::new().prefix("tripod-kallsyms").tempfile()?;
+            let mut copy = tempfile::Builder::new()
+                .prefix("tripod-kallsyms")
+                .tempfile()?;
             std::io::copy(&mut File::open("/proc/kallsyms")?, copy.as_file_mut())?;
             Ok::<_, std::io::Error>(copy)
         })();
@@ -399,14 +401,14 @@ impl WorkerState {
             Job::Kernel(addresses) => {
                 let kernel = self.kernel.get_or_insert_with(KernelSymbols::copy).source();
                 Answer {
-                results: self.lookup(
-                    &Source::Kernel(kernel),
-                    Input::AbsAddr(&addresses),
-                    Path::new("/proc/kallsyms"),
-                ),
-                build_id: None,
-                refused_debug: None,
-            }
+                    results: self.lookup(
+                        &Source::Kernel(kernel),
+                        Input::AbsAddr(&addresses),
+                        Path::new("/proc/kallsyms"),
+                    ),
+                    build_id: None,
+                    refused_debug: None,
+                }
             }
             Job::Vdso(offsets) => Answer {
                 results: self.run_vdso(&offsets),

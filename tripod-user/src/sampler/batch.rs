@@ -134,7 +134,10 @@ mod tests {
 
     /// A map of `n` entries (key i, value 10 i) handed out `per_call` at a
     /// time, with one bucket too big for the first buffer.
-    fn fake(n: u32, per_call: usize) -> impl FnMut(&mut Vec<u32>, &mut Vec<u64>) -> std::io::Result<Step> {
+    fn fake(
+        n: u32,
+        per_call: usize,
+    ) -> impl FnMut(&mut Vec<u32>, &mut Vec<u64>) -> std::io::Result<Step> {
         let mut next = 0u32;
         let mut refused = false;
         move |keys, values| {
@@ -148,7 +151,11 @@ mod tests {
                 values[i] = u64::from(next + i as u32) * 10;
             }
             next += take as u32;
-            Ok(if next == n { Step::Done(take) } else { Step::More(take) })
+            Ok(if next == n {
+                Step::Done(take)
+            } else {
+                Step::More(take)
+            })
         }
     }
 

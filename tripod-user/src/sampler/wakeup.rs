@@ -30,7 +30,10 @@ impl Wakeup {
         for ring in rings {
             add(&epoll, ring.as_raw_fd()).context("watching a ring buffer with epoll")?;
         }
-        let epoll = AsyncFd::with_interest(epoll, Interest::READABLE)
+        // SAFETY: an OwnedFd stays open, and the same descriptor, for as
+        // long as the AsyncFd that owns it.
+        let epoll = unsafe { AsyncFd::register_with_interest(epoll, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
             .context("registering the rings with the async runtime")?;
         Ok(Wakeup { epoll })
     }
@@ -62,4 +65,35 @@ fn add(epoll: &OwnedFd, fd: RawFd) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tripod_common::{ring_wakeup_flags, BPF_RB_FORCE_WAKEUP};
+
+    const RING: u64 = 8 << 20;
+
+    #[test]
+    fn records_of_a_batch_leave_the_kernel_its_default() {
+        // The default (0) wakes the reader only for a record that finds the
+        // ring empty: the first of a batch.
+        assert_eq!(ring_wakeup_flags(0, 16_640, RING), 0);
+        assert_eq!(ring_wakeup_flags(RING / 8, 16_640, RING), 0);
+    }
+
+    #[test]
+    fn a_record_that_fills_a_quarter_of_the_ring_wakes_the_reader_now() {
+        let quarter = RING / 4;
+        assert_eq!(ring_wakeup_flags(quarter - 100, 99, RING), 0);
+        assert_eq!(
+            ring_wakeup_flags(quarter - 100, 100, RING),
+            BPF_RB_FORCE_WAKEUP
+        );
+        assert_eq!(ring_wakeup_flags(RING, 40, RING), BPF_RB_FORCE_WAKEUP);
+        // Nonsense from the kernel cannot overflow.
+        assert_eq!(
+            ring_wakeup_flags(u64::MAX, u64::MAX, RING),
+            BPF_RB_FORCE_WAKEUP
+        );
+    }
 }
