@@ -21,7 +21,7 @@ use std::{
     collections::{HashMap, HashSet},
     ffi::OsStr,
     fs::File,
-    os::unix::fs::MetadataExt as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
     sync::{
         mpsc::{self, Receiver, Sender},
@@ -349,20 +349,20 @@ struct WorkerState {
 /// A copy of `/proc/kallsyms` made once per run. blazesym keeps the symbols
 /// it parsed from a file until the file's metadata changes, and procfs
 /// files get a new modification time whenever their inode is evicted and
-/// made again: under process churn it parsed the 5 MB file again and again
-/// while sampling. Our copy never changes, so it is parsed once.
+/// made again: under process churn it could parse the 5 MB file again while
+/// sampling. Our copy never changes, so it is parsed once. It is an unnamed
+/// file (`O_TMPFILE`), reached through our own descriptor, so nothing is
+/// left behind however the run ends.
 struct KernelSymbols {
     /// `None`: the copy could not be made; blazesym reads `/proc/kallsyms`.
-    copy: Option<tempfile::NamedTempFile>,
+    copy: Option<File>,
 }
 
 impl KernelSymbols {
     fn copy() -> KernelSymbols {
         let copy = (|| {
-            let mut copy = tempfile::Builder::new()
-                .prefix("tripod-kallsyms")
-                .tempfile()?;
-            std::io::copy(&mut File::open("/proc/kallsyms")?, copy.as_file_mut())?;
+            let mut copy = tempfile::tempfile()?;
+            std::io::copy(&mut File::open("/proc/kallsyms")?, &mut copy)?;
             Ok::<_, std::io::Error>(copy)
         })();
         if let Err(error) = &copy {
@@ -374,7 +374,8 @@ impl KernelSymbols {
     fn source(&self) -> Kernel {
         let mut kernel = Kernel::default();
         if let Some(copy) = &self.copy {
-            kernel.kallsyms = copy.path().to_path_buf().into();
+            let path = format!("/proc/self/fd/{}", copy.as_raw_fd());
+            kernel.kallsyms = PathBuf::from(path).into();
         }
         kernel
     }
