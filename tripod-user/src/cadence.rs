@@ -49,6 +49,9 @@ pub struct Due {
 pub struct Cadence {
     pacing: Pacing,
     pull_at: Option<Instant>,
+    /// A ring has woken us since the last read: the batch is open, and
+    /// another wake-up means a ring is filling up.
+    batch_open: bool,
     counts_at: Option<Instant>,
     status_at: Option<Instant>,
     report_at: Option<Instant>,
@@ -59,6 +62,7 @@ impl Cadence {
         Cadence {
             pacing,
             pull_at: pacing.polled.then_some(now + BATCH_DELAY),
+            batch_open: false,
             counts_at: pacing.counts.map(|every| now + every),
             status_at: pacing.status.then_some(now + STATUS_PERIOD),
             report_at: pacing.report.map(|every| now + every),
@@ -69,17 +73,24 @@ impl Cadence {
     /// for the records that follow; another one before that means a ring
     /// is filling up, and it is read now.
     pub fn woken(&mut self, now: Instant) {
-        self.pull_at = Some(match self.pull_at {
-            None => now + BATCH_DELAY,
-            Some(_) => now,
-        });
+        if self.batch_open {
+            self.pull_at = Some(now);
+        } else {
+            self.batch_open = true;
+            self.pull_within(now + BATCH_DELAY);
+        }
     }
 
     /// Records were held back (their processes' mappings not seen yet):
-    /// read again after [`BATCH_DELAY`], even if no ring wakes us.
+    /// read again after [`BATCH_DELAY`], even if no ring wakes us. This
+    /// opens no batch: the next wake-up is still the first of one.
     pub fn pull_again(&mut self, now: Instant) {
-        let again = now + BATCH_DELAY;
-        self.pull_at = Some(self.pull_at.map_or(again, |at| at.min(again)));
+        self.pull_within(now + BATCH_DELAY);
+    }
+
+    /// Reads the rings at `at` at the latest.
+    fn pull_within(&mut self, at: Instant) {
+        self.pull_at = Some(self.pull_at.map_or(at, |sooner| sooner.min(at)));
     }
 
     /// When the next work is due; `None`: only a ring or the end wakes us.
@@ -101,6 +112,10 @@ impl Cadence {
         let counts = counts || report || status;
         if counts {
             self.counts_at = self.pacing.counts.map(|every| now + every);
+        }
+        if pull || counts {
+            // Read now, whatever asked: the batch is closed.
+            (self.pull_at, self.batch_open) = (None, false);
         }
         if self.pacing.polled && self.pull_at.is_none() {
             self.pull_at = Some(now + BATCH_DELAY);
@@ -177,6 +192,40 @@ mod tests {
         cadence.woken(start + ms(5));
         cadence.pull_again(start + ms(5));
         assert_eq!(cadence.next(), Some(start + ms(5)));
+    }
+
+    #[test]
+    fn held_records_do_not_turn_each_wake_up_into_a_read() {
+        // Busy: every read leaves a record or two younger than the
+        // sideband's watermark, and the first record after each read wakes
+        // us. That wake-up opens a batch; it must not read at once.
+        let start = Instant::now();
+        let mut cadence = Cadence::new(start, Pacing::default());
+        cadence.woken(start);
+        assert!(cadence.due(start + BATCH_DELAY).pull);
+        let read = start + BATCH_DELAY;
+        cadence.pull_again(read);
+        cadence.woken(read + ms(1));
+        assert_eq!(cadence.next(), Some(read + BATCH_DELAY));
+        assert_eq!(cadence.due(read + ms(2)), Due::default());
+    }
+
+    #[test]
+    fn a_read_for_the_status_line_closes_the_batch() {
+        let start = Instant::now();
+        let pacing = Pacing {
+            status: true,
+            ..Pacing::default()
+        };
+        let mut cadence = Cadence::new(start, pacing);
+        cadence.woken(start + STATUS_PERIOD - ms(10));
+        assert!(cadence.due(start + STATUS_PERIOD).pull);
+        // Read: the next wake-up is the first of a new batch.
+        cadence.woken(start + STATUS_PERIOD + ms(1));
+        assert_eq!(
+            cadence.next(),
+            Some(start + STATUS_PERIOD + ms(1) + BATCH_DELAY)
+        );
     }
 
     #[test]
