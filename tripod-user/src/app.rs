@@ -464,7 +464,12 @@ async fn wait_for_stop(
             _ = &mut targets_gone => return Ok(Stop::TargetsExited),
             woke = ring_news(&mut wakeup) => {
                 woke?;
-                cadence.woken(Instant::now());
+                let now = Instant::now();
+                cadence.woken(now);
+                // A ring filling up is read now, not at the timer's next tick.
+                let due = cadence.due(now);
+                let outputs = (&mut *output, pusher, &mut *status);
+                do_due(due, source, pipeline, &mut cadence, outputs).await?;
             }
             _ = sleep_until(next.into()) => {
                 let due = cadence.due(Instant::now());

@@ -15,6 +15,16 @@ use std::time::{Duration, Instant};
 /// sampling rate, and a lone sample is read within 250 ms.
 pub const BATCH_DELAY: Duration = Duration::from_millis(250);
 
+/// How often the pipeline's housekeeping runs while records arrive (it
+/// rides on the drain of the counts): new stacks located while their
+/// processes live, the sideband history trimmed, exited processes retired
+/// (which takes two rounds after a process's last sample).
+pub const HOUSEKEEPING: Duration = Duration::from_millis(500);
+
+/// Rounds of housekeeping after the last records arrived, so that the
+/// processes they came from are retired before the recording falls asleep.
+const SETTLE_ROUNDS: u32 = 3;
+
 /// How often the status line is redrawn (only on a terminal).
 pub const STATUS_PERIOD: Duration = Duration::from_secs(1);
 
@@ -52,6 +62,8 @@ pub struct Cadence {
     /// A ring has woken us since the last read: the batch is open, and
     /// another wake-up means a ring is filling up.
     batch_open: bool,
+    /// Rounds of housekeeping still due since records last arrived.
+    settle: u32,
     counts_at: Option<Instant>,
     status_at: Option<Instant>,
     report_at: Option<Instant>,
@@ -63,6 +75,7 @@ impl Cadence {
             pacing,
             pull_at: pacing.polled.then_some(now + BATCH_DELAY),
             batch_open: false,
+            settle: 0,
             counts_at: pacing.counts.map(|every| now + every),
             status_at: pacing.status.then_some(now + STATUS_PERIOD),
             report_at: pacing.report.map(|every| now + every),
@@ -111,7 +124,13 @@ impl Cadence {
         let pull = take_due(&mut self.pull_at, now, None, false);
         let counts = counts || report || status;
         if counts {
-            self.counts_at = self.pacing.counts.map(|every| now + every);
+            self.counts_at = self.next_counts(now);
+        }
+        if pull {
+            // Records arrived: housekeeping follows them.
+            self.settle = SETTLE_ROUNDS;
+            let soon = now + HOUSEKEEPING;
+            self.counts_at = Some(self.counts_at.map_or(soon, |at| at.min(soon)));
         }
         if pull || counts {
             // Read now, whatever asked: the batch is closed.
@@ -126,6 +145,22 @@ impl Cadence {
             report,
             status,
         }
+    }
+}
+
+impl Cadence {
+    /// When the counts are drained next, after a drain at `now`: soon while
+    /// housekeeping settles, else at their own period (or never).
+    fn next_counts(&mut self, now: Instant) -> Option<Instant> {
+        if self.settle > 0 {
+            self.settle -= 1;
+            let every = self
+                .pacing
+                .counts
+                .map_or(HOUSEKEEPING, |e| e.min(HOUSEKEEPING));
+            return Some(now + every);
+        }
+        self.pacing.counts.map(|every| now + every)
     }
 }
 
@@ -167,7 +202,21 @@ mod tests {
         assert_eq!(cadence.next(), Some(start + ms(20)));
         let due = cadence.due(start + ms(20));
         assert!(due.pull && !due.counts && !due.report && !due.status);
-        // Read: nothing is scheduled until the next wake-up.
+        // Read: only housekeeping is scheduled, then a few rounds of it,
+        // then nothing until the next wake-up.
+        let mut at = start + ms(20);
+        for _ in 0..=SETTLE_ROUNDS {
+            at += HOUSEKEEPING;
+            assert_eq!(cadence.next(), Some(at));
+            assert_eq!(
+                cadence.due(at),
+                Due {
+                    pull: true,
+                    counts: true,
+                    ..Due::default()
+                }
+            );
+        }
         assert_eq!(cadence.next(), None);
     }
 
