@@ -275,7 +275,7 @@ async fn write_the_rest(
     pusher: Option<Pusher>,
 ) -> Result<(Summary, Result<()>)> {
     pipeline.pull_last(source);
-    let last_drain = pipeline.pull_counted(source).await;
+    let last_drain = pipeline.pull_counted(source).await.map(|_| ());
     pipeline.stop_tracking();
     // Unreadable counters cost only the loss figures of the report.
     let counters = source.counters().unwrap_or_default();
@@ -507,8 +507,10 @@ async fn do_due(
             cadence.pull_again(Instant::now());
         }
     }
-    if due.counts {
-        pipeline.pull_counted(source).await?;
+    if due.counts && pipeline.pull_counted(source).await? > 0 {
+        // The kernel counted something (`--unwind fp`): its processes are
+        // located and retired at the housekeeping's pace.
+        cadence.active(Instant::now());
     }
     if due.report {
         pipeline.write_report(output, pusher, &source.counters()?)?;

@@ -106,6 +106,16 @@ impl Cadence {
         self.pull_at = Some(self.pull_at.map_or(at, |sooner| sooner.min(at)));
     }
 
+    /// Records arrived (in the rings, or counted in the kernel):
+    /// housekeeping follows them every [`HOUSEKEEPING`], and the counts
+    /// are drained with it, as long as they keep coming and
+    /// [`SETTLE_ROUNDS`] rounds after.
+    pub fn active(&mut self, now: Instant) {
+        self.settle = SETTLE_ROUNDS;
+        let soon = now + HOUSEKEEPING;
+        self.counts_at = Some(self.counts_at.map_or(soon, |at| at.min(soon)));
+    }
+
     /// When the next work is due; `None`: only a ring or the end wakes us.
     pub fn next(&self) -> Option<Instant> {
         [self.pull_at, self.counts_at, self.status_at, self.report_at]
@@ -127,10 +137,7 @@ impl Cadence {
             self.counts_at = self.next_counts(now);
         }
         if pull {
-            // Records arrived: housekeeping follows them.
-            self.settle = SETTLE_ROUNDS;
-            let soon = now + HOUSEKEEPING;
-            self.counts_at = Some(self.counts_at.map_or(soon, |at| at.min(soon)));
+            self.active(now);
         }
         if pull || counts {
             // Read now, whatever asked: the batch is closed.
@@ -317,6 +324,22 @@ mod tests {
         assert_eq!(cadence.next(), Some(start + ms(10_000)));
         assert!(cadence.due(start + ms(10_000)).counts);
         assert_eq!(cadence.next(), Some(start + ms(20_000)));
+    }
+
+    #[test]
+    fn counts_that_keep_coming_are_drained_with_the_housekeeping() {
+        // `--unwind fp` at 99 Hz: 10 s apart when nothing was counted, every
+        // 500 ms while something is, so short-lived processes are located.
+        let start = Instant::now();
+        let pacing = Pacing {
+            counts: Some(ms(10_000)),
+            ..Pacing::default()
+        };
+        let mut cadence = Cadence::new(start, pacing);
+        cadence.active(start);
+        assert_eq!(cadence.next(), Some(start + HOUSEKEEPING));
+        assert!(cadence.due(start + HOUSEKEEPING).counts);
+        assert_eq!(cadence.next(), Some(start + HOUSEKEEPING * 2));
     }
 
     #[test]
