@@ -12,10 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tokio::{
-    io::{unix::AsyncFd, Interest},
-    time::{sleep, sleep_until, timeout},
-};
+use tokio::time::{sleep, sleep_until, timeout};
 
 use crate::{
     annotate::Rules,
@@ -524,32 +521,19 @@ async fn do_due(
 }
 
 /// Returns once every process of `pids` has exited; never when there are
-/// none (a run of `--all` or of a command). Each is watched through a pidfd,
-/// readable when it exits; a pid that cannot be opened so (a thread's id on
-/// kernels before 6.9) is checked once a second.
+/// none (a run of `--all` or of a command). Checked once a second: a pidfd
+/// watch (readable at exit) ended runs at once while their target still
+/// ran, and is left for later.
 async fn targets_exited(pids: Vec<u32>) {
     if pids.is_empty() {
         return std::future::pending().await;
     }
-    for pid in pids {
-        // SAFETY: an OwnedFd stays open, and the same descriptor, for as
-        // long as the AsyncFd that owns it.
-        let watched = PidFd::open(pid).and_then(|fd| {
-            unsafe { AsyncFd::register_with_interest(fd.0, Interest::READABLE) }.ok()
-        });
-        if let Some(fd) = watched {
-            // An error from the runtime: fall back to checking.
-            if fd.readable().await.is_ok() {
-                continue;
-            }
-        }
-        while process::is_alive(pid) {
-            sleep(EXIT_CHECK_PERIOD).await;
-        }
+    while pids.iter().any(|&pid| process::is_alive(pid)) {
+        sleep(EXIT_CHECK_PERIOD).await;
     }
 }
 
-/// How often a target that no pidfd watches is checked for having exited.
+/// How often the named targets are checked for having exited.
 const EXIT_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
 /// A command held at a gate until it is a sampling target, so its first
