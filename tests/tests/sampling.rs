@@ -536,3 +536,51 @@ fn a_binary_replaced_after_it_ran_is_not_named_from_the_new_file() {
         0.9,
     );
 }
+
+/// A target that runs once, briefly, while the run goes on: its few samples
+/// arrive although nothing else wakes the sampler (it sleeps until the
+/// kernel hands it records, issue 20), with the whole call chain in order.
+/// The target is stopped before sampling starts, let run for 30 ms of CPU
+/// (three samples at 99 Hz), then stopped again until the run ends.
+#[test]
+fn a_lone_burst_of_samples_arrives() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    for (fixture, comm, unwind) in [
+        (CHAIN_NOFP, "chain_nofp", "dwarf"),
+        (CHAIN_FP, "chain_fp", "fp"),
+    ] {
+        let fx = Fixture::start(fixture, &[]);
+        send_signal(fx.pid(), libc::SIGSTOP);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("out.folded");
+        let pid = fx.pid().to_string();
+        let mut run = Tripod::spawn(tripod_command(&[
+            "--pid",
+            &pid,
+            "-F",
+            "99",
+            "-d",
+            "3",
+            "--unwind",
+            unwind,
+            "-f",
+            "folded",
+            "-o",
+            file.to_str().unwrap(),
+        ]));
+        run.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
+        send_signal(fx.pid(), libc::SIGCONT);
+        wait_for_cpu_time(fx.pid(), Duration::from_millis(30));
+        send_signal(fx.pid(), libc::SIGSTOP);
+        let out = run.wait(RUN_TIMEOUT);
+        // Running again, so that the fixture's drop can end it with SIGTERM.
+        send_signal(fx.pid(), libc::SIGCONT);
+        assert_success(&out);
+        let folded = std::fs::read_to_string(&file).expect("reading the output file");
+        println!("--unwind {unwind}:");
+        assert_chain(&folded, comm, CHAIN, 1, 0.5);
+    }
+}

@@ -106,6 +106,30 @@ pub const DEFAULT_STACK_COPY: u32 = 16 * 1024;
 /// Default size of the ring buffer that carries stack copies, in bytes.
 pub const DEFAULT_RING_BUFFER_SIZE: u32 = 8 * 1024 * 1024;
 
+/// The ring buffer wakes its reader once it holds this fraction of its size
+/// (see [`ring_wakeup_flags`]).
+pub const RING_WAKEUP_FRACTION: u64 = 4;
+
+/// `BPF_RB_FORCE_WAKEUP` from the kernel's uapi: wake the reader now.
+pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// The flags a record of `len` bytes is sent to the ring buffer with, when
+/// `avail` bytes wait in a ring of `ring_size` bytes.
+///
+/// The kernel's default (flags 0) wakes the reader only for a record that
+/// finds the ring empty: the first of a batch. The reader then waits a
+/// moment before reading (`app`'s batch delay), so the records that follow
+/// need no wake-up of their own: one wake-up handles many. A ring filling
+/// faster than that wakes the reader at once from a quarter full, so that
+/// the rest of the ring absorbs the time it takes to be scheduled.
+pub fn ring_wakeup_flags(avail: u64, len: u64, ring_size: u64) -> u64 {
+    if avail.saturating_add(len) >= ring_size / RING_WAKEUP_FRACTION {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        0
+    }
+}
+
 /// Most bytes of user stack one thread of a dump can carry: a task iterator
 /// writes each thread as one record into a 32 KiB buffer, with its headers.
 pub const MAX_DUMP_STACK_COPY: u32 = 24 * 1024;

@@ -32,7 +32,10 @@ mod tables;
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{pt_regs, seq_file, task_struct, BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{
+        pt_regs, seq_file, task_struct, BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA,
+        BPF_RB_RING_SIZE,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
@@ -48,8 +51,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tripod_common::{
-    Counter, PythonProcess, RecordKind, SampleCount, SampleKey, SamplerConfig, ScratchSlot,
-    StackCopy, WakeRecord, CONTROL_GENERATION, CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE,
+    ring_wakeup_flags, Counter, PythonProcess, RecordKind, SampleCount, SampleKey, SamplerConfig,
+    ScratchSlot, StackCopy, WakeRecord, CONTROL_GENERATION, CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE,
     DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_STORAGE_SIZE, MAX_BLOCKED_THREADS, MAX_CGROUPS,
     MAX_CGROUP_LEVEL, MAX_DUMP_STACK_COPY, MAX_PYTHON_FRAMES, MAX_STACK_COPY, MAX_STACK_DEPTH,
     MAX_TARGETS, STACK_NOT_COLLECTED,
@@ -425,10 +428,22 @@ fn record_bytes(copy: &StackCopy) -> &[u8] {
     unsafe { core::slice::from_raw_parts((copy as *const StackCopy).cast::<u8>(), len) }
 }
 
+/// Whether sending `len` more bytes should wake the reader now (see
+/// [`tripod_common::ring_wakeup_flags`]): most records wake no one.
+#[inline(always)]
+fn wakeup_flags(len: usize) -> u64 {
+    let avail = STACK_COPIES.query(BPF_RB_AVAIL_DATA as u64);
+    let size = STACK_COPIES.query(BPF_RB_RING_SIZE as u64);
+    ring_wakeup_flags(avail, len as u64, size)
+}
+
 /// Sends a record to userspace. Never waits: a full ring buffer drops it and counts it.
 #[inline(always)]
 fn send(copy: &StackCopy) -> bool {
-    let sent = STACK_COPIES.output::<[u8]>(record_bytes(copy), 0).is_ok();
+    let bytes = record_bytes(copy);
+    let sent = STACK_COPIES
+        .output::<[u8]>(bytes, wakeup_flags(bytes.len()))
+        .is_ok();
     if !sent {
         bump(Counter::RingBufferFull);
     }
@@ -569,7 +584,8 @@ fn switched_in(ctx: &BtfTracePointContext, config: &SamplerConfig) {
         start_ns: start,
         end_ns: now,
     };
-    if STACK_COPIES.output::<WakeRecord>(&record, 0).is_err() {
+    let flags = wakeup_flags(core::mem::size_of::<WakeRecord>());
+    if STACK_COPIES.output::<WakeRecord>(&record, flags).is_err() {
         bump(Counter::RingBufferFull);
     }
 }

@@ -12,10 +12,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
+use tokio::time::{sleep, sleep_until, timeout};
 
 use crate::{
     annotate::Rules,
+    cadence::{Cadence, Due, Pacing},
     cgroup::Selected,
     config::{Config, Mode, OutputFormat, Target, UnwindMode},
     live::{self, start_sampler},
@@ -32,19 +33,10 @@ use crate::{
     process::{self, ProcessTable},
     python::{Python, PythonChange},
     report::{RunInfo, Summary},
-    sampler::{SampleSource, SamplerOptions},
+    sampler::{SampleSource, SamplerOptions, Wakeup},
     session::{load_rules, open_output},
     signals::Shutdown,
 };
-
-/// How often the kernel maps are drained. Short enough that most processes
-/// are still alive to have their mappings read, long enough to be cheap.
-pub(crate) const DRAIN_PERIOD: Duration = Duration::from_millis(500);
-
-/// How often the ring buffer of stack copies is emptied. At 999 Hz on 2 CPUs
-/// with 16 KiB copies that is 1.6 MB a poll, well inside the default 8 MiB;
-/// an empty poll costs no system call.
-pub(crate) const COPY_POLL_PERIOD: Duration = Duration::from_millis(50);
 
 /// How long the command of `-- COMMAND` gets to exit after SIGTERM, and
 /// then after SIGKILL, when the run stops before it has exited.
@@ -294,7 +286,7 @@ async fn write_the_rest(
     pusher: Option<Pusher>,
 ) -> Result<(Summary, Result<()>)> {
     pipeline.pull_last(source);
-    let last_drain = pipeline.pull_counted(source).await;
+    let last_drain = pipeline.pull_counted(source).await.map(|_| ());
     pipeline.stop_tracking();
     // Unreadable counters cost only the loss figures of the report.
     let counters = source.counters().unwrap_or_default();
@@ -448,7 +440,9 @@ impl Stop {
     }
 }
 
-/// Drains and reports until the duration ends, a signal arrives, or the targets are gone.
+/// Drains and reports until the duration ends, a signal arrives, or the
+/// targets are gone. Asleep in between: it wakes when a ring has records,
+/// when work of the [`Cadence`] is due, or when the run ends.
 async fn wait_for_stop(
     config: &Config,
     shutdown: &Shutdown,
@@ -459,11 +453,6 @@ async fn wait_for_stop(
 ) -> Result<Stop> {
     let deadline = sleep(config.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
-    let mut tick = interval(COPY_POLL_PERIOD);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_drain = Instant::now();
-    let mut next_report = config.interval.map(|i| Instant::now() + i);
-    let pids = pids_named(&config.target);
     let child_exit = async {
         match child {
             Some(child) => child.child.wait().await,
@@ -471,39 +460,103 @@ async fn wait_for_stop(
         }
     };
     tokio::pin!(child_exit);
-
+    let targets_gone = targets_exited(pids_named(&config.target));
+    tokio::pin!(targets_gone);
+    let mut wakeup = source.wakeup()?;
+    let mut cadence = Cadence::new(
+        Instant::now(),
+        Pacing {
+            counts: source.count_drain_period(),
+            status: status.enabled(),
+            report: config.interval,
+            polled: wakeup.is_none(),
+        },
+    );
     loop {
+        let next = cadence.next().unwrap_or_else(|| Instant::now() + FAR);
         tokio::select! {
             signal = shutdown.signalled() => return Ok(Stop::Signal(signal)),
             _ = &mut deadline, if config.duration.is_some() => return Ok(Stop::Duration),
             status = &mut child_exit => {
                 return Ok(Stop::CommandExited(status.context("waiting for the command")?));
             }
-            _ = tick.tick() => {
-                pipeline.pull(source);
-                if last_drain.elapsed() < DRAIN_PERIOD {
-                    continue;
-                }
-                last_drain = Instant::now();
-                pipeline.pull_counted(source).await?;
-                if let (Some(at), Some(every)) = (next_report, config.interval) {
-                    if Instant::now() >= at {
-                        pipeline.write_report(output, pusher, &source.counters()?)?;
-                        next_report = Some(at + every);
-                    }
-                }
-                if status.enabled() {
-                    // Unreadable counters cost only the status line its loss figure.
-                    let counters = source.counters().unwrap_or_default();
-                    status.update(&pipeline.progress(&counters));
-                }
-                if !pids.is_empty() && !pids.iter().any(|&pid| process::is_alive(pid)) {
-                    return Ok(Stop::TargetsExited);
-                }
+            _ = &mut targets_gone => return Ok(Stop::TargetsExited),
+            woke = ring_news(&mut wakeup) => {
+                woke?;
+                let now = Instant::now();
+                cadence.woken(now);
+                // A ring filling up is read now, not at the timer's next tick.
+                let due = cadence.due(now);
+                let outputs = (&mut *output, pusher, &mut *status);
+                do_due(due, source, pipeline, &mut cadence, outputs).await?;
+            }
+            _ = sleep_until(next.into()) => {
+                let due = cadence.due(Instant::now());
+                let outputs = (&mut *output, pusher, &mut *status);
+                do_due(due, source, pipeline, &mut cadence, outputs).await?;
             }
         }
     }
 }
+
+/// Stands for "never" when nothing is scheduled: the loop still wakes at
+/// the end, a signal or a ring's news.
+const FAR: Duration = Duration::from_secs(24 * 3600);
+
+/// Returns when a ring has records; never without a [`Wakeup`].
+async fn ring_news(wakeup: &mut Option<Wakeup>) -> Result<()> {
+    match wakeup {
+        Some(wakeup) => wakeup.ready().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Does the work `due`: reads the rings, drains the kernel's counts, writes
+/// the interval's report, redraws the status line, in that order.
+async fn do_due(
+    due: Due,
+    source: &mut dyn SampleSource,
+    pipeline: &mut Pipeline,
+    cadence: &mut Cadence,
+    (output, pusher, status): (&mut Output, Option<&Pusher>, &mut StatusLine),
+) -> Result<()> {
+    if due.pull {
+        pipeline.pull(source);
+        if pipeline.holds_records() {
+            cadence.pull_again(Instant::now());
+        }
+    }
+    if due.counts && pipeline.pull_counted(source).await? > 0 {
+        // The kernel counted something (`--unwind fp`): its processes are
+        // located and retired at the housekeeping's pace.
+        cadence.active(Instant::now());
+    }
+    if due.report {
+        pipeline.write_report(output, pusher, &source.counters()?)?;
+    }
+    if due.status {
+        // Unreadable counters cost only the status line its loss figure.
+        let counters = source.counters().unwrap_or_default();
+        status.update(&pipeline.progress(&counters));
+    }
+    Ok(())
+}
+
+/// Returns once every process of `pids` has exited; never when there are
+/// none (a run of `--all` or of a command). Checked once a second: a pidfd
+/// watch (readable at exit) ended runs at once while their target still
+/// ran, and is left for later.
+async fn targets_exited(pids: Vec<u32>) {
+    if pids.is_empty() {
+        return std::future::pending().await;
+    }
+    while pids.iter().any(|&pid| process::is_alive(pid)) {
+        sleep(EXIT_CHECK_PERIOD).await;
+    }
+}
+
+/// How often the named targets are checked for having exited.
+const EXIT_CHECK_PERIOD: Duration = Duration::from_secs(1);
 
 /// A command held at a gate until it is a sampling target, so its first
 /// instruction is already sampled.

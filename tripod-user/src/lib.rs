@@ -10,9 +10,10 @@
 //! (symbols in its own table, through [`process`], [`jit`] (perf maps of
 //! JIT code) and [`symbolize`], the only blazesym user) -> [`annotate`] -> [`report`] -> [`output`] (the only
 //! writers). [`wait`] accounts waits, [`retire`] retires exited processes,
-//! [`pipeline`] connects the stages; [`app`] runs a recording and [`dump`] a
-//! thread dump (both through [`live`]; [`top`] shows a recording live, an
-//! output of its own; a core file's through [`corefile`]); [`session`] holds what they and the
+//! [`pipeline`] connects the stages; [`app`] runs a recording (when it
+//! wakes: [`cadence`]) and [`dump`] a thread dump (both through [`live`];
+//! [`top`] shows a recording live, an output of its own; a core file's
+//! through [`corefile`]); [`session`] holds what they and the
 //! offline `report` share; [`model`] is the leaf every stage speaks;
 //! [`signals`] tells the runs when to stop; [`cgroup`] names the cgroup and
 //! container of each sampled process.
@@ -23,6 +24,7 @@
 pub mod aggregate;
 pub mod annotate;
 pub mod app;
+pub mod cadence;
 pub mod cgroup;
 pub mod cli;
 pub mod config;

@@ -211,8 +211,9 @@ impl Pipeline {
     /// Takes what the kernel counted since the last call (`--unwind fp`),
     /// then locates the addresses of every stack not seen before, now, while
     /// their processes are most likely still alive, and retires the
-    /// processes that exited. Symbols wait for the next report.
-    pub async fn pull_counted(&mut self, source: &mut dyn SampleSource) -> Result<()> {
+    /// processes that exited. Symbols wait for the next report. Returns how
+    /// many counted samples it took (distinct counts, not their weight).
+    pub async fn pull_counted(&mut self, source: &mut dyn SampleSource) -> Result<usize> {
         let started = Instant::now();
         let samples = drain_counted(source).await?;
         let drained = started.elapsed();
@@ -232,7 +233,7 @@ impl Pipeline {
              located by {:?}",
             started.elapsed()
         );
-        Ok(())
+        Ok(count)
     }
 
     /// One record: a sample on a CPU, a thread switching out, or one
@@ -510,6 +511,12 @@ impl Pipeline {
         self.run
             .as_ref()
             .expect("reports are written by the pipelines of recordings")
+    }
+
+    /// Whether records wait for the sideband to locate them: the rings
+    /// are then read again soon even if nothing wakes them.
+    pub fn holds_records(&self) -> bool {
+        !self.held.is_empty()
     }
 
     pub fn has_unreported_samples(&self) -> bool {

@@ -21,7 +21,7 @@ use std::{
     collections::{HashMap, HashSet},
     ffi::OsStr,
     fs::File,
-    os::unix::fs::MetadataExt as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
     sync::{
         mpsc::{self, Receiver, Sender},
@@ -341,6 +341,44 @@ struct WorkerState {
     blazesym: Blazesym,
     /// Per module path: why its debug files may not be read, if so.
     debug_refusals: HashMap<PathBuf, Option<String>>,
+    /// The kernel's symbols as they were at the first kernel lookup (see
+    /// [`KernelSymbols`]); `None` before it.
+    kernel: Option<KernelSymbols>,
+}
+
+/// A copy of `/proc/kallsyms` made once per run. blazesym keeps the symbols
+/// it parsed from a file until the file's metadata changes, and procfs
+/// files get a new modification time whenever their inode is evicted and
+/// made again: under process churn it could parse the 5 MB file again while
+/// sampling. Our copy never changes, so it is parsed once. It is an unnamed
+/// file (`O_TMPFILE`), reached through our own descriptor, so nothing is
+/// left behind however the run ends.
+struct KernelSymbols {
+    /// `None`: the copy could not be made; blazesym reads `/proc/kallsyms`.
+    copy: Option<File>,
+}
+
+impl KernelSymbols {
+    fn copy() -> KernelSymbols {
+        let copy = (|| {
+            let mut copy = tempfile::tempfile()?;
+            std::io::copy(&mut File::open("/proc/kallsyms")?, &mut copy)?;
+            Ok::<_, std::io::Error>(copy)
+        })();
+        if let Err(error) = &copy {
+            log::debug!("copying /proc/kallsyms: {error}; blazesym reads it each time");
+        }
+        KernelSymbols { copy: copy.ok() }
+    }
+
+    fn source(&self) -> Kernel {
+        let mut kernel = Kernel::default();
+        if let Some(copy) = &self.copy {
+            let path = format!("/proc/self/fd/{}", copy.as_raw_fd());
+            kernel.kallsyms = PathBuf::from(path).into();
+        }
+        kernel
+    }
 }
 
 impl WorkerState {
@@ -355,20 +393,24 @@ impl WorkerState {
         WorkerState {
             blazesym,
             debug_refusals: HashMap::new(),
+            kernel: None,
         }
     }
 
     fn run(&mut self, job: Job) -> Answer {
         match job {
-            Job::Kernel(addresses) => Answer {
-                results: self.lookup(
-                    &Source::Kernel(Kernel::default()),
-                    Input::AbsAddr(&addresses),
-                    Path::new("/proc/kallsyms"),
-                ),
-                build_id: None,
-                refused_debug: None,
-            },
+            Job::Kernel(addresses) => {
+                let kernel = self.kernel.get_or_insert_with(KernelSymbols::copy).source();
+                Answer {
+                    results: self.lookup(
+                        &Source::Kernel(kernel),
+                        Input::AbsAddr(&addresses),
+                        Path::new("/proc/kallsyms"),
+                    ),
+                    build_id: None,
+                    refused_debug: None,
+                }
+            }
             Job::Vdso(offsets) => Answer {
                 results: self.run_vdso(&offsets),
                 build_id: None,

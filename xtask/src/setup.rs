@@ -84,7 +84,17 @@ pub fn setup() -> Result<Toolchain> {
     // Before bpf-linker: cargo install needs a C compiler (llvm-sys builds a C wrapper).
     gcc(&mut apt)?;
     bpf_linker()?;
+    bpftrace(&mut apt);
     Ok(toolchain)
+}
+
+/// bpftrace, which `cargo xtask bench` runs beside tripod-bpf and perf.
+/// Only the benchmark needs it, so a failed install is a warning: the
+/// build goes on and the benchmark says bpftrace is missing.
+fn bpftrace(apt: &mut Apt) {
+    if let Err(error) = apt_tool(apt, "bpftrace", "bpftrace") {
+        eprintln!("warning: bpftrace (for cargo xtask bench): {error:#}");
+    }
 }
 
 fn ok(what: &str) {

@@ -212,6 +212,14 @@ fn open_mapped(
 /// A core has no kernel, no ring buffer and nothing to count: only the
 /// snapshot is real. What the pipeline tells it is of no use to it.
 impl SampleSource for CoreSource {
+    fn wakeup(&self) -> Result<Option<crate::sampler::Wakeup>> {
+        Ok(None)
+    }
+
+    fn count_drain_period(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     fn flip(&mut self) -> Result<Flip> {
         Ok(Flip::without_kernel())
     }

@@ -6,13 +6,18 @@
 //! samples at the other pair of maps, [`Flip::settled`] waits (on a
 //! blocking thread) until no eBPF program can still write the old pair, and
 //! [`Sampler::read_generation`] reads and clears it.
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
-use aya::maps::MapError;
-use tripod_common::{SampleCount, SampleKey, CONTROL_GENERATION, STACK_NOT_COLLECTED};
+use aya::maps::{HashMap as AyaHashMap, IterableMap as _, MapData, MapError};
+use tripod_common::{Counter, SampleCount, SampleKey, CONTROL_GENERATION, STACK_NOT_COLLECTED};
 
 use super::{
+    batch,
     records::{comm_string, parse_record, Record, Sample, UserStack},
     Sampler,
 };
@@ -100,16 +105,7 @@ impl Sampler {
         Settled(flip): Settled,
     ) -> Result<Vec<Sample<'static>>> {
         let idle = flip.idle as usize;
-        let counts = &mut self.counts[idle];
-        let entries: Vec<(SampleKey, SampleCount)> = counts
-            .iter()
-            .collect::<Result<_, MapError>>()
-            .context("reading counts")?;
-        for (key, _) in &entries {
-            // A key missing here was removed already; nothing else removes keys.
-            let _ = counts.remove(key);
-        }
-
+        let entries = take_counts(&mut self.counts[idle])?;
         let stacks = &mut self.stacks[idle];
         let mut read = HashMap::new();
         let mut stack = |id: i32| -> StackRead {
@@ -133,11 +129,31 @@ impl Sampler {
             .map(|(key, count)| counted_sample(&key, count, &mut stack))
             .collect();
 
-        let ids: Vec<u32> = stacks.stack_ids().filter_map(Result::ok).collect();
+        // The stacks the counts named are cleared by id. Others are left
+        // only when a count did not fit in a full map after its stacks were
+        // stored: then the whole map is walked (a stack trace map has no
+        // batch operations).
+        let orphans = self.count_map_full_changed();
+        let stacks = &mut self.stacks[idle];
+        let ids: Vec<u32> = match orphans {
+            false => read.keys().map(|&id| id as u32).collect(),
+            true => stacks.stack_ids().filter_map(Result::ok).collect(),
+        };
         for id in ids {
             let _ = stacks.remove(&id);
         }
         Ok(samples)
+    }
+
+    /// Whether the kernel counted samples lost to a full count map since
+    /// the last call (an unreadable counter counts as a change).
+    fn count_map_full_changed(&mut self) -> bool {
+        let now = self
+            .counters
+            .get(&(Counter::CountMapFull as u32), 0)
+            .map(|per_cpu| per_cpu.iter().sum::<u64>())
+            .unwrap_or(u64::MAX);
+        std::mem::replace(&mut self.count_map_full, now) != now
     }
 
     /// Hands every record waiting in the ring buffer to `handle`, oldest
@@ -150,6 +166,51 @@ impl Sampler {
         }
     }
 }
+
+/// Every entry of a count map, which is left empty: by batches, or key by
+/// key on kernels without batch operations (before 5.6).
+fn take_counts(
+    counts: &mut AyaHashMap<MapData, SampleKey, SampleCount>,
+) -> Result<Vec<(SampleKey, SampleCount)>> {
+    let fd = counts.map().fd().as_fd().as_raw_fd();
+    match batch::lookup_and_delete_all(fd) {
+        Ok(entries) => return Ok(entries),
+        Err(error) => log::debug!("batch lookup and delete: {error}; reading key by key"),
+    }
+    let entries: Vec<(SampleKey, SampleCount)> = counts
+        .iter()
+        .collect::<Result<_, MapError>>()
+        .context("reading counts")?;
+    for (key, _) in &entries {
+        // A key missing here was removed already; nothing else removes keys.
+        let _ = counts.remove(key);
+    }
+    Ok(entries)
+}
+
+/// How often the count maps of `--unwind fp` are drained when nothing else
+/// (the status line, `--interval`, the end of the run) drains them sooner:
+/// often enough that they stay a quarter full at most even if every sample
+/// stored new stacks. A stack trace map is direct-mapped, so its occupancy
+/// is the chance that a new stack collides and is lost; each sample may
+/// store two stacks (user and kernel) and add one count key.
+pub fn count_drain_period(
+    count_map_size: u32,
+    stack_storage_size: u32,
+    samples_per_second: u64,
+) -> Duration {
+    let room = u64::from(count_map_size.min(stack_storage_size / 2)) / 4;
+    let millis = room.saturating_mul(1000) / samples_per_second.max(1);
+    Duration::from_millis(millis).clamp(MIN_COUNT_DRAIN, MAX_COUNT_DRAIN)
+}
+
+/// The count maps are drained at least this far apart: twice a second, as
+/// before the drain followed the reporting cadence.
+const MIN_COUNT_DRAIN: Duration = Duration::from_millis(500);
+
+/// ... and at least this often, so a run's memory of what it counted is
+/// never far behind the kernel.
+const MAX_COUNT_DRAIN: Duration = Duration::from_secs(10);
 
 /// One entry of the count map as a sample taken on a CPU, `count` times,
 /// timed at the first of them: every sample of a key has the same comm and
@@ -192,3 +253,27 @@ const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
 /// Stands in for the barrier where the kernel refuses it (see
 /// [`Flip::settled`]).
 const IN_FLIGHT_FALLBACK: Duration = Duration::from_millis(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_count_drain_keeps_the_maps_a_quarter_full_within_bounds() {
+        // Defaults (65,536 counts, 16,384 stacks): 2,048 samples of room.
+        assert_eq!(
+            count_drain_period(65_536, 16_384, 2 * 999),
+            Duration::from_millis(1025)
+        );
+        // 99 Hz on 2 CPUs would allow 10.3 s: capped.
+        assert_eq!(count_drain_period(65_536, 16_384, 2 * 99), MAX_COUNT_DRAIN);
+        // A small count map is the limit then.
+        assert_eq!(
+            count_drain_period(4_000, 16_384, 1_000),
+            Duration::from_millis(1000)
+        );
+        // Never more often than twice a second, however fast.
+        assert_eq!(count_drain_period(1, 2, 1_000_000), MIN_COUNT_DRAIN);
+        assert_eq!(count_drain_period(1, 2, 0), MIN_COUNT_DRAIN);
+    }
+}

@@ -7,6 +7,7 @@
 //!   root, for tests.
 //!
 //! Both hand out records parsed by [`records`] from the kernel's bytes.
+mod batch;
 mod btf;
 mod drain;
 pub mod probe;
@@ -15,11 +16,13 @@ mod replay;
 pub mod sideband;
 mod source;
 mod tables;
+mod wakeup;
 
-pub use drain::{Flip, Settled};
+pub use drain::{count_drain_period, Flip, Settled};
 pub use records::{Record, Sample, UserStack, Wake};
 pub use replay::{Replay, Told};
 pub use source::{drain_counted, SampleSource};
+pub use wakeup::Wakeup;
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -136,6 +139,12 @@ pub struct Sampler {
     /// Whether the `perf_event` program writes the count maps (not when
     /// every sample's stack is copied to the ring buffer).
     counts_in_kernel: bool,
+    /// How often the count maps must be drained ([`count_drain_period`]);
+    /// `None` when the kernel counts nothing.
+    count_drain: Option<std::time::Duration>,
+    /// The kernel's count of samples lost to a full count map at the last
+    /// drain: a change means stacks no count names may be left behind.
+    count_map_full: u64,
     /// The kernel's records of mappings, execs, forks and exits; `None`
     /// when not asked for or when the kernel refused it (then processes are
     /// located from `/proc` only, as without it).
@@ -207,6 +216,12 @@ impl Sampler {
             true => attach_all_cpus(sample_program(&mut ebpf)?, options.frequency)?,
             false => (SamplingEvent::CpuClock, None),
         };
+        let counts_in_kernel = options.sample_on_cpu && !options.copy_user_stack;
+        let cpus = online_cpus().map_or(1, |cpus| cpus.len()) as u64;
+        let count_drain = counts_in_kernel.then(|| {
+            let rate = options.frequency.saturating_mul(cpus);
+            count_drain_period(options.count_map_size, options.stack_storage_size, rate)
+        });
         Ok(Sampler {
             ebpf,
             btf,
@@ -219,7 +234,9 @@ impl Sampler {
             stacks,
             copies,
             generation: 0,
-            counts_in_kernel: options.sample_on_cpu && !options.copy_user_stack,
+            counts_in_kernel,
+            count_drain,
+            count_map_full: 0,
             sideband,
             measured,
             tables: options.table_rows.map(tables::TableStore::new),

@@ -178,6 +178,14 @@ impl Replay {
 }
 
 impl SampleSource for Replay {
+    fn wakeup(&self) -> Result<Option<super::Wakeup>> {
+        Ok(None)
+    }
+
+    fn count_drain_period(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     fn flip(&mut self) -> Result<Flip> {
         Ok(Flip::without_kernel())
     }

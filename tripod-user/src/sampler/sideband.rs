@@ -42,7 +42,7 @@ pub use records::{
 };
 
 use std::{
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     sync::atomic::{AtomicU64, Ordering},
 };
 
@@ -194,6 +194,12 @@ impl Sideband {
         self.build_ids
     }
 
+    /// The events' descriptors, readable once a ring is half full (their
+    /// `wakeup_watermark`): for [`super::Wakeup`].
+    pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.rings.iter().map(|ring| ring.fd.as_fd())
+    }
+
     /// Totals since the events were opened.
     pub fn counters(&self) -> SidebandCounters {
         self.counters
@@ -267,9 +273,9 @@ pub(crate) fn attr(options: &SidebandOptions, build_id: bool) -> perf_event_attr
     attr.set_sample_id_all(1);
     attr.set_use_clockid(1);
     attr.set_build_id(u64::from(build_id));
-    // Nobody sleeps on these descriptors (the drain polls the rings on a
-    // timer); a wakeup at half a ring costs nothing when no one waits, and
-    // lets a future poll(2) on them work.
+    // The reader sleeps on these descriptors (`Wakeup`): woken at half a
+    // ring, it reads the rest before they fill. Records wait there until
+    // then or until the ring buffer of samples wakes it, whichever is first.
     attr.set_watermark(1);
     let ring_bytes = options.pages_per_cpu.max(1).next_power_of_two() * page_size();
     attr.wakeup_watermark = (ring_bytes / 2).min(u32::MAX as usize) as u32;

@@ -1,6 +1,8 @@
 //! The seam between where samples come from and everything after: the
 //! pipeline asks a [`SampleSource`] for samples and records and tells it
 //! what it learned, and never knows whether a kernel is behind it.
+use std::{os::fd::AsFd as _, time::Duration};
+
 use anyhow::{Context as _, Result};
 use aya::{
     maps::{HashMap, MapData},
@@ -13,7 +15,7 @@ use super::{
     drain::{Flip, Settled},
     records::{parse_snapshots, Record, Sample},
     sideband::{SideRecord, SidebandCounters},
-    Sampler, SamplingEvent,
+    Sampler, SamplingEvent, Wakeup,
 };
 use crate::model::{Counters, TableMapping, TableUse};
 
@@ -35,6 +37,15 @@ pub trait SampleSource {
     /// first: samples with their stack copies, threads switching out
     /// ([`tripod_common::RecordKind::Blocked`]) and back in ([`Record::Woke`]).
     fn drain_copies(&mut self, handle: &mut dyn FnMut(Record<'_>));
+
+    /// Something to await that returns when the ring buffer or a sideband
+    /// ring has news (see [`Wakeup`]); `None`: the source has no rings, and
+    /// is read on a timer. Called inside the async runtime.
+    fn wakeup(&self) -> Result<Option<Wakeup>>;
+
+    /// How often the counts kept in the kernel must be drained so that its
+    /// maps never fill; `None` when nothing is counted there.
+    fn count_drain_period(&self) -> Option<Duration>;
 
     /// Hands `handle` the sideband records (mappings, execs, forks, exits)
     /// not handed over yet that are older than the returned watermark, in
@@ -121,6 +132,18 @@ impl SampleSource for Sampler {
 
     fn drain_copies(&mut self, handle: &mut dyn FnMut(Record<'_>)) {
         self.drain_ring(handle)
+    }
+
+    fn wakeup(&self) -> Result<Option<Wakeup>> {
+        let mut rings = vec![self.copies.as_fd()];
+        if let Some(sideband) = &self.sideband {
+            rings.extend(sideband.fds());
+        }
+        Wakeup::watch(&rings).map(Some)
+    }
+
+    fn count_drain_period(&self) -> Option<Duration> {
+        self.count_drain
     }
 
     fn drain_sideband(&mut self, handle: &mut dyn FnMut(SideRecord)) -> Option<u64> {

@@ -27,7 +27,7 @@ use self::{
     screen::Screen,
 };
 use crate::{
-    app::{self, GatedChild, COPY_POLL_PERIOD, DRAIN_PERIOD},
+    app::{self, GatedChild},
     config::{Target, TopConfig},
     live::{self, start_sampler},
     messages::note,
@@ -37,6 +37,15 @@ use crate::{
     session::load_rules,
     signals::Shutdown,
 };
+
+/// How often the view reads the ring buffer. A live view refreshes every
+/// `--delay` anyway, so unlike a recording it need not sleep until the
+/// kernel wakes it: a short period keeps each read small.
+const COPY_POLL_PERIOD: Duration = Duration::from_millis(50);
+
+/// How often the view drains the kernel's counts (`--unwind fp`), so the
+/// mappings of short-lived processes are still there to locate them.
+const DRAIN_PERIOD: Duration = Duration::from_millis(500);
 
 /// The most rows the plain table prints per refresh: a log stays readable.
 const PLAIN_ROWS: usize = 25;

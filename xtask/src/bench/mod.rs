@@ -25,7 +25,7 @@ mod stats;
 
 use std::{
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -177,7 +177,33 @@ pub fn main(options: Options) -> Result<()> {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), |t| root.join(t));
     let scratch = target.join("bench");
     let fixtures = Fixtures::build(&scratch.join("fixtures"))?;
+    let mut bench = Bench {
+        tools: find_tools(tripod, &options),
+        fixtures,
+        scratch,
+        failures: Vec::new(),
+    };
+    let started = Instant::now();
+    let mut results = report::Results::new(&options, machine(), &bench.tools);
+    measure_all(&mut bench, &options, &mut results)?;
+    results.failures = bench.failures.clone();
+    results.duration = started.elapsed();
+    let output = root.join(&options.output);
+    write_results(&options, &results, &output)?;
+    let _ = fs::remove_dir_all(bench.scratch.join("run"));
 
+    if !bench.failures.is_empty() {
+        bail!(
+            "{} sampler run(s) failed (listed above and in {})",
+            bench.failures.len(),
+            output.display()
+        );
+    }
+    Ok(())
+}
+
+/// The samplers to compare with, each found or skipped with a reason said.
+fn find_tools(tripod: PathBuf, options: &Options) -> Tools {
     let mut tools = Tools::find(tripod);
     if options.wants(Measurement::Python) {
         tools.py_spy = samplers::find_py_spy();
@@ -194,50 +220,47 @@ pub fn main(options: Options) -> Result<()> {
             Err(why) => say(&format!("{name}: skipped: {why}")),
         }
     }
+    tools
+}
 
-    let mut bench = Bench {
-        tools,
-        fixtures,
-        scratch,
-        failures: Vec::new(),
-    };
-    let started = Instant::now();
-    let mut results = report::Results::new(&options, machine(), &bench.tools);
+/// Runs the measurements `options` asks for, in the order of BENCHMARKS.md.
+fn measure_all(bench: &mut Bench, options: &Options, results: &mut report::Results) -> Result<()> {
     if options.wants(Measurement::Overhead) {
-        results.overhead = Some(overhead::measure(&mut bench, &options)?);
+        results.overhead = Some(overhead::measure(bench, options)?);
     }
     if options.wants(Measurement::Quality) {
-        results.quality = Some(quality::measure(&mut bench, &options)?);
+        results.quality = Some(quality::measure(bench, options)?);
     }
     if options.wants(Measurement::Latency) {
-        results.latency = Some(latency::measure(&mut bench, &options)?);
+        results.latency = Some(latency::measure(bench, options)?);
     }
     if options.wants(Measurement::Churn) {
-        results.churn = Some(churn::measure(&mut bench, &options)?);
+        results.churn = Some(churn::measure(bench, options)?);
     }
     if options.wants(Measurement::OffCpu) {
-        results.off_cpu = Some(offcpu::measure(&mut bench, &options)?);
+        results.off_cpu = Some(offcpu::measure(bench, options)?);
     }
     if options.wants(Measurement::Dump) {
-        results.dump = Some(dump::measure(&mut bench, &options)?);
+        results.dump = Some(dump::measure(bench, options)?);
     }
     if options.wants(Measurement::Python) {
-        results.python = Some(python::measure(&mut bench, &options)?);
+        results.python = Some(python::measure(bench, options)?);
     }
     if options.wants(Measurement::ShortLived) {
-        results.shortlived = Some(shortlived::measure(&mut bench, &options)?);
+        results.shortlived = Some(shortlived::measure(bench, options)?);
     }
     if options.wants(Measurement::Sideband) {
-        results.sideband = Some(sideband::measure(&mut bench, &options)?);
+        results.sideband = Some(sideband::measure(bench, options)?);
     }
-    results.failures = bench.failures.clone();
-    results.duration = started.elapsed();
+    Ok(())
+}
 
-    let mut markdown = report::render(&results);
+/// Prints the report and writes it to `output`; a partial run updates its
+/// own sections of the last full run's file.
+fn write_results(options: &Options, results: &report::Results, output: &Path) -> Result<()> {
+    let mut markdown = report::render(results);
     println!("{markdown}");
-    let output = root.join(&options.output);
-    // A partial run updates its own sections of the last full run's file.
-    if let (false, Ok(old)) = (options.only.is_empty(), fs::read_to_string(&output)) {
+    if let (false, Ok(old)) = (options.only.is_empty(), fs::read_to_string(output)) {
         let run = format!(
             "`{}` on {} at commit {} ({:.0} min)",
             options.command,
@@ -247,17 +270,8 @@ pub fn main(options: Options) -> Result<()> {
         );
         markdown = merge::merge(&old, &markdown, &run);
     }
-    fs::write(&output, &markdown).with_context(|| format!("writing {}", output.display()))?;
+    fs::write(output, &markdown).with_context(|| format!("writing {}", output.display()))?;
     say(&format!("results written to {}", output.display()));
-    let _ = fs::remove_dir_all(bench.scratch.join("run"));
-
-    if !bench.failures.is_empty() {
-        bail!(
-            "{} sampler run(s) failed (listed above and in {})",
-            bench.failures.len(),
-            output.display()
-        );
-    }
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! Measurements 1 and 2, from the same runs: a fixed amount of CPU-bound work on both CPUs
 //! (`work_fp --threads 2`), first with no sampler, then under each sampler recording the
 //! whole machine at 99 and 999 Hz. The fixture's wall and CPU time give the target
-//! slowdown; the sampler's own CPU time and memory give its cost.
+//! slowdown; the sampler's own CPU time, wake-ups and memory give its cost. Then each
+//! sampler records the machine with nothing of ours running: its floor.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,9 @@ pub struct Run {
     pub cpu: f64,
     /// Sampler CPU seconds per second while the fixture ran.
     pub sampler_cpu_rate: f64,
+    /// Sampler wake-ups (context switches of all its threads) per second while the
+    /// fixture ran.
+    pub sampler_wakeup_rate: f64,
     /// Sampler CPU over its whole life (start-up and shutdown included), per second of it.
     pub sampler_life_cpu_rate: f64,
     /// CPU to turn the recording into folded stacks (perf script + collapse), per second
@@ -50,6 +54,26 @@ pub struct Overhead {
     /// Loop iterations each fixture thread runs (calibrated to `work_seconds`).
     pub iterations: u64,
     pub runs: Vec<(Config, Vec<Run>)>,
+    /// Each sampler recording the machine with nothing of ours running.
+    pub idle: Vec<(Sampler, IdleRun)>,
+}
+
+/// How long a sampler is watched on the idle machine, after [`IDLE_SETTLE`].
+pub const IDLE_SECONDS: f64 = 10.0;
+
+/// Left out before the idle measurement: start-up (reading /proc, symbols).
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
+
+/// The idle frequency: the default.
+pub const IDLE_HZ: u32 = 99;
+
+/// A sampler recording the whole machine at [`IDLE_HZ`] while nothing of ours runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdleRun {
+    /// CPU seconds per second, all its threads.
+    pub cpu_rate: f64,
+    /// Context switches of all its threads per second.
+    pub wakeup_rate: f64,
 }
 
 impl Overhead {
@@ -97,7 +121,48 @@ pub fn measure(bench: &mut Bench, options: &Options) -> Result<Overhead> {
             }
         }
     }
-    Ok(Overhead { iterations, runs })
+    let mut idle = Vec::new();
+    for sampler in bench.tools.samplers() {
+        match idle_once(bench, sampler) {
+            Ok(run) => {
+                say(&format!(
+                    "idle: {sampler} at {IDLE_HZ} Hz: {:.4}% of a core, {:.1} wake-ups/s",
+                    run.cpu_rate * 100.0,
+                    run.wakeup_rate
+                ));
+                idle.push((sampler, run));
+            }
+            Err(e) => bench.failed(&format!("idle: {sampler}"), e),
+        }
+    }
+    Ok(Overhead {
+        iterations,
+        runs,
+        idle,
+    })
+}
+
+/// `sampler` recording the whole machine while no fixture runs: what it costs
+/// when there is nothing (of ours) to sample.
+fn idle_once(bench: &Bench, sampler: Sampler) -> Result<IdleRun> {
+    let dir = bench.run_dir()?;
+    let running = sampler.start(
+        &bench.tools,
+        Scope::All,
+        Event::Clock(IDLE_HZ),
+        Format::Folded,
+        &dir,
+    )?;
+    std::thread::sleep(IDLE_SETTLE);
+    let (cpu, switches, at) = (running.cpu_ns(), running.switches(), Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(IDLE_SECONDS));
+    let seconds = at.elapsed().as_secs_f64();
+    let run = IdleRun {
+        cpu_rate: running.cpu_ns().saturating_sub(cpu) as f64 / 1e9 / seconds,
+        wakeup_rate: running.switches().saturating_sub(switches) as f64 / seconds,
+    };
+    running.stop()?;
+    Ok(run)
 }
 
 fn describe(config: Config) -> String {
@@ -137,6 +202,7 @@ fn run_once(bench: &Bench, config: Config, iterations: u64) -> Result<Run> {
         None => None,
     };
     let cpu_before = running.as_ref().map_or(0, |r| r.cpu_ns());
+    let switches_before = running.as_ref().map_or(0, |r| r.switches());
     let started = Instant::now();
     let mut fixture = Fixture::start(
         &bench.fixtures.work_fp,
@@ -158,6 +224,7 @@ fn run_once(bench: &Bench, config: Config, iterations: u64) -> Result<Run> {
         return Ok(run);
     };
     run.sampler_cpu_rate = (running.cpu_ns() - cpu_before) as f64 / 1e9 / wall;
+    run.sampler_wakeup_rate = running.switches().saturating_sub(switches_before) as f64 / wall;
     let stopped = running.stop()?;
     let (folded, post) = stopped.folded(&bench.tools)?;
     let lifetime = stopped.lifetime.as_secs_f64();

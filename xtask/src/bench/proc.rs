@@ -83,6 +83,25 @@ pub fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
+/// Context switches, voluntary and not, of every thread of `pid` so far: each
+/// one is a thread of it going to sleep or being preempted, so their rate is
+/// how often it wakes up.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("status")).ok())
+        .map(|status| {
+            ["voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"]
+                .iter()
+                .filter_map(|field| status_field_kib(&status, field))
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// CPU time (user + system) used so far by the calling thread.
 pub fn thread_cpu() -> Duration {
     // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.

@@ -215,6 +215,16 @@ fn standing(out: &mut String, r: &Results) {
     let mut row = |target: &str, measured: String, met: Option<bool>| {
         let _ = writeln!(out, "| {target} | {measured} | {} |", status(met));
     };
+    overhead_rows(&mut row, r);
+    churn_and_split_rows(&mut row, r);
+    latency_row(&mut row, r);
+    dump_row(&mut row, r);
+    shortlived_row(&mut row, r);
+    out.push('\n');
+}
+
+/// The targets on slowdown and sampler CPU (section 1 and 2).
+fn overhead_rows(row: &mut impl FnMut(&str, String, Option<bool>), r: &Results) {
     let o = r.overhead.as_ref();
     let at = |sampler, hz| o.and_then(|o| overhead_ratio(o, sampler, hz));
     let d99 = at(DWARF, 99);
@@ -235,6 +245,10 @@ fn standing(out: &mut String, r: &Results) {
         format!("{} of a core (default `auto`)", percent(cpu99)),
         cpu99.map(|c| c <= 0.01),
     );
+}
+
+/// The targets on memory under churn (section 6) and the 3:1 split (section 3).
+fn churn_and_split_rows(row: &mut impl FnMut(&str, String, Option<bool>), r: &Results) {
     let churn = r
         .churn
         .as_ref()
@@ -264,6 +278,10 @@ fn standing(out: &mut String, r: &Results) {
         }),
         split.map(|s| (s - 75.0).abs() <= 3.0),
     );
+}
+
+/// The target on end-of-run latency (section 4).
+fn latency_row(row: &mut impl FnMut(&str, String, Option<bool>), r: &Results) {
     let latency = r.latency.as_ref().and_then(|l| {
         l.iter()
             .find(|(c, _)| c.sampler == DEFAULT && c.format == Format::Log)
@@ -281,6 +299,10 @@ fn standing(out: &mut String, r: &Results) {
         ),
         stop.zip(distinct).map(|(s, d)| s < 1.0 && d >= 10_000.0),
     );
+}
+
+/// The target on thread dumps (section 8).
+fn dump_row(row: &mut impl FnMut(&str, String, Option<bool>), r: &Results) {
     let dumps = r.dump.as_ref();
     let dump_wall = |json| {
         dumps
@@ -303,8 +325,6 @@ fn standing(out: &mut String, r: &Results) {
         text.zip(dumps)
             .map(|(t, d)| t < 1.0 && found == Some(d.threads)),
     );
-    shortlived_row(&mut row, r);
-    out.push('\n');
 }
 
 fn percent(rate: Option<f64>) -> String {
@@ -372,7 +392,13 @@ fn overhead_tables(out: &mut String, r: &Results, overhead: &Overhead) {
         );
     }
 
-    out.push_str("\n## 2. Sampler cost\n\n");
+    out.push('\n');
+    cost_table(out, overhead);
+}
+
+/// Section 2: the sampler's own CPU and memory in the runs of section 1.
+fn cost_table(out: &mut String, overhead: &Overhead) {
+    out.push_str("## 2. Sampler cost\n\n");
     out.push_str(
         "The same runs, seen from the sampler: its CPU time while the fixture ran (all its \
          threads, from schedstat), per second of wall time, and its peak resident memory. \
@@ -408,6 +434,43 @@ fn overhead_tables(out: &mut String, r: &Results, overhead: &Overhead) {
             fmt(col(|r| r.sampler_life_cpu_rate), 4),
             mib(rss),
             mib(post_rss)
+        );
+    }
+    out.push('\n');
+    wakeup_table(out, overhead);
+}
+
+/// Section 2, continued: what each sampler costs with nothing to sample, and
+/// how often it wakes up, idle and busy (the measures of issue 20).
+fn wakeup_table(out: &mut String, overhead: &Overhead) {
+    let _ = writeln!(
+        out,
+        "Idle and wake-ups: each sampler recording the whole machine at {} Hz for {:.0} s \
+         with nothing of ours running (after its start-up), then the busy runs above. CPU is \
+         all of its threads' (schedstat, as `perf stat -e task-clock`); wake-ups are their \
+         context switches, voluntary and not, per second. perf's folding is not included.\n",
+        overhead::IDLE_HZ,
+        overhead::IDLE_SECONDS
+    );
+    out.push_str("| sampler | idle, % of a core | idle, wake-ups/s | busy 99 Hz, % of a core | busy 99 Hz, wake-ups/s | busy 999 Hz, % of a core | busy 999 Hz, wake-ups/s |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    for (sampler, idle) in &overhead.idle {
+        let busy = |hz, f: fn(&overhead::Run) -> f64| {
+            let runs = overhead.runs_of(Config {
+                sampler: Some(*sampler),
+                hz,
+            });
+            median(&runs.iter().map(f).collect::<Vec<_>>())
+        };
+        let _ = writeln!(
+            out,
+            "| {sampler} | {} | {:.1} | {} | {} | {} | {} |",
+            percent(Some(idle.cpu_rate)),
+            idle.wakeup_rate,
+            percent(busy(99, |r| r.sampler_cpu_rate)),
+            fmt(busy(99, |r| r.sampler_wakeup_rate), 1),
+            percent(busy(999, |r| r.sampler_cpu_rate)),
+            fmt(busy(999, |r| r.sampler_wakeup_rate), 1),
         );
     }
     out.push('\n');
@@ -606,7 +669,12 @@ fn off_cpu_table(out: &mut String, r: &Results, off_cpu: &OffCpu) {
             fmt(col(runs, |r| r.cpu), 3),
         );
     }
-    // Losses change what a recording is worth: quote the samplers' own words.
+    off_cpu_losses(out, off_cpu);
+}
+
+/// What the samplers of section 7 said they lost: losses change what a
+/// recording is worth, so their own words are quoted.
+fn off_cpu_losses(out: &mut String, off_cpu: &OffCpu) {
     let mut losses = String::new();
     for (sampler, runs) in &off_cpu.runs {
         let lossy = runs.iter().filter(|r| !r.losses.is_empty()).count();

@@ -240,6 +240,55 @@ pub fn find_py_spy() -> Found {
     Ok((path, version.trim().to_owned()))
 }
 
+/// bpftrace counting (comm, kernel stack, user stack) on a clock or at each switch.
+fn bpftrace_command(tools: &Tools, scope: Scope, event: Event) -> Command {
+    let probe = match event {
+        Event::Clock(hz) => format!("profile:hz:{hz}"),
+        // It fires in the thread being switched out, so `pid` is the one that waits.
+        Event::OffCpu => "tracepoint:sched:sched_switch".into(),
+    };
+    let filter = match scope {
+        Scope::All => String::new(),
+        Scope::Pid(pid) => format!("/pid == {pid}/ "),
+    };
+    let program = format!("{probe} {filter}{{ @[comm, kstack, ustack] = count(); }}");
+    let mut cmd = Command::new(tools.bpftrace());
+    // The default of 4096 map entries drops stacks in the many-stacks run.
+    cmd.env("BPFTRACE_MAP_KEYS_MAX", "65536")
+        .args(["-e", &program]);
+    cmd
+}
+
+/// bcc's offcputime, the whole machine or one process.
+fn offcputime_command(tools: &Tools, scope: Scope) -> Command {
+    let mut cmd = Command::new(tools.offcputime());
+    if let Scope::Pid(pid) = scope {
+        cmd.args(["-p", &pid.to_string()]);
+    }
+    // Its `Tracing` line must reach the file when it is printed, not at exit.
+    cmd.env("PYTHONUNBUFFERED", "1");
+    cmd
+}
+
+/// `py-spy record` of one process, as raw folded stacks.
+fn py_spy_command(tools: &Tools, pid: u32, hz: u32, nonblocking: bool, output: &Path) -> Command {
+    let mut cmd = Command::new(tools.py_spy());
+    // `raw` is folded stacks, one `frame (file:line)` per frame.
+    cmd.args([
+        "record",
+        "--pid",
+        &pid.to_string(),
+        "--rate",
+        &hz.to_string(),
+    ])
+    .args(["--format", "raw", "-o"])
+    .arg(output);
+    if nonblocking {
+        cmd.arg("--nonblocking");
+    }
+    cmd
+}
+
 /// bcc's tools directory, or Debian's `-bpfcc` name on PATH.
 fn find_offcputime() -> Found {
     let bcc_tools = Path::new("/usr/share/bcc/tools/offcputime");
@@ -291,109 +340,24 @@ impl Sampler {
         extra: &[&str],
     ) -> Result<Running> {
         let log = dir.join("sampler.log");
-        let output = dir.join(match self {
-            Sampler::Tripod(_) | Sampler::TripodNoPython if format == Format::Log => "tripod.log",
-            Sampler::Tripod(_) | Sampler::TripodNoPython => "tripod.folded",
-            Sampler::PerfFp | Sampler::PerfDwarf => "perf.data",
-            Sampler::Bpftrace => "bpftrace.out",
-            Sampler::Offcputime => "offcputime.out",
-            Sampler::PySpy { .. } => "py-spy.raw",
-        });
+        let output = dir.join(self.output_name(format));
         let mut cmd = match self {
             Sampler::Tripod(_) | Sampler::TripodNoPython => {
-                let mut cmd = Command::new(&tools.tripod);
-                match scope {
-                    Scope::All => cmd.arg("--all"),
-                    Scope::Pid(pid) => cmd.args(["--pid", &pid.to_string()]),
-                };
-                match event {
-                    Event::Clock(hz) => cmd.args(["-F", &hz.to_string()]),
-                    Event::OffCpu => cmd.args(["--mode", "off-cpu"]),
-                };
-                let format = if format == Format::Log {
-                    "log"
-                } else {
-                    "folded"
-                };
-                let unwind = match self {
-                    Sampler::Tripod(unwind) => unwind,
-                    _ => Unwind::Auto,
-                };
-                cmd.args(["--unwind", unwind.arg(), "-f", format, "-o"])
-                    .arg(&output);
-                if self == Sampler::TripodNoPython {
-                    cmd.arg("--no-python");
-                }
-                cmd
+                self.tripod_command(tools, scope, event, format, &output)
             }
-            Sampler::PerfFp | Sampler::PerfDwarf => {
-                let mut cmd = Command::new(tools.perf());
-                cmd.arg("record");
-                match event {
-                    Event::Clock(hz) => cmd.args(["-F", &hz.to_string()]),
-                    // perf records every hit of a tracepoint (a period of 1) by default.
-                    Event::OffCpu => cmd.args(["-e", "sched:sched_switch"]),
-                };
-                cmd.arg("-o").arg(&output);
-                if self == Sampler::PerfFp {
-                    cmd.arg("-g");
-                } else {
-                    cmd.args(["--call-graph", "dwarf"]);
-                }
-                match scope {
-                    Scope::All => cmd.arg("-a"),
-                    Scope::Pid(pid) => cmd.args(["-p", &pid.to_string()]),
-                };
-                cmd
-            }
-            Sampler::Bpftrace => {
-                let probe = match event {
-                    Event::Clock(hz) => format!("profile:hz:{hz}"),
-                    // It fires in the thread being switched out, so `pid` is the one that waits.
-                    Event::OffCpu => "tracepoint:sched:sched_switch".into(),
-                };
-                let filter = match scope {
-                    Scope::All => String::new(),
-                    Scope::Pid(pid) => format!("/pid == {pid}/ "),
-                };
-                let program = format!("{probe} {filter}{{ @[comm, kstack, ustack] = count(); }}");
-                let mut cmd = Command::new(tools.bpftrace());
-                // The default of 4096 map entries drops stacks in the many-stacks run.
-                cmd.env("BPFTRACE_MAP_KEYS_MAX", "65536")
-                    .args(["-e", &program]);
-                cmd
-            }
+            Sampler::PerfFp | Sampler::PerfDwarf => self.perf_command(tools, scope, event, &output),
+            Sampler::Bpftrace => bpftrace_command(tools, scope, event),
             Sampler::Offcputime => {
                 if event != Event::OffCpu {
                     bail!("{self} records only off-CPU time");
                 }
-                let mut cmd = Command::new(tools.offcputime());
-                if let Scope::Pid(pid) = scope {
-                    cmd.args(["-p", &pid.to_string()]);
-                }
-                // Its `Tracing` line must reach the file when it is printed, not at exit.
-                cmd.env("PYTHONUNBUFFERED", "1");
-                cmd
+                offcputime_command(tools, scope)
             }
             Sampler::PySpy { nonblocking } => {
                 let (Event::Clock(hz), Scope::Pid(pid)) = (event, scope) else {
                     bail!("{self} samples one process on a clock");
                 };
-                let mut cmd = Command::new(tools.py_spy());
-                // `raw` is folded stacks, one `frame (file:line)` per frame.
-                cmd.args([
-                    "record",
-                    "--pid",
-                    &pid.to_string(),
-                    "--rate",
-                    &hz.to_string(),
-                ])
-                .args(["--format", "raw", "-o"])
-                .arg(&output);
-                if nonblocking {
-                    cmd.arg("--nonblocking");
-                }
-                cmd
+                py_spy_command(tools, pid, hz, nonblocking, &output)
             }
         };
         cmd.args(extra);
@@ -417,6 +381,75 @@ impl Sampler {
         };
         running.wait_ready()?;
         Ok(running)
+    }
+
+    /// The name of the file the sampler's output goes to.
+    fn output_name(self, format: Format) -> &'static str {
+        match self {
+            Sampler::Tripod(_) | Sampler::TripodNoPython if format == Format::Log => "tripod.log",
+            Sampler::Tripod(_) | Sampler::TripodNoPython => "tripod.folded",
+            Sampler::PerfFp | Sampler::PerfDwarf => "perf.data",
+            Sampler::Bpftrace => "bpftrace.out",
+            Sampler::Offcputime => "offcputime.out",
+            Sampler::PySpy { .. } => "py-spy.raw",
+        }
+    }
+
+    /// tripod-bpf (either unwinder, or without Python frames).
+    fn tripod_command(
+        self,
+        tools: &Tools,
+        scope: Scope,
+        event: Event,
+        format: Format,
+        output: &Path,
+    ) -> Command {
+        let mut cmd = Command::new(&tools.tripod);
+        match scope {
+            Scope::All => cmd.arg("--all"),
+            Scope::Pid(pid) => cmd.args(["--pid", &pid.to_string()]),
+        };
+        match event {
+            Event::Clock(hz) => cmd.args(["-F", &hz.to_string()]),
+            Event::OffCpu => cmd.args(["--mode", "off-cpu"]),
+        };
+        let format = if format == Format::Log {
+            "log"
+        } else {
+            "folded"
+        };
+        let unwind = match self {
+            Sampler::Tripod(unwind) => unwind,
+            _ => Unwind::Auto,
+        };
+        cmd.args(["--unwind", unwind.arg(), "-f", format, "-o"])
+            .arg(output);
+        if self == Sampler::TripodNoPython {
+            cmd.arg("--no-python");
+        }
+        cmd
+    }
+
+    /// `perf record` with frame pointers (`-g`) or stack copies (`--call-graph dwarf`).
+    fn perf_command(self, tools: &Tools, scope: Scope, event: Event, output: &Path) -> Command {
+        let mut cmd = Command::new(tools.perf());
+        cmd.arg("record");
+        match event {
+            Event::Clock(hz) => cmd.args(["-F", &hz.to_string()]),
+            // perf records every hit of a tracepoint (a period of 1) by default.
+            Event::OffCpu => cmd.args(["-e", "sched:sched_switch"]),
+        };
+        cmd.arg("-o").arg(output);
+        if self == Sampler::PerfFp {
+            cmd.arg("-g");
+        } else {
+            cmd.args(["--call-graph", "dwarf"]);
+        }
+        match scope {
+            Scope::All => cmd.arg("-a"),
+            Scope::Pid(pid) => cmd.args(["-p", &pid.to_string()]),
+        };
+        cmd
     }
 
     /// Whether the sampler prints its results on stdout (the others write their output file).
@@ -501,6 +534,11 @@ impl Running {
     /// CPU time used so far by the sampler's threads, in nanoseconds.
     pub fn cpu_ns(&self) -> u64 {
         proc::cpu_ns(self.pid())
+    }
+
+    /// Context switches of all its threads so far (see [`proc::context_switches`]).
+    pub fn switches(&self) -> u64 {
+        proc::context_switches(self.pid())
     }
 
     /// Current resident set size.
