@@ -513,6 +513,18 @@ pub fn assert_chain(folded: &str, comm: &str, chain: &[&str], min_samples: u64, 
     );
 }
 
+/// The locals of `paused_here` in `fixtures/python/paused.py`, as `--locals` shows them.
+pub const PAUSED_LOCALS: &[(&str, &str)] = &[
+    ("count", "3"),
+    ("name", "'tripod'"),
+    ("items", "<list of 3 items>"),
+    ("ratio", "0.5"),
+    ("flag", "True"),
+    ("nothing", "None"),
+    ("data", "b'xy'"),
+    ("mapping", "<dict of 1 item>"),
+];
+
 /// Whether the tests run in CI, where nothing may be skipped.
 pub fn in_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")

@@ -130,6 +130,17 @@ fn gcore(pid: u32, dir: &Path) -> Option<PathBuf> {
     }
 }
 
+/// A core of population run from a copy in `dir`, for tests that then move or replace
+/// the executable: the copy's path and the core's; `None` as for [`gcore`].
+fn core_of_a_copy(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let copy = dir.join("population");
+    fs::copy(POPULATION, &copy).unwrap();
+    let fx = Fixture::start(copy.to_str().unwrap(), &[]);
+    settle();
+    let core = gcore(fx.pid(), dir)?;
+    Some((copy, core))
+}
+
 /// Gives population's threads, which say `ready` as they arrive, time to reach the calls
 /// they block in (the spinner never blocks, so there is no state to wait for).
 fn settle() {
@@ -270,14 +281,9 @@ fn a_kernel_core_of_an_aborted_process_is_grouped_like_the_live_dump() {
 fn a_moved_executable_is_named_with_a_hint_and_found_with_exe() {
     let _guard = serial();
     let dir = tempfile::tempdir().unwrap();
-    let copy = dir.path().join("population");
-    fs::copy(POPULATION, &copy).unwrap();
-    let fx = Fixture::start(copy.to_str().unwrap(), &[]);
-    settle();
-    let Some(core) = gcore(fx.pid(), dir.path()) else {
+    let Some((copy, core)) = core_of_a_copy(dir.path()) else {
         return;
     };
-    drop(fx);
     let moved = dir.path().join("population.moved");
     fs::rename(&copy, &moved).unwrap();
 
@@ -328,14 +334,9 @@ fn a_moved_executable_is_named_with_a_hint_and_found_with_exe() {
 fn a_replaced_executable_is_marked_changed_not_used() {
     let _guard = serial();
     let dir = tempfile::tempdir().unwrap();
-    let copy = dir.path().join("population");
-    fs::copy(POPULATION, &copy).unwrap();
-    let fx = Fixture::start(copy.to_str().unwrap(), &[]);
-    settle();
-    let Some(core) = gcore(fx.pid(), dir.path()) else {
+    let Some((copy, core)) = core_of_a_copy(dir.path()) else {
         return;
     };
-    drop(fx);
     // Another program at the same path, as a rebuild leaves it.
     fs::remove_file(&copy).unwrap();
     fs::copy(CHAIN_FP, &copy).unwrap();
@@ -426,16 +427,7 @@ fn a_python_core_shows_python_frames_and_locals() {
             .iter()
             .map(|v| (v["name"].as_str().unwrap(), v["value"].as_str().unwrap()))
             .collect();
-        for expected in [
-            ("count", "3"),
-            ("name", "'tripod'"),
-            ("items", "<list of 3 items>"),
-            ("ratio", "0.5"),
-            ("flag", "True"),
-            ("nothing", "None"),
-            ("data", "b'xy'"),
-            ("mapping", "<dict of 1 item>"),
-        ] {
+        for &expected in PAUSED_LOCALS {
             assert!(
                 variables.contains(&expected),
                 "{minor}: {expected:?} not in {variables:?}"

@@ -449,17 +449,7 @@ fn dump_locals_show_values() {
     }
     let script = python_fixture("paused.py");
     let ranges = fixture_ranges(&script, &["main", "paused_here"]);
-    let expected: BTreeMap<&str, &str> = [
-        ("count", "3"),
-        ("name", "'tripod'"),
-        ("items", "<list of 3 items>"),
-        ("ratio", "0.5"),
-        ("flag", "True"),
-        ("nothing", "None"),
-        ("data", "b'xy'"),
-        ("mapping", "<dict of 1 item>"),
-    ]
-    .into();
+    let expected: BTreeMap<&str, &str> = PAUSED_LOCALS.iter().copied().collect();
     for python in python_interpreters() {
         let fx = Fixture::start(&python, &[&script]);
         let pid = fx.pid();

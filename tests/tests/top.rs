@@ -146,6 +146,30 @@ fn settled(screen: &str) -> bool {
     window_seconds(screen).is_some_and(|s| s >= 2.5) && heavy_share(&rows(screen)).is_some()
 }
 
+/// A shell command line for the pane: `top` with `options`, then its exit status and
+/// whether the terminal is back in cooked mode (echo and canonical input on), then a pause
+/// so the pane can still be read.
+fn top_then_terminal_state(options: &str) -> String {
+    format!(
+        "'{}' top {options}; echo top-exit=$?; \
+         if stty -a | grep -qw -e -icanon -e -echo; then echo terminal-raw; \
+         else echo terminal-cooked; fi; sleep 600",
+        tripod_bin().display()
+    )
+}
+
+/// Presses q and checks that top exited 0 and left the terminal cooked; the screen after.
+fn quit_with_q(pane: &Pane) -> String {
+    pane.press("q");
+    let after = pane.wait_for("top's exit", |s| s.contains("terminal-"));
+    assert!(after.contains("top-exit=0"), "q must exit 0:\n{after}");
+    assert!(
+        after.contains("terminal-cooked"),
+        "raw mode left on:\n{after}"
+    );
+    after
+}
+
 #[test]
 fn top_on_a_terminal_shows_the_split_and_answers_keys() {
     if !require_bpf() {
@@ -156,17 +180,8 @@ fn top_on_a_terminal_shows_the_split_and_answers_keys() {
     };
     let _guard = serial();
     let fixture = Fixture::start(SPLIT_FP, &[]);
-    let bin = tripod_bin();
-    // After top: its exit status, whether the terminal is back in cooked mode (echo and
-    // canonical input on), then a pause so the pane can still be read.
-    let command = format!(
-        "'{}' top -p {} -F 499 --delay 1 --window 3; echo top-exit=$?; \
-         if stty -a | grep -qw -e -icanon -e -echo; then echo terminal-raw; \
-         else echo terminal-cooked; fi; sleep 600",
-        bin.display(),
-        fixture.pid()
-    );
-    let pane = Pane::start(&tmux, &command);
+    let options = format!("-p {} -F 499 --delay 1 --window 3", fixture.pid());
+    let pane = Pane::start(&tmux, &top_then_terminal_state(&options));
 
     let screen = pane.wait_for("heavy and light over a full window", settled);
     assert!(
@@ -199,13 +214,7 @@ fn top_on_a_terminal_shows_the_split_and_answers_keys() {
     pane.wait_for("that the target exited", |s| {
         s.contains("every target process has exited; press q to quit")
     });
-    pane.press("q");
-    let after = pane.wait_for("top's exit", |s| s.contains("terminal-"));
-    assert!(after.contains("top-exit=0"), "q must exit 0:\n{after}");
-    assert!(
-        after.contains("terminal-cooked"),
-        "raw mode left on:\n{after}"
-    );
+    let after = quit_with_q(&pane);
     // Back on the main screen: nothing of the table is left.
     assert_eq!(
         pane.run(&["display", "-p", "-t", "top", "#{alternate_on}"])
@@ -225,22 +234,12 @@ fn q_quits_a_running_view_and_gives_the_terminal_back() {
     };
     let _guard = serial();
     let fixture = Fixture::start(SPLIT_FP, &[]);
-    let command = format!(
-        "'{}' top -p {}; echo top-exit=$?; \
-         if stty -a | grep -qw -e -icanon -e -echo; then echo terminal-raw; \
-         else echo terminal-cooked; fi; sleep 600",
-        tripod_bin().display(),
-        fixture.pid()
+    let pane = Pane::start(
+        &tmux,
+        &top_then_terminal_state(&format!("-p {}", fixture.pid())),
     );
-    let pane = Pane::start(&tmux, &command);
     pane.wait_for("a row", |s| !rows(s).is_empty());
-    pane.press("q");
-    let after = pane.wait_for("top's exit", |s| s.contains("terminal-"));
-    assert!(after.contains("top-exit=0"), "q must exit 0:\n{after}");
-    assert!(
-        after.contains("terminal-cooked"),
-        "raw mode left on:\n{after}"
-    );
+    let after = quit_with_q(&pane);
     assert!(!after.contains("%Own"), "the view is still shown:\n{after}");
 }
 

@@ -65,6 +65,11 @@ pub fn measure(bench: &mut Bench, options: &Options) -> Result<Vec<(Config, Vec<
     let mut results: Vec<(Config, Vec<Run>)> = configs.iter().map(|c| (*c, Vec::new())).collect();
     for round in 0..options.short_runs {
         for (config, runs) in results.iter_mut() {
+            // bpftrace symbolizes every stack as it exits, which takes minutes here: one
+            // round says what a user waits for.
+            if round > 0 && config.sampler == Sampler::Bpftrace {
+                continue;
+            }
             let label = describe(*config);
             match run_once(bench, *config, options.latency_seconds) {
                 Ok(run) => {

@@ -541,7 +541,8 @@ fn latency_table(out: &mut String, r: &Results, latency: &[(latency::Config, Vec
          whole machine at {} Hz for {} s; then SIGINT. \"Stop\" is the time from SIGINT until \
          the sampler has exited, its output complete. perf's output then still needs `perf \
          script` and collapsing before it shows a stack; that is the next column. Medians of \
-         {} round(s). Distinct stacks are counted in each sampler's folded output for the \
+         {} round(s) (bpftrace: one, since it symbolizes every stack for minutes as it \
+         exits). Distinct stacks are counted in each sampler's folded output for the \
          fixture's processes (for the log format: tripod-bpf's own count, all processes).\n",
         latency::PROCESSES,
         latency::HZ,

@@ -50,6 +50,9 @@ pub enum Sampler {
 pub enum Unwind {
     Fp,
     Dwarf,
+    /// The stack walked in the kernel with rows compiled from `.eh_frame`.
+    Tables,
+    /// The default, whatever `auto` picks.
     Auto,
 }
 
@@ -58,6 +61,7 @@ impl Unwind {
         match self {
             Unwind::Fp => "fp",
             Unwind::Dwarf => "dwarf",
+            Unwind::Tables => "tables",
             Unwind::Auto => "auto",
         }
     }
@@ -136,6 +140,7 @@ impl Tools {
         let mut samplers = vec![
             Sampler::Tripod(Unwind::Fp),
             Sampler::Tripod(Unwind::Dwarf),
+            Sampler::Tripod(Unwind::Tables),
             Sampler::Tripod(Unwind::Auto),
         ];
         if self.perf.is_ok() {
@@ -149,7 +154,11 @@ impl Tools {
 
     /// Every sampler that can record off-CPU time here, tripod-bpf's first.
     pub fn off_cpu_samplers(&self) -> Vec<Sampler> {
-        let mut samplers = vec![Sampler::Tripod(Unwind::Dwarf), Sampler::Tripod(Unwind::Fp)];
+        let mut samplers = vec![
+            Sampler::Tripod(Unwind::Dwarf),
+            Sampler::Tripod(Unwind::Tables),
+            Sampler::Tripod(Unwind::Fp),
+        ];
         if self.perf.is_ok() {
             samplers.extend([Sampler::PerfFp, Sampler::PerfDwarf]);
         }
