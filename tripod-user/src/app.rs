@@ -75,12 +75,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
         source.event().name(),
         child.as_ref().map(|c| c.pid),
     );
-    announce(&config, &run_info, &output.name);
     let pusher = start_pusher(&config);
     let mut status = StatusLine::new(config.quiet);
     let counters = source.counters()?;
     let mut pipeline = new_pipeline(
-        &config, &cgroups, run_info, rules, processes, python, counters,
+        &config,
+        &cgroups,
+        run_info.clone(),
+        rules,
+        processes,
+        python,
+        counters,
     );
     if config.unwind == UnwindMode::Tables {
         let pids = match &config.target {
@@ -90,6 +95,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
         pipeline.unwind_in_kernel(&pids);
         pipeline.tell_python(source);
     }
+    // Announced once the named targets' rows are asked for (they are compiled on
+    // another thread; their stacks are copied until the rows are in the kernel).
+    announce(&config, &run_info, &output.name);
     // Other processes are checked for Python as they are sampled.
     if let Some(child) = &child {
         pipeline.track(child.pid);

@@ -34,13 +34,17 @@ pub struct Ingest {
     table_candidates: Option<Vec<u32>>,
     /// `--unwind tables`: when each process's rows were last sent again
     /// because one of its stacks was copied (see [`Ingest::unwind`]).
-    tables_resent: HashMap<u32, Instant>,
+    /// When, and how long until the next may be.
+    tables_resent: HashMap<u32, (Instant, Duration)>,
 }
 
-/// How often, at most, a process's rows are rebuilt because its stacks
-/// are still copied (a library it loaded since, say).
-/// The same period as the process table's re-reads of `/proc/PID/maps`.
+/// How soon a process's rows are first rebuilt because its stacks are still
+/// copied (a library it loaded since, say): the same period as the process
+/// table's re-reads of `/proc/PID/maps`. Each rebuild doubles the wait, up
+/// to [`TABLES_RESEND_MAX`]: code no rows will ever cover (JIT code, a file
+/// over the bound) must not cost a `/proc` read four times a second.
 const TABLES_RESEND_INTERVAL: Duration = Duration::from_millis(250);
+const TABLES_RESEND_MAX: Duration = Duration::from_secs(16);
 
 impl Ingest {
     pub fn new(python: Python, collect_user: bool) -> Self {
@@ -65,6 +69,8 @@ impl Ingest {
         let Some(candidates) = self.table_candidates.as_mut() else {
             return Vec::new();
         };
+        // Processes whose files' rows arrived: their rows are sent again, whole.
+        candidates.extend(self.unwinder.tables_compiled());
         let mut pids = std::mem::take(candidates);
         pids.sort_unstable();
         pids.dedup();
@@ -83,25 +89,24 @@ impl Ingest {
     /// `--unwind tables`: a stack of `pid` was copied, so its rows lacked
     /// something (a library mapped after they were built, typically: a
     /// command's libraries are loaded after its exec); they are rebuilt
-    /// from the mappings as now known, at most once per
-    /// [`TABLES_RESEND_INTERVAL`].
+    /// from the mappings as now known, less and less often (see
+    /// [`TABLES_RESEND_INTERVAL`]).
     fn resend_tables(&mut self, pid: u32, processes: &mut ProcessTable) {
         if self.table_candidates.is_none() {
             return;
         }
         let now = Instant::now();
-        let recent = self
-            .tables_resent
-            .get(&pid)
-            .is_some_and(|last| now.duration_since(*last) < TABLES_RESEND_INTERVAL);
-        if !recent {
-            self.tables_resent.insert(pid, now);
-            // No address is mapped at 0: the mappings are read again if
-            // they were not lately (off-CPU copies are unwound with the
-            // sideband's records, which leave `/proc`'s snapshot as it was).
-            processes.locate(pid, 0);
-            self.queue_tables(pid);
-        }
+        let wait = match self.tables_resent.get(&pid) {
+            Some(&(last, wait)) if now.duration_since(last) < wait => return,
+            Some(&(_, wait)) => (wait * 2).min(TABLES_RESEND_MAX),
+            None => TABLES_RESEND_INTERVAL,
+        };
+        self.tables_resent.insert(pid, (now, wait));
+        // No address is mapped at 0: the mappings are read again if they
+        // were not lately (off-CPU copies are unwound with the sideband's
+        // records, which leave `/proc`'s snapshot as it was).
+        processes.locate(pid, 0);
+        self.queue_tables(pid);
     }
 
     /// Files whose call frame information could not be compiled:

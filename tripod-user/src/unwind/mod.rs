@@ -39,6 +39,7 @@
 //! mapping; the mappings are then re-read (at most once per
 //! [`REFRESH_INTERVAL`] per process) and the stack unwound again.
 pub(crate) mod bridge;
+mod compiler;
 pub(crate) mod elf;
 pub(crate) mod tables;
 #[cfg(test)]
@@ -56,8 +57,6 @@ use framehop::{
     FrameAddress, Unwinder as _,
 };
 
-use tripod_common::UnwindRow;
-
 use crate::{
     mappings::{InForceKey, MappingHistory},
     model::TableMapping,
@@ -65,6 +64,7 @@ use crate::{
     stack::{Gap, RawFrame, Space},
 };
 use bridge::{Regs, Stack};
+use compiler::TableCompiler;
 pub(crate) use elf::{load_bias, LoadSegment};
 use elf::{Bytes, UnwindFile};
 
@@ -94,8 +94,8 @@ pub struct Unwinder {
     vdso: Option<Option<Arc<UnwindFile>>>,
     processes: HashMap<u32, ProcessUnwinder>,
     /// `--unwind tables`: each file's rows by module id (the vDSO's under
-    /// [`VDSO_ID`]), or why it has none.
-    compiled: HashMap<usize, Result<Arc<[UnwindRow]>, tables::Uncompilable>>,
+    /// [`VDSO_ID`]), compiled on a thread of their own.
+    compiler: TableCompiler,
 }
 
 /// The key of the vDSO's rows among the files' (module ids count up from 0).
@@ -156,14 +156,15 @@ impl Unwinder {
             files: HashMap::new(),
             vdso: None,
             processes: HashMap::new(),
-            compiled: HashMap::new(),
+            compiler: TableCompiler::default(),
         }
     }
 
     /// `--unwind tables`: the executable mappings of `pid` (as `/proc`
-    /// shows them now) whose files' call frame information compiled, with
-    /// their rows; each file is compiled once per run. `None` when the
-    /// mappings are unknown.
+    /// shows them now) whose files' rows are compiled, with the rows. A
+    /// file not compiled yet is asked for and left out: [`Self::tables_compiled`]
+    /// names `pid` once it is done. Each file is compiled once per run.
+    /// `None` when the mappings are unknown.
     pub fn tables(&mut self, pid: u32, processes: &mut ProcessTable) -> Option<Vec<TableMapping>> {
         let (_, views) = processes.mappings(pid)?;
         let vdso = self
@@ -187,11 +188,7 @@ impl Unwinder {
             let Some(bias) = file.bias(view.start, view.file_offset) else {
                 continue;
             };
-            let compiled = self
-                .compiled
-                .entry(id)
-                .or_insert_with(|| tables::compile(&file).map(Arc::from));
-            if let Ok(rows) = compiled {
+            if let Some(Ok(rows)) = self.compiler.rows(id, &file, pid) {
                 out.push(TableMapping {
                     start: view.start,
                     end: view.end,
@@ -205,17 +202,24 @@ impl Unwinder {
         Some(out)
     }
 
+    /// `--unwind tables`: the processes whose files were compiled since the
+    /// last call, for [`Self::tables`] again.
+    pub fn tables_compiled(&mut self) -> Vec<u32> {
+        self.compiler.finished()
+    }
+
+    /// [`Self::tables_compiled`], once every file asked for is compiled or
+    /// at `deadline` (for tests).
+    #[cfg(test)]
+    pub fn wait_for_tables(&mut self, deadline: Instant) -> Vec<u32> {
+        self.compiler.wait(deadline)
+    }
+
     /// Files whose call frame information could not be compiled, by reason.
     pub fn uncompilable(&self) -> (usize, usize) {
-        let failed = |why| {
-            self.compiled
-                .values()
-                .filter(|c| c.as_ref().err() == Some(&why))
-                .count()
-        };
         (
-            failed(tables::Uncompilable::Malformed),
-            failed(tables::Uncompilable::TooManyRows),
+            self.compiler.failed(tables::Uncompilable::Malformed),
+            self.compiler.failed(tables::Uncompilable::TooManyRows),
         )
     }
 

@@ -69,6 +69,8 @@ impl Results {
 /// The sampler the "complete stacks" targets are about, and the default one.
 const DWARF: Sampler = Sampler::Tripod(Unwind::Dwarf);
 const DEFAULT: Sampler = Sampler::Tripod(Unwind::Auto);
+/// The off-CPU section runs tripod-bpf's explicit modes only: this one is the default's.
+const DEFAULT_OFF_CPU: Sampler = Sampler::Tripod(Unwind::Tables);
 
 pub fn render(r: &Results) -> String {
     let mut out = String::new();
@@ -216,6 +218,7 @@ fn standing(out: &mut String, r: &Results) {
         let _ = writeln!(out, "| {target} | {measured} | {} |", status(met));
     };
     overhead_rows(&mut row, r);
+    cost_rows(&mut row, r);
     churn_and_split_rows(&mut row, r);
     latency_row(&mut row, r);
     dump_row(&mut row, r);
@@ -246,6 +249,74 @@ fn overhead_rows(row: &mut impl FnMut(&str, String, Option<bool>), r: &Results) 
         cpu99.map(|c| c <= 0.01),
     );
 }
+
+/// Issue 20's targets on the sampler's own cost (section 2), busy and idle, and on
+/// off-CPU time recorded without drops (section 7).
+fn cost_rows(row: &mut impl FnMut(&str, String, Option<bool>), r: &Results) {
+    const FP: Sampler = Sampler::Tripod(Unwind::Fp);
+    let o = r.overhead.as_ref();
+    let cpu = |sampler, hz| o.and_then(|o| sampler_cpu(o, sampler, hz));
+    let both = |hz| (cpu(DEFAULT, hz), cpu(FP, hz));
+    for (hz, limit) in [(99, 0.001), (999, 0.0025)] {
+        let (default, fp) = both(hz);
+        row(
+            &format!(
+                "sampler CPU ≤ {:.2}% of a core at {hz} Hz, both CPUs busy, default and fp",
+                limit * 100.0
+            ),
+            format!("{} (default), {} (fp)", percent(default), percent(fp)),
+            default.zip(fp).map(|(d, f)| d <= limit && f <= limit),
+        );
+    }
+    let idle = o.and_then(|o| {
+        o.idle
+            .iter()
+            .find(|(s, _)| *s == DEFAULT)
+            .map(|(_, run)| *run)
+    });
+    row(
+        "idle machine: sampler CPU ≤ 0.05% of a core and ≤ 2 wake-ups a second (default)",
+        idle.map_or("–".into(), |i| {
+            format!(
+                "{}, {:.1} wake-ups/s",
+                percent(Some(i.cpu_rate)),
+                i.wakeup_rate
+            )
+        }),
+        idle.map(|i| i.cpu_rate <= 0.0005 && i.wakeup_rate <= 2.0),
+    );
+    off_cpu_row(row, r);
+}
+
+/// Off-CPU time the default records against `--unwind fp`'s, and whether it dropped any.
+fn off_cpu_row(row: &mut impl FnMut(&str, String, Option<bool>), r: &Results) {
+    let recorded = |sampler| {
+        r.off_cpu.as_ref().map(|off| {
+            let runs = off.runs_of(Some(sampler));
+            let time = median(&runs.iter().map(|r| r.recorded as f64).collect::<Vec<_>>());
+            (time, runs.iter().filter(|r| !r.losses.is_empty()).count())
+        })
+    };
+    let (Some((default, lossy)), Some((fp, _))) = (
+        recorded(DEFAULT_OFF_CPU),
+        recorded(Sampler::Tripod(Unwind::Fp)),
+    ) else {
+        row(OFF_CPU_TARGET, "–".into(), None);
+        return;
+    };
+    let ratio = ratio(default, fp);
+    row(
+        OFF_CPU_TARGET,
+        format!(
+            "{DEFAULT_OFF_CPU} records {} of fp's time; runs with drops: {lossy}",
+            ratio.map_or("–".into(), |x| format!("{:.1}%", x * 100.0))
+        ),
+        ratio.map(|x| (x - 1.0).abs() <= 0.05 && lossy == 0),
+    );
+}
+
+const OFF_CPU_TARGET: &str =
+    "off-CPU ping-pong: recorded time within 5% of `--unwind fp`'s, no ring-buffer drops";
 
 /// The targets on memory under churn (section 6) and the 3:1 split (section 3).
 fn churn_and_split_rows(row: &mut impl FnMut(&str, String, Option<bool>), r: &Results) {
