@@ -24,6 +24,7 @@
 pub mod aggregate;
 pub mod annotate;
 pub mod app;
+pub mod bounded;
 pub mod cadence;
 pub mod cgroup;
 pub mod cli;
