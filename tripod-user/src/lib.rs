@@ -18,12 +18,14 @@
 //! [`signals`] tells the runs when to stop; [`cgroup`] names the cgroup and
 //! container of each sampled process.
 //! Everything said to the user on stderr goes through [`messages`].
+//! [`bounded`] holds the caches that stay bounded and the shared names.
 //! Names that come from targets are escaped by [`text`] where they enter;
 //! every file read for a target is opened by [`target_file`], and the files
 //! the user names by [`input`] under the same policy.
 pub mod aggregate;
 pub mod annotate;
 pub mod app;
+pub mod bounded;
 pub mod cadence;
 pub mod cgroup;
 pub mod cli;

@@ -21,6 +21,7 @@ use std::{
 
 use crate::{
     aggregate::{StackEntry, StackId, StackTable},
+    bounded::BoundedCache,
     jit::{self, DumpFile, JitMaps},
     mappings::{MappingHistory, NotLocated},
     model::{Frame, Unknown},
@@ -34,6 +35,11 @@ use crate::{
 /// The module of every kernel frame, allocated once.
 static KERNEL_MODULE: std::sync::LazyLock<Arc<str>> =
     std::sync::LazyLock::new(|| "[kernel]".into());
+
+/// How many kernel addresses keep their frames between reports before that
+/// cache is emptied (see [`crate::bounded`]): kernel addresses belong to no
+/// process, so retiring processes never frees them.
+pub const KERNEL_FRAMES_CAPACITY: usize = 32_768;
 
 /// Frames, outermost first, symbolized.
 pub type Frames = Arc<[Arc<Frame>]>;
@@ -110,11 +116,13 @@ fn without_addresses(frames: Option<&Frames>, pool: &mut HashSet<Arc<Frame>>) ->
 }
 
 /// Resolves stacks, each distinct (process, address) once per run.
-#[derive(Default)]
 pub struct Resolver {
     symbolizer: Symbolizer,
-    /// Frames for (process, image, raw frame); kernel frames use process 0.
+    /// Frames for (process, image, raw frame) of user addresses, freed
+    /// with their process.
     cache: HashMap<CacheKey, Arc<[Arc<Frame>]>>,
+    /// Frames of kernel addresses, the same in every process: bounded.
+    kernel: KernelFrames,
     /// Addresses located but not yet symbolized (None: a kernel address or a gap).
     located: HashMap<CacheKey, Option<Location>>,
     /// Stacks whose frames are not assembled yet.
@@ -125,9 +133,34 @@ pub struct Resolver {
     stacks: StackFrames,
 }
 
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver {
+            symbolizer: Symbolizer::default(),
+            cache: HashMap::new(),
+            kernel: BoundedCache::new(KERNEL_FRAMES_CAPACITY),
+            located: HashMap::new(),
+            waiting: Vec::new(),
+            jit: JitMaps::default(),
+            stacks: StackFrames::default(),
+        }
+    }
+}
+
 impl Resolver {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A resolver whose caches of kernel frames and of named addresses
+    /// empty past tiny sizes, for tests of what happens then.
+    #[cfg(test)]
+    fn with_capacities(kernel_frames: usize, symbols: usize) -> Self {
+        Resolver {
+            symbolizer: Symbolizer::with_capacities(symbols, symbols),
+            kernel: BoundedCache::new(kernel_frames),
+            ..Self::default()
+        }
     }
 
     /// Locates every address of the given new stacks in its process's
@@ -145,7 +178,7 @@ impl Resolver {
             let entry = stacks.get(id);
             for raw in entry.raw.iter() {
                 let key = cache_key(entry, raw);
-                if self.cache.contains_key(&key) || self.located.contains_key(&key) {
+                if self.cached(&key).is_some() || self.located.contains_key(&key) {
                     continue;
                 }
                 let location = match (raw.space(), raw.lookup_address()) {
@@ -191,12 +224,20 @@ impl Resolver {
         self.stacks.merged(stacks, name, id)
     }
 
+    /// The frames cached for an address.
+    fn cached(&self, key: &CacheKey) -> Option<&Arc<[Arc<Frame>]>> {
+        match key.2.space() {
+            Space::Kernel => self.kernel.get(&key.2),
+            Space::User => self.cache.get(key),
+        }
+    }
+
     /// Drops the cached frames of processes for which `gone` is true, and
     /// the frames of the stacks `freed`.
     pub fn forget(&mut self, gone: impl Fn(u32) -> bool, freed: &[StackId]) {
         self.stacks.forget(freed);
-        // Kernel frames are cached under pid 0, which never exits.
-        self.cache.retain(|(pid, _, _), _| *pid == 0 || !gone(*pid));
+        self.cache.retain(|(pid, _, _), _| !gone(*pid));
+        // Kernel addresses are located under pid 0, which never exits.
         self.located
             .retain(|(pid, _, _), _| *pid == 0 || !gone(*pid));
         self.jit.retain(|pid| !gone(pid));
@@ -205,8 +246,10 @@ impl Resolver {
     /// The sizes of the caches, for debug logs.
     pub fn sizes(&self) -> String {
         format!(
-            "{} cached addresses, {} located, {} stacks waiting, {}",
+            "{} cached user and {} kernel addresses, {}, {} located, {} stacks waiting, {}",
             self.cache.len(),
+            self.kernel.len(),
+            self.symbolizer.sizes(),
             self.located.len(),
             self.waiting.len(),
             self.jit.sizes()
@@ -255,7 +298,10 @@ impl Resolver {
                 RawFrame::Python(id) => Arc::from(vec![python.frame(id)]),
                 raw => self.frames(&raw, location),
             };
-            self.cache.insert(key, frames);
+            match key.2.space() {
+                Space::Kernel => self.kernel.insert(key.2, frames),
+                Space::User => _ = self.cache.insert(key, frames),
+            }
         }
 
         // 4. Assemble each stack, outermost first: user frames, then kernel frames.
@@ -264,7 +310,8 @@ impl Resolver {
             let mut frames = Vec::new();
             for space in [Space::User, Space::Kernel] {
                 for raw in entry.raw.iter().rev().filter(|r| r.space() == space) {
-                    frames.extend(self.cache[&cache_key(entry, raw)].iter().cloned());
+                    let cached = self.cached(&cache_key(entry, raw));
+                    frames.extend(cached.expect("located or cached").iter().cloned());
                 }
             }
             // Stacks taken in a tracepoint end in the machinery that ran tripod's
@@ -275,6 +322,10 @@ impl Resolver {
             python.leave_out_call_machinery(&mut frames);
             self.stacks.insert(id, frames.into());
         }
+        // No stack waits now: the caches may be emptied (the frames built
+        // keep their own references).
+        self.kernel.trim();
+        self.symbolizer.trim();
     }
 
     fn frames(&self, raw: &RawFrame, location: Option<Location>) -> Arc<[Arc<Frame>]> {
@@ -347,6 +398,9 @@ impl Resolver {
         }
     }
 }
+
+/// The frames of kernel addresses, by raw frame.
+type KernelFrames = BoundedCache<RawFrame, Arc<[Arc<Frame>]>>;
 
 /// (process, image, frame): user addresses mean something in one image of
 /// one process only.
@@ -512,6 +566,62 @@ mod tests {
         // Retiring the process frees its stack: its frames go with it.
         resolver.forget(|gone| gone == pid, &[id]);
         assert!(resolver.stack_frames().get(id).is_none());
+    }
+
+    /// The address of a kernel function, from `/proc/kallsyms` (as root).
+    fn kernel_function_address(name: &str) -> u64 {
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms").expect("/proc/kallsyms");
+        let address = kallsyms.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            let address = u64::from_str_radix(fields.next()?, 16).ok()?;
+            let kind = fields.next()?;
+            (kind.eq_ignore_ascii_case("t") && fields.next()? == name).then_some(address)
+        });
+        match address {
+            Some(address) if address != 0 => address,
+            _ => panic!("{name} has no address in /proc/kallsyms: run the unit tests as root"),
+        }
+    }
+
+    #[test]
+    fn kernel_frames_are_named_again_once_their_caches_are_emptied() {
+        let pid = std::process::id();
+        let address = kernel_function_address("schedule");
+        let kernel = |more: &[RawFrame]| {
+            let mut raw = vec![RawFrame::InstructionPointer(Space::Kernel, address)];
+            raw.extend_from_slice(more);
+            raw
+        };
+        let mut processes = ProcessTable::new();
+        let history = MappingHistory::new(crate::mappings::Scope::All);
+        let python = Python::new(PythonFrames::Off);
+        let mut aggregator = Aggregator::new();
+        // Every cache emptied after each batch.
+        let mut resolver = Resolver::with_capacities(0, 0);
+        let mut named = |aggregator: &mut Aggregator, resolver: &mut Resolver, raw: &[RawFrame]| {
+            let (id, new) = aggregator.add(pid, pid, "test", raw, TaskState::Running, 1);
+            assert!(new);
+            resolver.locate(&aggregator.stacks, &[id], &mut processes, &history);
+            resolver.symbolize(&aggregator.stacks, &python);
+            let frames = resolver.stack_frames().get(id).expect("symbolized").clone();
+            (id, frames)
+        };
+        let (first, frames) = named(&mut aggregator, &mut resolver, &kernel(&[]));
+        assert_eq!(frames[0].function.as_deref(), Some("schedule"));
+        assert_eq!(frames[0].address, Some(address));
+        assert_eq!(resolver.kernel.len(), 0, "emptied past its capacity");
+        // The same address in a new stack: looked up again, named the same.
+        let truncated = RawFrame::Gap(Space::Kernel, Gap::Truncated);
+        let (_, frames) = named(&mut aggregator, &mut resolver, &kernel(&[truncated]));
+        assert_eq!(frames[1].function.as_deref(), Some("schedule"));
+        assert_eq!(frames[1].unknown, None);
+        // The first stack keeps its frames.
+        let kept = resolver.stack_frames().get(first).expect("kept");
+        assert_eq!(kept[0].function.as_deref(), Some("schedule"));
+        assert_eq!(
+            resolver.symbolizer.sizes(),
+            "0 user and 0 kernel addresses named"
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@ use blazesym::{
 use object::{Object as _, ObjectSection as _};
 
 use crate::{
+    bounded::{BoundedCache, Names},
     messages,
     model::Unknown,
     process::Module,
@@ -74,6 +75,14 @@ pub enum Resolved {
 /// minute means a file that will never answer.
 pub const WORKER_BUDGET: Duration = Duration::from_secs(30);
 
+/// How many user addresses (by module and offset) and how many kernel
+/// addresses the symbolizer keeps named before it empties that cache (see
+/// [`crate::bounded`]): about 20 MiB each when full, with the names shared.
+/// A run that goes past it looks names up again from the files, which
+/// blazesym keeps parsed.
+pub const USER_CACHE_CAPACITY: usize = 65_536;
+pub const KERNEL_CACHE_CAPACITY: usize = 32_768;
+
 /// Where blazesym and [`debug_files`] look for separate debug files.
 const DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
 
@@ -81,8 +90,8 @@ pub struct Symbolizer {
     worker: Worker,
     /// [`WORKER_BUDGET`]; shorter in tests.
     budget: Duration,
-    user: HashMap<(usize, u64), Arc<Resolved>>,
-    kernel: HashMap<u64, Arc<Resolved>>,
+    user: BoundedCache<(usize, u64), Arc<Resolved>>,
+    kernel: BoundedCache<u64, Arc<Resolved>>,
     /// vDSO addresses by offset in the vDSO (the same image in every process).
     vdso: HashMap<u64, Arc<Resolved>>,
     /// Each module's build id in hex, read once (pprof mappings carry it).
@@ -108,8 +117,8 @@ impl Symbolizer {
         Symbolizer {
             worker: Worker::start(),
             budget,
-            user: HashMap::new(),
-            kernel: HashMap::new(),
+            user: BoundedCache::new(USER_CACHE_CAPACITY),
+            kernel: BoundedCache::new(KERNEL_CACHE_CAPACITY),
             vdso: HashMap::new(),
             build_ids: HashMap::new(),
             given_up: HashSet::new(),
@@ -117,9 +126,20 @@ impl Symbolizer {
         }
     }
 
+    /// A symbolizer whose caches of named addresses empty past these
+    /// sizes, for tests of what happens then.
+    #[cfg(test)]
+    pub(crate) fn with_capacities(user: usize, kernel: usize) -> Self {
+        Symbolizer {
+            user: BoundedCache::new(user),
+            kernel: BoundedCache::new(kernel),
+            ..Self::new()
+        }
+    }
+
     /// Resolves the file offsets of `module` not seen before.
     pub fn resolve_user(&mut self, module: &Module, offsets: &[u64]) {
-        let new = self.unseen(offsets, |o| (module.id, o), |s| &s.user);
+        let new = unseen(offsets, |o| self.user.contains_key(&(module.id, o)));
         if new.is_empty() {
             return;
         }
@@ -168,7 +188,7 @@ impl Symbolizer {
 
     /// Resolves the kernel addresses not seen before.
     pub fn resolve_kernel(&mut self, addresses: &[u64]) {
-        let new = self.unseen(addresses, |a| a, |s| &s.kernel);
+        let new = unseen(addresses, |a| self.kernel.contains_key(&a));
         if new.is_empty() {
             return;
         }
@@ -188,7 +208,7 @@ impl Symbolizer {
     /// the same image in every 64-bit process: it is read from tripod's own
     /// memory, never from the target's.
     pub fn resolve_vdso(&mut self, offsets: &[u64]) {
-        let new = self.unseen(offsets, |o| o, |s| &s.vdso);
+        let new = unseen(offsets, |o| self.vdso.contains_key(&o));
         if new.is_empty() {
             return;
         }
@@ -207,23 +227,6 @@ impl Symbolizer {
     /// A vDSO offset resolved earlier by [`Self::resolve_vdso`].
     pub fn vdso(&self, offset: u64) -> Option<Arc<Resolved>> {
         self.vdso.get(&offset).cloned()
-    }
-
-    /// The sorted, distinct `values` whose key is not in the cache yet.
-    fn unseen<K: std::hash::Hash + Eq>(
-        &self,
-        values: &[u64],
-        key: impl Fn(u64) -> K,
-        cache: impl Fn(&Self) -> &HashMap<K, Arc<Resolved>>,
-    ) -> Vec<u64> {
-        let mut new: Vec<u64> = values
-            .iter()
-            .copied()
-            .filter(|&v| !cache(self).contains_key(&key(v)))
-            .collect();
-        new.sort_unstable();
-        new.dedup();
-        new
     }
 
     fn gave_up(&self, path: &str) -> Unknown {
@@ -247,6 +250,39 @@ impl Symbolizer {
     pub fn kernel(&self, address: u64) -> Option<Arc<Resolved>> {
         self.kernel.get(&address).cloned()
     }
+
+    /// Empties the caches of named addresses that outgrew their capacity.
+    /// Between batches only: an address resolved in a batch must stay until
+    /// the frames of that batch are built.
+    /// Also gives back the pages of the files blazesym read (see
+    /// [`release_file_pages`]).
+    pub fn trim(&mut self) {
+        if self.user.trim() | self.kernel.trim() {
+            log::debug!(
+                "symbol caches emptied: user {} times, kernel {} times",
+                self.user.trims(),
+                self.kernel.trims()
+            );
+        }
+        release_file_pages();
+    }
+
+    /// The sizes of the caches, for debug logs.
+    pub fn sizes(&self) -> String {
+        format!(
+            "{} user and {} kernel addresses named",
+            self.user.len(),
+            self.kernel.len()
+        )
+    }
+}
+
+/// The sorted, distinct `values` not in a cache yet.
+fn unseen(values: &[u64], cached: impl Fn(u64) -> bool) -> Vec<u64> {
+    let mut new: Vec<u64> = values.iter().copied().filter(|&v| !cached(v)).collect();
+    new.sort_unstable();
+    new.dedup();
+    new
 }
 
 fn unknown(reason: Unknown, count: usize) -> Vec<Resolved> {
@@ -344,6 +380,8 @@ struct WorkerState {
     /// The kernel's symbols as they were at the first kernel lookup (see
     /// [`KernelSymbols`]); `None` before it.
     kernel: Option<KernelSymbols>,
+    /// Function and file names, one copy each however many addresses name them.
+    names: Names,
 }
 
 /// A copy of `/proc/kallsyms` made once per run. blazesym keeps the symbols
@@ -394,6 +432,7 @@ impl WorkerState {
             blazesym,
             debug_refusals: HashMap::new(),
             kernel: None,
+            names: Names::default(),
         }
     }
 
@@ -426,7 +465,7 @@ impl WorkerState {
 
     /// Offsets in the vDSO, looked up in our own: blazesym reads it from
     /// this process's memory, and nothing else (no files, no perf map).
-    fn run_vdso(&self, offsets: &[u64]) -> Vec<Resolved> {
+    fn run_vdso(&mut self, offsets: &[u64]) -> Vec<Resolved> {
         let Some(vdso) = own_vdso() else {
             return unknown(Unknown::Unmapped, offsets.len());
         };
@@ -484,12 +523,15 @@ impl WorkerState {
         }
     }
 
-    fn lookup(&self, source: &Source<'_>, input: Input<&[u64]>, what: &Path) -> Vec<Resolved> {
+    fn lookup(&mut self, source: &Source<'_>, input: Input<&[u64]>, what: &Path) -> Vec<Resolved> {
         let count = match input {
             Input::AbsAddr(a) | Input::VirtOffset(a) | Input::FileOffset(a) => a.len(),
         };
         match self.blazesym.symbolize(source, input) {
-            Ok(symbolized) => symbolized.into_iter().map(convert).collect(),
+            Ok(symbolized) => symbolized
+                .into_iter()
+                .map(|s| convert(s, &mut self.names))
+                .collect(),
             Err(error) => {
                 // The whole source failed (unreadable file): every address says so.
                 let reason = Unknown::CannotRead {
@@ -499,6 +541,59 @@ impl WorkerState {
                 unknown(reason, count)
             }
         }
+    }
+}
+
+/// Gives back the pages of the files blazesym keeps mapped to read them.
+///
+/// blazesym maps each binary, library and debug file it reads, and keeps
+/// the mapping for the run; every page a lookup touched (symbol tables,
+/// debug sections) stays in our resident memory. On a machine that builds
+/// software those are the target's largest files (`librustc_driver`,
+/// `libLLVM`: tens of MiB touched each), and they were a third of the
+/// resident memory of an `--all` run. The mappings are read-only and never
+/// written (blazesym maps files shared), so `MADV_DONTNEED` only drops them
+/// from our page tables: the next lookup that needs a page faults it in
+/// again from the page cache, with the same contents. The files we run code from (this
+/// binary, libc: any file with an executable mapping) are left alone,
+/// since their read-only segments hold relocated data.
+fn release_file_pages() {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    let mut loaded = HashSet::new();
+    let mut read_only = Vec::new();
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [range, perms, _, device, inode, path, ..] = fields[..] else {
+            continue;
+        };
+        if inode == "0" || !path.starts_with('/') {
+            continue;
+        }
+        if perms.contains('x') {
+            loaded.insert((device, inode));
+        } else if perms == "r--s" || perms == "r--p" {
+            read_only.push((range, (device, inode)));
+        }
+    }
+    for (range, file) in read_only {
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        if loaded.contains(&file) || end <= start {
+            continue;
+        }
+        // SAFETY: a read-only file mapping of a file we do not run
+        // code from (blazesym's, see above): dropping its pages changes no
+        // byte anyone reads, they are read again from the file.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
     }
 }
 
@@ -647,35 +742,30 @@ fn path_of(bytes: &[u8]) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(bytes))
 }
 
-fn convert(symbolized: Symbolized<'_>) -> Resolved {
+fn convert(symbolized: Symbolized<'_>, names: &mut Names) -> Resolved {
     match symbolized {
-        Symbolized::Sym(sym) => Resolved::Symbols(symbols(sym)),
+        Symbolized::Sym(sym) => Resolved::Symbols(symbols(sym, names)),
         Symbolized::Unknown(reason) => Resolved::Unknown(unknown_because(reason)),
     }
 }
 
-fn symbols(sym: Sym<'_>) -> Vec<Symbol> {
-    let location = |info: Option<&blazesym::symbolize::CodeInfo<'_>>| match info {
-        Some(info) => (Some(info.to_path().to_string_lossy().into()), info.line),
-        None => (None, None),
-    };
-    let (file, line) = location(sym.code_info.as_deref());
-    let mut out = vec![Symbol {
-        function: sym.name.as_ref().into(),
-        file,
-        line,
-        inlined: false,
-    }];
-    for inlined in sym.inlined.iter() {
-        let (file, line) = location(inlined.code_info.as_ref());
-        out.push(Symbol {
-            function: inlined.name.as_ref().into(),
-            file,
-            line,
-            inlined: true,
-        });
-    }
-    out
+/// The function at an address and the calls inlined into it, their names
+/// shared through `names`.
+fn symbols(sym: Sym<'_>, names: &mut Names) -> Vec<Symbol> {
+    let outer = (&*sym.name, sym.code_info.as_deref(), false);
+    let inlined = sym
+        .inlined
+        .iter()
+        .map(|i| (&*i.name, i.code_info.as_ref(), true));
+    std::iter::once(outer)
+        .chain(inlined)
+        .map(|(function, info, inlined)| Symbol {
+            function: names.intern(function),
+            file: info.map(|i| names.intern(&i.to_path().to_string_lossy())),
+            line: info.and_then(|i| i.line),
+            inlined,
+        })
+        .collect()
 }
 
 /// blazesym's reason as the model's: one variant each, kept as data.
@@ -697,6 +787,46 @@ fn unknown_because(reason: Reason) -> Unknown {
 mod tests {
     use super::*;
     use crate::process::{Location, ProcessTable};
+
+    /// Resident KiB of our mapping that starts at `start`, from smaps.
+    fn resident_kib(start: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let header = format!("{start:x}-");
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&header));
+        lines
+            .find_map(|l| l.strip_prefix("Rss:"))
+            .and_then(|kib| kib.trim().trim_end_matches(" kB").parse().ok())
+            .expect("the mapping is in smaps")
+    }
+
+    #[test]
+    fn pages_of_files_read_are_given_back_and_read_again_unchanged() {
+        use std::io::Write as _;
+        let bytes: Vec<u8> = (0..64 * 4096).map(|i| (i % 251) as u8).collect();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&bytes).unwrap();
+        // SAFETY: a new read-only shared mapping of a file we own, unmapped below.
+        let start = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes.len(),
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(start, libc::MAP_FAILED);
+        // SAFETY: the mapping is bytes.len() long and stays mapped while used.
+        let mapped = unsafe { std::slice::from_raw_parts(start as *const u8, bytes.len()) };
+        assert!(mapped == &bytes[..]);
+        assert!(resident_kib(start as usize) >= 256, "read, so resident");
+        release_file_pages();
+        assert_eq!(resident_kib(start as usize), 0, "given back");
+        assert!(mapped == &bytes[..], "read again, unchanged");
+        // SAFETY: our own mapping, no longer used.
+        unsafe { libc::munmap(start, bytes.len()) };
+    }
 
     #[inline(never)]
     #[no_mangle]
@@ -911,7 +1041,7 @@ mod tests {
     fn an_unreadable_file_is_a_reason_for_each_address() {
         let dir = tempfile::tempdir().unwrap();
         let gone = dir.path().join("gone");
-        let state = WorkerState::new();
+        let mut state = WorkerState::new();
         let results = state.lookup(
             &Source::Elf(Elf::new(&gone)),
             Input::FileOffset(&[0x10, 0x20]),
