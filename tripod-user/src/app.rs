@@ -45,10 +45,11 @@ const CHILD_GRACE: Duration = Duration::from_secs(2);
 /// Records as configured; returns the exit status for the process. A signal
 /// that `shutdown` reports before sampling starts skips the rest of the
 /// start (each slow step checks), and the output is still written.
-pub async fn run(config: Config, shutdown: Shutdown) -> Result<u8> {
+pub async fn run(mut config: Config, shutdown: Shutdown) -> Result<u8> {
     messages::set_quiet(config.quiet);
     let rules = Arc::new(load_rules(config.rules.as_deref())?);
     preflight::check(&config)?;
+    live::settle_unwind(&mut config);
     let cgroups = preflight::check_cgroups(&config.cgroups)?;
     live::prepare_target_files(config.max_file_size);
     let mut output = open_output(&config.output, config.format, &shutdown)?;
