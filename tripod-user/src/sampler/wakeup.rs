@@ -5,9 +5,7 @@
 //! Who wakes it, and how often:
 //! - the ring buffer, for the first record of a batch and when it is a
 //!   quarter full (the eBPF program's [`tripod_common::ring_wakeup_flags`]);
-//! - each sideband ring, when it is half full (its `wakeup_watermark`);
-//! - the pidfd of each named target ([`Wakeup::watch_exit`]), once, when
-//!   it exits.
+//! - each sideband ring, when it is half full (its `wakeup_watermark`).
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd, RawFd};
 
 use anyhow::{Context as _, Result};
@@ -38,13 +36,6 @@ impl Wakeup {
             .map_err(|e| e.into_parts().1)
             .context("registering the rings with the async runtime")?;
         Ok(Wakeup { epoll })
-    }
-
-    /// Also wakes [`Wakeup::ready`] when the process behind `pidfd` exits:
-    /// the kernel wakes a pidfd's pollers then. `pidfd` must stay open for
-    /// as long as it is to be watched (closing it ends the watch).
-    pub fn watch_exit(&self, pidfd: BorrowedFd<'_>) -> std::io::Result<()> {
-        add(self.epoll.get_ref(), pidfd.as_raw_fd())
     }
 
     /// Returns once a ring has been written since the last call returned
@@ -78,46 +69,7 @@ fn add(epoll: &OwnedFd, fd: RawFd) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{AsFd as _, FromRawFd as _};
-
     use tripod_common::{ring_wakeup_flags, BPF_RB_FORCE_WAKEUP};
-
-    use super::*;
-
-    /// Whether `wakeup`'s epoll set has news now, without waiting.
-    fn has_news(wakeup: &Wakeup) -> bool {
-        let mut poll = libc::pollfd {
-            fd: wakeup.epoll.get_ref().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd; a zero timeout never blocks.
-        unsafe { libc::poll(&mut poll, 1, 0) == 1 }
-    }
-
-    #[test]
-    fn a_watched_process_wakes_the_set_when_it_exits_not_before() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap();
-        let _inside = runtime.enter();
-        let mut child = std::process::Command::new("sleep")
-            .arg("100")
-            .spawn()
-            .unwrap();
-        // SAFETY: pidfd_open takes plain integers.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-        assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
-        // SAFETY: the descriptor was just created and is owned by nothing else.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        let wakeup = Wakeup::watch(&[]).unwrap();
-        wakeup.watch_exit(pidfd.as_fd()).unwrap();
-        assert!(!has_news(&wakeup), "the process still runs");
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert!(has_news(&wakeup), "the process has exited");
-    }
 
     const RING: u64 = 8 << 20;
 
