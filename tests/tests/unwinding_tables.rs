@@ -145,3 +145,121 @@ fn a_full_table_falls_back_to_copying_and_says_so() {
         "{stderr}"
     );
 }
+
+/// A kernel without `bpf_loop` (pretended: this one has it) runs as
+/// `--unwind dwarf` with one line naming what is missing: the chain is
+/// still whole, by copying, and no stack is walked in the kernel.
+#[test]
+fn a_kernel_without_bpf_loop_falls_back_to_copying_with_one_line() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let fx = Fixture::start(CHAIN_NOFP, &[]);
+    let pid = fx.pid().to_string();
+    let mut cmd = tripod_command(&[
+        "--pid", &pid, "-d", "3", "-f", "folded", "-o", "-", "--unwind", "tables",
+    ]);
+    cmd.env("TRIPOD_TEST_PRETEND_NO_BPF_LOOP", "1");
+    let out = Tripod::spawn(cmd).wait(RUN_TIMEOUT);
+    assert_success(&out);
+    let (folded, stderr) = (stdout_text(&out), stderr_text(&out));
+    let said: Vec<&str> = stderr.lines().filter(|l| l.contains("bpf_loop")).collect();
+    assert_eq!(said.len(), 1, "one line on bpf_loop expected:\n{stderr}");
+    assert!(
+        said[0].contains("--unwind tables needs the bpf_loop helper (Linux 5.17")
+            && said[0].contains("--unwind dwarf"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("dwarf unwinding"), "{stderr}");
+    assert!(!stderr.contains("unwind tables: "), "{stderr}");
+    assert_share(&folded, "chain_nofp", 0.99, full_chain_from_start);
+}
+
+/// Rows written one update each, as on a kernel that refuses batch
+/// updates of arrays (pretended): the walk works the same.
+#[test]
+fn rows_written_one_by_one_walk_the_same() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let fx = Fixture::start(CHAIN_NOFP, &[]);
+    let pid = fx.pid().to_string();
+    let mut cmd = tripod_command(&[
+        "--pid", &pid, "-d", "3", "-f", "folded", "-o", "-", "--unwind", "tables",
+    ]);
+    cmd.env("TRIPOD_TEST_NO_BATCH_UPDATE", "1");
+    let out = Tripod::spawn(cmd).wait(RUN_TIMEOUT);
+    assert_success(&out);
+    let (folded, stderr) = (stdout_text(&out), stderr_text(&out));
+    assert_share(&folded, "chain_nofp", 0.99, full_chain_from_start);
+    let (walked, copied) = walked_and_copied(&stderr);
+    assert!(walked >= 50 && copied * 4 <= walked, "{stderr}");
+}
+
+/// Exited processes give their slot in the kernel's table of processes
+/// back: 120 short processes, more than the 64 slots the test leaves
+/// (`TRIPOD_TEST_UNWIND_PROCESS_SLOTS`), ten alive at a time, all find a
+/// slot: no warning that one did not fit.
+/// They run in a cgroup of their own, sampled alone: the other processes
+/// of a shared machine would take slots of their own.
+#[test]
+fn exited_processes_free_their_slot() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let cgroup = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(|mount| std::path::Path::new(mount).join("tripod-test-slots"))
+        .find(|dir| dir.parent().unwrap().join("cgroup.controllers").exists())
+        .expect("a cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified");
+    let _ = std::fs::create_dir(&cgroup);
+    let path = cgroup.to_str().unwrap().to_string();
+    let mut cmd = tripod_command(&[
+        "--cgroup", &path, "-F", "999", "-f", "folded", "-o", "-", "--unwind", "tables",
+    ]);
+    cmd.env("TRIPOD_TEST_UNWIND_PROCESS_SLOTS", "64");
+    let mut run = Tripod::spawn(cmd);
+    run.wait_for_stderr("[tripod] Writing output", WAIT_TIMEOUT);
+    // Each child burns a few milliseconds of CPU, so it is sampled, then
+    // lives on (the same process, as `sleep`) until its rows are surely in
+    // the kernel.
+    let child = "i=0; while [ $i -lt 5000 ]; do i=$((i+1)); done; exec sleep 0.4";
+    let script = format!(
+        "echo $$ > {path}/cgroup.procs && \
+         for n in $(seq 12); do for k in $(seq 10); do sh -c '{child}' & done; wait; done"
+    );
+    let status = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .expect("running the loop of short processes");
+    run.signal(libc::SIGINT);
+    let out = run.wait(RUN_TIMEOUT);
+    let _ = std::fs::remove_dir(&cgroup);
+    assert!(status.success());
+    assert_success(&out);
+    let stderr = stderr_text(&out);
+    assert!(
+        !stderr.contains("adding the unwind tables of pid"),
+        "a process found no slot:\n{stderr}"
+    );
+    // More processes than slots were sampled, or the test proves nothing.
+    let processes: u64 = stderr
+        .lines()
+        .find(|l| l.contains("stopped by SIGINT: "))
+        .and_then(|l| {
+            l.split(" processes in ")
+                .next()?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no process count in:\n{stderr}"));
+    assert!(
+        processes > 80,
+        "only {processes} processes sampled:\n{stderr}"
+    );
+}

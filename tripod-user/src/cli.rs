@@ -248,43 +248,8 @@ impl PythonArgs {
 /// `tripod-bpf top`: what to sample, as for recording, and how to show it.
 #[derive(Debug, Args)]
 struct TopArgs {
-    /// Sample these processes (all their threads); comma-separated or repeated.
-    #[arg(short, long, value_name = "PID", value_delimiter = ',')]
-    pid: Vec<u32>,
-
-    /// Sample every process on the machine (except tripod-bpf itself).
-    #[arg(short, long)]
-    all: bool,
-
-    /// Sample only processes in this cgroup v2 or below it; repeat it for more.
-    #[arg(long, value_name = "PATH")]
-    cgroup: Vec<PathBuf>,
-
-    /// Samples per second on each CPU.
-    #[arg(short = 'F', long, value_name = "HZ", env = "TRIPOD_FREQUENCY", default_value_t = DEFAULT_FREQUENCY)]
-    frequency: u64,
-
-    /// What to measure: `cpu`, `off-cpu` or `wall` (see tripod-bpf --help).
-    #[arg(short, long, value_enum, default_value_t = ModeArg::Cpu)]
-    mode: ModeArg,
-
-    /// How to unwind user stacks: `dwarf`, `fp` or `auto` (dwarf).
-    #[arg(long, value_enum, default_value_t = UnwindArg::Auto)]
-    unwind: UnwindArg,
-
-    /// Collect only user-space stacks.
-    #[arg(long, conflicts_with = "kernel_only")]
-    user_only: bool,
-
-    /// Collect only kernel stacks.
-    #[arg(long)]
-    kernel_only: bool,
-
     #[command(flatten)]
-    python: PythonArgs,
-
-    #[command(flatten)]
-    files: FileArgs,
+    sampling: SamplingArgs,
 
     /// Refresh the view every SECS seconds.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
@@ -301,12 +266,8 @@ struct TopArgs {
 
 impl TopArgs {
     fn into_config(self) -> Result<TopConfig, UsageError> {
-        let target = choose_target(&self.pid, self.all, &self.cgroup, &self.command)?;
-        if self.frequency == 0 {
-            return Err(UsageError::new(
-                "frequency must be at least 1 Hz; pass -F 99 for example",
-            ));
-        }
+        let target = self.sampling.target(&self.command)?;
+        let frequency = self.sampling.frequency()?;
         let delay = positive_seconds(Some(self.delay), "--delay")?.expect("given");
         let window = positive_seconds(self.window, "--window")?.unwrap_or(delay);
         if window < delay {
@@ -316,14 +277,15 @@ impl TopArgs {
                 delay.as_secs_f64()
             )));
         }
+        let sampling = self.sampling;
         let mut record = Config::new(target);
-        record.cgroups = self.cgroup;
-        record.frequency = self.frequency;
-        record.mode = self.mode.into();
-        record.unwind = self.unwind.into();
-        record.stacks = stack_selection(self.user_only, self.kernel_only);
-        record.python = self.python.frames();
-        record.max_file_size = self.files.max_file_size;
+        record.frequency = frequency;
+        record.mode = sampling.mode.into();
+        record.unwind = sampling.unwind.into();
+        record.stacks = stack_selection(sampling.user_only, sampling.kernel_only);
+        record.python = sampling.python.frames();
+        record.max_file_size = sampling.files.max_file_size;
+        record.cgroups = sampling.cgroup;
         // The view filters by thread, so stacks are kept per thread.
         record.per_thread = true;
         // Nothing is written: the view is the output, and the status line
@@ -338,8 +300,10 @@ impl TopArgs {
     }
 }
 
+/// What to sample and how: shared by recording and `top`, so both take the
+/// same options with the same meaning.
 #[derive(Debug, Args)]
-struct RecordArgs {
+struct SamplingArgs {
     /// Sample these processes (all their threads); comma-separated or repeated.
     #[arg(short, long, value_name = "PID", value_delimiter = ',')]
     pid: Vec<u32>,
@@ -358,6 +322,57 @@ struct RecordArgs {
     /// Samples per second on each CPU.
     #[arg(short = 'F', long, value_name = "HZ", env = "TRIPOD_FREQUENCY", default_value_t = DEFAULT_FREQUENCY)]
     frequency: u64,
+
+    /// What to measure: `cpu` samples threads on CPUs; `off-cpu` counts the microseconds
+    /// threads spend switched out, by the stack they wait in; `wall` samples every thread at
+    /// the frequency, running or waiting.
+    #[arg(short, long, value_enum, default_value_t = ModeArg::Cpu)]
+    mode: ModeArg,
+
+    /// How to unwind user stacks: `dwarf` copies the top of each user stack and unwinds it
+    /// with .eh_frame (complete stacks without frame pointers); `fp` walks frame pointers
+    /// in the kernel (cheaper, broken for code built without them); `tables` walks the
+    /// stack in the kernel with each file's .eh_frame compiled to rows, copying only the
+    /// stacks they do not cover; `auto` is dwarf.
+    #[arg(long, value_enum, default_value_t = UnwindArg::Auto)]
+    unwind: UnwindArg,
+
+    /// Collect only user-space stacks.
+    #[arg(long, conflicts_with = "kernel_only")]
+    user_only: bool,
+
+    /// Collect only kernel stacks.
+    #[arg(long)]
+    kernel_only: bool,
+
+    #[command(flatten)]
+    python: PythonArgs,
+
+    #[command(flatten)]
+    files: FileArgs,
+}
+
+impl SamplingArgs {
+    /// Exactly one of `--pid`, `--all` and `-- COMMAND` (`command`);
+    /// `--cgroup` alone stands for `--all` (in those cgroups).
+    fn target(&self, command: &[OsString]) -> Result<Target, UsageError> {
+        choose_target(&self.pid, self.all, &self.cgroup, command)
+    }
+
+    fn frequency(&self) -> Result<u64, UsageError> {
+        match self.frequency {
+            0 => Err(UsageError::new(
+                "frequency must be at least 1 Hz; pass -F 99 for example",
+            )),
+            hz => Ok(hz),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct RecordArgs {
+    #[command(flatten)]
+    sampling: SamplingArgs,
 
     /// Stop after SECS seconds, at most 365 days [default: until Ctrl-C, SIGTERM, or every
     /// target has exited].
@@ -383,12 +398,6 @@ struct RecordArgs {
     #[arg(long, value_enum, default_value_t = FoldedPrefixArg::Process)]
     folded_prefix: FoldedPrefixArg,
 
-    /// What to measure: `cpu` samples threads on CPUs; `off-cpu` counts the microseconds
-    /// threads spend switched out, by the stack they wait in; `wall` samples every thread at
-    /// the frequency, running or waiting.
-    #[arg(short, long, value_enum, default_value_t = ModeArg::Cpu)]
-    mode: ModeArg,
-
     /// With --mode off-cpu: ignore waits shorter than this many microseconds.
     #[arg(long, value_name = "US", default_value_t = DEFAULT_MIN_BLOCK_US)]
     min_block_us: u32,
@@ -401,23 +410,9 @@ struct RecordArgs {
     #[arg(long)]
     per_thread: bool,
 
-    /// Collect only user-space stacks.
-    #[arg(long, conflicts_with = "kernel_only")]
-    user_only: bool,
-
-    /// Collect only kernel stacks.
-    #[arg(long)]
-    kernel_only: bool,
-
     /// Also sample the idle task (pid 0) when sampling everything.
     #[arg(long)]
     include_idle: bool,
-
-    #[command(flatten)]
-    python: PythonArgs,
-
-    #[command(flatten)]
-    files: FileArgs,
 
     /// Distinct stacks the kernel can hold between two drains (each of two maps; 127 frames
     /// of 8 bytes per entry; at most 1048576). Raise it when the summary reports stacks that
@@ -430,14 +425,6 @@ struct RecordArgs {
     /// map.
     #[arg(long, value_name = "ENTRIES", default_value_t = DEFAULT_COUNT_MAP_SIZE)]
     count_map_size: u32,
-
-    /// How to unwind user stacks: `dwarf` copies the top of each user stack and unwinds it
-    /// with .eh_frame (complete stacks without frame pointers); `fp` walks frame pointers
-    /// in the kernel (cheaper, broken for code built without them); `tables` walks the
-    /// stack in the kernel with each file's .eh_frame compiled to rows, copying only the
-    /// stacks they do not cover; `auto` is dwarf.
-    #[arg(long, value_enum, default_value_t = UnwindArg::Auto)]
-    unwind: UnwindArg,
 
     /// Kernel memory for the compiled unwind rows of `--unwind tables` (K, M, G suffixes; 16
     /// bytes a row). Files that do not fit are unwound by copying; the summary says so.
@@ -859,12 +846,8 @@ impl RecordArgs {
             .as_deref()
             .map(|url| self.push_config(url))
             .transpose()?;
-        let target = self.target()?;
-        if self.frequency == 0 {
-            return Err(UsageError::new(
-                "frequency must be at least 1 Hz; pass -F 99 for example",
-            ));
-        }
+        let target = self.sampling.target(&self.command)?;
+        let frequency = self.sampling.frequency()?;
         let duration = positive_seconds(self.duration, "--duration")?;
         let format = self.format.format();
         let (interval, output) = self.interval_and_output(format, push.is_some())?;
@@ -872,28 +855,28 @@ impl RecordArgs {
         let mode = self.mode()?;
         Ok(Config {
             target,
-            cgroups: self.cgroup,
+            cgroups: self.sampling.cgroup,
             folded_prefix: self.folded_prefix.prefix(),
             mode,
             min_block_us: self.min_block_us,
             rules: self.rules,
-            frequency: self.frequency,
+            frequency,
             duration,
             interval,
             output,
             format,
             // speedscope shows one profile per thread.
             per_thread: self.per_thread || format == OutputFormat::Speedscope,
-            stacks: stack_selection(self.user_only, self.kernel_only),
+            stacks: stack_selection(self.sampling.user_only, self.sampling.kernel_only),
             include_idle: self.include_idle,
             stack_storage_size: sizes.stack_storage_size,
             count_map_size: sizes.count_map_size,
-            unwind: self.unwind.into(),
+            unwind: self.sampling.unwind.into(),
             unwind_table_rows: sizes.unwind_table_rows,
             stack_copy_bytes: sizes.stack_copy_bytes,
             ring_buffer_size: sizes.ring_buffer_size,
-            python: self.python.frames(),
-            max_file_size: self.files.max_file_size,
+            python: self.sampling.python.frames(),
+            max_file_size: self.sampling.files.max_file_size,
             push,
             quiet: self.quiet,
             measure_sideband: self.sideband_source.map(|source| match source {
@@ -902,12 +885,6 @@ impl RecordArgs {
                 SidebandSourceArg::None => SidebandSource::Off,
             }),
         })
-    }
-
-    /// Exactly one of `--pid`, `--all` and `-- COMMAND`; `--cgroup` alone
-    /// stands for `--all` (in those cgroups).
-    fn target(&self) -> Result<Target, UsageError> {
-        choose_target(&self.pid, self.all, &self.cgroup, &self.command)
     }
 
     /// When reports are written and where: `--push` reports every
@@ -985,7 +962,7 @@ impl RecordArgs {
 
     /// `--mode`, and `--min-block-us` only with the mode it applies to.
     fn mode(&self) -> Result<Mode, UsageError> {
-        let mode = Mode::from(self.mode);
+        let mode = Mode::from(self.sampling.mode);
         if mode != Mode::OffCpu && self.min_block_us != DEFAULT_MIN_BLOCK_US {
             return Err(UsageError::new(
                 "--min-block-us only applies to --mode off-cpu; add --mode off-cpu or drop it",
@@ -1477,6 +1454,65 @@ mod tests {
         assert!(usage_error("tripod-bpf top --all --delay 0").contains("--delay"));
         assert!(usage_error("tripod-bpf top").contains("no target"));
         assert!(usage_error("tripod-bpf top -p 1 --all").contains("choose one target"));
+    }
+
+    /// `top` takes the sampling options of a recording, parsed the same way.
+    #[test]
+    fn top_and_record_share_their_sampling_options() {
+        let shared = [
+            "-p 42 -F 499 --mode wall --unwind tables --user-only --python-only",
+            "-a --mode off-cpu --unwind fp --kernel-only --no-python --max-file-size 2M",
+            "--cgroup /sys/fs/cgroup/unified --unwind dwarf --all-native-frames",
+            "-- /bin/true",
+        ];
+        for options in shared {
+            let record = config(&format!("tripod-bpf {options}"));
+            let Ok(Command::Top(top)) = parse_command(&format!("tripod-bpf top {options}")) else {
+                panic!("{options}: not a top command");
+            };
+            let top = top.record;
+            assert_eq!(
+                (
+                    &top.target,
+                    &top.cgroups,
+                    top.frequency,
+                    top.mode,
+                    top.unwind
+                ),
+                (
+                    &record.target,
+                    &record.cgroups,
+                    record.frequency,
+                    record.mode,
+                    record.unwind
+                ),
+                "{options}"
+            );
+            assert_eq!(
+                (top.stacks, top.python, top.max_file_size),
+                (record.stacks, record.python, record.max_file_size),
+                "{options}"
+            );
+        }
+        for conflict in ["--user-only --kernel-only", "--python-only --kernel-only"] {
+            let line = format!("tripod-bpf top -a {conflict}");
+            let e = parse_command(&line).unwrap_err().clap();
+            assert_eq!(e.kind(), ErrorKind::ArgumentConflict, "{line}");
+        }
+        assert!(usage_error("tripod-bpf top -a -F 0").contains("at least 1 Hz"));
+    }
+
+    #[test]
+    fn top_help_lists_every_unwind_mode() {
+        let mut command = Cli::command();
+        let top = command.find_subcommand_mut("top").unwrap();
+        let help = top.render_long_help().to_string();
+        for mode in ["`dwarf`", "`fp`", "`tables`", "`auto`"] {
+            assert!(
+                help.contains(mode),
+                "{mode} missing from top --help:\n{help}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! native ones ([`crate::python`]). Counting the result is the aggregator's
 //! job; naming it the resolver's.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -36,6 +36,12 @@ pub struct Ingest {
     /// because one of its stacks was copied (see [`Ingest::unwind`]).
     /// When, and how long until the next may be.
     tables_resent: HashMap<u32, (Instant, Duration)>,
+    /// `--unwind tables`: the processes whose rows were handed to the
+    /// sampler and not withdrawn since.
+    tables_sent: HashSet<u32>,
+    /// `--unwind tables`: processes whose rows the sampler must drop (they
+    /// exited or exec'd), see [`Ingest::tables_gone`].
+    tables_gone: Vec<u32>,
 }
 
 /// How soon a process's rows are first rebuilt because its stacks are still
@@ -55,6 +61,8 @@ impl Ingest {
             collect_user,
             table_candidates: None,
             tables_resent: HashMap::new(),
+            tables_sent: HashSet::new(),
+            tables_gone: Vec::new(),
         }
     }
 
@@ -74,9 +82,31 @@ impl Ingest {
         let mut pids = std::mem::take(candidates);
         pids.sort_unstable();
         pids.dedup();
-        pids.into_iter()
+        let changes: Vec<_> = pids
+            .into_iter()
             .filter_map(|pid| Some((pid, self.unwinder.tables(pid, processes)?)))
-            .collect()
+            .collect();
+        self.tables_sent.extend(changes.iter().map(|(pid, _)| *pid));
+        changes
+    }
+
+    /// `--unwind tables`: the processes whose rows the sampler must drop
+    /// since the last call, to hand over before [`Ingest::table_changes`]
+    /// (a process that exec'd may get new rows in the same round).
+    pub fn tables_gone(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.tables_gone)
+    }
+
+    /// `--unwind tables`: process `pid` exec'd or exited, so the rows the
+    /// sampler has for it describe mappings that are gone: they are
+    /// dropped at the next [`Ingest::tables_gone`], and its stacks copied
+    /// until new rows are sent (see [`Ingest::resend_tables`]).
+    pub fn drop_tables(&mut self, pid: u32) {
+        // A new image starts the back-off of its rebuilds afresh.
+        self.tables_resent.remove(&pid);
+        if self.tables_sent.remove(&pid) {
+            self.tables_gone.push(pid);
+        }
     }
 
     /// `--unwind tables`: compile the rows of `pid` at the next [`Ingest::table_changes`].
@@ -185,6 +215,7 @@ impl Ingest {
     pub fn forget(&mut self, pid: u32) {
         self.unwinder.forget(pid);
         self.tables_resent.remove(&pid);
+        self.drop_tables(pid);
         self.python.forget(pid);
     }
 }

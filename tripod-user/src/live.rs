@@ -4,8 +4,9 @@
 use anyhow::Result;
 
 use crate::{
-    preflight,
-    sampler::{SampleSource, Sampler, SamplerOptions},
+    config::{Config, UnwindMode},
+    messages, preflight,
+    sampler::{self, SampleSource, Sampler, SamplerOptions},
 };
 
 /// Starts the live sampler; a kernel that refuses the program gets an
@@ -16,6 +17,19 @@ pub fn start_sampler(options: &SamplerOptions) -> Result<Box<dyn SampleSource>> 
         Err(e) => Err(preflight::explain_refusal(&e)
             .map(anyhow::Error::from)
             .unwrap_or(e)),
+    }
+}
+
+/// `--unwind tables` on a kernel that lacks what the walk needs becomes
+/// `--unwind dwarf` (the copy the tables fall back to anyway), with one
+/// line naming what is missing, instead of a program the kernel refuses.
+pub fn settle_unwind(config: &mut Config) {
+    if config.unwind != UnwindMode::Tables {
+        return;
+    }
+    if let Some(missing) = sampler::missing_for_tables() {
+        messages::warn(&messages::tables_unavailable(missing.describe()));
+        config.unwind = UnwindMode::Dwarf;
     }
 }
 

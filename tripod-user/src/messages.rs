@@ -77,6 +77,16 @@ pub fn unwind_tables_summary(
     text
 }
 
+/// `--unwind tables` on a kernel without what the walk needs: the run copies
+/// stacks instead (`--unwind dwarf`), and says so once, at the start.
+pub fn tables_unavailable(missing: &str) -> String {
+    format!(
+        "warning: --unwind tables needs {missing}, which this kernel lacks; \
+         stacks are copied and unwound in userspace instead (--unwind dwarf): \
+         complete, at the cost of a 16 KiB copy per sample"
+    )
+}
+
 /// The error that ends tripod-bpf, as `tripod-bpf: error: ...`.
 pub fn error(message: &str) {
     line(&format!("tripod-bpf: error: {message}"));

@@ -185,7 +185,15 @@ impl Pipeline {
     /// watermark, `None` without a sideband.
     fn apply_sideband(&mut self, source: &mut dyn SampleSource) -> Option<u64> {
         let (history, processes) = (&mut self.history, &mut self.processes);
+        let ingest = &mut self.ingest;
         let watermark = source.drain_sideband(&mut |record| {
+            // Rows the kernel walks with describe the image before an exec,
+            // or a process gone (its leader's exit): dropped at once.
+            match &record {
+                SideRecord::Comm(c) if c.exec => ingest.drop_tables(c.pid),
+                SideRecord::Exit(t) if t.pid == t.tid => ingest.drop_tables(t.pid),
+                _ => {}
+            }
             // Opened now, while the process may still live and the file is
             // most likely the one mapped.
             if let SideRecord::Mmap(m) = &record {
@@ -380,6 +388,11 @@ impl Pipeline {
     }
 
     fn tell_tables(&mut self, source: &mut dyn SampleSource) {
+        for pid in self.ingest.tables_gone() {
+            if let Err(error) = source.forget_unwind_tables(pid) {
+                messages::warn(&format!("warning: {error:#}"));
+            }
+        }
         for (pid, mappings) in self.ingest.table_changes(&mut self.processes) {
             if let Err(error) = source.set_unwind_tables(pid, &mappings) {
                 messages::warn(&format!(

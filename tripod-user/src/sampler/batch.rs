@@ -1,5 +1,7 @@
 //! Reading and clearing a whole hash map in a few system calls:
-//! `BPF_MAP_LOOKUP_AND_DELETE_BATCH` (Linux 5.6+).
+//! `BPF_MAP_LOOKUP_AND_DELETE_BATCH` (Linux 5.6+); and writing many entries
+//! of an array in a few: `BPF_MAP_UPDATE_BATCH` (arrays: Linux 5.7+), for
+//! the rows of `--unwind tables`.
 //!
 //! aya 0.14 has no batch operations, so the `bpf(2)` call is made here, the
 //! only place outside aya that talks to the kernel's map interface (and
@@ -17,6 +19,13 @@ pub const BATCH_ENTRIES: usize = 1024;
 
 /// `BPF_MAP_LOOKUP_AND_DELETE_BATCH` from the kernel's uapi.
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+/// `BPF_MAP_UPDATE_BATCH` from the kernel's uapi.
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Entries written per `BPF_MAP_UPDATE_BATCH` call: large enough that a
+/// big file's rows (libpython, 100,000 and more) take a handful of calls,
+/// small enough that one call holds the map's lock for a bounded time.
+pub const UPDATE_ENTRIES: usize = 65_536;
 
 /// The `batch` member of the kernel's `union bpf_attr`.
 #[repr(C)]
@@ -128,6 +137,66 @@ fn call<K: Pod, V: Pod>(
     }
 }
 
+/// Writes `values` into the array map `fd` at indexes `first`, `first + 1`,
+/// ...: a few `BPF_MAP_UPDATE_BATCH` calls instead of one update each.
+/// `Err` with the kernel's error, after some entries may have been written:
+/// `EINVAL` or `ENOTSUPP` from kernels without batch updates of arrays, so
+/// the caller writes them one by one instead (which rewrites the same rows).
+pub fn update_array<V: Pod>(fd: RawFd, first: u32, values: &[V]) -> std::io::Result<()> {
+    drive_updates(values.len(), UPDATE_ENTRIES, |start, len| {
+        let keys: Vec<u32> = (0..len as u32).map(|i| first + start as u32 + i).collect();
+        update_call(fd, &keys, &values[start..start + len])
+    })
+}
+
+/// The loop around the update calls, apart from the system call (`step`,
+/// given a range of entries: its start and length, and answering how many
+/// it wrote), so it is tested without a kernel. A call that writes part of
+/// its range is followed by one for the rest.
+pub fn drive_updates(
+    total: usize,
+    per_call: usize,
+    mut step: impl FnMut(usize, usize) -> std::io::Result<usize>,
+) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < total {
+        let len = (total - done).min(per_call.max(1));
+        let written = step(done, len)?;
+        if written == 0 {
+            // The kernel took nothing without saying why: do not spin.
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        done += written.min(len);
+    }
+    Ok(())
+}
+
+/// One `BPF_MAP_UPDATE_BATCH` of `keys` to `values`; how many entries the
+/// kernel wrote (all, unless it failed partway: then its error).
+fn update_call<K: Pod, V: Pod>(fd: RawFd, keys: &[K], values: &[V]) -> std::io::Result<usize> {
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len().min(values.len()) as u32,
+        map_fd: fd as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: `attr` points at `count` keys and values that stay alive for
+    // the call; the kernel only reads them, and writes `attr.count`.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    match result {
+        0 => Ok(attr.count as usize),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +253,35 @@ mod tests {
         })
         .unwrap();
         assert_eq!((calls, all), (1, vec![(7, 70)]));
+    }
+
+    #[test]
+    fn updates_cover_every_entry_once_across_calls_and_partial_writes() {
+        let mut written = vec![0u32; 10];
+        let mut calls = Vec::new();
+        drive_updates(10, 4, |start, len| {
+            calls.push((start, len));
+            // The second call writes only part of its range.
+            let take = if calls.len() == 2 { 1 } else { len };
+            written[start..start + take]
+                .iter_mut()
+                .for_each(|w| *w += 1);
+            Ok(take)
+        })
+        .unwrap();
+        assert_eq!(written, [1; 10]);
+        assert_eq!(calls, [(0, 4), (4, 4), (5, 4), (9, 1)]);
+    }
+
+    #[test]
+    fn an_update_error_or_no_progress_stops_the_loop() {
+        let refused = drive_updates(5, 4, |_, _| {
+            Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+        });
+        assert_eq!(refused.unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        let stuck = drive_updates(5, 4, |_, _| Ok(0));
+        assert_eq!(stuck.unwrap_err().raw_os_error(), Some(libc::EIO));
+        assert!(drive_updates(0, 4, |_, _| -> std::io::Result<usize> { unreachable!() }).is_ok());
     }
 
     #[test]

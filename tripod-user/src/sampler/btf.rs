@@ -71,6 +71,15 @@ pub fn file_offsets() -> Result<tripod_common::probe::FileOffsets> {
     })
 }
 
+/// Whether the kernel knows the `bpf_loop` helper, which the
+/// `--unwind tables` walk needs: its id, `BPF_FUNC_loop`, is in the
+/// kernel's `enum bpf_func_id`. `None`: the BTF could not be read.
+pub fn knows_bpf_loop() -> Option<bool> {
+    let data = std::fs::read(VMLINUX).ok()?;
+    let btf = Btf::parse(&data).ok()?;
+    Some(btf.has_enumerator("bpf_func_id", "BPF_FUNC_loop"))
+}
+
 /// `task_struct.thread.fsbase` (x86_64): the TLS base, which CPython 3.6
 /// and 3.7 thread states are matched against. `None` on other kernels.
 fn fsbase(btf: &Btf, task_members: &HashMap<String, u32>) -> Option<u32> {
@@ -80,6 +89,7 @@ fn fsbase(btf: &Btf, task_members: &HashMap<String, u32>) -> Option<u32> {
 }
 
 const KIND_STRUCT: u32 = 4;
+const KIND_ENUM: u32 = 6;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
@@ -186,6 +196,21 @@ impl<'a> Btf<'a> {
         Ok(members)
     }
 
+    /// Whether enum `name` has a value named `value`.
+    fn has_enumerator(&self, name: &str, value: &str) -> bool {
+        let Some(ty) = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_ENUM && self.name(t.name) == name)
+        else {
+            return false;
+        };
+        // Each value is (name offset, value), 8 bytes.
+        (0..ty.vlen as usize).any(|i| {
+            u32_at(self.type_section, ty.data + 8 * i).is_ok_and(|n| self.name(n) == value)
+        })
+    }
+
     fn collect_members(
         &self,
         id: u32,
@@ -260,6 +285,20 @@ mod tests {
         assert_ne!(offsets.on_cpu, 0);
         // `thread` is the last member of task_struct (it ends in an FPU area).
         assert!(offsets.fsbase > offsets.comm);
+    }
+
+    #[test]
+    fn this_kernel_knows_bpf_loop() {
+        if !std::path::Path::new(VMLINUX).exists() {
+            eprintln!("skipped: {VMLINUX} does not exist on this machine");
+            return;
+        }
+        // Linux 5.17 and later; the machines tripod is tested on are newer.
+        assert_eq!(knows_bpf_loop(), Some(true));
+        let data = std::fs::read(VMLINUX).unwrap();
+        let btf = Btf::parse(&data).unwrap();
+        assert!(!btf.has_enumerator("bpf_func_id", "BPF_FUNC_no_such_helper"));
+        assert!(!btf.has_enumerator("no_such_enum", "BPF_FUNC_loop"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod batch;
 mod btf;
 mod drain;
+mod features;
 pub mod probe;
 pub mod records;
 mod replay;
@@ -19,6 +20,7 @@ mod tables;
 mod wakeup;
 
 pub use drain::{count_drain_period, Flip, Settled};
+pub use features::MissingFeature;
 pub use records::{Record, Sample, UserStack, Wake};
 pub use replay::{Replay, Told};
 pub use source::{drain_counted, SampleSource};
@@ -244,6 +246,12 @@ impl Sampler {
     }
 }
 
+/// What `--unwind tables` needs and this kernel lacks; `None`: nothing.
+/// Asked before [`Sampler::start`], so the run can fall back to copying.
+pub fn missing_for_tables() -> Option<MissingFeature> {
+    features::missing_for_tables(&features::kernel_facts())
+}
+
 /// The eBPF probe, loaded against the kernel's BTF.
 fn attach_probe(ebpf: &mut Ebpf) -> Result<probe::Probe> {
     let kernel_btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
@@ -325,6 +333,7 @@ fn load(options: &SamplerOptions) -> Result<Ebpf> {
         probe::configure(&mut loader, offsets, cpus);
     }
     loader.map_max_entries(names::UNWIND_ROWS, options.table_rows.unwrap_or(1));
+    loader.map_max_entries(names::UNWIND_PROCESSES, tables::process_slots());
     // The object is embedded so the binary runs on its own, from any directory.
     loader
         .load(aya::include_bytes_aligned!(concat!(

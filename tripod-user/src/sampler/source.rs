@@ -93,6 +93,12 @@ pub trait SampleSource {
         Ok(())
     }
 
+    /// `--unwind tables`: no longer walks the stacks of process `pid` in
+    /// the kernel (it exited or exec'd); sources without tables ignore it.
+    fn forget_unwind_tables(&mut self, _pid: u32) -> Result<()> {
+        Ok(())
+    }
+
     /// `--unwind tables`: how much of the row memory is used; `None` in other modes.
     fn unwind_table_use(&self) -> Option<TableUse> {
         None
@@ -177,6 +183,13 @@ impl SampleSource for Sampler {
     fn set_unwind_tables(&mut self, pid: u32, mappings: &[TableMapping]) -> Result<()> {
         match self.tables.as_mut() {
             Some(tables) => tables.set_process(&mut self.ebpf, pid, mappings),
+            None => Ok(()),
+        }
+    }
+
+    fn forget_unwind_tables(&mut self, pid: u32) -> Result<()> {
+        match self.tables.as_mut() {
+            Some(tables) => tables.forget_process(&mut self.ebpf, pid),
             None => Ok(()),
         }
     }

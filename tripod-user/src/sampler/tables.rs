@@ -3,14 +3,38 @@
 //! them in `UNWIND_PROCESSES`. The array's size is the memory bound
 //! (`--unwind-table-size`); a file that does not fit is left out, and its
 //! frames are unwound by copying.
-use std::collections::HashMap as StdHashMap;
+use std::{
+    collections::HashMap as StdHashMap,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, MapData},
+    maps::{Array, HashMap, IterableMap as _, MapData},
     Ebpf,
 };
-use tripod_common::{names, UnwindMapping, UnwindProcess, MAX_UNWIND_MAPPINGS};
+use tripod_common::{
+    names, UnwindMapping, UnwindProcess, UnwindRow, MAX_UNWIND_MAPPINGS, MAX_UNWIND_PROCESSES,
+};
+
+/// Set by tests to a number of processes: `UNWIND_PROCESSES` holds that
+/// many instead of [`MAX_UNWIND_PROCESSES`], so that filling it takes a few
+/// hundred short processes rather than thousands.
+pub const TEST_PROCESS_SLOTS: &str = "TRIPOD_TEST_UNWIND_PROCESS_SLOTS";
+
+/// Set (to anything) by tests: rows are written one update each, as on a
+/// kernel that refuses batch updates of arrays (before Linux 5.7).
+pub const TEST_NO_BATCH_UPDATE: &str = "TRIPOD_TEST_NO_BATCH_UPDATE";
+
+/// How many processes `UNWIND_PROCESSES` holds: [`MAX_UNWIND_PROCESSES`],
+/// or fewer for a test ([`TEST_PROCESS_SLOTS`]).
+pub fn process_slots() -> u32 {
+    std::env::var(TEST_PROCESS_SLOTS)
+        .ok()
+        .and_then(|slots| slots.parse().ok())
+        .filter(|&slots| (1..=MAX_UNWIND_PROCESSES).contains(&slots))
+        .unwrap_or(MAX_UNWIND_PROCESSES)
+}
 
 use crate::model::{TableMapping, TableUse};
 
@@ -84,6 +108,25 @@ impl TableStore {
             .with_context(|| format!("adding the unwind tables of pid {pid}"))
     }
 
+    /// Stops walking the stacks of process `pid` in the kernel: it exited
+    /// (its entry would hold one of the [`MAX_UNWIND_PROCESSES`] slots for
+    /// good), or exec'd (its entry describes mappings that are gone). Its
+    /// files' rows stay, shared with other processes.
+    pub fn forget_process(&mut self, ebpf: &mut Ebpf, pid: u32) -> Result<()> {
+        let mut processes: HashMap<&mut MapData, u32, UnwindProcess> =
+            HashMap::try_from(map(ebpf, names::UNWIND_PROCESSES)?)?;
+        match processes.remove(&pid) {
+            Ok(()) => Ok(()),
+            // Never added (it did not fit, or had no rows): nothing to do.
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("removing the unwind tables of pid {pid}")),
+        }
+    }
+
     /// The rows of `mapping`'s file in `UNWIND_ROWS`, loaded now if they
     /// were not; `None` when they do not fit.
     fn load_file(&mut self, ebpf: &mut Ebpf, mapping: &TableMapping) -> Result<Option<(u32, u32)>> {
@@ -97,12 +140,7 @@ impl TableStore {
             return Ok(None);
         }
         let start = self.next_row;
-        let mut rows: Array<&mut MapData, tripod_common::UnwindRow> =
-            Array::try_from(map(ebpf, names::UNWIND_ROWS)?)?;
-        for (i, row) in mapping.rows.iter().enumerate() {
-            rows.set(start + i as u32, row, 0)
-                .context("writing unwind rows")?;
-        }
+        write_rows(map(ebpf, names::UNWIND_ROWS)?, start, &mapping.rows)?;
         self.next_row += len as u32;
         self.usage.files += 1;
         self.usage.rows += len;
@@ -110,6 +148,41 @@ impl TableStore {
         self.files.insert(mapping.file, loaded);
         Ok(loaded)
     }
+}
+
+/// Writes `rows` into `UNWIND_ROWS` from index `start`: in batches, or one
+/// update each on a kernel that refuses batch updates of arrays (a large
+/// file's rows then take a second or so).
+fn write_rows(map: &mut aya::maps::Map, start: u32, rows: &[UnwindRow]) -> Result<()> {
+    let started = std::time::Instant::now();
+    let fd = {
+        let rows: Array<&MapData, UnwindRow> = Array::try_from(&*map)?;
+        rows.map().fd().as_fd().as_raw_fd()
+    };
+    // Tests pretend the kernel refuses, to keep the fallback honest.
+    let batch = match std::env::var_os(TEST_NO_BATCH_UPDATE) {
+        Some(_) => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+        None => super::batch::update_array(fd, start, rows),
+    };
+    let how = match batch {
+        Ok(()) => "in batches",
+        Err(error) => {
+            log::debug!("batch update of unwind rows refused ({error}); one by one");
+            let mut array: Array<&mut MapData, UnwindRow> = Array::try_from(map)?;
+            for (i, row) in rows.iter().enumerate() {
+                array
+                    .set(start + i as u32, row, 0)
+                    .context("writing unwind rows")?;
+            }
+            "one by one"
+        }
+    };
+    log::debug!(
+        "wrote {} unwind rows {how} in {:?}",
+        rows.len(),
+        started.elapsed()
+    );
+    Ok(())
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {

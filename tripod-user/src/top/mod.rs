@@ -65,7 +65,8 @@ enum Ended {
 
 /// Runs `top` until `q`, a signal, or (without a terminal) the targets'
 /// exit; returns the exit status.
-pub async fn run(top: TopConfig, shutdown: Shutdown) -> Result<u8> {
+pub async fn run(mut top: TopConfig, shutdown: Shutdown) -> Result<u8> {
+    live::settle_unwind(&mut top.record);
     let config = &top.record;
     let on_terminal = std::io::stdout().is_terminal();
     if on_terminal {
