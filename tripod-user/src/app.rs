@@ -88,14 +88,7 @@ pub async fn run(mut config: Config, shutdown: Shutdown) -> Result<u8> {
         python,
         counters,
     );
-    if config.unwind == UnwindMode::Tables {
-        let pids = match &config.target {
-            Target::Pids(pids) => pids.clone(),
-            _ => Vec::new(),
-        };
-        pipeline.unwind_in_kernel(&pids);
-        pipeline.tell_python(source);
-    }
+    unwind_in_kernel_if_asked(&config, &mut pipeline, source);
     // Announced once the named targets' rows are asked for (they are compiled on
     // another thread; their stacks are copied until the rows are in the kernel).
     announce(&config, &run_info, &output.name);
@@ -211,6 +204,23 @@ pub(crate) async fn start_command(
     child.release();
     child.wait_for_exec().await;
     Ok(Some(child))
+}
+
+/// `--unwind tables`: the named targets' rows are asked for now, other
+/// processes' as they are seen.
+pub(crate) fn unwind_in_kernel_if_asked(
+    config: &Config,
+    pipeline: &mut Pipeline,
+    source: &mut dyn SampleSource,
+) {
+    if config.unwind == UnwindMode::Tables {
+        let pids = match &config.target {
+            Target::Pids(pids) => pids.clone(),
+            _ => Vec::new(),
+        };
+        pipeline.unwind_in_kernel(&pids);
+        pipeline.tell_python(source);
+    }
 }
 
 /// The stages after the sampler, for this configuration.

@@ -99,6 +99,7 @@ pub async fn run(mut top: TopConfig, shutdown: Shutdown) -> Result<u8> {
         python,
         counters,
     );
+    app::unwind_in_kernel_if_asked(config, &mut pipeline, source);
     if let Some(pid) = child_pid {
         pipeline.track(pid);
         pipeline.check_python(pid);
