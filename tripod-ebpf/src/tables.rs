@@ -362,16 +362,18 @@ pub fn store(walked: &HashMap<u32, WalkedStack>, copy: &mut StackCopy, hash: u64
     let stack = unsafe { &mut *copy.stack.as_mut_ptr().cast::<WalkedStack>() };
     stack.len = len as u64;
     let id = walked_stack_id(hash);
-    if let Some(stored) = walked.get_ptr(id) {
-        // SAFETY: a live map value, read during this program run only.
-        return same_frames(unsafe { &*stored }, stack).then_some(id);
-    }
-    if walked.insert(id, &*stack, BPF_NOEXIST as u64).is_ok() {
-        return Some(id);
-    }
-    // Another CPU stored this id at the same moment, or the map is full.
-    let stored = walked.get_ptr(id)?;
-    // SAFETY: as above.
+    // One comparison site: each is a loop the verifier walks through.
+    let stored = match walked.get_ptr(id) {
+        Some(stored) => stored,
+        None => {
+            if walked.insert(id, &*stack, BPF_NOEXIST as u64).is_ok() {
+                return Some(id);
+            }
+            // Another CPU stored this id at the same moment, or the map is full.
+            walked.get_ptr(id)?
+        }
+    };
+    // SAFETY: a live map value, read during this program run only.
     same_frames(unsafe { &*stored }, stack).then_some(id)
 }
 
