@@ -25,6 +25,22 @@ fn walked_and_copied(stderr: &str) -> (u64, u64) {
     )
 }
 
+/// Of the stacks walked in the kernel, how many the end-of-run line says
+/// were counted there rather than sent as ring-buffer records.
+fn counted_in_the_kernel(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("unwind tables: "))
+        .unwrap_or_else(|| panic!("no unwind tables line in stderr:\n{stderr}"));
+    let head = &line[..line
+        .find(" counted there")
+        .unwrap_or_else(|| panic!("no \"counted there\" in {line}"))];
+    let word = head.split_whitespace().last().unwrap();
+    word.trim_start_matches('(')
+        .parse()
+        .unwrap_or_else(|_| panic!("a number before \"counted there\" in {line}"))
+}
+
 /// Samples `pid` with `--unwind tables`: (folded output, stderr).
 fn sample_tables(pid: u32, extra: &[&str]) -> (String, String) {
     let pid = pid.to_string();
@@ -70,10 +86,17 @@ fn nofp_chain_is_walked_in_the_kernel() {
     let (folded, stderr) = sample_tables(fx.pid(), &[]);
     assert_share(&folded, "chain_nofp", 0.99, full_chain_from_start);
     let (walked, copied) = walked_and_copied(&stderr);
-    println!("walked {walked}, copied {copied}");
+    let counted = counted_in_the_kernel(&stderr);
+    println!("walked {walked} (counted {counted}), copied {copied}");
     assert!(
         walked >= 50 && copied * 4 <= walked,
         "expected nearly every stack walked in the kernel, got {walked} walked, {copied} copied:\n{stderr}"
+    );
+    // Walked stacks are counted in the kernel, not sent through the ring
+    // buffer: the folded counts above came from the count maps.
+    assert_eq!(
+        counted, walked,
+        "expected every walked stack counted in the kernel:\n{stderr}"
     );
 }
 
@@ -96,6 +119,7 @@ fn threads_are_walked_through_libc_to_their_root() {
     let (walked, copied) = walked_and_copied(&stderr);
     // Samples before the rows were loaded (the first pull) are copied.
     assert!(walked >= 50 && copied * 4 <= walked, "{stderr}");
+    assert_eq!(counted_in_the_kernel(&stderr), walked, "{stderr}");
 }
 
 /// Off-CPU: the naps are timed as with the other modes, with stacks the
@@ -124,6 +148,9 @@ fn off_cpu_waits_are_walked_in_the_kernel() {
         walked >= 5,
         "expected the naps walked in the kernel:\n{stderr}"
     );
+    // Off-CPU stacks are timed in userspace from their records: none is
+    // counted in the kernel.
+    assert_eq!(counted_in_the_kernel(&stderr), 0, "{stderr}");
 }
 
 /// Rows that do not fit in `--unwind-table-size` leave their files to the

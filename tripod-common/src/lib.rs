@@ -44,6 +44,8 @@ pub mod names {
     pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
     /// Each process's executable mappings and their rows: tgid -> [`crate::UnwindProcess`].
     pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
+    /// User stacks walked with the rows, of generation 0 and 1: id -> [`crate::WalkedStack`].
+    pub const WALKED: [&str; 2] = ["WALKED_0", "WALKED_1"];
 }
 
 /// The errno values the kernel side reports, by name.
@@ -554,7 +556,8 @@ pub const CONTROL_LEN: u32 = 1;
 /// Key of the count maps: one entry per distinct (thread, cgroup, stacks) seen.
 ///
 /// 48 bytes, no padding: four `u32`/`i32` fields, the 16-byte comm, the
-/// 8-byte cgroup id (at offset 32, aligned), then 8 reserved bytes.
+/// 8-byte cgroup id (at offset 32, aligned), then the user stack's
+/// [`stack_source`] and 4 reserved bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SampleKey {
@@ -563,7 +566,9 @@ pub struct SampleKey {
     /// Thread id (the kernel's pid).
     pub tid: u32,
     /// Id in the generation's stack map, or a negative errno from
-    /// `bpf_get_stackid`, or [`STACK_NOT_COLLECTED`].
+    /// `bpf_get_stackid`, or [`STACK_NOT_COLLECTED`]; with
+    /// `user_stack_source` [`stack_source::WALKED`], a key of the
+    /// generation's walked-stack map (any bit pattern, errors included).
     pub user_stack_id: i32,
     /// Same as `user_stack_id`, for the kernel stack.
     pub kernel_stack_id: i32,
@@ -572,8 +577,80 @@ pub struct SampleKey {
     /// The thread's cgroup v2 id when sampled (`bpf_get_current_cgroup_id`):
     /// the inode number of its directory under the cgroup2 mount.
     pub cgroup_id: u64,
+    /// Which map `user_stack_id` names: a [`stack_source`] value.
+    pub user_stack_source: u32,
     /// Reserved, zero. Keeps the size a multiple of 8 for the hash map.
-    pub _reserved: [u32; 2],
+    pub _reserved: u32,
+}
+
+/// Where a [`SampleKey`]'s `user_stack_id` points (its `user_stack_source`).
+pub mod stack_source {
+    /// The generation's stack-trace map (`bpf_get_stackid`, frame pointers),
+    /// or an errno / [`crate::STACK_NOT_COLLECTED`]: the value 0, so keys
+    /// built before the field existed read the same.
+    pub const STACK_MAP: u32 = 0;
+    /// The generation's walked-stack map (`--unwind tables`): a
+    /// [`crate::WalkedStack`] the eBPF program walked with the rows.
+    pub const WALKED: u32 = 1;
+}
+
+/// Value of the walked-stack maps (`--unwind tables`): a user stack the
+/// eBPF program walked with the rows, stored once per generation and named
+/// by the count keys of every sample that walked it (as `bpf_get_stackid`
+/// stores frame-pointer stacks).
+///
+/// The key is [`walked_stack_id`] of [`walked_hash`] over the frames. Two
+/// different stacks with the same key are told apart by comparing the
+/// stored frames: the second one is sent as a ring-buffer record instead
+/// (and counted so), never counted under the first one's frames.
+///
+/// The frames come first and `len` after them so that the value is the
+/// first bytes of a [`StackCopy`]'s stack area, where the walk writes
+/// them: it is stored from there without another copy.
+///
+/// 97 × u64: 776 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkedStack {
+    /// The instruction pointer, then each return address, innermost first;
+    /// only the first `len` are meaningful.
+    pub frames: [u64; MAX_TABLE_FRAMES],
+    /// How many of `frames` were walked.
+    pub len: u64,
+}
+
+impl WalkedStack {
+    /// The walked addresses; a `len` past the array (a bad value) is cut to it.
+    pub fn addresses(&self) -> &[u64] {
+        let len = if self.len > MAX_TABLE_FRAMES as u64 {
+            MAX_TABLE_FRAMES
+        } else {
+            self.len as usize
+        };
+        self.frames.split_at(len).0
+    }
+}
+
+/// Where a [`walked_hash`] starts (an arbitrary odd constant).
+pub const WALKED_HASH_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// One step of the hash of a walked stack: `hash` so far, then the next
+/// address. The eBPF program takes one step per frame as it walks.
+#[inline(always)]
+pub const fn walked_hash(hash: u64, address: u64) -> u64 {
+    // A multiply-rotate mix: each address changes every bit of the result,
+    // and the order of the addresses matters.
+    (hash ^ address)
+        .wrapping_mul(0xff51_afd7_ed55_8ccd)
+        .rotate_left(29)
+}
+
+/// The key in the walked-stack map of a stack with this [`walked_hash`]:
+/// both halves folded into 32 bits, the width of
+/// [`SampleKey::user_stack_id`].
+#[inline(always)]
+pub const fn walked_stack_id(hash: u64) -> u32 {
+    (hash ^ (hash >> 32)) as u32
 }
 
 /// Value of the count maps: how often a [`SampleKey`] was seen in one
@@ -763,11 +840,15 @@ pub enum Counter {
     /// `--unwind tables`: copied instead, the walk failed (unreadable
     /// stack, unknown rbp, deeper than [`MAX_TABLE_FRAMES`]).
     TableWalkFailed,
+    /// `--unwind tables`: of the stacks walked, those counted in the count
+    /// maps (the others were sent as ring-buffer records: off-CPU, Python,
+    /// a walked-stack id already holding other frames, a full map).
+    TableCounted,
 }
 
 impl Counter {
     /// Number of counters, the size of the `COUNTERS` map.
-    pub const LEN: u32 = 15;
+    pub const LEN: u32 = 16;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::LEN as usize] = [
@@ -786,6 +867,7 @@ impl Counter {
         Counter::TableUnwound,
         Counter::TableNotCovered,
         Counter::TableWalkFailed,
+        Counter::TableCounted,
     ];
 
     /// The counter for a failed `bpf_get_stackid` with this (negative) errno.
@@ -824,6 +906,8 @@ mod pod {
     unsafe impl aya::Pod for super::UnwindRow {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UnwindProcess {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::WalkedStack {}
 }
 
 #[cfg(test)]
@@ -840,6 +924,10 @@ mod tests {
             10 * 4 + 6 * 4 + 2 * 4
         );
         assert_eq!(core::mem::size_of::<UnwindRow>(), 16);
+        assert_eq!(
+            core::mem::size_of::<WalkedStack>(),
+            8 * (MAX_TABLE_FRAMES + 1)
+        );
         assert_eq!(core::mem::size_of::<UnwindMapping>(), 32);
         assert_eq!(
             core::mem::size_of::<UnwindProcess>(),
@@ -870,6 +958,43 @@ mod tests {
             StackCopy::record_len(16, 2),
             StackCopy::STACK_OFFSET + 16 + 2 * 40
         );
+    }
+
+    #[test]
+    fn walked_stacks_hash_by_order_and_content() {
+        let hash = |frames: &[u64]| {
+            frames
+                .iter()
+                .fold(WALKED_HASH_SEED, |h, &a| walked_hash(h, a))
+        };
+        let chain = hash(&[0x401000, 0x401234, 0x7f00_0000_1000]);
+        assert_eq!(chain, hash(&[0x401000, 0x401234, 0x7f00_0000_1000]));
+        assert_ne!(chain, hash(&[0x401234, 0x401000, 0x7f00_0000_1000]));
+        assert_ne!(chain, hash(&[0x401000, 0x401234]));
+        assert_ne!(chain, hash(&[0x401000, 0x401234, 0x7f00_0000_1000, 0]));
+        // One bit of one address moves the id.
+        assert_ne!(
+            walked_stack_id(chain),
+            walked_stack_id(hash(&[0x401001, 0x401234, 0x7f00_0000_1000]))
+        );
+        // The id folds both halves of the hash.
+        assert_eq!(walked_stack_id(0x0000_0001_0000_0000), 1);
+        assert_eq!(walked_stack_id(0xffff_ffff_ffff_ffff), 0);
+    }
+
+    #[test]
+    fn a_walked_stack_yields_its_first_len_frames() {
+        let mut stack = WalkedStack {
+            frames: [7; MAX_TABLE_FRAMES],
+            len: 3,
+        };
+        stack.frames[..3].copy_from_slice(&[0x10, 0x20, 0x30]);
+        assert_eq!(stack.addresses(), &[0x10, 0x20, 0x30]);
+        stack.len = 0;
+        assert!(stack.addresses().is_empty());
+        // A bad length never reads past the frames.
+        stack.len = u64::MAX;
+        assert_eq!(stack.addresses().len(), MAX_TABLE_FRAMES);
     }
 
     #[test]

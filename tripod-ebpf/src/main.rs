@@ -7,7 +7,11 @@
 //!   (`bpf_get_stackid`) walks them, and samples are counted here;
 //! - a copy (`--unwind dwarf`): the user registers and the top of the user
 //!   stack go to a ring buffer, and userspace unwinds them with `.eh_frame`,
-//!   which works for code built without frame pointers.
+//!   which works for code built without frame pointers;
+//! - rows compiled from `.eh_frame` (`--unwind tables`, see `tables.rs`):
+//!   the walked stack is stored once in a walked-stack map and samples are
+//!   counted here as with frame pointers; what the rows do not cover is
+//!   copied as in `--unwind dwarf`.
 //!
 //! Kernel stacks always come from the kernel's unwinder (ORC).
 //!
@@ -51,11 +55,11 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tripod_common::{
-    ring_wakeup_flags, Counter, PythonProcess, RecordKind, SampleCount, SampleKey, SamplerConfig,
-    ScratchSlot, StackCopy, WakeRecord, CONTROL_GENERATION, CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE,
-    DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_STORAGE_SIZE, MAX_BLOCKED_THREADS, MAX_CGROUPS,
-    MAX_CGROUP_LEVEL, MAX_DUMP_STACK_COPY, MAX_PYTHON_FRAMES, MAX_STACK_COPY, MAX_STACK_DEPTH,
-    MAX_TARGETS, STACK_NOT_COLLECTED,
+    errno, ring_wakeup_flags, stack_source, Counter, PythonProcess, RecordKind, SampleCount,
+    SampleKey, SamplerConfig, ScratchSlot, StackCopy, WakeRecord, WalkedStack, CONTROL_GENERATION,
+    CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_STORAGE_SIZE,
+    MAX_BLOCKED_THREADS, MAX_CGROUPS, MAX_CGROUP_LEVEL, MAX_DUMP_STACK_COPY, MAX_PYTHON_FRAMES,
+    MAX_STACK_COPY, MAX_STACK_DEPTH, MAX_TARGETS, STACK_NOT_COLLECTED,
 };
 
 /// Set by the loader before the program is loaded; read-only afterwards.
@@ -172,6 +176,30 @@ fn try_sample_stack(ctx: &PerfEventContext) -> Result<u32, u32> {
     bump(Counter::Samples);
 
     let python = python::process(tgid);
+    // Each generation is its own copy of the counting code so the verifier
+    // sees fixed maps.
+    let generation = CONTROL.get(CONTROL_GENERATION).copied().unwrap_or(0);
+    let mut walk = config.walk_tables != 0;
+    if walk && python.is_none() {
+        // SAFETY: no preconditions.
+        let slot = ScratchSlot::sample(unsafe { bpf_get_smp_processor_id() });
+        let who = (tgid, tid, slot);
+        let walked = if generation & 1 == 0 {
+            count_walked(ctx, &config, who, (&STACKS_0, &COUNTS_0, &tables::WALKED_0))
+        } else {
+            count_walked(ctx, &config, who, (&STACKS_1, &COUNTS_1, &tables::WALKED_1))
+        };
+        match walked {
+            Walked::Counted => return Ok(0),
+            Walked::Send(copy) => {
+                set_kernel_stack(ctx.as_ptr(), &config, copy);
+                send(copy);
+                return Ok(0);
+            }
+            // Copied below, without walking again.
+            Walked::NotWalked => walk = false,
+        }
+    }
     if config.copy_user_stack != 0 || python.is_some() {
         // SAFETY: no preconditions.
         let cpu = unsafe { bpf_get_smp_processor_id() };
@@ -180,43 +208,136 @@ fn try_sample_stack(ctx: &PerfEventContext) -> Result<u32, u32> {
         // then (the sideband's records carry the same clock).
         // SAFETY: no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
-        if let Some(copy) = current_thread_copy(
-            ctx.as_ptr(),
-            &config,
-            ScratchSlot::sample(cpu),
-            RecordKind::Sample,
-            &who,
-            now,
-        ) {
+        let record = (ScratchSlot::sample(cpu), RecordKind::Sample, now);
+        if let Some(copy) = current_thread_copy(ctx.as_ptr(), &config, record, &who, walk) {
             send(copy);
         }
         return Ok(0);
     }
 
-    // Each generation is its own copy of `record` so the verifier sees fixed maps.
-    let generation = CONTROL.get(CONTROL_GENERATION).copied().unwrap_or(0);
     if generation & 1 == 0 {
-        record(ctx, &config, tgid, tid, &STACKS_0, &COUNTS_0);
+        let user = frame_pointer_stack(ctx, &config, &STACKS_0);
+        record(ctx, &config, (tgid, tid), user, (&STACKS_0, &COUNTS_0));
     } else {
-        record(ctx, &config, tgid, tid, &STACKS_1, &COUNTS_1);
+        let user = frame_pointer_stack(ctx, &config, &STACKS_1);
+        record(ctx, &config, (tgid, tid), user, (&STACKS_1, &COUNTS_1));
     }
     Ok(0)
 }
 
+/// What a count key says of the user stack: its `user_stack_id` and
+/// `user_stack_source` (see [`SampleKey`]).
+struct UserStackId {
+    id: i32,
+    source: u32,
+}
+
+/// The user stack as the kernel walks it with frame pointers, stored in `stacks`.
 #[inline(always)]
-fn record(
+fn frame_pointer_stack(
     ctx: &PerfEventContext,
     config: &SamplerConfig,
-    tgid: u32,
-    tid: u32,
     stacks: &StackTrace,
-    counts: &HashMap<SampleKey, SampleCount>,
-) {
-    let user_stack_id = if config.collect_user != 0 {
+) -> UserStackId {
+    let id = if config.collect_user != 0 {
         stack_id(ctx, stacks, false)
     } else {
         STACK_NOT_COLLECTED
     };
+    UserStackId {
+        id,
+        source: stack_source::STACK_MAP,
+    }
+}
+
+/// How [`count_walked`] ended.
+enum Walked {
+    /// The sample is counted in the count map.
+    Counted,
+    /// Walked, but the stack could not be stored (see [`tables::store`]):
+    /// the record in the scratch slot is to be sent, once it has its kernel stack.
+    Send(&'static mut StackCopy),
+    /// Not walked (the reason is counted): the stack is to be copied.
+    NotWalked,
+}
+
+/// `--unwind tables` on a CPU: walks the user stack with the rows and
+/// counts the sample like [`record`] does with frame pointers, the walked
+/// stack stored in `walked` and the kernel stack in `stacks`. `who` is
+/// (tgid, tid, scratch slot).
+#[inline(always)]
+fn count_walked(
+    ctx: &PerfEventContext,
+    config: &SamplerConfig,
+    (tgid, tid, slot): (u32, u32, u32),
+    (stacks, counts, walked): (
+        &StackTrace,
+        &HashMap<SampleKey, SampleCount>,
+        &HashMap<u32, WalkedStack>,
+    ),
+) -> Walked {
+    let Some(copy) = SCRATCH.get_ptr_mut(slot) else {
+        return Walked::NotWalked;
+    };
+    // SAFETY: a slot no other running program uses (see `ScratchSlot`).
+    let copy = unsafe { &mut *copy };
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    begin_record(copy, RecordKind::Sample, tgid, tid, comm, 0, now);
+    copy.header.cgroup_id = current_cgroup();
+    // SAFETY: helpers called with the current task, which is always valid.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    set_user_regs(copy, config, regs);
+    let user = if copy.header.no_user != 0 {
+        // As `bpf_get_stackid` reports a thread without user registers.
+        let id = match config.collect_user {
+            0 => STACK_NOT_COLLECTED,
+            _ => -errno::EFAULT,
+        };
+        UserStackId {
+            id,
+            source: stack_source::STACK_MAP,
+        }
+    } else {
+        let Some(hash) = tables::walk(copy, slot, tgid) else {
+            return Walked::NotWalked;
+        };
+        bump(Counter::TableUnwound);
+        let Some(id) = tables::store(walked, copy, hash) else {
+            return Walked::Send(copy);
+        };
+        bump(Counter::TableCounted);
+        UserStackId {
+            id: id as i32,
+            source: stack_source::WALKED,
+        }
+    };
+    record(ctx, config, (tgid, tid), user, (stacks, counts));
+    Walked::Counted
+}
+
+/// Fills in the kernel stack of a record, as the kernel's unwinder sees `ctx`.
+#[inline(always)]
+fn set_kernel_stack(ctx: *mut c_void, config: &SamplerConfig, copy: &mut StackCopy) {
+    if config.collect_kernel != 0 {
+        let size = (8 * MAX_STACK_DEPTH) as u32;
+        // SAFETY: the buffer is `size` bytes of map memory.
+        let read = unsafe { bpf_get_stack(ctx, copy.kernel.as_mut_ptr().cast(), size, 0) };
+        set_kernel_frames(copy, read);
+    }
+}
+
+/// Counts one sample of thread (`tgid`, `tid`) with user stack `user` and
+/// the kernel stack, stored in `stacks`, in `counts`.
+#[inline(always)]
+fn record(
+    ctx: &PerfEventContext,
+    config: &SamplerConfig,
+    (tgid, tid): (u32, u32),
+    user: UserStackId,
+    (stacks, counts): (&StackTrace, &HashMap<SampleKey, SampleCount>),
+) {
     let kernel_stack_id = if config.collect_kernel != 0 {
         stack_id(ctx, stacks, true)
     } else {
@@ -225,11 +346,12 @@ fn record(
     let key = SampleKey {
         tgid,
         tid,
-        user_stack_id,
+        user_stack_id: user.id,
         kernel_stack_id,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         cgroup_id: current_cgroup(),
-        _reserved: [0; 2],
+        user_stack_source: user.source,
+        _reserved: 0,
     };
     if increment(counts, &key) {
         return;
@@ -259,15 +381,16 @@ struct Thread {
 
 /// Assembles a [`StackCopy`] of the current thread in its scratch slot: the
 /// kernel stack as `ctx` sees it, the user registers and the top of the user
-/// stack (or, with `--unwind fp`, the user addresses the kernel walks).
+/// stack (or, with `--unwind fp`, the user addresses the kernel walks; with
+/// `--unwind tables` and `walk`, the ones the rows walk). `record` is
+/// (scratch slot, kind, time).
 #[inline(always)]
 fn current_thread_copy(
     ctx: *mut c_void,
     config: &SamplerConfig,
-    slot: u32,
-    kind: RecordKind,
+    (slot, kind, time_ns): (u32, RecordKind, u64),
     thread: &Thread,
-    time_ns: u64,
+    walk: bool,
 ) -> Option<&'static mut StackCopy> {
     let copy = SCRATCH.get_ptr_mut(slot)?;
     // SAFETY: a slot no other running program uses (see `ScratchSlot`).
@@ -275,13 +398,7 @@ fn current_thread_copy(
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     begin_record(copy, kind, thread.tgid, thread.tid, comm, 0, time_ns);
     copy.header.cgroup_id = current_cgroup();
-
-    if config.collect_kernel != 0 {
-        let size = (8 * MAX_STACK_DEPTH) as u32;
-        // SAFETY: the buffer is `size` bytes of map memory.
-        let read = unsafe { bpf_get_stack(ctx, copy.kernel.as_mut_ptr().cast(), size, 0) };
-        set_kernel_frames(copy, read);
-    }
+    set_kernel_stack(ctx, config, copy);
 
     // The registers saved at kernel entry are the user registers, whether the
     // sample interrupted user code or a system call. Kernel threads have none.
@@ -293,7 +410,7 @@ fn current_thread_copy(
     }
     if config.copy_user_stack == 0 {
         walk_user_frame_pointers(ctx, copy);
-    } else if config.walk_tables != 0 && tables::walk(copy, slot, thread.tgid) {
+    } else if config.walk_tables != 0 && walk && tables::walk(copy, slot, thread.tgid).is_some() {
         bump(Counter::TableUnwound);
     } else {
         let sp = copy.header.sp;
@@ -549,9 +666,8 @@ fn switched_out(ctx: &BtfTracePointContext, config: &SamplerConfig) {
         tid,
         python: python::process(tgid),
     };
-    let Some(copy) =
-        current_thread_copy(ctx.as_ptr(), config, slot, RecordKind::Blocked, &who, now)
-    else {
+    let record = (slot, RecordKind::Blocked, now);
+    let Some(copy) = current_thread_copy(ctx.as_ptr(), config, record, &who, true) else {
         return;
     };
     // Preempted threads are runnable whatever `__state` says.

@@ -10,14 +10,15 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::generated::bpf_loop,
     macros::map,
     maps::{Array, HashMap},
 };
 use tripod_common::{
-    cfa_rule, rbp_rule, Counter, StackCopy, UnwindMapping, UnwindProcess, UnwindRow,
-    MAX_STACK_COPY, MAX_TABLE_FRAMES, MAX_UNWIND_MAPPINGS, MAX_UNWIND_PROCESSES,
+    cfa_rule, rbp_rule, walked_hash, walked_stack_id, Counter, StackCopy, UnwindMapping,
+    UnwindProcess, UnwindRow, WalkedStack, MAX_STACK_COPY, MAX_TABLE_FRAMES, MAX_UNWIND_MAPPINGS,
+    MAX_UNWIND_PROCESSES, WALKED_HASH_SEED,
 };
 
 use crate::{bump, read_user, SCRATCH};
@@ -31,6 +32,17 @@ static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, 0);
 #[map]
 static UNWIND_PROCESSES: HashMap<u32, UnwindProcess> =
     HashMap::with_max_entries(MAX_UNWIND_PROCESSES, BPF_F_NO_PREALLOC);
+
+// Walked user stacks of each generation, named by the count keys as
+// `STACKS_x` is for frame pointers (see `tripod_common::WalkedStack`).
+// Not preallocated: values are 776 bytes, and the loader sizes the maps
+// from `--stack-storage-size` only in this mode (1 entry otherwise).
+#[map]
+pub(crate) static WALKED_0: HashMap<u32, WalkedStack> =
+    HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+#[map]
+pub(crate) static WALKED_1: HashMap<u32, WalkedStack> =
+    HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 /// Steps of the binary search of a file's rows: log2 of `MAX_UNWIND_FILE_ROWS`, plus one.
 const ROW_STEPS: u32 = 22;
@@ -66,6 +78,8 @@ struct WalkState {
     slot: u32,
     /// Addresses written when the walk ended.
     frames: u32,
+    /// [`walked_hash`] of the addresses written so far.
+    hash: u64,
     /// How it ended: `Step::End` as 1, not covered 2, failed 3 (the
     /// initial value: a walk that runs out of iterations was too deep).
     outcome: u32,
@@ -77,17 +91,17 @@ const OUTCOME_FAILED: u32 = 3;
 
 /// Walks the user stack from the registers in `copy`'s header (the record
 /// in `SCRATCH` slot `slot`), writing the instruction pointer then each
-/// return address into its stack area. Returns whether the walk reached the
-/// outermost frame; when it did not, the reason is counted and the caller
-/// copies the stack instead.
+/// return address into its stack area. Returns the [`walked_hash`] of the
+/// addresses if the walk reached the outermost frame; when it did not, the
+/// reason is counted and the caller copies the stack instead.
 ///
 /// The frames are a `bpf_loop`: the verifier checks the body once, not
 /// once per frame (a plain loop of binary searches exceeds its budget).
 #[inline(always)]
-pub fn walk(copy: &mut StackCopy, slot: u32, tgid: u32) -> bool {
+pub fn walk(copy: &mut StackCopy, slot: u32, tgid: u32) -> Option<u64> {
     if UNWIND_PROCESSES.get_ptr(&tgid).is_none() {
         bump(Counter::TableNotCovered);
-        return false;
+        return None;
     }
     let mut state = WalkState {
         regs: Regs {
@@ -99,6 +113,7 @@ pub fn walk(copy: &mut StackCopy, slot: u32, tgid: u32) -> bool {
         tgid,
         slot,
         frames: 0,
+        hash: WALKED_HASH_SEED,
         outcome: OUTCOME_FAILED,
     };
     // SAFETY: `walk_frame` has the callback's signature and `state`
@@ -115,15 +130,15 @@ pub fn walk(copy: &mut StackCopy, slot: u32, tgid: u32) -> bool {
         OUTCOME_END => {
             copy.header.user_frames = state.frames;
             copy.header.stack_len = state.frames * 8;
-            true
+            Some(state.hash)
         }
         OUTCOME_NOT_COVERED => {
             bump(Counter::TableNotCovered);
-            false
+            None
         }
         _ => {
             bump(Counter::TableWalkFailed);
-            false
+            None
         }
     }
 }
@@ -148,6 +163,7 @@ extern "C" fn walk_frame(index: u32, context: *mut c_void) -> i64 {
         let frames = (*copy).stack.as_mut_ptr().cast::<u64>();
         frames.add(depth).write_unaligned(state.regs.ip);
     }
+    state.hash = walked_hash(state.hash, state.regs.ip);
     let outcome = match step(process, state.tgid, &mut state.regs, index == 0) {
         Step::Caller => return 0,
         Step::End => OUTCOME_END,
@@ -326,4 +342,56 @@ fn read_u64(address: u64) -> Option<u64> {
         )
     };
     (read == 0).then_some(value)
+}
+
+/// Stores the stack [`walk`] just wrote into `copy` (its [`walked_hash`] is
+/// `hash`) in `walked`, unless it is there already; the id a count key
+/// names it by. `None` when it cannot be stored: the map is full, or the id
+/// already holds other frames (a collision). The caller then sends the
+/// record through the ring buffer: a stack is never counted under another
+/// one's frames.
+#[inline(always)]
+pub fn store(walked: &HashMap<u32, WalkedStack>, copy: &mut StackCopy, hash: u64) -> Option<u32> {
+    let len = copy.header.user_frames;
+    if len == 0 || len as usize > MAX_TABLE_FRAMES {
+        return None;
+    }
+    // SAFETY: the stack area starts 8-byte aligned (`StackCopy::STACK_OFFSET`
+    // in an 8-byte aligned map value) and is far larger than a `WalkedStack`,
+    // whose frames are where `walk` wrote them.
+    let stack = unsafe { &mut *copy.stack.as_mut_ptr().cast::<WalkedStack>() };
+    stack.len = len as u64;
+    let id = walked_stack_id(hash);
+    // One comparison site: each is a loop the verifier walks through.
+    let stored = match walked.get_ptr(id) {
+        Some(stored) => stored,
+        None => {
+            if walked.insert(id, &*stack, BPF_NOEXIST as u64).is_ok() {
+                return Some(id);
+            }
+            // Another CPU stored this id at the same moment, or the map is full.
+            walked.get_ptr(id)?
+        }
+    };
+    // SAFETY: a live map value, read during this program run only.
+    same_frames(unsafe { &*stored }, stack).then_some(id)
+}
+
+/// Whether two walked stacks hold the same addresses.
+#[inline(always)]
+fn same_frames(stored: &WalkedStack, new: &WalkedStack) -> bool {
+    if stored.len != new.len {
+        return false;
+    }
+    let mut index = 0;
+    while index < MAX_TABLE_FRAMES {
+        if index as u64 >= new.len {
+            return true;
+        }
+        if stored.frames[index] != new.frames[index] {
+            return false;
+        }
+        index += 1;
+    }
+    true
 }

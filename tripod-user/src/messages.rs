@@ -37,17 +37,20 @@ pub fn warn(message: &str) {
 }
 
 /// `--unwind tables`, at the end of a run: how user stacks were unwound
-/// (`[walked, not covered, walk failed]` from the kernel's counters), how
-/// much row memory was used, and which files were left out and why.
+/// (`[walked, of them counted in the kernel, not covered, walk failed]`
+/// from the kernel's counters), how much row memory was used, and which
+/// files were left out and why.
 pub fn unwind_tables_summary(
-    [walked, not_covered, failed]: [u64; 3],
+    [walked, counted, not_covered, failed]: [u64; 4],
     usage: &crate::model::TableUse,
     (malformed, too_many_rows): (usize, usize),
 ) -> String {
     let mut text = format!(
-        "unwind tables: {walked} stacks walked in the kernel, {} copied instead \
+        "unwind tables: {walked} stacks walked in the kernel ({counted} counted there, \
+         {} sent as ring-buffer records), {} copied instead \
          ({not_covered} with code the tables do not cover, {failed} whose walk failed); \
          {} files, {} of {} rows ({} KiB of --unwind-table-size)",
+        walked.saturating_sub(counted),
         not_covered + failed,
         usage.files,
         usage.rows,

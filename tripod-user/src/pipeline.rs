@@ -411,6 +411,7 @@ impl Pipeline {
         Some(messages::unwind_tables_summary(
             [
                 counters.get(Counter::TableUnwound),
+                counters.get(Counter::TableCounted),
                 counters.get(Counter::TableNotCovered),
                 counters.get(Counter::TableWalkFailed),
             ],

@@ -1,7 +1,8 @@
 //! Reading what the kernel counted, one generation at a time, and the
 //! records waiting in the ring buffer.
 //!
-//! A drain of the count maps (`--unwind fp`) has three steps, so the async
+//! A drain of the count maps (`--unwind fp`, and `--unwind tables` on
+//! CPUs, whose walked stacks are counted there too) has three steps, so the async
 //! runtime's thread never waits on the kernel: [`Sampler::flip_generation`] points new
 //! samples at the other pair of maps, [`Flip::settled`] waits (on a
 //! blocking thread) until no eBPF program can still write the old pair, and
@@ -14,7 +15,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as AyaHashMap, IterableMap as _, MapData, MapError};
-use tripod_common::{Counter, SampleCount, SampleKey, CONTROL_GENERATION, STACK_NOT_COLLECTED};
+use tripod_common::{
+    stack_source, Counter, SampleCount, SampleKey, WalkedStack, CONTROL_GENERATION,
+    STACK_NOT_COLLECTED,
+};
 
 use super::{
     batch,
@@ -106,6 +110,10 @@ impl Sampler {
     ) -> Result<Vec<Sample<'static>>> {
         let idle = flip.idle as usize;
         let entries = take_counts(&mut self.counts[idle])?;
+        let walked = match self.tables.is_some() {
+            true => take_walked(&self.walked[idle]),
+            false => HashMap::new(),
+        };
         let stacks = &mut self.stacks[idle];
         let mut read = HashMap::new();
         let mut stack = |id: i32| -> StackRead {
@@ -126,7 +134,7 @@ impl Sampler {
         };
         let samples = entries
             .into_iter()
-            .map(|(key, count)| counted_sample(&key, count, &mut stack))
+            .map(|(key, count)| counted_sample(&key, count, &walked, &mut stack))
             .collect();
 
         // The stacks the counts named are cleared by id. Others are left
@@ -188,6 +196,44 @@ fn take_counts(
     Ok(entries)
 }
 
+/// Every stack of a walked-stack map (`--unwind tables`), which is left
+/// empty, by id. A map that cannot be read leaves its counts' user stacks
+/// [`Gap::Vanished`], as a lost stack-trace entry does.
+fn take_walked(walked: &AyaHashMap<MapData, u32, WalkedStack>) -> HashMap<u32, Vec<u64>> {
+    let fd = walked.map().fd().as_fd().as_raw_fd();
+    match batch::lookup_and_delete_all::<u32, WalkedStack>(fd) {
+        Ok(entries) => walked_addresses(entries),
+        Err(error) => {
+            log::debug!("reading the walked stacks: {error}");
+            HashMap::new()
+        }
+    }
+}
+
+/// The walked stacks by id, as addresses (see [`WalkedStack::addresses`]).
+fn walked_addresses(entries: Vec<(u32, WalkedStack)>) -> HashMap<u32, Vec<u64>> {
+    entries
+        .into_iter()
+        .map(|(id, stack)| (id, stack.addresses().to_vec()))
+        .collect()
+}
+
+/// The user stack a count key names: in the stack-trace map (`stack`), or
+/// among the `walked` stacks (`--unwind tables`).
+fn user_stack(
+    key: &SampleKey,
+    walked: &HashMap<u32, Vec<u64>>,
+    stack: &mut impl FnMut(i32) -> StackRead,
+) -> StackRead {
+    if key.user_stack_source != stack_source::WALKED {
+        return stack(key.user_stack_id);
+    }
+    match walked.get(&(key.user_stack_id as u32)) {
+        Some(addresses) => StackRead::Addresses(addresses.clone()),
+        None => StackRead::Missing(Gap::Vanished),
+    }
+}
+
 /// How often the count maps of `--unwind fp` are drained when nothing else
 /// (the status line, `--interval`, the end of the run) drains them sooner:
 /// often enough that they stay a quarter full at most even if every sample
@@ -218,12 +264,13 @@ const MAX_COUNT_DRAIN: Duration = Duration::from_secs(10);
 fn counted_sample(
     key: &SampleKey,
     count: SampleCount,
+    walked: &HashMap<u32, Vec<u64>>,
     stack: &mut impl FnMut(i32) -> StackRead,
 ) -> Sample<'static> {
     Sample {
         count: count.count,
         time_ns: count.first_ns,
-        user: UserStack::Walked(stack(key.user_stack_id)),
+        user: UserStack::Walked(user_stack(key, walked, stack)),
         kernel: stack(key.kernel_stack_id),
         cgroup_id: key.cgroup_id,
         ..Sample::on_cpu(key.tgid, key.tid, &comm_string(&key.comm))
@@ -257,6 +304,78 @@ const IN_FLIGHT_FALLBACK: Duration = Duration::from_millis(2);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(user_stack_id: i32, user_stack_source: u32) -> SampleKey {
+        SampleKey {
+            tgid: 10,
+            tid: 11,
+            user_stack_id,
+            kernel_stack_id: STACK_NOT_COLLECTED,
+            comm: *b"chain_nofp\0\0\0\0\0\0",
+            cgroup_id: 1,
+            user_stack_source,
+            _reserved: 0,
+        }
+    }
+
+    fn walked_stack(frames: &[u64]) -> WalkedStack {
+        let mut stack = WalkedStack {
+            frames: [0xdead; tripod_common::MAX_TABLE_FRAMES],
+            len: frames.len() as u64,
+        };
+        stack.frames[..frames.len()].copy_from_slice(frames);
+        stack
+    }
+
+    #[test]
+    fn walked_ids_name_the_walked_map_and_others_the_stack_map() {
+        // Id 7 in both maps, with different stacks: the source picks one.
+        let walked = walked_addresses(vec![
+            (7, walked_stack(&[0x401000, 0x401100, 0x401200])),
+            (0x8000_0001, walked_stack(&[0x500000])),
+        ]);
+        let asked = std::cell::RefCell::new(Vec::new());
+        let mut stack_map = |id: i32| {
+            asked.borrow_mut().push(id);
+            StackRead::Addresses(vec![0xffff_0000])
+        };
+        let count = SampleCount {
+            count: 5,
+            first_ns: 42,
+        };
+        let sample = counted_sample(
+            &key(7, stack_source::WALKED),
+            count,
+            &walked,
+            &mut stack_map,
+        );
+        assert_eq!(
+            sample.user,
+            UserStack::Walked(StackRead::Addresses(vec![0x401000, 0x401100, 0x401200]))
+        );
+        assert_eq!((sample.count, sample.time_ns, sample.tid), (5, 42, 11));
+        // An id past i32::MAX is a walked id like any other, not an errno.
+        let high = key(0x8000_0001_u32 as i32, stack_source::WALKED);
+        assert_eq!(
+            user_stack(&high, &walked, &mut stack_map),
+            StackRead::Addresses(vec![0x500000])
+        );
+        // Only the kernel stack was asked of the stack map so far.
+        assert_eq!(*asked.borrow(), [STACK_NOT_COLLECTED]);
+        let fp = user_stack(&key(7, stack_source::STACK_MAP), &walked, &mut stack_map);
+        assert_eq!(fp, StackRead::Addresses(vec![0xffff_0000]));
+        assert_eq!(*asked.borrow(), [STACK_NOT_COLLECTED, 7]);
+    }
+
+    #[test]
+    fn a_walked_id_missing_from_the_map_is_a_vanished_stack() {
+        let walked = walked_addresses(vec![(1, walked_stack(&[0x401000]))]);
+        let mut stack_map = |_| panic!("not a stack-map id");
+        assert_eq!(
+            user_stack(&key(2, stack_source::WALKED), &walked, &mut stack_map),
+            StackRead::Missing(Gap::Vanished)
+        );
+    }
 
     #[test]
     fn the_count_drain_keeps_the_maps_a_quarter_full_within_bounds() {

@@ -36,7 +36,9 @@ use aya::{
     util::online_cpus,
     Btf, Ebpf, EbpfLoader,
 };
-use tripod_common::{names, PythonProcess, SampleCount, SampleKey, SamplerConfig, ScratchSlot};
+use tripod_common::{
+    names, PythonProcess, SampleCount, SampleKey, SamplerConfig, ScratchSlot, WalkedStack,
+};
 
 use crate::config::{SidebandSource, StackSelection};
 
@@ -136,6 +138,8 @@ pub struct Sampler {
     counters: PerCpuArray<MapData, u64>,
     counts: [HashMap<MapData, SampleKey, SampleCount>; 2],
     stacks: [StackTraceMap<MapData>; 2],
+    /// `--unwind tables`: the user stacks the counts of each generation name.
+    walked: [HashMap<MapData, u32, WalkedStack>; 2],
     copies: RingBuf<MapData>,
     generation: u32,
     /// Whether the `perf_event` program writes the count maps (not when
@@ -182,6 +186,10 @@ impl Sampler {
             take_map(&mut ebpf, names::STACKS[0])?,
             take_map(&mut ebpf, names::STACKS[1])?,
         ];
+        let walked = [
+            take_map(&mut ebpf, names::WALKED[0])?,
+            take_map(&mut ebpf, names::WALKED[1])?,
+        ];
         let copies = take_map(&mut ebpf, names::STACK_COPIES)?;
         // Only a run that samples on CPUs needs it: its verification takes a
         // third of a second, most of a dump's start (`off-cpu` and dumps skip it).
@@ -218,7 +226,9 @@ impl Sampler {
             true => attach_all_cpus(sample_program(&mut ebpf)?, options.frequency)?,
             false => (SamplingEvent::CpuClock, None),
         };
-        let counts_in_kernel = options.sample_on_cpu && !options.copy_user_stack;
+        // `--unwind tables` counts the stacks it walks on CPUs there too.
+        let counts_in_kernel =
+            options.sample_on_cpu && (!options.copy_user_stack || options.table_rows.is_some());
         let cpus = online_cpus().map_or(1, |cpus| cpus.len()) as u64;
         let count_drain = counts_in_kernel.then(|| {
             let rate = options.frequency.saturating_mul(cpus);
@@ -234,6 +244,7 @@ impl Sampler {
             counters,
             counts,
             stacks,
+            walked,
             copies,
             generation: 0,
             counts_in_kernel,
@@ -325,6 +336,10 @@ fn load(options: &SamplerOptions) -> Result<Ebpf> {
     for generation in 0..2 {
         loader.map_max_entries(names::STACKS[generation], options.stack_storage_size);
         loader.map_max_entries(names::COUNTS[generation], options.count_map_size);
+        // As many walked stacks as frame-pointer ones; not preallocated,
+        // and a single entry when nothing walks.
+        let walked = options.table_rows.map_or(1, |_| options.stack_storage_size);
+        loader.map_max_entries(names::WALKED[generation], walked);
     }
     // For a ring buffer, max_entries is its size in bytes.
     loader.map_max_entries(names::STACK_COPIES, options.ring_buffer_size);
