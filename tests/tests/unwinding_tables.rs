@@ -173,6 +173,20 @@ fn a_full_table_falls_back_to_copying_and_says_so() {
     );
 }
 
+/// 3 s of `--unwind tables` on the no-frame-pointer chain with the test
+/// switch `var` set: the folded output and stderr of a successful run.
+fn chain_with_tables_and(var: &str) -> (String, String) {
+    let fx = Fixture::start(CHAIN_NOFP, &[]);
+    let pid = fx.pid().to_string();
+    let mut cmd = tripod_command(&[
+        "--pid", &pid, "-d", "3", "-f", "folded", "-o", "-", "--unwind", "tables",
+    ]);
+    cmd.env(var, "1");
+    let out = Tripod::spawn(cmd).wait(RUN_TIMEOUT);
+    assert_success(&out);
+    (stdout_text(&out), stderr_text(&out))
+}
+
 /// A kernel without `bpf_loop` (pretended: this one has it) runs as
 /// `--unwind dwarf` with one line naming what is missing: the chain is
 /// still whole, by copying, and no stack is walked in the kernel.
@@ -182,15 +196,7 @@ fn a_kernel_without_bpf_loop_falls_back_to_copying_with_one_line() {
     if !require_bpf() {
         return;
     }
-    let fx = Fixture::start(CHAIN_NOFP, &[]);
-    let pid = fx.pid().to_string();
-    let mut cmd = tripod_command(&[
-        "--pid", &pid, "-d", "3", "-f", "folded", "-o", "-", "--unwind", "tables",
-    ]);
-    cmd.env("TRIPOD_TEST_PRETEND_NO_BPF_LOOP", "1");
-    let out = Tripod::spawn(cmd).wait(RUN_TIMEOUT);
-    assert_success(&out);
-    let (folded, stderr) = (stdout_text(&out), stderr_text(&out));
+    let (folded, stderr) = chain_with_tables_and("TRIPOD_TEST_PRETEND_NO_BPF_LOOP");
     let said: Vec<&str> = stderr.lines().filter(|l| l.contains("bpf_loop")).collect();
     assert_eq!(said.len(), 1, "one line on bpf_loop expected:\n{stderr}");
     assert!(
@@ -211,15 +217,7 @@ fn rows_written_one_by_one_walk_the_same() {
     if !require_bpf() {
         return;
     }
-    let fx = Fixture::start(CHAIN_NOFP, &[]);
-    let pid = fx.pid().to_string();
-    let mut cmd = tripod_command(&[
-        "--pid", &pid, "-d", "3", "-f", "folded", "-o", "-", "--unwind", "tables",
-    ]);
-    cmd.env("TRIPOD_TEST_NO_BATCH_UPDATE", "1");
-    let out = Tripod::spawn(cmd).wait(RUN_TIMEOUT);
-    assert_success(&out);
-    let (folded, stderr) = (stdout_text(&out), stderr_text(&out));
+    let (folded, stderr) = chain_with_tables_and("TRIPOD_TEST_NO_BATCH_UPDATE");
     assert_share(&folded, "chain_nofp", 0.99, full_chain_from_start);
     let (walked, copied) = walked_and_copied(&stderr);
     assert!(walked >= 50 && copied * 4 <= walked, "{stderr}");

@@ -116,14 +116,7 @@ fn call<K: Pod, V: Pod>(
     // SAFETY: `attr` points at buffers of `count` keys and values and at a
     // position of 8 bytes (the hash map's is a u32 bucket index), all alive
     // for the call; the kernel writes only inside them.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_AND_DELETE_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
+    let result = unsafe { bpf_batch(BPF_MAP_LOOKUP_AND_DELETE_BATCH, &mut attr) };
     let filled = attr.count as usize;
     position[0] = position[1];
     if result == 0 {
@@ -183,17 +176,29 @@ fn update_call<K: Pod, V: Pod>(fd: RawFd, keys: &[K], values: &[V]) -> std::io::
     };
     // SAFETY: `attr` points at `count` keys and values that stay alive for
     // the call; the kernel only reads them, and writes `attr.count`.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
+    let result = unsafe { bpf_batch(BPF_MAP_UPDATE_BATCH, &mut attr) };
     match result {
         0 => Ok(attr.count as usize),
         _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// The bpf(2) system call with `command`, one of the batch commands.
+///
+/// # Safety
+///
+/// The buffers `attr` points at must be valid for what `command` reads
+/// and writes (`count` keys and values, and the batch position).
+unsafe fn bpf_batch(command: libc::c_long, attr: &mut BatchAttr) -> libc::c_long {
+    // SAFETY: `attr` is a whole `BatchAttr`; the buffers it names are the
+    // caller's to vouch for.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
     }
 }
 

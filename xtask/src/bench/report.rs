@@ -143,7 +143,7 @@ fn header(out: &mut String, r: &Results) {
     let _ = writeln!(out, "**Samplers.**");
     let _ = writeln!(
         out,
-        "- {} (this repository; `--unwind fp`, `dwarf` and `auto`, the default)",
+        "- {} (this repository; `--unwind fp`, `dwarf`, `tables` and `auto`, the default)",
         r.tripod_version
     );
     // py-spy is looked for only when the Python measurement runs.
