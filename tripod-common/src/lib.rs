@@ -112,21 +112,30 @@ pub const DEFAULT_RING_BUFFER_SIZE: u32 = 8 * 1024 * 1024;
 /// (see [`ring_wakeup_flags`]).
 pub const RING_WAKEUP_FRACTION: u64 = 4;
 
+/// `BPF_RB_NO_WAKEUP` from the kernel's uapi: wake no one for this record.
+pub const BPF_RB_NO_WAKEUP: u64 = 1;
+
 /// `BPF_RB_FORCE_WAKEUP` from the kernel's uapi: wake the reader now.
 pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 /// The flags a record of `len` bytes is sent to the ring buffer with, when
-/// `avail` bytes wait in a ring of `ring_size` bytes.
+/// `avail` bytes wait in a ring of `ring_size` bytes and the reader says
+/// whether it reads on a timer of its own ([`CONTROL_READER_TICKING`]).
 ///
 /// The kernel's default (flags 0) wakes the reader only for a record that
 /// finds the ring empty: the first of a batch. The reader then waits a
 /// moment before reading (`app`'s batch delay), so the records that follow
-/// need no wake-up of their own: one wake-up handles many. A ring filling
-/// faster than that wakes the reader at once from a quarter full, so that
-/// the rest of the ring absorbs the time it takes to be scheduled.
-pub fn ring_wakeup_flags(avail: u64, len: u64, ring_size: u64) -> u64 {
+/// need no wake-up of their own: one wake-up handles many. While records
+/// keep coming the reader ticks (housekeeping reads the rings anyway), and
+/// a record wakes no one: without that, every tick's read left the ring
+/// empty and the next record woke the reader once more. A ring filling
+/// faster than the reader reads wakes it at once from a quarter full, so
+/// that the rest of the ring absorbs the time it takes to be scheduled.
+pub fn ring_wakeup_flags(avail: u64, len: u64, ring_size: u64, reader_ticking: bool) -> u64 {
     if avail.saturating_add(len) >= ring_size / RING_WAKEUP_FRACTION {
         BPF_RB_FORCE_WAKEUP
+    } else if reader_ticking {
+        BPF_RB_NO_WAKEUP
     } else {
         0
     }
@@ -550,8 +559,18 @@ pub struct UnwindProcess {
 /// no sample is lost or double-counted between a read and a delete.
 pub const CONTROL_GENERATION: u32 = 0;
 
+/// Index of the reader's word in the `CONTROL` array: 1 while userspace
+/// reads the rings on its housekeeping timer, 0 while it sleeps until a
+/// record wakes it (see [`ring_wakeup_flags`]).
+///
+/// Userspace clears it before its last read of a quiet spell, so a record
+/// sent after that read wakes it. A record whose program read the word just
+/// before the clear may be sent without a wake-up after that read: it waits
+/// for the next record's wake-up, or for the end of the run, and is never lost.
+pub const CONTROL_READER_TICKING: u32 = 1;
+
 /// Number of slots in the `CONTROL` array.
-pub const CONTROL_LEN: u32 = 1;
+pub const CONTROL_LEN: u32 = 2;
 
 /// Key of the count maps: one entry per distinct (thread, cgroup, stacks) seen.
 ///

@@ -57,9 +57,10 @@ use aya_ebpf::{
 use tripod_common::{
     errno, ring_wakeup_flags, stack_source, Counter, PythonProcess, RecordKind, SampleCount,
     SampleKey, SamplerConfig, ScratchSlot, StackCopy, WakeRecord, WalkedStack, CONTROL_GENERATION,
-    CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_STORAGE_SIZE,
-    MAX_BLOCKED_THREADS, MAX_CGROUPS, MAX_CGROUP_LEVEL, MAX_DUMP_STACK_COPY, MAX_PYTHON_FRAMES,
-    MAX_STACK_COPY, MAX_STACK_DEPTH, MAX_TARGETS, STACK_NOT_COLLECTED,
+    CONTROL_LEN, CONTROL_READER_TICKING, DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE,
+    DEFAULT_STACK_STORAGE_SIZE, MAX_BLOCKED_THREADS, MAX_CGROUPS, MAX_CGROUP_LEVEL,
+    MAX_DUMP_STACK_COPY, MAX_PYTHON_FRAMES, MAX_STACK_COPY, MAX_STACK_DEPTH, MAX_TARGETS,
+    STACK_NOT_COLLECTED,
 };
 
 /// Set by the loader before the program is loaded; read-only afterwards.
@@ -551,7 +552,8 @@ fn record_bytes(copy: &StackCopy) -> &[u8] {
 fn wakeup_flags(len: usize) -> u64 {
     let avail = STACK_COPIES.query(BPF_RB_AVAIL_DATA as u64);
     let size = STACK_COPIES.query(BPF_RB_RING_SIZE as u64);
-    ring_wakeup_flags(avail, len as u64, size)
+    let ticking = CONTROL.get(CONTROL_READER_TICKING).copied().unwrap_or(0) != 0;
+    ring_wakeup_flags(avail, len as u64, size, ticking)
 }
 
 /// Sends a record to userspace. Never waits: a full ring buffer drops it and counts it.

@@ -33,7 +33,7 @@ use crate::{
     process::{self, ProcessTable},
     python::{Python, PythonChange},
     report::{RunInfo, Summary},
-    sampler::{SampleSource, SamplerOptions, Wakeup},
+    sampler::{News, SampleSource, SamplerOptions, Wakeup},
     session::{load_rules, open_output},
     signals::Shutdown,
 };
@@ -491,8 +491,16 @@ async fn wait_for_stop(
             polled: wakeup.is_none(),
         },
     );
+    let polled = wakeup.is_none();
+    let mut armed = None;
     loop {
-        let next = cadence.next().unwrap_or_else(|| Instant::now() + FAR);
+        let next = cadence.next();
+        if let Some(wakeup) = wakeup.as_ref().filter(|_| armed != Some(next)) {
+            // The rings' epoll set holds the timer: one wake-up per round.
+            wakeup.set_timer(next)?;
+            armed = Some(next);
+        }
+        let next = next.unwrap_or_else(|| Instant::now() + FAR);
         tokio::select! {
             signal = shutdown.signalled() => return Ok(Stop::Signal(signal)),
             _ = &mut deadline, if config.duration.is_some() => return Ok(Stop::Duration),
@@ -501,15 +509,16 @@ async fn wait_for_stop(
             }
             _ = &mut targets_gone => return Ok(Stop::TargetsExited),
             woke = ring_news(&mut wakeup) => {
-                woke?;
                 let now = Instant::now();
-                cadence.woken(now);
+                if woke? == News::Ring {
+                    cadence.woken(now);
+                }
                 // A ring filling up is read now, not at the timer's next tick.
                 let due = cadence.due(now);
                 let outputs = (&mut *output, pusher, &mut *status);
                 do_due(due, source, pipeline, &mut cadence, outputs).await?;
             }
-            _ = sleep_until(next.into()) => {
+            _ = sleep_until(next.into()), if polled => {
                 let due = cadence.due(Instant::now());
                 let outputs = (&mut *output, pusher, &mut *status);
                 do_due(due, source, pipeline, &mut cadence, outputs).await?;
@@ -522,8 +531,30 @@ async fn wait_for_stop(
 /// the end, a signal or a ring's news.
 const FAR: Duration = Duration::from_secs(24 * 3600);
 
-/// Returns when a ring has records; never without a [`Wakeup`].
-async fn ring_news(wakeup: &mut Option<Wakeup>) -> Result<()> {
+/// Tells the kernel whether housekeeping reads the rings on its timer, when
+/// that changes. When it stops, the rings are read once more after the
+/// kernel knows: a record sent before might have woken no one.
+fn tell_ticking(
+    source: &mut dyn SampleSource,
+    pipeline: &mut Pipeline,
+    cadence: &mut Cadence,
+) -> Result<()> {
+    let Some(ticking) = cadence.ticking_change() else {
+        return Ok(());
+    };
+    source.set_reader_ticking(ticking)?;
+    if !ticking {
+        let read = pipeline.pull(source);
+        cadence.active(Instant::now(), read);
+        if cadence.ticking_change() == Some(true) {
+            source.set_reader_ticking(true)?;
+        }
+    }
+    Ok(())
+}
+
+/// Returns when a ring has records or the timer came; never without a [`Wakeup`].
+async fn ring_news(wakeup: &mut Option<Wakeup>) -> Result<News> {
     match wakeup {
         Some(wakeup) => wakeup.ready().await,
         None => std::future::pending().await,
@@ -540,16 +571,19 @@ async fn do_due(
     (output, pusher, status): (&mut Output, Option<&Pusher>, &mut StatusLine),
 ) -> Result<()> {
     if due.pull {
-        pipeline.pull(source);
+        let read = pipeline.pull(source);
+        cadence.active(Instant::now(), read);
         if pipeline.holds_records() {
             cadence.pull_again(Instant::now());
         }
     }
-    if due.counts && pipeline.pull_counted(source).await? > 0 {
-        // The kernel counted something (`--unwind fp`): its processes are
-        // located and retired at the housekeeping's pace.
-        cadence.active(Instant::now());
+    if due.counts {
+        // What the kernel counted (`--unwind fp` and `tables`): its
+        // processes are located and retired at the housekeeping's pace.
+        let counted = pipeline.pull_counted(source).await?;
+        cadence.active(Instant::now(), counted);
     }
+    tell_ticking(source, pipeline, cadence)?;
     if due.report {
         pipeline.write_report(output, pusher, &source.counters()?)?;
     }

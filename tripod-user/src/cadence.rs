@@ -18,8 +18,18 @@ pub const BATCH_DELAY: Duration = Duration::from_millis(250);
 /// How often the pipeline's housekeeping runs while records arrive (it
 /// rides on the drain of the counts): new stacks located while their
 /// processes live, the sideband history trimmed, exited processes retired
-/// (which takes two rounds after a process's last sample).
+/// (which takes two rounds after a process's last sample). The rings are
+/// read then too: while it ticks, the kernel wakes us only for a ring
+/// filling up (`tripod_common::CONTROL_READER_TICKING`).
 pub const HOUSEKEEPING: Duration = Duration::from_millis(500);
+
+/// Housekeeping's period after a round that found only a few records: the
+/// odd sample of an idle machine (a kernel worker, a shell) costs one
+/// wake-up a second rather than two.
+pub const QUIET_HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// A round that found fewer records than this is quiet.
+const BUSY_RECORDS: usize = 32;
 
 /// Rounds of housekeeping after the last records arrived, so that the
 /// processes they came from are retired before the recording falls asleep.
@@ -64,6 +74,13 @@ pub struct Cadence {
     batch_open: bool,
     /// Rounds of housekeeping still due since records last arrived.
     settle: u32,
+    /// Housekeeping's period now: [`HOUSEKEEPING`] or [`QUIET_HOUSEKEEPING`].
+    tick: Duration,
+    /// Whether housekeeping ticks (records arrived lately): the rings are
+    /// read on its timer, and the kernel wakes us only for a filling ring.
+    ticking: bool,
+    /// What [`Cadence::ticking_change`] last said.
+    ticking_told: bool,
     counts_at: Option<Instant>,
     status_at: Option<Instant>,
     report_at: Option<Instant>,
@@ -76,6 +93,9 @@ impl Cadence {
             pull_at: pacing.polled.then_some(now + BATCH_DELAY),
             batch_open: false,
             settle: 0,
+            tick: HOUSEKEEPING,
+            ticking: false,
+            ticking_told: false,
             counts_at: pacing.counts.map(|every| now + every),
             status_at: pacing.status.then_some(now + STATUS_PERIOD),
             report_at: pacing.report.map(|every| now + every),
@@ -86,7 +106,8 @@ impl Cadence {
     /// for the records that follow; another one before that means a ring
     /// is filling up, and it is read now.
     pub fn woken(&mut self, now: Instant) {
-        if self.batch_open {
+        if self.batch_open || self.ticking {
+            // Ticking, the kernel wakes us only for a ring filling up.
             self.pull_at = Some(now);
         } else {
             self.batch_open = true;
@@ -106,14 +127,33 @@ impl Cadence {
         self.pull_at = Some(self.pull_at.map_or(at, |sooner| sooner.min(at)));
     }
 
-    /// Records arrived (in the rings, or counted in the kernel):
-    /// housekeeping follows them every [`HOUSEKEEPING`], and the counts
-    /// are drained with it, as long as they keep coming and
+    /// `records` arrived (in the rings, or counted in the kernel):
+    /// housekeeping follows them every [`HOUSEKEEPING`] (or
+    /// [`QUIET_HOUSEKEEPING`] when they were few), the counts are drained
+    /// and the rings read with it, as long as records keep coming and
     /// [`SETTLE_ROUNDS`] rounds after.
-    pub fn active(&mut self, now: Instant) {
+    pub fn active(&mut self, now: Instant, records: usize) {
+        if records == 0 {
+            return;
+        }
         self.settle = SETTLE_ROUNDS;
-        let soon = now + HOUSEKEEPING;
+        self.ticking = true;
+        self.tick = match records >= BUSY_RECORDS {
+            true => HOUSEKEEPING,
+            false => QUIET_HOUSEKEEPING,
+        };
+        let soon = now + self.tick;
         self.counts_at = Some(self.counts_at.map_or(soon, |at| at.min(soon)));
+    }
+
+    /// Whether housekeeping ticks (the rings are read on its timer, see
+    /// [`tripod_common::CONTROL_READER_TICKING`]), when that changed since
+    /// the last call.
+    pub fn ticking_change(&mut self) -> Option<bool> {
+        (self.ticking != self.ticking_told).then(|| {
+            self.ticking_told = self.ticking;
+            self.ticking
+        })
     }
 
     /// When the next work is due; `None`: only a ring or the end wakes us.
@@ -135,9 +175,6 @@ impl Cadence {
         let counts = counts || report || status;
         if counts {
             self.counts_at = self.next_counts(now);
-        }
-        if pull {
-            self.active(now);
         }
         if pull || counts {
             // Read now, whatever asked: the batch is closed.
@@ -161,12 +198,10 @@ impl Cadence {
     fn next_counts(&mut self, now: Instant) -> Option<Instant> {
         if self.settle > 0 {
             self.settle -= 1;
-            let every = self
-                .pacing
-                .counts
-                .map_or(HOUSEKEEPING, |e| e.min(HOUSEKEEPING));
+            let every = self.pacing.counts.map_or(self.tick, |e| e.min(self.tick));
             return Some(now + every);
         }
+        self.ticking = false;
         self.pacing.counts.map(|every| now + every)
     }
 }
@@ -209,8 +244,12 @@ mod tests {
         assert_eq!(cadence.next(), Some(start + ms(20)));
         let due = cadence.due(start + ms(20));
         assert!(due.pull && !due.counts && !due.report && !due.status);
-        // Read: only housekeeping is scheduled, then a few rounds of it,
-        // then nothing until the next wake-up.
+        // The read found many records: only housekeeping is scheduled, and
+        // the kernel is told that we tick.
+        cadence.active(start + ms(20), BUSY_RECORDS);
+        assert_eq!(cadence.ticking_change(), Some(true));
+        assert_eq!(cadence.ticking_change(), None);
+        // A few rounds of it, then nothing until the next wake-up.
         let mut at = start + ms(20);
         for _ in 0..=SETTLE_ROUNDS {
             at += HOUSEKEEPING;
@@ -225,6 +264,32 @@ mod tests {
             );
         }
         assert_eq!(cadence.next(), None);
+        assert_eq!(cadence.ticking_change(), Some(false));
+    }
+
+    #[test]
+    fn a_ticking_reader_reads_at_once_when_woken_and_slows_when_quiet() {
+        let start = Instant::now();
+        let mut cadence = Cadence::new(start, Pacing::default());
+        cadence.active(start, 3);
+        // A few records: the next round is a second away, not half of one.
+        assert_eq!(cadence.next(), Some(start + QUIET_HOUSEKEEPING));
+        // Ticking, the kernel wakes us only for a ring filling up: read now.
+        cadence.woken(start + ms(100));
+        assert_eq!(cadence.next(), Some(start + ms(100)));
+        assert!(cadence.due(start + ms(100)).pull);
+        // Many records: rounds every half second again.
+        cadence.active(start + ms(100), BUSY_RECORDS);
+        assert_eq!(cadence.next(), Some(start + ms(100) + HOUSEKEEPING));
+    }
+
+    #[test]
+    fn a_read_that_found_nothing_starts_no_housekeeping() {
+        let start = Instant::now();
+        let mut cadence = Cadence::new(start, Pacing::default());
+        cadence.active(start, 0);
+        assert_eq!(cadence.next(), None);
+        assert_eq!(cadence.ticking_change(), None);
     }
 
     #[test]
@@ -336,7 +401,7 @@ mod tests {
             ..Pacing::default()
         };
         let mut cadence = Cadence::new(start, pacing);
-        cadence.active(start);
+        cadence.active(start, BUSY_RECORDS);
         assert_eq!(cadence.next(), Some(start + HOUSEKEEPING));
         assert!(cadence.due(start + HOUSEKEEPING).counts);
         assert_eq!(cadence.next(), Some(start + HOUSEKEEPING * 2));

@@ -139,13 +139,21 @@ impl Pipeline {
     /// With a sideband, its records come first (a sample is located in the
     /// mappings they tell), and records younger than its watermark wait for
     /// a later pull: the records that locate them may not be handed over yet.
-    pub fn pull(&mut self, source: &mut dyn SampleSource) {
+    ///
+    /// Returns how many records the ring buffer handed over (sideband
+    /// records are not counted: they say nothing was sampled).
+    pub fn pull(&mut self, source: &mut dyn SampleSource) -> usize {
+        let mut read = 0;
         match self.apply_sideband(source) {
-            None => source.drain_copies(&mut |record| self.take_record(record)),
+            None => source.drain_copies(&mut |record| {
+                read += 1;
+                self.take_record(record)
+            }),
             Some(watermark) => {
                 let mut held = std::mem::take(&mut self.held);
                 held.release(watermark, &mut |record| self.take_record(record));
                 source.drain_copies(&mut |record| {
+                    read += 1;
                     held.take(record, watermark, &mut |r| self.take_record(r))
                 });
                 self.held = held;
@@ -156,6 +164,7 @@ impl Pipeline {
         // Now, while the history still holds what locates them.
         self.locate_new_stacks();
         self.tell_python(source);
+        read
     }
 
     /// [`Self::pull`], and the records still waiting taken as they are: the

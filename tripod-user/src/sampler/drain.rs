@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap as AyaHashMap, IterableMap as _, MapData, MapError};
 use tripod_common::{
     stack_source, Counter, SampleCount, SampleKey, WalkedStack, CONTROL_GENERATION,
-    STACK_NOT_COLLECTED,
+    CONTROL_READER_TICKING, STACK_NOT_COLLECTED,
 };
 
 use super::{
@@ -36,6 +36,9 @@ pub struct Flip {
     idle: u32,
     /// Whether eBPF programs may still be writing it (see [`Flip::settled`]).
     in_flight: bool,
+    /// Nothing was flipped: the kernel counted no sample since the last
+    /// flip, so there is nothing to read.
+    empty: bool,
 }
 
 /// A [`Flip`] no eBPF program writes any more: its maps can be read and
@@ -49,6 +52,7 @@ impl Flip {
         Flip {
             idle: 0,
             in_flight: false,
+            empty: false,
         }
     }
 
@@ -90,6 +94,20 @@ impl Sampler {
     /// flight. The ring buffer needs no such care: a record is handed to us
     /// only once its writer has committed it.
     pub(super) fn flip_generation(&mut self) -> Result<Flip> {
+        // Read before the flip: a sample counted after this read either
+        // lands in the generation flipped now, or changes the next read.
+        let samples = self
+            .counts_in_kernel
+            .then(|| self.samples_taken())
+            .flatten();
+        if samples.is_some() && samples == self.samples_at_flip {
+            return Ok(Flip {
+                idle: self.generation,
+                in_flight: false,
+                empty: true,
+            });
+        }
+        self.samples_at_flip = samples;
         let idle = self.generation;
         self.generation ^= 1;
         self.control
@@ -98,7 +116,27 @@ impl Sampler {
         Ok(Flip {
             idle,
             in_flight: self.counts_in_kernel,
+            empty: false,
         })
+    }
+
+    /// The kernel's count of samples that passed the filters, all CPUs;
+    /// `None` when it cannot be read.
+    fn samples_taken(&self) -> Option<u64> {
+        let per_cpu = self.counters.get(&(Counter::Samples as u32), 0).ok()?;
+        Some(per_cpu.iter().sum())
+    }
+
+    /// Tells the eBPF programs whether we read the rings on a timer (see
+    /// [`tripod_common::CONTROL_READER_TICKING`]); written only on a change.
+    pub(super) fn set_reader_ticking(&mut self, ticking: bool) -> Result<()> {
+        if self.reader_ticking != ticking {
+            self.control
+                .set(CONTROL_READER_TICKING, u32::from(ticking), 0)
+                .context("telling the kernel how the rings are read")?;
+            self.reader_ticking = ticking;
+        }
+        Ok(())
     }
 
     /// Everything counted in the generation `settled` made idle; its maps
@@ -108,6 +146,9 @@ impl Sampler {
         &mut self,
         Settled(flip): Settled,
     ) -> Result<Vec<Sample<'static>>> {
+        if flip.empty {
+            return Ok(Vec::new());
+        }
         let idle = flip.idle as usize;
         let entries = take_counts(&mut self.counts[idle])?;
         let walked = match self.tables.is_some() {

@@ -24,7 +24,7 @@ pub use features::MissingFeature;
 pub use records::{Record, Sample, UserStack, Wake};
 pub use replay::{Replay, Told};
 pub use source::{drain_counted, SampleSource};
-pub use wakeup::Wakeup;
+pub use wakeup::{News, Wakeup};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -151,6 +151,12 @@ pub struct Sampler {
     /// The kernel's count of samples lost to a full count map at the last
     /// drain: a change means stacks no count names may be left behind.
     count_map_full: u64,
+    /// The kernel's count of samples at the last flip: unchanged, the
+    /// current generation holds nothing and needs no flip (nor the grace
+    /// period after it, a wake-up of a thread of its own).
+    samples_at_flip: Option<u64>,
+    /// What `CONTROL_READER_TICKING` was last set to.
+    reader_ticking: bool,
     /// The kernel's records of mappings, execs, forks and exits; `None`
     /// when not asked for or when the kernel refused it (then processes are
     /// located from `/proc` only, as without it).
@@ -250,6 +256,8 @@ impl Sampler {
             counts_in_kernel,
             count_drain,
             count_map_full: 0,
+            samples_at_flip: None,
+            reader_ticking: false,
             sideband,
             measured,
             tables: options.table_rows.map(tables::TableStore::new),

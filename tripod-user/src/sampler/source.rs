@@ -86,6 +86,13 @@ pub trait SampleSource {
     /// again (threads already waiting when tracking started).
     fn mark_blocked(&mut self, tid: u32, since_ns: u64) -> Result<()>;
 
+    /// Whether the pipeline reads the rings on a timer of its own now
+    /// (records keep coming): the kernel then wakes it only when a ring
+    /// fills. Sources that wake no one ignore it.
+    fn set_reader_ticking(&mut self, _ticking: bool) -> Result<()> {
+        Ok(())
+    }
+
     /// `--unwind tables`: walks the stacks of process `pid` in the kernel
     /// with these mappings' rows from now on. Sources that unwind no
     /// stacks themselves ignore it.
@@ -150,6 +157,10 @@ impl SampleSource for Sampler {
 
     fn count_drain_period(&self) -> Option<Duration> {
         self.count_drain
+    }
+
+    fn set_reader_ticking(&mut self, ticking: bool) -> Result<()> {
+        Sampler::set_reader_ticking(self, ticking)
     }
 
     fn drain_sideband(&mut self, handle: &mut dyn FnMut(SideRecord)) -> Option<u64> {
