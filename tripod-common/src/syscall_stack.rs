@@ -30,6 +30,10 @@ pub const SYSCALL_TRACEPOINTS: [&str; 4] = [
     "sys_enter_exit_group",
 ];
 
+/// The x86_64 numbers of those calls, as a sample finds them in the user
+/// registers (`orig_ax`): only samples in one of them look for an entry.
+pub const SYSCALL_NUMBERS: [u64; 4] = [59, 322, 60, 231];
+
 /// Bytes of stack kept per thread: the default copy of a sample
 /// (`DEFAULT_STACK_COPY`). A larger `--stack-copy-bytes` is cut to this here:
 /// the value must fit a per-CPU map (32 KiB) where it is assembled.
@@ -56,11 +60,13 @@ pub struct SyscallStack {
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
-    /// Bytes of `stack` copied from `sp` upwards.
+    /// Bytes of `stack` in use.
     pub len: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
-    /// The stack bytes; the extra page lets the verifier prove that a
-    /// page-sized read at any offset below [`SYSCALL_STACK_COPY`] stays inside.
+    /// Non-zero (`--unwind fp`): `stack` holds this many user addresses,
+    /// innermost first, walked with frame pointers by the kernel; else the
+    /// bytes copied from `sp` upwards.
+    pub frames: u32,
+    /// The stack bytes or addresses; the extra page lets the verifier prove
+    /// that a page-sized read at any offset below [`SYSCALL_STACK_COPY`] stays inside.
     pub stack: [u8; SYSCALL_STACK_COPY + 4096],
 }

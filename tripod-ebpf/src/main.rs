@@ -201,7 +201,9 @@ fn try_sample_stack(ctx: &PerfEventContext) -> Result<u32, u32> {
             Walked::NotWalked => walk = false,
         }
     }
-    if config.copy_user_stack != 0 || python.is_some() {
+    // With `--unwind fp`, a sample in `execve` or `exit` takes its stack
+    // from the call's entry (see `syscall_stack`), through the ring buffer.
+    if config.copy_user_stack != 0 || python.is_some() || syscall_stack::entered(tid) {
         // SAFETY: no preconditions.
         let cpu = unsafe { bpf_get_smp_processor_id() };
         let who = Thread { tgid, tid, python };
@@ -410,7 +412,9 @@ fn current_thread_copy(
         return Some(copy);
     }
     if config.copy_user_stack == 0 {
-        walk_user_frame_pointers(ctx, copy);
+        if kind != RecordKind::Sample || !syscall_stack::fill(copy) {
+            walk_user_frame_pointers(ctx, copy);
+        }
     } else if config.walk_tables != 0 && walk && tables::walk(copy, slot, thread.tgid).is_some() {
         bump(Counter::TableUnwound);
     } else if kind != RecordKind::Sample || !syscall_stack::fill(copy) {

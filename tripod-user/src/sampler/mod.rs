@@ -198,7 +198,7 @@ impl Sampler {
                 .load()
                 .context("loading the sampling program (the verifier refused it)")?;
         }
-        if options.sample_on_cpu && options.copy_user_stack {
+        if options.sample_on_cpu && options.stacks.user() {
             attach_syscall_stacks(&mut ebpf);
         }
         let btf = match options.track_switches {
