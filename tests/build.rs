@@ -22,6 +22,8 @@ const FIXTURES: &[(&str, &str, &[&str], &[&str])] = &[
     ("other_fp", "other.c", FP, &[]),
     ("execs", "execs.c", NOFP, &[]),
     ("execs_fp", "execs.c", FP, &[]),
+    ("teardown", "teardown.c", NOFP, &[]),
+    ("teardown_fp", "teardown.c", FP, &[]),
     ("syscalls_fp", "syscalls.c", FP, &[]),
     ("threads_fp", "threads.c", FP, &["-pthread"]),
     ("threads_nofp", "threads.c", NOFP, &["-pthread"]),

@@ -18,6 +18,9 @@ pub const OTHER_FP: &str = env!("FIXTURE_OTHER_FP");
 /// Runs `main -> before_exec -> spin_before`, then execs into another program.
 pub const EXECS: &str = env!("FIXTURE_EXECS");
 pub const EXECS_FP: &str = env!("FIXTURE_EXECS_FP");
+/// Fills memory, then leaves by exec or exit: the kernel frees it inside the call.
+pub const TEARDOWN: &str = env!("FIXTURE_TEARDOWN");
+pub const TEARDOWN_FP: &str = env!("FIXTURE_TEARDOWN_FP");
 pub const SYSCALLS_FP: &str = env!("FIXTURE_SYSCALLS_FP");
 pub const THREADS_FP: &str = env!("FIXTURE_THREADS_FP");
 pub const THREADS_NOFP: &str = env!("FIXTURE_THREADS_NOFP");

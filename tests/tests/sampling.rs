@@ -486,6 +486,60 @@ fn a_process_that_execs_names_both_images() {
     }
 }
 
+/// `execve` and `exit` free a process's memory after its user stack is gone (exec has
+/// switched to the new program's address space, exit has let go of its own), yet the
+/// thread is still in the call its code made: its samples there show that code's chain,
+/// not a `[truncated]` stack (and, after the exec, no `[unknown]` old address). The
+/// fixture fills 192 MiB first, so the kernel spends milliseconds in there.
+#[test]
+fn samples_in_exec_and_exit_show_the_callers_chain() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    for (fixture, comm, unwind) in [
+        (TEARDOWN, "teardown", "dwarf"),
+        (TEARDOWN_FP, "teardown_fp", "fp"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("out.folded");
+        let args = ["--all", "-F", "999", "-d", "60", "--unwind", unwind];
+        let mut command = args.to_vec();
+        command.extend(["-f", "folded", "-o", file.to_str().unwrap()]);
+        let mut tripod = Tripod::spawn(tripod_command(&command));
+        tripod.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
+        for _ in 0..5 {
+            for how in ["exec", "exit"] {
+                let status = std::process::Command::new(fixture)
+                    .args(["192", how])
+                    .status()
+                    .expect("running the fixture");
+                assert!(status.success(), "{comm} {how} failed: {status}");
+            }
+        }
+        tripod.signal(libc::SIGINT);
+        assert_success(&tripod.wait(RUN_TIMEOUT));
+        let folded = std::fs::read_to_string(&file).expect("reading the folded output");
+        println!("--unwind {unwind}");
+        // Frame pointers go from libc's execve and _exit (built without them) straight
+        // to main: their callers are skipped, as with any frame-pointer walk.
+        let fp = unwind == "fp";
+        for (syscall, chain) in [
+            ("__x64_sys_execve_[k]", ["main", "leave_by_exec"]),
+            ("__x64_sys_exit_group_[k]", ["main", "leave_by_exit"]),
+        ] {
+            let chain = if fp { &chain[..1] } else { &chain[..] };
+            let in_call: String = folded
+                .lines()
+                .filter(|line| line.starts_with(&format!("{comm};")) && line.contains(syscall))
+                .map(|line| format!("{line}\n"))
+                .collect();
+            // 5 runs of about 15 ms each in there at 999 Hz.
+            assert_chain(&in_call, comm, chain, 20, 0.9);
+        }
+    }
+}
+
 #[test]
 fn a_binary_replaced_after_it_ran_is_not_named_from_the_new_file() {
     let _guard = serial();

@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod probe;
+pub mod syscall_stack;
 
 /// Names of the maps and programs in the eBPF object, so both sides spell them the same.
 pub mod names {

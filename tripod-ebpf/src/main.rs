@@ -31,6 +31,7 @@
 
 mod probe;
 mod python;
+mod syscall_stack;
 mod tables;
 
 use core::ffi::c_void;
@@ -117,7 +118,7 @@ pub fn sample_stack(ctx: PerfEventContext) -> u32 {
 }
 
 #[inline(always)]
-fn config() -> SamplerConfig {
+pub(crate) fn config() -> SamplerConfig {
     // SAFETY: a global the loader wrote before load; volatile so the
     // compiler does not fold in the zeroed default.
     unsafe { core::ptr::read_volatile(&CONFIG) }
@@ -125,7 +126,7 @@ fn config() -> SamplerConfig {
 
 /// Whether threads of process `tgid` are sampled (`tid` 0 is the idle task).
 #[inline(always)]
-fn is_target(config: &SamplerConfig, tgid: u32, tid: u32) -> bool {
+pub(crate) fn is_target(config: &SamplerConfig, tgid: u32, tid: u32) -> bool {
     if tgid == config.self_tgid {
         return false;
     }
@@ -142,7 +143,7 @@ fn is_target(config: &SamplerConfig, tgid: u32, tid: u32) -> bool {
 /// many cgroups were selected. Only for the current task: the task iterator
 /// of a dump does not run as the task it reads.
 #[inline(always)]
-fn in_selected_cgroup(config: &SamplerConfig) -> bool {
+pub(crate) fn in_selected_cgroup(config: &SamplerConfig) -> bool {
     if config.cgroup_filter == 0 {
         return true;
     }
@@ -201,7 +202,9 @@ fn try_sample_stack(ctx: &PerfEventContext) -> Result<u32, u32> {
             Walked::NotWalked => walk = false,
         }
     }
-    if config.copy_user_stack != 0 || python.is_some() {
+    // With `--unwind fp`, a sample in `execve` or `exit` takes its stack
+    // from the call's entry (see `syscall_stack`), through the ring buffer.
+    if config.copy_user_stack != 0 || python.is_some() || syscall_stack::entered(tid) {
         // SAFETY: no preconditions.
         let cpu = unsafe { bpf_get_smp_processor_id() };
         let who = Thread { tgid, tid, python };
@@ -410,10 +413,12 @@ fn current_thread_copy(
         return Some(copy);
     }
     if config.copy_user_stack == 0 {
-        walk_user_frame_pointers(ctx, copy);
+        if kind != RecordKind::Sample || !syscall_stack::fill(copy) {
+            walk_user_frame_pointers(ctx, copy);
+        }
     } else if config.walk_tables != 0 && walk && tables::walk(copy, slot, thread.tgid).is_some() {
         bump(Counter::TableUnwound);
-    } else {
+    } else if kind != RecordKind::Sample || !syscall_stack::fill(copy) {
         let sp = copy.header.sp;
         // SAFETY: `copy_user_stack` calls `read` only with `dst` valid for `len` bytes.
         let read = |dst, len, src| unsafe { read_user(dst, len, src) };
@@ -583,16 +588,31 @@ fn copy_user_stack(
     wanted: u32,
     read: impl Fn(*mut c_void, u32, *const c_void) -> i64,
 ) -> u32 {
-    let limit = if wanted as usize > MAX_STACK_COPY {
-        MAX_STACK_COPY as u32
+    // SAFETY: `copy.stack` is `MAX_STACK_COPY` bytes and a page of slack.
+    unsafe { copy_user_pages::<MAX_STACK_COPY>(copy.stack.as_mut_ptr(), sp, wanted, read) }
+}
+
+/// [`copy_user_stack`] into the `MAX` bytes at `base` (a power of two).
+///
+/// # Safety
+///
+/// `base` must be valid for writes of `MAX` bytes and one page after them.
+#[inline(always)]
+pub(crate) unsafe fn copy_user_pages<const MAX: usize>(
+    base: *mut u8,
+    sp: u64,
+    wanted: u32,
+    read: impl Fn(*mut c_void, u32, *const c_void) -> i64,
+) -> u32 {
+    let limit = if wanted as usize > MAX {
+        MAX as u32
     } else {
         wanted
     };
-    let base = copy.stack.as_mut_ptr();
     let mut copied: u32 = 0;
     // The first read runs to the next page boundary, then whole pages.
     let mut chunk = (PAGE - (sp & (PAGE - 1))) as u32;
-    for _ in 0..(MAX_STACK_COPY / PAGE as usize + 1) {
+    for _ in 0..(MAX / PAGE as usize + 1) {
         if copied >= limit {
             break;
         }
@@ -602,11 +622,11 @@ fn copy_user_stack(
         if chunk == 0 || chunk as usize > PAGE as usize {
             break;
         }
-        // `copied < limit <= MAX_STACK_COPY`, a power of two, so the mask changes
+        // `copied < limit <= MAX`, a power of two, so the mask changes
         // nothing but lets the verifier bound the offset; the slack page after
-        // `stack` covers offset + chunk.
-        let offset = copied as usize & (MAX_STACK_COPY - 1);
-        // SAFETY: `base + offset .. + chunk` is inside `copy.stack` (see above).
+        // the buffer covers offset + chunk.
+        let offset = copied as usize & (MAX - 1);
+        // SAFETY: `base + offset .. + chunk` is inside the buffer (see above).
         let dst = unsafe { base.add(offset) };
         if read(dst.cast(), chunk, (sp + copied as u64) as *const c_void) != 0 {
             break;

@@ -31,7 +31,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         perf_event::{HardwareEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        BtfTracePoint, PerfEvent,
+        BtfTracePoint, PerfEvent, TracePoint,
     },
     util::online_cpus,
     Btf, Ebpf, EbpfLoader,
@@ -204,6 +204,9 @@ impl Sampler {
                 .load()
                 .context("loading the sampling program (the verifier refused it)")?;
         }
+        if options.sample_on_cpu && options.stacks.user() {
+            attach_syscall_stacks(&mut ebpf);
+        }
         let btf = match options.track_switches {
             true => Some(attach_switches(&mut ebpf)?),
             false => None,
@@ -313,6 +316,34 @@ fn open_sideband() -> Option<sideband::Sideband> {
             None
         }
     }
+}
+
+/// Keeps each target thread's user stack as it enters `execve` or `exit`,
+/// for its samples in there (see `tripod_common::syscall_stack`). Without
+/// it, with a warning, those samples keep a `[truncated]` stack.
+fn attach_syscall_stacks(ebpf: &mut Ebpf) {
+    if let Err(error) = try_attach_syscall_stacks(ebpf) {
+        crate::messages::warn(&format!(
+            "warning: {error:#}; samples in execve and exit keep a truncated user stack"
+        ));
+    }
+}
+
+fn try_attach_syscall_stacks(ebpf: &mut Ebpf) -> Result<()> {
+    use tripod_common::syscall_stack::{names::SYSCALL_STACK_PROGRAM, SYSCALL_TRACEPOINTS};
+    let program: &mut TracePoint = ebpf
+        .program_mut(SYSCALL_STACK_PROGRAM)
+        .context("the eBPF object has no execve/exit program")?
+        .try_into()?;
+    program
+        .load()
+        .context("loading the execve/exit program (the verifier refused it)")?;
+    for tracepoint in SYSCALL_TRACEPOINTS {
+        program
+            .attach("syscalls", tracepoint)
+            .with_context(|| format!("attaching to syscalls:{tracepoint}"))?;
+    }
+    Ok(())
 }
 
 /// The eBPF object, configured and sized for `options`, loaded into the

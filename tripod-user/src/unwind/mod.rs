@@ -416,6 +416,12 @@ struct BuiltState {
 /// loader's at +8, glibc's program entry at about +0x25).
 const ENTRY_SPAN: u64 = 64;
 
+/// How far into an entry point a sampled ip is still in its own code, at
+/// the root: the dynamic loader's `_start` is `mov %rsp,%rdi; call
+/// _dl_start` (its first call returns to +8, into `_dl_start_user`), and
+/// glibc's and musl's program entries are longer.
+const ENTRY_BEFORE_CALL: u64 = 8;
+
 /// A framehop unwinder for one process's mappings.
 fn build(
     files: &mut HashMap<usize, Option<Arc<UnwindFile>>>,
@@ -643,12 +649,21 @@ impl ProcessUnwinder {
     /// True if the last frame of `frames` is a call made by an entry point:
     /// the walk ended at the root even though nothing marked it as such
     /// (the dynamic loader's `_start` has no unwind info saying so).
+    /// So is a sampled ip in the first [`ENTRY_BEFORE_CALL`] bytes of an
+    /// entry point: a thread that has not yet left `_start` (a new
+    /// program's first page fault, or `execve` returning into it).
     fn ends_at_entry(&self, frames: &[RawFrame]) -> bool {
-        let Some(RawFrame::ReturnAddress(_, ra)) = frames.last() else {
-            return false;
-        };
-        let lookup = ra.saturating_sub(1);
-        self.entries.iter().any(|entry| entry.contains(&lookup))
+        match frames {
+            [.., RawFrame::ReturnAddress(_, ra)] => {
+                let lookup = ra.saturating_sub(1);
+                self.entries.iter().any(|entry| entry.contains(&lookup))
+            }
+            [RawFrame::InstructionPointer(_, ip)] => self
+                .entries
+                .iter()
+                .any(|entry| (entry.start..entry.start + ENTRY_BEFORE_CALL).contains(ip)),
+            _ => false,
+        }
     }
 
     /// True if `address` is in an executable mapping of the snapshot.

@@ -513,8 +513,14 @@ fn a_walk_that_ends_in_an_entry_point_reached_the_root() {
     // A return to the first byte after the span, or before the entry, is not the root.
     assert!(!state.ends_at_entry(&[ip, ra(0x1040 + ENTRY_SPAN + 1)]));
     assert!(!state.ends_at_entry(&[ip, ra(0x1040)]));
-    // The sampled ip alone says nothing of the root.
+    // A sampled ip says nothing of the root once the entry's first call returned,
     assert!(!state.ends_at_entry(&[RawFrame::InstructionPointer(Space::User, 0x1048)]));
+    // but before that call the thread has not left the entry point.
+    let ip = |a| [RawFrame::InstructionPointer(Space::User, a)];
+    assert!(state.ends_at_entry(&ip(0x1040)));
+    assert!(state.ends_at_entry(&ip(0x1043)));
+    assert!(!state.ends_at_entry(&ip(0x103f)));
+    assert!(!state.ends_at_entry(&ip(0x1040 + ENTRY_BEFORE_CALL)));
 }
 
 /// JIT code (here all of 0x1000..0x2000, in no module with unwind
