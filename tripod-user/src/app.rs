@@ -489,6 +489,8 @@ async fn wait_for_stop(
             status: status.enabled(),
             report: config.interval,
             polled: wakeup.is_none(),
+            // Walking in the kernel: the rows are in use, not just asked for.
+            prompt: source.unwind_table_use().is_some(),
         },
     );
     loop {

@@ -15,6 +15,13 @@ use std::time::{Duration, Instant};
 /// sampling rate, and a lone sample is read within 250 ms.
 pub const BATCH_DELAY: Duration = Duration::from_millis(250);
 
+/// With [`Pacing::prompt`], how soon after a batch read at once the next
+/// may be: short, so that a new process found just after another (its
+/// shell's copy before the exec, say) still gets its rows within
+/// milliseconds; long enough that lone records wake us at most 20 times
+/// a second (records closer together make a batch that waits).
+pub const PROMPT_INTERVAL: Duration = Duration::from_millis(50);
+
 /// How often the pipeline's housekeeping runs while records arrive (it
 /// rides on the drain of the counts): new stacks located while their
 /// processes live, the sideband history trimmed, exited processes retired
@@ -39,6 +46,11 @@ pub struct Pacing {
     pub report: Option<Duration>,
     /// The source cannot wake us: read it every [`BATCH_DELAY`].
     pub polled: bool,
+    /// Read the record that opens a batch at once, at most once per
+    /// [`PROMPT_INTERVAL`] (`--unwind tables`: records are rare, and a copied
+    /// stack there most likely means a new process whose rows the kernel
+    /// lacks; each of its samples is copied until they are sent).
+    pub prompt: bool,
 }
 
 /// What is due now (see [`Cadence::due`]).
@@ -64,6 +76,9 @@ pub struct Cadence {
     batch_open: bool,
     /// Rounds of housekeeping still due since records last arrived.
     settle: u32,
+    /// With [`Pacing::prompt`]: until when batches wait as usual, after one
+    /// was read at once.
+    prompt_again_at: Option<Instant>,
     counts_at: Option<Instant>,
     status_at: Option<Instant>,
     report_at: Option<Instant>,
@@ -76,6 +91,7 @@ impl Cadence {
             pull_at: pacing.polled.then_some(now + BATCH_DELAY),
             batch_open: false,
             settle: 0,
+            prompt_again_at: None,
             counts_at: pacing.counts.map(|every| now + every),
             status_at: pacing.status.then_some(now + STATUS_PERIOD),
             report_at: pacing.report.map(|every| now + every),
@@ -84,9 +100,15 @@ impl Cadence {
 
     /// A ring woke us. The first wake-up of a batch waits [`BATCH_DELAY`]
     /// for the records that follow; another one before that means a ring
-    /// is filling up, and it is read now.
+    /// is filling up, and it is read now. With [`Pacing::prompt`], a batch
+    /// is read at once unless one was within [`PROMPT_INTERVAL`]: the ring is
+    /// then empty, so the next record wakes us again and opens a batch that
+    /// waits (at most twice the wake-ups, never one per record).
     pub fn woken(&mut self, now: Instant) {
         if self.batch_open {
+            self.pull_at = Some(now);
+        } else if self.pacing.prompt && self.prompt_again_at.is_none_or(|at| at <= now) {
+            self.prompt_again_at = Some(now + PROMPT_INTERVAL);
             self.pull_at = Some(now);
         } else {
             self.batch_open = true;
@@ -267,6 +289,30 @@ mod tests {
     }
 
     #[test]
+    fn a_prompt_source_reads_a_batch_at_once_at_most_once_per_prompt_interval() {
+        let start = Instant::now();
+        let pacing = Pacing {
+            prompt: true,
+            ..Pacing::default()
+        };
+        let mut cadence = Cadence::new(start, pacing);
+        // The first record is read at once...
+        cadence.woken(start);
+        assert_eq!(cadence.next(), Some(start));
+        assert!(cadence.due(start).pull);
+        // ...the next one, finding the ring empty, opens a batch that waits...
+        cadence.woken(start + ms(5));
+        assert_eq!(cadence.next(), Some(start + ms(5) + BATCH_DELAY));
+        assert!(!cadence.due(start + ms(6)).pull);
+        // ...which a ring filling up still cuts short.
+        cadence.woken(start + ms(7));
+        assert!(cadence.due(start + ms(7)).pull);
+        // Once PROMPT_INTERVAL has passed, a record is read at once again.
+        cadence.woken(start + ms(7) + PROMPT_INTERVAL);
+        assert!(cadence.due(start + ms(7) + PROMPT_INTERVAL).pull);
+    }
+
+    #[test]
     fn a_read_for_the_status_line_closes_the_batch() {
         let start = Instant::now();
         let pacing = Pacing {
@@ -292,6 +338,7 @@ mod tests {
             status: true,
             report: Some(ms(3_000)),
             polled: false,
+            prompt: false,
         };
         let mut cadence = Cadence::new(start, pacing);
         assert_eq!(cadence.next(), Some(start + STATUS_PERIOD));

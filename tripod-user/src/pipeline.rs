@@ -30,11 +30,11 @@ use crate::{
     sampler::{
         drain_counted,
         sideband::{SideRecord, SidebandCounters},
-        Record, Sample, SampleSource,
+        Record, Sample, SampleSource, UserStack,
     },
     task::TaskState,
     text::escape_controls,
-    wait::Weight,
+    wait::{monotonic_ns, Weight},
 };
 
 pub struct Pipeline {
@@ -146,6 +146,16 @@ impl Pipeline {
                 let mut held = std::mem::take(&mut self.held);
                 held.release(watermark, &mut |record| self.take_record(record));
                 source.drain_copies(&mut |record| {
+                    // Its process's rows are asked for now, even if the
+                    // record waits for the sideband.
+                    if let Record::Stack(Sample {
+                        tgid,
+                        user: UserStack::Copy { .. },
+                        ..
+                    }) = &record
+                    {
+                        self.ingest.copied_stack_arrived(*tgid);
+                    }
                     held.take(record, watermark, &mut |r| self.take_record(r))
                 });
                 self.held = held;
@@ -190,8 +200,8 @@ impl Pipeline {
             // Rows the kernel walks with describe the image before an exec,
             // or a process gone (its leader's exit): dropped at once.
             match &record {
-                SideRecord::Comm(c) if c.exec => ingest.drop_tables(c.pid),
-                SideRecord::Exit(t) if t.pid == t.tid => ingest.drop_tables(t.pid),
+                SideRecord::Comm(c) if c.exec => ingest.tables_exec(c.pid, c.time_ns),
+                SideRecord::Exit(t) if t.pid == t.tid => ingest.tables_exited(t.pid),
                 _ => {}
             }
             // Opened now, while the process may still live and the file is
@@ -393,13 +403,18 @@ impl Pipeline {
                 messages::warn(&format!("warning: {error:#}"));
             }
         }
-        for (pid, mappings) in self.ingest.table_changes(&mut self.processes) {
-            if let Err(error) = source.set_unwind_tables(pid, &mappings) {
+        let changes = self.ingest.table_changes(&mut self.processes);
+        for (pid, mappings) in &changes {
+            log::debug!("rows of pid {pid} sent: {} mappings", mappings.len());
+            if let Err(error) = source.set_unwind_tables(*pid, mappings) {
                 messages::warn(&format!(
                     "warning: {error:#}; its stacks are copied instead"
                 ));
             }
         }
+        let loaded_ns = monotonic_ns();
+        self.ingest
+            .tables_handed(changes.into_iter().map(|(pid, _)| pid), loaded_ns);
     }
 
     /// `--unwind tables`: one line on how stacks were unwound and what
