@@ -89,6 +89,11 @@ pub async fn run(mut config: Config, shutdown: Shutdown) -> Result<u8> {
         counters,
     );
     unwind_in_kernel_if_asked(&config, &mut pipeline, source);
+    // Kernel stacks will be named: their symbols are parsed before sampling
+    // starts, not in the middle of it at the first retired process.
+    if config.stacks.kernel() {
+        pipeline.load_kernel_symbols();
+    }
     // Announced once the named targets' rows are asked for (they are compiled on
     // another thread; their stacks are copied until the rows are in the kernel).
     announce(&config, &run_info, &output.name);

@@ -387,6 +387,12 @@ impl Pipeline {
         }
     }
 
+    /// Kernel symbols read now, before sampling (see
+    /// [`crate::resolve::Resolver::load_kernel_symbols`]).
+    pub fn load_kernel_symbols(&mut self) {
+        self.resolver.load_kernel_symbols();
+    }
+
     /// `--unwind tables`: compiles the rows of processes as they are seen,
     /// starting with `pids` (the named targets), and hands them to the
     /// source at each [`Self::tell_python`].
