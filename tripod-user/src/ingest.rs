@@ -5,7 +5,7 @@
 //! native ones ([`crate::python`]). Counting the result is the aggregator's
 //! job; naming it the resolver's.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     time::{Duration, Instant},
 };
 
@@ -40,9 +40,10 @@ pub struct Ingest {
     /// sampler and not withdrawn since, with when (CLOCK_MONOTONIC ns, the
     /// samples' clock): a stack copied before then needs no new rows.
     tables_sent: HashMap<u32, u64>,
-    /// `--unwind tables`: processes whose leader exited: their rows are
-    /// never sent again (until they are forgotten, so a reused pid is new).
-    tables_exited: HashSet<u32>,
+    /// `--unwind tables`: processes whose leader exited, and when: their
+    /// rows are sent again only for a stack sampled after that (the
+    /// process lives on without its leader), until they are forgotten.
+    tables_exited: HashMap<u32, u64>,
     /// `--unwind tables`: processes whose rows the sampler must drop (they
     /// exited or exec'd), see [`Ingest::tables_gone`].
     tables_gone: Vec<u32>,
@@ -66,7 +67,7 @@ impl Ingest {
             table_candidates: None,
             tables_resent: HashMap::new(),
             tables_sent: HashMap::new(),
-            tables_exited: HashSet::new(),
+            tables_exited: HashMap::new(),
             tables_gone: Vec::new(),
         }
     }
@@ -89,7 +90,6 @@ impl Ingest {
         pids.sort_unstable();
         pids.dedup();
         pids.into_iter()
-            .filter(|pid| !self.tables_exited.contains(pid))
             .filter_map(|pid| Some((pid, self.unwinder.tables(pid, processes)?)))
             .collect()
     }
@@ -131,11 +131,12 @@ impl Ingest {
         }
     }
 
-    /// `--unwind tables`: the leader of process `pid` exited: its rows are
-    /// dropped and never sent again, whatever samples of it still arrive.
-    pub fn tables_exited(&mut self, pid: u32) {
+    /// `--unwind tables`: the leader of process `pid` exited at `exit_ns`:
+    /// its rows are dropped, and not sent again for the samples taken
+    /// before, which still arrive.
+    pub fn tables_exited(&mut self, pid: u32, exit_ns: u64) {
         self.drop_tables(pid);
-        self.tables_exited.insert(pid);
+        self.tables_exited.insert(pid, exit_ns);
     }
 
     /// `--unwind tables`: compile the rows of `pid` at the next [`Ingest::table_changes`].
@@ -150,9 +151,18 @@ impl Ingest {
     /// the kernel has no rows for `pid`, they are asked for now, at this
     /// pull, so that its next samples are walked within milliseconds
     /// rather than copied until the sample is taken.
-    pub fn copied_stack_arrived(&mut self, pid: u32) {
-        if !self.tables_sent.contains_key(&pid) {
-            self.queue_tables(pid);
+    pub fn copied_stack_arrived(&mut self, pid: u32, sampled_ns: u64) {
+        if self.tables_sent.contains_key(&pid) {
+            return;
+        }
+        match self.tables_exited.get(&pid) {
+            Some(&exit_ns) if sampled_ns <= exit_ns => {}
+            // Sampled after its leader exited: it lives on.
+            Some(_) => {
+                self.tables_exited.remove(&pid);
+                self.queue_tables(pid);
+            }
+            None => self.queue_tables(pid),
         }
     }
 
@@ -167,7 +177,7 @@ impl Ingest {
         }
         match self.tables_sent.get(&pid) {
             // None sent yet: asked for at once.
-            None => return self.copied_stack_arrived(pid),
+            None => return self.copied_stack_arrived(pid, sampled_ns),
             // Sampled before its rows were in the kernel: they may lack nothing.
             Some(&sent_ns) if sampled_ns <= sent_ns => return,
             Some(_) => {}
@@ -208,7 +218,7 @@ impl Ingest {
         // Rows already sent are dropped when the sideband says the process
         // exec'd, and rebuilt when its stacks are copied: not sent again
         // at each housekeeping round.
-        if !self.tables_sent.contains_key(&pid) {
+        if !self.tables_sent.contains_key(&pid) && !self.tables_exited.contains_key(&pid) {
             self.queue_tables(pid);
         }
     }
@@ -379,11 +389,11 @@ mod tests {
         let mut ingest = tables_ingest();
         let mut processes = ProcessTable::new();
         let pid = std::process::id();
-        ingest.copied_stack_arrived(pid);
-        ingest.copied_stack_arrived(pid);
+        ingest.copied_stack_arrived(pid, 500);
+        ingest.copied_stack_arrived(pid, 500);
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
         // Sent: neither another copy nor a housekeeping round sends them again.
-        ingest.copied_stack_arrived(pid);
+        ingest.copied_stack_arrived(pid, 500);
         ingest.check_python_later(pid);
         assert!(tables_sent_now(&mut ingest, &mut processes, 2_000).is_empty());
     }
@@ -414,22 +424,35 @@ mod tests {
     }
 
     #[test]
-    fn an_exited_process_gets_no_rows_until_forgotten() {
+    fn an_exited_process_gets_no_rows_for_earlier_samples_until_forgotten() {
         let mut ingest = tables_ingest();
         let mut processes = ProcessTable::new();
         let pid = std::process::id();
-        ingest.copied_stack_arrived(pid);
+        ingest.copied_stack_arrived(pid, 500);
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
-        ingest.tables_exited(pid);
+        ingest.tables_exited(pid, 1_500);
         assert_eq!(ingest.tables_gone(), [pid]);
         // Samples taken before the exit still arrive; no rows for them.
-        ingest.copied_stack_arrived(pid);
+        ingest.copied_stack_arrived(pid, 1_400);
         ingest.check_python_later(pid);
         assert!(tables_sent_now(&mut ingest, &mut processes, 2_000).is_empty());
         // Retired: the pid may be another process's.
         ingest.forget(pid);
-        ingest.copied_stack_arrived(pid);
+        ingest.copied_stack_arrived(pid, 1_400);
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 3_000), [pid]);
+    }
+
+    #[test]
+    fn a_process_that_lives_on_without_its_leader_gets_its_rows_again() {
+        let mut ingest = tables_ingest();
+        let mut processes = ProcessTable::new();
+        let pid = std::process::id();
+        ingest.copied_stack_arrived(pid, 500);
+        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
+        ingest.tables_exited(pid, 1_500);
+        assert_eq!(ingest.tables_gone(), [pid]);
+        ingest.copied_stack_arrived(pid, 1_600);
+        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 2_000), [pid]);
     }
 
     #[test]
@@ -437,11 +460,11 @@ mod tests {
         let mut ingest = tables_ingest();
         let mut processes = ProcessTable::new();
         let pid = std::process::id();
-        ingest.copied_stack_arrived(pid);
+        ingest.copied_stack_arrived(pid, 500);
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
         ingest.drop_tables(pid);
         assert_eq!(ingest.tables_gone(), [pid]);
-        ingest.copied_stack_arrived(pid);
+        ingest.copied_stack_arrived(pid, 500);
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 2_000), [pid]);
     }
 
@@ -450,7 +473,7 @@ mod tests {
         let mut ingest = tables_ingest();
         let mut processes = ProcessTable::new();
         let pid = std::process::id();
-        ingest.copied_stack_arrived(pid);
+        ingest.copied_stack_arrived(pid, 500);
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
         // The exec's record arrives after rows read from the new image.
         ingest.tables_exec(pid, 900);

@@ -150,11 +150,12 @@ impl Pipeline {
                     // record waits for the sideband.
                     if let Record::Stack(Sample {
                         tgid,
+                        time_ns,
                         user: UserStack::Copy { .. },
                         ..
                     }) = &record
                     {
-                        self.ingest.copied_stack_arrived(*tgid);
+                        self.ingest.copied_stack_arrived(*tgid, *time_ns);
                     }
                     held.take(record, watermark, &mut |r| self.take_record(r))
                 });
@@ -201,7 +202,7 @@ impl Pipeline {
             // or a process gone (its leader's exit): dropped at once.
             match &record {
                 SideRecord::Comm(c) if c.exec => ingest.tables_exec(c.pid, c.time_ns),
-                SideRecord::Exit(t) if t.pid == t.tid => ingest.tables_exited(t.pid),
+                SideRecord::Exit(t) if t.pid == t.tid => ingest.tables_exited(t.pid, t.time_ns),
                 _ => {}
             }
             // Opened now, while the process may still live and the file is
