@@ -288,3 +288,48 @@ fn exited_processes_free_their_slot() {
         "only {processes} processes sampled:\n{stderr}"
     );
 }
+
+/// A process started during the run is walked in the kernel from its first
+/// milliseconds: its first copied stack asks for its rows at once, not
+/// after the ring buffer's batch delay (250 ms, about a sixth of this
+/// fixture's samples, when each copy waited for the batch). It runs in a
+/// cgroup of its own, sampled alone, so the summary's counts are its own.
+#[test]
+fn a_process_started_during_the_run_is_walked_from_the_start() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let cgroup = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(|mount| std::path::Path::new(mount).join("tripod-test-newproc"))
+        .find(|dir| dir.parent().unwrap().join("cgroup.controllers").exists())
+        .expect("a cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified");
+    let _ = std::fs::create_dir(&cgroup);
+    let path = cgroup.to_str().unwrap().to_string();
+    let mut run = Tripod::spawn(tripod_command(&[
+        "--cgroup", &path, "-F", "199", "-f", "folded", "-o", "-", "--unwind", "tables",
+    ]));
+    run.wait_for_stderr("[tripod] Writing output", WAIT_TIMEOUT);
+    let script = format!("echo $$ > {path}/cgroup.procs && exec {THREADS_NOFP} --seconds 1.5");
+    let status = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .expect("running the fixture in its cgroup");
+    run.signal(libc::SIGINT);
+    let out = run.wait(RUN_TIMEOUT);
+    let _ = std::fs::remove_dir(&cgroup);
+    assert!(status.success());
+    assert_success(&out);
+    let stderr = stderr_text(&out);
+    let (walked, copied) = walked_and_copied(&stderr);
+    println!("walked {walked}, copied {copied}");
+    assert!(walked >= 100, "too few samples to tell:\n{stderr}");
+    // Copies are the samples taken before its rows were written (libc's
+    // 28,000 rows, a few milliseconds, tens on a loaded machine).
+    assert!(
+        copied * 10 <= walked,
+        "expected the new process walked in the kernel within milliseconds, \
+         got {walked} walked, {copied} copied:\n{stderr}"
+    );
+}

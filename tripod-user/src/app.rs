@@ -89,6 +89,11 @@ pub async fn run(mut config: Config, shutdown: Shutdown) -> Result<u8> {
         counters,
     );
     unwind_in_kernel_if_asked(&config, &mut pipeline, source);
+    // Kernel stacks will be named: their symbols are parsed before sampling
+    // starts, not in the middle of it at the first retired process.
+    if config.stacks.kernel() {
+        pipeline.load_kernel_symbols();
+    }
     // Announced once the named targets' rows are asked for (they are compiled on
     // another thread; their stacks are copied until the rows are in the kernel).
     announce(&config, &run_info, &output.name);
@@ -489,6 +494,8 @@ async fn wait_for_stop(
             status: status.enabled(),
             report: config.interval,
             polled: wakeup.is_none(),
+            // Walking in the kernel: the rows are in use, not just asked for.
+            prompt: source.unwind_table_use().is_some(),
         },
     );
     let polled = wakeup.is_none();

@@ -15,6 +15,13 @@ use std::time::{Duration, Instant};
 /// sampling rate, and a lone sample is read within 250 ms.
 pub const BATCH_DELAY: Duration = Duration::from_millis(250);
 
+/// With [`Pacing::prompt`], how soon after a batch read at once the next
+/// may be: short, so that a new process found just after another (its
+/// shell's copy before the exec, say) still gets its rows within
+/// milliseconds; long enough that lone records wake us at most 20 times
+/// a second (records closer together make a batch that waits).
+pub const PROMPT_INTERVAL: Duration = Duration::from_millis(50);
+
 /// How often the pipeline's housekeeping runs while records arrive (it
 /// rides on the drain of the counts): new stacks located while their
 /// processes live, the sideband history trimmed, exited processes retired
@@ -49,6 +56,11 @@ pub struct Pacing {
     pub report: Option<Duration>,
     /// The source cannot wake us: read it every [`BATCH_DELAY`].
     pub polled: bool,
+    /// Read the record that opens a batch at once, at most once per
+    /// [`PROMPT_INTERVAL`] (`--unwind tables`: records are rare, and a copied
+    /// stack there most likely means a new process whose rows the kernel
+    /// lacks; each of its samples is copied until they are sent).
+    pub prompt: bool,
 }
 
 /// What is due now (see [`Cadence::due`]).
@@ -77,10 +89,14 @@ pub struct Cadence {
     /// Housekeeping's period now: [`HOUSEKEEPING`] or [`QUIET_HOUSEKEEPING`].
     tick: Duration,
     /// Whether housekeeping ticks (records arrived lately): the rings are
-    /// read on its timer, and the kernel wakes us only for a filling ring.
+    /// read on its timer, and the kernel wakes us only for a filling ring
+    /// (see [`Cadence::quiet_ring`]).
     ticking: bool,
     /// What [`Cadence::ticking_change`] last said.
     ticking_told: bool,
+    /// With [`Pacing::prompt`]: until when batches wait as usual, after one
+    /// was read at once.
+    prompt_again_at: Option<Instant>,
     counts_at: Option<Instant>,
     status_at: Option<Instant>,
     report_at: Option<Instant>,
@@ -96,6 +112,7 @@ impl Cadence {
             tick: HOUSEKEEPING,
             ticking: false,
             ticking_told: false,
+            prompt_again_at: None,
             counts_at: pacing.counts.map(|every| now + every),
             status_at: pacing.status.then_some(now + STATUS_PERIOD),
             report_at: pacing.report.map(|every| now + every),
@@ -104,10 +121,16 @@ impl Cadence {
 
     /// A ring woke us. The first wake-up of a batch waits [`BATCH_DELAY`]
     /// for the records that follow; another one before that means a ring
-    /// is filling up, and it is read now.
+    /// is filling up, and it is read now. With [`Pacing::prompt`], a batch
+    /// is read at once unless one was within [`PROMPT_INTERVAL`]: the ring is
+    /// then empty, so the next record wakes us again and opens a batch that
+    /// waits (at most twice the wake-ups, never one per record).
     pub fn woken(&mut self, now: Instant) {
-        if self.batch_open || self.ticking {
-            // Ticking, the kernel wakes us only for a ring filling up.
+        if self.batch_open || self.quiet_ring() {
+            // The kernel wakes us only for a ring filling up.
+            self.pull_at = Some(now);
+        } else if self.pacing.prompt && self.prompt_again_at.is_none_or(|at| at <= now) {
+            self.prompt_again_at = Some(now + PROMPT_INTERVAL);
             self.pull_at = Some(now);
         } else {
             self.batch_open = true;
@@ -150,10 +173,18 @@ impl Cadence {
     /// [`tripod_common::CONTROL_READER_TICKING`]), when that changed since
     /// the last call.
     pub fn ticking_change(&mut self) -> Option<bool> {
-        (self.ticking != self.ticking_told).then(|| {
-            self.ticking_told = self.ticking;
-            self.ticking
+        let ticking = self.quiet_ring();
+        (ticking != self.ticking_told).then(|| {
+            self.ticking_told = ticking;
+            ticking
         })
+    }
+
+    /// Whether the kernel is asked to send records without waking us: while
+    /// housekeeping ticks, but never with [`Pacing::prompt`], whose rare
+    /// records (a new process's first stacks) are wanted at once.
+    fn quiet_ring(&self) -> bool {
+        self.ticking && !self.pacing.prompt
     }
 
     /// When the next work is due; `None`: only a ring or the end wakes us.
@@ -284,6 +315,19 @@ mod tests {
     }
 
     #[test]
+    fn a_prompt_source_keeps_its_records_waking_us_while_ticking() {
+        let start = Instant::now();
+        let pacing = Pacing {
+            prompt: true,
+            ..Pacing::default()
+        };
+        let mut cadence = Cadence::new(start, pacing);
+        cadence.active(start, BUSY_RECORDS);
+        assert_eq!(cadence.ticking_change(), None);
+        assert_eq!(cadence.next(), Some(start + HOUSEKEEPING));
+    }
+
+    #[test]
     fn a_read_that_found_nothing_starts_no_housekeeping() {
         let start = Instant::now();
         let mut cadence = Cadence::new(start, Pacing::default());
@@ -332,6 +376,30 @@ mod tests {
     }
 
     #[test]
+    fn a_prompt_source_reads_a_batch_at_once_at_most_once_per_prompt_interval() {
+        let start = Instant::now();
+        let pacing = Pacing {
+            prompt: true,
+            ..Pacing::default()
+        };
+        let mut cadence = Cadence::new(start, pacing);
+        // The first record is read at once...
+        cadence.woken(start);
+        assert_eq!(cadence.next(), Some(start));
+        assert!(cadence.due(start).pull);
+        // ...the next one, finding the ring empty, opens a batch that waits...
+        cadence.woken(start + ms(5));
+        assert_eq!(cadence.next(), Some(start + ms(5) + BATCH_DELAY));
+        assert!(!cadence.due(start + ms(6)).pull);
+        // ...which a ring filling up still cuts short.
+        cadence.woken(start + ms(7));
+        assert!(cadence.due(start + ms(7)).pull);
+        // Once PROMPT_INTERVAL has passed, a record is read at once again.
+        cadence.woken(start + ms(7) + PROMPT_INTERVAL);
+        assert!(cadence.due(start + ms(7) + PROMPT_INTERVAL).pull);
+    }
+
+    #[test]
     fn a_read_for_the_status_line_closes_the_batch() {
         let start = Instant::now();
         let pacing = Pacing {
@@ -357,6 +425,7 @@ mod tests {
             status: true,
             report: Some(ms(3_000)),
             polled: false,
+            prompt: false,
         };
         let mut cadence = Cadence::new(start, pacing);
         assert_eq!(cadence.next(), Some(start + STATUS_PERIOD));

@@ -5,7 +5,7 @@
 //! native ones ([`crate::python`]). Counting the result is the aggregator's
 //! job; naming it the resolver's.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     time::{Duration, Instant},
 };
 
@@ -37,8 +37,13 @@ pub struct Ingest {
     /// When, and how long until the next may be.
     tables_resent: HashMap<u32, (Instant, Duration)>,
     /// `--unwind tables`: the processes whose rows were handed to the
-    /// sampler and not withdrawn since.
-    tables_sent: HashSet<u32>,
+    /// sampler and not withdrawn since, with when (CLOCK_MONOTONIC ns, the
+    /// samples' clock): a stack copied before then needs no new rows.
+    tables_sent: HashMap<u32, u64>,
+    /// `--unwind tables`: processes whose leader exited, and when: their
+    /// rows are sent again only for a stack sampled after that (the
+    /// process lives on without its leader), until they are forgotten.
+    tables_exited: HashMap<u32, u64>,
     /// `--unwind tables`: processes whose rows the sampler must drop (they
     /// exited or exec'd), see [`Ingest::tables_gone`].
     tables_gone: Vec<u32>,
@@ -61,7 +66,8 @@ impl Ingest {
             collect_user,
             table_candidates: None,
             tables_resent: HashMap::new(),
-            tables_sent: HashSet::new(),
+            tables_sent: HashMap::new(),
+            tables_exited: HashMap::new(),
             tables_gone: Vec::new(),
         }
     }
@@ -72,7 +78,8 @@ impl Ingest {
         self.table_candidates.get_or_insert_with(Vec::new);
     }
 
-    /// `--unwind tables`: the rows of the processes seen since the last call.
+    /// `--unwind tables`: the rows of the processes seen since the last
+    /// call, to hand to the sampler, then to confirm with [`Ingest::tables_handed`].
     pub fn table_changes(&mut self, processes: &mut ProcessTable) -> Vec<(u32, Vec<TableMapping>)> {
         let Some(candidates) = self.table_candidates.as_mut() else {
             return Vec::new();
@@ -82,12 +89,17 @@ impl Ingest {
         let mut pids = std::mem::take(candidates);
         pids.sort_unstable();
         pids.dedup();
-        let changes: Vec<_> = pids
-            .into_iter()
+        pids.into_iter()
             .filter_map(|pid| Some((pid, self.unwinder.tables(pid, processes)?)))
-            .collect();
-        self.tables_sent.extend(changes.iter().map(|(pid, _)| *pid));
-        changes
+            .collect()
+    }
+
+    /// `--unwind tables`: the rows of `pids` (from [`Ingest::table_changes`])
+    /// are in the kernel as of `now_ns` (CLOCK_MONOTONIC): stacks copied
+    /// after that ask for them to be rebuilt (see [`Ingest::resend_tables`]).
+    pub fn tables_handed(&mut self, pids: impl IntoIterator<Item = u32>, now_ns: u64) {
+        self.tables_sent
+            .extend(pids.into_iter().map(|pid| (pid, now_ns)));
     }
 
     /// `--unwind tables`: the processes whose rows the sampler must drop
@@ -104,9 +116,27 @@ impl Ingest {
     pub fn drop_tables(&mut self, pid: u32) {
         // A new image starts the back-off of its rebuilds afresh.
         self.tables_resent.remove(&pid);
-        if self.tables_sent.remove(&pid) {
+        if self.tables_sent.remove(&pid).is_some() {
             self.tables_gone.push(pid);
         }
+    }
+
+    /// `--unwind tables`: process `pid` exec'd at `exec_ns`: its rows are
+    /// dropped, unless they were sent after the exec (read from `/proc`
+    /// when the new image's first copy arrived before the exec's record).
+    pub fn tables_exec(&mut self, pid: u32, exec_ns: u64) {
+        match self.tables_sent.get(&pid) {
+            Some(&sent_ns) if sent_ns > exec_ns => {}
+            _ => self.drop_tables(pid),
+        }
+    }
+
+    /// `--unwind tables`: the leader of process `pid` exited at `exit_ns`:
+    /// its rows are dropped, and not sent again for the samples taken
+    /// before, which still arrive.
+    pub fn tables_exited(&mut self, pid: u32, exit_ns: u64) {
+        self.drop_tables(pid);
+        self.tables_exited.insert(pid, exit_ns);
     }
 
     /// `--unwind tables`: compile the rows of `pid` at the next [`Ingest::table_changes`].
@@ -116,14 +146,41 @@ impl Ingest {
         }
     }
 
+    /// `--unwind tables`: a stack of `pid` was copied and has just reached
+    /// userspace (it may wait for the sideband before it is unwound): if
+    /// the kernel has no rows for `pid`, they are asked for now, at this
+    /// pull, so that its next samples are walked within milliseconds
+    /// rather than copied until the sample is taken.
+    pub fn copied_stack_arrived(&mut self, pid: u32, sampled_ns: u64) {
+        if self.tables_sent.contains_key(&pid) {
+            return;
+        }
+        match self.tables_exited.get(&pid) {
+            Some(&exit_ns) if sampled_ns <= exit_ns => {}
+            // Sampled after its leader exited: it lives on.
+            Some(_) => {
+                self.tables_exited.remove(&pid);
+                self.queue_tables(pid);
+            }
+            None => self.queue_tables(pid),
+        }
+    }
+
     /// `--unwind tables`: a stack of `pid` was copied, so its rows lacked
     /// something (a library mapped after they were built, typically: a
     /// command's libraries are loaded after its exec); they are rebuilt
     /// from the mappings as now known, less and less often (see
     /// [`TABLES_RESEND_INTERVAL`]).
-    fn resend_tables(&mut self, pid: u32, processes: &mut ProcessTable) {
+    fn resend_tables(&mut self, pid: u32, sampled_ns: u64, processes: &mut ProcessTable) {
         if self.table_candidates.is_none() {
             return;
+        }
+        match self.tables_sent.get(&pid) {
+            // None sent yet: asked for at once.
+            None => return self.copied_stack_arrived(pid, sampled_ns),
+            // Sampled before its rows were in the kernel: they may lack nothing.
+            Some(&sent_ns) if sampled_ns <= sent_ns => return,
+            Some(_) => {}
         }
         let now = Instant::now();
         let wait = match self.tables_resent.get(&pid) {
@@ -158,8 +215,11 @@ impl Ingest {
     /// [`Ingest::python_changes`]: it is new, or may have exec'd.
     pub fn check_python_later(&mut self, pid: u32) {
         self.python_candidates.push(pid);
-        if let Some(candidates) = self.table_candidates.as_mut() {
-            candidates.push(pid);
+        // Rows already sent are dropped when the sideband says the process
+        // exec'd, and rebuilt when its stacks are copied: not sent again
+        // at each housekeeping round.
+        if !self.tables_sent.contains_key(&pid) && !self.tables_exited.contains_key(&pid) {
+            self.queue_tables(pid);
         }
     }
 
@@ -182,7 +242,7 @@ impl Ingest {
         history: &MappingHistory,
     ) -> (Vec<RawFrame>, String) {
         if matches!(sample.user, UserStack::Copy { .. }) {
-            self.resend_tables(sample.tgid, processes);
+            self.resend_tables(sample.tgid, sample.time_ns, processes);
         }
         let user = match sample.user {
             UserStack::Copy {
@@ -216,6 +276,7 @@ impl Ingest {
         self.unwinder.forget(pid);
         self.tables_resent.remove(&pid);
         self.drop_tables(pid);
+        self.tables_exited.remove(&pid);
         self.python.forget(pid);
     }
 }
@@ -303,6 +364,123 @@ mod tests {
         let absent = sample(UserStack::Absent, UNREADABLE);
         let (raw, _) = kernel_only.unwind(absent, &mut processes, &history);
         assert!(raw.is_empty());
+    }
+
+    /// The pids whose rows [`Ingest::table_changes`] hands over now,
+    /// confirmed as loaded at `now_ns`.
+    fn tables_sent_now(ingest: &mut Ingest, processes: &mut ProcessTable, now_ns: u64) -> Vec<u32> {
+        let pids: Vec<u32> = ingest
+            .table_changes(processes)
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect();
+        ingest.tables_handed(pids.iter().copied(), now_ns);
+        pids
+    }
+
+    fn tables_ingest() -> Ingest {
+        let mut ingest = Ingest::new(Python::new(PythonFrames::Off), true);
+        ingest.compile_tables();
+        ingest
+    }
+
+    #[test]
+    fn a_copied_stack_asks_for_its_rows_once() {
+        let mut ingest = tables_ingest();
+        let mut processes = ProcessTable::new();
+        let pid = std::process::id();
+        ingest.copied_stack_arrived(pid, 500);
+        ingest.copied_stack_arrived(pid, 500);
+        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
+        // Sent: neither another copy nor a housekeeping round sends them again.
+        ingest.copied_stack_arrived(pid, 500);
+        ingest.check_python_later(pid);
+        assert!(tables_sent_now(&mut ingest, &mut processes, 2_000).is_empty());
+    }
+
+    #[test]
+    fn stacks_copied_before_the_rows_were_loaded_do_not_rebuild_them() {
+        let mut ingest = tables_ingest();
+        let mut processes = ProcessTable::new();
+        let history = MappingHistory::new(crate::mappings::Scope::All);
+        let pid = std::process::id();
+        let copied_at = |time_ns| Sample {
+            time_ns,
+            user: UserStack::Copy {
+                regs: (0, 0, 0),
+                stack: &[],
+            },
+            ..Sample::on_cpu(pid, pid, "worker")
+        };
+        // The first copy asks for the rows.
+        ingest.unwind(copied_at(500), &mut processes, &history);
+        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
+        // A copy sampled while they were sent lacks nothing.
+        ingest.unwind(copied_at(900), &mut processes, &history);
+        assert!(tables_sent_now(&mut ingest, &mut processes, 2_000).is_empty());
+        // One sampled after they were loaded: something is missing.
+        ingest.unwind(copied_at(1_500), &mut processes, &history);
+        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 3_000), [pid]);
+    }
+
+    #[test]
+    fn an_exited_process_gets_no_rows_for_earlier_samples_until_forgotten() {
+        let mut ingest = tables_ingest();
+        let mut processes = ProcessTable::new();
+        let pid = std::process::id();
+        ingest.copied_stack_arrived(pid, 500);
+        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
+        ingest.tables_exited(pid, 1_500);
+        assert_eq!(ingest.tables_gone(), [pid]);
+        // Samples taken before the exit still arrive; no rows for them.
+        ingest.copied_stack_arrived(pid, 1_400);
+        ingest.check_python_later(pid);
+        assert!(tables_sent_now(&mut ingest, &mut processes, 2_000).is_empty());
+        // Retired: the pid may be another process's.
+        ingest.forget(pid);
+        ingest.copied_stack_arrived(pid, 1_400);
+        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 3_000), [pid]);
+    }
+
+    #[test]
+    fn a_process_that_lives_on_without_its_leader_gets_its_rows_again() {
+        let mut ingest = tables_ingest();
+        let mut processes = ProcessTable::new();
+        let pid = std::process::id();
+        ingest.copied_stack_arrived(pid, 500);
+        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
+        ingest.tables_exited(pid, 1_500);
+        assert_eq!(ingest.tables_gone(), [pid]);
+        ingest.copied_stack_arrived(pid, 1_600);
+        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 2_000), [pid]);
+    }
+
+    #[test]
+    fn an_exec_drops_the_rows_and_the_next_copy_asks_again() {
+        let mut ingest = tables_ingest();
+        let mut processes = ProcessTable::new();
+        let pid = std::process::id();
+        ingest.copied_stack_arrived(pid, 500);
+        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
+        ingest.drop_tables(pid);
+        assert_eq!(ingest.tables_gone(), [pid]);
+        ingest.copied_stack_arrived(pid, 500);
+        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 2_000), [pid]);
+    }
+
+    #[test]
+    fn rows_sent_after_an_exec_are_kept_when_its_record_comes() {
+        let mut ingest = tables_ingest();
+        let mut processes = ProcessTable::new();
+        let pid = std::process::id();
+        ingest.copied_stack_arrived(pid, 500);
+        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
+        // The exec's record arrives after rows read from the new image.
+        ingest.tables_exec(pid, 900);
+        assert!(ingest.tables_gone().is_empty());
+        // An exec after they were sent: they describe the old image.
+        ingest.tables_exec(pid, 1_100);
+        assert_eq!(ingest.tables_gone(), [pid]);
     }
 
     #[test]

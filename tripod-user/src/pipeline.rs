@@ -30,11 +30,11 @@ use crate::{
     sampler::{
         drain_counted,
         sideband::{SideRecord, SidebandCounters},
-        Record, Sample, SampleSource,
+        Record, Sample, SampleSource, UserStack,
     },
     task::TaskState,
     text::escape_controls,
-    wait::Weight,
+    wait::{monotonic_ns, Weight},
 };
 
 pub struct Pipeline {
@@ -154,6 +154,17 @@ impl Pipeline {
                 held.release(watermark, &mut |record| self.take_record(record));
                 source.drain_copies(&mut |record| {
                     read += 1;
+                    // Its process's rows are asked for now, even if the
+                    // record waits for the sideband.
+                    if let Record::Stack(Sample {
+                        tgid,
+                        time_ns,
+                        user: UserStack::Copy { .. },
+                        ..
+                    }) = &record
+                    {
+                        self.ingest.copied_stack_arrived(*tgid, *time_ns);
+                    }
                     held.take(record, watermark, &mut |r| self.take_record(r))
                 });
                 self.held = held;
@@ -199,8 +210,8 @@ impl Pipeline {
             // Rows the kernel walks with describe the image before an exec,
             // or a process gone (its leader's exit): dropped at once.
             match &record {
-                SideRecord::Comm(c) if c.exec => ingest.drop_tables(c.pid),
-                SideRecord::Exit(t) if t.pid == t.tid => ingest.drop_tables(t.pid),
+                SideRecord::Comm(c) if c.exec => ingest.tables_exec(c.pid, c.time_ns),
+                SideRecord::Exit(t) if t.pid == t.tid => ingest.tables_exited(t.pid, t.time_ns),
                 _ => {}
             }
             // Opened now, while the process may still live and the file is
@@ -386,6 +397,12 @@ impl Pipeline {
         }
     }
 
+    /// Kernel symbols read now, before sampling (see
+    /// [`crate::resolve::Resolver::load_kernel_symbols`]).
+    pub fn load_kernel_symbols(&mut self) {
+        self.resolver.load_kernel_symbols();
+    }
+
     /// `--unwind tables`: compiles the rows of processes as they are seen,
     /// starting with `pids` (the named targets), and hands them to the
     /// source at each [`Self::tell_python`].
@@ -402,13 +419,18 @@ impl Pipeline {
                 messages::warn(&format!("warning: {error:#}"));
             }
         }
-        for (pid, mappings) in self.ingest.table_changes(&mut self.processes) {
-            if let Err(error) = source.set_unwind_tables(pid, &mappings) {
+        let changes = self.ingest.table_changes(&mut self.processes);
+        for (pid, mappings) in &changes {
+            log::debug!("rows of pid {pid} sent: {} mappings", mappings.len());
+            if let Err(error) = source.set_unwind_tables(*pid, mappings) {
                 messages::warn(&format!(
                     "warning: {error:#}; its stacks are copied instead"
                 ));
             }
         }
+        let loaded_ns = monotonic_ns();
+        self.ingest
+            .tables_handed(changes.into_iter().map(|(pid, _)| pid), loaded_ns);
     }
 
     /// `--unwind tables`: one line on how stacks were unwound and what

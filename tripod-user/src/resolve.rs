@@ -152,6 +152,11 @@ impl Resolver {
         Self::default()
     }
 
+    /// See [`Symbolizer::load_kernel_symbols`].
+    pub fn load_kernel_symbols(&mut self) {
+        self.symbolizer.load_kernel_symbols();
+    }
+
     /// A resolver whose caches of kernel frames and of named addresses
     /// empty past tiny sizes, for tests of what happens then.
     #[cfg(test)]

@@ -186,6 +186,14 @@ impl Symbolizer {
         answer.results
     }
 
+    /// Parses the kernel's symbols now, once per run, so that the first
+    /// report or retired process does not pay for it while sampling
+    /// (`/proc/kallsyms` is megabytes). Any kernel address does: the
+    /// lookup reads the whole file.
+    pub fn load_kernel_symbols(&mut self) {
+        self.resolve_kernel(&[KERNEL_TEXT]);
+    }
+
     /// Resolves the kernel addresses not seen before.
     pub fn resolve_kernel(&mut self, addresses: &[u64]) {
         let new = unseen(addresses, |a| self.kernel.contains_key(&a));
@@ -310,6 +318,10 @@ fn not_read(refusal: &Refusal) -> Unknown {
         why,
     }
 }
+
+/// Where x86-64 kernels put their text without KASLR: an address for
+/// [`Symbolizer::load_kernel_symbols`] to look up.
+const KERNEL_TEXT: u64 = 0xffff_ffff_8100_0000;
 
 /// Work for the blazesym thread.
 enum Job {
