@@ -538,8 +538,10 @@ pub const MAX_TABLE_FRAMES: usize = 96;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnwindProcess {
     pub len: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// Changes whenever userspace rewrites the entry (any value, compared
+    /// for equality only): a walk the kernel remembers from another
+    /// version of the mappings is walked again, not reused.
+    pub version: u32,
     pub mappings: [UnwindMapping; MAX_UNWIND_MAPPINGS],
 }
 
@@ -844,11 +846,19 @@ pub enum Counter {
     /// maps (the others were sent as ring-buffer records: off-CPU, Python,
     /// a walked-stack id already holding other frames, a full map).
     TableCounted,
+    /// `--unwind tables`, at a context switch: of the stacks walked, those
+    /// that were the thread's previous walk, reused after re-reading every
+    /// word of user memory that walk read and finding it unchanged.
+    TableMemoHit,
+    /// `--unwind tables`, at a context switch: of the stacks walked, those
+    /// walked anew (no previous walk, other registers or mappings, or a
+    /// word it read has changed).
+    TableMemoMiss,
 }
 
 impl Counter {
     /// Number of counters, the size of the `COUNTERS` map.
-    pub const LEN: u32 = 16;
+    pub const LEN: u32 = 18;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::LEN as usize] = [
@@ -868,6 +878,8 @@ impl Counter {
         Counter::TableNotCovered,
         Counter::TableWalkFailed,
         Counter::TableCounted,
+        Counter::TableMemoHit,
+        Counter::TableMemoMiss,
     ];
 
     /// The counter for a failed `bpf_get_stackid` with this (negative) errno.

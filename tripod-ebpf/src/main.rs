@@ -410,7 +410,7 @@ fn current_thread_copy(
     }
     if config.copy_user_stack == 0 {
         walk_user_frame_pointers(ctx, copy);
-    } else if config.walk_tables != 0 && walk && tables::walk(copy, slot, thread.tgid).is_some() {
+    } else if config.walk_tables != 0 && walk && walk_tables(copy, slot, thread, kind) {
         bump(Counter::TableUnwound);
     } else {
         let sp = copy.header.sp;
@@ -430,6 +430,18 @@ fn current_thread_copy(
         python::collect(copy, process, &thread, read);
     }
     Some(copy)
+}
+
+/// Walks the user stack of a record with the rows; a thread being switched
+/// out may reuse its previous walk (see [`tables::walk_remembered`]).
+#[inline(always)]
+fn walk_tables(copy: &mut StackCopy, slot: u32, thread: &Thread, kind: RecordKind) -> bool {
+    let walked = if kind == RecordKind::Blocked {
+        tables::walk_remembered(copy, slot, thread.tgid, thread.tid)
+    } else {
+        tables::walk(copy, slot, thread.tgid)
+    };
+    walked.is_some()
 }
 
 /// Reads `len` bytes of the current process's memory at `src` into `dst`:
@@ -648,6 +660,9 @@ fn switched_out(ctx: &BtfTracePointContext, config: &SamplerConfig) {
     let preempted: u64 = ctx.arg(0);
     let prev_state: u32 = ctx.arg(3);
     if prev_state & EXITING != 0 {
+        if config.walk_tables != 0 {
+            tables::forget(tid);
+        }
         return;
     }
     // SAFETY: no preconditions.
