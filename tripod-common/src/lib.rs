@@ -699,13 +699,20 @@ impl RecordKind {
     }
 }
 
+/// Set in the `kind` word of a packed [`StackCopy`] record: the kernel stack
+/// takes only its `kernel_frames` words, and the `stack_len` bytes of user
+/// stack (addresses or bytes) follow right after them; no Python frames.
+/// Records that short are sent packed (walked stacks, at context switches
+/// above all), a third of the bytes of the whole kernel-stack area.
+pub const RECORD_PACKED: u32 = 1 << 31;
+
 /// The fixed part of a [`StackCopy`] record.
 ///
 /// 12 × u32, 5 × u64, comm: 104 bytes, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackCopyHeader {
-    /// A [`RecordKind`].
+    /// A [`RecordKind`], with [`RECORD_PACKED`] set when the record is packed.
     pub kind: u32,
     /// Process id (the kernel's tgid).
     pub tgid: u32,
@@ -791,6 +798,11 @@ impl StackCopy {
     /// of user stack, rounded up to 8 bytes.
     pub const fn python_offset(stack_len: u32) -> usize {
         (stack_len as usize + 7) & !7
+    }
+
+    /// Bytes of a packed record (see [`RECORD_PACKED`]).
+    pub const fn packed_len(kernel_frames: u32, stack_len: u32) -> usize {
+        core::mem::size_of::<StackCopyHeader>() + 8 * kernel_frames as usize + stack_len as usize
     }
 
     /// Bytes of the record as sent (see [`StackCopy`]).

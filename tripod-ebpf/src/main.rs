@@ -56,10 +56,11 @@ use aya_ebpf::{
 };
 use tripod_common::{
     errno, ring_wakeup_flags, stack_source, Counter, PythonProcess, RecordKind, SampleCount,
-    SampleKey, SamplerConfig, ScratchSlot, StackCopy, WakeRecord, WalkedStack, CONTROL_GENERATION,
-    CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_STORAGE_SIZE,
-    MAX_BLOCKED_THREADS, MAX_CGROUPS, MAX_CGROUP_LEVEL, MAX_DUMP_STACK_COPY, MAX_PYTHON_FRAMES,
-    MAX_STACK_COPY, MAX_STACK_DEPTH, MAX_TARGETS, STACK_NOT_COLLECTED,
+    SampleKey, SamplerConfig, ScratchSlot, StackCopy, StackCopyHeader, WakeRecord, WalkedStack,
+    CONTROL_GENERATION, CONTROL_LEN, DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE,
+    DEFAULT_STACK_STORAGE_SIZE, MAX_BLOCKED_THREADS, MAX_CGROUPS, MAX_CGROUP_LEVEL,
+    MAX_DUMP_STACK_COPY, MAX_PYTHON_FRAMES, MAX_STACK_COPY, MAX_STACK_DEPTH, MAX_TARGETS,
+    RECORD_PACKED, STACK_NOT_COLLECTED,
 };
 
 /// Set by the loader before the program is loaded; read-only afterwards.
@@ -566,10 +567,64 @@ fn wakeup_flags(len: usize) -> u64 {
     ring_wakeup_flags(avail, len as u64, size)
 }
 
-/// Sends a record to userspace. Never waits: a full ring buffer drops it and counts it.
+/// Packs a short record in place (see [`RECORD_PACKED`]): its user stack
+/// moved down to right after its kernel frames, over the unused rest of
+/// the kernel-stack area. Its length, or `None` when it is left whole:
+/// Python frames, or more user stack than the kernel-stack area holds.
 #[inline(always)]
-fn send(copy: &StackCopy) -> bool {
-    let bytes = record_bytes(copy);
+fn pack(copy: &mut StackCopy) -> Option<usize> {
+    let (kernel_frames, stack_len) = (copy.header.kernel_frames, copy.header.stack_len);
+    if copy.header.python_frames != 0
+        || kernel_frames > MAX_STACK_DEPTH as u32
+        || stack_len > 8 * MAX_STACK_DEPTH as u32
+        || stack_len & 7 != 0
+    {
+        return None;
+    }
+    // The kernel-stack area and the stack area are one run of words after
+    // the header (`StackCopy` is `repr(C)`, the header 8-byte aligned).
+    // SAFETY: the offset is inside the slot.
+    let words = unsafe {
+        (copy as *mut StackCopy)
+            .cast::<u8>()
+            .add(core::mem::size_of::<StackCopyHeader>())
+            .cast::<u64>()
+    };
+    let mut index = 0;
+    // Word by word from the front: the destination is below the source,
+    // so a word is read before anything overwrites it.
+    while index < MAX_STACK_DEPTH as u32 {
+        if index >= stack_len / 8 {
+            break;
+        }
+        // SAFETY: both indices are below 2 × MAX_STACK_DEPTH (masked for the
+        // verifier below 256 words, inside the kernel and stack areas).
+        unsafe {
+            let word = words
+                .add((MAX_STACK_DEPTH as u32 + index) as usize & 255)
+                .read();
+            words
+                .add((kernel_frames + index) as usize & 255)
+                .write(word);
+        }
+        index += 1;
+    }
+    copy.header.kind |= RECORD_PACKED;
+    Some(StackCopy::packed_len(kernel_frames, stack_len))
+}
+
+/// Sends a record to userspace, packed if it is short (see [`pack`]).
+/// Never waits: a full ring buffer drops it and counts it.
+#[inline(always)]
+fn send(copy: &mut StackCopy) -> bool {
+    let bytes = match pack(copy) {
+        // SAFETY: a prefix of the scratch slot (`len` is at most the header
+        // and two areas of `MAX_STACK_DEPTH` words).
+        Some(len) => unsafe {
+            core::slice::from_raw_parts((copy as *const StackCopy).cast::<u8>(), len)
+        },
+        None => record_bytes(copy),
+    };
     let sent = STACK_COPIES
         .output::<[u8]>(bytes, wakeup_flags(bytes.len()))
         .is_ok();
