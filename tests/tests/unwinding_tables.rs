@@ -215,9 +215,10 @@ fn repeated_waits_reuse_the_previous_walk_and_stay_exact() {
 }
 
 /// A thread that blocks at two places by turns, with the same registers
-/// each time: only the words the walk read tell them apart, so each wait
-/// is walked anew and each place gets its own half of the time. Reusing
-/// a walk on registers alone would give all of it to one place.
+/// each time: only the words the walk read tell them apart (the kernel
+/// keeps a thread's last two walks, so each place may reuse its own), and
+/// each place gets its own half of the time. Reusing a walk on registers
+/// alone would give all of it to one place.
 #[test]
 fn alternating_waits_are_never_given_the_other_places_stack() {
     let _guard = serial();
@@ -239,8 +240,8 @@ fn alternating_waits_are_never_given_the_other_places_stack() {
     let (reused, anew) = reused_and_walked_anew(&stderr);
     println!("reused {reused}, walked anew {anew}");
     assert!(
-        anew >= 25,
-        "expected the alternating naps walked anew:\n{stderr}"
+        reused + anew >= 40,
+        "expected the alternating naps walked in the kernel:\n{stderr}"
     );
 }
 

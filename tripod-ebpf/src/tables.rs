@@ -11,7 +11,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::generated::bpf_loop,
+    helpers::generated::{bpf_loop, bpf_probe_read_kernel},
     macros::map,
     maps::{Array, HashMap},
 };
@@ -44,17 +44,33 @@ pub(crate) static WALKED_0: HashMap<u32, WalkedStack> =
 pub(crate) static WALKED_1: HashMap<u32, WalkedStack> =
     HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
-/// Each thread's last walk at a context switch, by tid (see [`WalkMemo`]);
-/// removed when the thread exits. Not preallocated (entries are 1328 bytes
-/// and only threads that block have one), and not LRU: an LRU map reuses
-/// an evicted entry at once, under a reader that may still be comparing
-/// it. When full, walks of threads without an entry are not remembered.
+/// Each thread's last walks at context switches, by tid (see
+/// [`ThreadMemos`]); removed when the thread exits. Not preallocated
+/// (entries are 2,664 bytes and only threads that block have one), and not
+/// LRU: an LRU map reuses an evicted entry at once, under a reader that may
+/// still be comparing it. When full, walks of threads without an entry are
+/// not remembered.
 #[map]
-static WALK_MEMOS: HashMap<u32, WalkMemo> =
+static WALK_MEMOS: HashMap<u32, ThreadMemos> =
     HashMap::with_max_entries(MAX_WALK_MEMOS, BPF_F_NO_PREALLOC);
 
-/// Most threads whose last walk is remembered.
-const MAX_WALK_MEMOS: u32 = 8192;
+/// Most threads whose last walks are remembered.
+const MAX_WALK_MEMOS: u32 = 4096;
+
+/// Walks remembered per thread.
+const MEMO_WAYS: usize = 2;
+
+/// A thread's last [`MEMO_WAYS`] walks: a thread often blocks at two places
+/// by turns (reading, and preempted as it writes, in a ping-pong).
+/// Assembled, when the thread has none yet, where the walk writes: way 0
+/// is the walk just made.
+#[repr(C)]
+struct ThreadMemos {
+    ways: [WalkMemo; MEMO_WAYS],
+    /// The way the next walk replaces: the older one.
+    next: u32,
+    _reserved: u32,
+}
 
 /// Most frames of a walk that is remembered; deeper walks are walked each time.
 const MEMO_FRAMES: usize = 32;
@@ -347,11 +363,13 @@ pub fn walk_remembered(copy: &mut StackCopy, slot: u32, tgid: u32, tid: u32) -> 
     };
     // SAFETY: only this thread's switches read or write its entry, one at
     // a time, and entries are freed after the readers of the moment.
-    if let Some(memo) = unsafe { WALK_MEMOS.get(tid) } {
-        if still_valid(memo, &copy.header, tgid, version) {
-            reuse(memo, copy);
-            bump(Counter::TableMemoHit);
-            return Some(memo.hash);
+    if let Some(memos) = unsafe { WALK_MEMOS.get(tid) } {
+        for memo in &memos.ways {
+            if still_valid(memo, &copy.header, tgid, version) {
+                reuse(memo, copy);
+                bump(Counter::TableMemoHit);
+                return Some(memo.hash);
+            }
         }
     }
     let (hash, reads) = walk_noting(copy, slot, tgid)?;
@@ -405,15 +423,15 @@ fn reuse(memo: &WalkMemo, copy: &mut StackCopy) {
     copy.header.stack_len = memo.frames_len * 8;
 }
 
-/// Stores the walk just made into `copy` as thread `tid`'s memo, if it is
-/// short enough. `walked` is its hash and the number of words it read.
+/// Stores the walk just made into `copy` as one of thread `tid`'s memos
+/// (in place of the older one), if it is short enough. `walked` is its hash
+/// and the number of words it read.
 #[inline(always)]
 fn remember(copy: &mut StackCopy, (tgid, tid): (u32, u32), version: u32, walked: (u64, u32)) {
     let (hash, reads) = walked;
     let frames = copy.header.user_frames;
     if reads as usize > MEMO_READS || frames == 0 || frames as usize > MEMO_FRAMES {
-        // What it held stays and no longer matches the registers or reads.
-        let _ = WALK_MEMOS.remove(tid);
+        // The memos the thread has stay: they did not match, and may again.
         return;
     }
     let (ip, sp, bp) = (copy.header.ip, copy.header.sp, copy.header.bp);
@@ -427,11 +445,32 @@ fn remember(copy: &mut StackCopy, (tgid, tid): (u32, u32), version: u32, walked:
     memo.version = version;
     memo.frames_len = frames;
     memo.reads_len = reads;
-    // A full map leaves the thread without a memo: it is walked each time.
-    let _ = WALK_MEMOS.insert(tid, &*memo, 0);
+    if let Some(memos) = WALK_MEMOS.get_ptr_mut(tid) {
+        // SAFETY: a live map value only this thread's switches use; the
+        // way is masked below `MEMO_WAYS`. A failed copy leaves zeros: a
+        // way with no frames, never valid.
+        unsafe {
+            let way = (*memos).next as usize & (MEMO_WAYS - 1);
+            bpf_probe_read_kernel(
+                (*memos).ways.as_mut_ptr().add(way).cast(),
+                core::mem::size_of::<WalkMemo>() as u32,
+                (memo as *const WalkMemo).cast(),
+            );
+            (*memos).next = (way as u32 + 1) & (MEMO_WAYS as u32 - 1);
+        }
+        return;
+    }
+    // SAFETY: the stack area is 8-byte aligned and far larger than a
+    // `ThreadMemos`, whose way 0 is the walk just made.
+    let memos = unsafe { &mut *copy.stack.as_mut_ptr().cast::<ThreadMemos>() };
+    // The other way holds whatever the slot held before: no walk.
+    memos.ways[1].frames_len = 0;
+    memos.next = 1;
+    // A full map leaves the thread without memos: it is walked each time.
+    let _ = WALK_MEMOS.insert(tid, &*memos, 0);
 }
 
-/// Forgets the last walk of thread `tid`, which is exiting.
+/// Forgets the last walks of thread `tid`, which is exiting.
 #[inline(always)]
 pub fn forget(tid: u32) {
     let _ = WALK_MEMOS.remove(tid);
