@@ -29,6 +29,7 @@ const FIXTURES: &[(&str, &str, &[&str], &[&str])] = &[
     ("threads_nofp", "threads.c", NOFP, &["-pthread"]),
     ("population", "population.c", NOFP, &["-pthread"]),
     ("offcpu", "offcpu.c", NOFP, &[]),
+    ("naps", "naps.c", NOFP, &[]),
     ("wall", "wall.c", NOFP, &["-pthread"]),
     ("comings", "comings.c", NOFP, &["-pthread"]),
     ("leaderless", "leaderless.c", FP, &["-pthread"]),

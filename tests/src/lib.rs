@@ -28,6 +28,9 @@ pub const THREADS_NOFP: &str = env!("FIXTURE_THREADS_NOFP");
 pub const POPULATION: &str = env!("FIXTURE_POPULATION");
 /// Sleeps 10 × 100 ms in `nap_in_known_place`, then exits.
 pub const OFFCPU: &str = env!("FIXTURE_OFFCPU");
+/// Naps 50 × 20 ms in `main -> nap_here -> rest`, or with `--alternate` in
+/// `nap_left` and `nap_right` by turns, entering the kernel with the same registers.
+pub const NAPS: &str = env!("FIXTURE_NAPS");
 /// One thread busy, one blocked in `wait_forever`.
 pub const WALL: &str = env!("FIXTURE_WALL");
 /// Starts and joins short-lived threads all the time.

@@ -1,7 +1,8 @@
 //! `--unwind tables`: user stacks walked in the kernel with each file's
 //! `.eh_frame` compiled to rows, for code built without frame pointers,
-//! through libc, off-CPU; and the copy fallback, counted, when the rows do
-//! not fit in `--unwind-table-size`.
+//! through libc, off-CPU (a thread blocking again where it blocked before
+//! reuses its previous walk, checked); and the copy fallback, counted, when
+//! the rows do not fit in `--unwind-table-size`.
 
 use tripod_tests::*;
 
@@ -151,6 +152,97 @@ fn off_cpu_waits_are_walked_in_the_kernel() {
     // Off-CPU stacks are timed in userspace from their records: none is
     // counted in the kernel.
     assert_eq!(counted_in_the_kernel(&stderr), 0, "{stderr}");
+}
+
+/// Runs the naps fixture (with `args`) under `--mode off-cpu --unwind
+/// tables`: (folded output, stderr).
+fn naps_off_cpu(args: &[&str]) -> (String, String) {
+    let mut all = vec![
+        "--mode", "off-cpu", "--unwind", "tables", "-f", "folded", "-o", "-", "--", NAPS,
+    ];
+    all.extend_from_slice(args);
+    let out = run_tripod(&all);
+    assert_success(&out);
+    (stdout_text(&out), stderr_text(&out))
+}
+
+/// What the end-of-run line says of the stacks walked at context switches:
+/// (the thread's previous walk reused, walked anew).
+fn reused_and_walked_anew(stderr: &str) -> (u64, u64) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("unwind tables: "))
+        .unwrap_or_else(|| panic!("no unwind tables line in stderr:\n{stderr}"));
+    let number_before = |marker: &str| -> u64 {
+        let head = &line[..line
+            .find(marker)
+            .unwrap_or_else(|| panic!("no {marker:?} in {line}"))];
+        let word = head.split_whitespace().last().unwrap();
+        word.parse()
+            .unwrap_or_else(|_| panic!("a number before {marker:?} in {line}"))
+    };
+    (
+        number_before(" stacks were the thread's previous walk"),
+        number_before(" walked anew"),
+    )
+}
+
+/// A thread that blocks again and again at the same place: its previous
+/// walk is reused (checked, not walked again), and the stack stays exact.
+#[test]
+fn repeated_waits_reuse_the_previous_walk_and_stay_exact() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let (folded, stderr) = naps_off_cpu(&[]);
+    let (here_us, total_us) = chain_share(&folded, "naps", &["main", "nap_here", "rest"]);
+    println!("naps: {here_us} of {total_us} µs in main;nap_here;rest (truth: 1000000)");
+    // Naps end late on a busy machine (2 ms of 20 were seen): no tight
+    // upper bound, but all of the time in the one place.
+    assert!(
+        (950_000..=2_000_000).contains(&here_us) && here_us * 100 >= total_us * 99,
+        "expected 1 s blocked in main;nap_here;rest, got {here_us} of {total_us} µs:\n{folded}"
+    );
+    let (reused, anew) = reused_and_walked_anew(&stderr);
+    println!("reused {reused}, walked anew {anew}");
+    // The first naps may come before the rows are loaded (copied); most of
+    // the 50 reuse the walk of the one before.
+    assert!(
+        reused >= 25 && reused > anew,
+        "expected most naps to reuse the previous walk:\n{stderr}"
+    );
+}
+
+/// A thread that blocks at two places by turns, with the same registers
+/// each time: only the words the walk read tell them apart (the kernel
+/// keeps a thread's last two walks, so each place may reuse its own), and
+/// each place gets its own half of the time. Reusing a walk on registers
+/// alone would give all of it to one place.
+#[test]
+fn alternating_waits_are_never_given_the_other_places_stack() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let (folded, stderr) = naps_off_cpu(&["--alternate"]);
+    let (left_us, _) = chain_share(&folded, "naps", &["main", "nap_left", "rest"]);
+    let (right_us, _) = chain_share(&folded, "naps", &["main", "nap_right", "rest"]);
+    println!("naps: {left_us} µs in nap_left, {right_us} µs in nap_right (truth: 500000 each)");
+    // Each place its half (naps end late on a busy machine, both alike).
+    let both = left_us + right_us;
+    for (place, us) in [("nap_left", left_us), ("nap_right", right_us)] {
+        assert!(
+            us >= 450_000 && (40..=60).contains(&(us * 100 / both)),
+            "expected half of {both} µs (>= 0.5 s) blocked in main;{place};rest, got {us} µs:\n{folded}"
+        );
+    }
+    let (reused, anew) = reused_and_walked_anew(&stderr);
+    println!("reused {reused}, walked anew {anew}");
+    assert!(
+        reused + anew >= 40,
+        "expected the alternating naps walked in the kernel:\n{stderr}"
+    );
 }
 
 /// Rows that do not fit in `--unwind-table-size` leave their files to the

@@ -548,8 +548,10 @@ pub const MAX_TABLE_FRAMES: usize = 96;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnwindProcess {
     pub len: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// Changes whenever userspace rewrites the entry (any value, compared
+    /// for equality only): a walk the kernel remembers from another
+    /// version of the mappings is walked again, not reused.
+    pub version: u32,
     pub mappings: [UnwindMapping; MAX_UNWIND_MAPPINGS],
 }
 
@@ -717,13 +719,20 @@ impl RecordKind {
     }
 }
 
+/// Set in the `kind` word of a packed [`StackCopy`] record: the kernel stack
+/// takes only its `kernel_frames` words, and the `stack_len` bytes of user
+/// stack (addresses or bytes) follow right after them; no Python frames.
+/// Records that short are sent packed (walked stacks, at context switches
+/// above all), a third of the bytes of the whole kernel-stack area.
+pub const RECORD_PACKED: u32 = 1 << 31;
+
 /// The fixed part of a [`StackCopy`] record.
 ///
 /// 12 × u32, 5 × u64, comm: 104 bytes, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackCopyHeader {
-    /// A [`RecordKind`].
+    /// A [`RecordKind`], with [`RECORD_PACKED`] set when the record is packed.
     pub kind: u32,
     /// Process id (the kernel's tgid).
     pub tgid: u32,
@@ -811,6 +820,11 @@ impl StackCopy {
         (stack_len as usize + 7) & !7
     }
 
+    /// Bytes of a packed record (see [`RECORD_PACKED`]).
+    pub const fn packed_len(kernel_frames: u32, stack_len: u32) -> usize {
+        core::mem::size_of::<StackCopyHeader>() + 8 * kernel_frames as usize + stack_len as usize
+    }
+
     /// Bytes of the record as sent (see [`StackCopy`]).
     pub const fn record_len(stack_len: u32, python_frames: u32) -> usize {
         Self::STACK_OFFSET
@@ -864,11 +878,19 @@ pub enum Counter {
     /// maps (the others were sent as ring-buffer records: off-CPU, Python,
     /// a walked-stack id already holding other frames, a full map).
     TableCounted,
+    /// `--unwind tables`, at a context switch: of the stacks walked, those
+    /// that were the thread's previous walk, reused after re-reading every
+    /// word of user memory that walk read and finding it unchanged.
+    TableMemoHit,
+    /// `--unwind tables`, at a context switch: of the stacks walked, those
+    /// walked anew (no previous walk, other registers or mappings, or a
+    /// word it read has changed).
+    TableMemoMiss,
 }
 
 impl Counter {
     /// Number of counters, the size of the `COUNTERS` map.
-    pub const LEN: u32 = 16;
+    pub const LEN: u32 = 18;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::LEN as usize] = [
@@ -888,6 +910,8 @@ impl Counter {
         Counter::TableNotCovered,
         Counter::TableWalkFailed,
         Counter::TableCounted,
+        Counter::TableMemoHit,
+        Counter::TableMemoMiss,
     ];
 
     /// The counter for a failed `bpf_get_stackid` with this (negative) errno.

@@ -57,11 +57,11 @@ use aya_ebpf::{
 };
 use tripod_common::{
     errno, ring_wakeup_flags, stack_source, Counter, PythonProcess, RecordKind, SampleCount,
-    SampleKey, SamplerConfig, ScratchSlot, StackCopy, WakeRecord, WalkedStack, CONTROL_GENERATION,
-    CONTROL_LEN, CONTROL_READER_TICKING, DEFAULT_COUNT_MAP_SIZE, DEFAULT_RING_BUFFER_SIZE,
-    DEFAULT_STACK_STORAGE_SIZE, MAX_BLOCKED_THREADS, MAX_CGROUPS, MAX_CGROUP_LEVEL,
-    MAX_DUMP_STACK_COPY, MAX_PYTHON_FRAMES, MAX_STACK_COPY, MAX_STACK_DEPTH, MAX_TARGETS,
-    STACK_NOT_COLLECTED,
+    SampleKey, SamplerConfig, ScratchSlot, StackCopy, StackCopyHeader, WakeRecord, WalkedStack,
+    CONTROL_GENERATION, CONTROL_LEN, CONTROL_READER_TICKING, DEFAULT_COUNT_MAP_SIZE,
+    DEFAULT_RING_BUFFER_SIZE, DEFAULT_STACK_STORAGE_SIZE, MAX_BLOCKED_THREADS, MAX_CGROUPS,
+    MAX_CGROUP_LEVEL, MAX_DUMP_STACK_COPY, MAX_PYTHON_FRAMES, MAX_STACK_COPY, MAX_STACK_DEPTH,
+    MAX_TARGETS, RECORD_PACKED, STACK_NOT_COLLECTED,
 };
 
 /// Set by the loader before the program is loaded; read-only afterwards.
@@ -416,7 +416,7 @@ fn current_thread_copy(
         if kind != RecordKind::Sample || !syscall_stack::fill(copy) {
             walk_user_frame_pointers(ctx, copy);
         }
-    } else if config.walk_tables != 0 && walk && tables::walk(copy, slot, thread.tgid).is_some() {
+    } else if config.walk_tables != 0 && walk && walk_tables(copy, slot, thread, kind) {
         bump(Counter::TableUnwound);
     } else if kind != RecordKind::Sample || !syscall_stack::fill(copy) {
         let sp = copy.header.sp;
@@ -436,6 +436,18 @@ fn current_thread_copy(
         python::collect(copy, process, &thread, read);
     }
     Some(copy)
+}
+
+/// Walks the user stack of a record with the rows; a thread being switched
+/// out may reuse its previous walk (see [`tables::walk_remembered`]).
+#[inline(always)]
+fn walk_tables(copy: &mut StackCopy, slot: u32, thread: &Thread, kind: RecordKind) -> bool {
+    let walked = if kind == RecordKind::Blocked {
+        tables::walk_remembered(copy, slot, thread.tgid, thread.tid)
+    } else {
+        tables::walk(copy, slot, thread.tgid)
+    };
+    walked.is_some()
 }
 
 /// Reads `len` bytes of the current process's memory at `src` into `dst`:
@@ -561,10 +573,64 @@ fn wakeup_flags(len: usize) -> u64 {
     ring_wakeup_flags(avail, len as u64, size, ticking)
 }
 
-/// Sends a record to userspace. Never waits: a full ring buffer drops it and counts it.
+/// Packs a short record in place (see [`RECORD_PACKED`]): its user stack
+/// moved down to right after its kernel frames, over the unused rest of
+/// the kernel-stack area. Its length, or `None` when it is left whole:
+/// Python frames, or more user stack than the kernel-stack area holds.
 #[inline(always)]
-fn send(copy: &StackCopy) -> bool {
-    let bytes = record_bytes(copy);
+fn pack(copy: &mut StackCopy) -> Option<usize> {
+    let (kernel_frames, stack_len) = (copy.header.kernel_frames, copy.header.stack_len);
+    if copy.header.python_frames != 0
+        || kernel_frames > MAX_STACK_DEPTH as u32
+        || stack_len > 8 * MAX_STACK_DEPTH as u32
+        || stack_len & 7 != 0
+    {
+        return None;
+    }
+    // The kernel-stack area and the stack area are one run of words after
+    // the header (`StackCopy` is `repr(C)`, the header 8-byte aligned).
+    // SAFETY: the offset is inside the slot.
+    let words = unsafe {
+        (copy as *mut StackCopy)
+            .cast::<u8>()
+            .add(core::mem::size_of::<StackCopyHeader>())
+            .cast::<u64>()
+    };
+    let mut index = 0;
+    // Word by word from the front: the destination is below the source,
+    // so a word is read before anything overwrites it.
+    while index < MAX_STACK_DEPTH as u32 {
+        if index >= stack_len / 8 {
+            break;
+        }
+        // SAFETY: both indices are below 2 × MAX_STACK_DEPTH (masked for the
+        // verifier below 256 words, inside the kernel and stack areas).
+        unsafe {
+            let word = words
+                .add((MAX_STACK_DEPTH as u32 + index) as usize & 255)
+                .read();
+            words
+                .add((kernel_frames + index) as usize & 255)
+                .write(word);
+        }
+        index += 1;
+    }
+    copy.header.kind |= RECORD_PACKED;
+    Some(StackCopy::packed_len(kernel_frames, stack_len))
+}
+
+/// Sends a record to userspace, packed if it is short (see [`pack`]).
+/// Never waits: a full ring buffer drops it and counts it.
+#[inline(always)]
+fn send(copy: &mut StackCopy) -> bool {
+    let bytes = match pack(copy) {
+        // SAFETY: a prefix of the scratch slot (`len` is at most the header
+        // and two areas of `MAX_STACK_DEPTH` words).
+        Some(len) => unsafe {
+            core::slice::from_raw_parts((copy as *const StackCopy).cast::<u8>(), len)
+        },
+        None => record_bytes(copy),
+    };
     let sent = STACK_COPIES
         .output::<[u8]>(bytes, wakeup_flags(bytes.len()))
         .is_ok();
@@ -670,6 +736,9 @@ fn switched_out(ctx: &BtfTracePointContext, config: &SamplerConfig) {
     let preempted: u64 = ctx.arg(0);
     let prev_state: u32 = ctx.arg(3);
     if prev_state & EXITING != 0 {
+        if config.walk_tables != 0 {
+            tables::forget(tid);
+        }
         return;
     }
     // SAFETY: no preconditions.

@@ -11,14 +11,14 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::generated::bpf_loop,
+    helpers::generated::{bpf_loop, bpf_probe_read_kernel},
     macros::map,
     maps::{Array, HashMap},
 };
 use tripod_common::{
-    cfa_rule, rbp_rule, walked_hash, walked_stack_id, Counter, StackCopy, UnwindMapping,
-    UnwindProcess, UnwindRow, WalkedStack, MAX_STACK_COPY, MAX_TABLE_FRAMES, MAX_UNWIND_MAPPINGS,
-    MAX_UNWIND_PROCESSES, WALKED_HASH_SEED,
+    cfa_rule, rbp_rule, walked_hash, walked_stack_id, Counter, StackCopy, StackCopyHeader,
+    UnwindMapping, UnwindProcess, UnwindRow, WalkedStack, MAX_STACK_COPY, MAX_TABLE_FRAMES,
+    MAX_UNWIND_MAPPINGS, MAX_UNWIND_PROCESSES, WALKED_HASH_SEED,
 };
 
 use crate::{bump, read_user, SCRATCH};
@@ -43,6 +43,73 @@ pub(crate) static WALKED_0: HashMap<u32, WalkedStack> =
 #[map]
 pub(crate) static WALKED_1: HashMap<u32, WalkedStack> =
     HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// Each thread's last walks at context switches, by tid (see
+/// [`ThreadMemos`]); removed when the thread exits. Not preallocated
+/// (entries are 2,664 bytes and only threads that block have one), and not
+/// LRU: an LRU map reuses an evicted entry at once, under a reader that may
+/// still be comparing it. When full, walks of threads without an entry are
+/// not remembered.
+#[map]
+static WALK_MEMOS: HashMap<u32, ThreadMemos> =
+    HashMap::with_max_entries(MAX_WALK_MEMOS, BPF_F_NO_PREALLOC);
+
+/// Most threads whose last walks are remembered.
+const MAX_WALK_MEMOS: u32 = 4096;
+
+/// Walks remembered per thread.
+const MEMO_WAYS: usize = 2;
+
+/// A thread's last [`MEMO_WAYS`] walks: a thread often blocks at two places
+/// by turns (reading, and preempted as it writes, in a ping-pong).
+/// Assembled, when the thread has none yet, where the walk writes: way 0
+/// is the walk just made.
+#[repr(C)]
+struct ThreadMemos {
+    ways: [WalkMemo; MEMO_WAYS],
+    /// The way the next walk replaces: the older one.
+    next: u32,
+    _reserved: u32,
+}
+
+/// Most frames of a walk that is remembered; deeper walks are walked each time.
+const MEMO_FRAMES: usize = 32;
+/// Most words of user memory a remembered walk may have read.
+const MEMO_READS: usize = 32;
+
+/// A word of user memory a walk read, and what it held.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MemoRead {
+    address: u64,
+    value: u64,
+}
+
+/// A thread's last walk, enough to tell whether walking again would give
+/// the same stack without walking: a walk is a function of the registers
+/// it starts from, the rows (named by the process's mappings `version`)
+/// and the words of user memory it read. When all of these are the same,
+/// so is the walked stack.
+///
+/// Assembled where the walk writes, at the start of a `StackCopy`'s stack
+/// area (`frames` first and as long as a walk can be, so that the reads
+/// noted after them are never overwritten by frames), and stored from
+/// there without a copy. Only the first [`MEMO_FRAMES`] frames are used.
+#[repr(C)]
+struct WalkMemo {
+    frames: [u64; MAX_TABLE_FRAMES],
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    /// [`walked_hash`] of the frames.
+    hash: u64,
+    tgid: u32,
+    /// The `UnwindProcess::version` the rows were looked up in.
+    version: u32,
+    frames_len: u32,
+    reads_len: u32,
+    reads: [MemoRead; MEMO_READS],
+}
 
 /// Steps of the binary search of a file's rows: log2 of `MAX_UNWIND_FILE_ROWS`, plus one.
 const ROW_STEPS: u32 = 22;
@@ -99,10 +166,23 @@ const OUTCOME_FAILED: u32 = 3;
 /// once per frame (a plain loop of binary searches exceeds its budget).
 #[inline(always)]
 pub fn walk(copy: &mut StackCopy, slot: u32, tgid: u32) -> Option<u64> {
+    walk_noting(copy, slot, tgid).map(|(hash, _)| hash)
+}
+
+/// [`walk`], also saying how many words of user memory it read.
+#[inline(always)]
+fn walk_noting(copy: &mut StackCopy, slot: u32, tgid: u32) -> Option<(u64, u32)> {
     if UNWIND_PROCESSES.get_ptr(&tgid).is_none() {
         bump(Counter::TableNotCovered);
         return None;
     }
+    // The loop body counts its reads in the slot through its own lookup
+    // of the map, which the compiler cannot see: through `copy` (a `&mut`,
+    // which nothing else may change as far as it knows) the count would
+    // read back as the 0 stored here. Volatile both ways, it is the slot's.
+    let reads_len: *mut u32 = &mut memo_in(copy).reads_len;
+    // SAFETY: a field of the slot, valid for this program run.
+    unsafe { reads_len.write_volatile(0) };
     let mut state = WalkState {
         regs: Regs {
             ip: copy.header.ip,
@@ -130,7 +210,8 @@ pub fn walk(copy: &mut StackCopy, slot: u32, tgid: u32) -> Option<u64> {
         OUTCOME_END => {
             copy.header.user_frames = state.frames;
             copy.header.stack_len = state.frames * 8;
-            Some(state.hash)
+            // SAFETY: as above.
+            Some((state.hash, unsafe { reads_len.read_volatile() }))
         }
         OUTCOME_NOT_COVERED => {
             bump(Counter::TableNotCovered);
@@ -164,7 +245,11 @@ extern "C" fn walk_frame(index: u32, context: *mut c_void) -> i64 {
         frames.add(depth).write_unaligned(state.regs.ip);
     }
     state.hash = walked_hash(state.hash, state.regs.ip);
-    let outcome = match step(process, state.tgid, &mut state.regs, index == 0) {
+    // SAFETY: a slot this program owns (see `ScratchSlot`).
+    let memory = Memory {
+        memo: memo_in(unsafe { &mut *copy }),
+    };
+    let outcome = match step(process, state.tgid, &mut state.regs, index == 0, memory) {
         Step::Caller => return 0,
         Step::End => OUTCOME_END,
         Step::NotCovered => OUTCOME_NOT_COVERED,
@@ -175,9 +260,48 @@ extern "C" fn walk_frame(index: u32, context: *mut c_void) -> i64 {
     1
 }
 
+/// The [`WalkMemo`] at the start of a record's stack area, where the walk
+/// writes its frames and notes its reads.
+#[inline(always)]
+fn memo_in(copy: &mut StackCopy) -> &mut WalkMemo {
+    // SAFETY: the stack area is 8-byte aligned (`StackCopy::STACK_OFFSET` in
+    // an 8-byte aligned map value) and far larger than a `WalkMemo`; any bit
+    // pattern is a valid one.
+    unsafe { &mut *copy.stack.as_mut_ptr().cast::<WalkMemo>() }
+}
+
+/// User memory as a walk reads it: each word read is noted in `memo`.
+/// The count of reads lives there too, in map memory, not in the loop's
+/// state: the verifier does not track values in map memory, so the
+/// iterations of the loop stay alike and it checks only a few.
+struct Memory<'a> {
+    memo: &'a mut WalkMemo,
+}
+
+impl Memory<'_> {
+    /// Eight bytes of the current process's memory at `address`, noted.
+    #[inline(always)]
+    fn read(&mut self, address: u64) -> Option<u64> {
+        let value = read_u64(address)?;
+        let index = self.memo.reads_len;
+        if (index as usize) < MEMO_READS {
+            let read = MemoRead { address, value };
+            self.memo.reads[index as usize & (MEMO_READS - 1)] = read;
+        }
+        self.memo.reads_len = index.saturating_add(1);
+        Some(value)
+    }
+}
+
 /// Unwinds one frame: `regs` become the caller's.
 #[inline(always)]
-fn step(process: &UnwindProcess, tgid: u32, regs: &mut Regs, first: bool) -> Step {
+fn step(
+    process: &UnwindProcess,
+    tgid: u32,
+    regs: &mut Regs,
+    first: bool,
+    mut memory: Memory,
+) -> Step {
     // A return address is looked up one byte back, inside the call: the
     // call may be the last instruction of its function.
     let lookup = if first {
@@ -203,12 +327,12 @@ fn step(process: &UnwindProcess, tgid: u32, regs: &mut Regs, first: bool) -> Ste
         cfa_rule::CFA_NONE => return Step::NotCovered,
         _ => return Step::Failed,
     };
-    let Some(return_address) = read_u64(cfa.wrapping_sub(8)) else {
+    let Some(return_address) = memory.read(cfa.wrapping_sub(8)) else {
         return Step::Failed;
     };
     match row.rbp_rule {
         rbp_rule::RBP_SAME => {}
-        rbp_rule::RBP_AT_CFA => match read_u64(cfa.wrapping_add(row.rbp_offset as i64 as u64)) {
+        rbp_rule::RBP_AT_CFA => match memory.read(cfa.wrapping_add(row.rbp_offset as i64 as u64)) {
             Some(bp) => regs.bp = bp,
             None => return Step::Failed,
         },
@@ -222,6 +346,134 @@ fn step(process: &UnwindProcess, tgid: u32, regs: &mut Regs, first: bool) -> Ste
     regs.ip = return_address;
     regs.sp = cfa;
     Step::Caller
+}
+
+/// [`walk`] at a context switch of thread `tid`. A thread that blocks again
+/// where it blocked before has the same stack: its previous walk is reused
+/// when it started from the same registers in the same mappings and every
+/// word of user memory it read still holds what it held (walking again
+/// would then give the same stack). Otherwise the stack is walked, and
+/// remembered if it is short enough. Never a stale stack: any difference
+/// walks.
+#[inline(always)]
+pub fn walk_remembered(copy: &mut StackCopy, slot: u32, tgid: u32, tid: u32) -> Option<u64> {
+    // SAFETY: read in place during this program run only.
+    let Some(version) = (unsafe { UNWIND_PROCESSES.get(&tgid) }).map(|p| p.version) else {
+        return walk(copy, slot, tgid);
+    };
+    // SAFETY: only this thread's switches read or write its entry, one at
+    // a time, and entries are freed after the readers of the moment.
+    if let Some(memos) = unsafe { WALK_MEMOS.get(tid) } {
+        for memo in &memos.ways {
+            if still_valid(memo, &copy.header, tgid, version) {
+                reuse(memo, copy);
+                bump(Counter::TableMemoHit);
+                return Some(memo.hash);
+            }
+        }
+    }
+    let (hash, reads) = walk_noting(copy, slot, tgid)?;
+    bump(Counter::TableMemoMiss);
+    remember(copy, (tgid, tid), version, (hash, reads));
+    Some(hash)
+}
+
+/// Whether `memo` is the walk of a thread now at `header`'s registers:
+/// same process, mappings and registers, and each word it read unchanged.
+#[inline(always)]
+fn still_valid(memo: &WalkMemo, header: &StackCopyHeader, tgid: u32, version: u32) -> bool {
+    let same_start = memo.tgid == tgid
+        && memo.version == version
+        && memo.ip == header.ip
+        && memo.sp == header.sp
+        && memo.bp == header.bp;
+    let len = memo.reads_len;
+    if !same_start
+        || len as usize > MEMO_READS
+        || memo.frames_len == 0
+        || memo.frames_len as usize > MEMO_FRAMES
+    {
+        return false;
+    }
+    let mut index = 0;
+    while index < MEMO_READS {
+        if index as u32 >= len {
+            return true;
+        }
+        let read = memo.reads[index];
+        if read_u64(read.address) != Some(read.value) {
+            return false;
+        }
+        index += 1;
+    }
+    true
+}
+
+/// Writes a remembered walk into `copy` as [`walk`] would have.
+#[inline(always)]
+fn reuse(memo: &WalkMemo, copy: &mut StackCopy) {
+    // SAFETY: the stack area is 8-byte aligned and far larger than the frames.
+    unsafe {
+        copy.stack
+            .as_mut_ptr()
+            .cast::<[u64; MEMO_FRAMES]>()
+            .write(*memo.frames.as_ptr().cast::<[u64; MEMO_FRAMES]>())
+    };
+    copy.header.user_frames = memo.frames_len;
+    copy.header.stack_len = memo.frames_len * 8;
+}
+
+/// Stores the walk just made into `copy` as one of thread `tid`'s memos
+/// (in place of the older one), if it is short enough. `walked` is its hash
+/// and the number of words it read.
+#[inline(always)]
+fn remember(copy: &mut StackCopy, (tgid, tid): (u32, u32), version: u32, walked: (u64, u32)) {
+    let (hash, reads) = walked;
+    let frames = copy.header.user_frames;
+    if reads as usize > MEMO_READS || frames == 0 || frames as usize > MEMO_FRAMES {
+        // The memos the thread has stay: they did not match, and may again.
+        return;
+    }
+    let (ip, sp, bp) = (copy.header.ip, copy.header.sp, copy.header.bp);
+    // Its frames and reads are where the walk wrote them.
+    let memo = memo_in(copy);
+    memo.ip = ip;
+    memo.sp = sp;
+    memo.bp = bp;
+    memo.hash = hash;
+    memo.tgid = tgid;
+    memo.version = version;
+    memo.frames_len = frames;
+    memo.reads_len = reads;
+    if let Some(memos) = WALK_MEMOS.get_ptr_mut(tid) {
+        // SAFETY: a live map value only this thread's switches use; the
+        // way is masked below `MEMO_WAYS`. A failed copy leaves zeros: a
+        // way with no frames, never valid.
+        unsafe {
+            let way = (*memos).next as usize & (MEMO_WAYS - 1);
+            bpf_probe_read_kernel(
+                (*memos).ways.as_mut_ptr().add(way).cast(),
+                core::mem::size_of::<WalkMemo>() as u32,
+                (memo as *const WalkMemo).cast(),
+            );
+            (*memos).next = (way as u32 + 1) & (MEMO_WAYS as u32 - 1);
+        }
+        return;
+    }
+    // SAFETY: the stack area is 8-byte aligned and far larger than a
+    // `ThreadMemos`, whose way 0 is the walk just made.
+    let memos = unsafe { &mut *copy.stack.as_mut_ptr().cast::<ThreadMemos>() };
+    // The other way holds whatever the slot held before: no walk.
+    memos.ways[1].frames_len = 0;
+    memos.next = 1;
+    // A full map leaves the thread without memos: it is walked each time.
+    let _ = WALK_MEMOS.insert(tid, &*memos, 0);
+}
+
+/// Forgets the last walks of thread `tid`, which is exiting.
+#[inline(always)]
+pub fn forget(tid: u32) {
+    let _ = WALK_MEMOS.remove(tid);
 }
 
 /// A binary search in progress: the last entry at or below `target` is in

@@ -38,10 +38,12 @@ pub fn warn(message: &str) {
 
 /// `--unwind tables`, at the end of a run: how user stacks were unwound
 /// (`[walked, of them counted in the kernel, not covered, walk failed]`
-/// from the kernel's counters), how much row memory was used, and which
-/// files were left out and why.
+/// from the kernel's counters; then, of those walked at context switches,
+/// `[reused, walked anew]`), how much row memory was used, and which files
+/// were left out and why.
 pub fn unwind_tables_summary(
     [walked, counted, not_covered, failed]: [u64; 4],
+    [reused, walked_anew]: [u64; 2],
     usage: &crate::model::TableUse,
     (malformed, too_many_rows): (usize, usize),
 ) -> String {
@@ -57,6 +59,12 @@ pub fn unwind_tables_summary(
         usage.capacity_rows,
         usage.capacity_rows * 16 / 1024
     );
+    if reused + walked_anew > 0 {
+        text += &format!(
+            "; at context switches, {reused} stacks were the thread's previous walk, \
+             reused after re-reading the words it read, {walked_anew} walked anew"
+        );
+    }
     if malformed + too_many_rows > 0 {
         text += &format!(
             "; {} files not compilable ({malformed} unreadable call frame information, \

@@ -446,6 +446,10 @@ impl Pipeline {
                 counters.get(Counter::TableNotCovered),
                 counters.get(Counter::TableWalkFailed),
             ],
+            [
+                counters.get(Counter::TableMemoHit),
+                counters.get(Counter::TableMemoMiss),
+            ],
             &usage,
             (malformed, too_many),
         ))

@@ -8,7 +8,7 @@
 //! skipped, never trusted and never a panic.
 use tripod_common::{
     PythonFrame, PythonStatus, RecordKind, StackCopy, StackCopyHeader, WakeRecord,
-    MAX_PYTHON_FRAMES, MAX_STACK_DEPTH,
+    MAX_PYTHON_FRAMES, MAX_STACK_DEPTH, RECORD_PACKED,
 };
 
 use crate::{
@@ -105,7 +105,7 @@ pub enum Record<'a> {
 /// of no known kind.
 pub fn parse_record(record: &[u8]) -> Option<Record<'_>> {
     let kind = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
-    if RecordKind::from_u32(kind)? == RecordKind::Woke {
+    if RecordKind::from_u32(kind & !RECORD_PACKED)? == RecordKind::Woke {
         if record.len() < std::mem::size_of::<WakeRecord>() {
             return None;
         }
@@ -131,25 +131,69 @@ pub fn parse_snapshots(mut bytes: &[u8], mut handle: impl FnMut(Sample<'_>)) {
     }
 }
 
+/// Where the parts of a [`StackCopy`] record are: (kernel frames, user
+/// stack, Python frames), as byte ranges, and the record's length. Packed
+/// records ([`RECORD_PACKED`]) have no unused kernel-stack area and no
+/// Python frames.
+struct Layout {
+    kernel: std::ops::Range<usize>,
+    stack: std::ops::Range<usize>,
+    python: std::ops::Range<usize>,
+    len: usize,
+}
+
+impl Layout {
+    fn of(header: &StackCopyHeader) -> Option<Layout> {
+        let header_size = std::mem::size_of::<StackCopyHeader>();
+        let kernel_frames = (header.kernel_frames as usize).min(MAX_STACK_DEPTH);
+        let kernel = header_size..header_size + 8 * kernel_frames;
+        let stack_len = header.stack_len as usize;
+        if header.kind & RECORD_PACKED != 0 {
+            // The kernel packs only what it counted, and nothing with Python frames.
+            if header.kernel_frames as usize > MAX_STACK_DEPTH || header.python_frames != 0 {
+                return None;
+            }
+            let stack = kernel.end..kernel.end.checked_add(stack_len)?;
+            let len = StackCopy::packed_len(header.kernel_frames, header.stack_len);
+            return Some(Layout {
+                python: stack.end..stack.end,
+                kernel,
+                stack,
+                len,
+            });
+        }
+        let stack = StackCopy::STACK_OFFSET..StackCopy::STACK_OFFSET.checked_add(stack_len)?;
+        let python_start = StackCopy::STACK_OFFSET + StackCopy::python_offset(header.stack_len);
+        let python_frames = (header.python_frames as usize).min(MAX_PYTHON_FRAMES);
+        let python_end = python_start + python_frames * std::mem::size_of::<PythonFrame>();
+        Some(Layout {
+            kernel,
+            stack,
+            python: python_start..python_end,
+            len: StackCopy::record_len(header.stack_len, python_frames as u32),
+        })
+    }
+}
+
 /// Reads a record laid out as [`StackCopy`], cut after its stack bytes and
-/// Python frames, and its length in bytes.
+/// Python frames (or packed, see [`RECORD_PACKED`]), and its length in bytes.
 pub fn parse_copy(record: &[u8]) -> Option<(Sample<'_>, usize)> {
     let header_size = std::mem::size_of::<StackCopyHeader>();
-    if record.len() < StackCopy::STACK_OFFSET {
+    if record.len() < header_size {
         return None;
     }
     // SAFETY: the record holds at least a header; StackCopyHeader is plain data.
     let header: StackCopyHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-    let kind = RecordKind::from_u32(header.kind)?;
+    let kind = RecordKind::from_u32(header.kind & !RECORD_PACKED)?;
+    let layout = Layout::of(&header)?;
+    if record.len() < layout.len {
+        return None;
+    }
     let kernel = match header.kernel_error {
         error if error < 0 => StackRead::Missing(Gap::Failed(-error)),
-        _ => {
-            let frames = (header.kernel_frames as usize).min(MAX_STACK_DEPTH);
-            StackRead::Addresses(words(&record[header_size..header_size + 8 * frames]))
-        }
+        _ => StackRead::Addresses(words(record.get(layout.kernel)?)),
     };
-    let stack_end = StackCopy::STACK_OFFSET + header.stack_len as usize;
-    let stack = record.get(StackCopy::STACK_OFFSET..stack_end)?;
+    let stack = record.get(layout.stack)?;
     let user = match (header.no_user, header.user_frames) {
         (0, 0) => UserStack::Copy {
             regs: (header.ip, header.sp, header.bp),
@@ -158,10 +202,8 @@ pub fn parse_copy(record: &[u8]) -> Option<(Sample<'_>, usize)> {
         (0, _) => UserStack::Walked(StackRead::Addresses(words(stack))),
         _ => UserStack::Absent,
     };
-    let python_start = StackCopy::STACK_OFFSET + StackCopy::python_offset(header.stack_len);
-    let python_frames = (header.python_frames as usize).min(MAX_PYTHON_FRAMES);
     let frame_size = std::mem::size_of::<PythonFrame>();
-    let python = record.get(python_start..python_start + python_frames * frame_size)?;
+    let python = record.get(layout.python)?;
     let python = PythonSample {
         status: match PythonStatus::from_u32(header.python_status) {
             PythonStatus::NotPython => None,
@@ -187,8 +229,7 @@ pub fn parse_copy(record: &[u8]) -> Option<(Sample<'_>, usize)> {
         kernel,
         python,
     };
-    let len = StackCopy::record_len(header.stack_len, python_frames as u32);
-    Some((sample, len))
+    Some((sample, layout.len))
 }
 
 fn words(bytes: &[u8]) -> Vec<u64> {
@@ -500,6 +541,84 @@ mod tests {
         assert!(parse_record(&bytes).is_none());
     }
 
+    /// A record packed as the kernel packs a short one (`RECORD_PACKED`):
+    /// the header, only `kernel`'s frames, then `stack`.
+    fn encode_packed(header: &StackCopyHeader, kernel: &[u64], stack: &[u8]) -> Vec<u8> {
+        let mut header = *header;
+        header.kind |= RECORD_PACKED;
+        header.kernel_frames = kernel.len() as u32;
+        header.stack_len = stack.len() as u32;
+        let mut bytes = bytes_of(&header).to_vec();
+        bytes.extend(kernel.iter().flat_map(|a| a.to_ne_bytes()));
+        bytes.extend_from_slice(stack);
+        bytes
+    }
+
+    /// A thread switched out with three walked user addresses and two kernel frames.
+    fn blocked_walked() -> (StackCopyHeader, Vec<u64>, Vec<u8>) {
+        let mut blocked = header(RecordKind::Blocked, 7, 8, b"sleeper", 5_000);
+        blocked.state = 1;
+        blocked.user_frames = 3;
+        let user = [0x4010u64, 0x4120, 0x4230]
+            .iter()
+            .flat_map(|a| a.to_ne_bytes())
+            .collect();
+        (
+            blocked,
+            vec![0xffff_ffff_8100_0010, 0xffff_ffff_8100_0020],
+            user,
+        )
+    }
+
+    #[test]
+    fn a_packed_record_reads_as_the_whole_one() {
+        let (header, kernel, user) = blocked_walked();
+        let packed = encode_packed(&header, &kernel, &user);
+        assert_eq!(packed.len(), StackCopy::packed_len(2, 24));
+        assert_eq!(packed.len(), 104 + 16 + 24);
+        let whole = encode_copy(&header, &kernel, &user, &[]);
+        let (sample, len) = parse_copy(&packed).expect("readable");
+        assert_eq!(len, packed.len());
+        assert_eq!(Some(sample), parse_copy(&whole).map(|(sample, _)| sample));
+        let Some(Record::Stack(sample)) = parse_record(&packed) else {
+            panic!("not a stack record");
+        };
+        assert_eq!(sample.kind, RecordKind::Blocked);
+        assert_eq!(
+            sample.user,
+            UserStack::Walked(StackRead::Addresses(vec![0x4010, 0x4120, 0x4230]))
+        );
+        assert_eq!(
+            sample.kernel,
+            StackRead::Addresses(vec![0xffff_ffff_8100_0010, 0xffff_ffff_8100_0020])
+        );
+        // Every cut of it is skipped.
+        for cut in 0..packed.len() {
+            assert!(parse_record(&packed[..cut]).is_none(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn packed_records_claiming_too_much_are_refused() {
+        let (mut header, kernel, user) = blocked_walked();
+        // The kernel never packs Python frames.
+        header.python_frames = 1;
+        let mut bytes = encode_packed(&header, &kernel, &user);
+        bytes.extend_from_slice(&[0; 64]);
+        assert!(parse_copy(&bytes).is_none());
+        // More kernel frames than a kernel stack has.
+        let mut bytes = encode_packed(&header, &kernel, &user);
+        bytes[44..48].copy_from_slice(&0u32.to_ne_bytes());
+        bytes[12..16].copy_from_slice(&(MAX_STACK_DEPTH as u32 + 1).to_ne_bytes());
+        bytes.resize(4096, 0);
+        assert!(parse_copy(&bytes).is_none());
+        // A stack length past the end.
+        let mut bytes = encode_packed(&header, &kernel, &user);
+        bytes[44..48].copy_from_slice(&0u32.to_ne_bytes());
+        bytes[16..20].copy_from_slice(&u32::MAX.to_ne_bytes());
+        assert!(parse_copy(&bytes).is_none());
+    }
+
     #[test]
     fn garbage_never_panics() {
         // A fixed pseudo-random sequence (xorshift), so failures reproduce.
@@ -514,8 +633,9 @@ mod tests {
             let len = (next() % (StackCopy::STACK_OFFSET as u64 + 512)) as usize;
             let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             if len >= 4 {
-                // Mostly known kinds, so the parser gets past the first word.
-                let kind = (round % 5) as u32;
+                // Mostly known kinds, so the parser gets past the first
+                // word; packed or not.
+                let kind = (round % 5) as u32 | (round % 2) as u32 * RECORD_PACKED;
                 bytes[..4].copy_from_slice(&kind.to_ne_bytes());
             }
             if len >= 48 && round % 3 == 0 {

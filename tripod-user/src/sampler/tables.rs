@@ -46,6 +46,8 @@ pub struct TableStore {
     /// By file id: its first row and row count, or `None`: it did not fit.
     files: StdHashMap<usize, Option<(u32, u32)>>,
     usage: TableUse,
+    /// The [`UnwindProcess::version`] of the last entry written.
+    version: u32,
 }
 
 impl TableStore {
@@ -58,7 +60,15 @@ impl TableStore {
                 capacity_rows: u64::from(capacity),
                 ..TableUse::default()
             },
+            version: 0,
         }
+    }
+
+    /// A version no entry written before has (one counter for every
+    /// process: an entry removed and written again gets a new one too).
+    fn next_version(&mut self) -> u32 {
+        self.version = self.version.wrapping_add(1);
+        self.version
     }
 
     pub fn usage(&self) -> TableUse {
@@ -75,7 +85,7 @@ impl TableStore {
     ) -> Result<()> {
         let mut process = UnwindProcess {
             len: 0,
-            _reserved: 0,
+            version: self.next_version(),
             mappings: [UnwindMapping {
                 start: 0,
                 end: 0,
