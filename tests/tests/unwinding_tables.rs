@@ -6,40 +6,34 @@
 
 use tripod_tests::*;
 
-/// What the end-of-run line says: (stacks walked in the kernel, stacks copied).
-fn walked_and_copied(stderr: &str) -> (u64, u64) {
+/// The number just before `marker` in the end-of-run `unwind tables:` line
+/// (an opening parenthesis before it is skipped).
+fn summary_number(stderr: &str, marker: &str) -> u64 {
     let line = stderr
         .lines()
         .find(|l| l.contains("unwind tables: "))
         .unwrap_or_else(|| panic!("no unwind tables line in stderr:\n{stderr}"));
-    let number_before = |marker: &str| -> u64 {
-        let head = &line[..line
-            .find(marker)
-            .unwrap_or_else(|| panic!("{marker} in {line}"))];
-        let word = head.split_whitespace().last().unwrap();
-        word.parse()
-            .unwrap_or_else(|_| panic!("a number before {marker} in {line}"))
-    };
+    let head = &line[..line
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker:?} in {line}"))];
+    let word = head.split_whitespace().last().unwrap();
+    word.trim_start_matches('(')
+        .parse()
+        .unwrap_or_else(|_| panic!("a number before {marker:?} in {line}"))
+}
+
+/// What the end-of-run line says: (stacks walked in the kernel, stacks copied).
+fn walked_and_copied(stderr: &str) -> (u64, u64) {
     (
-        number_before(" stacks walked in the kernel"),
-        number_before(" copied instead"),
+        summary_number(stderr, " stacks walked in the kernel"),
+        summary_number(stderr, " copied instead"),
     )
 }
 
 /// Of the stacks walked in the kernel, how many the end-of-run line says
 /// were counted there rather than sent as ring-buffer records.
 fn counted_in_the_kernel(stderr: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("unwind tables: "))
-        .unwrap_or_else(|| panic!("no unwind tables line in stderr:\n{stderr}"));
-    let head = &line[..line
-        .find(" counted there")
-        .unwrap_or_else(|| panic!("no \"counted there\" in {line}"))];
-    let word = head.split_whitespace().last().unwrap();
-    word.trim_start_matches('(')
-        .parse()
-        .unwrap_or_else(|_| panic!("a number before \"counted there\" in {line}"))
+    summary_number(stderr, " counted there")
 }
 
 /// Samples `pid` with `--unwind tables`: (folded output, stderr).
@@ -169,21 +163,9 @@ fn naps_off_cpu(args: &[&str]) -> (String, String) {
 /// What the end-of-run line says of the stacks walked at context switches:
 /// (the thread's previous walk reused, walked anew).
 fn reused_and_walked_anew(stderr: &str) -> (u64, u64) {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("unwind tables: "))
-        .unwrap_or_else(|| panic!("no unwind tables line in stderr:\n{stderr}"));
-    let number_before = |marker: &str| -> u64 {
-        let head = &line[..line
-            .find(marker)
-            .unwrap_or_else(|| panic!("no {marker:?} in {line}"))];
-        let word = head.split_whitespace().last().unwrap();
-        word.parse()
-            .unwrap_or_else(|_| panic!("a number before {marker:?} in {line}"))
-    };
     (
-        number_before(" stacks were the thread's previous walk"),
-        number_before(" walked anew"),
+        summary_number(stderr, " stacks were the thread's previous walk"),
+        summary_number(stderr, " walked anew"),
     )
 }
 

@@ -423,8 +423,9 @@ mod tests {
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 3_000), [pid]);
     }
 
-    #[test]
-    fn an_exited_process_gets_no_rows_for_earlier_samples_until_forgotten() {
+    /// Our own process's rows asked for at 500 and sent at 1,000; its
+    /// leader's exit at 1,500 made them go.
+    fn rows_sent_then_leader_exited() -> (Ingest, ProcessTable, u32) {
         let mut ingest = tables_ingest();
         let mut processes = ProcessTable::new();
         let pid = std::process::id();
@@ -432,6 +433,12 @@ mod tests {
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
         ingest.tables_exited(pid, 1_500);
         assert_eq!(ingest.tables_gone(), [pid]);
+        (ingest, processes, pid)
+    }
+
+    #[test]
+    fn an_exited_process_gets_no_rows_for_earlier_samples_until_forgotten() {
+        let (mut ingest, mut processes, pid) = rows_sent_then_leader_exited();
         // Samples taken before the exit still arrive; no rows for them.
         ingest.copied_stack_arrived(pid, 1_400);
         ingest.check_python_later(pid);
@@ -444,13 +451,7 @@ mod tests {
 
     #[test]
     fn a_process_that_lives_on_without_its_leader_gets_its_rows_again() {
-        let mut ingest = tables_ingest();
-        let mut processes = ProcessTable::new();
-        let pid = std::process::id();
-        ingest.copied_stack_arrived(pid, 500);
-        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
-        ingest.tables_exited(pid, 1_500);
-        assert_eq!(ingest.tables_gone(), [pid]);
+        let (mut ingest, mut processes, pid) = rows_sent_then_leader_exited();
         ingest.copied_stack_arrived(pid, 1_600);
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 2_000), [pid]);
     }
