@@ -635,7 +635,7 @@ mod tests {
             if len >= 4 {
                 // Mostly known kinds, so the parser gets past the first
                 // word; packed or not.
-                let kind = (round % 5) as u32 | (round % 2) as u32 * RECORD_PACKED;
+                let kind = (round % 5) as u32 | ((round % 2) as u32 * RECORD_PACKED);
                 bytes[..4].copy_from_slice(&kind.to_ne_bytes());
             }
             if len >= 48 && round % 3 == 0 {
