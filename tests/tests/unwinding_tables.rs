@@ -297,6 +297,18 @@ fn rows_written_one_by_one_walk_the_same() {
     assert!(walked >= 50 && copied * 4 <= walked, "{stderr}");
 }
 
+/// A cgroup of the test's own, `name`, under the cgroup v2 mount: its
+/// processes are sampled alone, away from the rest of a shared machine.
+fn own_cgroup(name: &str) -> std::path::PathBuf {
+    let cgroup = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .map(|mount| std::path::Path::new(mount).join(name))
+        .find(|dir| dir.parent().unwrap().join("cgroup.controllers").exists())
+        .expect("a cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified");
+    let _ = std::fs::create_dir(&cgroup);
+    cgroup
+}
+
 /// Exited processes give their slot in the kernel's table of processes
 /// back: 120 short processes, more than the 64 slots the test leaves
 /// (`TRIPOD_TEST_UNWIND_PROCESS_SLOTS`), ten alive at a time, all find a
@@ -309,12 +321,7 @@ fn exited_processes_free_their_slot() {
     if !require_bpf() {
         return;
     }
-    let cgroup = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .iter()
-        .map(|mount| std::path::Path::new(mount).join("tripod-test-slots"))
-        .find(|dir| dir.parent().unwrap().join("cgroup.controllers").exists())
-        .expect("a cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified");
-    let _ = std::fs::create_dir(&cgroup);
+    let cgroup = own_cgroup("tripod-test-slots");
     let path = cgroup.to_str().unwrap().to_string();
     let mut cmd = tripod_command(&[
         "--cgroup", &path, "-F", "999", "-f", "folded", "-o", "-", "--unwind", "tables",
@@ -374,12 +381,7 @@ fn a_process_started_during_the_run_is_walked_from_the_start() {
     if !require_bpf() {
         return;
     }
-    let cgroup = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .iter()
-        .map(|mount| std::path::Path::new(mount).join("tripod-test-newproc"))
-        .find(|dir| dir.parent().unwrap().join("cgroup.controllers").exists())
-        .expect("a cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified");
-    let _ = std::fs::create_dir(&cgroup);
+    let cgroup = own_cgroup("tripod-test-newproc");
     let path = cgroup.to_str().unwrap().to_string();
     let mut run = Tripod::spawn(tripod_command(&[
         "--cgroup", &path, "-F", "199", "-f", "folded", "-o", "-", "--unwind", "tables",
