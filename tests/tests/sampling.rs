@@ -499,6 +499,7 @@ fn samples_in_exec_and_exit_show_the_callers_chain() {
     }
     for (fixture, comm, unwind) in [
         (TEARDOWN, "teardown", "dwarf"),
+        (TEARDOWN, "teardown", "auto"),
         (TEARDOWN_FP, "teardown_fp", "fp"),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -637,4 +638,32 @@ fn a_lone_burst_of_samples_arrives() {
         println!("--unwind {unwind}:");
         assert_chain(&folded, comm, CHAIN, 1, 0.5);
     }
+}
+
+/// Where tracefs is not mounted (a VM or a container without systemd), the
+/// execve/exit tracepoints are attached all the same: tripod-bpf mounts it
+/// at its usual place, as perf does. Run in a mount namespace of its own,
+/// with tracefs (and debugfs, which holds another copy) unmounted there.
+#[test]
+fn tracepoints_attach_where_tracefs_is_not_mounted() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let script = format!(
+        "for dir in /sys/kernel/tracing /sys/kernel/debug; do \
+           while umount \"$dir\" 2>/dev/null; do :; done; \
+         done; \
+         if [ -n \"$(ls -A /sys/kernel/tracing)\" ]; then echo 'tracefs still mounted' >&2; exit 3; fi; \
+         exec {} --all -d 1 -o /dev/null",
+        tripod_bin().display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("running unshare (util-linux)");
+    assert_success(&out);
+    let stderr = stderr_text(&out);
+    assert!(!stderr.contains("tracefs"), "{stderr}");
+    assert!(!stderr.contains("truncated user stack"), "{stderr}");
 }

@@ -250,11 +250,17 @@ fn a_full_table_falls_back_to_copying_and_says_so() {
 /// 3 s of `--unwind tables` on the no-frame-pointer chain with the test
 /// switch `var` set: the folded output and stderr of a successful run.
 fn chain_with_tables_and(var: &str) -> (String, String) {
+    chain_with(var, &["--unwind", "tables"])
+}
+
+/// [`chain_with_tables_and`] with `unwind` as the options that choose the
+/// unwinding (none: the default).
+fn chain_with(var: &str, unwind: &[&str]) -> (String, String) {
     let fx = Fixture::start(CHAIN_NOFP, &[]);
     let pid = fx.pid().to_string();
-    let mut cmd = tripod_command(&[
-        "--pid", &pid, "-d", "3", "-f", "folded", "-o", "-", "--unwind", "tables",
-    ]);
+    let mut args = vec!["--pid", &pid, "-d", "3", "-f", "folded", "-o", "-"];
+    args.extend_from_slice(unwind);
+    let mut cmd = tripod_command(&args);
     cmd.env(var, "1");
     let out = Tripod::spawn(cmd).wait(RUN_TIMEOUT);
     assert_success(&out);
@@ -270,17 +276,35 @@ fn a_kernel_without_bpf_loop_falls_back_to_copying_with_one_line() {
     if !require_bpf() {
         return;
     }
-    let (folded, stderr) = chain_with_tables_and("TRIPOD_TEST_PRETEND_NO_BPF_LOOP");
-    let said: Vec<&str> = stderr.lines().filter(|l| l.contains("bpf_loop")).collect();
-    assert_eq!(said.len(), 1, "one line on bpf_loop expected:\n{stderr}");
-    assert!(
-        said[0].contains("--unwind tables needs the bpf_loop helper (Linux 5.17")
-            && said[0].contains("--unwind dwarf"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("dwarf unwinding"), "{stderr}");
-    assert!(!stderr.contains("unwind tables: "), "{stderr}");
+    // Asked for, and by default.
+    for unwind in [&["--unwind", "tables"][..], &[]] {
+        let (folded, stderr) = chain_with("TRIPOD_TEST_PRETEND_NO_BPF_LOOP", unwind);
+        let said: Vec<&str> = stderr.lines().filter(|l| l.contains("bpf_loop")).collect();
+        assert_eq!(said.len(), 1, "one line on bpf_loop expected:\n{stderr}");
+        assert!(
+            said[0].contains("--unwind tables needs the bpf_loop helper (Linux 5.17")
+                && said[0].contains("--unwind dwarf"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("dwarf unwinding"), "{stderr}");
+        assert!(!stderr.contains("unwind tables: "), "{stderr}");
+        assert_share(&folded, "chain_nofp", 0.99, full_chain_from_start);
+    }
+}
+
+/// By default, stacks are walked in the kernel where it can: the banner
+/// says so and the summary counts the stacks walked.
+#[test]
+fn the_default_walks_stacks_in_the_kernel() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let (folded, stderr) = chain_with("TRIPOD_TEST_UNUSED", &[]);
+    assert!(stderr.contains("tables unwinding"), "{stderr}");
     assert_share(&folded, "chain_nofp", 0.99, full_chain_from_start);
+    let (walked, copied) = walked_and_copied(&stderr);
+    assert!(walked >= 50 && copied * 4 <= walked, "{stderr}");
 }
 
 /// Rows written one update each, as on a kernel that refuses batch

@@ -223,7 +223,7 @@ pub(crate) fn unwind_in_kernel_if_asked(
             Target::Pids(pids) => pids.clone(),
             _ => Vec::new(),
         };
-        pipeline.unwind_in_kernel(&pids);
+        pipeline.unwind_in_kernel(&pids, source);
         pipeline.tell_python(source);
     }
 }

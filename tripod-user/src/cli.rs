@@ -333,7 +333,7 @@ struct SamplingArgs {
     /// with .eh_frame (complete stacks without frame pointers); `fp` walks frame pointers
     /// in the kernel (cheaper, broken for code built without them); `tables` walks the
     /// stack in the kernel with each file's .eh_frame compiled to rows, copying only the
-    /// stacks they do not cover; `auto` is dwarf.
+    /// stacks they do not cover; `auto` is tables, or dwarf on kernels before 5.17.
     #[arg(long, value_enum, default_value_t = UnwindArg::Auto)]
     unwind: UnwindArg,
 

@@ -355,7 +355,8 @@ pub enum UnwindMode {
     /// information compiled to rows; stacks the rows do not cover are
     /// copied and unwound as with `Dwarf`.
     Tables,
-    /// The default: currently `Dwarf` for every process (see README.md).
+    /// The default: `Tables` where the kernel can walk them, else `Dwarf`
+    /// (see [`crate::live::settle_unwind`] and README.md).
     Auto,
 }
 

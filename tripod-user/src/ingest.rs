@@ -13,7 +13,7 @@ use tripod_common::{errno::EFAULT, MAX_STACK_DEPTH};
 
 use crate::{
     mappings::MappingHistory,
-    model::TableMapping,
+    model::{TableFile, TableMapping},
     process::ProcessTable,
     python::{Python, PythonChange},
     sampler::{Sample, UserStack},
@@ -76,6 +76,14 @@ impl Ingest {
     /// (see [`Ingest::table_changes`]).
     pub fn compile_tables(&mut self) {
         self.table_candidates.get_or_insert_with(Vec::new);
+    }
+
+    /// `--unwind tables`: from now on, processes seen get their rows
+    /// compiled; the rows of the files most processes map are compiled now,
+    /// to load before any process is (see [`Unwinder::prepare_tables`]).
+    pub fn prepare_tables(&mut self, processes: &mut ProcessTable) -> Vec<TableFile> {
+        self.compile_tables();
+        self.unwinder.prepare_tables(processes)
     }
 
     /// `--unwind tables`: the rows of the processes seen since the last

@@ -20,17 +20,23 @@ pub fn start_sampler(options: &SamplerOptions) -> Result<Box<dyn SampleSource>> 
     }
 }
 
-/// `--unwind tables` on a kernel that lacks what the walk needs becomes
-/// `--unwind dwarf` (the copy the tables fall back to anyway), with one
-/// line naming what is missing, instead of a program the kernel refuses.
+/// `--unwind auto` (the default) becomes `--unwind tables`, which the
+/// bench found as complete as `dwarf` for the cost of frame pointers
+/// (README, "How user stacks are unwound"). `tables` on a kernel that
+/// lacks what the walk needs becomes `--unwind dwarf` (the copy the tables
+/// fall back to anyway), with one line naming what is missing, instead of
+/// a program the kernel refuses.
 pub fn settle_unwind(config: &mut Config) {
-    if config.unwind != UnwindMode::Tables {
+    if !matches!(config.unwind, UnwindMode::Tables | UnwindMode::Auto) {
         return;
     }
-    if let Some(missing) = sampler::missing_for_tables() {
-        messages::warn(&messages::tables_unavailable(missing.describe()));
-        config.unwind = UnwindMode::Dwarf;
-    }
+    config.unwind = match sampler::missing_for_tables() {
+        None => UnwindMode::Tables,
+        Some(missing) => {
+            messages::warn(&messages::tables_unavailable(missing.describe()));
+            UnwindMode::Dwarf
+        }
+    };
 }
 
 /// Sets the limits on the targets' files read for symbols and unwinding:

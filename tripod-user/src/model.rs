@@ -419,6 +419,14 @@ pub struct TableMapping {
     pub rows: Arc<[tripod_common::UnwindRow]>,
 }
 
+/// `--unwind tables`: one file's compiled rows, loaded into the kernel
+/// before any process that maps it is seen (see [`TableMapping::file`]).
+#[derive(Clone, Debug)]
+pub struct TableFile {
+    pub file: usize,
+    pub rows: Arc<[tripod_common::UnwindRow]>,
+}
+
 /// `--unwind tables`: how much of the kernel's row memory is used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableUse {

@@ -403,11 +403,21 @@ impl Pipeline {
         self.resolver.load_kernel_symbols();
     }
 
-    /// `--unwind tables`: compiles the rows of processes as they are seen,
-    /// starting with `pids` (the named targets), and hands them to the
-    /// source at each [`Self::tell_python`].
-    pub fn unwind_in_kernel(&mut self, pids: &[u32]) {
-        self.ingest.compile_tables();
+    /// `--unwind tables`: loads the rows of the files most processes map
+    /// now, then compiles the rows of processes as they are seen, starting
+    /// with `pids` (the named targets), and hands them to the source at
+    /// each [`Self::tell_python`].
+    pub fn unwind_in_kernel(&mut self, pids: &[u32], source: &mut dyn SampleSource) {
+        let started = std::time::Instant::now();
+        let files = self.ingest.prepare_tables(&mut self.processes);
+        if let Err(error) = source.load_unwind_files(&files) {
+            messages::warn(&format!("warning: {error:#}; their stacks are copied instead"));
+        }
+        log::debug!(
+            "rows of {} shared files loaded in {:?}",
+            files.len(),
+            started.elapsed()
+        );
         for &pid in pids {
             self.ingest.queue_tables(pid);
         }

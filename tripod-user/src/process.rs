@@ -15,6 +15,7 @@ use std::{
 };
 
 mod recorded;
+mod shared;
 
 pub use recorded::{FileCheck, RecordedMapping};
 

@@ -329,8 +329,37 @@ fn attach_syscall_stacks(ebpf: &mut Ebpf) {
     }
 }
 
+/// Where tracepoints are found: aya looks here (and under debugfs).
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Mounts tracefs at [`TRACEFS`] when nothing is mounted there (a VM or a
+/// container without systemd, which mounts it at boot), as perf does:
+/// attaching to a tracepoint needs its id from there. A failure is left
+/// to the attach, whose error names what is missing.
+pub(crate) fn mount_tracefs_if_missing() {
+    let mounted = std::fs::read_dir(format!("{TRACEFS}/events"))
+        .is_ok_and(|mut entries| entries.next().is_some());
+    if mounted {
+        return;
+    }
+    let path = std::ffi::CString::new(TRACEFS).expect("no NUL in a constant");
+    let kind = c"tracefs";
+    // SAFETY: NUL-terminated strings that outlive the call, and no data.
+    let done = unsafe {
+        libc::mount(kind.as_ptr(), path.as_ptr(), kind.as_ptr(), 0, std::ptr::null())
+    };
+    match done {
+        0 => log::debug!("mounted tracefs at {TRACEFS}"),
+        _ => log::debug!(
+            "mounting tracefs at {TRACEFS}: {}",
+            std::io::Error::last_os_error()
+        ),
+    }
+}
+
 fn try_attach_syscall_stacks(ebpf: &mut Ebpf) -> Result<()> {
     use tripod_common::syscall_stack::{names::SYSCALL_STACK_PROGRAM, SYSCALL_TRACEPOINTS};
+    mount_tracefs_if_missing();
     let program: &mut TracePoint = ebpf
         .program_mut(SYSCALL_STACK_PROGRAM)
         .context("the eBPF object has no execve/exit program")?

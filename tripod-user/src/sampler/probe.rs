@@ -128,6 +128,7 @@ pub struct Probe {
 impl Probe {
     /// Loads and attaches the five programs.
     pub fn attach(ebpf: &mut Ebpf, btf: &Btf) -> Result<Probe> {
+        super::mount_tracefs_if_missing();
         for (program, tracepoint) in [
             (names::MMAP_ENTER_PROGRAM, "sys_enter_mmap"),
             (names::MMAP_PROGRAM, "sys_exit_mmap"),

@@ -17,7 +17,7 @@ use super::{
     sideband::{SideRecord, SidebandCounters},
     Sampler, SamplingEvent, Wakeup,
 };
-use crate::model::{Counters, TableMapping, TableUse};
+use crate::model::{Counters, TableFile, TableMapping, TableUse};
 
 /// What the pipeline consumes from the sampler, and what it tells it back.
 ///
@@ -97,6 +97,12 @@ pub trait SampleSource {
     /// with these mappings' rows from now on. Sources that unwind no
     /// stacks themselves ignore it.
     fn set_unwind_tables(&mut self, _pid: u32, _mappings: &[TableMapping]) -> Result<()> {
+        Ok(())
+    }
+
+    /// `--unwind tables`: loads these files' rows before any process that
+    /// maps them is seen; sources without tables ignore it.
+    fn load_unwind_files(&mut self, _files: &[TableFile]) -> Result<()> {
         Ok(())
     }
 
@@ -194,6 +200,13 @@ impl SampleSource for Sampler {
     fn set_unwind_tables(&mut self, pid: u32, mappings: &[TableMapping]) -> Result<()> {
         match self.tables.as_mut() {
             Some(tables) => tables.set_process(&mut self.ebpf, pid, mappings),
+            None => Ok(()),
+        }
+    }
+
+    fn load_unwind_files(&mut self, files: &[TableFile]) -> Result<()> {
+        match self.tables.as_mut() {
+            Some(tables) => tables.load_files(&mut self.ebpf, files),
             None => Ok(()),
         }
     }

@@ -36,7 +36,7 @@ pub fn process_slots() -> u32 {
         .unwrap_or(MAX_UNWIND_PROCESSES)
 }
 
-use crate::model::{TableMapping, TableUse};
+use crate::model::{TableFile, TableMapping, TableUse};
 
 /// Where each file's rows are in `UNWIND_ROWS`, and how full it is.
 #[derive(Debug)]
@@ -95,7 +95,8 @@ impl TableStore {
             }; MAX_UNWIND_MAPPINGS],
         };
         for mapping in mappings {
-            let Some((rows_start, rows_len)) = self.load_file(ebpf, mapping)? else {
+            let Some((rows_start, rows_len)) = self.load_file(ebpf, mapping.file, &mapping.rows)?
+            else {
                 continue;
             };
             if process.len as usize == MAX_UNWIND_MAPPINGS {
@@ -137,25 +138,39 @@ impl TableStore {
         }
     }
 
-    /// The rows of `mapping`'s file in `UNWIND_ROWS`, loaded now if they
-    /// were not; `None` when they do not fit.
-    fn load_file(&mut self, ebpf: &mut Ebpf, mapping: &TableMapping) -> Result<Option<(u32, u32)>> {
-        if let Some(&loaded) = self.files.get(&mapping.file) {
+    /// Loads the rows of files no process has been pointed at yet (those
+    /// most processes map, at start-up).
+    pub fn load_files(&mut self, ebpf: &mut Ebpf, files: &[TableFile]) -> Result<()> {
+        for file in files {
+            self.load_file(ebpf, file.file, &file.rows)?;
+        }
+        Ok(())
+    }
+
+    /// The rows of file `id` in `UNWIND_ROWS`, loaded now if they were
+    /// not; `None` when they do not fit.
+    fn load_file(
+        &mut self,
+        ebpf: &mut Ebpf,
+        id: usize,
+        rows: &[UnwindRow],
+    ) -> Result<Option<(u32, u32)>> {
+        if let Some(&loaded) = self.files.get(&id) {
             return Ok(loaded);
         }
-        let len = mapping.rows.len() as u64;
+        let len = rows.len() as u64;
         if u64::from(self.next_row) + len > u64::from(self.capacity) {
             self.usage.files_over_bound += 1;
-            self.files.insert(mapping.file, None);
+            self.files.insert(id, None);
             return Ok(None);
         }
         let start = self.next_row;
-        write_rows(map(ebpf, names::UNWIND_ROWS)?, start, &mapping.rows)?;
+        write_rows(map(ebpf, names::UNWIND_ROWS)?, start, rows)?;
         self.next_row += len as u32;
         self.usage.files += 1;
         self.usage.rows += len;
         let loaded = Some((start, len as u32));
-        self.files.insert(mapping.file, loaded);
+        self.files.insert(id, loaded);
         Ok(loaded)
     }
 }

@@ -70,17 +70,32 @@ impl TableCompiler {
     /// File `id`'s rows if they are compiled; otherwise asks for them (once)
     /// and notes that `pid` waits for them. `file` is only read then.
     pub fn rows(&mut self, id: usize, file: &Arc<UnwindFile>, pid: u32) -> Option<&Compiled> {
-        if !self.files.contains_key(&id) {
-            self.request(id, file.clone());
+        if let Some(State::Pending(waiting)) = self.files.get_mut(&id) {
+            if !waiting.contains(&pid) {
+                waiting.push(pid);
+            }
+            return None;
         }
+        self.compile(id, file);
         match self.files.get_mut(&id)? {
             State::Done(compiled) => Some(compiled),
             State::Pending(waiting) => {
-                if !waiting.contains(&pid) {
-                    waiting.push(pid);
-                }
+                waiting.push(pid);
                 None
             }
+        }
+    }
+
+    /// File `id`'s rows if they are compiled, or compiled now because the
+    /// file is small; otherwise asks for them (once) with no process
+    /// waiting (files compiled ahead, at start-up).
+    pub fn compile(&mut self, id: usize, file: &Arc<UnwindFile>) -> Option<&Compiled> {
+        if !self.files.contains_key(&id) {
+            self.request(id, file.clone());
+        }
+        match self.files.get(&id)? {
+            State::Done(compiled) => Some(compiled),
+            State::Pending(_) => None,
         }
     }
 

@@ -59,8 +59,8 @@ use framehop::{
 
 use crate::{
     mappings::{InForceKey, MappingHistory},
-    model::TableMapping,
-    process::{MappingView, ProcessTable},
+    model::{TableFile, TableMapping},
+    process::{MappingView, Module, ProcessTable},
     stack::{Gap, RawFrame, Space},
 };
 use bridge::{Regs, Stack};
@@ -167,21 +167,11 @@ impl Unwinder {
     /// `None` when the mappings are unknown.
     pub fn tables(&mut self, pid: u32, processes: &mut ProcessTable) -> Option<Vec<TableMapping>> {
         let (_, views) = processes.mappings(pid)?;
-        let vdso = self
-            .vdso
-            .get_or_insert_with(|| UnwindFile::vdso().map(Arc::new))
-            .clone();
         let mut out = Vec::new();
         for view in &views {
             let (id, file) = match (&view.module, view.special.as_deref()) {
-                (Some(module), _) => {
-                    let file = self
-                        .files
-                        .entry(module.id)
-                        .or_insert_with(|| module.open().and_then(UnwindFile::read).map(Arc::new));
-                    (module.id, file.clone())
-                }
-                (None, Some("[vdso]")) => (VDSO_ID, vdso.clone()),
+                (Some(module), _) => (module.id, self.unwind_file(module)),
+                (None, Some("[vdso]")) => (VDSO_ID, self.vdso_file()),
                 _ => continue,
             };
             let Some(file) = file else { continue };
@@ -200,6 +190,45 @@ impl Unwinder {
         }
         out.sort_by_key(|m| m.start);
         Some(out)
+    }
+
+    /// `--unwind tables`, at start-up: the rows of the files most live
+    /// processes map (see [`ProcessTable::shared_modules`]) and of the vDSO,
+    /// which every process maps, compiled now, so that a process started
+    /// later only waits for its own program's. Big files go to the
+    /// compiling thread and are not returned: their rows are loaded when a
+    /// process that maps them is first sent.
+    pub fn prepare_tables(&mut self, processes: &mut ProcessTable) -> Vec<TableFile> {
+        let mut files = vec![(VDSO_ID, self.vdso_file())];
+        for module in processes.shared_modules() {
+            files.push((module.id, self.unwind_file(&module)));
+        }
+        files
+            .into_iter()
+            .filter_map(|(id, file)| match self.compiler.compile(id, &file?)? {
+                Ok(rows) => Some(TableFile {
+                    file: id,
+                    rows: rows.clone(),
+                }),
+                Err(_) => None,
+            })
+            .collect()
+    }
+
+    /// The unwind data of `module`'s file, read the first time it is asked
+    /// for; `None` when it cannot be read or has none.
+    fn unwind_file(&mut self, module: &Module) -> Option<Arc<UnwindFile>> {
+        self.files
+            .entry(module.id)
+            .or_insert_with(|| module.open().and_then(UnwindFile::read).map(Arc::new))
+            .clone()
+    }
+
+    /// The vDSO's unwind data, read from our own process on first use.
+    fn vdso_file(&mut self) -> Option<Arc<UnwindFile>> {
+        self.vdso
+            .get_or_insert_with(|| UnwindFile::vdso().map(Arc::new))
+            .clone()
     }
 
     /// `--unwind tables`: the processes whose files were compiled since the
@@ -383,9 +412,7 @@ impl Unwinder {
 
     /// Builds the state of `pid` from `views`, the mappings of `generation`.
     fn rebuild(&mut self, pid: u32, generation: Built, views: &[MappingView]) {
-        let vdso = self
-            .vdso
-            .get_or_insert_with(|| UnwindFile::vdso().map(Arc::new));
+        let vdso = self.vdso_file();
         let built = build(&mut self.files, vdso.as_ref(), views);
         let state = self.state(pid);
         state.generation = Some(generation);
