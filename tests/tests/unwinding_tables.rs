@@ -161,10 +161,10 @@ fn naps_off_cpu(args: &[&str]) -> (String, String) {
 }
 
 /// What the end-of-run line says of the stacks walked at context switches:
-/// (the thread's previous walk reused, walked anew).
+/// (one of the thread's last two walks reused, walked anew).
 fn reused_and_walked_anew(stderr: &str) -> (u64, u64) {
     (
-        summary_number(stderr, " stacks were the thread's previous walk"),
+        summary_number(stderr, " stacks were one of the thread's last two walks"),
         summary_number(stderr, " walked anew"),
     )
 }

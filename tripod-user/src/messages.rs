@@ -61,7 +61,7 @@ pub fn unwind_tables_summary(
     );
     if reused + walked_anew > 0 {
         text += &format!(
-            "; at context switches, {reused} stacks were the thread's previous walk, \
+            "; at context switches, {reused} stacks were one of the thread's last two walks, \
              reused after re-reading the words it read, {walked_anew} walked anew"
         );
     }
