@@ -583,6 +583,9 @@ async fn do_due(
         if pipeline.holds_records() {
             cadence.pull_again(Instant::now());
         }
+        if pipeline.take_first_rows_sent() {
+            cadence.pull_soon(Instant::now());
+        }
     }
     if due.counts {
         // What the kernel counted (`--unwind fp` and `tables`): its

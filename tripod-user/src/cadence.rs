@@ -145,6 +145,14 @@ impl Cadence {
         self.pull_within(now + BATCH_DELAY);
     }
 
+    /// A process got its first rows (`--unwind tables`): read again within
+    /// [`PROMPT_INTERVAL`], not a [`BATCH_DELAY`] later, so that copies
+    /// showing them incomplete (a library mapped since) are read, and the
+    /// rows rebuilt, before a quarter of a second of its stacks is copied.
+    pub fn pull_soon(&mut self, now: Instant) {
+        self.pull_within(now + PROMPT_INTERVAL);
+    }
+
     /// Reads the rings at `at` at the latest.
     fn pull_within(&mut self, at: Instant) {
         self.pull_at = Some(self.pull_at.map_or(at, |sooner| sooner.min(at)));
@@ -397,6 +405,25 @@ mod tests {
         // Once PROMPT_INTERVAL has passed, a record is read at once again.
         cadence.woken(start + ms(7) + PROMPT_INTERVAL);
         assert!(cadence.due(start + ms(7) + PROMPT_INTERVAL).pull);
+    }
+
+    #[test]
+    fn a_batch_after_first_rows_waits_only_the_prompt_interval() {
+        let start = Instant::now();
+        let pacing = Pacing {
+            prompt: true,
+            ..Pacing::default()
+        };
+        let mut cadence = Cadence::new(start, pacing);
+        cadence.woken(start);
+        assert!(cadence.due(start).pull);
+        // That read sent a new process its first rows.
+        cadence.pull_soon(start);
+        // Its next copy opens a batch, read when the prompt interval ends.
+        cadence.woken(start + ms(5));
+        assert_eq!(cadence.next(), Some(start + PROMPT_INTERVAL));
+        assert!(!cadence.due(start + ms(6)).pull);
+        assert!(cadence.due(start + PROMPT_INTERVAL).pull);
     }
 
     #[test]

@@ -110,6 +110,11 @@ impl Ingest {
             .extend(pids.into_iter().map(|pid| (pid, now_ns)));
     }
 
+    /// `--unwind tables`: whether rows of `pid` are in the kernel.
+    pub fn rows_sent(&self, pid: u32) -> bool {
+        self.tables_sent.contains_key(&pid)
+    }
+
     /// `--unwind tables`: the processes whose rows the sampler must drop
     /// since the last call, to hand over before [`Ingest::table_changes`]
     /// (a process that exec'd may get new rows in the same round).
@@ -197,9 +202,13 @@ impl Ingest {
             None => TABLES_RESEND_INTERVAL,
         };
         self.tables_resent.insert(pid, (now, wait));
-        // No address is mapped at 0: the mappings are read again if they
-        // were not lately (off-CPU copies are unwound with the sideband's
-        // records, which leave `/proc`'s snapshot as it was).
+        // A copy sampled after the rows were sent means the snapshot they
+        // were built from lacks something: read the mappings again now, not
+        // a period after the last read (a command's libc is mapped within
+        // a millisecond of its exec, when its first rows may be built).
+        // No address is mapped at 0. Off-CPU copies are unwound with the
+        // sideband's records, which leave `/proc`'s snapshot as it was.
+        processes.age_mappings(pid);
         processes.locate(pid, 0);
         self.queue_tables(pid);
     }

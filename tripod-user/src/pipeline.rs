@@ -63,6 +63,9 @@ pub struct Pipeline {
     locals: Option<HashMap<u32, Vec<FrameLocals>>>,
     /// `--cgroup`: the selected cgroups' paths, see [`Recording::cgroups`].
     selected_cgroups: Vec<String>,
+    /// `--unwind tables`: a process got its first rows since
+    /// [`Self::take_first_rows_sent`] last said.
+    first_rows_sent: bool,
 }
 
 /// What a sample taken in is counted as.
@@ -129,7 +132,17 @@ impl Pipeline {
             counting: Counting::new(weight, options.counters),
             resolver: Resolver::new(),
             locals: None,
+            first_rows_sent: false,
         }
+    }
+
+    /// `--unwind tables`: whether a process got its first rows since the
+    /// last call. They were built from its mappings as `/proc` showed them
+    /// at its first copied stack, often just after its exec, before its
+    /// libraries were mapped; its next copies, read soon, say so (see
+    /// [`crate::cadence::Cadence::pull_soon`]).
+    pub fn take_first_rows_sent(&mut self) -> bool {
+        std::mem::take(&mut self.first_rows_sent)
     }
 
     /// Takes every record waiting in `source` (samples with their stacks,
@@ -430,6 +443,7 @@ impl Pipeline {
             }
         }
         let changes = self.ingest.table_changes(&mut self.processes);
+        self.first_rows_sent |= changes.iter().any(|(pid, _)| !self.ingest.rows_sent(*pid));
         for (pid, mappings) in &changes {
             log::debug!("rows of pid {pid} sent: {} mappings", mappings.len());
             if let Err(error) = source.set_unwind_tables(*pid, mappings) {

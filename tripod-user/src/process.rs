@@ -352,8 +352,7 @@ impl ProcessTable {
     }
 
     /// Makes the mappings of `pid` due for a re-read (see [`Self::locate`]),
-    /// as if read a period ago.
-    #[cfg(test)]
+    /// as if read a period ago: for a caller that knows they changed.
     pub(crate) fn age_mappings(&mut self, pid: u32) {
         if let Some(process) = self.processes.get_mut(&pid) {
             let then = process.mappings_read_at.checked_sub(REREAD_MAPPINGS_AFTER);
