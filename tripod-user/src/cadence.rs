@@ -383,18 +383,25 @@ mod tests {
         assert_eq!(cadence.due(read + ms(2)), Due::default());
     }
 
-    #[test]
-    fn a_prompt_source_reads_a_batch_at_once_at_most_once_per_prompt_interval() {
-        let start = Instant::now();
+    /// A prompt source's cadence (`--unwind tables`) whose first record,
+    /// at `start`, was read at once.
+    fn prompt_cadence_after_first_read(start: Instant) -> Cadence {
         let pacing = Pacing {
             prompt: true,
             ..Pacing::default()
         };
         let mut cadence = Cadence::new(start, pacing);
-        // The first record is read at once...
         cadence.woken(start);
         assert_eq!(cadence.next(), Some(start));
         assert!(cadence.due(start).pull);
+        cadence
+    }
+
+    #[test]
+    fn a_prompt_source_reads_a_batch_at_once_at_most_once_per_prompt_interval() {
+        let start = Instant::now();
+        // The first record is read at once...
+        let mut cadence = prompt_cadence_after_first_read(start);
         // ...the next one, finding the ring empty, opens a batch that waits...
         cadence.woken(start + ms(5));
         assert_eq!(cadence.next(), Some(start + ms(5) + BATCH_DELAY));
@@ -410,13 +417,7 @@ mod tests {
     #[test]
     fn a_batch_after_first_rows_waits_only_the_prompt_interval() {
         let start = Instant::now();
-        let pacing = Pacing {
-            prompt: true,
-            ..Pacing::default()
-        };
-        let mut cadence = Cadence::new(start, pacing);
-        cadence.woken(start);
-        assert!(cadence.due(start).pull);
+        let mut cadence = prompt_cadence_after_first_read(start);
         // That read sent a new process its first rows.
         cadence.pull_soon(start);
         // Its next copy opens a batch, read when the prompt interval ends.
