@@ -54,7 +54,7 @@ pub async fn run(mut config: Config, shutdown: Shutdown) -> Result<u8> {
     live::prepare_target_files(config.max_file_size);
     let mut output = open_output(&config.output, config.format, &shutdown)?;
     output.set_folded_prefix(config.folded_prefix);
-    let (mut processes, mut python) = read_named_targets(&config, &shutdown);
+    let (processes, mut python) = read_named_targets(&config, &shutdown);
     if let Some(signal) = shutdown.requested() {
         let parts = (rules, processes, python);
         return write_unsampled(&config, &cgroups, parts, &mut output, signal);
@@ -65,35 +65,35 @@ pub async fn run(mut config: Config, shutdown: Shutdown) -> Result<u8> {
         log::debug!("hardware cycles event: {reason}");
         note("No hardware cycles event here (no PMU); using the software cpu-clock event");
     }
-    let mut child = start_command(&config, &shutdown, source).await?;
-    if let Some(child) = &child {
-        processes.observe(child.pid, "");
-    }
-
-    let run_info = run_info(
-        &config,
-        &cgroups,
-        source.event().name(),
-        child.as_ref().map(|c| c.pid),
-    );
-    let pusher = start_pusher(&config);
-    let mut status = StatusLine::new(config.quiet);
     let counters = source.counters()?;
+    let started_with = run_info(&config, &cgroups, source.event().name(), None);
     let mut pipeline = new_pipeline(
         &config,
         &cgroups,
-        run_info.clone(),
+        started_with,
         rules,
         processes,
         python,
         counters,
     );
+    // Both before the command starts: its first stacks find libc's rows in
+    // the kernel, and its first pull is not held up by kallsyms.
     unwind_in_kernel_if_asked(&config, &mut pipeline, source);
     // Kernel stacks will be named: their symbols are parsed before sampling
     // starts, not in the middle of it at the first retired process.
     if config.stacks.kernel() {
         pipeline.load_kernel_symbols();
     }
+    let mut child = start_command(&config, &shutdown, source).await?;
+    let run_info = run_info(
+        &config,
+        &cgroups,
+        source.event().name(),
+        child.as_ref().map(|c| c.pid),
+    );
+    pipeline.set_run(run_info.clone());
+    let pusher = start_pusher(&config);
+    let mut status = StatusLine::new(config.quiet);
     // Announced once the named targets' rows are asked for (they are compiled on
     // another thread; their stacks are copied until the rows are in the kernel).
     announce(&config, &run_info, &output.name);
@@ -583,15 +583,16 @@ async fn do_due(
         if pipeline.holds_records() {
             cadence.pull_again(Instant::now());
         }
-        if pipeline.take_first_rows_sent() {
-            cadence.pull_soon(Instant::now());
-        }
     }
     if due.counts {
         // What the kernel counted (`--unwind fp` and `tables`): its
         // processes are located and retired at the housekeeping's pace.
         let counted = pipeline.pull_counted(source).await?;
         cadence.active(Instant::now(), counted);
+    }
+    // Sent at a pull or at housekeeping (a process the sideband showed).
+    if pipeline.take_first_rows_sent() {
+        cadence.pull_soon(Instant::now());
     }
     tell_ticking(source, pipeline, cadence)?;
     if due.report {

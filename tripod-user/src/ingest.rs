@@ -152,6 +152,16 @@ impl Ingest {
         self.tables_exited.insert(pid, exit_ns);
     }
 
+    /// `--unwind tables`: process `pid` mapped code, the sideband says. Rows
+    /// sent before may lack it, so the next copy rebuilds them at once,
+    /// without the wait an earlier rebuild started: that one may have come
+    /// too early (a stack sampled inside `execve`, after the new program was
+    /// mapped but with the old program's registers, is copied, and its
+    /// rebuild found nothing new; libc, mapped next, then waited 250 ms).
+    pub fn tables_mapped(&mut self, pid: u32) {
+        self.tables_resent.remove(&pid);
+    }
+
     /// `--unwind tables`: compile the rows of `pid` at the next [`Ingest::table_changes`].
     pub fn queue_tables(&mut self, pid: u32) {
         if let Some(candidates) = self.table_candidates.as_mut() {
@@ -163,11 +173,26 @@ impl Ingest {
     /// userspace (it may wait for the sideband before it is unwound): if
     /// the kernel has no rows for `pid`, they are asked for now, at this
     /// pull, so that its next samples are walked within milliseconds
-    /// rather than copied until the sample is taken.
-    pub fn copied_stack_arrived(&mut self, pid: u32, sampled_ns: u64) {
-        if self.tables_sent.contains_key(&pid) {
-            return;
+    /// rather than copied until the sample is taken; if it has rows that
+    /// lack something, they are rebuilt now too (see [`Ingest::resend_tables`]).
+    /// Under load the sideband lags, and a copy waits for it long enough
+    /// that a command's first rows, built before its libc was mapped, cost
+    /// it a third of a second of copies.
+    pub fn copied_stack_arrived(
+        &mut self,
+        pid: u32,
+        sampled_ns: u64,
+        processes: &mut ProcessTable,
+    ) {
+        match self.tables_sent.contains_key(&pid) {
+            true => self.resend_tables(pid, sampled_ns, processes),
+            false => self.ask_first_rows(pid, sampled_ns),
         }
+    }
+
+    /// Asks for the first rows of `pid`, whose stack sampled at
+    /// `sampled_ns` was copied, unless its leader had exited by then.
+    fn ask_first_rows(&mut self, pid: u32, sampled_ns: u64) {
         match self.tables_exited.get(&pid) {
             Some(&exit_ns) if sampled_ns <= exit_ns => {}
             // Sampled after its leader exited: it lives on.
@@ -190,7 +215,7 @@ impl Ingest {
         }
         match self.tables_sent.get(&pid) {
             // None sent yet: asked for at once.
-            None => return self.copied_stack_arrived(pid, sampled_ns),
+            None => return self.ask_first_rows(pid, sampled_ns),
             // Sampled before its rows were in the kernel: they may lack nothing.
             Some(&sent_ns) if sampled_ns <= sent_ns => return,
             Some(_) => {}
@@ -406,11 +431,11 @@ mod tests {
         let mut ingest = tables_ingest();
         let mut processes = ProcessTable::new();
         let pid = std::process::id();
-        ingest.copied_stack_arrived(pid, 500);
-        ingest.copied_stack_arrived(pid, 500);
+        ingest.copied_stack_arrived(pid, 500, &mut processes);
+        ingest.copied_stack_arrived(pid, 500, &mut processes);
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
         // Sent: neither another copy nor a housekeeping round sends them again.
-        ingest.copied_stack_arrived(pid, 500);
+        ingest.copied_stack_arrived(pid, 500, &mut processes);
         ingest.check_python_later(pid);
         assert!(tables_sent_now(&mut ingest, &mut processes, 2_000).is_empty());
     }
@@ -440,13 +465,35 @@ mod tests {
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 3_000), [pid]);
     }
 
+    #[test]
+    fn a_copy_sampled_after_the_rows_were_sent_rebuilds_them_as_it_arrives() {
+        let mut ingest = tables_ingest();
+        let mut processes = ProcessTable::new();
+        let pid = std::process::id();
+        ingest.copied_stack_arrived(pid, 500, &mut processes);
+        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
+        // Sampled while they were sent: nothing.
+        ingest.copied_stack_arrived(pid, 900, &mut processes);
+        assert!(tables_sent_now(&mut ingest, &mut processes, 2_000).is_empty());
+        // Sampled after: rebuilt before it is unwound...
+        ingest.copied_stack_arrived(pid, 1_500, &mut processes);
+        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 3_000), [pid]);
+        // ...and not again when it is, within the wait...
+        ingest.copied_stack_arrived(pid, 3_500, &mut processes);
+        assert!(tables_sent_now(&mut ingest, &mut processes, 4_000).is_empty());
+        // ...unless the process mapped code since.
+        ingest.tables_mapped(pid);
+        ingest.copied_stack_arrived(pid, 4_500, &mut processes);
+        assert_eq!(tables_sent_now(&mut ingest, &mut processes, 5_000), [pid]);
+    }
+
     /// Our own process's rows asked for at 500 and sent at 1,000; its
     /// leader's exit at 1,500 made them go.
     fn rows_sent_then_leader_exited() -> (Ingest, ProcessTable, u32) {
         let mut ingest = tables_ingest();
         let mut processes = ProcessTable::new();
         let pid = std::process::id();
-        ingest.copied_stack_arrived(pid, 500);
+        ingest.copied_stack_arrived(pid, 500, &mut processes);
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
         ingest.tables_exited(pid, 1_500);
         assert_eq!(ingest.tables_gone(), [pid]);
@@ -457,19 +504,19 @@ mod tests {
     fn an_exited_process_gets_no_rows_for_earlier_samples_until_forgotten() {
         let (mut ingest, mut processes, pid) = rows_sent_then_leader_exited();
         // Samples taken before the exit still arrive; no rows for them.
-        ingest.copied_stack_arrived(pid, 1_400);
+        ingest.copied_stack_arrived(pid, 1_400, &mut processes);
         ingest.check_python_later(pid);
         assert!(tables_sent_now(&mut ingest, &mut processes, 2_000).is_empty());
         // Retired: the pid may be another process's.
         ingest.forget(pid);
-        ingest.copied_stack_arrived(pid, 1_400);
+        ingest.copied_stack_arrived(pid, 1_400, &mut processes);
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 3_000), [pid]);
     }
 
     #[test]
     fn a_process_that_lives_on_without_its_leader_gets_its_rows_again() {
         let (mut ingest, mut processes, pid) = rows_sent_then_leader_exited();
-        ingest.copied_stack_arrived(pid, 1_600);
+        ingest.copied_stack_arrived(pid, 1_600, &mut processes);
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 2_000), [pid]);
     }
 
@@ -478,11 +525,11 @@ mod tests {
         let mut ingest = tables_ingest();
         let mut processes = ProcessTable::new();
         let pid = std::process::id();
-        ingest.copied_stack_arrived(pid, 500);
+        ingest.copied_stack_arrived(pid, 500, &mut processes);
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
         ingest.drop_tables(pid);
         assert_eq!(ingest.tables_gone(), [pid]);
-        ingest.copied_stack_arrived(pid, 500);
+        ingest.copied_stack_arrived(pid, 500, &mut processes);
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 2_000), [pid]);
     }
 
@@ -491,7 +538,7 @@ mod tests {
         let mut ingest = tables_ingest();
         let mut processes = ProcessTable::new();
         let pid = std::process::id();
-        ingest.copied_stack_arrived(pid, 500);
+        ingest.copied_stack_arrived(pid, 500, &mut processes);
         assert_eq!(tables_sent_now(&mut ingest, &mut processes, 1_000), [pid]);
         // The exec's record arrives after rows read from the new image.
         ingest.tables_exec(pid, 900);

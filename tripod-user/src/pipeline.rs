@@ -136,6 +136,11 @@ impl Pipeline {
         }
     }
 
+    /// What the run samples, described again once a command's pid is known.
+    pub fn set_run(&mut self, run: RunInfo) {
+        self.run = Some(run);
+    }
+
     /// `--unwind tables`: whether a process got its first rows since the
     /// last call. They were built from its mappings as `/proc` showed them
     /// at its first copied stack, often just after its exec, before its
@@ -176,7 +181,8 @@ impl Pipeline {
                         ..
                     }) = &record
                     {
-                        self.ingest.copied_stack_arrived(*tgid, *time_ns);
+                        self.ingest
+                            .copied_stack_arrived(*tgid, *time_ns, &mut self.processes);
                     }
                     held.take(record, watermark, &mut |r| self.take_record(r))
                 });
@@ -221,10 +227,12 @@ impl Pipeline {
         let ingest = &mut self.ingest;
         let watermark = source.drain_sideband(&mut |record| {
             // Rows the kernel walks with describe the image before an exec,
-            // or a process gone (its leader's exit): dropped at once.
+            // or a process gone (its leader's exit): dropped at once. New
+            // code makes them due for a rebuild.
             match &record {
                 SideRecord::Comm(c) if c.exec => ingest.tables_exec(c.pid, c.time_ns),
                 SideRecord::Exit(t) if t.pid == t.tid => ingest.tables_exited(t.pid, t.time_ns),
+                SideRecord::Mmap(m) => ingest.tables_mapped(m.pid),
                 _ => {}
             }
             // Opened now, while the process may still live and the file is
@@ -424,7 +432,9 @@ impl Pipeline {
         let started = std::time::Instant::now();
         let files = self.ingest.prepare_tables(&mut self.processes);
         if let Err(error) = source.load_unwind_files(&files) {
-            messages::warn(&format!("warning: {error:#}; their stacks are copied instead"));
+            messages::warn(&format!(
+                "warning: {error:#}; their stacks are copied instead"
+            ));
         }
         log::debug!(
             "rows of {} shared files loaded in {:?}",

@@ -139,11 +139,18 @@ mod tests {
     #[test]
     fn a_shared_module_is_the_one_a_sampled_process_gets() {
         let mut table = ProcessTable::new();
-        let (_, views) = table.mappings(std::process::id()).expect("our own mappings");
-        let ours: HashSet<usize> = views.iter().filter_map(|v| Some(v.module.as_ref()?.id)).collect();
+        let (_, views) = table
+            .mappings(std::process::id())
+            .expect("our own mappings");
+        let ours: HashSet<usize> = views
+            .iter()
+            .filter_map(|v| Some(v.module.as_ref()?.id))
+            .collect();
         let (tallies, _) = tally_files([std::process::id()].into_iter());
         for (key, tally) in &tallies {
-            let module = table.module_of_line(*key, tally).expect("a maps line with a path");
+            let module = table
+                .module_of_line(*key, tally)
+                .expect("a maps line with a path");
             assert!(ours.contains(&module.id), "{} opened twice", module.path);
         }
     }

@@ -346,7 +346,13 @@ pub(crate) fn mount_tracefs_if_missing() {
     let kind = c"tracefs";
     // SAFETY: NUL-terminated strings that outlive the call, and no data.
     let done = unsafe {
-        libc::mount(kind.as_ptr(), path.as_ptr(), kind.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            kind.as_ptr(),
+            path.as_ptr(),
+            kind.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     match done {
         0 => log::debug!("mounted tracefs at {TRACEFS}"),

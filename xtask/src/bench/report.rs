@@ -240,7 +240,11 @@ fn overhead_rows(row: &mut impl FnMut(&str, String, Option<bool>), r: &Results) 
     let (d999, perf999) = (at(DEFAULT, 999), at(Sampler::PerfDwarf, 999));
     row(
         "target slowdown ≤ 2% at 999 Hz with complete stacks, below `perf --call-graph dwarf`",
-        format!("{} (default; perf dwarf: {})", slowdown(d999), slowdown(perf999)),
+        format!(
+            "{} (default; perf dwarf: {})",
+            slowdown(d999),
+            slowdown(perf999)
+        ),
         d999.map(|x| x <= 1.02 && perf999.is_none_or(|p| x < p)),
     );
     let cpu99 = o.and_then(|o| sampler_cpu(o, DEFAULT, 99));
