@@ -70,6 +70,11 @@ fn is_native_user(frame: &Value) -> bool {
 
 /// One frame as in folded output, for messages.
 fn frame_text(frame: &Value) -> String {
+    // A Python frame that could not be read (a code object freed before it
+    // was) is data, shown with its reason.
+    if let (true, Some(why)) = (frame["kind"] == "python", frame["unknown"].as_str()) {
+        return format!("[unknown: {why}]");
+    }
     match json_python_frame(frame) {
         Some(py) => format!("{} ({}:{})", py.function, py.file, py.line),
         None => {
