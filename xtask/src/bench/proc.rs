@@ -34,35 +34,75 @@ impl Exit {
 }
 
 /// Waits up to `timeout` for `pid` (a child of ours) to exit and reaps it. `None` on timeout.
+///
+/// The wait sleeps on a pidfd, which polls readable when the child exits. It used to
+/// poll `wait4` every millisecond: a thousand wake-ups a second of the harness while
+/// the fixture ran, each a chance for the sampler under test to sample the harness,
+/// and under `--unwind tables` to compile its rows inside the measured window.
 pub fn wait_exit(pid: u32, timeout: Duration) -> Result<Option<Exit>> {
     let deadline = Instant::now() + timeout;
+    let pidfd = open_pidfd(pid);
     loop {
-        let mut status = 0;
-        // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: pid is our child; status and usage are valid for writes.
-        let got = unsafe { libc::wait4(pid as i32, &mut status, libc::WNOHANG, &mut usage) };
-        if got < 0 {
-            return Err(std::io::Error::last_os_error()).context(format!("wait4({pid})"));
+        if let Some(exit) = try_reap(pid)? {
+            return Ok(Some(exit));
         }
-        if got > 0 {
-            let code = if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                128 + libc::WTERMSIG(status)
-            };
-            return Ok(Some(Exit {
-                code,
-                cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
-                max_rss_kib: usage.ru_maxrss as u64,
-                at: Instant::now(),
-            }));
-        }
-        if Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Ok(None);
         }
-        thread::sleep(Duration::from_millis(1));
+        match &pidfd {
+            Some(fd) => wait_readable(fd, left.min(Duration::from_secs(1))),
+            // A kernel before 5.3: poll, as before.
+            None => thread::sleep(Duration::from_millis(1)),
+        }
     }
+}
+
+/// Reaps `pid` if it has exited, with its CPU time and peak memory.
+fn try_reap(pid: u32) -> Result<Option<Exit>> {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child; status and usage are valid for writes.
+    let got = unsafe { libc::wait4(pid as i32, &mut status, libc::WNOHANG, &mut usage) };
+    if got < 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("wait4({pid})"));
+    }
+    if got == 0 {
+        return Ok(None);
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    Ok(Some(Exit {
+        code,
+        cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
+        max_rss_kib: usage.ru_maxrss as u64,
+        at: Instant::now(),
+    }))
+}
+
+/// A pidfd of `pid`; `None` where the kernel has no `pidfd_open`.
+fn open_pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    // SAFETY: a descriptor just returned to us, owned by nothing else.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sleeps until `fd` polls readable (the child exited) or `timeout` has passed.
+fn wait_readable(fd: &std::os::fd::OwnedFd, timeout: Duration) {
+    use std::os::fd::AsRawFd as _;
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; an interrupted or failed poll just loops again.
+    unsafe { libc::poll(&mut poll, 1, timeout.as_millis().max(1) as libc::c_int) };
 }
 
 pub fn signal(pid: u32, sig: libc::c_int) {
@@ -257,6 +297,28 @@ impl Drop for Fixture {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The wait sleeps until the child exits, reaps it with its exit code, and gives
+    /// up at the timeout on one that does not.
+    #[test]
+    // Both children are reaped by `wait_exit`, which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
+    fn waits_for_a_child_until_it_exits_or_the_time_is_up() {
+        let started = Instant::now();
+        let child = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.2; exit 3"])
+            .spawn()
+            .expect("starting sh");
+        let exit = wait_exit(child.id(), Duration::from_secs(10)).unwrap();
+        assert_eq!(exit.map(|e| e.code), Some(3));
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        let long = std::process::Command::new("sleep").arg("10").spawn().expect("sleep");
+        let waited = Instant::now();
+        assert!(wait_exit(long.id(), Duration::from_millis(100)).unwrap().is_none());
+        assert!(waited.elapsed() < Duration::from_secs(5));
+        signal(long.id(), libc::SIGKILL);
+        assert!(wait_exit(long.id(), Duration::from_secs(10)).unwrap().is_some());
+    }
 
     #[test]
     fn reads_kib_fields_of_proc_status() {
