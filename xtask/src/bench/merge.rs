@@ -114,7 +114,9 @@ fn push_measured(out: &mut Vec<String>, section: &Section<'_>, run: &str) {
 }
 
 /// The old targets table, with each row the partial run measured taken from it, and its
-/// measured rows the old table lacks (a target added since) at the end.
+/// measured rows the old table lacks (a target added since) at the end. Every run writes
+/// every target, measured or not, so an old row the new table lacks is a target since
+/// renamed or retired: it is left out.
 fn standing(old: &[&str], new: Option<&[&str]>) -> Vec<String> {
     let target = |row: &str| {
         row.split('|')
@@ -124,8 +126,16 @@ fn standing(old: &[&str], new: Option<&[&str]>) -> Vec<String> {
             .to_string()
     };
     let measured = |r: &&&str| r.starts_with("| ") && !r.trim_end().ends_with(NOT_MEASURED);
+    let retired = |row: &&&str| {
+        row.starts_with("| ")
+            && new.is_some_and(|rows| {
+                rows.iter().any(|r| r.starts_with("| "))
+                    && !rows.iter().any(|r| target(r) == target(row))
+            })
+    };
     let mut table: Vec<String> = old
         .iter()
+        .filter(|row| !retired(row))
         .map(|row| {
             let fresh = new.and_then(|rows| {
                 rows.iter()
@@ -184,7 +194,7 @@ mod tests {
 
     #[test]
     fn a_new_section_follows_the_last_measurement_and_its_target_ends_the_table() {
-        let new = "# t\n\n## Where we stand against the targets\n\n| target | measured | status |\n|---|---|---|\n| a | – | not measured |\n| c | 9 | met |\n\n## 10. C\n\nnew c\n\n## How the runs are made\n\nrules\n";
+        let new = "# t\n\n## Where we stand against the targets\n\n| target | measured | status |\n|---|---|---|\n| a | – | not measured |\n| b | – | not measured |\n| c | 9 | met |\n\n## 10. C\n\nnew c\n\n## How the runs are made\n\nrules\n";
         let merged = merge(OLD, new, "`bench --only c`");
         assert!(merged.contains("| b | 2 | met |\n| c | 9 | met |\n\n## 1. A"));
         assert!(merged.contains(
@@ -194,5 +204,14 @@ mod tests {
         let again = merge(&merged, new, "`bench --only c` again");
         assert_eq!(again.matches("## 10. C").count(), 1);
         assert_eq!(again.matches("| c | 9 | met |").count(), 1);
+    }
+
+    #[test]
+    fn a_target_the_new_table_lacks_is_retired() {
+        // Target b renamed b2: its old row goes, the new one ends the table.
+        let new = "# t\n\n## Where we stand against the targets\n\n| target | measured | status |\n|---|---|---|\n| a | – | not measured |\n| b2 | 4 | met |\n\n## 2. B\n\nnew b\n\n## How the runs are made\n\nrules\n";
+        let merged = merge(OLD, new, "`bench --only b`");
+        assert!(merged.contains("| a | 1 | met |\n| b2 | 4 | met |\n\n## 1. A"));
+        assert!(!merged.contains("| b | 2 | met |"));
     }
 }

@@ -23,7 +23,7 @@ pub struct Exit {
     pub cpu: Duration,
     /// Peak resident set size.
     pub max_rss_kib: u64,
-    /// When we saw it gone (polled every millisecond).
+    /// When we saw it gone.
     pub at: Instant,
 }
 

@@ -8,6 +8,7 @@ use std::{
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
+    process::{Command, Stdio},
     thread,
     time::Duration,
 };
@@ -20,6 +21,7 @@ use super::{
     round_order,
     samplers::{Event, Format, Sampler, Scope, Unwind},
     say,
+    stats::median,
     stacks::{holds_chain, is_kernel, ChainBreakdown, Folded},
     Bench, Options,
 };
@@ -81,7 +83,87 @@ pub struct Run {
     pub losses: Vec<String>,
 }
 
-pub fn measure(bench: &mut Bench, options: &Options) -> Result<Vec<(Config, Vec<Run>)>> {
+/// Section 10's measurements.
+#[derive(Clone, Debug, Default)]
+pub struct Measured {
+    /// Each sampler's runs.
+    pub configs: Vec<(Config, Vec<Run>)>,
+    /// Each build run alone (`chain_nofp`, then `chain_fp`).
+    pub alone: Vec<Alone>,
+}
+
+/// A build of the fixture run alone, one process after another, with no sampler: how
+/// much of a process's CPU time its chain can have. The rest is exec, the dynamic loader
+/// and exit, which no sampler can show as the chain.
+#[derive(Clone, Copy, Debug)]
+pub struct Alone {
+    pub fp_build: bool,
+    pub processes: usize,
+    /// User and system CPU time of one process, exec to exit (median).
+    pub cpu_per_process: Duration,
+}
+
+impl Alone {
+    /// The chain's timer time as a share of the process's CPU time: about the most of
+    /// its samples any sampler can find in the chain.
+    pub fn chain_percent(&self) -> Option<f64> {
+        let chain: f64 = PROCESS_SECONDS.parse().ok()?;
+        let cpu = self.cpu_per_process.as_secs_f64();
+        (cpu > 0.0).then(|| (100.0 * chain / cpu).min(100.0))
+    }
+}
+
+/// How many processes each build runs alone.
+const ALONE_PROCESSES: usize = 200;
+
+pub fn measure(bench: &mut Bench, options: &Options) -> Result<Measured> {
+    let mut alone = Vec::new();
+    for fp_build in [false, true] {
+        match run_alone(fixture_of(bench, fp_build), fp_build) {
+            Ok(run) => alone.push(run),
+            Err(e) => bench.failed("shortlived: the fixture alone", e),
+        }
+    }
+    let configs = run_samplers(bench, options);
+    Ok(Measured { configs, alone })
+}
+
+/// Runs a build `ALONE_PROCESSES` times, one after another, timing each from its rusage.
+fn run_alone(fixture: &Path, fp_build: bool) -> Result<Alone> {
+    let mut cpu = Vec::with_capacity(ALONE_PROCESSES);
+    for _ in 0..ALONE_PROCESSES {
+        let child = Command::new(fixture)
+            .args(["--seconds", PROCESS_SECONDS])
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", fixture.display()))?;
+        let exit = proc::wait_exit(child.id(), Duration::from_secs(10))?
+            .with_context(|| format!("{} did not exit within 10 s", fixture.display()))?;
+        ensure!(exit.code == 0, "{} exited with {}", fixture.display(), exit.code);
+        cpu.push(exit.cpu.as_secs_f64());
+    }
+    let median = median(&cpu).context("no process ran")?;
+    say(&format!(
+        "shortlived: {} alone: {:.2} ms of CPU per process",
+        comm(fixture),
+        median * 1e3
+    ));
+    Ok(Alone {
+        fp_build,
+        processes: ALONE_PROCESSES,
+        cpu_per_process: Duration::from_secs_f64(median),
+    })
+}
+
+fn fixture_of(bench: &Bench, fp_build: bool) -> &Path {
+    if fp_build {
+        &bench.fixtures.chain_fp
+    } else {
+        &bench.fixtures.chain_nofp
+    }
+}
+
+fn run_samplers(bench: &mut Bench, options: &Options) -> Vec<(Config, Vec<Run>)> {
     let configs = configs(bench);
     let mut results: Vec<(Config, Vec<Run>)> = configs.iter().map(|c| (*c, Vec::new())).collect();
     let rounds = options.short_runs;
@@ -91,14 +173,16 @@ pub fn measure(bench: &mut Bench, options: &Options) -> Result<Vec<(Config, Vec<
             let label = config.describe();
             match run_once(bench, *config, options.shortlived_seconds) {
                 Ok(run) => {
-                    let share = run.breakdown.share();
+                    let (all, work) = (run.breakdown.share(), run.breakdown.share_of_work());
                     say(&format!(
-                        "shortlived {}/{rounds}: {label}: {} processes, {}/{} complete ({:.1}%)",
+                        "shortlived {}/{rounds}: {label}: {} processes, {}/{} complete \
+                         ({:.1}%), {:.1}% of the work's samples",
                         round + 1,
                         run.processes.map_or("?".into(), |n| n.to_string()),
-                        share.hits,
-                        share.of,
-                        share.percent().unwrap_or(f64::NAN)
+                        all.hits,
+                        all.of,
+                        all.percent().unwrap_or(f64::NAN),
+                        work.percent().unwrap_or(f64::NAN)
                     ));
                     runs.push(run);
                 }
@@ -106,7 +190,7 @@ pub fn measure(bench: &mut Bench, options: &Options) -> Result<Vec<(Config, Vec<
             }
         }
     }
-    Ok(results)
+    results
 }
 
 /// tripod-bpf's modes on the build each is meant for (`auto` as users run it, on what
@@ -128,11 +212,7 @@ fn configs(bench: &Bench) -> Vec<Config> {
 }
 
 fn run_once(bench: &Bench, config: Config, seconds: f64) -> Result<Run> {
-    let fixture = if config.fp_build {
-        &bench.fixtures.chain_fp
-    } else {
-        &bench.fixtures.chain_nofp
-    };
+    let fixture = fixture_of(bench, config.fp_build);
     let dir = bench.run_dir()?;
     let running = config.sampler.start(
         &bench.tools,

@@ -142,6 +142,8 @@ impl Folded {
                 &mut breakdown.complete
             } else if frames.iter().any(|f| in_exec_or_exit(f)) {
                 &mut breakdown.exec_exit
+            } else if ran_outside_chain(&user, chain) {
+                &mut breakdown.elsewhere
             } else if user.iter().any(|f| f.starts_with('[')) {
                 &mut breakdown.unnamed
             } else if leaf.is_some_and(|leaf| user.contains(&leaf)) {
@@ -220,6 +222,19 @@ fn in_exec_or_exit(frame: &str) -> bool {
         .is_some_and(|name| name.contains("execve") || name == "do_exit")
 }
 
+/// Whether a stack's innermost user frame is a named function outside `chain`, and the
+/// chain's innermost function is not on the stack: the sample was taken outside the
+/// chain's work (in ld.so's start-up, say), whatever the unwinder made of its callers.
+/// An unnamed innermost frame might have been in the chain, so it never counts here.
+fn ran_outside_chain(user: &[&str], chain: &[&str]) -> bool {
+    let Some(innermost) = user.last() else {
+        return false;
+    };
+    !innermost.starts_with('[')
+        && !chain.contains(innermost)
+        && chain.last().is_none_or(|leaf| !user.contains(leaf))
+}
+
 /// Whether the user frames of a stack hold `chain` contiguously, outermost first.
 pub fn holds_chain(frames: &[String], chain: &[&str]) -> bool {
     let user: Vec<&str> = user_frames(frames).collect();
@@ -267,14 +282,15 @@ pub struct ChainBreakdown {
     /// In the kernel's execve or exit path, where the user stack is being replaced or torn
     /// down: samplers differ in whether they give such a sample a user frame at all.
     pub exec_exit: u64,
-    /// Not complete, and some user frame is not a function: `[unknown]`, `[truncated]`,
-    /// `[missing…]` or a bare `[module]`.
+    /// Not complete, not elsewhere, and some user frame is not a function: `[unknown]`,
+    /// `[truncated]`, `[missing…]` or a bare `[module]`.
     pub unnamed: u64,
     /// Every user frame named and the chain's innermost function on the stack, but not the
     /// whole chain: frames lost or made up by the unwinder.
     pub broken: u64,
-    /// Every user frame named and the innermost function absent: the process was elsewhere
-    /// (the dynamic loader, libc start-up, main's own calls, exit).
+    /// The process was elsewhere (the dynamic loader, libc start-up, main's own calls,
+    /// exit): the chain's innermost function is absent and either every user frame is
+    /// named or the innermost one is a named function outside the chain.
     pub elsewhere: u64,
 }
 
@@ -291,12 +307,13 @@ impl ChainBreakdown {
         }
     }
 
-    /// The complete ones out of all but those in exec or exit: what the unwinder got right
-    /// where there was a stack to unwind.
-    pub fn share_outside_exec_exit(&self) -> Share {
+    /// The complete ones out of the samples taken in the chain's work, or that might have
+    /// been (complete, unnamed, broken): how well the sampler names the work itself, apart
+    /// from how much of the process's life the work is.
+    pub fn share_of_work(&self) -> Share {
         Share {
             hits: self.complete,
-            of: self.samples() - self.exec_exit,
+            of: self.complete + self.unnamed + self.broken,
         }
     }
 
@@ -412,6 +429,8 @@ mod tests {
              chain_nofp;main;alpha;beta;gamma;spin;fixture_done;irq_[k] 4\n\
              chain_nofp;[unknown];beta;gamma;spin 3\n\
              chain_nofp;[truncated];_dl_relocate_object 2\n\
+             chain_nofp;[unknown];intel_check_word 4\n\
+             chain_nofp;[unknown] 2\n\
              chain_nofp;main;beta;gamma;spin 5\n\
              chain_nofp;main;alpha;gamma;beta;spin 1\n\
              chain_nofp;_dl_start;_dl_sysdep_start 6\n\
@@ -429,16 +448,15 @@ mod tests {
                 exec_exit: 10,
                 unnamed: 5,
                 broken: 6,
-                elsewhere: 8,
+                elsewhere: 14,
             }
         );
         // Kernel-only samples count nowhere, not even in the total.
-        assert_eq!(breakdown.share(), Share { hits: 84, of: 113 });
-        assert_eq!(
-            breakdown.share_outside_exec_exit(),
-            Share { hits: 84, of: 103 }
-        );
-        assert_eq!(breakdown.add(&breakdown).samples(), 226);
+        assert_eq!(breakdown.share(), Share { hits: 84, of: 119 });
+        // A named innermost frame outside the chain is elsewhere even under an unnamed
+        // caller; an unnamed one might have been the work, so it counts against it.
+        assert_eq!(breakdown.share_of_work(), Share { hits: 84, of: 95 });
+        assert_eq!(breakdown.add(&breakdown).samples(), 238);
         assert_eq!(
             folded
                 .chain_breakdown("missing", WORK_CHAIN)
