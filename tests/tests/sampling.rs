@@ -435,8 +435,7 @@ fn in_work_or_unnamed(line: &str) -> bool {
     let in_exec_or_exit = frames
         .split(';')
         .any(|f| f.ends_with("_[k]") && (f.contains("execve") || f == "do_exit_[k]"));
-    user.contains(&"spin")
-        || (!in_exec_or_exit && user.last().is_some_and(|f| f.starts_with('[')))
+    user.contains(&"spin") || (!in_exec_or_exit && user.last().is_some_and(|f| f.starts_with('[')))
 }
 
 /// The lines of `folded` of process name `comm` with `leaf` on the stack: the samples

@@ -312,12 +312,19 @@ mod tests {
         let exit = wait_exit(child.id(), Duration::from_secs(10)).unwrap();
         assert_eq!(exit.map(|e| e.code), Some(3));
         assert!(started.elapsed() >= Duration::from_millis(200));
-        let long = std::process::Command::new("sleep").arg("10").spawn().expect("sleep");
+        let long = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .expect("sleep");
         let waited = Instant::now();
-        assert!(wait_exit(long.id(), Duration::from_millis(100)).unwrap().is_none());
+        assert!(wait_exit(long.id(), Duration::from_millis(100))
+            .unwrap()
+            .is_none());
         assert!(waited.elapsed() < Duration::from_secs(5));
         signal(long.id(), libc::SIGKILL);
-        assert!(wait_exit(long.id(), Duration::from_secs(10)).unwrap().is_some());
+        assert!(wait_exit(long.id(), Duration::from_secs(10))
+            .unwrap()
+            .is_some());
     }
 
     #[test]

@@ -896,10 +896,7 @@ fn python_table(out: &mut String, r: &Results, python: &Python) {
 }
 
 /// The median over a configuration's rounds of one share of its breakdown, in percent.
-fn shortlived_median(
-    runs: &[shortlived::Run],
-    share: fn(&ChainBreakdown) -> Share,
-) -> Option<f64> {
+fn shortlived_median(runs: &[shortlived::Run], share: fn(&ChainBreakdown) -> Share) -> Option<f64> {
     median(
         &runs
             .iter()
@@ -1016,7 +1013,9 @@ fn shortlived_rule(out: &mut String, measured: &shortlived::Measured) {
         .alone
         .iter()
         .filter_map(shortlived::Alone::chain_percent)
-        .fold(None, |max: Option<f64>, p| Some(max.map_or(p, |m| m.max(p))));
+        .fold(None, |max: Option<f64>, p| {
+            Some(max.map_or(p, |m| m.max(p)))
+        });
     let _ = writeln!(
         out,
         "*The rule.* A sample counts when its process name is the fixture's and its stack has \

@@ -21,8 +21,8 @@ use super::{
     round_order,
     samplers::{Event, Format, Sampler, Scope, Unwind},
     say,
-    stats::median,
     stacks::{holds_chain, is_kernel, ChainBreakdown, Folded},
+    stats::median,
     Bench, Options,
 };
 
@@ -139,7 +139,12 @@ fn run_alone(fixture: &Path, fp_build: bool) -> Result<Alone> {
             .with_context(|| format!("cannot start {}", fixture.display()))?;
         let exit = proc::wait_exit(child.id(), Duration::from_secs(10))?
             .with_context(|| format!("{} did not exit within 10 s", fixture.display()))?;
-        ensure!(exit.code == 0, "{} exited with {}", fixture.display(), exit.code);
+        ensure!(
+            exit.code == 0,
+            "{} exited with {}",
+            fixture.display(),
+            exit.code
+        );
         cpu.push(exit.cpu.as_secs_f64());
     }
     let median = median(&cpu).context("no process ran")?;
