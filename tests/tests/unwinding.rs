@@ -226,3 +226,50 @@ fn full_ring_buffer_is_counted_not_fatal() {
         "stderr:\n{stderr}"
     );
 }
+
+/// A stack map with room for two stacks refuses nearly every other stack of
+/// a busy thread (`EEXIST`: its one bucket is taken). Those samples are sent
+/// whole through the ring buffer, walked as the kernel would have walked
+/// them, so none ends in `[missing]`, and the summary says how many.
+#[test]
+fn stacks_the_stack_map_has_no_room_for_are_sent_whole() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let fx = Fixture::start(CHAIN_FP, &[]);
+    let pid = fx.pid().to_string();
+    for unwind in ["fp", "tables"] {
+        let out = run_tripod(&[
+            "--pid",
+            &pid,
+            "-d",
+            "2",
+            "-F",
+            "999",
+            "--unwind",
+            unwind,
+            "--stack-storage-size",
+            "2",
+            "-f",
+            "folded",
+            "-o",
+            "-",
+        ]);
+        assert_success(&out);
+        let folded = String::from_utf8_lossy(&out.stdout);
+        let stderr = stderr_text(&out);
+        println!("--unwind {unwind}");
+        assert!(
+            !folded.contains("[missing"),
+            "a stack was lost:\n{folded}\n{stderr}"
+        );
+        let sent_whole =
+            "found no room in the stack map (hash collision or full) and were sent whole";
+        assert!(
+            unwind != "fp" || stderr.contains(sent_whole),
+            "stderr:\n{stderr}"
+        );
+        assert_chain(&folded, "chain_fp", CHAIN, 500, 0.99);
+    }
+}

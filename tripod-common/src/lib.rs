@@ -886,11 +886,17 @@ pub enum Counter {
     /// walked anew (no previous walk, other registers or mappings, or a
     /// word it read has changed).
     TableMemoMiss,
+    /// Samples whose user or kernel stack `bpf_get_stackid` had no room for
+    /// (its hash bucket held another stack, or the map was full): sent whole
+    /// as ring-buffer records, walked as they would have been, instead of
+    /// counted with a `[missing]` stack. A larger `--stack-storage-size`
+    /// keeps more of them in the kernel.
+    StackMapSent,
 }
 
 impl Counter {
     /// Number of counters, the size of the `COUNTERS` map.
-    pub const LEN: u32 = 18;
+    pub const LEN: u32 = 19;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::LEN as usize] = [
@@ -912,6 +918,7 @@ impl Counter {
         Counter::TableCounted,
         Counter::TableMemoHit,
         Counter::TableMemoMiss,
+        Counter::StackMapSent,
     ];
 
     /// The counter for a failed `bpf_get_stackid` with this (negative) errno.

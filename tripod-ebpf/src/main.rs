@@ -203,28 +203,33 @@ fn try_sample_stack(ctx: &PerfEventContext) -> Result<u32, u32> {
         }
     }
     // With `--unwind fp`, a sample in `execve` or `exit` takes its stack
-    // from the call's entry (see `syscall_stack`), through the ring buffer.
-    if config.copy_user_stack != 0 || python.is_some() || syscall_stack::entered(tid) {
-        // SAFETY: no preconditions.
-        let cpu = unsafe { bpf_get_smp_processor_id() };
-        let who = Thread { tgid, tid, python };
-        // Timed so userspace locates the stack in the mappings in force
-        // then (the sideband's records carry the same clock).
-        // SAFETY: no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        let record = (ScratchSlot::sample(cpu), RecordKind::Sample, now);
-        if let Some(copy) = current_thread_copy(ctx.as_ptr(), &config, record, &who, walk) {
-            send(copy);
+    // from the call's entry (see `syscall_stack`), through the ring buffer;
+    // any other is counted here, unless the stack map has no room for one
+    // of its stacks: then it is sent whole below, walked the same way.
+    let copied = config.copy_user_stack != 0 || python.is_some() || syscall_stack::entered(tid);
+    if !copied {
+        let counted = if generation & 1 == 0 {
+            let user = frame_pointer_stack(ctx, &config, &STACKS_0);
+            record(ctx, &config, (tgid, tid), user, (&STACKS_0, &COUNTS_0))
+        } else {
+            let user = frame_pointer_stack(ctx, &config, &STACKS_1);
+            record(ctx, &config, (tgid, tid), user, (&STACKS_1, &COUNTS_1))
+        };
+        if counted {
+            return Ok(0);
         }
-        return Ok(0);
+        bump(Counter::StackMapSent);
     }
-
-    if generation & 1 == 0 {
-        let user = frame_pointer_stack(ctx, &config, &STACKS_0);
-        record(ctx, &config, (tgid, tid), user, (&STACKS_0, &COUNTS_0));
-    } else {
-        let user = frame_pointer_stack(ctx, &config, &STACKS_1);
-        record(ctx, &config, (tgid, tid), user, (&STACKS_1, &COUNTS_1));
+    // SAFETY: no preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let who = Thread { tgid, tid, python };
+    // Timed so userspace locates the stack in the mappings in force
+    // then (the sideband's records carry the same clock).
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let record = (ScratchSlot::sample(cpu), RecordKind::Sample, now);
+    if let Some(copy) = current_thread_copy(ctx.as_ptr(), &config, record, &who, walk) {
+        send(copy);
     }
     Ok(0)
 }
@@ -311,13 +316,18 @@ fn count_walked(
         let Some(id) = tables::store(walked, copy, hash) else {
             return Walked::Send(copy);
         };
-        bump(Counter::TableCounted);
         UserStackId {
             id: id as i32,
             source: stack_source::WALKED,
         }
     };
-    record(ctx, config, (tgid, tid), user, (stacks, counts));
+    if !record(ctx, config, (tgid, tid), user, (stacks, counts)) {
+        bump(Counter::StackMapSent);
+        return Walked::Send(copy);
+    }
+    if copy.header.no_user == 0 {
+        bump(Counter::TableCounted);
+    }
     Walked::Counted
 }
 
@@ -333,7 +343,9 @@ fn set_kernel_stack(ctx: *mut c_void, config: &SamplerConfig, copy: &mut StackCo
 }
 
 /// Counts one sample of thread (`tgid`, `tid`) with user stack `user` and
-/// the kernel stack, stored in `stacks`, in `counts`.
+/// the kernel stack, stored in `stacks`, in `counts`. Counts nothing and
+/// answers false when the stack map had no room for either stack (see
+/// [`refused_by_stack_map`]): the caller sends the sample whole instead.
 #[inline(always)]
 fn record(
     ctx: &PerfEventContext,
@@ -341,12 +353,18 @@ fn record(
     (tgid, tid): (u32, u32),
     user: UserStackId,
     (stacks, counts): (&StackTrace, &HashMap<SampleKey, SampleCount>),
-) {
+) -> bool {
+    if user.source == stack_source::STACK_MAP && refused_by_stack_map(user.id) {
+        return false;
+    }
     let kernel_stack_id = if config.collect_kernel != 0 {
         stack_id(ctx, stacks, true)
     } else {
         STACK_NOT_COLLECTED
     };
+    if refused_by_stack_map(kernel_stack_id) {
+        return false;
+    }
     let key = SampleKey {
         tgid,
         tid,
@@ -358,7 +376,7 @@ fn record(
         _reserved: 0,
     };
     if increment(counts, &key) {
-        return;
+        return true;
     }
     // First sample of this key. Another CPU may insert it at the same moment:
     // NOEXIST makes that a clean EEXIST, after which the increment succeeds.
@@ -370,6 +388,7 @@ fn record(
     if counts.insert(key, first, BPF_NOEXIST as u64).is_err() && !increment(counts, &key) {
         bump(Counter::CountMapFull);
     }
+    true
 }
 
 /// Page size on x86_64; user stacks end on a page boundary.
@@ -929,16 +948,32 @@ fn copy_user_half(
     }
 }
 
+/// The id `bpf_get_stackid` stores the current kernel or user stack under,
+/// or its negative errno (counted, unless the map had no room: see
+/// [`refused_by_stack_map`]).
 #[inline(always)]
 fn stack_id(ctx: &PerfEventContext, stacks: &StackTrace, kernel: bool) -> i32 {
     let flags = if kernel { 0 } else { BPF_F_USER_STACK as u64 };
     match ctx.get_stackid(stacks, flags) {
         Ok(id) => id as i32,
         Err(errno) => {
-            bump(Counter::for_stack_error(kernel, errno));
+            if !refused_by_stack_map(errno) {
+                bump(Counter::for_stack_error(kernel, errno));
+            }
             errno
         }
     }
+}
+
+/// Whether `bpf_get_stackid` answered that its map had no room for a
+/// stack: its hash bucket holds a different stack (`EEXIST`; the map
+/// hashes stacks into as many buckets as it has entries, so two of a
+/// thousand stacks share one in 16,384 buckets often enough) or the map is
+/// full (`ENOMEM`). Such a sample is sent whole as a record rather than
+/// counted with a `[missing]` stack ([`Counter::StackMapSent`]).
+#[inline(always)]
+fn refused_by_stack_map(id: i32) -> bool {
+    id == -errno::EEXIST || id == -errno::ENOMEM
 }
 
 #[inline(always)]

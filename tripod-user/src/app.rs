@@ -30,7 +30,7 @@ use crate::{
     },
     pipeline::{Pipeline, PipelineOptions, Recording},
     preflight,
-    process::{self, ProcessTable},
+    process::{self, ProcessTable, SharedFile},
     python::{Python, PythonChange},
     report::{RunInfo, Summary},
     sampler::{News, SampleSource, SamplerOptions, Wakeup},
@@ -78,12 +78,9 @@ pub async fn run(mut config: Config, shutdown: Shutdown) -> Result<u8> {
     );
     // Both before the command starts: its first stacks find libc's rows in
     // the kernel, and its first pull is not held up by kallsyms.
-    unwind_in_kernel_if_asked(&config, &mut pipeline, source);
-    // Kernel stacks will be named: their symbols are parsed before sampling
-    // starts, not in the middle of it at the first retired process.
-    if config.stacks.kernel() {
-        pipeline.load_kernel_symbols();
-    }
+    let shared = pipeline.shared_files();
+    unwind_in_kernel_if_asked(&config, &mut pipeline, source, &shared);
+    pipeline.read_symbols_early(&shared, config.stacks.kernel());
     let mut child = start_command(&config, &shutdown, source).await?;
     let run_info = run_info(
         &config,
@@ -217,13 +214,14 @@ pub(crate) fn unwind_in_kernel_if_asked(
     config: &Config,
     pipeline: &mut Pipeline,
     source: &mut dyn SampleSource,
+    shared: &[SharedFile],
 ) {
     if config.unwind == UnwindMode::Tables {
         let pids = match &config.target {
             Target::Pids(pids) => pids.clone(),
             _ => Vec::new(),
         };
-        pipeline.unwind_in_kernel(&pids, source);
+        pipeline.unwind_in_kernel(&pids, shared, source);
         pipeline.tell_python(source);
     }
 }

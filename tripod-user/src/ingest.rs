@@ -14,7 +14,7 @@ use tripod_common::{errno::EFAULT, MAX_STACK_DEPTH};
 use crate::{
     mappings::MappingHistory,
     model::{TableFile, TableMapping},
-    process::ProcessTable,
+    process::{ProcessTable, SharedFile},
     python::{Python, PythonChange},
     sampler::{Sample, UserStack},
     stack::{self, Gap, RawFrame, StackRead},
@@ -81,9 +81,9 @@ impl Ingest {
     /// `--unwind tables`: from now on, processes seen get their rows
     /// compiled; the rows of the files most processes map are compiled now,
     /// to load before any process is (see [`Unwinder::prepare_tables`]).
-    pub fn prepare_tables(&mut self, processes: &mut ProcessTable) -> Vec<TableFile> {
+    pub fn prepare_tables(&mut self, shared: &[SharedFile]) -> Vec<TableFile> {
         self.compile_tables();
-        self.unwinder.prepare_tables(processes)
+        self.unwinder.prepare_tables(shared)
     }
 
     /// `--unwind tables`: the rows of the processes seen since the last

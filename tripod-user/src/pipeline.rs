@@ -23,7 +23,7 @@ use crate::{
     messages,
     model::{Counters, FrameLocals},
     output::{push::Pusher, Output, Progress},
-    process::{self, ProcessTable, RecordedMapping},
+    process::{self, ProcessTable, RecordedMapping, SharedFile},
     python::{Python, PythonChange},
     report::{self, Inputs, Losses, MappingRecordLosses, RunInfo, ThreadDump},
     resolve::Resolver,
@@ -418,19 +418,31 @@ impl Pipeline {
         }
     }
 
-    /// Kernel symbols read now, before sampling (see
-    /// [`crate::resolve::Resolver::load_kernel_symbols`]).
-    pub fn load_kernel_symbols(&mut self) {
-        self.resolver.load_kernel_symbols();
+    /// The files most live processes map (see [`ProcessTable::shared_files`]).
+    pub fn shared_files(&mut self) -> Vec<SharedFile> {
+        self.processes.shared_files()
     }
 
-    /// `--unwind tables`: loads the rows of the files most processes map
-    /// now, then compiles the rows of processes as they are seen, starting
-    /// with `pids` (the named targets), and hands them to the source at
-    /// each [`Self::tell_python`].
-    pub fn unwind_in_kernel(&mut self, pids: &[u32], source: &mut dyn SampleSource) {
+    /// Symbols read before sampling, not in the middle of it at the first
+    /// retired process or report: the kernel's now if `kernel`, and those of
+    /// the `shared` files on the symbolizer's thread meanwhile (see
+    /// [`crate::resolve::Resolver::read_symbols_early`]).
+    pub fn read_symbols_early(&mut self, shared: &[SharedFile], kernel: bool) {
+        self.resolver.read_symbols_early(shared, kernel);
+    }
+
+    /// `--unwind tables`: loads the rows of the `shared` files now, then
+    /// compiles the rows of processes as they are seen, starting with
+    /// `pids` (the named targets), and hands them to the source at each
+    /// [`Self::tell_python`].
+    pub fn unwind_in_kernel(
+        &mut self,
+        pids: &[u32],
+        shared: &[SharedFile],
+        source: &mut dyn SampleSource,
+    ) {
         let started = std::time::Instant::now();
-        let files = self.ingest.prepare_tables(&mut self.processes);
+        let files = self.ingest.prepare_tables(shared);
         if let Err(error) = source.load_unwind_files(&files) {
             messages::warn(&format!(
                 "warning: {error:#}; their stacks are copied instead"

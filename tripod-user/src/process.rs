@@ -18,6 +18,7 @@ mod recorded;
 mod shared;
 
 pub use recorded::{FileCheck, RecordedMapping};
+pub use shared::SharedFile;
 
 use crate::{
     jit::JitSymbol,

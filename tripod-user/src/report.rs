@@ -29,6 +29,9 @@ pub struct Losses {
     pub ring_buffer_full: u64,
     pub user: StackErrors,
     pub kernel: StackErrors,
+    /// Not lost: samples whose stack the stack map had no room for (hash
+    /// collision or full), sent whole through the ring buffer instead.
+    pub stack_map_sent: u64,
 }
 
 /// Mapping records (mmap, exec, fork, exit) the run missed, and samples
@@ -77,6 +80,7 @@ impl Losses {
         self.ring_buffer_full += other.ring_buffer_full;
         self.user.add(&other.user);
         self.kernel.add(&other.kernel);
+        self.stack_map_sent += other.stack_map_sent;
     }
 
     /// Samples that did not make it into any stack.
@@ -100,6 +104,7 @@ impl Losses {
                 map_full: c.get(Counter::KernelStackMapFull),
                 other: c.get(Counter::KernelStackOther),
             },
+            stack_map_sent: c.get(Counter::StackMapSent),
         }
     }
 }
@@ -279,6 +284,15 @@ impl Summary {
             hints.push(format!(
                 "{storage} stack traces could not be stored (hash collision or full stack map); \
                  consider --stack-storage-size {}",
+                self.run.stack_storage_size.saturating_mul(2)
+            ));
+        }
+        if losses.stack_map_sent > 0 {
+            hints.push(format!(
+                "{} stacks found no room in the stack map (hash collision or full) and were \
+                 sent whole through the ring buffer instead; --stack-storage-size {} keeps \
+                 more of them in the kernel",
+                losses.stack_map_sent,
                 self.run.stack_storage_size.saturating_mul(2)
             ));
         }

@@ -25,7 +25,7 @@ use crate::{
     jit::{self, DumpFile, JitMaps},
     mappings::{MappingHistory, NotLocated},
     model::{Frame, Unknown},
-    process::{Location, ProcessTable},
+    process::{Location, ProcessTable, SharedFile},
     python::Python,
     stack::{Gap, RawFrame, Space},
     symbolize::{Resolved, Symbolizer},
@@ -152,9 +152,19 @@ impl Resolver {
         Self::default()
     }
 
-    /// See [`Symbolizer::load_kernel_symbols`].
-    pub fn load_kernel_symbols(&mut self) {
-        self.symbolizer.load_kernel_symbols();
+    /// Reads symbols before sampling: the kernel's now, if `kernel` (see
+    /// [`Symbolizer::load_kernel_symbols`]), and the `shared` files' on the
+    /// symbolizer's thread while start-up goes on (see
+    /// [`Symbolizer::read_early`]). The first process to retire would
+    /// otherwise pay for them while sampling: libc's compressed debug
+    /// information alone is some 40 ms.
+    pub fn read_symbols_early(&mut self, shared: &[SharedFile], kernel: bool) {
+        for file in shared {
+            self.symbolizer.read_early(&file.module, file.code_offset);
+        }
+        if kernel {
+            self.symbolizer.load_kernel_symbols();
+        }
     }
 
     /// A resolver whose caches of kernel frames and of named addresses

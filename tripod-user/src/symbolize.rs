@@ -186,6 +186,23 @@ impl Symbolizer {
         answer.results
     }
 
+    /// Has the worker read `module`'s symbols and debug information now,
+    /// by looking up `code_offset` in it, without waiting for the answer:
+    /// the first lookups in the file are then as cheap as the later ones.
+    /// A refused or given-up module is not read.
+    pub fn read_early(&mut self, module: &Module, code_offset: u64) {
+        let (Some(path), None) = (&module.open_path, &module.refused) else {
+            return;
+        };
+        if !self.given_up.contains(&module.id) {
+            // A worker that has gone answers nothing anyway.
+            let _ = self.worker.jobs.send(Job::ReadEarly {
+                path: path.clone(),
+                offset: code_offset,
+            });
+        }
+    }
+
     /// Parses the kernel's symbols now, once per run, so that the first
     /// report or retired process does not pay for it while sampling
     /// (`/proc/kallsyms` is megabytes). Any kernel address does: the
@@ -335,6 +352,13 @@ enum Job {
     Kernel(Vec<u64>),
     /// Offsets in the vDSO.
     Vdso(Vec<u64>),
+    /// A file offset in a module, looked up for its side effect only:
+    /// blazesym keeps the file's parsed symbols and debug information.
+    /// Not answered.
+    ReadEarly {
+        path: PathBuf,
+        offset: u64,
+    },
 }
 
 struct Answer {
@@ -363,7 +387,9 @@ impl Worker {
             .spawn(move || {
                 let mut state = WorkerState::new();
                 for job in job_queue {
-                    if answer_queue.send(state.run(job)).is_err() {
+                    let answered = !matches!(job, Job::ReadEarly { .. });
+                    let answer = state.run(job);
+                    if answered && answer_queue.send(answer).is_err() {
                         break;
                     }
                 }
@@ -472,6 +498,7 @@ impl WorkerState {
                 offsets,
                 build_id,
             } => self.run_module(&path, &offsets, build_id),
+            Job::ReadEarly { path, offset } => self.run_module(&path, &[offset], false),
         }
     }
 
@@ -846,6 +873,12 @@ mod tests {
         std::hint::black_box(42)
     }
 
+    #[inline(never)]
+    #[no_mangle]
+    extern "C" fn tripod_symbolize_other_marker() -> u64 {
+        std::hint::black_box(43)
+    }
+
     #[test]
     fn resolves_a_function_of_our_own_binary() {
         let mut table = ProcessTable::new();
@@ -860,6 +893,18 @@ mod tests {
             panic!("our own code is not in a file mapping");
         };
         let mut symbolizer = Symbolizer::new();
+        // Read early, as the files most processes map are at start-up, at
+        // another function: that job is not answered, so the lookup below
+        // gets its own answer, not this one.
+        let elsewhere = tripod_symbolize_other_marker as extern "C" fn() -> u64 as usize as u64;
+        let Location::File {
+            file_offset: other_offset,
+            ..
+        } = table.locate(pid, elsewhere)
+        else {
+            panic!("our own code is not in a file mapping");
+        };
+        symbolizer.read_early(&module, other_offset);
         symbolizer.resolve_user(&module, &[file_offset, file_offset]);
         match &*symbolizer.user(&module, file_offset).unwrap() {
             Resolved::Symbols(symbols) => {

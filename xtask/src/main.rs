@@ -49,7 +49,7 @@ struct BenchArgs {
     /// Rounds of each overhead configuration (the tables show medians)
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Rounds of the stack quality, accuracy, latency and short-lived-processes runs
+    /// Rounds of the stack quality, accuracy, latency, short-lived-processes, steady-state and idle runs
     #[arg(long, default_value_t = 3)]
     short_runs: usize,
     /// Seconds of work per fixture thread in the overhead runs

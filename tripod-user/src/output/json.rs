@@ -568,6 +568,8 @@ impl Document {
                 ring_buffer_full: lost.ring_buffer_full,
                 user: StackErrors::from(&lost.user_stacks),
                 kernel: StackErrors::from(&lost.kernel_stacks),
+                // Not in JSON: those samples were recorded whole.
+                stack_map_sent: 0,
             },
             stacks,
             processes: self

@@ -156,6 +156,7 @@ fn summary() -> Summary {
                 collisions: 1,
                 ..Default::default()
             },
+            stack_map_sent: 4,
             ..Default::default()
         },
         duplicates: vec![Duplicate {
@@ -207,6 +208,7 @@ Traceback (most recent call last):
 [tripod] pid 4242 (worker): 87.3% of 1000 samples reached the thread root, 127 truncated
 [tripod] 2 samples were lost because the count map was full; consider --count-map-size 131072
 [tripod] 1 stack traces could not be stored (hash collision or full stack map); consider --stack-storage-size 32768
+[tripod] 4 stacks found no room in the stack map (hash collision or full) and were sent whole through the ring buffer instead; --stack-storage-size 32768 keeps more of them in the kernel
 [tripod] 3 mapping records were lost (processes started or mapped files faster than they could be read); samples of those processes were located from /proc while they ran, else marked unknown
 
 Duplicated stacks (the same frames in more than one thread):

@@ -31,12 +31,22 @@ struct Tally {
     line: String,
 }
 
+/// A file most processes map.
+#[derive(Clone, Debug)]
+pub struct SharedFile {
+    pub module: Arc<Module>,
+    /// A file offset in its code: halfway through the executable mapping
+    /// it was found by. Looked up once at start-up, it makes the symbolizer
+    /// read the file's symbols and debug information before sampling.
+    pub code_offset: u64,
+}
+
 impl ProcessTable {
-    /// The modules of the files mapped executable by at least a quarter of
-    /// the live user processes (and by two or more), opened as a sampled
-    /// process's files are and shared with them by (device, inode).
+    /// The files mapped executable by at least a quarter of the live user
+    /// processes (and by two or more), opened as a sampled process's files
+    /// are and shared with them by (device, inode), the most shared first.
     /// Kernel threads map nothing and do not count.
-    pub fn shared_modules(&mut self) -> Vec<Arc<Module>> {
+    pub fn shared_files(&mut self) -> Vec<SharedFile> {
         let (tallies, processes) = tally_files(live_pids().take(MAX_PROCESSES_READ));
         let least = (processes / SHARED_FRACTION).max(MIN_SHARERS);
         let mut shared: Vec<((u64, u64), Tally)> = tallies
@@ -47,22 +57,29 @@ impl ProcessTable {
         shared.sort_by_key(|(_, tally)| std::cmp::Reverse(tally.processes));
         shared
             .into_iter()
-            .filter_map(|(key, tally)| self.module_of_line(key, &tally))
+            .filter_map(|(key, tally)| self.shared_file(key, &tally))
             .collect()
     }
 
-    /// The module of a file seen in `tally`'s maps line, opened through
-    /// that process unless it is open already.
-    fn module_of_line(&mut self, key: (u64, u64), tally: &Tally) -> Option<Arc<Module>> {
-        if let Some(known) = self.modules.get(&key) {
-            return Some(known.clone());
-        }
+    /// The file seen in `tally`'s maps line, its module opened through that
+    /// process unless it is open already.
+    fn shared_file(&mut self, key: (u64, u64), tally: &Tally) -> Option<SharedFile> {
         let entry = MapsLine::parse(&tally.line)?;
+        let code_offset = entry.offset + entry.end.saturating_sub(entry.start) / 2;
+        if let Some(known) = self.modules.get(&key) {
+            return Some(SharedFile {
+                module: known.clone(),
+                code_offset,
+            });
+        }
         let path = entry.path?;
         self.next_module_id += 1;
         let module = Arc::new(open_module(self.next_module_id, tally.pid, &entry, path));
         self.modules.insert(key, module.clone());
-        Some(module)
+        Some(SharedFile {
+            module,
+            code_offset,
+        })
     }
 }
 
@@ -148,10 +165,18 @@ mod tests {
             .collect();
         let (tallies, _) = tally_files([std::process::id()].into_iter());
         for (key, tally) in &tallies {
-            let module = table
-                .module_of_line(*key, tally)
+            let file = table
+                .shared_file(*key, tally)
                 .expect("a maps line with a path");
-            assert!(ours.contains(&module.id), "{} opened twice", module.path);
+            assert!(
+                ours.contains(&file.module.id),
+                "{} opened twice",
+                file.module.path
+            );
+            // Halfway through the executable mapping the line describes.
+            let entry = MapsLine::parse(&tally.line).expect("a maps line");
+            let code = entry.offset..entry.offset + entry.end - entry.start;
+            assert!(code.contains(&file.code_offset));
         }
     }
 }

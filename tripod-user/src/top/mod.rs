@@ -99,7 +99,9 @@ pub async fn run(mut top: TopConfig, shutdown: Shutdown) -> Result<u8> {
         python,
         counters,
     );
-    app::unwind_in_kernel_if_asked(config, &mut pipeline, source);
+    let shared = pipeline.shared_files();
+    app::unwind_in_kernel_if_asked(config, &mut pipeline, source, &shared);
+    pipeline.read_symbols_early(&shared, config.stacks.kernel());
     if let Some(pid) = child_pid {
         pipeline.track(pid);
         pipeline.check_python(pid);

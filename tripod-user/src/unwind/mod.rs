@@ -60,7 +60,7 @@ use framehop::{
 use crate::{
     mappings::{InForceKey, MappingHistory},
     model::{TableFile, TableMapping},
-    process::{MappingView, Module, ProcessTable},
+    process::{MappingView, Module, ProcessTable, SharedFile},
     stack::{Gap, RawFrame, Space},
 };
 use bridge::{Regs, Stack};
@@ -193,15 +193,15 @@ impl Unwinder {
     }
 
     /// `--unwind tables`, at start-up: the rows of the files most live
-    /// processes map (see [`ProcessTable::shared_modules`]) and of the vDSO,
+    /// processes map (see [`ProcessTable::shared_files`]) and of the vDSO,
     /// which every process maps, compiled now, so that a process started
     /// later only waits for its own program's. Big files go to the
     /// compiling thread and are not returned: their rows are loaded when a
     /// process that maps them is first sent.
-    pub fn prepare_tables(&mut self, processes: &mut ProcessTable) -> Vec<TableFile> {
+    pub fn prepare_tables(&mut self, shared: &[SharedFile]) -> Vec<TableFile> {
         let mut files = vec![(VDSO_ID, self.vdso_file())];
-        for module in processes.shared_modules() {
-            files.push((module.id, self.unwind_file(&module)));
+        for file in shared {
+            files.push((file.module.id, self.unwind_file(&file.module)));
         }
         files
             .into_iter()

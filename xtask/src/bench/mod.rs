@@ -73,7 +73,8 @@ pub struct Options {
     /// Rounds of each overhead, off-CPU and dump configuration; the tables show medians
     /// over them.
     pub runs: usize,
-    /// Rounds of the quality, accuracy, latency and short-lived-processes runs.
+    /// Rounds of the quality, accuracy, latency, short-lived-processes, steady-state and
+    /// idle runs.
     pub short_runs: usize,
     /// Seconds of CPU work each fixture thread does in an overhead run, and seconds of
     /// ping-pong in an off-CPU run (both without a sampler).

@@ -12,8 +12,10 @@ use super::{
     fixtures::comm,
     proc::Fixture,
     round_order,
-    samplers::{Event, Format, Sampler, Scope},
-    say, Bench, Options,
+    samplers::{Event, Format, Running, Sampler, Scope},
+    say,
+    stats::median,
+    Bench, Options,
 };
 
 pub const FREQUENCIES: [u32; 2] = [99, 999];
@@ -54,29 +56,60 @@ pub struct Overhead {
     /// Loop iterations each fixture thread runs (calibrated to `work_seconds`).
     pub iterations: u64,
     pub runs: Vec<(Config, Vec<Run>)>,
+    /// Each sampler recording the machine, both CPUs busy, watched once the fixture has
+    /// started: its steady state.
+    pub steady: Vec<(Config, Vec<Watched>)>,
     /// Each sampler recording the machine with nothing of ours running.
-    pub idle: Vec<(Sampler, IdleRun)>,
+    pub idle: Vec<(Sampler, Vec<Watched>)>,
 }
 
-/// How long a sampler is watched on the idle machine, after [`IDLE_SETTLE`].
-pub const IDLE_SECONDS: f64 = 10.0;
+/// How long a sampler is watched in the idle and steady-state runs, after its start-up
+/// ([`IDLE_SETTLE`]) or the fixture's ([`STEADY_SETTLE`]).
+pub const WATCH_SECONDS: f64 = 10.0;
 
 /// Left out before the idle measurement: start-up (reading /proc, symbols).
 const IDLE_SETTLE: Duration = Duration::from_secs(3);
 
+/// Left out at the start of a steady-state run: the fixture's own start (its process
+/// read, its rows compiled), which the runs above include.
+const STEADY_SETTLE: Duration = Duration::from_secs(1);
+
 /// The idle frequency: the default.
 pub const IDLE_HZ: u32 = 99;
 
-/// A sampler recording the whole machine at [`IDLE_HZ`] while nothing of ours runs.
+/// A sampler watched for [`WATCH_SECONDS`] while it records the whole machine.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct IdleRun {
+pub struct Watched {
     /// CPU seconds per second, all its threads.
     pub cpu_rate: f64,
     /// Context switches of all its threads per second.
     pub wakeup_rate: f64,
 }
 
+impl Watched {
+    /// The median of each measure over `runs`.
+    pub fn median_of(runs: &[Watched]) -> Option<Watched> {
+        let of = |f: fn(&Watched) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        Some(Watched {
+            cpu_rate: of(|w| w.cpu_rate)?,
+            wakeup_rate: of(|w| w.wakeup_rate)?,
+        })
+    }
+}
+
 impl Overhead {
+    /// The median steady-state run of `config`.
+    pub fn steady_of(&self, config: Config) -> Option<Watched> {
+        let (_, runs) = self.steady.iter().find(|(c, _)| *c == config)?;
+        Watched::median_of(runs)
+    }
+
+    /// The median idle run of `sampler`.
+    pub fn idle_of(&self, sampler: Sampler) -> Option<Watched> {
+        let (_, runs) = self.idle.iter().find(|(s, _)| *s == sampler)?;
+        Watched::median_of(runs)
+    }
+
     pub fn runs_of(&self, config: Config) -> &[Run] {
         self.runs
             .iter()
@@ -121,30 +154,77 @@ pub fn measure(bench: &mut Bench, options: &Options) -> Result<Overhead> {
             }
         }
     }
-    let mut idle = Vec::new();
-    for sampler in bench.tools.samplers() {
-        match idle_once(bench, sampler) {
-            Ok(run) => {
-                say(&format!(
-                    "idle: {sampler} at {IDLE_HZ} Hz: {:.4}% of a core, {:.1} wake-ups/s",
-                    run.cpu_rate * 100.0,
-                    run.wakeup_rate
-                ));
-                idle.push((sampler, run));
-            }
-            Err(e) => bench.failed(&format!("idle: {sampler}"), e),
-        }
-    }
+    let steady = watch_steady(bench, options, &configs[1..]);
+    let idle = watch_idle(bench, options);
     Ok(Overhead {
         iterations,
         runs,
+        steady,
         idle,
     })
 }
 
+/// The steady-state runs: each configuration `options.short_runs` times, rounds
+/// alternating like the runs above.
+fn watch_steady(
+    bench: &mut Bench,
+    options: &Options,
+    configs: &[Config],
+) -> Vec<(Config, Vec<Watched>)> {
+    let mut steady: Vec<(Config, Vec<Watched>)> =
+        configs.iter().map(|c| (*c, Vec::new())).collect();
+    let rounds = options.short_runs;
+    for round in 0..rounds {
+        for index in round_order(round, rounds, configs.len()) {
+            let config = configs[index];
+            let label = describe(config);
+            match steady_once(bench, config) {
+                Ok(run) => {
+                    say(&format!(
+                        "steady {}/{rounds}: {label}: {:.4}% of a core, {:.1} wake-ups/s",
+                        round + 1,
+                        run.cpu_rate * 100.0,
+                        run.wakeup_rate
+                    ));
+                    steady[index].1.push(run);
+                }
+                Err(e) => bench.failed(&format!("steady: {label}"), e),
+            }
+        }
+    }
+    steady
+}
+
+/// The idle runs: each sampler `options.short_runs` times, rounds alternating.
+fn watch_idle(bench: &mut Bench, options: &Options) -> Vec<(Sampler, Vec<Watched>)> {
+    let samplers = bench.tools.samplers();
+    let mut idle: Vec<(Sampler, Vec<Watched>)> =
+        samplers.iter().map(|s| (*s, Vec::new())).collect();
+    let rounds = options.short_runs;
+    for round in 0..rounds {
+        for index in round_order(round, rounds, samplers.len()) {
+            let sampler = samplers[index];
+            match idle_once(bench, sampler) {
+                Ok(run) => {
+                    say(&format!(
+                        "idle {}/{rounds}: {sampler} at {IDLE_HZ} Hz: {:.4}% of a core, \
+                         {:.1} wake-ups/s",
+                        round + 1,
+                        run.cpu_rate * 100.0,
+                        run.wakeup_rate
+                    ));
+                    idle[index].1.push(run);
+                }
+                Err(e) => bench.failed(&format!("idle: {sampler}"), e),
+            }
+        }
+    }
+    idle
+}
+
 /// `sampler` recording the whole machine while no fixture runs: what it costs
 /// when there is nothing (of ours) to sample.
-fn idle_once(bench: &Bench, sampler: Sampler) -> Result<IdleRun> {
+fn idle_once(bench: &Bench, sampler: Sampler) -> Result<Watched> {
     let dir = bench.run_dir()?;
     let running = sampler.start(
         &bench.tools,
@@ -154,15 +234,44 @@ fn idle_once(bench: &Bench, sampler: Sampler) -> Result<IdleRun> {
         &dir,
     )?;
     std::thread::sleep(IDLE_SETTLE);
-    let (cpu, switches, at) = (running.cpu_ns(), running.switches(), Instant::now());
-    std::thread::sleep(Duration::from_secs_f64(IDLE_SECONDS));
-    let seconds = at.elapsed().as_secs_f64();
-    let run = IdleRun {
-        cpu_rate: running.cpu_ns().saturating_sub(cpu) as f64 / 1e9 / seconds,
-        wakeup_rate: running.switches().saturating_sub(switches) as f64 / seconds,
-    };
+    let run = watch(&running);
     running.stop()?;
     Ok(run)
+}
+
+/// The sampler recording the whole machine while the fixture keeps both CPUs busy,
+/// watched once the fixture has started: the steady state issue 20 measures.
+fn steady_once(bench: &Bench, config: Config) -> Result<Watched> {
+    let sampler = config.sampler.expect("a sampler's configuration");
+    let dir = bench.run_dir()?;
+    let running = sampler.start(
+        &bench.tools,
+        Scope::All,
+        Event::Clock(config.hz),
+        Format::Folded,
+        &dir,
+    )?;
+    // `--iterations 0` works until stopped.
+    let fixture = Fixture::start(
+        &bench.fixtures.work_fp,
+        &["--iterations", "0", "--threads", &THREADS.to_string()],
+    )?;
+    std::thread::sleep(STEADY_SETTLE);
+    let run = watch(&running);
+    fixture.stop()?;
+    running.stop()?;
+    Ok(run)
+}
+
+/// Watches a running sampler for [`WATCH_SECONDS`].
+fn watch(running: &Running) -> Watched {
+    let (cpu, switches, at) = (running.cpu_ns(), running.switches(), Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(WATCH_SECONDS));
+    let seconds = at.elapsed().as_secs_f64();
+    Watched {
+        cpu_rate: running.cpu_ns().saturating_sub(cpu) as f64 / 1e9 / seconds,
+        wakeup_rate: running.switches().saturating_sub(switches) as f64 / seconds,
+    }
 }
 
 fn describe(config: Config) -> String {
