@@ -164,62 +164,67 @@ pub fn measure(bench: &mut Bench, options: &Options) -> Result<Overhead> {
     })
 }
 
-/// The steady-state runs: each configuration `options.short_runs` times, rounds
-/// alternating like the runs above.
+/// The steady-state runs: each configuration `options.short_runs` times.
 fn watch_steady(
     bench: &mut Bench,
     options: &Options,
     configs: &[Config],
 ) -> Vec<(Config, Vec<Watched>)> {
-    let mut steady: Vec<(Config, Vec<Watched>)> =
-        configs.iter().map(|c| (*c, Vec::new())).collect();
-    let rounds = options.short_runs;
-    for round in 0..rounds {
-        for index in round_order(round, rounds, configs.len()) {
-            let config = configs[index];
-            let label = describe(config);
-            match steady_once(bench, config) {
-                Ok(run) => {
-                    say(&format!(
-                        "steady {}/{rounds}: {label}: {:.4}% of a core, {:.1} wake-ups/s",
-                        round + 1,
-                        run.cpu_rate * 100.0,
-                        run.wakeup_rate
-                    ));
-                    steady[index].1.push(run);
-                }
-                Err(e) => bench.failed(&format!("steady: {label}"), e),
-            }
-        }
-    }
-    steady
+    watch_rounds(
+        bench,
+        options.short_runs,
+        configs,
+        "steady",
+        describe,
+        steady_once,
+    )
 }
 
-/// The idle runs: each sampler `options.short_runs` times, rounds alternating.
+/// The idle runs: each sampler `options.short_runs` times.
 fn watch_idle(bench: &mut Bench, options: &Options) -> Vec<(Sampler, Vec<Watched>)> {
     let samplers = bench.tools.samplers();
-    let mut idle: Vec<(Sampler, Vec<Watched>)> =
-        samplers.iter().map(|s| (*s, Vec::new())).collect();
-    let rounds = options.short_runs;
+    let label = |sampler| format!("{sampler} at {IDLE_HZ} Hz");
+    watch_rounds(
+        bench,
+        options.short_runs,
+        &samplers,
+        "idle",
+        label,
+        idle_once,
+    )
+}
+
+/// Watches each of `items` with `once`, `rounds` times, each round starting
+/// at a different one (see [`round_order`]); a failed run is the bench's
+/// failure, the others are kept per item.
+fn watch_rounds<T: Copy>(
+    bench: &mut Bench,
+    rounds: usize,
+    items: &[T],
+    what: &str,
+    label: impl Fn(T) -> String,
+    once: impl Fn(&Bench, T) -> Result<Watched>,
+) -> Vec<(T, Vec<Watched>)> {
+    let mut watched: Vec<(T, Vec<Watched>)> = items.iter().map(|i| (*i, Vec::new())).collect();
     for round in 0..rounds {
-        for index in round_order(round, rounds, samplers.len()) {
-            let sampler = samplers[index];
-            match idle_once(bench, sampler) {
+        for index in round_order(round, rounds, items.len()) {
+            let item = items[index];
+            match once(bench, item) {
                 Ok(run) => {
                     say(&format!(
-                        "idle {}/{rounds}: {sampler} at {IDLE_HZ} Hz: {:.4}% of a core, \
-                         {:.1} wake-ups/s",
+                        "{what} {}/{rounds}: {}: {:.4}% of a core, {:.1} wake-ups/s",
                         round + 1,
+                        label(item),
                         run.cpu_rate * 100.0,
                         run.wakeup_rate
                     ));
-                    idle[index].1.push(run);
+                    watched[index].1.push(run);
                 }
-                Err(e) => bench.failed(&format!("idle: {sampler}"), e),
+                Err(e) => bench.failed(&format!("{what}: {}", label(item)), e),
             }
         }
     }
-    idle
+    watched
 }
 
 /// `sampler` recording the whole machine while no fixture runs: what it costs
