@@ -38,7 +38,13 @@ pub struct Run {
     /// Samples of the churn processes whose every user frame is named (start-up and exit
     /// included: a process spends about half its life there).
     pub all_named: Share,
+    /// Of the samples taken in their work or that may have been (see
+    /// [`super::stacks::ChainBreakdown::share_of_work`]), those that name it whole.
+    pub work_named: Share,
 }
+
+/// The churn processes' own work, outermost first.
+const CHURN_WORK: [&str; 2] = ["child_main", "child_work"];
 
 /// Why perf's dwarf mode is left out of the long run.
 pub const SKIPPED_PERF_DWARF: &str = "perf record --call-graph dwarf is left out: at 999 Hz \
@@ -115,7 +121,8 @@ fn run_once(bench: &Bench, sampler: Sampler, seconds: f64) -> Result<Run> {
     let (folded, _) = stopped.folded(&bench.tools)?;
     let name = comm(&bench.fixtures.churn);
     run.samples = folded.of_comm(name).map(|(_, n)| n).sum();
-    run.named = folded.chain_share(name, &["child_main", "child_work"]);
+    run.named = folded.chain_share(name, &CHURN_WORK);
+    run.work_named = folded.chain_breakdown(name, &CHURN_WORK).share_of_work();
     run.all_named = folded.named_share(name);
     ensure!(
         run.samples > 0,

@@ -681,20 +681,24 @@ fn churn_table(out: &mut String, r: &Results, churn: &[(Sampler, churn::Run)]) {
          stack has no `[unknown]`, `[truncated]` or bare `[module]` frame (exec, the dynamic \
          loader and exit included). *In their work*: the share with `child_main;child_work` \
          on the stack; the rest of a process's life is exec, start-up and exit, so even a \
-         perfect sampler stays well below 100% here.\n\n",
+         perfect sampler stays well below 100% here. *Of the work's samples*: the same, out \
+         of the samples taken in the work or that may have been (`child_work` on the stack, \
+         or an innermost user frame that could not be named), as in section 10: how well a \
+         sampler names the work itself.\n\n",
     );
-    out.push_str("| sampler | RSS after 10 s | RSS at the end | peak RSS | processes started | output written | every user frame named | in their work |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| sampler | RSS after 10 s | RSS at the end | peak RSS | processes started | output written | every user frame named | in their work | of the work's samples |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (sampler, run) in churn {
         let _ = writeln!(
             out,
-            "| {sampler} | {} | {} | {} | {} | {:.1} MB | {} | {} |",
+            "| {sampler} | {} | {} | {} | {} | {:.1} MB | {} | {} | {} |",
             mib(run.rss_early_kib),
             mib(run.rss_end_kib),
             mib(Some(run.max_rss_kib)),
             run.processes,
             run.output_bytes as f64 / 1e6,
             share(&run.all_named),
-            share(&run.named)
+            share(&run.named),
+            share(&run.work_named)
         );
     }
     out.push('\n');
