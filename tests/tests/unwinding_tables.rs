@@ -321,6 +321,20 @@ fn rows_written_one_by_one_walk_the_same() {
     assert!(walked >= 50 && copied * 4 <= walked, "{stderr}");
 }
 
+/// Rows written by batch updates, as when the kernel refuses to map the
+/// rows' array into tripod-bpf's memory (pretended): the walk works the same.
+#[test]
+fn rows_written_in_batches_walk_the_same() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    let (folded, stderr) = chain_with_tables_and("TRIPOD_TEST_NO_MAPPED_ROWS");
+    assert_share(&folded, "chain_nofp", 0.99, full_chain_from_start);
+    let (walked, copied) = walked_and_copied(&stderr);
+    assert!(walked >= 50 && copied * 4 <= walked, "{stderr}");
+}
+
 /// A cgroup of the test's own, `name`, under the cgroup v2 mount: its
 /// processes are sampled alone, away from the rest of a shared machine.
 fn own_cgroup(name: &str) -> std::path::PathBuf {

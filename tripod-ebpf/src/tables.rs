@@ -10,7 +10,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::generated::{bpf_loop, bpf_probe_read_kernel},
     macros::map,
     maps::{Array, HashMap},
@@ -24,8 +24,9 @@ use tripod_common::{
 use crate::{bump, read_user, SCRATCH};
 
 /// Rows of every compiled file; the loader sizes it from `--unwind-table-size`.
+/// Mappable, so that userspace writes a file's rows with one copy.
 #[map]
-static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, 0);
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Each process's executable mappings with rows, by tgid. Not preallocated:
 /// entries are 4 KiB and most runs have few processes.

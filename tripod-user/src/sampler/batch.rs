@@ -13,9 +13,12 @@ use std::os::fd::RawFd;
 
 use aya::Pod;
 
-/// Entries asked for per call. A hash bucket holding more than this makes
-/// the kernel answer `ENOSPC`; the buffer is then doubled.
+/// Most entries asked for per call. A hash bucket holding more than this
+/// makes the kernel answer `ENOSPC`; the buffer is then doubled.
 pub const BATCH_ENTRIES: usize = 1024;
+
+/// Fewest entries asked for per call, however few are expected.
+const MIN_BATCH_ENTRIES: usize = 16;
 
 /// `BPF_MAP_LOOKUP_AND_DELETE_BATCH` from the kernel's uapi.
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
@@ -53,13 +56,18 @@ pub enum Step {
     TooSmall,
 }
 
-/// Every entry of the hash map `fd`, each removed as it is read. `Err` with
+/// Every entry of the hash map `fd`, each removed as it is read; about
+/// `expected` of them (a hint: more are read in further calls). `Err` with
 /// the kernel's error: `EINVAL` from kernels without batch operations, so
 /// the caller walks the map key by key instead.
-pub fn lookup_and_delete_all<K: Pod, V: Pod>(fd: RawFd) -> std::io::Result<Vec<(K, V)>> {
+pub fn lookup_and_delete_all<K: Pod, V: Pod>(
+    fd: RawFd,
+    expected: usize,
+) -> std::io::Result<Vec<(K, V)>> {
     let mut position = [0u64; 2];
     let mut first = true;
-    drive(BATCH_ENTRIES, |keys: &mut Vec<K>, values: &mut Vec<V>| {
+    let entries = expected.clamp(MIN_BATCH_ENTRIES, BATCH_ENTRIES);
+    drive(entries, |keys: &mut Vec<K>, values: &mut Vec<V>| {
         let step = call(fd, keys, values, &mut position, first);
         first = false;
         step
@@ -68,31 +76,37 @@ pub fn lookup_and_delete_all<K: Pod, V: Pod>(fd: RawFd) -> std::io::Result<Vec<(
 
 /// The loop around the calls, apart from the system call (`step`), so it is
 /// tested without a kernel: asks `step` to fill buffers of `entries` until
-/// it reports the end, doubling them when a bucket does not fit.
+/// it reports the end, doubling them when a bucket does not fit. The
+/// buffers are made once (a drain of an idle machine's few entries used to
+/// zero a megabyte of walked stacks a call) and refilled by each call.
 pub fn drive<K: Pod, V: Pod>(
-    mut entries: usize,
+    entries: usize,
     mut step: impl FnMut(&mut Vec<K>, &mut Vec<V>) -> std::io::Result<Step>,
 ) -> std::io::Result<Vec<(K, V)>> {
     let mut all = Vec::new();
+    let (mut keys, mut values) = (zeroed_buffer::<K>(entries), zeroed_buffer::<V>(entries));
     loop {
-        // SAFETY: Pod types are plain data, valid for any bytes, zeroes included.
-        let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; entries];
-        // SAFETY: as above.
-        let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; entries];
         let (filled, done) = match step(&mut keys, &mut values)? {
             Step::More(n) => (n, false),
             Step::Done(n) => (n, true),
             Step::TooSmall => {
-                entries = entries.saturating_mul(2);
+                let doubled = keys.len().saturating_mul(2);
+                (keys, values) = (zeroed_buffer(doubled), zeroed_buffer(doubled));
                 (0, false)
             }
         };
-        let filled = filled.min(entries);
-        all.extend(keys.into_iter().zip(values).take(filled));
+        let filled = filled.min(keys.len());
+        all.extend(keys[..filled].iter().copied().zip(values[..filled].iter().copied()));
         if done {
             return Ok(all);
         }
     }
+}
+
+/// `entries` zeroed values, for the kernel to fill.
+fn zeroed_buffer<T: Pod>(entries: usize) -> Vec<T> {
+    // SAFETY: Pod types are plain data, valid for any bytes, zeroes included.
+    vec![unsafe { std::mem::zeroed() }; entries]
 }
 
 /// One `BPF_MAP_LOOKUP_AND_DELETE_BATCH` into `keys` and `values`, from

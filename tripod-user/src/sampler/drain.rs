@@ -39,6 +39,9 @@ pub struct Flip {
     /// Nothing was flipped: the kernel counted no sample since the last
     /// flip, so there is nothing to read.
     empty: bool,
+    /// Samples the kernel took for the generation made idle, if known: at
+    /// most that many entries to read (see [`batch::lookup_and_delete_all`]).
+    samples: Option<u64>,
 }
 
 /// A [`Flip`] no eBPF program writes any more: its maps can be read and
@@ -53,6 +56,7 @@ impl Flip {
             idle: 0,
             in_flight: false,
             empty: false,
+            samples: None,
         }
     }
 
@@ -105,8 +109,12 @@ impl Sampler {
                 idle: self.generation,
                 in_flight: false,
                 empty: true,
+                samples: Some(0),
             });
         }
+        let taken = samples
+            .zip(self.samples_at_flip)
+            .map(|(now, before)| now.saturating_sub(before));
         self.samples_at_flip = samples;
         let idle = self.generation;
         self.generation ^= 1;
@@ -117,6 +125,7 @@ impl Sampler {
             idle,
             in_flight: self.counts_in_kernel,
             empty: false,
+            samples: taken,
         })
     }
 
@@ -150,9 +159,17 @@ impl Sampler {
             return Ok(Vec::new());
         }
         let idle = flip.idle as usize;
-        let entries = take_counts(&mut self.counts[idle])?;
-        let walked = match self.tables.is_some() {
-            true => take_walked(&self.walked[idle]),
+        let expected = flip.samples.map_or(batch::BATCH_ENTRIES, |n| n as usize);
+        let entries = take_counts(&mut self.counts[idle], expected)?;
+        // Read only when something may be there: each read walks every
+        // bucket of the map, an idle machine's drains mostly find none.
+        let orphans = self.count_map_full_changed();
+        let sent_whole = self.stack_map_sent_changed();
+        let names_walked = entries
+            .iter()
+            .any(|(key, _)| key.user_stack_source == stack_source::WALKED);
+        let walked = match self.tables.is_some() && (names_walked || orphans || sent_whole) {
+            true => take_walked(&self.walked[idle], expected),
             false => HashMap::new(),
         };
         let stacks = &mut self.stacks[idle];
@@ -182,7 +199,6 @@ impl Sampler {
         // only when a count did not fit in a full map after its stacks were
         // stored: then the whole map is walked (a stack trace map has no
         // batch operations).
-        let orphans = self.count_map_full_changed();
         let stacks = &mut self.stacks[idle];
         let ids: Vec<u32> = match orphans {
             false => read.keys().map(|&id| id as u32).collect(),
@@ -197,12 +213,24 @@ impl Sampler {
     /// Whether the kernel counted samples lost to a full count map since
     /// the last call (an unreadable counter counts as a change).
     fn count_map_full_changed(&mut self) -> bool {
-        let now = self
-            .counters
-            .get(&(Counter::CountMapFull as u32), 0)
-            .map(|per_cpu| per_cpu.iter().sum::<u64>())
-            .unwrap_or(u64::MAX);
+        let now = self.counter_sum(Counter::CountMapFull);
         std::mem::replace(&mut self.count_map_full, now) != now
+    }
+
+    /// Whether the kernel sent samples whole since the last call because
+    /// the stack map refused a stack (see [`Counter::StackMapSent`]): their
+    /// walked stacks were stored, but no count names them.
+    fn stack_map_sent_changed(&mut self) -> bool {
+        let now = self.counter_sum(Counter::StackMapSent);
+        std::mem::replace(&mut self.stack_map_sent, now) != now
+    }
+
+    /// `counter` over all CPUs; `u64::MAX` when it cannot be read.
+    fn counter_sum(&self, counter: Counter) -> u64 {
+        self.counters
+            .get(&(counter as u32), 0)
+            .map(|per_cpu| per_cpu.iter().sum::<u64>())
+            .unwrap_or(u64::MAX)
     }
 
     /// Hands every record waiting in the ring buffer to `handle`, oldest
@@ -220,9 +248,10 @@ impl Sampler {
 /// key on kernels without batch operations (before 5.6).
 fn take_counts(
     counts: &mut AyaHashMap<MapData, SampleKey, SampleCount>,
+    expected: usize,
 ) -> Result<Vec<(SampleKey, SampleCount)>> {
     let fd = counts.map().fd().as_fd().as_raw_fd();
-    match batch::lookup_and_delete_all(fd) {
+    match batch::lookup_and_delete_all(fd, expected) {
         Ok(entries) => return Ok(entries),
         Err(error) => log::debug!("batch lookup and delete: {error}; reading key by key"),
     }
@@ -240,9 +269,12 @@ fn take_counts(
 /// Every stack of a walked-stack map (`--unwind tables`), which is left
 /// empty, by id. A map that cannot be read leaves its counts' user stacks
 /// [`Gap::Vanished`], as a lost stack-trace entry does.
-fn take_walked(walked: &AyaHashMap<MapData, u32, WalkedStack>) -> HashMap<u32, Vec<u64>> {
+fn take_walked(
+    walked: &AyaHashMap<MapData, u32, WalkedStack>,
+    expected: usize,
+) -> HashMap<u32, Vec<u64>> {
     let fd = walked.map().fd().as_fd().as_raw_fd();
-    match batch::lookup_and_delete_all::<u32, WalkedStack>(fd) {
+    match batch::lookup_and_delete_all::<u32, WalkedStack>(fd, expected) {
         Ok(entries) => walked_addresses(entries),
         Err(error) => {
             log::debug!("reading the walked stacks: {error}");

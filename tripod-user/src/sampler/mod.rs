@@ -151,6 +151,10 @@ pub struct Sampler {
     /// The kernel's count of samples lost to a full count map at the last
     /// drain: a change means stacks no count names may be left behind.
     count_map_full: u64,
+    /// The kernel's count of samples sent whole for want of room in the
+    /// stack map, at the last drain: a change means walked stacks no count
+    /// names may be left behind.
+    stack_map_sent: u64,
     /// The kernel's count of samples at the last flip: unchanged, the
     /// current generation holds nothing and needs no flip (nor the grace
     /// period after it, a wake-up of a thread of its own).
@@ -259,6 +263,7 @@ impl Sampler {
             counts_in_kernel,
             count_drain,
             count_map_full: 0,
+            stack_map_sent: 0,
             samples_at_flip: None,
             reader_ticking: false,
             sideband,

@@ -26,6 +26,10 @@ pub const TEST_PROCESS_SLOTS: &str = "TRIPOD_TEST_UNWIND_PROCESS_SLOTS";
 /// kernel that refuses batch updates of arrays (before Linux 5.7).
 pub const TEST_NO_BATCH_UPDATE: &str = "TRIPOD_TEST_NO_BATCH_UPDATE";
 
+/// Set (to anything) by tests: rows are written by batch updates, as when
+/// the kernel refuses to map `UNWIND_ROWS` into our memory.
+pub const TEST_NO_MAPPED_ROWS: &str = "TRIPOD_TEST_NO_MAPPED_ROWS";
+
 /// How many processes `UNWIND_PROCESSES` holds: [`MAX_UNWIND_PROCESSES`],
 /// or fewer for a test ([`TEST_PROCESS_SLOTS`]).
 pub fn process_slots() -> u32 {
@@ -48,6 +52,9 @@ pub struct TableStore {
     usage: TableUse,
     /// The [`UnwindProcess::version`] of the last entry written.
     version: u32,
+    /// `UNWIND_ROWS` in our memory, mapped at the first write; `Err` once
+    /// the kernel refused (rows are then written by system calls).
+    mapped: Option<std::io::Result<MappedRows>>,
 }
 
 impl TableStore {
@@ -61,6 +68,7 @@ impl TableStore {
                 ..TableUse::default()
             },
             version: 0,
+            mapped: None,
         }
     }
 
@@ -165,7 +173,10 @@ impl TableStore {
             return Ok(None);
         }
         let start = self.next_row;
-        write_rows(map(ebpf, names::UNWIND_ROWS)?, start, rows)?;
+        let map = map(ebpf, names::UNWIND_ROWS)?;
+        let capacity = self.capacity;
+        let mapped = self.mapped.get_or_insert_with(|| MappedRows::map(map, capacity));
+        write_rows(map, mapped, start, rows)?;
         self.next_row += len as u32;
         self.usage.files += 1;
         self.usage.rows += len;
@@ -175,22 +186,27 @@ impl TableStore {
     }
 }
 
-/// Writes `rows` into `UNWIND_ROWS` from index `start`: in batches, or one
-/// update each on a kernel that refuses batch updates of arrays (a large
-/// file's rows then take a second or so).
-fn write_rows(map: &mut aya::maps::Map, start: u32, rows: &[UnwindRow]) -> Result<()> {
+/// Writes `rows` into `UNWIND_ROWS` from index `start`: copied into its
+/// mapping (`mapped`); else in batches; else one update each on a kernel
+/// that refuses batch updates of arrays (a large file's rows then take a
+/// second or so).
+fn write_rows(
+    map: &mut aya::maps::Map,
+    mapped: &mut std::io::Result<MappedRows>,
+    start: u32,
+    rows: &[UnwindRow],
+) -> Result<()> {
     let started = std::time::Instant::now();
-    let fd = {
-        let rows: Array<&MapData, UnwindRow> = Array::try_from(&*map)?;
-        rows.map().fd().as_fd().as_raw_fd()
-    };
-    // Tests pretend the kernel refuses, to keep the fallback honest.
+    let fd = rows_fd(map)?;
+    // Tests pretend the kernel refuses, to keep the fallbacks honest.
+    let mut copied = || mapped.as_mut().is_ok_and(|mapped| mapped.write(start, rows));
     let batch = match std::env::var_os(TEST_NO_BATCH_UPDATE) {
         Some(_) => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
-        None => super::batch::update_array(fd, start, rows),
+        None if copied() => Ok("copied into the mapped array"),
+        None => super::batch::update_array(fd, start, rows).map(|()| "in batches"),
     };
     let how = match batch {
-        Ok(()) => "in batches",
+        Ok(how) => how,
         Err(error) => {
             log::debug!("batch update of unwind rows refused ({error}); one by one");
             let mut array: Array<&mut MapData, UnwindRow> = Array::try_from(map)?;
@@ -208,6 +224,98 @@ fn write_rows(map: &mut aya::maps::Map, start: u32, rows: &[UnwindRow]) -> Resul
         started.elapsed()
     );
     Ok(())
+}
+
+/// The file descriptor of `UNWIND_ROWS`.
+fn rows_fd(map: &aya::maps::Map) -> Result<std::os::fd::RawFd> {
+    let rows: Array<&MapData, UnwindRow> = Array::try_from(map)?;
+    Ok(rows.map().fd().as_fd().as_raw_fd())
+}
+
+/// `UNWIND_ROWS` (created `BPF_F_MMAPABLE`) mapped into our memory: a
+/// file's rows are one copy, where batch updates cost 120 ns a row in the
+/// kernel (libpython's 63,583 rows: 7.5 ms, as much again as compiling
+/// them), paid again for every new file a run meets. Rows are only ever
+/// appended, each file's before any process entry points at them, so the
+/// eBPF program never reads a row being written.
+#[derive(Debug)]
+pub struct MappedRows {
+    base: std::ptr::NonNull<UnwindRow>,
+    rows: usize,
+    bytes: usize,
+}
+
+// SAFETY: the mapping belongs to this value alone; moving it to another
+// thread moves the only writer.
+unsafe impl Send for MappedRows {}
+
+// The kernel stores array values 8-byte aligned: the mapping is a plain
+// `[UnwindRow]` only if no padding follows each row.
+const _: () = assert!(std::mem::size_of::<UnwindRow>() % 8 == 0);
+
+impl MappedRows {
+    /// Maps the `rows` rows of `UNWIND_ROWS`; the kernel's error when it
+    /// refuses (before Linux 5.5, or a test pretending: [`TEST_NO_MAPPED_ROWS`]).
+    fn map(map: &aya::maps::Map, rows: u32) -> std::io::Result<MappedRows> {
+        if std::env::var_os(TEST_NO_MAPPED_ROWS).is_some() {
+            return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        }
+        let fd = rows_fd(map).map_err(std::io::Error::other)?;
+        let bytes = (rows as usize * std::mem::size_of::<UnwindRow>()).next_multiple_of(page_size());
+        // SAFETY: a new shared mapping of the map's fd; the kernel checks
+        // the length against the array's.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            let error = std::io::Error::last_os_error();
+            log::debug!("mapping the unwind rows: {error}; written by batch updates");
+            return Err(error);
+        }
+        let base = std::ptr::NonNull::new(address.cast()).ok_or(std::io::ErrorKind::Other)?;
+        Ok(MappedRows {
+            base,
+            rows: rows as usize,
+            bytes,
+        })
+    }
+
+    /// Copies `rows` in from index `start`; false (nothing written) when
+    /// they would not fit.
+    fn write(&mut self, start: u32, rows: &[UnwindRow]) -> bool {
+        let start = start as usize;
+        if start.saturating_add(rows.len()) > self.rows {
+            return false;
+        }
+        // SAFETY: `start..start + rows.len()` is inside the mapping, which
+        // lives as long as `self`; `rows` is our memory, not the mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(rows.as_ptr(), self.base.as_ptr().add(start), rows.len())
+        };
+        true
+    }
+}
+
+impl Drop for MappedRows {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        size if size > 0 => size as usize,
+        _ => 4096,
+    }
 }
 
 fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {

@@ -101,7 +101,7 @@ impl TableCompiler {
 
     fn request(&mut self, id: usize, file: Arc<UnwindFile>) {
         if cfi_bytes(&file) <= self.at_once_bytes {
-            let compiled = tables::compile(&file).map(Arc::from);
+            let compiled = compile_timed(&file);
             self.files.insert(id, State::Done(compiled));
             return;
         }
@@ -110,7 +110,7 @@ impl TableCompiler {
             Ok(()) => State::Pending(Vec::new()),
             // The thread is gone (it cannot panic short of a bug, and
             // could not be started): compile here rather than never.
-            Err(_) => State::Done(tables::compile(&file).map(Arc::from)),
+            Err(_) => State::Done(compile_timed(&file)),
         };
         self.files.insert(id, state);
     }
@@ -166,6 +166,19 @@ impl TableCompiler {
     }
 }
 
+/// [`tables::compile`], its time logged: what a new file costs the run.
+fn compile_timed(file: &UnwindFile) -> Compiled {
+    let started = std::time::Instant::now();
+    let compiled = tables::compile(file).map(Arc::from);
+    log::debug!(
+        "compiled {} unwind rows from {} bytes of call frame information in {:?}",
+        compiled.as_ref().map_or(0, |rows: &Arc<[UnwindRow]>| rows.len()),
+        cfi_bytes(file),
+        started.elapsed()
+    );
+    compiled
+}
+
 /// The size of the call frame information `tables::compile` reads.
 fn cfi_bytes(file: &UnwindFile) -> usize {
     match (&file.eh_frame, &file.debug_frame) {
@@ -183,7 +196,7 @@ impl Worker {
             .name("tripod-tables".into())
             .spawn(move || {
                 for (id, file) in inbox {
-                    let compiled = tables::compile(&file).map(Arc::from);
+                    let compiled = compile_timed(&file);
                     if outbox.send((id, compiled)).is_err() {
                         break;
                     }
