@@ -584,9 +584,11 @@ async fn do_due(
     }
     if due.counts {
         // What the kernel counted (`--unwind fp` and `tables`): its
-        // processes are located and retired at the housekeeping's pace.
-        let counted = pipeline.pull_counted(source).await?;
-        cadence.active(Instant::now(), counted);
+        // processes are located and retired at the housekeeping's pace,
+        // which new processes quicken (they may be short-lived); counts of
+        // processes known already wait for the counts' own period.
+        let first_of_process = pipeline.pull_counted(source).await?;
+        cadence.active(Instant::now(), first_of_process);
     }
     // Sent at a pull or at housekeeping (a process the sideband showed).
     if pipeline.take_first_rows_sent() {

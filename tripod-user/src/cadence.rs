@@ -158,7 +158,8 @@ impl Cadence {
         self.pull_at = Some(self.pull_at.map_or(at, |sooner| sooner.min(at)));
     }
 
-    /// `records` arrived (in the rings, or counted in the kernel):
+    /// `records` arrived (in the rings, or counted in the kernel for a
+    /// process new to the run):
     /// housekeeping follows them every [`HOUSEKEEPING`] (or
     /// [`QUIET_HOUSEKEEPING`] when they were few), the counts are drained
     /// and the rings read with it, as long as records keep coming and

@@ -261,15 +261,20 @@ impl Pipeline {
     /// then locates the addresses of every stack not seen before, now, while
     /// their processes are most likely still alive, and retires the
     /// processes that exited. Symbols wait for the next report. Returns how
-    /// many counted samples it took (distinct counts, not their weight).
+    /// many of the counted samples (distinct counts, not their weight) were
+    /// the first of their process: more may follow soon, whose stacks are
+    /// best located while it lives (a short-lived process's), where the
+    /// samples of processes known already can wait for the next drain.
     pub async fn pull_counted(&mut self, source: &mut dyn SampleSource) -> Result<usize> {
         let started = Instant::now();
         let samples = drain_counted(source).await?;
         let drained = started.elapsed();
         let count = samples.len();
+        let mut first_of_process = 0;
         for sample in samples {
             let weight = sample.count;
-            self.take(sample, TaskState::Running, Taken::Weight(weight));
+            first_of_process +=
+                usize::from(self.take(sample, TaskState::Running, Taken::Weight(weight)));
         }
         let taken = started.elapsed();
         self.locate_new_stacks();
@@ -278,11 +283,11 @@ impl Pipeline {
         self.history.release_up_to(self.release_at);
         self.forget_exited();
         log::debug!(
-            "pulled {count} counted samples: drained in {drained:?}, taken by {taken:?}, \
-             located by {:?}",
+            "pulled {count} counted samples ({first_of_process} of new processes): drained \
+             in {drained:?}, taken by {taken:?}, located by {:?}",
             started.elapsed()
         );
-        Ok(count)
+        Ok(first_of_process)
     }
 
     /// One record: a sample on a CPU, a thread switching out, or one
@@ -290,7 +295,9 @@ impl Pipeline {
     fn take_record(&mut self, record: Record<'_>) {
         match record {
             Record::Stack(sample) if sample.kind == RecordKind::Blocked => self.begin_wait(sample),
-            Record::Stack(sample) => self.take(sample, TaskState::Running, Taken::Weight(1)),
+            Record::Stack(sample) => {
+                self.take(sample, TaskState::Running, Taken::Weight(1));
+            }
             Record::Woke(wake) => {
                 let processes = &mut self.processes;
                 let comm = || processes.observe(wake.tgid, "").comm.clone();
@@ -299,8 +306,9 @@ impl Pipeline {
         }
     }
 
-    /// Unwinds one sample and counts it in `state`, as `what` says.
-    fn take(&mut self, sample: Sample<'_>, state: TaskState, what: Taken) {
+    /// Unwinds one sample and counts it in `state`, as `what` says; true
+    /// when it is the first of its process.
+    fn take(&mut self, sample: Sample<'_>, state: TaskState, what: Taken) -> bool {
         let (tgid, tid, cgroup_id) = (sample.tgid, sample.tid, sample.cgroup_id);
         let origin = self.origin(tgid, sample.time_ns);
         self.name_image(tgid, origin);
@@ -334,6 +342,7 @@ impl Pipeline {
         if new_process {
             self.ingest.check_python_later(tgid);
         }
+        new_process
     }
 
     /// Names the image `origin` of `tgid` from the history, the first time
@@ -529,7 +538,7 @@ impl Pipeline {
     /// symbolized and merged by name, and everything kept per process is freed,
     /// so memory does not grow with the number of processes a run has seen.
     fn forget_exited(&mut self) {
-        let Some(check) = self.counting.check_exited(process::is_alive) else {
+        let Some(check) = self.counting.check_exited(process::exists) else {
             return;
         };
         self.ingest.python_mut().forget_exited_threads();

@@ -96,7 +96,12 @@ pub fn drive<K: Pod, V: Pod>(
             }
         };
         let filled = filled.min(keys.len());
-        all.extend(keys[..filled].iter().copied().zip(values[..filled].iter().copied()));
+        all.extend(
+            keys[..filled]
+                .iter()
+                .copied()
+                .zip(values[..filled].iter().copied()),
+        );
         if done {
             return Ok(all);
         }

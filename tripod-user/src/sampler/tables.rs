@@ -175,7 +175,9 @@ impl TableStore {
         let start = self.next_row;
         let map = map(ebpf, names::UNWIND_ROWS)?;
         let capacity = self.capacity;
-        let mapped = self.mapped.get_or_insert_with(|| MappedRows::map(map, capacity));
+        let mapped = self
+            .mapped
+            .get_or_insert_with(|| MappedRows::map(map, capacity));
         write_rows(map, mapped, start, rows)?;
         self.next_row += len as u32;
         self.usage.files += 1;
@@ -199,7 +201,11 @@ fn write_rows(
     let started = std::time::Instant::now();
     let fd = rows_fd(map)?;
     // Tests pretend the kernel refuses, to keep the fallbacks honest.
-    let mut copied = || mapped.as_mut().is_ok_and(|mapped| mapped.write(start, rows));
+    let mut copied = || {
+        mapped
+            .as_mut()
+            .is_ok_and(|mapped| mapped.write(start, rows))
+    };
     let batch = match std::env::var_os(TEST_NO_BATCH_UPDATE) {
         Some(_) => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
         None if copied() => Ok("copied into the mapped array"),
@@ -251,7 +257,7 @@ unsafe impl Send for MappedRows {}
 
 // The kernel stores array values 8-byte aligned: the mapping is a plain
 // `[UnwindRow]` only if no padding follows each row.
-const _: () = assert!(std::mem::size_of::<UnwindRow>() % 8 == 0);
+const _: () = assert!(std::mem::size_of::<UnwindRow>().is_multiple_of(8));
 
 impl MappedRows {
     /// Maps the `rows` rows of `UNWIND_ROWS`; the kernel's error when it
@@ -261,7 +267,8 @@ impl MappedRows {
             return Err(std::io::Error::from_raw_os_error(libc::EPERM));
         }
         let fd = rows_fd(map).map_err(std::io::Error::other)?;
-        let bytes = (rows as usize * std::mem::size_of::<UnwindRow>()).next_multiple_of(page_size());
+        let bytes =
+            (rows as usize * std::mem::size_of::<UnwindRow>()).next_multiple_of(page_size());
         // SAFETY: a new shared mapping of the map's fd; the kernel checks
         // the length against the array's.
         let address = unsafe {

@@ -172,7 +172,9 @@ fn compile_timed(file: &UnwindFile) -> Compiled {
     let compiled = tables::compile(file).map(Arc::from);
     log::debug!(
         "compiled {} unwind rows from {} bytes of call frame information in {:?}",
-        compiled.as_ref().map_or(0, |rows: &Arc<[UnwindRow]>| rows.len()),
+        compiled
+            .as_ref()
+            .map_or(0, |rows: &Arc<[UnwindRow]>| rows.len()),
         cfi_bytes(file),
         started.elapsed()
     );
