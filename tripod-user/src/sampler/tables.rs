@@ -5,7 +5,7 @@
 //! frames are unwound by copying.
 use std::{
     collections::HashMap as StdHashMap,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
 };
 
 use anyhow::{Context as _, Result};
@@ -52,9 +52,9 @@ pub struct TableStore {
     usage: TableUse,
     /// The [`UnwindProcess::version`] of the last entry written.
     version: u32,
-    /// `UNWIND_ROWS` in our memory, mapped at the first write; `Err` once
-    /// the kernel refused (rows are then written by system calls).
-    mapped: Option<std::io::Result<MappedRows>>,
+    /// The kernel refused to map `UNWIND_ROWS` into our memory: rows are
+    /// written by system calls from then on.
+    mapping_refused: bool,
 }
 
 impl TableStore {
@@ -68,7 +68,7 @@ impl TableStore {
                 ..TableUse::default()
             },
             version: 0,
-            mapped: None,
+            mapping_refused: false,
         }
     }
 
@@ -174,11 +174,7 @@ impl TableStore {
         }
         let start = self.next_row;
         let map = map(ebpf, names::UNWIND_ROWS)?;
-        let capacity = self.capacity;
-        let mapped = self
-            .mapped
-            .get_or_insert_with(|| MappedRows::map(map, capacity));
-        write_rows(map, mapped, start, rows)?;
+        write_rows(map, &mut self.mapping_refused, start, rows)?;
         self.next_row += len as u32;
         self.usage.files += 1;
         self.usage.rows += len;
@@ -188,13 +184,13 @@ impl TableStore {
     }
 }
 
-/// Writes `rows` into `UNWIND_ROWS` from index `start`: copied into its
-/// mapping (`mapped`); else in batches; else one update each on a kernel
-/// that refuses batch updates of arrays (a large file's rows then take a
-/// second or so).
+/// Writes `rows` into `UNWIND_ROWS` from index `start`: copied into a
+/// mapping of the pages they go to (see [`write_mapped`]); else in batches;
+/// else one update each on a kernel that refuses batch updates of arrays
+/// (a large file's rows then take a second or so).
 fn write_rows(
     map: &mut aya::maps::Map,
-    mapped: &mut std::io::Result<MappedRows>,
+    mapping_refused: &mut bool,
     start: u32,
     rows: &[UnwindRow],
 ) -> Result<()> {
@@ -202,9 +198,17 @@ fn write_rows(
     let fd = rows_fd(map)?;
     // Tests pretend the kernel refuses, to keep the fallbacks honest.
     let mut copied = || {
-        mapped
-            .as_mut()
-            .is_ok_and(|mapped| mapped.write(start, rows))
+        if *mapping_refused || std::env::var_os(TEST_NO_MAPPED_ROWS).is_some() {
+            return false;
+        }
+        match write_mapped(fd, start, rows) {
+            Ok(()) => true,
+            Err(error) => {
+                log::debug!("mapping the unwind rows: {error}; written by batch updates");
+                *mapping_refused = true;
+                false
+            }
+        }
     };
     let batch = match std::env::var_os(TEST_NO_BATCH_UPDATE) {
         Some(_) => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
@@ -233,89 +237,58 @@ fn write_rows(
 }
 
 /// The file descriptor of `UNWIND_ROWS`.
-fn rows_fd(map: &aya::maps::Map) -> Result<std::os::fd::RawFd> {
+fn rows_fd(map: &aya::maps::Map) -> Result<RawFd> {
     let rows: Array<&MapData, UnwindRow> = Array::try_from(map)?;
     Ok(rows.map().fd().as_fd().as_raw_fd())
 }
 
-/// `UNWIND_ROWS` (created `BPF_F_MMAPABLE`) mapped into our memory: a
-/// file's rows are one copy, where batch updates cost 120 ns a row in the
-/// kernel (libpython's 63,583 rows: 7.5 ms, as much again as compiling
-/// them), paid again for every new file a run meets. Rows are only ever
-/// appended, each file's before any process entry points at them, so the
-/// eBPF program never reads a row being written.
-#[derive(Debug)]
-pub struct MappedRows {
-    base: std::ptr::NonNull<UnwindRow>,
-    rows: usize,
-    bytes: usize,
+/// Copies `rows` into `UNWIND_ROWS` (created `BPF_F_MMAPABLE`) from index
+/// `start`, through a mapping of just the pages they go to, unmapped
+/// after: one copy, where batch updates cost 120 ns a row in the kernel
+/// (libpython's 63,583 rows: 7.5 ms, as much again as compiling them),
+/// paid again for every new file a run meets. Mapping the whole array once
+/// would count all of it (32 MiB by default) in tripod-bpf's resident
+/// memory for good: the kernel maps every page of it at once. Rows are
+/// only ever appended, each file's before any process entry points at
+/// them, so the eBPF program never reads a row being written. The
+/// kernel's error when it refuses (before Linux 5.5).
+fn write_mapped(fd: RawFd, start: u32, rows: &[UnwindRow]) -> std::io::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let first_byte = start as usize * std::mem::size_of::<UnwindRow>();
+    let len = std::mem::size_of_val(rows);
+    let page = page_size();
+    let offset = first_byte - first_byte % page;
+    let bytes = (first_byte + len - offset).next_multiple_of(page);
+    // SAFETY: a new shared mapping of the map's fd; the kernel checks the
+    // range against the array's.
+    let address = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            offset as libc::off_t,
+        )
+    };
+    if address == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the rows' bytes lie inside the `bytes` just mapped, from
+    // `first_byte - offset` on; `rows` is our memory, not the mapping.
+    unsafe {
+        let destination = address.cast::<u8>().add(first_byte - offset);
+        std::ptr::copy_nonoverlapping(rows.as_ptr().cast::<u8>(), destination, len);
+        libc::munmap(address, bytes);
+    }
+    Ok(())
 }
 
-// SAFETY: the mapping belongs to this value alone; moving it to another
-// thread moves the only writer.
-unsafe impl Send for MappedRows {}
-
-// The kernel stores array values 8-byte aligned: the mapping is a plain
+// The kernel stores array values 8-byte aligned: the array is a plain
 // `[UnwindRow]` only if no padding follows each row.
 const _: () = assert!(std::mem::size_of::<UnwindRow>().is_multiple_of(8));
-
-impl MappedRows {
-    /// Maps the `rows` rows of `UNWIND_ROWS`; the kernel's error when it
-    /// refuses (before Linux 5.5, or a test pretending: [`TEST_NO_MAPPED_ROWS`]).
-    fn map(map: &aya::maps::Map, rows: u32) -> std::io::Result<MappedRows> {
-        if std::env::var_os(TEST_NO_MAPPED_ROWS).is_some() {
-            return Err(std::io::Error::from_raw_os_error(libc::EPERM));
-        }
-        let fd = rows_fd(map).map_err(std::io::Error::other)?;
-        let bytes =
-            (rows as usize * std::mem::size_of::<UnwindRow>()).next_multiple_of(page_size());
-        // SAFETY: a new shared mapping of the map's fd; the kernel checks
-        // the length against the array's.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if address == libc::MAP_FAILED {
-            let error = std::io::Error::last_os_error();
-            log::debug!("mapping the unwind rows: {error}; written by batch updates");
-            return Err(error);
-        }
-        let base = std::ptr::NonNull::new(address.cast()).ok_or(std::io::ErrorKind::Other)?;
-        Ok(MappedRows {
-            base,
-            rows: rows as usize,
-            bytes,
-        })
-    }
-
-    /// Copies `rows` in from index `start`; false (nothing written) when
-    /// they would not fit.
-    fn write(&mut self, start: u32, rows: &[UnwindRow]) -> bool {
-        let start = start as usize;
-        if start.saturating_add(rows.len()) > self.rows {
-            return false;
-        }
-        // SAFETY: `start..start + rows.len()` is inside the mapping, which
-        // lives as long as `self`; `rows` is our memory, not the mapping.
-        unsafe {
-            std::ptr::copy_nonoverlapping(rows.as_ptr(), self.base.as_ptr().add(start), rows.len())
-        };
-        true
-    }
-}
-
-impl Drop for MappedRows {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
-    }
-}
 
 fn page_size() -> usize {
     // SAFETY: no preconditions.
