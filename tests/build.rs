@@ -35,6 +35,7 @@ const FIXTURES: &[(&str, &str, &[&str], &[&str])] = &[
     ("leaderless", "leaderless.c", FP, &["-pthread"]),
     ("clocks", "clocks.c", NOFP, &[]),
     ("split_fp", "split.c", FP, &[]),
+    ("spawner", "spawner.c", NOFP, &[]),
 ];
 
 /// (output name, input fixture): copies with every symbol and all debug info

@@ -51,6 +51,8 @@ pub const CHAIN_STRIP: &str = env!("FIXTURE_CHAIN_STRIP");
 pub const CLOCKS: &str = env!("FIXTURE_CLOCKS");
 /// Spins in `main -> heavy` three times as long as in `main -> light` (see split.c).
 pub const SPLIT_FP: &str = env!("FIXTURE_SPLIT_FP");
+/// `spawner CHILDREN`: forks children that run its code, then exec (see spawner.c).
+pub const SPAWNER: &str = env!("FIXTURE_SPAWNER");
 
 /// The call chain of chain.c, outermost first.
 pub const CHAIN: &[&str] = &["main", "alpha", "beta", "gamma", "spin"];

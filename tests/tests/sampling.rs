@@ -559,6 +559,57 @@ fn samples_in_exec_and_exit_show_the_callers_chain() {
     }
 }
 
+/// A process from before the run forks children that run its code, then exec: their
+/// samples before the exec (located after it, when `/proc` shows `true`) are in the
+/// parent's code, which only the parent's `/proc` describes. They are named after the
+/// parent, with its chain, never `[unknown]`.
+#[test]
+fn children_of_a_process_from_before_the_run_are_named_until_they_exec() {
+    let _guard = serial();
+    if !require_bpf() {
+        return;
+    }
+    for unwind in ["auto", "dwarf"] {
+        let spawner = Fixture::start(SPAWNER, &["20"]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("out.folded");
+        let args = ["--all", "-F", "999", "-d", "60", "--unwind", unwind];
+        let mut command = args.to_vec();
+        command.extend(["-f", "folded", "-o", file.to_str().unwrap()]);
+        let mut tripod = Tripod::spawn(tripod_command(&command));
+        tripod.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
+        send_signal(spawner.pid(), libc::SIGUSR1);
+        let status = spawner.reap_in_background().join().expect("spawner reaper");
+        assert!(status.success(), "spawner failed: {status}");
+        tripod.signal(libc::SIGINT);
+        assert_success(&tripod.wait(RUN_TIMEOUT));
+        let folded = std::fs::read_to_string(&file).expect("reading the folded output");
+        println!("--unwind {unwind}");
+        let in_work: String = folded
+            .lines()
+            .filter(|line| line.contains(";child_work"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        // 20 children, 30 ms each at 999 Hz: about 600 samples on an idle machine.
+        assert_chain(
+            &in_work,
+            "spawner",
+            &["main", "spawn_children", "child_work"],
+            100,
+            1.0,
+        );
+        // The children's other samples, before and after their exec, are located too.
+        let unknown = share_where(&folded, "true", |frames| frames.contains(&"[unknown]"));
+        let unknown_spawner =
+            share_where(&folded, "spawner", |frames| frames.contains(&"[unknown]"));
+        let (bad, all) = (unknown.0 + unknown_spawner.0, unknown.1 + unknown_spawner.1);
+        assert!(
+            bad * 100 <= all * 2,
+            "{bad} of {all} samples of spawner and its children have [unknown] frames:\n{folded}"
+        );
+    }
+}
+
 #[test]
 fn a_binary_replaced_after_it_ran_is_not_named_from_the_new_file() {
     let _guard = serial();

@@ -256,6 +256,8 @@ struct Image {
     since_ns: u64,
     /// Every mapping in force since `since_ns` is known.
     complete: bool,
+    /// `/proc` was read into it once already ([`MappingHistory::seed`]).
+    seeded: bool,
     /// Records were lost from this time on: nothing found after it is trusted.
     tainted_since: Option<u64>,
     /// The process name (the main thread's comm) in this image.
@@ -274,6 +276,7 @@ impl Image {
         Image {
             since_ns,
             complete,
+            seeded: false,
             tainted_since: None,
             comm: None,
             live: Arc::default(),
@@ -590,6 +593,7 @@ impl MappingHistory {
                 Image {
                     since_ns,
                     complete: from.complete,
+                    seeded: false,
                     tainted_since: from.tainted_since.map(|_| since_ns),
                     comm: from.comm.clone(),
                     live: from.live.clone(),
@@ -644,14 +648,16 @@ impl MappingHistory {
     }
 
     /// Fills in the current image of `pid` from a `/proc/PID/maps` listing,
-    /// for a process that existed before the run: mappings already recorded
-    /// stay, the others count from the image's start. Returns whether
-    /// anything was done (not for a process out of scope, nor for an image
-    /// whose mappings are all known already).
+    /// for a process that existed before the run (or a fork of one that has
+    /// not exec'd): mappings already recorded stay, the others count from the
+    /// image's start. Returns whether anything was done (not for a process
+    /// out of scope, nor for an image whose mappings are all known already
+    /// or that was seeded before: see [`Self::wants_seed`]).
     pub fn seed(&mut self, pid: u32, mappings: impl IntoIterator<Item = SeedMapping>) -> bool {
-        if !self.tracked(pid) || self.process(pid).current().complete {
+        if !self.wants_seed(pid) {
             return false;
         }
+        self.process(pid).current().seeded = true;
         let since_ns = self.process(pid).current().since_ns;
         let dropped = self.dropped;
         for seed in mappings {
@@ -684,6 +690,27 @@ impl MappingHistory {
         // Complete unless a limit kept a mapping out just now.
         self.process(pid).current().complete = self.dropped == dropped;
         true
+    }
+
+    /// Whether [`Self::seed`] would fill in anything: `pid` is in scope and
+    /// its current image is neither complete nor seeded once already.
+    pub fn wants_seed(&self, pid: u32) -> bool {
+        self.tracked(pid)
+            && self
+                .processes
+                .get(&pid)
+                .is_none_or(|p| p.images.last().is_some_and(|i| !i.complete && !i.seeded))
+    }
+
+    /// Names the current image of `pid` as `/proc` does, unless a record
+    /// named it: its forks are named after it until they exec.
+    pub fn name_if_unnamed(&mut self, pid: u32, comm: &[u8]) {
+        if self.tracked(pid) {
+            self.process(pid)
+                .current()
+                .comm
+                .get_or_insert_with(|| comm.into());
+        }
     }
 
     /// The mapping that held `address` in process `pid` at `time_ns`.
@@ -1195,6 +1222,31 @@ mod tests {
         assert_eq!(h.locate(20, 0x3000, 150), Err(NotLocated::Unmapped));
         // Seeding again does nothing: the image is complete.
         assert!(!h.seed(20, seeds()));
+    }
+
+    #[test]
+    fn a_fork_of_a_seeded_parent_is_named_and_located_after_its_exec() {
+        // Pid 20 existed before the run; read from /proc as it forks 21.
+        let mut h = history([]);
+        assert!(h.wants_seed(20));
+        assert!(h.seed(20, seeds()));
+        h.name_if_unnamed(20, b"daemon");
+        // Once per image: seeded, even if a limit left it incomplete.
+        assert!(!h.wants_seed(20));
+        assert!(!h.seed(20, seeds()));
+        h.apply(fork(21, 20, 100));
+        h.apply(comm(21, 21, 200, true, "true"));
+        h.apply(mmap(21, 210, 0x1000, 0x1000, 0, "/usr/bin/true"));
+        // The child's copy is complete: its code before the exec is the parent's.
+        assert_eq!(path(&h, 21, 0x7100, 150).unwrap(), "/usr/lib/libc.so.6");
+        assert_eq!(h.comm(21, 150), Some(&b"daemon"[..]));
+        assert_eq!(path(&h, 21, 0x1100, 250).unwrap(), "/usr/bin/true");
+        assert_eq!(h.comm(21, 250), Some(&b"true"[..]));
+        // A name a record gave stays.
+        h.name_if_unnamed(21, b"other");
+        assert_eq!(h.comm(21, 250), Some(&b"true"[..]));
+        // A child that has exec'd is complete: nothing to seed.
+        assert!(!h.wants_seed(21));
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct Pipeline {
     /// `--unwind tables`: a process got its first rows since
     /// [`Self::take_first_rows_sent`] last said.
     first_rows_sent: bool,
+    /// The sideband records of one pull, kept to reuse the allocation.
+    side_batch: Vec<SideRecord>,
 }
 
 /// What a sample taken in is counted as.
@@ -133,6 +135,7 @@ impl Pipeline {
             resolver: Resolver::new(),
             locals: None,
             first_rows_sent: false,
+            side_batch: Vec::new(),
         }
     }
 
@@ -223,38 +226,79 @@ impl Pipeline {
     /// Applies the sideband's new records to the history; returns its
     /// watermark, `None` without a sideband.
     fn apply_sideband(&mut self, source: &mut dyn SampleSource) -> Option<u64> {
-        let (history, processes) = (&mut self.history, &mut self.processes);
-        let ingest = &mut self.ingest;
-        let watermark = source.drain_sideband(&mut |record| {
-            // Rows the kernel walks with describe the image before an exec,
-            // or a process gone (its leader's exit): dropped at once. New
-            // code makes them due for a rebuild.
-            match &record {
-                SideRecord::Comm(c) if c.exec => ingest.tables_exec(c.pid, c.time_ns),
-                SideRecord::Exit(t) if t.pid == t.tid => ingest.tables_exited(t.pid, t.time_ns),
-                SideRecord::Mmap(m) => ingest.tables_mapped(m.pid),
-                _ => {}
-            }
-            // Opened now, while the process may still live and the file is
-            // most likely the one mapped.
-            if let SideRecord::Mmap(m) = &record {
-                if history.tracked(m.pid) {
-                    processes.recorded_module(&RecordedMapping {
-                        pid: m.pid,
-                        start: m.start,
-                        end: m.start.saturating_add(m.len),
-                        path: &m.path,
-                        identity: Some(mappings::file_check(&m.identity)),
-                    });
-                }
-            }
-            history.apply(record);
-        })?;
+        let mut batch = std::mem::take(&mut self.side_batch);
+        let watermark = source.drain_sideband(&mut |record| batch.push(record))?;
+        self.seed_forking_parents(&batch);
+        for record in batch.drain(..) {
+            self.apply_side_record(record);
+        }
+        self.side_batch = batch;
         self.sideband_seen = source.sideband_counters();
         // Samples older than the last pull's watermark were all taken by
         // now, but for the ones still held (see `pull`).
         self.release_at = self.watermark.replace(watermark).unwrap_or(0);
         Some(watermark)
+    }
+
+    fn apply_side_record(&mut self, record: SideRecord) {
+        // Rows the kernel walks with describe the image before an exec, or a
+        // process gone (its leader's exit): dropped at once. New code makes
+        // them due for a rebuild.
+        match &record {
+            SideRecord::Comm(c) if c.exec => self.ingest.tables_exec(c.pid, c.time_ns),
+            SideRecord::Exit(t) if t.pid == t.tid => self.ingest.tables_exited(t.pid, t.time_ns),
+            SideRecord::Mmap(m) => self.ingest.tables_mapped(m.pid),
+            _ => {}
+        }
+        // Opened now, while the process may still live and the file is most
+        // likely the one mapped.
+        if let SideRecord::Mmap(m) = &record {
+            if self.history.tracked(m.pid) {
+                self.processes.recorded_module(&RecordedMapping {
+                    pid: m.pid,
+                    start: m.start,
+                    end: m.start.saturating_add(m.len),
+                    path: &m.path,
+                    identity: Some(mappings::file_check(&m.identity)),
+                });
+            }
+        }
+        self.history.apply(record);
+    }
+
+    /// Reads from `/proc`, before their forks are applied, the parents in
+    /// `batch` whose mappings the history does not all know (they ran before
+    /// the run): a child's copy is then complete, and its samples before its
+    /// own exec (the parent's code: `fork`, `posix_spawn`, the `execve` call
+    /// itself, whose user stack is its entry's) are located and named after
+    /// the parent, not lost once the exec replaced them. Once per parent
+    /// image; never for a parent that execs in this batch, whose `/proc` may
+    /// show its next program already.
+    fn seed_forking_parents(&mut self, batch: &[SideRecord]) {
+        for record in batch {
+            let SideRecord::Fork(task) = record else {
+                continue;
+            };
+            let parent = task.ppid;
+            let new_process = task.pid != parent;
+            if !new_process || !self.history.tracked(task.pid) || !self.history.wants_seed(parent) {
+                continue;
+            }
+            let execs =
+                |r: &SideRecord| matches!(r, SideRecord::Comm(c) if c.exec && c.pid == parent);
+            if batch.iter().any(execs) {
+                continue;
+            }
+            let Some((_, views)) = self.processes.mappings(parent) else {
+                continue;
+            };
+            self.history
+                .seed(parent, mappings::seeds_from_views(&views));
+            if let Some(process) = self.processes.get(parent) {
+                self.history
+                    .name_if_unnamed(parent, process.comm.as_bytes());
+            }
+        }
     }
 
     /// Takes what the kernel counted since the last call (`--unwind fp`),
