@@ -81,6 +81,12 @@ pub async fn run(mut config: Config, shutdown: Shutdown) -> Result<u8> {
     let shared = pipeline.shared_files();
     unwind_in_kernel_if_asked(&config, &mut pipeline, source, &shared);
     pipeline.read_symbols_early(&shared, config.stacks.kernel());
+    // Before a command starts: the snapshot takes a while (every thread's
+    // stack), and the command's first rows, sent as it starts, may lack its
+    // libraries until its copies are read, in the loop.
+    if config.mode.tracks_switches() {
+        pipeline.seed_waits(source)?;
+    }
     let mut child = start_command(&config, &shutdown, source).await?;
     let run_info = run_info(
         &config,
@@ -99,9 +105,6 @@ pub async fn run(mut config: Config, shutdown: Shutdown) -> Result<u8> {
         pipeline.track(child.pid);
         pipeline.check_python(child.pid);
         pipeline.tell_python(source);
-    }
-    if config.mode.tracks_switches() {
-        pipeline.seed_waits(source)?;
     }
     let stopped = wait_for_stop(
         &config,
