@@ -595,12 +595,13 @@ fn children_of_a_process_from_before_the_run_are_named_until_they_exec() {
             .map(|line| format!("{line}\n"))
             .collect();
         // 20 children, 30 ms each at 999 Hz: about 600 samples on an idle machine.
+        // Without the parent's mappings none of them is named (0 of 600 in a run).
         assert_chain(
             &in_work,
             "spawner",
             &["main", "spawn_children", "child_work"],
             100,
-            1.0,
+            0.98,
         );
         // The children's other samples, before and after their exec, are located too.
         let unknown = share_where(&folded, "true", |frames| frames.contains(&"[unknown]"));
