@@ -508,6 +508,24 @@ fn a_process_that_execs_names_both_images() {
     }
 }
 
+/// Starts recording the whole machine at 999 Hz with `--unwind unwind`, folded
+/// stacks to `file`, and returns once it samples.
+fn record_all_folded(unwind: &str, file: &std::path::Path) -> Tripod {
+    let args = ["--all", "-F", "999", "-d", "60", "--unwind", unwind];
+    let mut command = args.to_vec();
+    command.extend(["-f", "folded", "-o", file.to_str().unwrap()]);
+    let mut tripod = Tripod::spawn(tripod_command(&command));
+    tripod.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
+    tripod
+}
+
+/// Stops a recording with SIGINT and returns what it wrote to `file`.
+fn stop_and_read(tripod: Tripod, file: &std::path::Path) -> String {
+    tripod.signal(libc::SIGINT);
+    assert_success(&tripod.wait(RUN_TIMEOUT));
+    std::fs::read_to_string(file).expect("reading the folded output")
+}
+
 /// `execve` and `exit` free a process's memory after its user stack is gone (exec has
 /// switched to the new program's address space, exit has let go of its own), yet the
 /// thread is still in the call its code made: its samples there show that code's chain,
@@ -526,11 +544,7 @@ fn samples_in_exec_and_exit_show_the_callers_chain() {
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("out.folded");
-        let args = ["--all", "-F", "999", "-d", "60", "--unwind", unwind];
-        let mut command = args.to_vec();
-        command.extend(["-f", "folded", "-o", file.to_str().unwrap()]);
-        let mut tripod = Tripod::spawn(tripod_command(&command));
-        tripod.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
+        let tripod = record_all_folded(unwind, &file);
         for _ in 0..5 {
             for how in ["exec", "exit"] {
                 let status = std::process::Command::new(fixture)
@@ -540,9 +554,7 @@ fn samples_in_exec_and_exit_show_the_callers_chain() {
                 assert!(status.success(), "{comm} {how} failed: {status}");
             }
         }
-        tripod.signal(libc::SIGINT);
-        assert_success(&tripod.wait(RUN_TIMEOUT));
-        let folded = std::fs::read_to_string(&file).expect("reading the folded output");
+        let folded = stop_and_read(tripod, &file);
         println!("--unwind {unwind}");
         // Frame pointers go from libc's execve and _exit (built without them) straight
         // to main: their callers are skipped, as with any frame-pointer walk.
@@ -577,17 +589,11 @@ fn children_of_a_process_from_before_the_run_are_named_until_they_exec() {
         let spawner = Fixture::start(SPAWNER, &["20"]);
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("out.folded");
-        let args = ["--all", "-F", "999", "-d", "60", "--unwind", unwind];
-        let mut command = args.to_vec();
-        command.extend(["-f", "folded", "-o", file.to_str().unwrap()]);
-        let mut tripod = Tripod::spawn(tripod_command(&command));
-        tripod.wait_for_stderr("[tripod] Sampling at", Duration::from_secs(30));
+        let tripod = record_all_folded(unwind, &file);
         send_signal(spawner.pid(), libc::SIGUSR1);
         let status = spawner.reap_in_background().join().expect("spawner reaper");
         assert!(status.success(), "spawner failed: {status}");
-        tripod.signal(libc::SIGINT);
-        assert_success(&tripod.wait(RUN_TIMEOUT));
-        let folded = std::fs::read_to_string(&file).expect("reading the folded output");
+        let folded = stop_and_read(tripod, &file);
         println!("--unwind {unwind}");
         let in_work: String = folded
             .lines()
